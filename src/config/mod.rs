@@ -1,0 +1,215 @@
+//! The config file: its schema with defaults (documented in `conf/sluice.yaml`), loading with
+//! `${ENV}` interpolation, and validation. Every error names the key and, where the YAML parser
+//! knows it, the line.
+
+pub mod duration;
+pub mod env;
+mod validate;
+
+use crate::provider::Provider;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// The embedded default config: routes to the built-in demo upstream, so Sluice streams out of
+/// the box with no network.
+pub const DEFAULT_CONFIG: &str = include_str!("../../conf/sluice.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Env(String),
+    #[error("config error at `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Addresses the proxy listens on.
+    pub listen: Vec<Listener>,
+    /// Address of the admin listener (`/healthz`, `/metrics`); absent disables it.
+    #[serde(default)]
+    pub admin: Option<String>,
+    /// Pingora's process settings.
+    #[serde(default)]
+    pub server: ServerSettings,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// How long in-flight streams may run on after SIGTERM/SIGQUIT.
+    #[serde(with = "duration")]
+    pub grace_period: Duration,
+    /// How long the runtimes get to stop after the grace period.
+    #[serde(with = "duration")]
+    pub graceful_shutdown_timeout: Duration,
+    /// Where the PID file is written.
+    pub pid_file: String,
+    /// Unix socket used to hand listening sockets to a new process on upgrade.
+    pub upgrade_sock: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            threads: 2,
+            grace_period: Duration::from_secs(30),
+            graceful_shutdown_timeout: Duration::from_secs(5),
+            pid_file: "/tmp/sluice.pid".into(),
+            upgrade_sock: "/tmp/sluice_upgrade.sock".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `http://host:port[/base]`, `https://…`, or `demo://` for the built-in demo upstream.
+    pub url: String,
+    /// Headers set on every request to this upstream (the provider key goes here).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Longest time to establish the connection (TCP and TLS).
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    #[serde(default = "default_pool_idle_timeout", with = "duration")]
+    pub pool_idle_timeout: Duration,
+    /// Verify the upstream's TLS certificate (https only). Turning it off is explicit.
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Requests whose path starts with this are sent to `upstream` (longest prefix wins).
+    pub path_prefix: String,
+    pub upstream: String,
+    /// API format of the upstream; picks error formats (and, later, usage extraction).
+    #[serde(default)]
+    pub provider: Provider,
+    /// Longest silence between two upstream chunks (and before the response head).
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "duration::deserialize_optional"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Interval of `: keep-alive` comments sent to the client while the upstream is silent.
+    #[serde(
+        default = "default_heartbeat",
+        deserialize_with = "duration::deserialize_optional"
+    )]
+    pub heartbeat: Option<Duration>,
+    /// Longest life of one stream.
+    #[serde(
+        default = "default_max_duration",
+        deserialize_with = "duration::deserialize_optional"
+    )]
+    pub max_duration: Option<Duration>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idle_timeout() -> Option<Duration> {
+    Some(Duration::from_secs(60))
+}
+fn default_heartbeat() -> Option<Duration> {
+    Some(Duration::from_secs(15))
+}
+fn default_max_duration() -> Option<Duration> {
+    Some(Duration::from_secs(30 * 60))
+}
+
+impl Config {
+    /// Loads a config file: interpolation, parsing, validation.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_yaml(&text)
+    }
+
+    /// The embedded default config.
+    pub fn embedded_default() -> Config {
+        Config::from_yaml(DEFAULT_CONFIG).expect("the embedded default config is valid")
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let text = env::interpolate(text, |name| std::env::var(name).ok()).map_err(ConfigError::Env)?;
+        let deserializer = serde_yaml::Deserializer::from_str(&text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            ConfigError::Invalid {
+                key: if key == "." { "(top level)".into() } else { key },
+                message: err.into_inner().to_string(),
+            }
+        })?;
+        validate::validate(&config)?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "listen: [{addr: 127.0.0.1:8080}]\nupstreams: {u: {url: http://127.0.0.1:9}}\nroutes: [{path_prefix: /, upstream: u}]\n";
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = Config::embedded_default();
+        assert!(!config.routes.is_empty());
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = Config::from_yaml(MINIMAL).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.provider, Provider::Auto);
+        assert_eq!(route.heartbeat, Some(Duration::from_secs(15)));
+        assert!(config.upstreams["u"].tls_verify);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = format!("{MINIMAL}bogus: 1\n");
+        let err = Config::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("bogus") && err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn nested_bad_duration_names_the_key() {
+        let text = "listen: [{addr: 127.0.0.1:8080}]\nupstreams: {u: {url: http://127.0.0.1:9}}\nroutes:\n  - path_prefix: /\n    upstream: u\n    idle_timeout: 30x\n";
+        let err = Config::from_yaml(text).unwrap_err().to_string();
+        assert!(err.contains("routes[0].idle_timeout"), "{err}");
+        assert!(err.contains("unknown unit"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+    }
+}

@@ -1,0 +1,103 @@
+//! Checks that serde cannot express: references between sections, URL and address shapes.
+
+use super::{Config, ConfigError};
+use std::net::SocketAddr;
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
+    if config.listen.is_empty() {
+        return Err(invalid("listen", "at least one listener is required"));
+    }
+    for (i, listener) in config.listen.iter().enumerate() {
+        parse_addr(&listener.addr).map_err(|m| invalid(format!("listen[{i}].addr"), m))?;
+    }
+    if let Some(admin) = &config.admin {
+        parse_addr(admin).map_err(|m| invalid("admin", m))?;
+    }
+    if config.server.threads == 0 {
+        return Err(invalid("server.threads", "must be at least 1"));
+    }
+    for (name, upstream) in &config.upstreams {
+        crate::route::UpstreamTarget::parse(&upstream.url)
+            .map_err(|m| invalid(format!("upstreams.{name}.url"), m))?;
+        for header in upstream.headers.keys() {
+            http::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                invalid(
+                    format!("upstreams.{name}.headers.{header}"),
+                    "not a valid header name",
+                )
+            })?;
+        }
+        for (header, value) in &upstream.headers {
+            http::HeaderValue::from_str(value).map_err(|_| {
+                invalid(
+                    format!("upstreams.{name}.headers.{header}"),
+                    "not a valid header value (control characters or non-ASCII)",
+                )
+            })?;
+        }
+    }
+    if config.routes.is_empty() {
+        return Err(invalid("routes", "at least one route is required"));
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        if !route.path_prefix.starts_with('/') {
+            return Err(invalid(
+                format!("routes[{i}].path_prefix"),
+                format!("must start with '/', got {:?}", route.path_prefix),
+            ));
+        }
+        if !config.upstreams.contains_key(&route.upstream) {
+            let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+            return Err(invalid(
+                format!("routes[{i}].upstream"),
+                format!(
+                    "unknown upstream {:?} (defined: {})",
+                    route.upstream,
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
+    addr.parse()
+        .map_err(|_| format!("{addr:?} is not an address of the form IP:PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn error_of(text: &str) -> String {
+        Config::from_yaml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_upstream_is_named() {
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nupstreams: {u: {url: http://127.0.0.1:9}}\nroutes: [{path_prefix: /, upstream: nope}]\n");
+        assert!(err.contains("routes[0].upstream") && err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_url_and_addr_are_named() {
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nupstreams: {u: {url: ftp://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(err.contains("upstreams.u.url"), "{err}");
+        let err = error_of("listen: [{addr: localhost}]\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(err.contains("listen[0].addr"), "{err}");
+    }
+
+    #[test]
+    fn path_prefix_must_be_absolute() {
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: v1, upstream: u}]\n");
+        assert!(err.contains("routes[0].path_prefix"), "{err}");
+    }
+}

@@ -1,0 +1,126 @@
+//! The only module that knows Pingora: the server and its services, the `ProxyHttp` impl, the
+//! relay loop, upstream connections and the admin listener.
+
+mod admin;
+mod demo_service;
+mod headers;
+mod proxy;
+mod relay;
+mod upstream;
+
+use crate::config::Config;
+use crate::provider::Provider;
+use crate::route::{Router, Scheme};
+use crate::sse::StreamOutcome;
+use crate::telemetry::METRICS;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use proxy::SluiceProxy;
+
+/// What one request did, filled in along its path and read by the logging phase.
+pub struct RequestCtx {
+    pub started: Instant,
+    pub route: Option<Arc<crate::route::Route>>,
+    pub provider: Provider,
+    pub stream_request: bool,
+    pub event_stream: bool,
+    pub status: u16,
+    pub outcome: Option<StreamOutcome>,
+    pub first_byte: Option<Instant>,
+    pub bytes_sent: u64,
+    pub heartbeats: u64,
+    pub error: Option<String>,
+}
+
+impl RequestCtx {
+    fn new() -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            route: None,
+            provider: Provider::Openai,
+            stream_request: false,
+            event_stream: false,
+            status: 0,
+            outcome: None,
+            first_byte: None,
+            bytes_sent: 0,
+            heartbeats: 0,
+            error: None,
+        }
+    }
+}
+
+/// Options that come from the command line rather than the config file.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Take over the listening sockets of a running Sluice (graceful upgrade).
+    pub upgrade: bool,
+}
+
+/// Builds the Pingora server for a validated config: proxy listeners, admin listener, and the
+/// demo upstream when a route uses it.
+pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, String> {
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        pid_file: config.server.pid_file.clone(),
+        upgrade_sock: config.server.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+    // Sluice pools upstream connections itself per upstream; keep Pingora's pool large enough.
+    conf.upstream_keepalive_pool_size = conf.upstream_keepalive_pool_size.max(512);
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let needs_demo = config
+        .upstreams
+        .values()
+        .any(|u| u.url.starts_with("demo:"));
+    let demo_addr = if needs_demo {
+        let (demo, addr) = demo_service::DemoUpstream::bind()
+            .map_err(|e| format!("cannot start the demo upstream: {e}"))?;
+        server.add_service(background_service("demo upstream", demo));
+        Some(addr)
+    } else {
+        None
+    };
+    debug_assert!(Scheme::Demo != Scheme::Http);
+
+    let router = Router::from_config(config);
+    for route in router.routes() {
+        METRICS.register_route(&route.name);
+    }
+    let proxy = SluiceProxy::new(router, upstream::Upstreams::new(demo_addr));
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy,
+        "sluice proxy",
+    );
+    for listener in &config.listen {
+        // No L4 write buffer: every write (response head, each event) goes straight to the
+        // socket, so nothing waits for a flush.
+        let endpoint =
+            ListenerConfig::tcp(listener.addr.as_str()).l4_buffer(L4BufferSettings::default().write(0));
+        service.add_listener(endpoint);
+    }
+    server.add_service(service);
+
+    if let Some(admin) = &config.admin {
+        let mut admin_service = Service::new("sluice admin".to_string(), admin::AdminApp);
+        admin_service.add_tcp(admin);
+        server.add_service(admin_service);
+    }
+    Ok(server)
+}

@@ -1,0 +1,96 @@
+//! Sluice's `ProxyHttp`: thin phase methods. `request_filter` hands every routed request to the
+//! relay (which writes the whole response) and `logging` records what happened.
+
+use super::relay::{self, Finish};
+use super::upstream::Upstreams;
+use super::RequestCtx;
+use crate::provider::{Provider, ProxyError, ProxyErrorKind};
+use crate::route::Router;
+use crate::telemetry::{timestamp, AccessRecord, METRICS};
+use async_trait::async_trait;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+pub struct SluiceProxy {
+    router: Router,
+    upstreams: Upstreams,
+}
+
+impl SluiceProxy {
+    pub fn new(router: Router, upstreams: Upstreams) -> Self {
+        SluiceProxy { router, upstreams }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for SluiceProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let path = session.req_header().uri.path().to_string();
+        let down = session.as_downstream_mut();
+        let finish = match self.router.route(&path) {
+            Some(route) => {
+                ctx.route = Some(route.clone());
+                ctx.provider = route.provider.resolve(&path);
+                relay::handle(&self.upstreams, route, down, ctx).await
+            }
+            None => {
+                ctx.provider = Provider::Openai;
+                let error =
+                    ProxyError::new(ProxyErrorKind::NoRoute, format!("no route for {path}"));
+                relay::respond_error(down, ctx, &error).await
+            }
+        };
+        if matches!(finish, Finish::Close) {
+            session.set_keepalive(None);
+        }
+        Ok(true)
+    }
+
+    /// Never reached: `request_filter` always answers. Present because the trait requires it.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        Error::e_explain(ErrorType::InternalError, "sluice relays in request_filter")
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let route = ctx.route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
+        METRICS.request_done(route, ctx.status);
+        let req = session.req_header();
+        AccessRecord {
+            ts: timestamp(),
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.to_string()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            route,
+            upstream: ctx
+                .route
+                .as_ref()
+                .map(|r| r.upstream.name.as_str())
+                .unwrap_or(""),
+            status: ctx.status,
+            stream: ctx.event_stream,
+            outcome: ctx.outcome.map(|o| o.as_str()),
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            ttfb_ms: ctx
+                .first_byte
+                .map(|t| t.duration_since(ctx.started).as_secs_f64() * 1000.0),
+            bytes_sent: ctx.bytes_sent,
+            heartbeats: ctx.heartbeats,
+            error: ctx.error.as_deref(),
+        }
+        .write();
+    }
+}

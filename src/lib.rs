@@ -1,0 +1,15 @@
+//! Sluice: an edge reverse proxy for LLM token streams.
+//!
+//! Layers (DESIGN.md): `config` → `route` → `edge` (the only Pingora code) relaying with the
+//! pure `sse` logic, reporting through `telemetry`.
+
+pub mod config;
+pub mod demo;
+pub mod edge;
+pub mod provider;
+pub mod route;
+pub mod sse;
+pub mod telemetry;
+
+pub use config::Config;
+pub use edge::{build_server, RunOptions};

@@ -1,0 +1,125 @@
+//! Request path → route → upstream. Pure: the edge turns a [`UpstreamTarget`] into a connection.
+
+mod target;
+
+pub use target::{Scheme, UpstreamTarget};
+
+use crate::config::Config;
+use crate::provider::Provider;
+use crate::sse::RelayPolicy;
+use std::sync::Arc;
+
+/// One configured upstream, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub target: UpstreamTarget,
+    /// Headers set on every request, overriding the client's.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub connect_timeout: std::time::Duration,
+    pub pool_idle_timeout: std::time::Duration,
+    pub tls_verify: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Label for metrics and logs: the route's path prefix.
+    pub name: String,
+    pub path_prefix: String,
+    pub upstream: Arc<UpstreamSpec>,
+    pub provider: Provider,
+    pub policy: RelayPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Longest prefix first, so the first match is the most specific.
+    routes: Vec<Arc<Route>>,
+}
+
+impl Router {
+    /// Builds the router from a validated config.
+    pub fn from_config(config: &Config) -> Router {
+        let upstreams: std::collections::BTreeMap<&str, Arc<UpstreamSpec>> = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let spec = UpstreamSpec {
+                    name: name.clone(),
+                    target: UpstreamTarget::parse(&u.url).expect("validated upstream url"),
+                    headers: u
+                        .headers
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                http::HeaderName::from_bytes(k.as_bytes()).expect("validated"),
+                                http::HeaderValue::from_str(v).expect("validated"),
+                            )
+                        })
+                        .collect(),
+                    connect_timeout: u.connect_timeout,
+                    pool_idle_timeout: u.pool_idle_timeout,
+                    tls_verify: u.tls_verify,
+                };
+                (name.as_str(), Arc::new(spec))
+            })
+            .collect();
+        let mut routes: Vec<Arc<Route>> = config
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(Route {
+                    name: r.path_prefix.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    upstream: upstreams[r.upstream.as_str()].clone(),
+                    provider: r.provider,
+                    policy: RelayPolicy {
+                        idle_timeout: r.idle_timeout,
+                        heartbeat: r.heartbeat,
+                        max_duration: r.max_duration,
+                    },
+                })
+            })
+            .collect();
+        // Stable sort: among equal prefixes the first in the file wins.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        Router { routes }
+    }
+
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| path.starts_with(&r.path_prefix))
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins() {
+        let config = Config::from_yaml(
+            "listen: [{addr: 127.0.0.1:1}]\nupstreams: {a: {url: http://127.0.0.1:1}, b: {url: http://127.0.0.1:2}}\nroutes:\n  - {path_prefix: /, upstream: a}\n  - {path_prefix: /v1/messages, upstream: b, provider: anthropic}\n",
+        )
+        .unwrap();
+        let router = Router::from_config(&config);
+        assert_eq!(router.route("/v1/messages").unwrap().upstream.name, "b");
+        assert_eq!(router.route("/v1/chat").unwrap().upstream.name, "a");
+        assert_eq!(
+            router.route("/v1/messages").unwrap().provider,
+            Provider::Anthropic
+        );
+    }
+
+    #[test]
+    fn no_match() {
+        let config = Config::from_yaml(
+            "listen: [{addr: 127.0.0.1:1}]\nupstreams: {a: {url: http://127.0.0.1:1}}\nroutes: [{path_prefix: /v1/, upstream: a}]\n",
+        )
+        .unwrap();
+        assert!(Router::from_config(&config).route("/health").is_none());
+    }
+}

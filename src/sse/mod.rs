@@ -1,0 +1,10 @@
+//! Server-Sent Events, free of any network code: recognising event streams, tracking where the
+//! upstream's events end (so inserted bytes never land inside one), and the relay's timers.
+
+mod boundary;
+mod detect;
+mod relay_policy;
+
+pub use boundary::EventBoundary;
+pub use detect::{is_event_stream, request_wants_stream};
+pub use relay_policy::{RelayClock, RelayPolicy, RelayTick, StreamOutcome, HEARTBEAT};

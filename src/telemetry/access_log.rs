@@ -1,0 +1,41 @@
+//! One JSON line per request on stdout: what an operator greps when a stream went wrong.
+
+use serde::Serialize;
+use std::io::Write;
+
+#[derive(Debug, Serialize)]
+pub struct AccessRecord<'a> {
+    pub ts: String,
+    pub client: Option<String>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub route: &'a str,
+    pub upstream: &'a str,
+    pub status: u16,
+    pub stream: bool,
+    pub outcome: Option<&'a str>,
+    pub duration_ms: f64,
+    pub ttfb_ms: Option<f64>,
+    pub bytes_sent: u64,
+    pub heartbeats: u64,
+    pub error: Option<&'a str>,
+}
+
+impl AccessRecord<'_> {
+    pub fn write(&self) {
+        let Ok(mut line) = serde_json::to_vec(self) else {
+            return;
+        };
+        line.push(b'\n');
+        // A failed log write must never fail the request.
+        let _ = std::io::stdout().lock().write_all(&line);
+    }
+}
+
+/// Seconds since the Unix epoch with milliseconds, as a string (no date library needed).
+pub fn timestamp() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
+}
