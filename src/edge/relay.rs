@@ -228,6 +228,10 @@ async fn relay_body(
     let mut last_chunk: Option<Instant> = None;
     let route_name = route.name.as_str();
     loop {
+        // A sized body that has fully arrived would otherwise wait for a read that never ends.
+        if up.response_done() {
+            return finish_decoding(decoder, down, ctx).await;
+        }
         let read = up.read_response_body();
         tokio::pin!(read);
         // Ticks (heartbeats) leave the pending upstream read in place: only an ending drops it.
@@ -263,7 +267,7 @@ async fn relay_body(
         };
         let data = match chunk {
             Ok(Some(data)) => data,
-            Ok(None) => return StreamOutcome::Completed,
+            Ok(None) => return finish_decoding(decoder, down, ctx).await,
             Err(e) => {
                 ctx.error = Some(format!("upstream body: {e}"));
                 METRICS
@@ -308,6 +312,22 @@ async fn relay_body(
             return StreamOutcome::ClientDisconnect;
         }
     }
+}
+
+/// The upstream body ended: whatever the decoder still holds goes to the client.
+async fn finish_decoding(
+    decoder: Option<&mut ResponseCompressionCtx>,
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+) -> StreamOutcome {
+    let rest = decoder.and_then(|d| d.response_body_filter(None, true));
+    if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+        ctx.bytes_sent += rest.len() as u64;
+        if down.write_response_body(rest, false).await.is_err() {
+            return StreamOutcome::ClientDisconnect;
+        }
+    }
+    StreamOutcome::Completed
 }
 
 fn end_error(outcome: StreamOutcome, route: &Route) -> ProxyError {

@@ -1,0 +1,368 @@
+//! Event streams through the real binary: unbuffered delivery, no compression, heartbeats, idle
+//! timeouts, max duration, upstream errors, client disconnects.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{Client, Sluice, Step, Upstream};
+
+fn sluice_for(upstream: &Upstream, route: &str) -> Sluice {
+    Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n{route}",
+        upstream.url()
+    ))
+}
+
+const STREAM_REQUEST: &str = r#"{"model":"m","stream":true,"messages":[]}"#;
+
+fn event(i: usize) -> String {
+    format!("data: {{\"i\":{i},\"text\":\"token {i}\"}}\n\n")
+}
+
+#[test]
+fn events_arrive_one_by_one_as_written() {
+    let upstream = Upstream::start(|_| {
+        let mut steps = vec![Step::sse_head()];
+        for i in 0..10 {
+            steps.push(Step::sleep_ms(100));
+            steps.push(Step::chunk(event(i)));
+        }
+        steps.push(Step::End);
+        steps
+    });
+    let sluice = sluice_for(&upstream, "    provider: openai\n");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    let head = client.read_head();
+    assert_eq!(head.status, 200);
+    let chunks = client.read_chunks();
+    let sent = upstream.sent();
+    assert_eq!(sent.len(), 10);
+    assert_eq!(
+        chunks.len(),
+        10,
+        "each upstream event is its own chunk at the client (no coalescing)"
+    );
+    for (i, (chunk, (sent_at, data))) in chunks.iter().zip(&sent).enumerate() {
+        assert_eq!(&chunk.data, data);
+        let delay = chunk.at.saturating_duration_since(*sent_at);
+        assert!(
+            delay < Duration::from_millis(20),
+            "event {i} took {delay:?} to arrive"
+        );
+    }
+    sluice.wait_metric(
+        "sluice_streams_finished_total{outcome=\"completed\",route=\"/\"}",
+        1.0,
+    );
+}
+
+#[test]
+fn stream_headers_no_encoding_no_length() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::Raw(
+                b"HTTP/1.1 200 OK\r\ncontent-type: Text/Event-Stream; charset=utf-8\r\ncontent-length: 13\r\ncache-control: max-age=60\r\n\r\ndata: hello\n\n"
+                    .to_vec(),
+            ),
+        ]
+    });
+    let sluice = sluice_for(&upstream, "");
+    let mut client = Client::connect(sluice.addr);
+    client.send(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("accept-encoding", "gzip, br"),
+        ],
+        STREAM_REQUEST.as_bytes(),
+    );
+    let response = client.read_response();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"data: hello\n\n");
+    assert_eq!(response.header("content-encoding"), None);
+    assert_eq!(response.header("content-length"), None);
+    assert_eq!(response.header("cache-control"), Some("no-cache"));
+    assert_eq!(response.header("x-accel-buffering"), Some("no"));
+    let requests = upstream.requests();
+    assert_eq!(
+        requests[0].header("accept-encoding"),
+        None,
+        "stream requests must not ask the upstream for compression"
+    );
+}
+
+#[test]
+fn compressed_stream_from_upstream_is_decoded() {
+    use flate2::{write::GzEncoder, Compression};
+    use std::io::Write;
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(b"data: one\n\ndata: two\n\n").unwrap();
+    let gz = encoder.finish().unwrap();
+    let upstream = Upstream::start(move |_| {
+        let mut head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+            gz.len()
+        )
+        .into_bytes();
+        head.extend_from_slice(&gz);
+        vec![Step::Raw(head)]
+    });
+    let sluice = sluice_for(&upstream, "");
+    let mut client = Client::connect(sluice.addr);
+    // Accept says stream, so Accept-Encoding is stripped; this upstream compresses anyway.
+    client.send(
+        "GET",
+        "/events",
+        &[("accept", "text/event-stream"), ("accept-encoding", "gzip")],
+        b"",
+    );
+    let response = client.read_response();
+    assert_eq!(response.header("content-encoding"), None);
+    assert_eq!(response.text(), "data: one\n\ndata: two\n\n");
+}
+
+#[test]
+fn idle_timeout_ends_stream_with_openai_error_event() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::chunk(event(0)),
+            Step::Hold,
+        ]
+    });
+    let sluice = sluice_for(
+        &upstream,
+        "    provider: openai\n    idle_timeout: 300ms\n    heartbeat: off\n",
+    );
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    assert_eq!(client.read_head().status, 200);
+    let first = client.read_chunk().expect("first event");
+    assert_eq!(first.data, event(0).as_bytes());
+    let mut rest = Vec::new();
+    while let Some(chunk) = client.read_chunk() {
+        rest.extend(chunk.data);
+    }
+    // read_chunk returned None: the chunked terminator arrived (a clean end, not a cut).
+    let rest = String::from_utf8(rest).unwrap();
+    let data = rest
+        .strip_prefix("data: ")
+        .and_then(|r| r.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("not one data event: {rest:?}"));
+    let error: serde_json::Value = serde_json::from_str(data).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_idle_timeout");
+    assert!(error["error"]["message"].as_str().unwrap().contains("sent nothing"));
+    assert!(
+        upstream.wait_closed(Duration::from_secs(2)).is_some(),
+        "the idle upstream connection is closed, not pooled"
+    );
+    sluice.wait_metric(
+        "sluice_streams_finished_total{outcome=\"idle_timeout\",route=\"/\"}",
+        1.0,
+    );
+    // The client connection stays usable after a clean end.
+    let response = client.get("/x");
+    assert!(response.status > 0);
+}
+
+#[test]
+fn idle_timeout_anthropic_and_plain_event_formats() {
+    for (provider, path) in [("anthropic", "/v1/messages"), ("none", "/events")] {
+        let upstream = Upstream::start(|_| vec![Step::sse_head(), Step::chunk("event: ping\ndata: {}\n\n"), Step::Hold]);
+        let sluice = sluice_for(
+            &upstream,
+            &format!("    provider: {provider}\n    idle_timeout: 200ms\n    heartbeat: off\n"),
+        );
+        let mut client = Client::connect(sluice.addr);
+        client.post_json(path, STREAM_REQUEST);
+        let body = String::from_utf8(client.read_response().body).unwrap();
+        let tail = body.strip_prefix("event: ping\ndata: {}\n\n").unwrap();
+        let data = tail
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|r| r.strip_suffix("\n\n"))
+            .unwrap_or_else(|| panic!("{provider}: not an error event: {tail:?}"));
+        let error: serde_json::Value = serde_json::from_str(data).unwrap();
+        if provider == "anthropic" {
+            assert_eq!(error["type"], "error");
+            assert_eq!(error["error"]["type"], "timeout_error");
+        } else {
+            assert_eq!(error["error"]["code"], "upstream_idle_timeout");
+        }
+    }
+}
+
+#[test]
+fn idle_timeout_mid_event_closes_the_partial_event_first() {
+    let upstream = Upstream::start(|_| vec![Step::sse_head(), Step::chunk("data: {\"partial\""), Step::Hold]);
+    let sluice = sluice_for(&upstream, "    provider: anthropic\n    idle_timeout: 200ms\n");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/messages", STREAM_REQUEST);
+    let body = client.read_response().text();
+    assert!(
+        body.starts_with("data: {\"partial\"\n\nevent: error\ndata: {"),
+        "{body:?}"
+    );
+}
+
+#[test]
+fn silent_before_head_is_a_504_json_error() {
+    let upstream = Upstream::start(|_| vec![Step::Hold]);
+    let sluice = sluice_for(&upstream, "    provider: anthropic\n    idle_timeout: 300ms\n");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/messages", STREAM_REQUEST);
+    let response = client.read_response();
+    assert_eq!(response.status, 504);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let error = response.json();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "timeout_error");
+}
+
+#[test]
+fn max_duration_ends_stream_cleanly() {
+    let upstream = Upstream::start(|_| {
+        let mut steps = vec![Step::sse_head()];
+        for i in 0..100 {
+            steps.push(Step::chunk(event(i)));
+            steps.push(Step::sleep_ms(50));
+        }
+        steps.push(Step::End);
+        steps
+    });
+    let sluice = sluice_for(&upstream, "    provider: openai\n    max_duration: 400ms\n");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    let started = Instant::now();
+    let body = client.read_response().text();
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let last = body.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.contains("max_duration_exceeded"), "{last}");
+    sluice.wait_metric(
+        "sluice_streams_finished_total{outcome=\"max_duration\",route=\"/\"}",
+        1.0,
+    );
+}
+
+#[test]
+fn upstream_broken_mid_stream_ends_with_error_event() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::chunk(event(0)),
+            Step::Raw(b"zz\r\nnot a chunk".to_vec()),
+            Step::Close,
+        ]
+    });
+    let sluice = sluice_for(&upstream, "    provider: openai\n");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    let body = client.read_response().text();
+    assert!(body.starts_with(&event(0)), "{body}");
+    assert!(body.contains("\"code\":\"upstream_error\""), "{body}");
+    sluice.wait_metric(
+        "sluice_streams_finished_total{outcome=\"upstream_error\",route=\"/\"}",
+        1.0,
+    );
+}
+
+#[test]
+fn heartbeats_fill_silence_but_never_split_an_event() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::chunk(event(0)),
+            Step::sleep_ms(700),
+            Step::chunk("data: {\"half\":"),
+            Step::sleep_ms(700),
+            Step::chunk("1}\n\n"),
+            Step::End,
+        ]
+    });
+    let sluice = sluice_for(
+        &upstream,
+        "    heartbeat: 200ms\n    idle_timeout: 5s\n",
+    );
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    let body = client.read_response().text();
+    let heartbeat = ": keep-alive\n\n";
+    let beats = body.matches(heartbeat).count();
+    assert!(
+        (2..=4).contains(&beats),
+        "heartbeats during the 700 ms gap between events: {beats} in {body:?}"
+    );
+    assert!(
+        body.contains("data: {\"half\":1}\n\n"),
+        "a heartbeat was inserted inside the half-sent event: {body:?}"
+    );
+    assert_eq!(
+        body.replace(heartbeat, ""),
+        format!("{}data: {{\"half\":1}}\n\n", event(0)),
+        "apart from heartbeats, the client gets the upstream's bytes"
+    );
+    let metrics = sluice.metrics();
+    assert!(support::metric_value(&metrics, "sluice_heartbeats_total{route=\"/\"}") >= 2.0);
+}
+
+#[test]
+fn client_disconnect_mid_stream_closes_upstream_promptly() {
+    let upstream = Upstream::start(|_| vec![Step::sse_head(), Step::chunk(event(0)), Step::Hold]);
+    let sluice = sluice_for(&upstream, "    heartbeat: off\n");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    client.read_head();
+    client.read_chunk().unwrap();
+    let left = Instant::now();
+    drop(client);
+    let closed = upstream
+        .wait_closed(Duration::from_secs(5))
+        .expect("upstream connection closed");
+    let delay = closed.saturating_duration_since(left);
+    assert!(delay < Duration::from_millis(100), "upstream closed after {delay:?}");
+    sluice.wait_metric(
+        "sluice_streams_finished_total{outcome=\"client_disconnect\",route=\"/\"}",
+        1.0,
+    );
+    sluice.wait_metric("sluice_streams_in_flight{route=\"/\"}", 0.0);
+}
+
+#[test]
+fn client_disconnect_before_first_byte_closes_upstream_promptly() {
+    let upstream = Upstream::start(|_| vec![Step::Hold]);
+    let sluice = sluice_for(&upstream, "");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    upstream.wait_requests(1);
+    let left = Instant::now();
+    drop(client);
+    let closed = upstream
+        .wait_closed(Duration::from_secs(5))
+        .expect("upstream connection closed");
+    let delay = closed.saturating_duration_since(left);
+    assert!(delay < Duration::from_millis(100), "upstream closed after {delay:?}");
+}
+
+#[test]
+fn one_mebibyte_event_and_byte_per_write_stream_are_byte_identical() {
+    let big = format!("data: {}\n\n", "x".repeat(1024 * 1024));
+    let small = "event: delta\r\ndata: {\"t\":\"caf\u{e9} \u{1F600}\"}\r\n\r\n: c\n\ndata: end\r\r".to_string();
+    let (big_up, small_up) = (big.clone(), small.clone());
+    let upstream = Upstream::start(move |req| {
+        let mut steps = vec![Step::sse_head()];
+        if req.path == "/big" {
+            steps.push(Step::chunk(&big_up));
+        } else {
+            steps.extend(small_up.bytes().map(|b| Step::Chunk(vec![b])));
+        }
+        steps.push(Step::End);
+        steps
+    });
+    let sluice = sluice_for(&upstream, "");
+    let mut client = Client::connect(sluice.addr);
+    client.send("GET", "/big", &[("accept", "text/event-stream")], b"");
+    assert_eq!(client.read_response().body, big.as_bytes());
+    client.send("GET", "/small", &[("accept", "text/event-stream")], b"");
+    assert_eq!(client.read_response().body, small.as_bytes());
+}

@@ -1,0 +1,171 @@
+//! Test support: the real `sluice` binary on loopback, a scripted upstream that records what it
+//! sees (send times, when its connection closed), and a raw HTTP/1.1 client that timestamps
+//! every chunk it receives.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod upstream;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use client::{Client, Response};
+pub use upstream::{Step, Upstream, UpstreamRequest};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+/// A running `sluice` process, killed when dropped.
+pub struct Sluice {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Sluice {
+    /// Starts Sluice with `routes_and_upstreams` (YAML for the `upstreams:` and `routes:` keys);
+    /// listener, admin and server settings are filled in with free ports.
+    pub fn start(routes_and_upstreams: &str) -> Sluice {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = TempDir::new();
+        let yaml = format!(
+            "listen:\n  - addr: {addr}\nadmin: {admin}\nserver:\n  threads: 2\n  pid_file: {pid}\n  upgrade_sock: {sock}\n{routes_and_upstreams}",
+            pid = dir.path.join("sluice.pid").display(),
+            sock = dir.path.join("upgrade.sock").display(),
+        );
+        Sluice::start_with_config(&yaml, addr, admin, dir)
+    }
+
+    pub fn start_with_config(yaml: &str, addr: SocketAddr, admin: SocketAddr, dir: TempDir) -> Sluice {
+        let config = dir.path.join("sluice.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let child = Command::new(sluice_bin())
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sluice");
+        let sluice = Sluice {
+            child,
+            addr,
+            admin,
+            _dir: dir,
+        };
+        sluice.wait_ready();
+        sluice
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.addr).is_ok() && TcpStream::connect(self.admin).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("sluice did not start listening on {} within 20 s", self.addr);
+    }
+
+    /// The admin `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let mut client = Client::connect(self.admin);
+        let response = client.get("/metrics");
+        assert_eq!(response.status, 200);
+        String::from_utf8(response.body).unwrap()
+    }
+
+    /// The value of one metric series, e.g. `sluice_streams_finished_total{route="/",outcome="completed"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
+    }
+
+    /// Waits until a metric reaches `value` (metrics are written as a request ends, which can be
+    /// just after the client saw the end).
+    pub fn wait_metric(&self, series: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = self.metric(series);
+            if now == value {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{series} is {now}, expected {value}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed when dropped.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "sluice-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Runs `sluice check -c` on a config text; returns (success, stderr + stdout).
+pub fn check_config(yaml: &str) -> (bool, String) {
+    let dir = TempDir::new();
+    let path = dir.path.join("check.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let output = Command::new(sluice_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&output.stderr).to_string();
+    text.push_str(&String::from_utf8_lossy(&output.stdout));
+    (output.status.success(), text)
+}
+
+/// Reads everything a stream has until EOF (used for raw checks).
+pub fn read_all(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
