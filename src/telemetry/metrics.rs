@@ -118,6 +118,8 @@ impl Metrics {
                 .with_label_values(&[route, outcome.as_str()]);
         }
         self.stream_bytes.with_label_values(&[route]);
+        self.time_to_first_byte.with_label_values(&[route]);
+        self.chunk_gap.with_label_values(&[route]);
     }
 
     pub fn stream_finished(&self, route: &str, outcome: StreamOutcome) {

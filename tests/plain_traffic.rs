@@ -1,0 +1,157 @@
+//! Plain (non-stream) traffic passes through unchanged: JSON, statuses, error bodies, large
+//! bodies, keep-alive, chunked and sized framing; and Sluice's own errors are JSON.
+
+mod support;
+
+use support::{Client, Sluice, Step, Upstream};
+
+fn echo_upstream() -> Upstream {
+    Upstream::start(|req| match req.path.trim_start_matches("/base") {
+        "/echo" => vec![Step::sized(200, "application/octet-stream", &req.body)],
+        "/rate-limited" => vec![Step::sized(
+            429,
+            "application/json",
+            br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
+        )],
+        "/chunked-json" => vec![
+            Step::Raw(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                    .to_vec(),
+            ),
+            Step::chunk("{\"a\":"),
+            Step::chunk("1}"),
+            Step::End,
+        ],
+        _ => {
+            let body = format!(
+                "{{\"method\":\"{}\",\"path\":\"{}\",\"host\":\"{}\"}}",
+                req.method,
+                req.path,
+                req.header("host").unwrap_or("")
+            );
+            vec![Step::sized(200, "application/json", body.as_bytes())]
+        }
+    })
+}
+
+fn sluice_for(upstream: &Upstream) -> Sluice {
+    Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}/base\n    headers:\n      authorization: Bearer provider-key\nroutes:\n  - path_prefix: /v1/\n    upstream: up\n    provider: openai\n  - path_prefix: /echo\n    upstream: up\n  - path_prefix: /rate-limited\n    upstream: up\n  - path_prefix: /chunked-json\n    upstream: up\n",
+        upstream.url()
+    ))
+}
+
+#[test]
+fn json_request_and_response_pass_through() {
+    let upstream = echo_upstream();
+    let sluice = sluice_for(&upstream);
+    let mut client = Client::connect(sluice.addr);
+    client.send(
+        "POST",
+        "/v1/chat/completions?x=1",
+        &[("authorization", "Bearer client-key"), ("content-type", "application/json")],
+        br#"{"model":"m"}"#,
+    );
+    let response = client.read_response();
+    assert_eq!(response.status, 200);
+    let body = response.json();
+    assert_eq!(body["path"], "/base/v1/chat/completions?x=1");
+    assert_eq!(body["host"], upstream.addr.to_string());
+    let request = &upstream.requests()[0];
+    assert_eq!(request.body, br#"{"model":"m"}"#);
+    assert_eq!(request.header("authorization"), Some("Bearer provider-key"));
+    assert_eq!(request.header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn status_codes_and_error_bodies_unchanged() {
+    let upstream = echo_upstream();
+    let sluice = sluice_for(&upstream);
+    let mut client = Client::connect(sluice.addr);
+    client.send("GET", "/rate-limited", &[], b"");
+    let response = client.read_response();
+    assert_eq!(response.status, 429);
+    assert_eq!(
+        response.text(),
+        r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#
+    );
+}
+
+#[test]
+fn large_bodies_both_ways_and_keep_alive() {
+    let upstream = echo_upstream();
+    let sluice = sluice_for(&upstream);
+    let body: Vec<u8> = (0..6 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut client = Client::connect(sluice.addr);
+    for _ in 0..3 {
+        client.send("POST", "/echo", &[], &body);
+        let response = client.read_response();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body.len(), body.len());
+        assert!(response.body == body, "echoed body differs");
+    }
+    // Three requests on one client connection, and the upstream connection was pooled.
+    assert_eq!(upstream.log.lock().unwrap().connections, 1);
+}
+
+#[test]
+fn chunked_request_body_and_chunked_response() {
+    use std::io::Write;
+    let upstream = echo_upstream();
+    let sluice = sluice_for(&upstream);
+    let mut client = Client::connect(sluice.addr);
+    let mut stream = client.stream().try_clone().unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        .unwrap();
+    let response = client.read_response();
+    assert_eq!(response.text(), "hello world");
+    client.send("GET", "/chunked-json", &[], b"");
+    let response = client.read_response();
+    assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(response.text(), "{\"a\":1}");
+}
+
+#[test]
+fn no_route_is_a_json_404() {
+    let upstream = echo_upstream();
+    let sluice = sluice_for(&upstream);
+    let mut client = Client::connect(sluice.addr);
+    let response = client.get("/nowhere");
+    assert_eq!(response.status, 404);
+    assert_eq!(response.json()["error"]["code"], "no_route");
+    assert!(upstream.requests().is_empty());
+}
+
+#[test]
+fn unreachable_upstream_is_a_json_502_in_provider_format() {
+    let port = support::free_port();
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  gone:\n    url: http://127.0.0.1:{port}\n    connect_timeout: 1s\nroutes:\n  - path_prefix: /\n    upstream: gone\n    provider: anthropic\n"
+    ));
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/messages", r#"{"stream":true}"#);
+    let response = client.read_response();
+    assert_eq!(response.status, 502);
+    let body = response.json();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "api_error");
+}
+
+#[test]
+fn admin_health_and_metrics() {
+    let upstream = echo_upstream();
+    let sluice = sluice_for(&upstream);
+    let mut admin = Client::connect(sluice.admin);
+    assert_eq!(admin.get("/healthz").status, 200);
+    let metrics = sluice.metrics();
+    for name in [
+        "sluice_streams_in_flight",
+        "sluice_streams_finished_total",
+        "sluice_time_to_first_byte_seconds",
+        "sluice_chunk_gap_seconds",
+        "sluice_stream_bytes_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+}
