@@ -103,9 +103,7 @@ impl ProxyErrorKind {
             Provider::Anthropic => match self {
                 ProxyErrorKind::NoRoute => "not_found_error",
                 ProxyErrorKind::BadRequest => "invalid_request_error",
-                ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => {
-                    "api_error"
-                }
+                ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => "api_error",
                 _ => "timeout_error",
             },
             Provider::Gemini => match self {
@@ -199,7 +197,9 @@ mod tests {
         let v: Value = serde_json::from_str(&idle().json_body(Provider::Openai)).unwrap();
         assert_eq!(v["error"]["code"], "upstream_idle_timeout");
         assert_eq!(v["error"]["message"], "upstream idle for 30s");
-        assert!(idle().sse_event(Provider::Openai).starts_with("data: {\"error\""));
+        assert!(idle()
+            .sse_event(Provider::Openai)
+            .starts_with("data: {\"error\""));
     }
 
     #[test]
@@ -217,6 +217,8 @@ mod tests {
         let v: Value = serde_json::from_str(&idle().json_body(Provider::Gemini)).unwrap();
         assert_eq!(v["error"]["code"], 504);
         assert_eq!(v["error"]["status"], "DEADLINE_EXCEEDED");
-        assert!(idle().sse_event(Provider::None).starts_with("event: error\n"));
+        assert!(idle()
+            .sse_event(Provider::None)
+            .starts_with("event: error\n"));
     }
 }

@@ -35,12 +35,24 @@ fn check_accepts_valid_config_and_shipped_configs() {
 #[test]
 fn check_names_the_offending_key() {
     let cases = [
-        (format!("{VALID}    idle_timeout: 30x\n"), "routes[0].idle_timeout"),
+        (
+            format!("{VALID}    idle_timeout: 30x\n"),
+            "routes[0].idle_timeout",
+        ),
         (format!("{VALID}    idel_timeout: 30s\n"), "idel_timeout"),
-        (VALID.replace("upstream: u", "upstream: nope"), "routes[0].upstream"),
-        (VALID.replace("http://127.0.0.1:9", "ftp://x"), "upstreams.u.url"),
+        (
+            VALID.replace("upstream: u", "upstream: nope"),
+            "routes[0].upstream",
+        ),
+        (
+            VALID.replace("http://127.0.0.1:9", "ftp://x"),
+            "upstreams.u.url",
+        ),
         (format!("{VALID}bogus: true\n"), "bogus"),
-        (VALID.replace("http://127.0.0.1:9", "${SLUICE_TEST_UNSET_VAR}"), "SLUICE_TEST_UNSET_VAR"),
+        (
+            VALID.replace("http://127.0.0.1:9", "${SLUICE_TEST_UNSET_VAR}"),
+            "SLUICE_TEST_UNSET_VAR",
+        ),
     ];
     for (yaml, key) in cases {
         let (ok, out) = check_config(&yaml);
@@ -48,7 +60,10 @@ fn check_names_the_offending_key() {
         assert!(out.contains(key), "error does not name {key}: {out}");
     }
     let (_, out) = check_config(&format!("{VALID}    idle_timeout: 30x\n"));
-    assert!(out.contains("line 6"), "error does not give the line: {out}");
+    assert!(
+        out.contains("line 6"),
+        "error does not give the line: {out}"
+    );
 }
 
 #[test]
@@ -58,21 +73,38 @@ fn help_documents_run_and_check() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
-    assert!(help.contains("check") && help.contains("--config"), "{help}");
+    assert!(
+        help.contains("check") && help.contains("--config"),
+        "{help}"
+    );
 }
 
 #[test]
 fn default_config_streams_demo_tokens() {
-    let default = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sluice.yaml")).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
+    let default =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sluice.yaml")).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
     let dir = TempDir::new();
     let yaml = default
         .replace("127.0.0.1:8080", &addr.to_string())
         .replace("127.0.0.1:9090", &admin.to_string())
-        .replace("/tmp/sluice.pid", &dir.path.join("pid").display().to_string())
-        .replace("/tmp/sluice_upgrade.sock", &dir.path.join("sock").display().to_string());
-    assert_ne!(yaml, default, "the default config's addresses changed: update this test");
+        .replace(
+            "/tmp/sluice.pid",
+            &dir.path.join("pid").display().to_string(),
+        )
+        .replace(
+            "/tmp/sluice_upgrade.sock",
+            &dir.path.join("sock").display().to_string(),
+        );
+    assert_ne!(
+        yaml, default,
+        "the default config's addresses changed: update this test"
+    );
     let sluice = Sluice::start_with_config(&yaml, addr, admin, dir);
     let mut client = Client::connect(sluice.addr);
     client.post_json(
@@ -81,11 +113,21 @@ fn default_config_streams_demo_tokens() {
     );
     let head = client.read_head();
     assert_eq!(head.status, 200);
-    assert!(head.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(head
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
     let chunks = client.read_chunks();
-    assert!(chunks.len() > 10, "tokens arrive one by one: {} chunks", chunks.len());
+    assert!(
+        chunks.len() > 10,
+        "tokens arrive one by one: {} chunks",
+        chunks.len()
+    );
     let spread = chunks.last().unwrap().at - chunks[0].at;
-    assert!(spread.as_millis() > 500, "tokens arrived all at once ({spread:?})");
+    assert!(
+        spread.as_millis() > 500,
+        "tokens arrived all at once ({spread:?})"
+    );
     let last = String::from_utf8(chunks.last().unwrap().data.clone()).unwrap();
     assert_eq!(last, "data: [DONE]\n\n");
 }

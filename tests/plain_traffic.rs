@@ -6,7 +6,8 @@ mod support;
 use support::{Client, Sluice, Step, Upstream};
 
 fn echo_upstream() -> Upstream {
-    Upstream::start(|req| match req.path.trim_start_matches("/base") {
+    Upstream::start(|req| {
+        match req.path.trim_start_matches("/base") {
         "/echo" => vec![Step::sized(200, "application/octet-stream", &req.body)],
         "/rate-limited" => vec![Step::sized(
             429,
@@ -31,6 +32,7 @@ fn echo_upstream() -> Upstream {
             );
             vec![Step::sized(200, "application/json", body.as_bytes())]
         }
+    }
     })
 }
 
@@ -49,7 +51,10 @@ fn json_request_and_response_pass_through() {
     client.send(
         "POST",
         "/v1/chat/completions?x=1",
-        &[("authorization", "Bearer client-key"), ("content-type", "application/json")],
+        &[
+            ("authorization", "Bearer client-key"),
+            ("content-type", "application/json"),
+        ],
         br#"{"model":"m"}"#,
     );
     let response = client.read_response();

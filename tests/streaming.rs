@@ -125,13 +125,7 @@ fn compressed_stream_from_upstream_is_decoded() {
 
 #[test]
 fn idle_timeout_ends_stream_with_openai_error_event() {
-    let upstream = Upstream::start(|_| {
-        vec![
-            Step::sse_head(),
-            Step::chunk(event(0)),
-            Step::Hold,
-        ]
-    });
+    let upstream = Upstream::start(|_| vec![Step::sse_head(), Step::chunk(event(0)), Step::Hold]);
     let sluice = sluice_for(
         &upstream,
         "    provider: openai\n    idle_timeout: 300ms\n    heartbeat: off\n",
@@ -153,7 +147,10 @@ fn idle_timeout_ends_stream_with_openai_error_event() {
         .unwrap_or_else(|| panic!("not one data event: {rest:?}"));
     let error: serde_json::Value = serde_json::from_str(data).unwrap();
     assert_eq!(error["error"]["code"], "upstream_idle_timeout");
-    assert!(error["error"]["message"].as_str().unwrap().contains("sent nothing"));
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("sent nothing"));
     assert!(
         upstream.wait_closed(Duration::from_secs(2)).is_some(),
         "the idle upstream connection is closed, not pooled"
@@ -170,7 +167,13 @@ fn idle_timeout_ends_stream_with_openai_error_event() {
 #[test]
 fn idle_timeout_anthropic_and_plain_event_formats() {
     for (provider, path) in [("anthropic", "/v1/messages"), ("none", "/events")] {
-        let upstream = Upstream::start(|_| vec![Step::sse_head(), Step::chunk("event: ping\ndata: {}\n\n"), Step::Hold]);
+        let upstream = Upstream::start(|_| {
+            vec![
+                Step::sse_head(),
+                Step::chunk("event: ping\ndata: {}\n\n"),
+                Step::Hold,
+            ]
+        });
         let sluice = sluice_for(
             &upstream,
             &format!("    provider: {provider}\n    idle_timeout: 200ms\n    heartbeat: off\n"),
@@ -195,8 +198,17 @@ fn idle_timeout_anthropic_and_plain_event_formats() {
 
 #[test]
 fn idle_timeout_mid_event_closes_the_partial_event_first() {
-    let upstream = Upstream::start(|_| vec![Step::sse_head(), Step::chunk("data: {\"partial\""), Step::Hold]);
-    let sluice = sluice_for(&upstream, "    provider: anthropic\n    idle_timeout: 200ms\n");
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::chunk("data: {\"partial\""),
+            Step::Hold,
+        ]
+    });
+    let sluice = sluice_for(
+        &upstream,
+        "    provider: anthropic\n    idle_timeout: 200ms\n",
+    );
     let mut client = Client::connect(sluice.addr);
     client.post_json("/v1/messages", STREAM_REQUEST);
     let body = client.read_response().text();
@@ -209,7 +221,10 @@ fn idle_timeout_mid_event_closes_the_partial_event_first() {
 #[test]
 fn silent_before_head_is_a_504_json_error() {
     let upstream = Upstream::start(|_| vec![Step::Hold]);
-    let sluice = sluice_for(&upstream, "    provider: anthropic\n    idle_timeout: 300ms\n");
+    let sluice = sluice_for(
+        &upstream,
+        "    provider: anthropic\n    idle_timeout: 300ms\n",
+    );
     let mut client = Client::connect(sluice.addr);
     client.post_json("/v1/messages", STREAM_REQUEST);
     let response = client.read_response();
@@ -280,10 +295,7 @@ fn heartbeats_fill_silence_but_never_split_an_event() {
             Step::End,
         ]
     });
-    let sluice = sluice_for(
-        &upstream,
-        "    heartbeat: 200ms\n    idle_timeout: 5s\n",
-    );
+    let sluice = sluice_for(&upstream, "    heartbeat: 200ms\n    idle_timeout: 5s\n");
     let mut client = Client::connect(sluice.addr);
     client.post_json("/v1/chat/completions", STREAM_REQUEST);
     let body = client.read_response().text();
@@ -320,7 +332,10 @@ fn client_disconnect_mid_stream_closes_upstream_promptly() {
         .wait_closed(Duration::from_secs(5))
         .expect("upstream connection closed");
     let delay = closed.saturating_duration_since(left);
-    assert!(delay < Duration::from_millis(100), "upstream closed after {delay:?}");
+    assert!(
+        delay < Duration::from_millis(100),
+        "upstream closed after {delay:?}"
+    );
     sluice.wait_metric(
         "sluice_streams_finished_total{outcome=\"client_disconnect\",route=\"/\"}",
         1.0,
@@ -341,13 +356,17 @@ fn client_disconnect_before_first_byte_closes_upstream_promptly() {
         .wait_closed(Duration::from_secs(5))
         .expect("upstream connection closed");
     let delay = closed.saturating_duration_since(left);
-    assert!(delay < Duration::from_millis(100), "upstream closed after {delay:?}");
+    assert!(
+        delay < Duration::from_millis(100),
+        "upstream closed after {delay:?}"
+    );
 }
 
 #[test]
 fn one_mebibyte_event_and_byte_per_write_stream_are_byte_identical() {
     let big = format!("data: {}\n\n", "x".repeat(1024 * 1024));
-    let small = "event: delta\r\ndata: {\"t\":\"caf\u{e9} \u{1F600}\"}\r\n\r\n: c\n\ndata: end\r\r".to_string();
+    let small = "event: delta\r\ndata: {\"t\":\"caf\u{e9} \u{1F600}\"}\r\n\r\n: c\n\ndata: end\r\r"
+        .to_string();
     let (big_up, small_up) = (big.clone(), small.clone());
     let upstream = Upstream::start(move |req| {
         let mut steps = vec![Step::sse_head()];

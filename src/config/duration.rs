@@ -64,9 +64,7 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     parse_duration(&raw_text(d)?).map_err(serde::de::Error::custom)
 }
 
-pub fn deserialize_optional<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Duration>, D::Error> {
+pub fn deserialize_optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     parse_optional_duration(&raw_text(d)?).map_err(serde::de::Error::custom)
 }
 

@@ -18,14 +18,14 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
                 rest = literal;
             } else if let Some(open) = after.strip_prefix("${") {
                 let end = open.find('}').ok_or_else(|| {
-                    format!("line {}: unterminated ${{ in {:?}", index + 1, line.trim_end())
+                    format!(
+                        "line {}: unterminated ${{ in {:?}",
+                        index + 1,
+                        line.trim_end()
+                    )
                 })?;
                 let name = &open[..end];
-                if name.is_empty()
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     return Err(format!(
                         "line {}: invalid environment variable name {name:?}",
                         index + 1

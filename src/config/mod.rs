@@ -162,7 +162,8 @@ impl Config {
     }
 
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let text = env::interpolate(text, |name| std::env::var(name).ok()).map_err(ConfigError::Env)?;
+        let text =
+            env::interpolate(text, |name| std::env::var(name).ok()).map_err(ConfigError::Env)?;
         let deserializer = serde_yaml::Deserializer::from_str(&text);
         let config: Config = serde_path_to_error::deserialize(deserializer)
             .map_err(|err| parse_error(&text, err))?;
@@ -194,9 +195,11 @@ fn parse_error(text: &str, err: serde_path_to_error::Error<serde_yaml::Error>) -
         .strip_prefix("unknown field `")
         .and_then(|r| r.split('`').next())
         .map(str::to_string);
-    let last_key = unknown_field
-        .clone()
-        .or_else(|| key.rsplit('.').next().map(|k| k.split('[').next().unwrap_or(k).to_string()));
+    let last_key = unknown_field.clone().or_else(|| {
+        key.rsplit('.')
+            .next()
+            .map(|k| k.split('[').next().unwrap_or(k).to_string())
+    });
     let line = inner.location().map(|location| {
         last_key
             .as_deref()

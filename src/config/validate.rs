@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn unknown_upstream_is_named() {
         let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nupstreams: {u: {url: http://127.0.0.1:9}}\nroutes: [{path_prefix: /, upstream: nope}]\n");
-        assert!(err.contains("routes[0].upstream") && err.contains("nope"), "{err}");
+        assert!(
+            err.contains("routes[0].upstream") && err.contains("nope"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ async fn serve_connection(mut stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Request>> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -121,8 +124,13 @@ async fn respond(stream: &mut TcpStream, request: &Request) -> std::io::Result<(
             "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}, "finish_reason": "stop"}],
             "usage": usage,
         });
-        return write_sized(stream, 200, "application/json", completion.to_string().as_bytes())
-            .await;
+        return write_sized(
+            stream,
+            200,
+            "application/json",
+            completion.to_string().as_bytes(),
+        )
+        .await;
     }
     let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
     stream.write_all(head.as_bytes()).await?;
@@ -132,7 +140,11 @@ async fn respond(stream: &mut TcpStream, request: &Request) -> std::io::Result<(
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         })
     };
-    write_event(stream, &chunk(json!({"role": "assistant", "content": ""}), Value::Null)).await?;
+    write_event(
+        stream,
+        &chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+    )
+    .await?;
     for word in &words {
         tokio::time::sleep(WORD_INTERVAL).await;
         write_event(stream, &chunk(json!({"content": word}), Value::Null)).await?;

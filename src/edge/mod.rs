@@ -103,16 +103,13 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         METRICS.register_route(&route.name);
     }
     let proxy = SluiceProxy::new(router, upstream::Upstreams::new(demo_addr));
-    let mut service = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        proxy,
-        "sluice proxy",
-    );
+    let mut service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "sluice proxy");
     for listener in &config.listen {
         // No L4 write buffer: every write (response head, each event) goes straight to the
         // socket, so nothing waits for a flush.
-        let endpoint =
-            ListenerConfig::tcp(listener.addr.as_str()).l4_buffer(L4BufferSettings::default().write(0));
+        let endpoint = ListenerConfig::tcp(listener.addr.as_str())
+            .l4_buffer(L4BufferSettings::default().write(0));
         service.add_listener(endpoint);
     }
     server.add_service(service);

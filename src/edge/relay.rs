@@ -59,7 +59,10 @@ pub async fn handle(
     let request = UpstreamRequest {
         client: down.req_header(),
         upstream: &route.upstream,
-        client_addr: down.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()),
+        client_addr: down
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string()),
         body: body.framing(down.req_header()),
         stream: ctx.stream_request,
     }
@@ -83,7 +86,10 @@ pub async fn handle(
             .inc();
         let error = ProxyError::new(
             ProxyErrorKind::UpstreamUnavailable,
-            format!("upstream {} failed while sending the request: {e}", route.upstream.name),
+            format!(
+                "upstream {} failed while sending the request: {e}",
+                route.upstream.name
+            ),
         );
         return respond_error(down, ctx, &error).await;
     }
@@ -111,11 +117,17 @@ pub async fn handle(
             .inc();
         let error = ProxyError::new(
             ProxyErrorKind::UpstreamUnavailable,
-            format!("upstream {} failed before its response head: {e}", route.upstream.name),
+            format!(
+                "upstream {} failed before its response head: {e}",
+                route.upstream.name
+            ),
         );
         return respond_error(down, ctx, &error).await;
     }
-    let upstream_head = up.response_header().expect("response header was read").clone();
+    let upstream_head = up
+        .response_header()
+        .expect("response header was read")
+        .clone();
     let event_stream = is_event_stream(
         upstream_head
             .headers
@@ -123,9 +135,7 @@ pub async fn handle(
             .map(|v| v.as_bytes())
             .unwrap_or_default(),
     );
-    let mut decoder = event_stream
-        .then(|| decoder_for(&upstream_head))
-        .flatten();
+    let mut decoder = event_stream.then(|| decoder_for(&upstream_head)).flatten();
     let client_head = match client_response(&upstream_head, event_stream) {
         Ok(h) => h,
         Err(e) => {
@@ -135,7 +145,11 @@ pub async fn handle(
     };
     ctx.status = client_head.status.as_u16();
     ctx.event_stream = event_stream;
-    if down.write_response_header(Box::new(client_head)).await.is_err() {
+    if down
+        .write_response_header(Box::new(client_head))
+        .await
+        .is_err()
+    {
         ctx.outcome = Some(StreamOutcome::ClientDisconnect);
         return Finish::Close;
     }
@@ -204,7 +218,10 @@ impl StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        METRICS.streams_in_flight.with_label_values(&[&self.route]).dec();
+        METRICS
+            .streams_in_flight
+            .with_label_values(&[&self.route])
+            .dec();
         METRICS.stream_finished(&self.route, self.outcome);
     }
 }
@@ -280,7 +297,9 @@ async fn relay_body(
         let now = Instant::now();
         clock.on_upstream_bytes(now);
         let data = match decoder.as_deref_mut() {
-            Some(d) => d.response_body_filter(Some(&data), false).unwrap_or_default(),
+            Some(d) => d
+                .response_body_filter(Some(&data), false)
+                .unwrap_or_default(),
             None => data,
         };
         if data.is_empty() {

@@ -27,7 +27,10 @@ impl Upstreams {
         let target = &spec.target;
         if target.scheme == Scheme::Demo {
             return self.demo_addr.ok_or_else(|| {
-                ProxyError::new(ProxyErrorKind::UpstreamUnavailable, "demo upstream not running")
+                ProxyError::new(
+                    ProxyErrorKind::UpstreamUnavailable,
+                    "demo upstream not running",
+                )
             });
         }
         if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
@@ -36,7 +39,10 @@ impl Upstreams {
         let unavailable = |detail: String| {
             ProxyError::new(
                 ProxyErrorKind::UpstreamUnavailable,
-                format!("cannot resolve upstream {} ({}): {detail}", spec.name, target.host),
+                format!(
+                    "cannot resolve upstream {} ({}): {detail}",
+                    spec.name, target.host
+                ),
             )
         };
         tokio::net::lookup_host((target.host.as_str(), target.port))

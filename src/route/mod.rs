@@ -87,7 +87,9 @@ impl Router {
     }
 
     pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| path.starts_with(&r.path_prefix))
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(&r.path_prefix))
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {

@@ -39,7 +39,9 @@ impl UpstreamTarget {
             });
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("{text:?}: an upstream URL takes no query or fragment"));
+            return Err(format!(
+                "{text:?}: an upstream URL takes no query or fragment"
+            ));
         }
         let host = url
             .host_str()
@@ -93,17 +95,28 @@ mod tests {
     #[test]
     fn parses_http_https_demo() {
         let t = UpstreamTarget::parse("https://api.openai.com").unwrap();
-        assert_eq!((t.scheme, t.port, t.authority()), (Scheme::Https, 443, "api.openai.com".into()));
-        assert_eq!(t.upstream_path("/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(
+            (t.scheme, t.port, t.authority()),
+            (Scheme::Https, 443, "api.openai.com".into())
+        );
+        assert_eq!(
+            t.upstream_path("/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
         let t = UpstreamTarget::parse("http://127.0.0.1:8081/base/").unwrap();
         assert_eq!(t.authority(), "127.0.0.1:8081");
         assert_eq!(t.upstream_path("/v1/x?a=1"), "/base/v1/x?a=1");
-        assert_eq!(UpstreamTarget::parse("demo://").unwrap().scheme, Scheme::Demo);
+        assert_eq!(
+            UpstreamTarget::parse("demo://").unwrap().scheme,
+            Scheme::Demo
+        );
     }
 
     #[test]
     fn rejects_bad_urls() {
-        assert!(UpstreamTarget::parse("ftp://x").unwrap_err().contains("scheme"));
+        assert!(UpstreamTarget::parse("ftp://x")
+            .unwrap_err()
+            .contains("scheme"));
         assert!(UpstreamTarget::parse("not a url").is_err());
         assert!(UpstreamTarget::parse("http://x/?q=1").is_err());
     }

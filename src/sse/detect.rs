@@ -9,17 +9,15 @@ pub fn is_event_stream(content_type: &[u8]) -> bool {
         .split(|&b| b == b';')
         .next()
         .unwrap_or_default();
-    media_type.trim_ascii().eq_ignore_ascii_case(b"text/event-stream")
+    media_type
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"text/event-stream")
 }
 
 /// A request asks for a stream when it accepts `text/event-stream` or its JSON body says
 /// `"stream": true`.
 pub fn request_wants_stream(accept: Option<&[u8]>, json_body: Option<&[u8]>) -> bool {
-    let accepts = accept.is_some_and(|accept| {
-        accept
-            .split(|&b| b == b',')
-            .any(|item| is_event_stream(item))
-    });
+    let accepts = accept.is_some_and(|accept| accept.split(|&b| b == b',').any(is_event_stream));
     accepts || json_body.is_some_and(body_sets_stream)
 }
 
@@ -54,7 +52,10 @@ mod tests {
             Some(b"application/json, text/event-stream;q=0.9"),
             None
         ));
-        assert!(request_wants_stream(None, Some(br#"{"model":"x","stream":true}"#)));
+        assert!(request_wants_stream(
+            None,
+            Some(br#"{"model":"x","stream":true}"#)
+        ));
         assert!(!request_wants_stream(None, Some(br#"{"stream":false}"#)));
         assert!(!request_wants_stream(None, Some(br#"{"stream":"true"}"#)));
         assert!(!request_wants_stream(None, Some(b"not json")));

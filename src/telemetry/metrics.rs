@@ -28,7 +28,10 @@ impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
         let streams_in_flight = IntGaugeVec::new(
-            Opts::new("sluice_streams_in_flight", "Event streams being relayed now"),
+            Opts::new(
+                "sluice_streams_in_flight",
+                "Event streams being relayed now",
+            ),
             &["route"],
         )
         .unwrap();
@@ -41,7 +44,10 @@ impl Metrics {
         )
         .unwrap();
         let requests = IntCounterVec::new(
-            Opts::new("sluice_requests_total", "Requests handled, by response status class"),
+            Opts::new(
+                "sluice_requests_total",
+                "Requests handled, by response status class",
+            ),
             &["route", "status_class"],
         )
         .unwrap();
@@ -72,7 +78,10 @@ impl Metrics {
         )
         .unwrap();
         let heartbeats = IntCounterVec::new(
-            Opts::new("sluice_heartbeats_total", "Keep-alive comments sent to clients"),
+            Opts::new(
+                "sluice_heartbeats_total",
+                "Keep-alive comments sent to clients",
+            ),
             &["route"],
         )
         .unwrap();

@@ -149,7 +149,11 @@ impl Client {
             .header("transfer-encoding")
             .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         if chunked {
-            response.body = self.read_chunks().into_iter().flat_map(|c| c.data).collect();
+            response.body = self
+                .read_chunks()
+                .into_iter()
+                .flat_map(|c| c.data)
+                .collect();
         } else if let Some(len) = response.header("content-length") {
             let mut body = vec![0; len.parse().unwrap()];
             self.reader.read_exact(&mut body).unwrap();
@@ -162,10 +166,7 @@ impl Client {
 
     /// True when the server closed the connection (read returns EOF) within `wait`.
     pub fn closed_within(&mut self, wait: Duration) -> bool {
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(wait))
-            .unwrap();
+        self.reader.get_ref().set_read_timeout(Some(wait)).unwrap();
         let mut byte = [0; 1];
         matches!(self.reader.read(&mut byte), Ok(0))
     }

@@ -2,7 +2,7 @@
 //! sees (send times, when its connection closed), and a raw HTTP/1.1 client that timestamps
 //! every chunk it receives.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod client;
 pub mod upstream;
@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use client::{Client, Response};
-pub use upstream::{Step, Upstream, UpstreamRequest};
+pub use client::Client;
+pub use upstream::{Step, Upstream};
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -51,7 +51,12 @@ impl Sluice {
         Sluice::start_with_config(&yaml, addr, admin, dir)
     }
 
-    pub fn start_with_config(yaml: &str, addr: SocketAddr, admin: SocketAddr, dir: TempDir) -> Sluice {
+    pub fn start_with_config(
+        yaml: &str,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        dir: TempDir,
+    ) -> Sluice {
         let config = dir.path.join("sluice.yaml");
         std::fs::write(&config, yaml).unwrap();
         let child = Command::new(sluice_bin())
@@ -79,7 +84,10 @@ impl Sluice {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("sluice did not start listening on {} within 20 s", self.addr);
+        panic!(
+            "sluice did not start listening on {} within 20 s",
+            self.addr
+        );
     }
 
     /// The admin `/metrics` text.
@@ -104,7 +112,10 @@ impl Sluice {
             if now == value {
                 return;
             }
-            assert!(Instant::now() < deadline, "{series} is {now}, expected {value}");
+            assert!(
+                Instant::now() < deadline,
+                "{series} is {now}, expected {value}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

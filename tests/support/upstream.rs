@@ -88,15 +88,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn start(handler: impl Fn(&UpstreamRequest) -> Vec<Step> + Send + Sync + 'static) -> Upstream {
+    pub fn start(
+        handler: impl Fn(&UpstreamRequest) -> Vec<Step> + Send + Sync + 'static,
+    ) -> Upstream {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(UpstreamLog::default()));
         let handler: Arc<Handler> = Arc::new(handler);
@@ -275,7 +275,11 @@ async fn read_chunked(reader: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> Option<V
             }
         };
         let size = usize::from_str_radix(
-            std::str::from_utf8(&buf[..line_end]).ok()?.split(';').next()?.trim(),
+            std::str::from_utf8(&buf[..line_end])
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
             16,
         )
         .ok()?;
