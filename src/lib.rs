@@ -7,9 +7,11 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod provider;
+pub mod request_id;
 pub mod route;
 pub mod sse;
 pub mod telemetry;
+pub mod usage;
 
 pub use config::Config;
 pub use edge::{build_server, RunOptions};

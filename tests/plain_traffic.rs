@@ -160,3 +160,31 @@ fn admin_health_and_metrics() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
 }
+
+#[test]
+fn request_id_is_kept_or_made_and_travels_both_ways() {
+    let upstream = echo_upstream();
+    let sluice = sluice_for(&upstream);
+    let mut client = Client::connect(sluice.addr);
+    client.send(
+        "GET",
+        "/v1/models",
+        &[("x-request-id", "client-id-42")],
+        b"",
+    );
+    let response = client.read_response();
+    assert_eq!(response.header("x-request-id"), Some("client-id-42"));
+    client.send("GET", "/v1/models", &[], b"");
+    let response = client.read_response();
+    let made = response
+        .header("x-request-id")
+        .expect("an id is made")
+        .to_string();
+    assert_eq!(made.len(), 32);
+    let requests = upstream.requests();
+    assert_eq!(requests[0].header("x-request-id"), Some("client-id-42"));
+    assert_eq!(requests[1].header("x-request-id"), Some(made.as_str()));
+    // Sluice's own errors carry it too.
+    let response = client.get("/nowhere");
+    assert_eq!(response.header("x-request-id").map(str::len), Some(32));
+}

@@ -58,6 +58,29 @@ fn events_arrive_one_by_one_as_written() {
 }
 
 #[test]
+fn response_head_is_flushed_before_the_first_event() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::sleep_ms(1500),
+            Step::chunk(event(0)),
+            Step::End,
+        ]
+    });
+    let sluice = sluice_for(&upstream, "");
+    let mut client = Client::connect(sluice.addr);
+    let asked = Instant::now();
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    assert_eq!(client.read_head().status, 200);
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_millis(1000),
+        "the head waited {waited:?} for the first event"
+    );
+    assert_eq!(client.read_chunk().unwrap().data, event(0).as_bytes());
+}
+
+#[test]
 fn stream_headers_no_encoding_no_length() {
     let upstream = Upstream::start(|_| {
         vec![

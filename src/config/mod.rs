@@ -42,6 +42,47 @@ pub struct Config {
     pub server: ServerSettings,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+    /// Where usage records go.
+    #[serde(default)]
+    pub usage: UsageSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageSettings {
+    /// The append-only JSON-lines usage ledger; absent: records go to metrics and the access
+    /// log only.
+    pub ledger: Option<std::path::PathBuf>,
+    /// `before_end`: a stream's record is on disk before the client receives the stream's final
+    /// bytes. `async`: records are written in the background (a crash can lose the last ones).
+    pub durability: Durability,
+    /// Rotate the ledger when it would grow past this many bytes (absent: never; rotation on
+    /// SIGHUP works either way).
+    pub rotate_bytes: Option<u64>,
+    /// Rotated ledger files kept (`PATH.1` … `PATH.N`).
+    pub keep: usize,
+    /// Largest SSE event the inspector reads; larger events pass through untouched, uncounted.
+    pub max_event_size: usize,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        UsageSettings {
+            ledger: None,
+            durability: Durability::BeforeEnd,
+            rotate_bytes: None,
+            keep: 5,
+            max_event_size: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    #[default]
+    BeforeEnd,
+    Async,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +166,15 @@ pub struct Route {
         deserialize_with = "duration::deserialize_optional"
     )]
     pub max_duration: Option<Duration>,
+    /// OpenAI chat/completions stream requests: add `stream_options.include_usage` so the
+    /// provider reports usage (the injected usage chunk is removed from what the client gets
+    /// unless it asked itself). Default: on when the route's provider is `openai` or `auto`.
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+    /// Append `: sluice-usage {json}` after the provider's last frame (an SSE comment: ignored
+    /// by EventSource and the official SDKs).
+    #[serde(default = "default_true")]
+    pub usage_comment: bool,
 }
 
 fn default_true() -> bool {

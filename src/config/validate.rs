@@ -43,6 +43,18 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             })?;
         }
     }
+    if config.usage.max_event_size < 1024 {
+        return Err(invalid(
+            "usage.max_event_size",
+            "must be at least 1024 bytes",
+        ));
+    }
+    if config.usage.rotate_bytes == Some(0) {
+        return Err(invalid(
+            "usage.rotate_bytes",
+            "must be more than 0 (omit it to never rotate by size)",
+        ));
+    }
     if config.routes.is_empty() {
         return Err(invalid("routes", "at least one route is required"));
     }

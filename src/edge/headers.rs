@@ -48,6 +48,7 @@ pub struct UpstreamRequest<'a> {
     pub client: &'a RequestHeader,
     pub upstream: &'a UpstreamSpec,
     pub client_addr: Option<String>,
+    pub request_id: &'a str,
     pub body: BodyFraming,
     /// Stream requests never ask the upstream for a compressed body.
     pub stream: bool,
@@ -75,6 +76,7 @@ impl UpstreamRequest<'_> {
             req.append_header(name.clone(), value.clone())?;
         }
         req.insert_header(header::HOST, self.upstream.target.authority())?;
+        req.insert_header(crate::request_id::HEADER, self.request_id)?;
         if let Some(addr) = &self.client_addr {
             let forwarded = match client.headers.get("x-forwarded-for") {
                 Some(prior) => format!("{}, {addr}", String::from_utf8_lossy(prior.as_bytes())),
@@ -100,7 +102,11 @@ impl UpstreamRequest<'_> {
 }
 
 /// The response head sent to the client for the upstream's head.
-pub fn client_response(upstream: &ResponseHeader, event_stream: bool) -> Result<ResponseHeader> {
+pub fn client_response(
+    upstream: &ResponseHeader,
+    event_stream: bool,
+    request_id: &str,
+) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 3))?;
     let tokens = connection_tokens(&upstream.headers);
     for (name, value) in upstream.headers.iter() {
@@ -117,6 +123,7 @@ pub fn client_response(upstream: &ResponseHeader, event_stream: bool) -> Result<
             resp.append_header(name.clone(), value.clone())?;
         }
     }
+    resp.insert_header(crate::request_id::HEADER, request_id)?;
     if event_stream {
         resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
         resp.insert_header("x-accel-buffering", "no")?;
@@ -168,6 +175,7 @@ mod tests {
             client: &client,
             upstream: &spec,
             client_addr: Some("10.0.0.1".into()),
+            request_id: "rid-1",
             body: BodyFraming::Sized(10),
             stream: true,
         }
@@ -179,6 +187,7 @@ mod tests {
         assert_eq!(req.headers["content-length"], "10");
         assert_eq!(req.headers["x-keep"], "yes");
         assert_eq!(req.headers["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(req.headers["x-request-id"], "rid-1");
         for gone in ["accept-encoding", "connection", "x-private"] {
             assert!(!req.headers.contains_key(gone), "{gone}");
         }
@@ -191,6 +200,7 @@ mod tests {
             client: &client,
             upstream: &spec,
             client_addr: None,
+            request_id: "rid-2",
             body: BodyFraming::Streamed {
                 content_length: None,
             },
@@ -210,18 +220,19 @@ mod tests {
             ("content-length", "100"),
             ("content-encoding", "gzip"),
             ("connection", "keep-alive"),
-            ("x-request-id", "abc"),
+            ("x-upstream-id", "abc"),
         ] {
             up.append_header(k, v).unwrap();
         }
-        let resp = client_response(&up, true).unwrap();
+        let resp = client_response(&up, true, "rid").unwrap();
         assert_eq!(resp.headers["cache-control"], "no-cache");
         assert_eq!(resp.headers["x-accel-buffering"], "no");
-        assert_eq!(resp.headers["x-request-id"], "abc");
+        assert_eq!(resp.headers["x-upstream-id"], "abc");
+        assert_eq!(resp.headers["x-request-id"], "rid");
         for gone in ["content-length", "content-encoding", "connection"] {
             assert!(!resp.headers.contains_key(gone), "{gone}");
         }
-        let plain = client_response(&up, false).unwrap();
+        let plain = client_response(&up, false, "rid").unwrap();
         assert_eq!(plain.headers["content-length"], "100");
     }
 }

@@ -27,6 +27,7 @@ pub use proxy::SluiceProxy;
 /// What one request did, filled in along its path and read by the logging phase.
 pub struct RequestCtx {
     pub started: Instant,
+    pub request_id: String,
     pub route: Option<Arc<crate::route::Route>>,
     pub provider: Provider,
     pub stream_request: bool,
@@ -43,6 +44,7 @@ impl RequestCtx {
     fn new() -> Self {
         RequestCtx {
             started: Instant::now(),
+            request_id: String::new(),
             route: None,
             provider: Provider::Openai,
             stream_request: false,

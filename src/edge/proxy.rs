@@ -33,6 +33,13 @@ impl ProxyHttp for SluiceProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let path = session.req_header().uri.path().to_string();
+        ctx.request_id = crate::request_id::from_client(
+            session
+                .req_header()
+                .headers
+                .get(crate::request_id::HEADER)
+                .map(|v| v.as_bytes()),
+        );
         let down = session.as_downstream_mut();
         let finish = match self.router.route(&path) {
             Some(route) => {
@@ -68,6 +75,7 @@ impl ProxyHttp for SluiceProxy {
         let req = session.req_header();
         AccessRecord {
             ts: timestamp(),
+            request_id: &ctx.request_id,
             client: session
                 .client_addr()
                 .and_then(|a| a.as_inet())

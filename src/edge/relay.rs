@@ -63,6 +63,7 @@ pub async fn handle(
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string()),
+        request_id: &ctx.request_id,
         body: body.framing(down.req_header()),
         stream: ctx.stream_request,
     }
@@ -136,7 +137,7 @@ pub async fn handle(
             .unwrap_or_default(),
     );
     let mut decoder = event_stream.then(|| decoder_for(&upstream_head)).flatten();
-    let client_head = match client_response(&upstream_head, event_stream) {
+    let client_head = match client_response(&upstream_head, event_stream, &ctx.request_id) {
         Ok(h) => h,
         Err(e) => {
             let error = ProxyError::new(ProxyErrorKind::UpstreamUnavailable, e.to_string());
@@ -457,6 +458,7 @@ pub async fn respond_error(
         head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         head.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        head.insert_header(crate::request_id::HEADER, ctx.request_id.as_str())?;
         Ok(head)
     };
     let Ok(head) = build() else {

@@ -3,8 +3,10 @@
 
 mod boundary;
 mod detect;
+mod parser;
 mod relay_policy;
 
 pub use boundary::EventBoundary;
 pub use detect::{is_event_stream, request_wants_stream};
+pub use parser::{SseEvent, SseParser};
 pub use relay_policy::{RelayClock, RelayPolicy, RelayTick, StreamOutcome, HEARTBEAT};

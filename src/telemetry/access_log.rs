@@ -6,6 +6,7 @@ use std::io::Write;
 #[derive(Debug, Serialize)]
 pub struct AccessRecord<'a> {
     pub ts: String,
+    pub request_id: &'a str,
     pub client: Option<String>,
     pub method: &'a str,
     pub path: &'a str,

@@ -1,0 +1,290 @@
+//! OpenAI chat completions (`/v1/chat/completions`) streams, and the legacy completions streams
+//! that share their shape: `data:`-only chunk objects whose choices carry a `finish_reason`, a
+//! final chunk with `usage` and `"choices": []` when the request set
+//! `stream_options.include_usage`, then `data: [DONE]`. A mid-stream error is a
+//! `{"error":{...}}` payload (the SDKs also accept it under `event: error`).
+//!
+//! Hot path: an ordinary delta chunk costs three substring scans and no parse.
+
+use std::sync::LazyLock;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use super::common::{parse, ErrorBody};
+use super::scan::Needle;
+use super::UsageExtractor;
+use crate::usage::record::{StreamFacts, Usage};
+
+static FINISH_REASON: LazyLock<Needle> = LazyLock::new(|| Needle::new(b"\"finish_reason\""));
+static USAGE: LazyLock<Needle> = LazyLock::new(|| Needle::new(b"\"usage\""));
+// Any `"error"` string, key or value: also catches `{"object":"error",...}` of compatible
+// servers. Text never matches (its quotes arrive escaped), so this stays rare.
+static ERROR: LazyLock<Needle> = LazyLock::new(|| Needle::new(b"\"error\""));
+
+/// A server that never names the model would otherwise have every chunk parsed.
+const MODEL_PARSES: u8 = 3;
+
+#[derive(Debug, Default)]
+pub struct OpenaiChatExtractor {
+    facts: StreamFacts,
+    model_parses: u8,
+}
+
+impl OpenaiChatExtractor {
+    pub fn new() -> OpenaiChatExtractor {
+        OpenaiChatExtractor::default()
+    }
+
+    pub(crate) fn seeded(facts: StreamFacts) -> OpenaiChatExtractor {
+        OpenaiChatExtractor {
+            facts,
+            model_parses: 0,
+        }
+    }
+
+    fn wants_parse(&self, event_type: &[u8], data: &[u8]) -> bool {
+        (self.facts.model.is_none() && self.model_parses < MODEL_PARSES)
+            || event_type == b"error"
+            || FINISH_REASON.has_non_null_value(data)
+            || USAGE.has_non_null_value(data)
+            || ERROR.occurs_in(data)
+    }
+
+    fn read(&mut self, data: &[u8]) {
+        let Some(chunk) = parse::<Chunk>(&mut self.facts, data) else {
+            return;
+        };
+        if self.facts.model.is_none() {
+            self.model_parses += 1;
+        }
+        if let Some(model) = chunk.model.filter(|m| !m.is_empty()) {
+            self.facts.model = Some(model);
+        }
+        // With several choices the last one to finish names the reason.
+        let choices = chunk.choices.unwrap_or_default().into_iter();
+        if let Some(reason) = choices.rev().find_map(|c| c.finish_reason) {
+            self.facts.finish_reason = Some(reason);
+        }
+        if let Some(usage) = chunk.usage.and_then(|u| u.into_usage().stated()) {
+            self.facts.usage = Some(usage);
+        }
+        if let Some(error) = chunk.error {
+            self.facts.provider_error = Some(error.into_provider_error());
+        } else if chunk.object.as_deref() == Some("error") {
+            // OpenAI-compatible servers (vLLM and others) write the error object flat.
+            if let Some(error) = parse::<ErrorBody>(&mut self.facts, data) {
+                self.facts.provider_error = Some(error.into_provider_error());
+            }
+        }
+    }
+}
+
+impl UsageExtractor for OpenaiChatExtractor {
+    fn on_event(&mut self, event_type: &[u8], data: &[u8]) {
+        self.facts.events += 1;
+        let data = data.trim_ascii();
+        if data == b"[DONE]" {
+            self.facts.end_marker_seen = true;
+        } else if self.wants_parse(event_type, data) {
+            self.read(data);
+        }
+    }
+
+    fn facts(&self) -> &StreamFacts {
+        &self.facts
+    }
+}
+
+/// True for the chunk that carries only the usage (`"choices": []` and a non-null `usage`), which
+/// the proxy removes when the client did not ask for usage itself. Everything else is false,
+/// including a last content chunk that happens to carry usage too.
+pub fn is_usage_only_chunk(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Shape {
+        choices: Option<Vec<IgnoredAny>>,
+        usage: Option<IgnoredAny>,
+    }
+    if !USAGE.has_non_null_value(data) {
+        return false;
+    }
+    matches!(
+        serde_json::from_slice::<Shape>(data.trim_ascii()),
+        Ok(Shape { choices: Some(choices), usage: Some(_) }) if choices.is_empty()
+    )
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    model: Option<String>,
+    object: Option<String>,
+    choices: Option<Vec<Choice>>,
+    usage: Option<ChatUsage>,
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChatUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    reasoning_tokens: Option<u64>,
+}
+
+impl ChatUsage {
+    fn into_usage(self) -> Usage {
+        Usage {
+            input_tokens: self.prompt_tokens,
+            output_tokens: self.completion_tokens,
+            cached_input_tokens: self.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            cache_creation_input_tokens: None,
+            reasoning_tokens: self
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens),
+            total_tokens: None,
+        }
+        .with_total(self.total_tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST: &[u8] = br#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
+
+    fn run(events: &[&[u8]]) -> StreamFacts {
+        let mut x = OpenaiChatExtractor::new();
+        for data in events {
+            x.on_event(b"message", data);
+        }
+        x.facts().clone()
+    }
+
+    /// Chunks the prefilter must skip: were they parsed, the broken JSON would be counted.
+    fn skipped(data: &[u8]) -> bool {
+        let mut x = OpenaiChatExtractor::new();
+        x.on_event(b"message", FIRST);
+        x.on_event(b"message", data);
+        x.facts().unparsed_events == 0
+    }
+
+    #[test]
+    fn ordinary_deltas_are_not_parsed() {
+        assert!(skipped(
+            br#"{"choices":[{"delta":{"content":"hi"},"finish_reason":null}],"usage":null} BROKEN"#
+        ));
+        assert!(skipped(br#"{"choices":[{"delta":{"content":"the \"finish_reason\": \"stop\" and \"usage\": {} and \"error\""},"finish_reason":null}] BROKEN"#));
+        // Pretty-printed (data lines joined by LF) is still recognised as ordinary.
+        assert!(skipped(b"{\n  \"choices\": [{\"delta\": {}, \"finish_reason\" : null}],\n  \"usage\" :\n null\n} BROKEN"));
+    }
+
+    #[test]
+    fn finish_and_usage_found_with_any_spacing() {
+        let facts = run(&[
+            FIRST,
+            br#"{"model":"gpt-4o-mini", "choices":[{"index":0,"delta":{},"finish_reason": "stop"}]}"#,
+            b"{\n  \"choices\": [],\n  \"usage\": {\n    \"prompt_tokens\": 9,\n    \"completion_tokens\": 3,\n    \"total_tokens\": 12\n  }\n}",
+            b"[DONE]",
+        ]);
+        assert_eq!(facts.finish_reason.as_deref(), Some("stop"));
+        assert!(facts.end_marker_seen);
+        let usage = facts.usage.unwrap();
+        assert_eq!(
+            (usage.input_tokens, usage.output_tokens, usage.total_tokens),
+            (Some(9), Some(3), Some(12))
+        );
+        assert_eq!(facts.unparsed_events, 0);
+    }
+
+    #[test]
+    fn usage_on_the_finish_chunk_is_taken() {
+        let facts = run(&[
+            FIRST,
+            br#"{"choices":[{"delta":{},"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#,
+        ]);
+        let usage = facts.usage.unwrap();
+        assert_eq!(usage.total_tokens, Some(12));
+        assert!(!facts.end_marker_seen);
+    }
+
+    #[test]
+    fn model_from_a_later_chunk_when_the_first_is_empty() {
+        // Azure sends a content-filter chunk with an empty model first.
+        let facts = run(&[
+            br#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[]}"#,
+            FIRST,
+        ]);
+        assert_eq!(facts.model.as_deref(), Some("gpt-4o-mini"));
+    }
+
+    #[test]
+    fn errors_in_each_shape() {
+        let nested = run(&[
+            FIRST,
+            br#"{"error":{"message":"m","type":"server_error","param":null,"code":null}}"#,
+        ]);
+        assert_eq!(nested.provider_error.unwrap().kind, "server_error");
+        let flat = run(&[br#"{"object":"error","message":"bad","type":"BadRequestError","param":null,"code":400}"#]);
+        let error = flat.provider_error.unwrap();
+        assert_eq!(
+            (error.kind.as_str(), error.message.as_str()),
+            ("BadRequestError", "bad")
+        );
+        let mut x = OpenaiChatExtractor::new();
+        x.on_event(b"message", FIRST);
+        x.on_event(b"error", br#"{"error":{"message":"m","type":"t"}}"#);
+        assert_eq!(x.facts().provider_error.as_ref().unwrap().kind, "t");
+    }
+
+    #[test]
+    fn hostile_figures_do_not_panic() {
+        let facts = run(&[
+            FIRST,
+            br#"{"choices":[],"usage":{"prompt_tokens":18446744073709551616}}"#,
+            br#"{"choices":[],"usage":{"prompt_tokens":-1}}"#,
+            br#"{"choices":[],"usage":{"prompt_tokens":"12"}}"#,
+            br#"{"choices":[],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#,
+        ]);
+        assert_eq!(facts.unparsed_events, 3);
+        let usage = facts.usage.unwrap();
+        assert_eq!(usage.input_tokens, Some(u64::MAX));
+        assert_eq!(usage.total_tokens, None);
+    }
+
+    #[test]
+    fn usage_only_chunk() {
+        assert!(is_usage_only_chunk(br#"{"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#));
+        assert!(is_usage_only_chunk(
+            b"{\n \"choices\" : [ ],\n \"usage\" : {\"prompt_tokens\": 1}\n}"
+        ));
+        assert!(!is_usage_only_chunk(
+            br#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(!is_usage_only_chunk(
+            br#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#
+        ));
+        assert!(!is_usage_only_chunk(br#"{"choices":[],"usage":null}"#));
+        assert!(!is_usage_only_chunk(br#"{"usage":{"prompt_tokens":1}}"#));
+        assert!(!is_usage_only_chunk(
+            br#"{"choices":[],"usage":{"prompt_tokens":1}"#
+        ));
+        assert!(!is_usage_only_chunk(b"[DONE]"));
+    }
+}

@@ -1,0 +1,183 @@
+//! OpenAI Responses API (`/v1/responses`) streams: typed events (`event: response.created`,
+//! `response.output_text.delta`, …) that end with `response.completed`, `response.incomplete` or
+//! `response.failed`, each carrying the whole response object with `model`, `status`, `usage`
+//! and `error`. A mid-stream `error` event carries `code` and `message`.
+//!
+//! The event type says everything, so a delta costs one comparison; only the lifecycle events
+//! are parsed.
+
+use serde::Deserialize;
+
+use super::common::{event_kind, parse, ErrorBody, ErrorEvent};
+use super::UsageExtractor;
+use crate::usage::record::{StreamFacts, Usage};
+
+#[derive(Debug, Default)]
+pub struct ResponsesExtractor {
+    facts: StreamFacts,
+}
+
+impl ResponsesExtractor {
+    pub fn new() -> ResponsesExtractor {
+        ResponsesExtractor::default()
+    }
+
+    pub(crate) fn seeded(facts: StreamFacts) -> ResponsesExtractor {
+        ResponsesExtractor { facts }
+    }
+
+    fn read_lifecycle(&mut self, data: &[u8], terminal: bool) {
+        let Some(event) = parse::<LifecycleEvent>(&mut self.facts, data) else {
+            return;
+        };
+        let Some(response) = event.response else {
+            return;
+        };
+        if let Some(model) = response.model {
+            self.facts.model = Some(model);
+        }
+        if !terminal {
+            return;
+        }
+        self.facts.end_marker_seen = true;
+        if let Some(status) = response.status {
+            self.facts.finish_reason = Some(status);
+        }
+        if let Some(usage) = response.usage.and_then(|u| u.into_usage().stated()) {
+            self.facts.usage = Some(usage);
+        }
+        if let Some(error) = response.error {
+            self.facts.provider_error = Some(error.into_provider_error());
+        }
+    }
+
+    fn read_error(&mut self, data: &[u8]) {
+        let event = parse::<ErrorEvent>(&mut self.facts, data);
+        if let Some(error) = event.and_then(ErrorEvent::into_provider_error) {
+            self.facts.provider_error = Some(error);
+        }
+    }
+}
+
+impl UsageExtractor for ResponsesExtractor {
+    fn on_event(&mut self, event_type: &[u8], data: &[u8]) {
+        self.facts.events += 1;
+        let Some(kind) = event_kind(&mut self.facts, event_type, data) else {
+            return;
+        };
+        match kind.as_ref() {
+            b"response.created" | b"response.in_progress" if self.facts.model.is_none() => {
+                self.read_lifecycle(data, false)
+            }
+            b"response.completed" | b"response.incomplete" | b"response.failed" => {
+                self.read_lifecycle(data, true)
+            }
+            b"error" => self.read_error(data),
+            _ => {}
+        }
+    }
+
+    fn facts(&self) -> &StreamFacts {
+        &self.facts
+    }
+}
+
+#[derive(Deserialize)]
+struct LifecycleEvent {
+    response: Option<ResponseObject>,
+}
+
+#[derive(Deserialize)]
+struct ResponseObject {
+    model: Option<String>,
+    status: Option<String>,
+    usage: Option<ResponsesUsage>,
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesUsage {
+    input_tokens: Option<u64>,
+    input_tokens_details: Option<InputDetails>,
+    output_tokens: Option<u64>,
+    output_tokens_details: Option<OutputDetails>,
+    total_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct InputDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OutputDetails {
+    reasoning_tokens: Option<u64>,
+}
+
+impl ResponsesUsage {
+    fn into_usage(self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cached_input_tokens: self.input_tokens_details.and_then(|d| d.cached_tokens),
+            cache_creation_input_tokens: None,
+            reasoning_tokens: self.output_tokens_details.and_then(|d| d.reasoning_tokens),
+            total_tokens: None,
+        }
+        .with_total(self.total_tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_are_not_read() {
+        let mut x = ResponsesExtractor::new();
+        x.on_event(b"response.output_text.delta", b"not json at all");
+        x.on_event(b"response.in_progress", b"not json either");
+        assert_eq!(
+            x.facts().unparsed_events,
+            1,
+            "in_progress is read while the model is unknown"
+        );
+        x.on_event(b"response.created", br#"{"type":"response.created","response":{"model":"m","status":"in_progress","usage":null}}"#);
+        x.on_event(b"response.in_progress", b"skipped once the model is known");
+        assert_eq!(x.facts().unparsed_events, 1);
+        assert_eq!(x.facts().model.as_deref(), Some("m"));
+        assert!(!x.facts().end_marker_seen);
+        assert_eq!(x.facts().finish_reason, None);
+    }
+
+    #[test]
+    fn incomplete_is_an_end_with_its_status() {
+        let mut x = ResponsesExtractor::new();
+        x.on_event(b"response.incomplete", br#"{"type":"response.incomplete","response":{"status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"model":"m","usage":{"input_tokens":10,"output_tokens":20}}}"#);
+        let facts = x.facts();
+        assert!(facts.end_marker_seen);
+        assert_eq!(facts.finish_reason.as_deref(), Some("incomplete"));
+        assert_eq!(facts.usage.unwrap().total_tokens, Some(30));
+    }
+
+    #[test]
+    fn unnamed_events_are_typed_from_their_data() {
+        let mut x = ResponsesExtractor::new();
+        x.on_event(
+            b"message",
+            br#"{"type":"response.output_text.delta","delta":"x"}"#,
+        );
+        x.on_event(b"message", br#"{"sequence_number":3,"type":"response.completed","response":{"status":"completed","model":"m"}}"#);
+        x.on_event(
+            b"message",
+            br#"{"type":"error","code":"rate_limit_exceeded","message":"slow down"}"#,
+        );
+        let facts = x.facts();
+        assert!(facts.end_marker_seen);
+        assert_eq!(
+            facts.provider_error.as_ref().unwrap().kind,
+            "rate_limit_exceeded"
+        );
+        assert_eq!(facts.unparsed_events, 0);
+    }
+}

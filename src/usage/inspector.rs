@@ -1,0 +1,267 @@
+//! The stream inspector: reads a relayed event stream for usage without delaying it.
+//!
+//! Every chunk is parsed (SSE) and its events handed to the provider's usage extractor, and the
+//! chunk goes to the client at once, unchanged, with two documented exceptions:
+//! - *strip mode* (Sluice injected `include_usage` for a client that did not ask for it): the
+//!   OpenAI usage-only chunk is cut out, and the tail of a chunk that ends inside an event is
+//!   held until that event is complete (a client cannot act on half an event anyway);
+//! - *hold-final mode* (`durability: before_end`): from the provider's end-of-stream marker on,
+//!   bytes are held so that the relay can make the usage record durable before the client sees
+//!   the end of the stream. The marker is known only once its event is complete, so the start of
+//!   that event may already be out; its blank line is not, so the client cannot have dispatched
+//!   it, and the body's end comes later still.
+
+use crate::sse::SseParser;
+use crate::usage::extract::{is_usage_only_chunk, UsageExtractor};
+use crate::usage::record::StreamFacts;
+use bytes::{Bytes, BytesMut};
+
+#[derive(Debug, Clone, Copy)]
+pub struct InspectorOptions {
+    /// Largest event the parser reads; larger ones pass through uninspected and are counted.
+    pub max_event_size: usize,
+    /// Remove the usage-only chunk from the client's stream.
+    pub strip_usage_chunk: bool,
+    /// Hold the final frame (from the end marker on) until the relay releases it.
+    pub hold_final_frame: bool,
+}
+
+pub struct StreamInspector {
+    parser: SseParser,
+    extractor: Box<dyn UsageExtractor>,
+    options: InspectorOptions,
+    /// Bytes not yet sent: a partial event (strip mode) or the final frame and all after it.
+    held: BytesMut,
+    final_reached: bool,
+    stripped_chunks: u64,
+}
+
+impl StreamInspector {
+    pub fn new(extractor: Box<dyn UsageExtractor>, options: InspectorOptions) -> Self {
+        StreamInspector {
+            parser: SseParser::new(options.max_event_size),
+            extractor,
+            options,
+            held: BytesMut::new(),
+            final_reached: false,
+            stripped_chunks: 0,
+        }
+    }
+
+    /// Inspects one upstream chunk and returns what the client gets now (often all of it,
+    /// without a copy).
+    pub fn on_chunk(&mut self, chunk: Bytes) -> Bytes {
+        let base = self.held.len();
+        let mut last_end = 0;
+        let mut cuts: Vec<(usize, usize)> = Vec::new();
+        let mut hold_from = self.final_reached.then_some(0);
+        let (extractor, options) = (&mut self.extractor, self.options);
+        let stripped = &mut self.stripped_chunks;
+        self.parser.feed_at(&chunk, |event, end_in_chunk| {
+            let (start, end) = (last_end, base + end_in_chunk);
+            last_end = end;
+            let was_final = extractor.facts().end_marker_seen;
+            extractor.on_event(event.event_type(), &event.data);
+            if hold_from.is_some() {
+                return;
+            }
+            if options.strip_usage_chunk && is_usage_only_chunk(&event.data) {
+                cuts.push((start, end));
+                *stripped += 1;
+            } else if options.hold_final_frame && !was_final && extractor.facts().end_marker_seen {
+                hold_from = Some(start);
+            }
+        });
+        if let Some(from) = hold_from {
+            self.final_reached = true;
+            return self.release_until(chunk, from, &cuts, true);
+        }
+        if self.options.strip_usage_chunk && !self.parser.at_event_boundary() {
+            return self.release_until(chunk, last_end, &cuts, true);
+        }
+        if base == 0 && cuts.is_empty() {
+            return chunk;
+        }
+        let len = base + chunk.len();
+        self.release_until(chunk, len, &cuts, false)
+    }
+
+    /// Sends `held ++ chunk` up to `until` (minus `cuts`) and keeps the rest held when `hold`.
+    fn release_until(
+        &mut self,
+        chunk: Bytes,
+        until: usize,
+        cuts: &[(usize, usize)],
+        hold: bool,
+    ) -> Bytes {
+        let mut working = std::mem::take(&mut self.held);
+        working.extend_from_slice(&chunk);
+        let rest = working.split_off(until);
+        if hold {
+            self.held = rest;
+        }
+        if cuts.is_empty() {
+            return working.freeze();
+        }
+        let mut out = BytesMut::with_capacity(working.len());
+        let mut from = 0;
+        for &(start, end) in cuts {
+            out.extend_from_slice(&working[from..start]);
+            from = end;
+        }
+        out.extend_from_slice(&working[from..]);
+        out.freeze()
+    }
+
+    /// What the client has received so far ends between two events: Sluice may insert bytes
+    /// (a heartbeat, a terminal event) without corrupting an upstream event.
+    pub fn client_at_event_boundary(&self) -> bool {
+        if self.final_reached {
+            // Part of the final event may be out already; nothing goes in until it is released.
+            return false;
+        }
+        !self.held.is_empty() || self.parser.at_event_boundary()
+    }
+
+    /// The provider's end-of-stream marker has arrived (and, in hold-final mode, its frame is
+    /// held).
+    pub fn final_reached(&self) -> bool {
+        self.final_reached || self.extractor.facts().end_marker_seen
+    }
+
+    /// The bytes still held: the final frame and whatever followed it. A partial event held in
+    /// strip mode is returned as well (it was never complete, but it is the upstream's).
+    pub fn take_held(&mut self) -> Bytes {
+        std::mem::take(&mut self.held).freeze()
+    }
+
+    /// Drops a partial event held in strip mode (the stream is being ended by Sluice, and the
+    /// client never saw its start).
+    pub fn discard_partial(&mut self) {
+        if !self.final_reached {
+            self.held.clear();
+        }
+    }
+
+    pub fn facts(&self) -> &StreamFacts {
+        self.extractor.facts()
+    }
+
+    pub fn oversized_events(&self) -> u64 {
+        self.parser.oversized_events()
+    }
+
+    pub fn stripped_chunks(&self) -> u64 {
+        self.stripped_chunks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::extract::{extractor_for, StreamFormat};
+
+    const CHUNK: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+    const FINISH: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+    const USAGE: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    fn inspector(strip: bool, hold: bool) -> StreamInspector {
+        StreamInspector::new(
+            extractor_for(StreamFormat::OpenaiChat),
+            InspectorOptions {
+                max_event_size: 1 << 20,
+                strip_usage_chunk: strip,
+                hold_final_frame: hold,
+            },
+        )
+    }
+
+    fn stream() -> String {
+        format!("{CHUNK}{FINISH}{USAGE}{DONE}")
+    }
+
+    /// Feeds `stream` in chunks of `size` bytes; returns what the client got and what is held.
+    fn run(inspector: &mut StreamInspector, stream: &str, size: usize) -> (String, String) {
+        let mut out = Vec::new();
+        for piece in stream.as_bytes().chunks(size) {
+            out.extend_from_slice(&inspector.on_chunk(Bytes::copy_from_slice(piece)));
+        }
+        let held = inspector.take_held();
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(held.to_vec()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn passes_everything_through_when_neither_mode_is_on() {
+        for size in [1, 7, 64, 10_000] {
+            let mut i = inspector(false, false);
+            let (sent, held) = run(&mut i, &stream(), size);
+            assert_eq!(sent, stream());
+            assert_eq!(held, "");
+            assert_eq!(i.facts().usage.unwrap().total_tokens, Some(11));
+            assert!(i.facts().end_marker_seen);
+        }
+    }
+
+    #[test]
+    fn strips_the_usage_chunk_at_any_chunking() {
+        for size in 1..=USAGE.len() + 3 {
+            let mut i = inspector(true, false);
+            let (sent, held) = run(&mut i, &stream(), size);
+            assert_eq!(sent, format!("{CHUNK}{FINISH}{DONE}"), "chunk size {size}");
+            assert_eq!(held, "");
+            assert_eq!(i.facts().usage.unwrap().input_tokens, Some(9));
+            assert_eq!(i.stripped_chunks(), 1);
+        }
+    }
+
+    #[test]
+    fn holds_the_final_frame_at_any_chunking() {
+        for size in [1, 5, 13, 100, 10_000] {
+            let mut i = inspector(false, true);
+            let (sent, held) = run(&mut i, &stream(), size);
+            // The final event may have started to go out, but its blank line is held: the
+            // client cannot have dispatched it.
+            assert_eq!(format!("{sent}{held}"), stream(), "chunk size {size}");
+            assert!(sent.starts_with(&format!("{CHUNK}{FINISH}{USAGE}")));
+            assert!(!held.is_empty() && DONE.ends_with(&held), "held {held:?}");
+            assert!(i.final_reached());
+            assert!(!i.client_at_event_boundary());
+        }
+    }
+
+    #[test]
+    fn strip_and_hold_together() {
+        let mut i = inspector(true, true);
+        let (sent, held) = run(&mut i, &stream(), 3);
+        assert_eq!(format!("{sent}{held}"), format!("{CHUNK}{FINISH}{DONE}"));
+        assert!(!held.is_empty() && DONE.ends_with(&held));
+    }
+
+    #[test]
+    fn boundary_follows_what_the_client_got() {
+        let mut i = inspector(false, false);
+        i.on_chunk(Bytes::from_static(b"data: {\"par"));
+        assert!(!i.client_at_event_boundary());
+        let mut i = inspector(true, false);
+        let sent = i.on_chunk(Bytes::from_static(b"data: {\"par"));
+        assert!(sent.is_empty(), "strip mode holds the partial event");
+        assert!(i.client_at_event_boundary());
+        i.discard_partial();
+        assert!(i.take_held().is_empty());
+    }
+
+    #[test]
+    fn malformed_stream_passes_untouched() {
+        let garbage = "data: {not json\n\ndata: [DON\n\n\u{0}\u{1}\r\r\n";
+        for strip in [false, true] {
+            let mut i = inspector(strip, true);
+            let (sent, held) = run(&mut i, garbage, 4);
+            assert_eq!(format!("{sent}{held}"), garbage);
+            assert_eq!(i.facts().usage_source(), "none");
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The queue between appenders and the writer thread: records waiting to be written, the byte
+//! semaphore that bounds them (backpressure), and the counters both sides update.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+use super::LedgerError;
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) records_written: AtomicU64,
+    pub(super) batches: AtomicU64,
+    pub(super) fsyncs: AtomicU64,
+    pub(super) write_errors: AtomicU64,
+    pub(super) rotations: AtomicU64,
+    pub(super) queued: AtomicUsize,
+}
+
+pub(super) type Waiter = oneshot::Sender<Result<(), LedgerError>>;
+
+pub(super) struct Entry {
+    pub(super) line: Bytes,
+    /// Queue bytes this record holds, given back when the writer takes it.
+    pub(super) permits: u32,
+    pub(super) done: Option<Waiter>,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) queue: VecDeque<Entry>,
+    pub(super) reopen: bool,
+    pub(super) shutdown: bool,
+    pub(super) writer_idle: bool,
+}
+
+pub(super) struct Shared {
+    pub(super) path: PathBuf,
+    pub(super) capacity: u32,
+    pub(super) state: Mutex<State>,
+    pub(super) wake: Condvar,
+    pub(super) room: Arc<Semaphore>,
+    pub(super) counters: Counters,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; if something did, the queue is still sound.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn closed(&self) -> LedgerError {
+        LedgerError::Closed {
+            path: self.path.clone(),
+        }
+    }
+
+    fn check(&self, line: &[u8]) -> Result<(), LedgerError> {
+        let reason = if line.is_empty() {
+            "empty record"
+        } else if line.iter().any(|&b| b == b'\n' || b == b'\r') {
+            "a record must be a single line (serialize it compactly)"
+        } else {
+            return Ok(());
+        };
+        Err(LedgerError::InvalidRecord {
+            path: self.path.clone(),
+            reason,
+        })
+    }
+
+    /// Queue bytes a record holds; capped so that a record larger than the whole queue can
+    /// still get in (alone) instead of waiting forever.
+    fn permits_for(&self, line: &[u8]) -> u32 {
+        u32::try_from(line.len() + 1).map_or(self.capacity, |n| n.min(self.capacity))
+    }
+
+    fn push(
+        &self,
+        line: Bytes,
+        permit: OwnedSemaphorePermit,
+        done: Option<Waiter>,
+    ) -> Result<(), LedgerError> {
+        let mut state = self.lock();
+        if state.shutdown {
+            return Err(self.closed());
+        }
+        let permits = permit.num_permits() as u32;
+        permit.forget();
+        state.queue.push_back(Entry {
+            line,
+            permits,
+            done,
+        });
+        self.counters.queued.fetch_add(1, Relaxed);
+        if state.writer_idle {
+            state.writer_idle = false;
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// A record on its way into the queue: in already, or waiting for room.
+pub(super) enum Admission {
+    Done(Result<(), LedgerError>),
+    Waiting {
+        shared: Arc<Shared>,
+        line: Bytes,
+        permits: u32,
+        done: Option<Waiter>,
+    },
+}
+
+impl Admission {
+    pub(super) fn start(shared: &Arc<Shared>, line: Bytes, done: Option<Waiter>) -> Self {
+        if let Err(err) = shared.check(&line) {
+            return Self::Done(Err(err));
+        }
+        let permits = shared.permits_for(&line);
+        match Arc::clone(&shared.room).try_acquire_many_owned(permits) {
+            Ok(permit) => Self::Done(shared.push(line, permit, done)),
+            Err(TryAcquireError::Closed) => Self::Done(Err(shared.closed())),
+            Err(TryAcquireError::NoPermits) => Self::Waiting {
+                shared: Arc::clone(shared),
+                line,
+                permits,
+                done,
+            },
+        }
+    }
+
+    pub(super) async fn queued(self) -> Result<(), LedgerError> {
+        match self {
+            Self::Done(result) => result,
+            Self::Waiting {
+                shared,
+                line,
+                permits,
+                done,
+            } => {
+                let room = Arc::clone(&shared.room);
+                let permit = room
+                    .acquire_many_owned(permits)
+                    .await
+                    .map_err(|_| shared.closed())?;
+                shared.push(line, permit, done)
+            }
+        }
+    }
+}

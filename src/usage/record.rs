@@ -1,0 +1,160 @@
+//! The usage record of one stream, with one meaning of each figure across providers.
+//!
+//! Every figure is what the provider itself stated in its frames; nothing is estimated. A figure
+//! the provider did not state stays `None`, so "zero" and "unknown" never blur.
+
+use serde::{Deserialize, Serialize};
+
+/// Token counts of one response, normalised across providers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Every prompt token the provider processed, cached or not: OpenAI `prompt_tokens` /
+    /// `input_tokens`; Anthropic `input_tokens + cache_creation_input_tokens +
+    /// cache_read_input_tokens` (Anthropic's own `input_tokens` counts only the uncached part);
+    /// Gemini `promptTokenCount` (which already includes the cached content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// Every generated token billed at the output rate, reasoning included: OpenAI
+    /// `completion_tokens` / `output_tokens` (both include reasoning); Anthropic `output_tokens`
+    /// (includes thinking); Gemini `candidatesTokenCount + thoughtsTokenCount`, because Gemini
+    /// counts thoughts apart from candidates but bills them as output ("response pricing is the
+    /// sum of output tokens and thinking tokens").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    /// The part of `input_tokens` read from the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
+    /// The part of `input_tokens` written to the prompt cache (Anthropic only; billed above the
+    /// input rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation_input_tokens: Option<u64>,
+    /// The part of `output_tokens` spent on reasoning, where the provider breaks it out (OpenAI,
+    /// Gemini; Anthropic does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+    /// The provider's own total when it states one, else `input_tokens + output_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// `total_tokens` as the provider stated it, or derived from input and output when both are
+    /// known (and their sum fits).
+    pub(crate) fn with_total(mut self, stated: Option<u64>) -> Usage {
+        self.total_tokens = stated.or_else(|| self.input_tokens?.checked_add(self.output_tokens?));
+        self
+    }
+
+    /// `None` when the provider's usage object held none of the known figures: a shape this
+    /// code does not know is no usage, not a usage of zero.
+    pub(crate) fn stated(self) -> Option<Usage> {
+        (self != Usage::default()).then_some(self)
+    }
+}
+
+/// Adds the figures that are present; `None` when none is, or when the sum overflows (a figure
+/// that large is not a real count, and a wrong bill is worse than none).
+pub(crate) fn sum_present(parts: &[Option<u64>]) -> Option<u64> {
+    let mut present = parts.iter().flatten().peekable();
+    present.peek()?;
+    present.try_fold(0u64, |sum, n| sum.checked_add(*n))
+}
+
+/// An error the provider reported inside a stream that had already started (HTTP 200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderError {
+    /// The provider's machine-readable kind: OpenAI `type` (or `code`), Anthropic `error.type`,
+    /// Gemini `status` (or `code`). `"error"` when the provider gave none.
+    pub kind: String,
+    /// The provider's human-readable message, empty when it gave none.
+    pub message: String,
+}
+
+/// What the usage extractor learned from one response stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamFacts {
+    /// The model the provider says answered (it may differ from the one requested).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Why generation stopped, verbatim: OpenAI `finish_reason`, Anthropic `stop_reason`,
+    /// Gemini `finishReason` (or `promptFeedback.blockReason`), Responses `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    /// The provider's own end-of-stream marker arrived: `[DONE]`, `message_stop`,
+    /// `response.completed`/`incomplete`/`failed`, or a Gemini candidate with a finish reason.
+    /// False means the stream was cut short, whatever else was seen.
+    #[serde(default)]
+    pub end_marker_seen: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_error: Option<ProviderError>,
+    /// The provider's final figures; `None` until they arrive. Interim figures (Anthropic's
+    /// `message_start`, Gemini's running `usageMetadata` before the finish) are not final and are
+    /// not reported here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Events seen.
+    #[serde(default)]
+    pub events: u64,
+    /// Events the extractor needed to read whose JSON did not parse (or had the wrong shape).
+    /// Such an event is skipped; events it had no reason to read are not checked.
+    #[serde(default)]
+    pub unparsed_events: u64,
+}
+
+impl StreamFacts {
+    /// `"provider"` when the provider's final usage arrived, else `"none"`.
+    pub fn usage_source(&self) -> &'static str {
+        if self.usage.is_some() {
+            "provider"
+        } else {
+            "none"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_only_present_figures_and_refuses_overflow() {
+        assert_eq!(sum_present(&[None, None]), None);
+        assert_eq!(sum_present(&[Some(3), None, Some(4)]), Some(7));
+        assert_eq!(sum_present(&[Some(u64::MAX), Some(1)]), None);
+    }
+
+    #[test]
+    fn total_is_stated_or_derived() {
+        let usage = Usage {
+            input_tokens: Some(10),
+            output_tokens: Some(5),
+            ..Usage::default()
+        };
+        assert_eq!(usage.with_total(Some(99)).total_tokens, Some(99));
+        assert_eq!(usage.with_total(None).total_tokens, Some(15));
+        let no_output = Usage {
+            input_tokens: Some(10),
+            ..Usage::default()
+        };
+        assert_eq!(no_output.with_total(None).total_tokens, None);
+    }
+
+    #[test]
+    fn serialises_without_unknown_figures() {
+        let facts = StreamFacts {
+            model: Some("m".into()),
+            usage: Some(Usage {
+                input_tokens: Some(1),
+                ..Usage::default()
+            }),
+            ..StreamFacts::default()
+        };
+        let json = serde_json::to_string(&facts).unwrap();
+        assert_eq!(
+            json,
+            r#"{"model":"m","end_marker_seen":false,"usage":{"input_tokens":1},"events":0,"unparsed_events":0}"#
+        );
+        assert_eq!(facts.usage_source(), "provider");
+        assert_eq!(StreamFacts::default().usage_source(), "none");
+    }
+}

@@ -1,0 +1,399 @@
+//! Usage extractors against the providers' documented streams: every fixture in
+//! `tests/fixtures/*.sse` is split into events, fed to its format's extractor, and the facts are
+//! compared with the figures in its `.expected.json` (data written from the provider's docs, not
+//! from this code).
+
+use std::fs;
+use std::path::Path;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use sluice::provider::Provider;
+use sluice::usage::extract::{
+    extractor_for, is_usage_only_chunk, AutoExtractor, StreamFormat, UsageExtractor,
+};
+use sluice::usage::record::StreamFacts;
+
+const FORMATS: [StreamFormat; 5] = [
+    StreamFormat::OpenaiChat,
+    StreamFormat::OpenaiCompletions,
+    StreamFormat::OpenaiResponses,
+    StreamFormat::AnthropicMessages,
+    StreamFormat::GeminiGenerate,
+];
+
+type Event = (Vec<u8>, Vec<u8>);
+
+/// The WHATWG event-stream rules, reduced to what fixtures need: lines end in LF, CRLF or CR;
+/// `:` lines are comments; `event:` names the event, `data:` lines are joined with LF; a blank
+/// line dispatches an event that has data; an unterminated last line or event is dropped, as a
+/// client would drop it when the connection ends.
+fn split_events(stream: &[u8]) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut name = Vec::new();
+    let mut data = Vec::new();
+    for line in complete_lines(stream) {
+        if line.is_empty() {
+            if !data.is_empty() {
+                data.pop(); // the LF after the last data line
+                let event_type = if name.is_empty() {
+                    b"message".to_vec()
+                } else {
+                    std::mem::take(&mut name)
+                };
+                events.push((event_type, std::mem::take(&mut data)));
+            }
+            name.clear();
+            continue;
+        }
+        if line[0] == b':' {
+            continue;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
+        };
+        match field {
+            b"event" => name = value.to_vec(),
+            b"data" => {
+                data.extend_from_slice(value);
+                data.push(b'\n');
+            }
+            _ => {}
+        }
+    }
+    events
+}
+
+fn complete_lines(stream: &[u8]) -> Vec<&[u8]> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < stream.len() {
+        match stream[i] {
+            b'\n' => {
+                lines.push(&stream[start..i]);
+                start = i + 1;
+            }
+            b'\r' => {
+                lines.push(&stream[start..i]);
+                if stream.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    lines
+}
+
+struct Fixture {
+    name: String,
+    stream: Vec<u8>,
+    format: StreamFormat,
+    expected: Value,
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".sse").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 15, "fixtures missing: {names:?}");
+    names
+        .into_iter()
+        .map(|name| {
+            let stream = fs::read(dir.join(format!("{name}.sse"))).unwrap();
+            let expected: Value = serde_json::from_slice(
+                &fs::read(dir.join(format!("{name}.expected.json"))).unwrap(),
+            )
+            .unwrap_or_else(|e| panic!("{name}.expected.json: {e}"));
+            let format = FORMATS
+                .into_iter()
+                .find(|f| expected["format"] == f.as_str())
+                .unwrap_or_else(|| panic!("{name}: unknown format {}", expected["format"]));
+            Fixture {
+                name,
+                stream,
+                format,
+                expected,
+            }
+        })
+        .collect()
+}
+
+fn feed(extractor: &mut dyn UsageExtractor, events: &[Event]) {
+    for (event_type, data) in events {
+        extractor.on_event(event_type, data);
+    }
+}
+
+fn run(format: StreamFormat, events: &[Event]) -> StreamFacts {
+    let mut extractor = extractor_for(format);
+    feed(extractor.as_mut(), events);
+    extractor.facts().clone()
+}
+
+fn as_json(facts: &StreamFacts) -> Value {
+    let mut value = serde_json::to_value(facts).unwrap();
+    value["usage_source"] = json!(facts.usage_source());
+    value
+}
+
+#[test]
+fn fixtures_give_the_figures_the_provider_states() {
+    for fixture in fixtures() {
+        let facts = run(fixture.format, &split_events(&fixture.stream));
+        assert_eq!(
+            as_json(&facts),
+            fixture.expected["facts"],
+            "{}",
+            fixture.name
+        );
+    }
+}
+
+#[test]
+fn auto_detection_from_frames_gives_the_same_facts() {
+    for fixture in fixtures() {
+        let mut auto = AutoExtractor::new();
+        feed(&mut auto, &split_events(&fixture.stream));
+        assert_eq!(
+            as_json(auto.facts()),
+            fixture.expected["facts"],
+            "{}",
+            fixture.name
+        );
+        assert_eq!(auto.format(), Some(fixture.format), "{}", fixture.name);
+    }
+}
+
+#[test]
+fn auto_detection_from_paths() {
+    let paths = [
+        ("/v1/chat/completions", StreamFormat::OpenaiChat),
+        ("/v1/completions", StreamFormat::OpenaiCompletions),
+        ("/v1/responses", StreamFormat::OpenaiResponses),
+        ("/v1/messages", StreamFormat::AnthropicMessages),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            StreamFormat::GeminiGenerate,
+        ),
+    ];
+    for (path, format) in paths {
+        assert_eq!(
+            StreamFormat::from_request(Provider::Auto, path),
+            Some(format),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        StreamFormat::from_request(Provider::Auto, "/v1/embeddings"),
+        None
+    );
+    assert_eq!(
+        StreamFormat::from_request(Provider::None, "/v1/messages"),
+        None
+    );
+    assert_eq!(
+        StreamFormat::from_request(Provider::Anthropic, "/custom/path"),
+        Some(StreamFormat::AnthropicMessages)
+    );
+    assert_eq!(
+        StreamFormat::from_request(Provider::Gemini, "/custom/path"),
+        Some(StreamFormat::GeminiGenerate)
+    );
+}
+
+#[test]
+fn only_the_usage_chunk_is_usage_only() {
+    for fixture in fixtures() {
+        let events = split_events(&fixture.stream);
+        let usage_only: Vec<usize> = (0..events.len())
+            .filter(|&i| is_usage_only_chunk(&events[i].1))
+            .collect();
+        let chunked = matches!(
+            fixture.format,
+            StreamFormat::OpenaiChat | StreamFormat::OpenaiCompletions
+        );
+        if chunked && fixture.expected["facts"]["usage"].is_object() {
+            // Documented order: the usage chunk, then `[DONE]`.
+            assert_eq!(usage_only, vec![events.len() - 2], "{}", fixture.name);
+        } else {
+            assert!(usage_only.is_empty(), "{}: {usage_only:?}", fixture.name);
+        }
+    }
+}
+
+/// Index of the event after which the final usage is known.
+fn usage_event(format: StreamFormat, events: &[Event]) -> Option<usize> {
+    let mut extractor = extractor_for(format);
+    events.iter().position(|(event_type, data)| {
+        extractor.on_event(event_type, data);
+        extractor.facts().usage.is_some()
+    })
+}
+
+#[test]
+fn streams_cut_inside_the_usage_event_have_no_usage_and_no_end() {
+    for fixture in fixtures() {
+        let events = split_events(&fixture.stream);
+        let Some(at) = usage_event(fixture.format, &events) else {
+            continue;
+        };
+        // The connection drops halfway through the event: a client never sees that event.
+        let data = &events[at].1;
+        let position = fixture
+            .stream
+            .windows(data.len())
+            .position(|w| w == &data[..])
+            .unwrap();
+        let cut = &fixture.stream[..position + data.len() / 2];
+        let facts = run(fixture.format, &split_events(cut));
+        assert_eq!(facts.usage_source(), "none", "{}", fixture.name);
+        assert!(!facts.end_marker_seen, "{}", fixture.name);
+        assert_eq!(facts.events, at as u64, "{}", fixture.name);
+
+        // A relay that passes the torn event on anyway: nothing is invented from it. (It is
+        // counted as unparsed when the prefilter sends it to the parser; a torn event that
+        // looks ordinary is skipped.)
+        let mut torn: Vec<Event> = events[..at].to_vec();
+        torn.push((events[at].0.clone(), data[..data.len() / 2].to_vec()));
+        let facts = run(fixture.format, &torn);
+        assert_eq!(facts.usage_source(), "none", "{}", fixture.name);
+        assert!(!facts.end_marker_seen, "{}", fixture.name);
+        assert!(facts.unparsed_events <= 1, "{}", fixture.name);
+    }
+}
+
+#[test]
+fn malformed_events_are_counted_and_skipped() {
+    let huge_nesting = "[".repeat(10_000);
+    let garbage: [(&[u8], &[u8]); 12] = [
+        (b"message", b"{"),
+        (b"message", b"not json"),
+        (b"message", b"\xff\xfe\x00"),
+        (b"message", b""),
+        (b"message", huge_nesting.as_bytes()),
+        (
+            b"message",
+            br#"{"choices":[{"finish_reason":7}],"usage":{"prompt_tokens":1}}"#,
+        ),
+        (
+            b"message",
+            br#"{"choices":[],"usage":{"prompt_tokens":99999999999999999999999}}"#,
+        ),
+        (b"message", br#"{"candidates":[{"finishReason":["STOP"]}]}"#),
+        (b"message_delta", br#"{"usage":{"output_tokens":-5}}"#),
+        (b"message_start", br#"{"message":"oops"}"#),
+        (
+            b"response.completed",
+            br#"{"response":{"usage":{"input_tokens":"75"}}}"#,
+        ),
+        (b"error", b"}{"),
+    ];
+    for format in FORMATS {
+        let mut extractor = extractor_for(format);
+        for (event_type, data) in garbage {
+            extractor.on_event(event_type, data);
+        }
+        let facts = extractor.facts();
+        assert_eq!(facts.events, garbage.len() as u64, "{format:?}");
+        assert!(facts.unparsed_events > 0, "{format:?}");
+        assert_eq!(facts.usage_source(), "none", "{format:?}");
+        assert!(!facts.end_marker_seen, "{format:?}");
+        assert_eq!(facts.provider_error, None, "{format:?}");
+    }
+}
+
+#[test]
+fn anthropic_message_delta_figures_are_cumulative_so_the_last_wins() {
+    let stream = b"event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-20250514\",\"usage\":{\"input_tokens\":10,\"cache_creation_input_tokens\":2000,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":null},\"usage\":{\"output_tokens\":40}}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"output_tokens\":64}}\n\n\
+event: message_stop\n\
+data: {\"type\":\"message_stop\"}\n\n";
+    let facts = run(StreamFormat::AnthropicMessages, &split_events(stream));
+    let usage = facts.usage.unwrap();
+    assert_eq!(usage.output_tokens, Some(64));
+    assert_eq!(usage.input_tokens, Some(2010));
+    assert_eq!(usage.cache_creation_input_tokens, Some(2000));
+    assert_eq!(usage.cached_input_tokens, Some(0));
+    assert_eq!(usage.total_tokens, Some(2074));
+    assert_eq!(facts.finish_reason.as_deref(), Some("max_tokens"));
+}
+
+#[test]
+fn gemini_last_usage_metadata_wins() {
+    let stream = "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"a\"}],\"role\": \"model\"},\"index\": 0}],\"usageMetadata\": {\"promptTokenCount\": 4,\"candidatesTokenCount\": 1,\"totalTokenCount\": 5},\"modelVersion\": \"gemini-2.5-pro\"}\r\n\r\n\
+data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"b\"}],\"role\": \"model\"},\"finishReason\": \"STOP\",\"index\": 0}],\"usageMetadata\": {\"promptTokenCount\": 4,\"candidatesTokenCount\": 2,\"totalTokenCount\": 30,\"thoughtsTokenCount\": 24},\"modelVersion\": \"gemini-2.5-pro\"}\r\n\r\n\
+data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"\"}],\"role\": \"model\"},\"finishReason\": \"STOP\",\"index\": 0}],\"usageMetadata\": {\"promptTokenCount\": 4,\"candidatesTokenCount\": 3,\"totalTokenCount\": 31,\"thoughtsTokenCount\": 24},\"modelVersion\": \"gemini-2.5-pro\"}\r\n\r\n";
+    let facts = run(
+        StreamFormat::GeminiGenerate,
+        &split_events(stream.as_bytes()),
+    );
+    let usage = facts.usage.unwrap();
+    assert_eq!(usage.output_tokens, Some(27));
+    assert_eq!(usage.reasoning_tokens, Some(24));
+    assert_eq!(usage.total_tokens, Some(31));
+    assert!(facts.end_marker_seen);
+}
+
+#[test]
+fn the_splitter_follows_the_line_rules() {
+    let events =
+        split_events(b": comment\r\nevent: e\rdata: a\ndata:b\r\nid: 1\n\ndata\n\n\n\ndata: cut");
+    assert_eq!(
+        events,
+        vec![
+            (b"e".to_vec(), b"a\nb".to_vec()),
+            (b"message".to_vec(), Vec::new())
+        ]
+    );
+}
+
+proptest! {
+    #[test]
+    fn no_input_panics(
+        format in 0..FORMATS.len(),
+        events in proptest::collection::vec(
+            (
+                prop_oneof![
+                    Just(b"message".to_vec()),
+                    Just(b"message_start".to_vec()),
+                    Just(b"message_delta".to_vec()),
+                    Just(b"response.completed".to_vec()),
+                    Just(b"error".to_vec()),
+                ],
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                    "\\{\"(usage|choices|finish_reason|finishReason|error|message|response|type)\": ?(null|\\{|\\[|[0-9]{1,25}|\"[a-z_.]{0,12}\")".prop_map(String::into_bytes),
+                ],
+            ),
+            0..16,
+        ),
+    ) {
+        let mut extractor = extractor_for(FORMATS[format]);
+        let mut auto = AutoExtractor::new();
+        for (event_type, data) in &events {
+            extractor.on_event(event_type, data);
+            auto.on_event(event_type, data);
+            let _ = is_usage_only_chunk(data);
+        }
+        prop_assert_eq!(extractor.facts().events, events.len() as u64);
+        prop_assert_eq!(auto.facts().events, events.len() as u64);
+    }
+}
