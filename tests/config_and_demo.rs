@@ -100,7 +100,12 @@ fn default_config_streams_demo_tokens() {
         .replace(
             "/tmp/sluice_upgrade.sock",
             &dir.path.join("sock").display().to_string(),
+        )
+        .replace(
+            "/tmp/sluice-usage.jsonl",
+            &dir.path.join("usage.jsonl").display().to_string(),
         );
+    let ledger = dir.path.join("usage.jsonl");
     assert_ne!(
         yaml, default,
         "the default config's addresses changed: update this test"
@@ -128,6 +133,17 @@ fn default_config_streams_demo_tokens() {
         spread.as_millis() > 500,
         "tokens arrived all at once ({spread:?})"
     );
-    let last = String::from_utf8(chunks.last().unwrap().data.clone()).unwrap();
-    assert_eq!(last, "data: [DONE]\n\n");
+    let body: String = chunks
+        .iter()
+        .map(|c| String::from_utf8(c.data.clone()).unwrap())
+        .collect();
+    // Usage was asked for on the client's behalf: its chunk is not shown, the comment is.
+    assert!(!body.contains("\"usage\""), "{body}");
+    let tail = body.rsplit("data: [DONE]\n\n").next().unwrap();
+    assert!(tail.starts_with(": sluice-usage {"), "{tail}");
+    let record = std::fs::read_to_string(&ledger).unwrap();
+    let record: serde_json::Value = serde_json::from_str(record.lines().next().unwrap()).unwrap();
+    assert_eq!(record["outcome"], "completed");
+    assert_eq!(record["usage_source"], "provider");
+    assert_eq!(record["model"], "demo");
 }

@@ -6,7 +6,10 @@ mod demo_service;
 mod headers;
 mod proxy;
 mod relay;
+mod responses;
+mod stream_body;
 mod upstream;
+mod usage_sink;
 
 use crate::config::Config;
 use crate::provider::Provider;
@@ -38,6 +41,10 @@ pub struct RequestCtx {
     pub bytes_sent: u64,
     pub heartbeats: u64,
     pub error: Option<String>,
+    /// The stream format the route and path imply, when known before the first frame.
+    pub format: Option<crate::usage::extract::StreamFormat>,
+    /// The usage record, once written (event streams write it before their end).
+    pub usage_record: Option<crate::usage::record::UsageRecord>,
 }
 
 impl RequestCtx {
@@ -55,6 +62,8 @@ impl RequestCtx {
             bytes_sent: 0,
             heartbeats: 0,
             error: None,
+            format: None,
+            usage_record: None,
         }
     }
 }
@@ -104,7 +113,8 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     for route in router.routes() {
         METRICS.register_route(&route.name);
     }
-    let proxy = SluiceProxy::new(router, upstream::Upstreams::new(demo_addr));
+    let usage = usage_sink::UsageSink::open(&config.usage)?;
+    let proxy = SluiceProxy::new(router, upstream::Upstreams::new(demo_addr), usage);
     let mut service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "sluice proxy");
     for listener in &config.listen {

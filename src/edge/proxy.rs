@@ -1,12 +1,14 @@
 //! Sluice's `ProxyHttp`: thin phase methods. `request_filter` hands every routed request to the
 //! relay (which writes the whole response) and `logging` records what happened.
 
-use super::relay::{self, Finish};
+use super::relay;
+use super::responses::{respond_error, Finish};
 use super::upstream::Upstreams;
+use super::usage_sink::UsageSink;
 use super::RequestCtx;
 use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Router;
-use crate::telemetry::{timestamp, AccessRecord, METRICS};
+use crate::telemetry::{rfc3339_now, AccessRecord, METRICS};
 use async_trait::async_trait;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -15,11 +17,16 @@ use pingora::{Error, ErrorType, Result};
 pub struct SluiceProxy {
     router: Router,
     upstreams: Upstreams,
+    usage: UsageSink,
 }
 
 impl SluiceProxy {
-    pub fn new(router: Router, upstreams: Upstreams) -> Self {
-        SluiceProxy { router, upstreams }
+    pub fn new(router: Router, upstreams: Upstreams, usage: UsageSink) -> Self {
+        SluiceProxy {
+            router,
+            upstreams,
+            usage,
+        }
     }
 }
 
@@ -45,13 +52,13 @@ impl ProxyHttp for SluiceProxy {
             Some(route) => {
                 ctx.route = Some(route.clone());
                 ctx.provider = route.provider.resolve(&path);
-                relay::handle(&self.upstreams, route, down, ctx).await
+                relay::handle(&self.upstreams, &self.usage, route, down, ctx).await
             }
             None => {
                 ctx.provider = Provider::Openai;
                 let error =
                     ProxyError::new(ProxyErrorKind::NoRoute, format!("no route for {path}"));
-                relay::respond_error(down, ctx, &error).await
+                respond_error(down, ctx, &error).await
             }
         };
         if matches!(finish, Finish::Close) {
@@ -70,11 +77,19 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // Event streams wrote their record before their end; a stream request that never got
+        // one (an error before the head, a non-stream answer) is recorded here.
+        if ctx.stream_request && ctx.usage_record.is_none() && ctx.route.is_some() {
+            let record = UsageSink::record_for(ctx, None, 0);
+            self.usage.record(&record, false).await;
+            ctx.usage_record = Some(record);
+        }
         let route = ctx.route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
+        let usage = ctx.usage_record.as_ref();
         METRICS.request_done(route, ctx.status);
         let req = session.req_header();
         AccessRecord {
-            ts: timestamp(),
+            ts: rfc3339_now(),
             request_id: &ctx.request_id,
             client: session
                 .client_addr()
@@ -98,6 +113,9 @@ impl ProxyHttp for SluiceProxy {
             bytes_sent: ctx.bytes_sent,
             heartbeats: ctx.heartbeats,
             error: ctx.error.as_deref(),
+            model: usage.and_then(|u| u.model.as_deref()),
+            usage: usage.map(|u| &u.usage),
+            usage_source: usage.map(|u| u.usage_source),
         }
         .write();
     }

@@ -7,16 +7,19 @@
 //! upstream read (DESIGN.md §4).
 
 use super::headers::{client_response, BodyFraming, UpstreamRequest};
+use super::responses::{end_error, end_stream, respond_error, write_terminal_event, Finish};
+use super::stream_body;
 use super::upstream::Upstreams;
+use super::usage_sink::UsageSink;
 use super::RequestCtx;
-use crate::provider::{ProxyError, ProxyErrorKind};
+use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Route;
-use crate::sse::{
-    is_event_stream, request_wants_stream, EventBoundary, RelayClock, RelayTick, StreamOutcome,
-    HEARTBEAT,
-};
+use crate::sse::{is_event_stream, request_wants_stream, StreamOutcome};
 use crate::telemetry::METRICS;
-use bytes::{Bytes, BytesMut};
+use crate::usage::extract::{extractor_for, AutoExtractor, StreamFormat, UsageExtractor};
+use crate::usage::include_usage::{ensure_include_usage, IncludeUsage};
+use crate::usage::inspector::{InspectorOptions, StreamInspector};
+use bytes::BytesMut;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::compression::ResponseCompressionCtx;
@@ -25,24 +28,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Request bodies up to this size are read whole before the request goes upstream, so that a
-/// JSON `"stream": true` can be seen; larger ones stream through uninspected.
+/// JSON `"stream": true` can be seen (and `include_usage` added); larger ones stream through
+/// uninspected.
 const INSPECT_BODY_LIMIT: usize = 1024 * 1024;
-
-/// The end of one request, as far as the client connection is concerned.
-pub enum Finish {
-    /// The response ended properly; the client connection may be reused.
-    Clean,
-    /// The client connection must be closed (client gone, or a truncated plain body).
-    Close,
-}
 
 pub async fn handle(
     upstreams: &Upstreams,
+    usage: &UsageSink,
     route: &Arc<Route>,
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
 ) -> Finish {
-    let body = match read_body_prefix(down).await {
+    let mut body = match read_body_prefix(down).await {
         Ok(body) => body,
         Err(e) => {
             let error = ProxyError::new(
@@ -55,6 +52,8 @@ pub async fn handle(
     let accept = down.req_header().headers.get(http::header::ACCEPT);
     let json = body.complete.then_some(&body.prefix[..]);
     ctx.stream_request = request_wants_stream(accept.map(|v| v.as_bytes()), json);
+    ctx.format = StreamFormat::from_request(route.provider, down.req_header().uri.path());
+    let strip_usage_chunk = ctx.stream_request && add_include_usage(route, ctx, &mut body);
 
     let request = UpstreamRequest {
         client: down.req_header(),
@@ -155,47 +154,124 @@ pub async fn handle(
         return Finish::Close;
     }
 
-    let mut stream = event_stream.then(|| StreamGuard::new(&route.name));
-    let mut boundary = EventBoundary::new();
-    let outcome = relay_body(
+    if !event_stream {
+        let outcome = stream_body::relay(route, &mut up, down, ctx, None, None).await;
+        ctx.outcome = Some(outcome);
+        return match outcome {
+            StreamOutcome::Completed if down.finish_body().await.is_ok() => {
+                upstreams
+                    .release(up, &peer, route.upstream.pool_idle_timeout)
+                    .await;
+                Finish::Clean
+            }
+            // A plain body cut short cannot be ended cleanly: the client sees the connection
+            // close, as it would with the upstream itself.
+            _ => Finish::Close,
+        };
+    }
+
+    let mut guard = StreamGuard::new(&route.name);
+    let mut inspector = StreamInspector::new(
+        extractor(ctx.format),
+        InspectorOptions {
+            max_event_size: usage.max_event_size(),
+            strip_usage_chunk,
+            hold_final_frame: usage.hold_final_frame(),
+        },
+    );
+    let mut outcome = stream_body::relay(
         route,
         &mut up,
         down,
         ctx,
-        event_stream,
         decoder.as_mut(),
-        &mut boundary,
+        Some(&mut inspector),
     )
     .await;
-    ctx.outcome = Some(outcome);
-    if let Some(guard) = stream.as_mut() {
-        guard.outcome = outcome;
+    if outcome == StreamOutcome::Completed {
+        upstreams
+            .release(up, &peer, route.upstream.pool_idle_timeout)
+            .await;
+    } else {
+        // Dropped, never pooled: it may be mid-body. Dropping closes it, so a provider whose
+        // client left stops generating now, before any bookkeeping below.
+        drop(up);
+        if inspector.final_reached() && outcome != StreamOutcome::ClientDisconnect {
+            // The provider finished its stream and merely left the connection open.
+            outcome = StreamOutcome::Completed;
+        }
     }
+    ctx.outcome = Some(outcome);
+    guard.outcome = outcome;
+    if outcome != StreamOutcome::Completed {
+        inspector.discard_partial();
+    }
+
+    let record = UsageSink::record_for(ctx, Some(inspector.facts()), inspector.oversized_events());
+    // The stream's end goes to the client only once its record is durable (when configured).
+    let client_still_there = outcome != StreamOutcome::ClientDisconnect;
+    usage
+        .record(&record, client_still_there && usage.hold_final_frame())
+        .await;
+    ctx.usage_record = Some(record);
     match outcome {
         StreamOutcome::Completed => {
-            let finished = down.finish_body().await.is_ok();
-            upstreams
-                .release(up, &peer, route.upstream.pool_idle_timeout)
-                .await;
-            if finished {
-                Finish::Clean
-            } else {
-                ctx.outcome = Some(StreamOutcome::ClientDisconnect);
-                Finish::Close
+            let mut tail = BytesMut::from(&inspector.take_held()[..]);
+            if route.usage_comment {
+                let record = ctx.usage_record.as_ref().expect("just set");
+                tail.extend_from_slice(record.sse_comment().as_bytes());
             }
+            end_stream(down, ctx, tail.freeze()).await
         }
         StreamOutcome::ClientDisconnect => Finish::Close,
         ended => {
-            // The upstream connection is dropped here, never pooled: it may still be mid-body.
-            drop(up);
-            if event_stream {
-                let error = end_error(ended, route);
-                let ended_cleanly = write_terminal_event(down, ctx, &error, &boundary).await;
-                if ended_cleanly {
-                    return Finish::Clean;
-                }
-            }
-            Finish::Close
+            let error = end_error(ended, route);
+            let at_boundary = inspector.client_at_event_boundary();
+            write_terminal_event(down, ctx, &error, at_boundary).await
+        }
+    }
+}
+
+/// The extractor for a known format, or one that recognises the format from the first frames.
+fn extractor(format: Option<StreamFormat>) -> Box<dyn UsageExtractor> {
+    match format {
+        Some(format) => extractor_for(format),
+        None => Box::new(AutoExtractor::new()),
+    }
+}
+
+/// Asks an OpenAI chat/completions upstream for usage when the route wants it. Returns whether
+/// the client did not ask itself (then the usage-only chunk is removed from its stream).
+fn add_include_usage(route: &Route, ctx: &RequestCtx, body: &mut BodyPrefix) -> bool {
+    let applies = matches!(
+        ctx.format,
+        Some(StreamFormat::OpenaiChat | StreamFormat::OpenaiCompletions)
+    );
+    let wanted = route
+        .include_usage
+        .unwrap_or(matches!(route.provider, Provider::Openai | Provider::Auto));
+    if !applies || !wanted {
+        return false;
+    }
+    if !body.complete {
+        log::info!(
+            "request {}: body over {INSPECT_BODY_LIMIT} bytes, forwarded untouched without include_usage",
+            ctx.request_id
+        );
+        return false;
+    }
+    match ensure_include_usage(&body.prefix) {
+        IncludeUsage::Injected(rewritten) => {
+            body.prefix = BytesMut::from(&rewritten[..]);
+            true
+        }
+        IncludeUsage::ClientAsked => false,
+        IncludeUsage::Untouched(reason) => {
+            log::info!(
+                "request {}: include_usage not added: {reason}",
+                ctx.request_id
+            );
+            false
         }
     }
 }
@@ -224,153 +300,6 @@ impl Drop for StreamGuard {
             .with_label_values(&[&self.route])
             .dec();
         METRICS.stream_finished(&self.route, self.outcome);
-    }
-}
-
-enum RelayEvent {
-    Chunk(pingora::Result<Option<Bytes>>),
-    Tick(RelayTick),
-    ClientGone,
-}
-
-async fn relay_body(
-    route: &Route,
-    up: &mut UpstreamSession,
-    down: &mut ServerSession,
-    ctx: &mut RequestCtx,
-    event_stream: bool,
-    mut decoder: Option<&mut ResponseCompressionCtx>,
-    boundary: &mut EventBoundary,
-) -> StreamOutcome {
-    let mut clock = RelayClock::new(route.policy, Instant::now(), event_stream);
-    let mut last_chunk: Option<Instant> = None;
-    let route_name = route.name.as_str();
-    loop {
-        // A sized body that has fully arrived would otherwise wait for a read that never ends.
-        if up.response_done() {
-            return finish_decoding(decoder, down, ctx).await;
-        }
-        let read = up.read_response_body();
-        tokio::pin!(read);
-        // Ticks (heartbeats) leave the pending upstream read in place: only an ending drops it.
-        let chunk = loop {
-            let deadline = clock.next_deadline();
-            let event = tokio::select! {
-                biased;
-                chunk = &mut read => RelayEvent::Chunk(chunk),
-                tick = sleep_until_deadline(deadline) => RelayEvent::Tick(tick),
-                _ = down.read_body_or_idle(true) => RelayEvent::ClientGone,
-            };
-            match event {
-                RelayEvent::Chunk(chunk) => break chunk,
-                RelayEvent::ClientGone => return StreamOutcome::ClientDisconnect,
-                RelayEvent::Tick(RelayTick::IdleTimeout) => return StreamOutcome::IdleTimeout,
-                RelayEvent::Tick(RelayTick::MaxDuration) => return StreamOutcome::MaxDuration,
-                RelayEvent::Tick(RelayTick::Heartbeat) => {
-                    // A half-sent upstream event postpones the heartbeat.
-                    if boundary.at_boundary() {
-                        if down
-                            .write_response_body(Bytes::from_static(HEARTBEAT), false)
-                            .await
-                            .is_err()
-                        {
-                            return StreamOutcome::ClientDisconnect;
-                        }
-                        ctx.heartbeats += 1;
-                        METRICS.heartbeats.with_label_values(&[route_name]).inc();
-                    }
-                    clock.on_heartbeat_due(Instant::now());
-                }
-            }
-        };
-        let data = match chunk {
-            Ok(Some(data)) => data,
-            Ok(None) => return finish_decoding(decoder, down, ctx).await,
-            Err(e) => {
-                ctx.error = Some(format!("upstream body: {e}"));
-                METRICS
-                    .upstream_errors
-                    .with_label_values(&[&route.upstream.name, "body"])
-                    .inc();
-                return StreamOutcome::UpstreamError;
-            }
-        };
-        let now = Instant::now();
-        clock.on_upstream_bytes(now);
-        let data = match decoder.as_deref_mut() {
-            Some(d) => d
-                .response_body_filter(Some(&data), false)
-                .unwrap_or_default(),
-            None => data,
-        };
-        if data.is_empty() {
-            continue;
-        }
-        if event_stream {
-            boundary.observe(&data);
-            if let Some(previous) = last_chunk {
-                METRICS
-                    .chunk_gap
-                    .with_label_values(&[route_name])
-                    .observe(now.duration_since(previous).as_secs_f64());
-            }
-            last_chunk = Some(now);
-            METRICS
-                .stream_bytes
-                .with_label_values(&[route_name])
-                .inc_by(data.len() as u64);
-        }
-        if ctx.first_byte.is_none() {
-            ctx.first_byte = Some(now);
-            METRICS
-                .time_to_first_byte
-                .with_label_values(&[route_name])
-                .observe(now.duration_since(ctx.started).as_secs_f64());
-        }
-        ctx.bytes_sent += data.len() as u64;
-        if down.write_response_body(data, false).await.is_err() {
-            return StreamOutcome::ClientDisconnect;
-        }
-    }
-}
-
-/// The upstream body ended: whatever the decoder still holds goes to the client.
-async fn finish_decoding(
-    decoder: Option<&mut ResponseCompressionCtx>,
-    down: &mut ServerSession,
-    ctx: &mut RequestCtx,
-) -> StreamOutcome {
-    let rest = decoder.and_then(|d| d.response_body_filter(None, true));
-    if let Some(rest) = rest.filter(|r| !r.is_empty()) {
-        ctx.bytes_sent += rest.len() as u64;
-        if down.write_response_body(rest, false).await.is_err() {
-            return StreamOutcome::ClientDisconnect;
-        }
-    }
-    StreamOutcome::Completed
-}
-
-fn end_error(outcome: StreamOutcome, route: &Route) -> ProxyError {
-    match outcome {
-        StreamOutcome::IdleTimeout => ProxyError::new(
-            ProxyErrorKind::UpstreamIdle,
-            format!(
-                "upstream {} sent nothing for {:?}; the stream was ended by Sluice",
-                route.upstream.name,
-                route.policy.idle_timeout.unwrap_or_default()
-            ),
-        ),
-        StreamOutcome::MaxDuration => ProxyError::new(
-            ProxyErrorKind::MaxDuration,
-            format!(
-                "the stream reached its maximum duration of {:?} and was ended by Sluice",
-                route.policy.max_duration.unwrap_or_default()
-            ),
-        ),
-        _ => ProxyError::new(
-            ProxyErrorKind::UpstreamBroken,
-            format!("upstream {} broke off the stream", route.upstream.name),
-        ),
     }
 }
 
@@ -438,63 +367,6 @@ async fn send_request(
     up.finish_request_body().await
 }
 
-/// A JSON error response in the route's provider format; only possible before the response head.
-pub async fn respond_error(
-    down: &mut ServerSession,
-    ctx: &mut RequestCtx,
-    error: &ProxyError,
-) -> Finish {
-    let status = error.kind.status();
-    ctx.status = status;
-    ctx.error = Some(error.message.clone());
-    if matches!(error.kind, ProxyErrorKind::UpstreamTimeout) {
-        ctx.outcome = Some(StreamOutcome::IdleTimeout);
-    } else if matches!(error.kind, ProxyErrorKind::UpstreamUnavailable) {
-        ctx.outcome = Some(StreamOutcome::UpstreamError);
-    }
-    let body = Bytes::from(error.json_body(ctx.provider));
-    let build = || -> pingora::Result<ResponseHeader> {
-        let mut head = ResponseHeader::build(status, Some(3))?;
-        head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        head.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-        head.insert_header(crate::request_id::HEADER, ctx.request_id.as_str())?;
-        Ok(head)
-    };
-    let Ok(head) = build() else {
-        return Finish::Close;
-    };
-    // The request body may be unread (e.g. no route): the connection cannot be reused then.
-    let body_done = down.is_body_done();
-    let written = down.write_response_header(Box::new(head)).await.is_ok()
-        && down.write_response_body(body, true).await.is_ok();
-    if written && body_done {
-        Finish::Clean
-    } else {
-        Finish::Close
-    }
-}
-
-/// Ends an event stream with an error event the provider's SDK raises, then a proper end of
-/// body. An upstream event left half-sent is closed first, so the error is an event of its own.
-async fn write_terminal_event(
-    down: &mut ServerSession,
-    ctx: &mut RequestCtx,
-    error: &ProxyError,
-    boundary: &EventBoundary,
-) -> bool {
-    ctx.error = Some(error.message.clone());
-    let mut out = BytesMut::new();
-    if boundary.mid_line() {
-        out.extend_from_slice(b"\n\n");
-    } else if !boundary.at_boundary() {
-        out.extend_from_slice(b"\n");
-    }
-    out.extend_from_slice(error.sse_event(ctx.provider).as_bytes());
-    ctx.bytes_sent += out.len() as u64;
-    down.write_response_body(out.freeze(), false).await.is_ok() && down.finish_body().await.is_ok()
-}
-
 /// An event stream the upstream compressed although not asked to: decoded so that the client
 /// gets plain events (gzip has no per-event flush).
 fn decoder_for(upstream_head: &ResponseHeader) -> Option<ResponseCompressionCtx> {
@@ -513,16 +385,6 @@ fn decoder_for(upstream_head: &ResponseHeader) -> Option<ResponseCompressionCtx>
 async fn sleep_for(duration: Duration) {
     match Instant::now().checked_add(duration) {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_deadline(deadline: Option<(Instant, RelayTick)>) -> RelayTick {
-    match deadline {
-        Some((at, tick)) => {
-            tokio::time::sleep_until(at.into()).await;
-            tick
-        }
         None => std::future::pending().await,
     }
 }

@@ -29,6 +29,9 @@ pub struct Route {
     pub upstream: Arc<UpstreamSpec>,
     pub provider: Provider,
     pub policy: RelayPolicy,
+    /// `Some(false)` never adds `include_usage`; `None` adds it for `openai` and `auto`.
+    pub include_usage: Option<bool>,
+    pub usage_comment: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +81,8 @@ impl Router {
                         heartbeat: r.heartbeat,
                         max_duration: r.max_duration,
                     },
+                    include_usage: r.include_usage,
+                    usage_comment: r.usage_comment,
                 })
             })
             .collect();

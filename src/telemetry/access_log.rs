@@ -20,6 +20,10 @@ pub struct AccessRecord<'a> {
     pub bytes_sent: u64,
     pub heartbeats: u64,
     pub error: Option<&'a str>,
+    pub model: Option<&'a str>,
+    #[serde(flatten)]
+    pub usage: Option<&'a crate::usage::record::Usage>,
+    pub usage_source: Option<&'static str>,
 }
 
 impl AccessRecord<'_> {
@@ -31,12 +35,4 @@ impl AccessRecord<'_> {
         // A failed log write must never fail the request.
         let _ = std::io::stdout().lock().write_all(&line);
     }
-}
-
-/// Seconds since the Unix epoch with milliseconds, as a string (no date library needed).
-pub fn timestamp() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
 }

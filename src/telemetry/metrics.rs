@@ -1,8 +1,16 @@
 use crate::sse::StreamOutcome;
+use crate::usage::record::UsageRecord;
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// Distinct `model` label values kept; later ones are counted as `other`, so that a provider
+/// (or a client choosing models) cannot blow up the series count.
+const MAX_MODEL_LABELS: usize = 100;
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
 
@@ -22,6 +30,12 @@ pub struct Metrics {
     pub stream_bytes: IntCounterVec,
     pub heartbeats: IntCounterVec,
     pub upstream_errors: IntCounterVec,
+    pub usage_tokens: IntCounterVec,
+    pub usage_records: IntCounterVec,
+    pub oversized_events: IntCounterVec,
+    pub ledger_errors: IntCounter,
+    pub ledger_queue: IntGauge,
+    models_seen: Mutex<HashSet<String>>,
 }
 
 impl Metrics {
@@ -93,6 +107,40 @@ impl Metrics {
             &["upstream", "phase"],
         )
         .unwrap();
+        let usage_tokens = IntCounterVec::new(
+            Opts::new(
+                "sluice_usage_tokens_total",
+                "Tokens the providers reported, by kind (input, output, cached_input, cache_creation_input, reasoning)",
+            ),
+            &["route", "provider", "model", "kind"],
+        )
+        .unwrap();
+        let usage_records = IntCounterVec::new(
+            Opts::new(
+                "sluice_usage_records_total",
+                "Usage records written, by stream outcome and whether the provider's figures arrived",
+            ),
+            &["route", "outcome", "usage_source"],
+        )
+        .unwrap();
+        let oversized_events = IntCounterVec::new(
+            Opts::new(
+                "sluice_sse_oversized_events_total",
+                "SSE events larger than usage.max_event_size, passed through uninspected",
+            ),
+            &["route"],
+        )
+        .unwrap();
+        let ledger_errors = IntCounter::new(
+            "sluice_usage_ledger_errors_total",
+            "Usage records the ledger did not confirm durable in time (write errors, timeouts)",
+        )
+        .unwrap();
+        let ledger_queue = IntGauge::new(
+            "sluice_usage_ledger_queue_records",
+            "Usage records queued for the ledger, not yet on disk",
+        )
+        .unwrap();
         for collector in [
             Box::new(streams_in_flight.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(streams_finished.clone()),
@@ -102,6 +150,11 @@ impl Metrics {
             Box::new(stream_bytes.clone()),
             Box::new(heartbeats.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(usage_tokens.clone()),
+            Box::new(usage_records.clone()),
+            Box::new(oversized_events.clone()),
+            Box::new(ledger_errors.clone()),
+            Box::new(ledger_queue.clone()),
         ] {
             registry.register(collector).unwrap();
         }
@@ -115,7 +168,52 @@ impl Metrics {
             stream_bytes,
             heartbeats,
             upstream_errors,
+            usage_tokens,
+            usage_records,
+            oversized_events,
+            ledger_errors,
+            ledger_queue,
+            models_seen: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Counts a usage record and the tokens it reports.
+    pub fn usage_recorded(&self, record: &UsageRecord) {
+        self.usage_records
+            .with_label_values(&[&record.route, record.outcome, record.usage_source])
+            .inc();
+        if record.oversized_events > 0 {
+            self.oversized_events
+                .with_label_values(&[&record.route])
+                .inc_by(record.oversized_events);
+        }
+        let model = self.model_label(record.model.as_deref().unwrap_or(""));
+        let usage = &record.usage;
+        for (kind, value) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cached_input", usage.cached_input_tokens),
+            ("cache_creation_input", usage.cache_creation_input_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ] {
+            if let Some(value) = value {
+                self.usage_tokens
+                    .with_label_values(&[&record.route, record.provider, &model, kind])
+                    .inc_by(value);
+            }
+        }
+    }
+
+    fn model_label(&self, model: &str) -> String {
+        let mut seen = self.models_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(model) {
+            return model.to_string();
+        }
+        if seen.len() < MAX_MODEL_LABELS {
+            seen.insert(model.to_string());
+            return model.to_string();
+        }
+        "other".to_string()
     }
 
     /// Makes every route's series visible at zero before its first stream, so that dashboards

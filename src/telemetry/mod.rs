@@ -2,6 +2,8 @@
 
 mod access_log;
 mod metrics;
+mod time;
 
-pub use access_log::{timestamp, AccessRecord};
+pub use access_log::AccessRecord;
 pub use metrics::{Metrics, METRICS};
+pub use time::rfc3339_now;

@@ -112,6 +112,91 @@ impl StreamFacts {
     }
 }
 
+/// The usage record of one stream, whatever its outcome: what the ledger, the access log and
+/// the metrics receive. Figures the provider never sent are absent (`usage_source: "none"`),
+/// never estimated.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRecord {
+    /// RFC 3339 UTC time the stream ended.
+    pub ts: String,
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    pub route: String,
+    pub upstream: String,
+    pub provider: &'static str,
+    /// The stream format the extractor read (`openai_chat`, `anthropic_messages`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(flatten)]
+    pub usage: Usage,
+    pub usage_source: &'static str,
+    pub outcome: &'static str,
+    /// HTTP status the client got (0 when it left before any).
+    pub status: u16,
+    pub end_marker_seen: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_error: Option<ProviderError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
+    pub duration_ms: f64,
+    /// SSE events seen from the upstream.
+    pub events: u64,
+    /// Body bytes sent to the client.
+    pub bytes: u64,
+    /// Events larger than `usage.max_event_size`: passed through, not inspected.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub oversized_events: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl UsageRecord {
+    /// Fills the provider's side of the record from what the extractor saw.
+    pub fn with_facts(mut self, facts: &StreamFacts) -> UsageRecord {
+        self.model = facts.model.clone();
+        self.usage = facts.usage.unwrap_or_default();
+        self.usage_source = facts.usage_source();
+        self.end_marker_seen = facts.end_marker_seen;
+        self.finish_reason = facts.finish_reason.clone();
+        self.provider_error = facts.provider_error.clone();
+        self.events = facts.events;
+        self
+    }
+
+    /// The SSE comment appended after the provider's last frame: ignored by EventSource and the
+    /// official SDKs, readable by anyone who wants the figures in-band.
+    pub fn sse_comment(&self) -> String {
+        #[derive(Serialize)]
+        struct Comment<'a> {
+            request_id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            model: Option<&'a str>,
+            #[serde(flatten)]
+            usage: &'a Usage,
+            usage_source: &'a str,
+        }
+        let comment = Comment {
+            request_id: &self.request_id,
+            model: self.model.as_deref(),
+            usage: &self.usage,
+            usage_source: self.usage_source,
+        };
+        format!(
+            ": sluice-usage {}\n\n",
+            serde_json::to_string(&comment).expect("plain data serialises")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +241,55 @@ mod tests {
         );
         assert_eq!(facts.usage_source(), "provider");
         assert_eq!(StreamFacts::default().usage_source(), "none");
+    }
+
+    #[test]
+    fn record_serialises_flat_and_comment_is_one_sse_comment() {
+        let facts = StreamFacts {
+            model: Some("gpt-4o".into()),
+            usage: Some(Usage {
+                input_tokens: Some(9),
+                output_tokens: Some(2),
+                total_tokens: Some(11),
+                ..Usage::default()
+            }),
+            end_marker_seen: true,
+            events: 4,
+            ..StreamFacts::default()
+        };
+        let record = UsageRecord {
+            ts: "2026-11-23T12:00:00.000Z".into(),
+            request_id: "r1".into(),
+            user: None,
+            key_id: None,
+            route: "/v1/".into(),
+            upstream: "openai".into(),
+            provider: "openai",
+            format: Some("openai_chat"),
+            model: None,
+            usage: Usage::default(),
+            usage_source: "none",
+            outcome: "completed",
+            status: 200,
+            end_marker_seen: false,
+            finish_reason: None,
+            provider_error: None,
+            ttfb_ms: Some(1.5),
+            duration_ms: 20.0,
+            events: 0,
+            bytes: 100,
+            oversized_events: 0,
+        }
+        .with_facts(&facts);
+        let json: serde_json::Value = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["input_tokens"], 9);
+        assert_eq!(json["total_tokens"], 11);
+        assert_eq!(json["usage_source"], "provider");
+        assert_eq!(json["end_marker_seen"], true);
+        assert!(json.get("cached_input_tokens").is_none());
+        assert!(json.get("user").is_none());
+        let comment = record.sse_comment();
+        assert!(comment.starts_with(": sluice-usage {\"request_id\":\"r1\""));
+        assert!(comment.ends_with("}\n\n") && comment.matches('\n').count() == 2);
     }
 }

@@ -37,17 +37,24 @@ pub struct Sluice {
 }
 
 impl Sluice {
-    /// Starts Sluice with `routes_and_upstreams` (YAML for the `upstreams:` and `routes:` keys);
-    /// listener, admin and server settings are filled in with free ports.
+    /// Starts Sluice with `routes_and_upstreams` (YAML for the `upstreams:` and `routes:` keys,
+    /// and optionally `usage:`); listener, admin and server settings are filled in with free
+    /// ports, and the usage ledger goes to `ledger_path()` unless `usage:` is given.
     pub fn start(routes_and_upstreams: &str) -> Sluice {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = TempDir::new();
-        let yaml = format!(
+        let mut yaml = format!(
             "listen:\n  - addr: {addr}\nadmin: {admin}\nserver:\n  threads: 2\n  pid_file: {pid}\n  upgrade_sock: {sock}\n{routes_and_upstreams}",
             pid = dir.path.join("sluice.pid").display(),
             sock = dir.path.join("upgrade.sock").display(),
         );
+        if !routes_and_upstreams.contains("\nusage:") {
+            yaml.push_str(&format!(
+                "usage:\n  ledger: {}\n",
+                dir.path.join("usage.jsonl").display()
+            ));
+        }
         Sluice::start_with_config(&yaml, addr, admin, dir)
     }
 
@@ -88,6 +95,43 @@ impl Sluice {
             "sluice did not start listening on {} within 20 s",
             self.addr
         );
+    }
+
+    /// The usage ledger file (when the config did not set its own).
+    pub fn ledger_path(&self) -> PathBuf {
+        self._dir.path.join("usage.jsonl")
+    }
+
+    /// The usage records in the ledger now.
+    pub fn ledger(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.ledger_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a ledger line is JSON"))
+            .collect()
+    }
+
+    /// Waits until the ledger holds `n` records and returns them.
+    pub fn wait_ledger(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = self.ledger();
+            if records.len() >= n {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ledger has {} records, expected {n}",
+                records.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The admin `/metrics` text.

@@ -1,0 +1,110 @@
+//! What Sluice itself says to a client: JSON error responses before the response head, and the
+//! terminal SSE error event that ends a stream cleanly after it.
+
+use super::stream_body;
+use super::RequestCtx;
+use crate::provider::{ProxyError, ProxyErrorKind};
+use crate::route::Route;
+use crate::sse::StreamOutcome;
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+
+/// The end of one request, as far as the client connection is concerned.
+pub enum Finish {
+    /// The response ended properly; the client connection may be reused.
+    Clean,
+    /// The client connection must be closed (client gone, or a truncated plain body).
+    Close,
+}
+
+/// A JSON error response in the route's provider format; only possible before the response head.
+pub async fn respond_error(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    error: &ProxyError,
+) -> Finish {
+    let status = error.kind.status();
+    ctx.status = status;
+    ctx.error = Some(error.message.clone());
+    ctx.outcome = match error.kind {
+        ProxyErrorKind::UpstreamTimeout => Some(StreamOutcome::IdleTimeout),
+        ProxyErrorKind::UpstreamUnavailable => Some(StreamOutcome::UpstreamError),
+        _ => ctx.outcome,
+    };
+    let body = Bytes::from(error.json_body(ctx.provider));
+    let build = || -> pingora::Result<ResponseHeader> {
+        let mut head = ResponseHeader::build(status, Some(4))?;
+        head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        head.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        head.insert_header(crate::request_id::HEADER, ctx.request_id.as_str())?;
+        Ok(head)
+    };
+    let Ok(head) = build() else {
+        return Finish::Close;
+    };
+    // The request body may be unread (e.g. no route): the connection cannot be reused then.
+    let body_done = down.is_body_done();
+    let written = down.write_response_header(Box::new(head)).await.is_ok()
+        && down.write_response_body(body, true).await.is_ok();
+    if written && body_done {
+        Finish::Clean
+    } else {
+        Finish::Close
+    }
+}
+
+/// Ends an event stream with an error event the provider's SDK raises, then a proper end of
+/// body. An upstream event left half-sent is closed first, so the error is an event of its own.
+pub async fn write_terminal_event(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    error: &ProxyError,
+    at_event_boundary: bool,
+) -> Finish {
+    ctx.error = Some(error.message.clone());
+    let mut out = BytesMut::new();
+    if !at_event_boundary {
+        out.extend_from_slice(b"\n\n");
+    }
+    out.extend_from_slice(error.sse_event(ctx.provider).as_bytes());
+    end_stream(down, ctx, out.freeze()).await
+}
+
+/// Writes the last bytes of an event stream and its end.
+pub async fn end_stream(down: &mut ServerSession, ctx: &mut RequestCtx, tail: Bytes) -> Finish {
+    if !tail.is_empty() && stream_body::write(down, ctx, tail).await.is_err() {
+        return Finish::Close;
+    }
+    if down.finish_body().await.is_ok() {
+        Finish::Clean
+    } else {
+        Finish::Close
+    }
+}
+
+/// The error a stream ended by Sluice reports to its client.
+pub fn end_error(outcome: StreamOutcome, route: &Route) -> ProxyError {
+    match outcome {
+        StreamOutcome::IdleTimeout => ProxyError::new(
+            ProxyErrorKind::UpstreamIdle,
+            format!(
+                "upstream {} sent nothing for {:?}; the stream was ended by Sluice",
+                route.upstream.name,
+                route.policy.idle_timeout.unwrap_or_default()
+            ),
+        ),
+        StreamOutcome::MaxDuration => ProxyError::new(
+            ProxyErrorKind::MaxDuration,
+            format!(
+                "the stream reached its maximum duration of {:?} and was ended by Sluice",
+                route.policy.max_duration.unwrap_or_default()
+            ),
+        ),
+        _ => ProxyError::new(
+            ProxyErrorKind::UpstreamBroken,
+            format!("upstream {} broke off the stream", route.upstream.name),
+        ),
+    }
+}

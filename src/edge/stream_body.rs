@@ -1,0 +1,166 @@
+//! The response body loop: every upstream chunk to the client as it arrives, heartbeats while
+//! the upstream is silent, and the ending (idle, max duration, upstream error, client gone)
+//! decided by the relay clock. Event streams go through the usage inspector on the way.
+
+use super::RequestCtx;
+use crate::route::Route;
+use crate::sse::{RelayClock, RelayTick, StreamOutcome, HEARTBEAT};
+use crate::telemetry::METRICS;
+use crate::usage::inspector::StreamInspector;
+use bytes::Bytes;
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::compression::ResponseCompressionCtx;
+use pingora::protocols::http::ServerSession;
+use std::time::Instant;
+
+enum RelayEvent {
+    Chunk(pingora::Result<Option<Bytes>>),
+    Tick(RelayTick),
+    ClientGone,
+}
+
+/// Relays the body until it ends one way or another; the caller writes the end.
+pub async fn relay(
+    route: &Route,
+    up: &mut UpstreamSession,
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    mut decoder: Option<&mut ResponseCompressionCtx>,
+    mut inspector: Option<&mut StreamInspector>,
+) -> StreamOutcome {
+    let event_stream = inspector.is_some();
+    let mut clock = RelayClock::new(route.policy, Instant::now(), event_stream);
+    let mut last_chunk: Option<Instant> = None;
+    let route_name = route.name.as_str();
+    loop {
+        // A sized body that has fully arrived would otherwise wait for a read that never ends.
+        let chunk = if up.response_done() {
+            Ok(None)
+        } else {
+            let read = up.read_response_body();
+            tokio::pin!(read);
+            // Ticks (heartbeats) leave the pending upstream read in place: only an ending
+            // drops it.
+            loop {
+                let deadline = clock.next_deadline();
+                let event = tokio::select! {
+                    biased;
+                    chunk = &mut read => RelayEvent::Chunk(chunk),
+                    tick = sleep_until_deadline(deadline) => RelayEvent::Tick(tick),
+                    _ = down.read_body_or_idle(true) => RelayEvent::ClientGone,
+                };
+                match event {
+                    RelayEvent::Chunk(chunk) => break chunk,
+                    RelayEvent::ClientGone => return StreamOutcome::ClientDisconnect,
+                    RelayEvent::Tick(RelayTick::IdleTimeout) => return StreamOutcome::IdleTimeout,
+                    RelayEvent::Tick(RelayTick::MaxDuration) => return StreamOutcome::MaxDuration,
+                    RelayEvent::Tick(RelayTick::Heartbeat) => {
+                        // A half-sent upstream event postpones the heartbeat.
+                        let at_boundary = inspector
+                            .as_deref()
+                            .is_some_and(StreamInspector::client_at_event_boundary);
+                        if at_boundary {
+                            if write(down, ctx, Bytes::from_static(HEARTBEAT))
+                                .await
+                                .is_err()
+                            {
+                                return StreamOutcome::ClientDisconnect;
+                            }
+                            ctx.heartbeats += 1;
+                            METRICS.heartbeats.with_label_values(&[route_name]).inc();
+                        }
+                        clock.on_heartbeat_due(Instant::now());
+                    }
+                }
+            }
+        };
+        let (data, ended) = match chunk {
+            Ok(Some(data)) => (decode(decoder.as_deref_mut(), data), false),
+            // The decoder may still hold the end of a compressed body.
+            Ok(None) => (flush_decoder(decoder.as_deref_mut()), true),
+            Err(e) => {
+                ctx.error = Some(format!("upstream body: {e}"));
+                METRICS
+                    .upstream_errors
+                    .with_label_values(&[&route.upstream.name, "body"])
+                    .inc();
+                return StreamOutcome::UpstreamError;
+            }
+        };
+        let now = Instant::now();
+        if !ended {
+            clock.on_upstream_bytes(now);
+            if event_stream {
+                if let Some(previous) = last_chunk.replace(now) {
+                    METRICS
+                        .chunk_gap
+                        .with_label_values(&[route_name])
+                        .observe(now.duration_since(previous).as_secs_f64());
+                }
+            }
+        }
+        let data = match inspector.as_deref_mut() {
+            Some(inspector) if !data.is_empty() => inspector.on_chunk(data),
+            _ => data,
+        };
+        if !data.is_empty() {
+            if event_stream {
+                METRICS
+                    .stream_bytes
+                    .with_label_values(&[route_name])
+                    .inc_by(data.len() as u64);
+            }
+            if write(down, ctx, data).await.is_err() {
+                return StreamOutcome::ClientDisconnect;
+            }
+        }
+        if ended {
+            return StreamOutcome::Completed;
+        }
+    }
+}
+
+/// Writes body bytes to the client, noting the first byte's time and the bytes sent.
+pub async fn write(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    data: Bytes,
+) -> pingora::Result<()> {
+    if ctx.first_byte.is_none() {
+        let now = Instant::now();
+        ctx.first_byte = Some(now);
+        if let Some(route) = &ctx.route {
+            METRICS
+                .time_to_first_byte
+                .with_label_values(&[&route.name])
+                .observe(now.duration_since(ctx.started).as_secs_f64());
+        }
+    }
+    ctx.bytes_sent += data.len() as u64;
+    down.write_response_body(data, false).await
+}
+
+fn decode(decoder: Option<&mut ResponseCompressionCtx>, data: Bytes) -> Bytes {
+    match decoder {
+        Some(d) => d
+            .response_body_filter(Some(&data), false)
+            .unwrap_or_default(),
+        None => data,
+    }
+}
+
+fn flush_decoder(decoder: Option<&mut ResponseCompressionCtx>) -> Bytes {
+    decoder
+        .and_then(|d| d.response_body_filter(None, true))
+        .unwrap_or_default()
+}
+
+async fn sleep_until_deadline(deadline: Option<(Instant, RelayTick)>) -> RelayTick {
+    match deadline {
+        Some((at, tick)) => {
+            tokio::time::sleep_until(at.into()).await;
+            tick
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,410 @@
+//! Usage accounting through the real binary: for each provider format, the client gets the
+//! upstream's bytes (plus the documented usage comment, minus the usage chunk Sluice asked for
+//! on its behalf) and the ledger gets the provider's figures; every outcome writes a record; a
+//! record is durable before the client sees the end of its stream.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::{Client, Sluice, Step, Upstream};
+
+struct Case {
+    fixture: &'static str,
+    provider: &'static str,
+    path: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        fixture: "openai_chat_text",
+        provider: "openai",
+        path: "/v1/chat/completions",
+    },
+    Case {
+        fixture: "openai_chat_tool_calls",
+        provider: "openai",
+        path: "/v1/chat/completions",
+    },
+    Case {
+        fixture: "openai_chat_reasoning_cached",
+        provider: "openai",
+        path: "/v1/chat/completions",
+    },
+    Case {
+        fixture: "openai_chat_error",
+        provider: "openai",
+        path: "/v1/chat/completions",
+    },
+    Case {
+        fixture: "openai_completions",
+        provider: "openai",
+        path: "/v1/completions",
+    },
+    Case {
+        fixture: "openai_responses",
+        provider: "openai",
+        path: "/v1/responses",
+    },
+    Case {
+        fixture: "openai_responses_failed",
+        provider: "openai",
+        path: "/v1/responses",
+    },
+    Case {
+        fixture: "anthropic_text",
+        provider: "anthropic",
+        path: "/v1/messages",
+    },
+    Case {
+        fixture: "anthropic_tool_use",
+        provider: "anthropic",
+        path: "/v1/messages",
+    },
+    Case {
+        fixture: "anthropic_thinking_cached",
+        provider: "anthropic",
+        path: "/v1/messages",
+    },
+    Case {
+        fixture: "anthropic_error",
+        provider: "anthropic",
+        path: "/v1/messages",
+    },
+    Case {
+        fixture: "gemini_text",
+        provider: "gemini",
+        path: "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+    },
+    Case {
+        fixture: "gemini_thinking_cached",
+        provider: "gemini",
+        path: "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+    },
+];
+
+fn fixture(name: &str) -> (Vec<u8>, Value) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let stream = std::fs::read(format!("{dir}/{name}.sse")).unwrap();
+    let expected = std::fs::read_to_string(format!("{dir}/{name}.expected.json")).unwrap();
+    (stream, serde_json::from_str(&expected).unwrap())
+}
+
+/// An upstream that writes `stream` in chunks of `size` bytes (split anywhere).
+fn fixture_upstream(stream: Vec<u8>, size: usize) -> Upstream {
+    Upstream::start(move |_| {
+        let mut steps = vec![Step::sse_head()];
+        steps.extend(stream.chunks(size).map(Step::chunk));
+        steps.push(Step::End);
+        steps
+    })
+}
+
+fn sluice_for(upstream: &Upstream, provider: &str) -> Sluice {
+    Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: {provider}\n",
+        upstream.url()
+    ))
+}
+
+/// Asks for usage itself, so that nothing is stripped: the client's bytes must be the
+/// upstream's plus the usage comment.
+const ASKS_FOR_USAGE: &str =
+    r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+
+#[test]
+fn every_provider_format_bytes_through_and_figures_in_the_ledger() {
+    for case in CASES {
+        let (stream, expected) = fixture(case.fixture);
+        let upstream = fixture_upstream(stream.clone(), 37);
+        let sluice = sluice_for(&upstream, case.provider);
+        let mut client = Client::connect(sluice.addr);
+        client.post_json(case.path, ASKS_FOR_USAGE);
+        let response = client.read_response();
+        assert_eq!(response.status, 200, "{}", case.fixture);
+        let records = sluice.wait_ledger(1);
+        let record = &records[0];
+        // The client gets exactly the upstream's bytes, then one usage comment.
+        let body = &response.body;
+        assert!(
+            body.len() > stream.len() && body[..stream.len()] == stream[..],
+            "{}: the client's bytes differ from the upstream's\n got: {:?}",
+            case.fixture,
+            String::from_utf8_lossy(body)
+        );
+        let comment = std::str::from_utf8(&body[stream.len()..]).unwrap();
+        let json = comment
+            .strip_prefix(": sluice-usage ")
+            .and_then(|c| c.strip_suffix("\n\n"))
+            .unwrap_or_else(|| panic!("{}: not one usage comment: {comment:?}", case.fixture));
+        assert_eq!(
+            serde_json::from_str::<Value>(json).unwrap(),
+            comment_of(record),
+            "{}",
+            case.fixture
+        );
+        let facts = &expected["facts"];
+        assert_eq!(record["outcome"], "completed", "{}", case.fixture);
+        assert_eq!(record["model"], facts["model"], "{}", case.fixture);
+        assert_eq!(
+            record["usage_source"], facts["usage_source"],
+            "{}",
+            case.fixture
+        );
+        assert_eq!(
+            record["end_marker_seen"], facts["end_marker_seen"],
+            "{}",
+            case.fixture
+        );
+        assert_eq!(
+            record["finish_reason"], facts["finish_reason"],
+            "{}",
+            case.fixture
+        );
+        assert_eq!(record["events"], facts["events"], "{}", case.fixture);
+        assert_eq!(
+            record.get("provider_error").is_some(),
+            facts.get("provider_error").is_some(),
+            "{}",
+            case.fixture
+        );
+        for kind in [
+            "input_tokens",
+            "output_tokens",
+            "cached_input_tokens",
+            "cache_creation_input_tokens",
+            "reasoning_tokens",
+            "total_tokens",
+        ] {
+            assert_eq!(
+                record.get(kind),
+                facts["usage"].get(kind),
+                "{}: {kind}",
+                case.fixture
+            );
+        }
+        assert_eq!(record["provider"], case.provider);
+        assert_eq!(record["status"], 200);
+        assert_eq!(record["request_id"].as_str().map(str::len), Some(32));
+        if let Some(input) = facts["usage"].get("input_tokens").and_then(Value::as_u64) {
+            let series = format!(
+                "sluice_usage_tokens_total{{kind=\"input\",model=\"{}\",provider=\"{}\",route=\"/\"}}",
+                facts["model"].as_str().unwrap(),
+                case.provider
+            );
+            assert_eq!(sluice.metric(&series), input as f64, "{series}");
+        }
+    }
+}
+
+/// The in-band comment carries the record's request id, model and figures.
+fn comment_of(record: &Value) -> Value {
+    let mut comment = json!({ "request_id": record["request_id"] });
+    if let Some(model) = record.get("model") {
+        comment["model"] = model.clone();
+    }
+    for kind in [
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "cache_creation_input_tokens",
+        "reasoning_tokens",
+        "total_tokens",
+    ] {
+        if let Some(v) = record.get(kind) {
+            comment[kind] = v.clone();
+        }
+    }
+    comment["usage_source"] = record["usage_source"].clone();
+    comment
+}
+
+#[test]
+fn include_usage_is_injected_and_its_chunk_stripped() {
+    let (stream, expected) = fixture("openai_chat_text");
+    let upstream = fixture_upstream(stream.clone(), 1000);
+    let sluice = sluice_for(&upstream, "openai");
+    let mut client = Client::connect(sluice.addr);
+    let body =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    client.post_json("/v1/chat/completions", body);
+    let response = client.read_response();
+    let sent: Value = serde_json::from_slice(&upstream.requests()[0].body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    assert_eq!(sent["messages"][0]["content"], "hi");
+    let text = response.text();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| e.starts_with("data: "))
+        .collect();
+    for event in &events {
+        if *event == "data: [DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(&event[6..]).unwrap();
+        assert!(
+            chunk["choices"].as_array().is_some_and(|c| !c.is_empty()),
+            "a naive choices[0] client would break on {event}"
+        );
+    }
+    let upstream_events = String::from_utf8(stream).unwrap().matches("data: ").count();
+    assert_eq!(
+        events.len(),
+        upstream_events - 1,
+        "exactly the usage chunk is removed"
+    );
+    let record = &sluice.wait_ledger(1)[0];
+    assert_eq!(
+        record["input_tokens"],
+        expected["facts"]["usage"]["input_tokens"]
+    );
+    assert_eq!(record["usage_source"], "provider");
+}
+
+#[test]
+fn client_that_asked_for_usage_gets_the_body_unchanged() {
+    let (stream, _) = fixture("openai_chat_text");
+    let upstream = fixture_upstream(stream, 1000);
+    let sluice = sluice_for(&upstream, "openai");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", ASKS_FOR_USAGE);
+    let response = client.read_response();
+    assert_eq!(upstream.requests()[0].body, ASKS_FOR_USAGE.as_bytes());
+    assert!(response.text().contains("\"choices\":[]"));
+}
+
+#[test]
+fn non_json_and_non_openai_bodies_are_forwarded_untouched() {
+    let (stream, _) = fixture("anthropic_text");
+    let upstream = fixture_upstream(stream, 1000);
+    let sluice = sluice_for(&upstream, "openai");
+    let mut client = Client::connect(sluice.addr);
+    let body = "stream=true&not=json";
+    client.send(
+        "POST",
+        "/v1/chat/completions",
+        &[("accept", "text/event-stream")],
+        body.as_bytes(),
+    );
+    client.read_response();
+    assert_eq!(upstream.requests()[0].body, body.as_bytes());
+}
+
+fn chat_events(n: usize) -> Vec<Step> {
+    let mut steps = vec![Step::sse_head()];
+    for i in 0..n {
+        steps.push(Step::chunk(format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"t{i}\"}},\"finish_reason\":null}}]}}\n\n"
+        )));
+    }
+    steps
+}
+
+#[test]
+fn every_outcome_writes_a_record() {
+    let upstream = Upstream::start(|req| {
+        let mut steps = chat_events(2);
+        match req.path.as_str() {
+            "/idle/chat/completions" => steps.push(Step::Hold),
+            "/gone/chat/completions" => steps.push(Step::Hold),
+            "/broken/chat/completions" => {
+                steps.push(Step::Raw(b"zz\r\nbroken".to_vec()));
+                steps.push(Step::Close);
+            }
+            _ => steps = vec![Step::Hold],
+        }
+        steps
+    });
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n    idle_timeout: 300ms\n",
+        upstream.url()
+    ));
+    let body = r#"{"model":"gpt-4o","stream":true}"#;
+
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/idle/chat/completions", body);
+    client.read_response();
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/broken/chat/completions", body);
+    client.read_response();
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/gone/chat/completions", body);
+    client.read_head();
+    client.read_chunk().unwrap();
+    drop(client);
+    // Silent before its head: a 504, still a stream request with a record.
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/head/chat/completions", body);
+    assert_eq!(client.read_response().status, 504);
+
+    let records = sluice.wait_ledger(4);
+    let outcome_of = |path: &str| -> Value {
+        records
+            .iter()
+            .find(|r| {
+                // Records do not carry the path; match by the order the upstream saw them.
+                let i = upstream
+                    .requests()
+                    .iter()
+                    .position(|q| q.path == path)
+                    .unwrap();
+                r["request_id"] == json!(upstream.requests()[i].header("x-request-id").unwrap())
+            })
+            .unwrap_or_else(|| panic!("no record for {path}: {records:?}"))
+            .clone()
+    };
+    let idle = outcome_of("/idle/chat/completions");
+    assert_eq!(idle["outcome"], "idle_timeout");
+    assert_eq!(idle["model"], "gpt-4o");
+    assert_eq!(idle["usage_source"], "none");
+    assert_eq!(idle["end_marker_seen"], false);
+    assert_eq!(
+        outcome_of("/broken/chat/completions")["outcome"],
+        "upstream_error"
+    );
+    assert_eq!(
+        outcome_of("/gone/chat/completions")["outcome"],
+        "client_disconnect"
+    );
+    let head = outcome_of("/head/chat/completions");
+    assert_eq!(head["outcome"], "idle_timeout");
+    assert_eq!(head["status"], 504);
+}
+
+#[test]
+fn record_is_durable_before_the_client_sees_the_end() {
+    let (stream, _) = fixture("anthropic_text");
+    let upstream = fixture_upstream(stream, 1000);
+    let mut sluice = sluice_for(&upstream, "anthropic");
+    for _ in 0..20 {
+        let mut client = Client::connect(sluice.addr);
+        client.post_json("/v1/messages", r#"{"model":"claude","stream":true}"#);
+        let response = client.read_response();
+        assert!(response.text().contains("message_stop"));
+    }
+    // Every one of the 20 streams ended at its client: a crash now must lose none.
+    sluice.kill();
+    let records = sluice.ledger();
+    assert_eq!(records.len(), 20, "records lost by kill -9");
+    assert!(records.iter().all(|r| r["outcome"] == "completed"));
+}
+
+#[test]
+fn oversized_event_passes_through_and_is_counted() {
+    let big = format!("data: {}\n\n", "x".repeat(3000));
+    let done = "data: [DONE]\n\n";
+    let body = format!("{big}{done}");
+    let upstream = fixture_upstream(body.clone().into_bytes(), 512);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n    usage_comment: false\nusage:\n  max_event_size: 1024\n",
+        upstream.url()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", ASKS_FOR_USAGE);
+    assert_eq!(client.read_response().text(), body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sluice.metric("sluice_sse_oversized_events_total{route=\"/\"}") != 1.0 {
+        assert!(Instant::now() < deadline, "oversized event not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
