@@ -408,3 +408,36 @@ fn oversized_event_passes_through_and_is_counted() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn sighup_reopens_the_ledger_after_rotation_without_losing_a_record() {
+    let (stream, _) = fixture("anthropic_text");
+    let upstream = fixture_upstream(stream, 1000);
+    let sluice = sluice_for(&upstream, "anthropic");
+    let one_stream = || {
+        let mut client = Client::connect(sluice.addr);
+        client.post_json("/v1/messages", r#"{"model":"claude","stream":true}"#);
+        assert_eq!(client.read_response().status, 200);
+    };
+    for _ in 0..3 {
+        one_stream();
+    }
+    assert_eq!(sluice.ledger().len(), 3);
+    let rotated = sluice.ledger_path().with_extension("jsonl.1");
+    std::fs::rename(sluice.ledger_path(), &rotated).unwrap();
+    sluice.signal("HUP");
+    // Until the reopen happens, records still go to the renamed file: none may be lost.
+    let mut sent = 3;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sluice.ledger().is_empty() {
+        assert!(Instant::now() < deadline, "the ledger was never reopened");
+        one_stream();
+        sent += 1;
+    }
+    let old = std::fs::read_to_string(&rotated).unwrap().lines().count();
+    assert_eq!(
+        old + sluice.ledger().len(),
+        sent,
+        "records lost or duplicated across the reopen"
+    );
+}

@@ -89,6 +89,9 @@ pub enum Durability {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub addr: String,
+    /// Also accept cleartext HTTP/2 with prior knowledge (h2c) on this listener.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

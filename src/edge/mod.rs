@@ -4,6 +4,7 @@
 mod admin;
 mod demo_service;
 mod headers;
+mod ledger_keeper;
 mod proxy;
 mod relay;
 mod responses;
@@ -25,6 +26,8 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Instant;
 
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::ProxyServiceBuilder;
 pub use proxy::SluiceProxy;
 
 /// What one request did, filled in along its path and read by the logging phase.
@@ -114,17 +117,41 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         METRICS.register_route(&route.name);
     }
     let usage = usage_sink::UsageSink::open(&config.usage)?;
-    let proxy = SluiceProxy::new(router, upstream::Upstreams::new(demo_addr), usage);
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "sluice proxy");
-    for listener in &config.listen {
-        // No L4 write buffer: every write (response head, each event) goes straight to the
-        // socket, so nothing waits for a flush.
-        let endpoint = ListenerConfig::tcp(listener.addr.as_str())
-            .l4_buffer(L4BufferSettings::default().write(0));
-        service.add_listener(endpoint);
+    if let Some(ledger) = usage.ledger() {
+        let keeper = ledger_keeper::LedgerKeeper {
+            ledger: ledger.clone(),
+            grace_period: config.server.grace_period,
+        };
+        server.add_service(background_service("usage ledger", keeper));
     }
-    server.add_service(service);
+    let proxy = SluiceProxy::new(router, upstream::Upstreams::new(demo_addr), usage);
+    // Pingora sets HTTP/2 cleartext per service: h2c listeners get a service of their own,
+    // sharing the proxy's routes, upstream pool and ledger.
+    for h2c in [false, true] {
+        let listeners: Vec<_> = config.listen.iter().filter(|l| l.h2c == h2c).collect();
+        if listeners.is_empty() {
+            continue;
+        }
+        let mut options = HttpServerOptions::default();
+        options.h2c = h2c;
+        let name = if h2c {
+            "sluice proxy (h2c)"
+        } else {
+            "sluice proxy"
+        };
+        let mut service = ProxyServiceBuilder::new(&server.configuration, proxy.clone())
+            .name(name)
+            .server_options(options)
+            .build();
+        for listener in listeners {
+            // No L4 write buffer: every write (response head, each event) goes straight to the
+            // socket, so nothing waits for a flush.
+            let endpoint = ListenerConfig::tcp(listener.addr.as_str())
+                .l4_buffer(L4BufferSettings::default().write(0));
+            service.add_listener(endpoint);
+        }
+        server.add_service(service);
+    }
 
     if let Some(admin) = &config.admin {
         let mut admin_service = Service::new("sluice admin".to_string(), admin::AdminApp);

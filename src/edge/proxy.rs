@@ -13,19 +13,22 @@ use async_trait::async_trait;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
 
+/// Cheap to clone: every listener service shares the same routes, upstream pool and ledger.
+#[derive(Clone)]
 pub struct SluiceProxy {
-    router: Router,
-    upstreams: Upstreams,
-    usage: UsageSink,
+    router: Arc<Router>,
+    upstreams: Arc<Upstreams>,
+    usage: Arc<UsageSink>,
 }
 
 impl SluiceProxy {
     pub fn new(router: Router, upstreams: Upstreams, usage: UsageSink) -> Self {
         SluiceProxy {
-            router,
-            upstreams,
-            usage,
+            router: Arc::new(router),
+            upstreams: Arc::new(upstreams),
+            usage: Arc::new(usage),
         }
     }
 }

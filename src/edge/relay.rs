@@ -7,6 +7,7 @@
 //! upstream read (DESIGN.md §4).
 
 use super::headers::{client_response, BodyFraming, UpstreamRequest};
+use super::ledger_keeper::STREAMS_IN_FLIGHT;
 use super::responses::{end_error, end_stream, respond_error, write_terminal_event, Finish};
 use super::stream_body;
 use super::upstream::Upstreams;
@@ -24,6 +25,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -216,12 +218,13 @@ pub async fn handle(
     ctx.usage_record = Some(record);
     match outcome {
         StreamOutcome::Completed => {
+            let record = ctx.usage_record.as_ref().expect("just set");
             let mut tail = BytesMut::from(&inspector.take_held()[..]);
             if route.usage_comment {
-                let record = ctx.usage_record.as_ref().expect("just set");
                 tail.extend_from_slice(record.sse_comment().as_bytes());
             }
-            end_stream(down, ctx, tail.freeze()).await
+            let trailers = wants_trailers(down).then(|| usage_trailers(record));
+            end_stream(down, ctx, tail.freeze(), trailers).await
         }
         StreamOutcome::ClientDisconnect => Finish::Close,
         ended => {
@@ -230,6 +233,33 @@ pub async fn handle(
             write_terminal_event(down, ctx, &error, at_boundary).await
         }
     }
+}
+
+/// HTTP/2 clients that sent `TE: trailers` get the usage figures as response trailers (HTTP/1.1
+/// trailers are not supported by Pingora).
+fn wants_trailers(down: &ServerSession) -> bool {
+    down.is_http2()
+        && down
+            .req_header()
+            .headers
+            .get_all(http::header::TE)
+            .iter()
+            .any(|v| {
+                v.to_str().is_ok_and(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                })
+            })
+}
+
+fn usage_trailers(record: &crate::usage::record::UsageRecord) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    for (name, value) in record.trailers() {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            trailers.insert(http::HeaderName::from_static(name), value);
+        }
+    }
+    trailers
 }
 
 /// The extractor for a known format, or one that recognises the format from the first frames.
@@ -286,6 +316,7 @@ struct StreamGuard {
 impl StreamGuard {
     fn new(route: &str) -> Self {
         METRICS.streams_in_flight.with_label_values(&[route]).inc();
+        STREAMS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
         StreamGuard {
             route: route.to_string(),
             outcome: StreamOutcome::ClientDisconnect,
@@ -299,6 +330,7 @@ impl Drop for StreamGuard {
             .streams_in_flight
             .with_label_values(&[&self.route])
             .dec();
+        STREAMS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
         METRICS.stream_finished(&self.route, self.outcome);
     }
 }

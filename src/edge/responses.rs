@@ -69,15 +69,24 @@ pub async fn write_terminal_event(
         out.extend_from_slice(b"\n\n");
     }
     out.extend_from_slice(error.sse_event(ctx.provider).as_bytes());
-    end_stream(down, ctx, out.freeze()).await
+    end_stream(down, ctx, out.freeze(), None).await
 }
 
-/// Writes the last bytes of an event stream and its end.
-pub async fn end_stream(down: &mut ServerSession, ctx: &mut RequestCtx, tail: Bytes) -> Finish {
+/// Writes the last bytes of an event stream and its end (with trailers, on HTTP/2).
+pub async fn end_stream(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    tail: Bytes,
+    trailers: Option<http::HeaderMap>,
+) -> Finish {
     if !tail.is_empty() && stream_body::write(down, ctx, tail).await.is_err() {
         return Finish::Close;
     }
-    if down.finish_body().await.is_ok() {
+    let ended = match trailers {
+        Some(trailers) => down.write_response_trailers(trailers).await,
+        None => down.finish_body().await.map(|_| ()),
+    };
+    if ended.is_ok() {
         Finish::Clean
     } else {
         Finish::Close

@@ -172,6 +172,31 @@ impl UsageRecord {
         self
     }
 
+    /// HTTP/2 response trailers carrying the figures that are known
+    /// (`x-sluice-usage-input-tokens`, …), for clients that sent `TE: trailers`.
+    pub fn trailers(&self) -> Vec<(&'static str, String)> {
+        let usage = &self.usage;
+        let mut trailers: Vec<(&'static str, String)> = [
+            ("x-sluice-usage-input-tokens", usage.input_tokens),
+            ("x-sluice-usage-output-tokens", usage.output_tokens),
+            ("x-sluice-usage-total-tokens", usage.total_tokens),
+            (
+                "x-sluice-usage-cached-input-tokens",
+                usage.cached_input_tokens,
+            ),
+            (
+                "x-sluice-usage-cache-creation-input-tokens",
+                usage.cache_creation_input_tokens,
+            ),
+            ("x-sluice-usage-reasoning-tokens", usage.reasoning_tokens),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?.to_string())))
+        .collect();
+        trailers.push(("x-sluice-usage-source", self.usage_source.to_string()));
+        trailers
+    }
+
     /// The SSE comment appended after the provider's last frame: ignored by EventSource and the
     /// official SDKs, readable by anyone who wants the figures in-band.
     pub fn sse_comment(&self) -> String {

@@ -41,11 +41,20 @@ impl Sluice {
     /// and optionally `usage:`); listener, admin and server settings are filled in with free
     /// ports, and the usage ledger goes to `ledger_path()` unless `usage:` is given.
     pub fn start(routes_and_upstreams: &str) -> Sluice {
+        Sluice::start_with_listener("", routes_and_upstreams)
+    }
+
+    /// Like [`Sluice::start`], with HTTP/2 cleartext (prior knowledge) on the listener.
+    pub fn start_h2c(routes_and_upstreams: &str) -> Sluice {
+        Sluice::start_with_listener("    h2c: true\n", routes_and_upstreams)
+    }
+
+    fn start_with_listener(listener_keys: &str, routes_and_upstreams: &str) -> Sluice {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = TempDir::new();
         let mut yaml = format!(
-            "listen:\n  - addr: {addr}\nadmin: {admin}\nserver:\n  threads: 2\n  pid_file: {pid}\n  upgrade_sock: {sock}\n{routes_and_upstreams}",
+            "listen:\n  - addr: {addr}\n{listener_keys}admin: {admin}\nserver:\n  threads: 2\n  pid_file: {pid}\n  upgrade_sock: {sock}\n{routes_and_upstreams}",
             pid = dir.path.join("sluice.pid").display(),
             sock = dir.path.join("upgrade.sock").display(),
         );
@@ -126,6 +135,20 @@ impl Sluice {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// SIGKILL, as a crash would.

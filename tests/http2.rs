@@ -1,0 +1,139 @@
+//! HTTP/2 clients (cleartext, prior knowledge): event streams arrive event by event, usage
+//! comes as response trailers when asked for with `TE: trailers`, and a reset stream aborts its
+//! upstream at once.
+
+mod support;
+
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+use support::{Sluice, Step, Upstream};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn h2_client(sluice: &Sluice) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+fn anthropic_upstream() -> Upstream {
+    let stream = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/anthropic_text.sse"
+    ))
+    .unwrap();
+    Upstream::start(move |_| {
+        let mut steps = vec![Step::sse_head()];
+        for event in stream.split_inclusive(|&b| b == b'\n') {
+            steps.push(Step::chunk(event));
+        }
+        steps.push(Step::End);
+        steps
+    })
+}
+
+fn request(te_trailers: bool) -> http::Request<()> {
+    let mut builder = http::Request::post("http://sluice.test/v1/messages")
+        .header("content-type", "application/json");
+    if te_trailers {
+        builder = builder.header("te", "trailers");
+    }
+    builder.body(()).unwrap()
+}
+
+#[test]
+fn usage_trailers_on_http2_and_concurrent_streams() {
+    let upstream = anthropic_upstream();
+    let sluice = Sluice::start_h2c(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\n",
+        upstream.url()
+    ));
+    runtime().block_on(async {
+        let client = h2_client(&sluice).await;
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let mut client = client.clone().ready().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let (response, mut send) = client.send_request(request(i % 2 == 0), false).unwrap();
+                send.send_data(
+                    Bytes::from_static(br#"{"model":"claude","stream":true}"#),
+                    true,
+                )
+                .unwrap();
+                let response = response.await.unwrap();
+                assert_eq!(response.status(), 200);
+                let mut body = response.into_body();
+                let mut text = Vec::new();
+                while let Some(data) = body.data().await {
+                    let data = data.unwrap();
+                    body.flow_control().release_capacity(data.len()).unwrap();
+                    text.extend_from_slice(&data);
+                }
+                let trailers = body.trailers().await.unwrap();
+                (i, String::from_utf8(text).unwrap(), trailers)
+            }));
+        }
+        for task in tasks {
+            let (i, text, trailers) = task.await.unwrap();
+            assert!(text.contains("event: message_stop"), "{text}");
+            assert!(text.contains(": sluice-usage {"));
+            if i % 2 == 0 {
+                let trailers = trailers.expect("trailers were asked for");
+                assert_eq!(trailers["x-sluice-usage-input-tokens"], "25");
+                assert_eq!(trailers["x-sluice-usage-output-tokens"], "15");
+                assert_eq!(trailers["x-sluice-usage-total-tokens"], "40");
+                assert_eq!(trailers["x-sluice-usage-source"], "provider");
+            } else {
+                assert!(trailers.is_none(), "trailers only when asked for");
+            }
+        }
+    });
+    assert_eq!(sluice.wait_ledger(8).len(), 8);
+}
+
+#[test]
+fn reset_stream_aborts_its_upstream_promptly() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::chunk("data: {\"i\":0}\n\n"),
+            Step::Hold,
+        ]
+    });
+    let sluice = Sluice::start_h2c(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    heartbeat: off\n",
+        upstream.url()
+    ));
+    let left = runtime().block_on(async {
+        let mut client = h2_client(&sluice).await;
+        let (response, mut send) = client.send_request(request(false), false).unwrap();
+        send.send_data(Bytes::from_static(br#"{"stream":true}"#), true)
+            .unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let first = body.data().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"data: {\"i\":0}\n\n");
+        let left = Instant::now();
+        // Dropping the body and the stream handle resets the stream (RST_STREAM CANCEL); the
+        // connection itself stays open.
+        drop(body);
+        drop(send);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        left
+    });
+    let closed = upstream
+        .wait_closed(Duration::from_secs(5))
+        .expect("upstream closed");
+    let delay = closed.saturating_duration_since(left);
+    assert!(
+        delay < Duration::from_millis(100),
+        "upstream closed after {delay:?}"
+    );
+}
