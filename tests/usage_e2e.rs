@@ -441,3 +441,29 @@ fn sighup_reopens_the_ledger_after_rotation_without_losing_a_record() {
         "records lost or duplicated across the reopen"
     );
 }
+
+#[test]
+fn inspection_off_passes_bytes_and_records_outcomes_only() {
+    let (stream, _) = fixture("openai_chat_text");
+    let upstream = fixture_upstream(stream.clone(), 100);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n    usage_comment: false\nusage:\n  inspect: false\n",
+        upstream.url()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    let body = r#"{"model":"gpt-4o-mini","stream":true}"#;
+    client.post_json("/v1/chat/completions", body);
+    assert_eq!(client.read_response().body, stream);
+    assert_eq!(
+        upstream.requests()[0].body,
+        body.as_bytes(),
+        "include_usage not added"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let series =
+        "sluice_usage_records_total{outcome=\"completed\",route=\"/\",usage_source=\"none\"}";
+    while sluice.metric(series) != 1.0 {
+        assert!(Instant::now() < deadline, "no record counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

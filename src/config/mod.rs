@@ -63,6 +63,9 @@ pub struct UsageSettings {
     pub keep: usize,
     /// Largest SSE event the inspector reads; larger events pass through untouched, uncounted.
     pub max_event_size: usize,
+    /// Read usage from streams. Off: records carry outcomes and timings only (`usage_source:
+    /// none`), and `include_usage` is not added.
+    pub inspect: bool,
 }
 
 impl Default for UsageSettings {
@@ -73,6 +76,7 @@ impl Default for UsageSettings {
             rotate_bytes: None,
             keep: 5,
             max_event_size: 1024 * 1024,
+            inspect: true,
         }
     }
 }

@@ -17,7 +17,9 @@ use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Route;
 use crate::sse::{is_event_stream, request_wants_stream, StreamOutcome};
 use crate::telemetry::METRICS;
-use crate::usage::extract::{extractor_for, AutoExtractor, StreamFormat, UsageExtractor};
+use crate::usage::extract::{
+    extractor_for, AutoExtractor, NoExtractor, StreamFormat, UsageExtractor,
+};
 use crate::usage::include_usage::{ensure_include_usage, IncludeUsage};
 use crate::usage::inspector::{InspectorOptions, StreamInspector};
 use bytes::BytesMut;
@@ -55,7 +57,8 @@ pub async fn handle(
     let json = body.complete.then_some(&body.prefix[..]);
     ctx.stream_request = request_wants_stream(accept.map(|v| v.as_bytes()), json);
     ctx.format = StreamFormat::from_request(route.provider, down.req_header().uri.path());
-    let strip_usage_chunk = ctx.stream_request && add_include_usage(route, ctx, &mut body);
+    let strip_usage_chunk =
+        usage.inspects() && ctx.stream_request && add_include_usage(route, ctx, &mut body);
 
     let request = UpstreamRequest {
         client: down.req_header(),
@@ -173,8 +176,13 @@ pub async fn handle(
     }
 
     let mut guard = StreamGuard::new(&route.name);
+    let extractor = if usage.inspects() {
+        extractor(ctx.format)
+    } else {
+        Box::new(NoExtractor::default())
+    };
     let mut inspector = StreamInspector::new(
-        extractor(ctx.format),
+        extractor,
         InspectorOptions {
             max_event_size: usage.max_event_size(),
             strip_usage_chunk,

@@ -18,6 +18,7 @@ pub struct UsageSink {
     ledger: Option<Arc<Ledger>>,
     durability: Durability,
     max_event_size: usize,
+    inspect: bool,
 }
 
 impl UsageSink {
@@ -40,6 +41,7 @@ impl UsageSink {
             ledger,
             durability: settings.durability,
             max_event_size: settings.max_event_size,
+            inspect: settings.inspect,
         })
     }
 
@@ -54,6 +56,11 @@ impl UsageSink {
 
     pub fn max_event_size(&self) -> usize {
         self.max_event_size
+    }
+
+    /// Whether streams are read for usage at all (`usage.inspect`).
+    pub fn inspects(&self) -> bool {
+        self.inspect
     }
 
     /// The record of the request in `ctx`, with what the extractor saw (if anything).

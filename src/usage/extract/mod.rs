@@ -35,6 +35,18 @@ pub trait UsageExtractor: Send {
     fn facts(&self) -> &StreamFacts;
 }
 
+/// Reads nothing: for `usage.inspect: false`, where records carry outcomes and timings only.
+#[derive(Default)]
+pub struct NoExtractor(StreamFacts);
+
+impl UsageExtractor for NoExtractor {
+    fn on_event(&mut self, _event_type: &[u8], _data: &[u8]) {}
+
+    fn facts(&self) -> &StreamFacts {
+        &self.0
+    }
+}
+
 pub fn extractor_for(format: StreamFormat) -> Box<dyn UsageExtractor> {
     seeded_extractor(format, StreamFacts::default())
 }
