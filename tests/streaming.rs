@@ -6,9 +6,12 @@ mod support;
 use std::time::{Duration, Instant};
 use support::{Client, Sluice, Step, Upstream};
 
+/// These tests check the relay byte for byte, so the usage features that change the client's
+/// bytes (the usage comment, the stripped usage chunk) are off here; tests/usage_e2e.rs covers
+/// them.
 fn sluice_for(upstream: &Upstream, route: &str) -> Sluice {
     Sluice::start(&format!(
-        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n{route}",
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    usage_comment: false\n    include_usage: false\n{route}",
         upstream.url()
     ))
 }
