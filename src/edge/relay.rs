@@ -292,7 +292,7 @@ fn add_include_usage(route: &Route, ctx: &RequestCtx, body: &mut BodyPrefix) -> 
         return false;
     }
     if !body.complete {
-        log::info!(
+        log::warn!(
             "request {}: body over {INSPECT_BODY_LIMIT} bytes, forwarded untouched without include_usage",
             ctx.request_id
         );
@@ -305,7 +305,7 @@ fn add_include_usage(route: &Route, ctx: &RequestCtx, body: &mut BodyPrefix) -> 
         }
         IncludeUsage::ClientAsked => false,
         IncludeUsage::Untouched(reason) => {
-            log::info!(
+            log::warn!(
                 "request {}: include_usage not added: {reason}",
                 ctx.request_id
             );

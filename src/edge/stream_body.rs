@@ -7,7 +7,7 @@ use crate::route::Route;
 use crate::sse::{RelayClock, RelayTick, StreamOutcome, HEARTBEAT};
 use crate::telemetry::METRICS;
 use crate::usage::inspector::StreamInspector;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
@@ -32,9 +32,13 @@ pub async fn relay(
     let mut clock = RelayClock::new(route.policy, Instant::now(), event_stream);
     let mut last_chunk: Option<Instant> = None;
     let route_name = route.name.as_str();
+    // An end or error met while gathering ready bytes, handled after those bytes are sent.
+    let mut deferred: Option<pingora::Result<Option<Bytes>>> = None;
     loop {
         // A sized body that has fully arrived would otherwise wait for a read that never ends.
-        let chunk = if up.response_done() {
+        let chunk = if let Some(chunk) = deferred.take() {
+            chunk
+        } else if up.response_done() {
             Ok(None)
         } else {
             let read = up.read_response_body();
@@ -73,6 +77,10 @@ pub async fn relay(
                     }
                 }
             }
+        };
+        let chunk = match chunk {
+            Ok(Some(first)) => Ok(Some(take_ready(up, first, &mut deferred))),
+            other => other,
         };
         let (data, ended) = match chunk {
             Ok(Some(data)) => (decode(decoder.as_deref_mut(), data), false),
@@ -138,6 +146,48 @@ pub async fn write(
     }
     ctx.bytes_sent += data.len() as u64;
     down.write_response_body(data, false).await
+}
+
+/// Most bytes gathered into one client write.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Adds the upstream bytes that are already waiting to `first`, so that an upstream writing
+/// faster than the client is served costs one client write per batch rather than one per event.
+/// Only bytes that are already here are taken: nothing waits for more.
+fn take_ready(
+    up: &mut UpstreamSession,
+    first: Bytes,
+    deferred: &mut Option<pingora::Result<Option<Bytes>>>,
+) -> Bytes {
+    let mut gathered: Option<BytesMut> = None;
+    let mut len = first.len();
+    while len < COALESCE_LIMIT && !up.response_done() {
+        match now_or_never(up.read_response_body()) {
+            Some(Ok(Some(next))) => {
+                len += next.len();
+                gathered
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&next);
+            }
+            Some(end_or_error) => {
+                *deferred = Some(end_or_error);
+                break;
+            }
+            None => break,
+        }
+    }
+    gathered.map(BytesMut::freeze).unwrap_or(first)
+}
+
+/// Polls a future once. Pingora's body read keeps its progress in the session, so dropping a
+/// pending read loses nothing (its own proxy loop cancels reads the same way).
+fn now_or_never<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
 }
 
 fn decode(decoder: Option<&mut ResponseCompressionCtx>, data: Bytes) -> Bytes {

@@ -1,0 +1,202 @@
+//! The harness client: one keep-alive HTTP/1.1 connection, a chat-completions stream request as
+//! an SDK sends it, and the response read event by event with the time each event arrived.
+
+use crate::clock::now_ns;
+use crate::http1::{ChunkedDecoder, Framing, SseItem, SseScanner};
+use crate::upstream::StreamSpec;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const MAX_HEAD: usize = 64 * 1024;
+/// No response takes more reads than this (every read returns at least one byte).
+const MAX_READS: u64 = 100_000_000;
+const BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Write a haiku about rivers."}]}"#;
+
+/// One item of a response body, in arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item {
+    /// A content event: when the upstream wrote it and when its last byte arrived here.
+    Event { sent_ns: u64, recv_ns: u64 },
+    /// Any other complete event (finish, usage, a proxy's own).
+    Other,
+    /// The body ended; `done`: `data: [DONE]` was seen.
+    End { done: bool },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    pub status: u16,
+    /// When the first byte of the response arrived.
+    pub first_byte_ns: u64,
+}
+
+struct Body {
+    framing: Framing,
+    decoder: ChunkedDecoder,
+    scanner: SseScanner,
+    decoded: Vec<u8>,
+    queue: VecDeque<Item>,
+    finished: bool,
+    done_seen: bool,
+}
+
+pub struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet decoded.
+    raw: Vec<u8>,
+    /// When the last read returned: the arrival time of everything it brought.
+    read_ns: u64,
+    body: Option<Body>,
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr) -> Result<Conn, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            raw: Vec::with_capacity(16 * 1024),
+            read_ns: 0,
+            body: None,
+        })
+    }
+
+    /// Sends a stream request for `spec` (the upstream reads the query; proxies see an SDK's
+    /// streaming chat-completions request).
+    pub async fn send(&mut self, spec: &StreamSpec) -> Result<(), String> {
+        let request = format!(
+            "POST /v1/chat/completions?{} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: text/event-stream\r\nauthorization: Bearer sk-load-harness\r\ncontent-length: {}\r\n\r\n{BODY}",
+            spec.query(),
+            BODY.len()
+        );
+        self.body = None;
+        self.stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))
+    }
+
+    async fn read_more(&mut self) -> Result<usize, String> {
+        self.raw.reserve(64 * 1024);
+        let n = self
+            .stream
+            .read_buf(&mut self.raw)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        self.read_ns = now_ns();
+        Ok(n)
+    }
+
+    /// Reads the response head; the body is then read with [`Conn::next`].
+    pub async fn read_head(&mut self) -> Result<Head, String> {
+        let mut first_byte_ns = if self.raw.is_empty() {
+            None
+        } else {
+            Some(self.read_ns)
+        };
+        for _ in 0..MAX_READS {
+            if !self.raw.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut response = httparse::Response::new(&mut headers);
+                match response.parse(&self.raw) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        let status = response.code.unwrap_or(0);
+                        let framing = Framing::from_headers(response.headers, true);
+                        self.raw.drain(..len);
+                        self.body = Some(Body {
+                            framing,
+                            decoder: ChunkedDecoder::default(),
+                            scanner: SseScanner::default(),
+                            decoded: Vec::with_capacity(16 * 1024),
+                            queue: VecDeque::new(),
+                            finished: framing == Framing::Length(0),
+                            done_seen: false,
+                        });
+                        return Ok(Head {
+                            status,
+                            first_byte_ns: first_byte_ns.unwrap_or(self.read_ns),
+                        });
+                    }
+                    Ok(httparse::Status::Partial) if self.raw.len() < MAX_HEAD => {}
+                    Ok(httparse::Status::Partial) => return Err("response head too large".into()),
+                    Err(e) => return Err(format!("bad response head: {e}")),
+                }
+            }
+            if self.read_more().await? == 0 {
+                return Err("closed before the response head".into());
+            }
+            first_byte_ns.get_or_insert(self.read_ns);
+        }
+        Err("response head never completed".into())
+    }
+
+    /// The next item of the body. After [`Item::End`] the connection can carry another request
+    /// (unless the body was delimited by the close).
+    pub async fn next(&mut self) -> Result<Item, String> {
+        for _ in 0..MAX_READS {
+            let body = self.body.as_mut().ok_or("no response in progress")?;
+            if let Some(item) = body.queue.pop_front() {
+                return Ok(item);
+            }
+            if body.finished {
+                return Ok(Item::End {
+                    done: body.done_seen,
+                });
+            }
+            if !self.raw.is_empty() {
+                self.decode()?;
+                continue;
+            }
+            if self.read_more().await? == 0 {
+                let body = self.body.as_mut().ok_or("no response in progress")?;
+                if body.framing != Framing::UntilClose {
+                    return Err("connection closed inside the response body".into());
+                }
+                body.finished = true;
+            }
+        }
+        Err("response body never ended".into())
+    }
+
+    fn decode(&mut self) -> Result<(), String> {
+        let Some(body) = self.body.as_mut() else {
+            return Ok(());
+        };
+        body.decoded.clear();
+        let used = match body.framing {
+            Framing::Chunked => {
+                let used = body.decoder.feed(&self.raw, &mut body.decoded)?;
+                body.finished = body.decoder.is_done();
+                used
+            }
+            Framing::Length(left) => {
+                let take = self
+                    .raw
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                body.decoded.extend_from_slice(&self.raw[..take]);
+                body.framing = Framing::Length(left - take as u64);
+                body.finished = left == take as u64;
+                take
+            }
+            Framing::UntilClose => {
+                body.decoded.extend_from_slice(&self.raw);
+                self.raw.len()
+            }
+        };
+        self.raw.drain(..used);
+        let recv_ns = self.read_ns;
+        let queue = &mut body.queue;
+        let done_seen = &mut body.done_seen;
+        body.scanner.feed(&body.decoded, |item| match item {
+            SseItem::Timestamped(sent_ns) => queue.push_back(Item::Event { sent_ns, recv_ns }),
+            SseItem::Done => *done_seen = true,
+            SseItem::Other => queue.push_back(Item::Other),
+        });
+        Ok(())
+    }
+}

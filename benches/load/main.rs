@@ -1,0 +1,357 @@
+//! Whole-proxy load harness: Sluice next to a direct connection, nginx and HAProxy, on loopback.
+//!
+//! ```sh
+//! cargo bench --bench load                  # default scale: a few minutes on 2 cores
+//! cargo bench --bench load -- --smoke       # every scenario tiny, seconds (or SLUICE_LOAD_SMOKE=1)
+//! ```
+//!
+//! It starts, all on 127.0.0.1: an upstream written for the harness (OpenAI-style SSE, each
+//! event its own write, stamped with its send time), Sluice (`target/release/sluice`, built when
+//! missing or stale) with usage inspection on and off, nginx and HAProxy when installed (skipped,
+//! and said so, otherwise), and a client holding many streams. Scenarios, interleaved by round so
+//! that machine drift hits every target alike:
+//!
+//! - latency: 1,000 streams × 20 events/s → delivery delay over direct, p50 / p99 / p99.9
+//! - throughput: 64 streams as fast as the upstream writes → events/s, proxy CPU s per M events
+//! - first byte: fresh connection per stream → added time to first byte p50 / p99
+//! - memory: up to 9,000 idle streams → proxy RSS per stream; then every client leaves at once
+//!   → upstream streams closed within 100 ms / 1 s
+//!
+//! Scale: `SLUICE_LOAD_ROUNDS` (3), `SLUICE_LOAD_SECONDS` (4, the measured window per round),
+//! `SLUICE_LOAD_STREAMS` (1000), `SLUICE_LOAD_RATE` (20 events/s), `SLUICE_LOAD_RAMP_SECONDS`
+//! (1), `SLUICE_LOAD_THROUGHPUT_STREAMS` (64), `SLUICE_LOAD_MEMORY_STREAMS` (9000, lowered to
+//! what the descriptor limit allows), `SLUICE_LOAD_FIRST_BYTE` (300). Selection:
+//! `SLUICE_LOAD_TARGETS=direct,sluice,sluice-noinspect,nginx,haproxy`,
+//! `SLUICE_LOAD_SCENARIOS=latency,throughput,first_byte,memory`. `SLUICE_LOAD_OUT` (results
+//! directory), `SLUICE_LOAD_KEEP=1` (keep the proxies' temp dirs and logs),
+//! `SLUICE_LOAD_TIMEOUT_S` (watchdog for the whole run), `SLUICE_LOAD_DURABILITY=async` (Sluice's
+//! ledger without the durable end, to see what that costs).
+//!
+//! Results: tables on stdout and JSON in `benches/results/load-YYYYMMDD-HHMMSS.json` (smoke
+//! runs write to `target/load-smoke/` instead). Run without `--bench` (as `cargo test
+//! --all-targets` does) it only self-checks its parsers.
+
+mod client;
+mod clock;
+mod http1;
+mod lifecycle;
+mod options;
+mod process;
+mod procfs;
+mod report;
+mod results_file;
+mod scenarios;
+mod sluice_bin;
+mod targets;
+mod upstream;
+
+use options::{Options, Scenario};
+use report::TargetResults;
+use std::process::ExitCode;
+use std::time::Duration;
+use targets::{Kind, Launch, Target};
+use upstream::Upstream;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let smoke = options::smoke_requested(&args);
+    if !args.iter().any(|a| a == "--bench") && !smoke {
+        // `cargo test --all-targets` runs benches without `--bench`: check, don't load.
+        return match http1::self_check() {
+            Ok(()) => {
+                println!(
+                    "load harness: parser self-check ok (run it with `cargo bench --bench load`)"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("load harness: parser self-check failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // `cargo bench NAME` passes NAME on to every bench: run only when it selects this one.
+    let filters: Vec<&String> = args
+        .iter()
+        .filter(|a| !a.starts_with('-') && a.as_str() != "smoke")
+        .collect();
+    if !filters.is_empty() && !filters.iter().any(|f| "load".contains(f.as_str())) {
+        return ExitCode::SUCCESS;
+    }
+    if let Some(code) = lifecycle::raise_nofile(&args) {
+        return code;
+    }
+    clock::init();
+    let options = Options::from_env(smoke);
+    let binary = match sluice_bin::locate_or_build() {
+        Ok(binary) => binary,
+        Err(e) => {
+            eprintln!("load: no sluice binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    lifecycle::start_watchdog(&options);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("load: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::spawn(lifecycle::stop_on_signal());
+        run(options, binary).await
+    });
+    // Connections and upstream tasks go with the runtime; the proxies were stopped by `run`.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), String> {
+    let loadavg_start = procfs::loadavg();
+    let (soft, hard) = procfs::nofile_limits();
+    let upstream = Upstream::start().map_err(|e| format!("upstream: {e}"))?;
+    let launch = Launch {
+        upstream: upstream.addr,
+        sluice: binary.path.clone(),
+        nofile: soft,
+    };
+    println!(
+        "load: {} mode, {} rounds; sluice: {} ({}){}",
+        if options.smoke { "smoke" } else { "full" },
+        options.rounds,
+        binary.path.display(),
+        binary.note,
+        if binary.stale { " — STALE" } else { "" }
+    );
+    println!(
+        "load: {} CPUs, kernel {}, load average {loadavg_start}, descriptors {soft}/{hard}",
+        nproc(),
+        procfs::kernel()
+    );
+
+    let mut targets: Vec<Target> = Vec::new();
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    for kind in Kind::all() {
+        let name = kind.name();
+        if let Some(selected) = &options.targets {
+            if !selected.iter().any(|s| s == name) {
+                skipped.push((name.into(), "not selected (SLUICE_LOAD_TARGETS)".into()));
+                continue;
+            }
+        }
+        let target = match Target::start(kind, &launch) {
+            Ok(target) => target,
+            Err(e) => {
+                println!("load: {name}: SKIPPED: {e}");
+                skipped.push((name.into(), e));
+                continue;
+            }
+        };
+        match scenarios::warm_up(target.addr, &upstream, 16).await {
+            Ok(()) => {
+                println!("load: {name}: {} on {}", target.version, target.addr);
+                targets.push(target);
+            }
+            Err(e) => {
+                println!("load: {name}: SKIPPED: warm-up failed: {e}");
+                skipped.push((name.into(), format!("warm-up failed: {e}")));
+            }
+        }
+    }
+    if targets.is_empty() {
+        return Err("no target could be started".into());
+    }
+
+    // Each open stream costs the harness two descriptors (client and upstream side) and the
+    // proxy two: the limit of either process caps the memory scenario.
+    let fd_budget = usize::try_from(soft.saturating_sub(400) / 2).unwrap_or(usize::MAX);
+    let memory_streams = options.memory_streams.min(fd_budget);
+    if memory_streams < options.memory_streams {
+        println!(
+            "load: memory scenario lowered to {memory_streams} streams by the descriptor limit {soft}"
+        );
+    }
+
+    let mut results: Vec<TargetResults> = targets
+        .iter()
+        .map(|t| TargetResults {
+            name: t.kind.name().into(),
+            version: t.version.clone(),
+            ..TargetResults::default()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for round in 0..options.rounds as usize {
+        // Rotate the order each round, so no target always runs first (or right after another).
+        let order: Vec<usize> = (0..targets.len())
+            .map(|i| (i + round) % targets.len())
+            .collect();
+        for &scenario in &options.scenarios {
+            for &i in &order {
+                let target = &mut targets[i];
+                let line = run_one(
+                    scenario,
+                    target,
+                    &launch,
+                    &upstream,
+                    &options,
+                    memory_streams,
+                    &mut results[i],
+                )
+                .await;
+                println!(
+                    "round {}/{} {:<10} {:<17} {line}",
+                    round + 1,
+                    options.rounds,
+                    scenario.name(),
+                    target.kind.name()
+                );
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    for (target, result) in targets.iter_mut().zip(results.iter_mut()) {
+        target.stop();
+        result.diagnostics = target.diagnostics.clone();
+    }
+    drop(targets);
+
+    let loadavg_end = procfs::loadavg();
+    let text = report::tables(&results, &skipped);
+    println!("{text}");
+    println!(
+        "load: {elapsed:.0} s of scenarios; load average before {loadavg_start}, after {loadavg_end}"
+    );
+    let file = results_file::write_json(
+        &options,
+        &binary,
+        &results,
+        &skipped,
+        elapsed,
+        &loadavg_start,
+        &loadavg_end,
+        memory_streams,
+    )?;
+    println!("load: results in {}", file.display());
+    Ok(())
+}
+
+/// Runs one scenario against one target and returns a one-line progress note.
+async fn run_one(
+    scenario: Scenario,
+    target: &mut Target,
+    launch: &Launch,
+    upstream: &Upstream,
+    options: &Options,
+    memory_streams: usize,
+    results: &mut TargetResults,
+) -> String {
+    let errors = |count: u64, first: &Option<String>| match first {
+        Some(e) if count > 0 => format!(", {count} errors (first: {e})"),
+        _ => String::new(),
+    };
+    match scenario {
+        Scenario::Latency => {
+            let r = scenarios::latency(target, upstream, options).await;
+            let mut d = r.delays_ns.clone();
+            d.sort_unstable();
+            let p = |q: f64| {
+                d.get(((q * d.len() as f64).ceil() as usize).clamp(1, d.len().max(1)) - 1)
+                    .map(|v| format!("{:.0} µs", *v as f64 / 1e3))
+                    .unwrap_or_else(|| "—".into())
+            };
+            let line = format!(
+                "p50 {} p99 {} ({} events){}",
+                p(0.5),
+                p(0.99),
+                d.len(),
+                errors(r.errors.count, &r.errors.first)
+            );
+            results.latency.push(r);
+            line
+        }
+        Scenario::Throughput => {
+            let r = scenarios::throughput(target, upstream, options).await;
+            let rate = r.events.received as f64 / r.elapsed_s.max(1e-9);
+            let cpu = r
+                .cpu_s
+                .map(|c| {
+                    format!(
+                        ", proxy CPU {c:.2} s = {:.2} s/M events",
+                        c / r.events.received.max(1) as f64 * 1e6
+                    )
+                })
+                .unwrap_or_default();
+            let line = format!(
+                "{rate:.0} events/s{cpu}{}",
+                errors(r.errors.count, &r.errors.first)
+            );
+            results.throughput.push(r);
+            line
+        }
+        Scenario::FirstByte => {
+            let r = scenarios::first_byte(target, upstream, options).await;
+            let mut d = r.ttfb_ns.clone();
+            d.sort_unstable();
+            let p50 = d
+                .get(d.len() / 2)
+                .map(|v| format!("{:.0} µs", *v as f64 / 1e3));
+            let line = format!(
+                "TTFB p50 {} ({} streams){}",
+                p50.unwrap_or_else(|| "—".into()),
+                d.len(),
+                errors(r.errors.count, &r.errors.first)
+            );
+            results.first_byte.push(r);
+            line
+        }
+        Scenario::Memory => {
+            // A fresh process: RSS grown and kept by earlier scenarios would hide the cost.
+            if target.is_proxy() {
+                if let Err(e) = target.restart(launch) {
+                    let mut r = scenarios::MemoryRun {
+                        asked: memory_streams,
+                        ..Default::default()
+                    };
+                    r.errors.count = 1;
+                    r.errors.first = Some(format!("restart: {e}"));
+                    results.memory.push(r);
+                    return format!("restart failed: {e}");
+                }
+                if let Err(e) = scenarios::warm_up(target.addr, upstream, 4).await {
+                    eprintln!("load: {} warm-up after restart: {e}", target.kind.name());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let r = scenarios::memory(target, upstream, options, memory_streams).await;
+            let line = format!(
+                "{}/{} streams open in {:.1} s, {} KiB/stream, upstream closed ≤100 ms {} ≤1 s {}{}",
+                r.opened,
+                r.asked,
+                r.open_s,
+                r.kib_per_stream().map(|k| format!("{k:.1}")).unwrap_or_else(|| "—".into()),
+                r.closed_100ms,
+                r.closed_1s,
+                errors(r.errors.count, &r.errors.first)
+            );
+            results.memory.push(r);
+            line
+        }
+    }
+}
+
+pub fn nproc() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -1,0 +1,128 @@
+//! Scale and selection, from the environment (`SLUICE_LOAD_*`) and the `--smoke` flag.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Latency,
+    Throughput,
+    FirstByte,
+    Memory,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Latency,
+        Scenario::Throughput,
+        Scenario::FirstByte,
+        Scenario::Memory,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Latency => "latency",
+            Scenario::Throughput => "throughput",
+            Scenario::FirstByte => "first_byte",
+            Scenario::Memory => "memory",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub smoke: bool,
+    pub rounds: u32,
+    /// The measured window of the latency and throughput scenarios, per round and target.
+    pub seconds: f64,
+    /// Latency: streams start spread over this, before the window.
+    pub ramp_seconds: f64,
+    pub latency_streams: usize,
+    /// Latency: content events per second per stream.
+    pub rate: f64,
+    pub throughput_streams: usize,
+    /// Asked for; the harness lowers it to what the descriptor limit allows.
+    pub memory_streams: usize,
+    pub first_byte_streams: usize,
+    /// Memory: pause after the last stream opened, before reading RSS.
+    pub settle_seconds: f64,
+    pub targets: Option<Vec<String>>,
+    pub scenarios: Vec<Scenario>,
+    pub out_dir: PathBuf,
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .unwrap_or(default)
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(default)
+}
+
+fn env_list(name: &str) -> Option<Vec<String>> {
+    let value = std::env::var(name).ok()?;
+    let list: Vec<String> = value
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!list.is_empty()).then_some(list)
+}
+
+pub fn smoke_requested(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--smoke" || a == "smoke")
+        || matches!(
+            std::env::var("SLUICE_LOAD_SMOKE").as_deref(),
+            Ok("1") | Ok("true") | Ok("yes")
+        )
+}
+
+impl Options {
+    pub fn from_env(smoke: bool) -> Options {
+        let (rounds, seconds, ramp, streams, tp, memory, first, settle) = if smoke {
+            (1, 0.25, 0.05, 20, 4, 20, 20, 0.05)
+        } else {
+            (3, 4.0, 1.0, 1000, 64, 9000, 300, 0.5)
+        };
+        let scenarios = match env_list("SLUICE_LOAD_SCENARIOS") {
+            Some(names) => Scenario::ALL
+                .into_iter()
+                .filter(|s| names.iter().any(|n| n == s.name()))
+                .collect(),
+            None => Scenario::ALL.to_vec(),
+        };
+        let out_dir = std::env::var_os("SLUICE_LOAD_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let root = crate::sluice_bin::manifest_dir();
+                // Smoke runs (CI) do not litter the results directory that is committed.
+                if smoke {
+                    root.join("target").join("load-smoke")
+                } else {
+                    root.join("benches").join("results")
+                }
+            });
+        Options {
+            smoke,
+            rounds: env_usize("SLUICE_LOAD_ROUNDS", rounds).min(100) as u32,
+            seconds: env_f64("SLUICE_LOAD_SECONDS", seconds).min(600.0),
+            ramp_seconds: env_f64("SLUICE_LOAD_RAMP_SECONDS", ramp).min(60.0),
+            latency_streams: env_usize("SLUICE_LOAD_STREAMS", streams).min(20_000),
+            rate: env_f64("SLUICE_LOAD_RATE", 20.0).min(10_000.0),
+            throughput_streams: env_usize("SLUICE_LOAD_THROUGHPUT_STREAMS", tp).min(10_000),
+            memory_streams: env_usize("SLUICE_LOAD_MEMORY_STREAMS", memory).min(100_000),
+            first_byte_streams: env_usize("SLUICE_LOAD_FIRST_BYTE", first).min(100_000),
+            settle_seconds: settle,
+            targets: env_list("SLUICE_LOAD_TARGETS"),
+            scenarios,
+            out_dir,
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! The targets a scenario runs against: the upstream itself (direct, the reference), Sluice with
+//! inspection on and off, and nginx and HAProxy configured as an operator would for SSE.
+
+use crate::process::{find_program, output, Group, TempDir};
+use crate::procfs;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Sluice { inspect: bool },
+    Nginx,
+    Haproxy,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Sluice { inspect: true } => "sluice",
+            Kind::Sluice { inspect: false } => "sluice-noinspect",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+        }
+    }
+
+    pub fn all() -> [Kind; 5] {
+        [
+            Kind::Direct,
+            Kind::Sluice { inspect: true },
+            Kind::Sluice { inspect: false },
+            Kind::Nginx,
+            Kind::Haproxy,
+        ]
+    }
+}
+
+/// Everything a proxy target needs to (re)start.
+pub struct Launch {
+    pub upstream: SocketAddr,
+    pub sluice: PathBuf,
+    /// The descriptor limit the proxies inherit (the harness raised its own soft limit).
+    pub nofile: u64,
+}
+
+pub struct Target {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    pub version: String,
+    program: Option<PathBuf>,
+    process: Option<Group>,
+    dir: Option<TempDir>,
+    lifetimes: u32,
+    /// What each finished process left behind (Sluice's metrics, error-log lines).
+    pub diagnostics: Vec<Value>,
+}
+
+impl Target {
+    /// Starts the target, or says why it is skipped.
+    pub fn start(kind: Kind, launch: &Launch) -> Result<Target, String> {
+        let program = match kind {
+            Kind::Direct => None,
+            Kind::Sluice { .. } => Some(launch.sluice.clone()),
+            Kind::Nginx => {
+                Some(find_program("nginx").ok_or("nginx is not installed (not on PATH)")?)
+            }
+            Kind::Haproxy => {
+                Some(find_program("haproxy").ok_or("haproxy is not installed (not on PATH)")?)
+            }
+        };
+        let version = match (kind, &program) {
+            (Kind::Direct, _) | (_, None) => "harness upstream".to_string(),
+            (Kind::Haproxy, Some(p)) => output(&p.to_string_lossy(), &["-v"])
+                .and_then(|v| v.lines().next().map(str::to_string))
+                .unwrap_or_default(),
+            (Kind::Nginx, Some(p)) => output(&p.to_string_lossy(), &["-v"]).unwrap_or_default(),
+            (Kind::Sluice { .. }, Some(p)) => {
+                output(&p.to_string_lossy(), &["--version"]).unwrap_or_default()
+            }
+        };
+        let dir = match kind {
+            Kind::Direct => None,
+            _ => Some(TempDir::new(kind.name())?),
+        };
+        let mut target = Target {
+            kind,
+            addr: launch.upstream,
+            version,
+            program,
+            process: None,
+            dir,
+            lifetimes: 0,
+            diagnostics: Vec::new(),
+        };
+        target.spawn(launch)?;
+        Ok(target)
+    }
+
+    pub fn is_proxy(&self) -> bool {
+        self.kind != Kind::Direct
+    }
+
+    /// The proxy's processes now (empty for direct).
+    pub fn pids(&self) -> Vec<u32> {
+        self.process
+            .as_ref()
+            .map(|p| procfs::group_pids(p.pgid))
+            .unwrap_or_default()
+    }
+
+    /// A fresh process on new ports (the memory scenario measures from a clean heap).
+    pub fn restart(&mut self, launch: &Launch) -> Result<(), String> {
+        if self.is_proxy() {
+            self.stop();
+            self.spawn(launch)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the process, keeping what it left behind in `diagnostics`.
+    pub fn stop(&mut self) {
+        if self.process.is_some() {
+            let snapshot = self.snapshot();
+            self.diagnostics.push(snapshot);
+            self.process = None;
+        }
+    }
+
+    fn spawn(&mut self, launch: &Launch) -> Result<(), String> {
+        let (Some(program), Some(dir)) = (self.program.clone(), self.dir.as_ref()) else {
+            return Ok(());
+        };
+        let dir = dir.path.clone();
+        self.lifetimes += 1;
+        let stem = format!("{}-{}", self.kind.name(), self.lifetimes);
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?)
+            .parse()
+            .expect("loopback address");
+        let (group, admin) = match self.kind {
+            Kind::Direct => return Ok(()),
+            Kind::Sluice { inspect } => {
+                let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?)
+                    .parse()
+                    .expect("loopback address");
+                let conf = dir.join("sluice.yaml");
+                write(
+                    &conf,
+                    &sluice_config(addr, admin, launch.upstream, &dir, inspect),
+                )?;
+                let conf = conf.to_string_lossy().into_owned();
+                let group = Group::spawn(&program, &["-c", &conf], &dir, &stem, &[])?;
+                (group, Some(admin))
+            }
+            Kind::Nginx => {
+                let conf = dir.join("nginx.conf");
+                write(
+                    &conf,
+                    &nginx_config(addr, launch.upstream, &dir, launch.nofile),
+                )?;
+                let prefix = format!("{}/", dir.display());
+                let conf = conf.to_string_lossy().into_owned();
+                let error_log = dir.join("error.log").to_string_lossy().into_owned();
+                let args = ["-p", &prefix, "-c", &conf, "-e", &error_log];
+                (Group::spawn(&program, &args, &dir, &stem, &[])?, None)
+            }
+            Kind::Haproxy => {
+                let conf = dir.join("haproxy.cfg");
+                write(
+                    &conf,
+                    &haproxy_config(addr, launch.upstream, &dir, launch.nofile),
+                )?;
+                let conf = conf.to_string_lossy().into_owned();
+                (
+                    Group::spawn(&program, &["-db", "-f", &conf], &dir, &stem, &[])?,
+                    None,
+                )
+            }
+        };
+        self.process = Some(group);
+        self.addr = addr;
+        self.wait_ready(addr, admin, &dir.join(format!("{stem}.err")))
+    }
+
+    fn wait_ready(
+        &mut self,
+        addr: SocketAddr,
+        admin: Option<SocketAddr>,
+        stderr: &Path,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.process.as_mut().and_then(Group::exited) {
+                self.process = None;
+                return Err(format!(
+                    "{} exited at start ({status}): {}",
+                    self.kind.name(),
+                    tail(stderr)
+                ));
+            }
+            let up = |a: SocketAddr| TcpStream::connect_timeout(&a, Duration::from_millis(200));
+            if up(addr).is_ok() && admin.is_none_or(|a| up(a).is_ok()) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.process = None;
+        Err(format!(
+            "{} did not listen on {addr} within 20 s: {}",
+            self.kind.name(),
+            tail(stderr)
+        ))
+    }
+
+    /// Sluice's stream outcomes and error counters from `/metrics`, the number of ledger
+    /// records, and warning/error lines in every log the process wrote.
+    fn snapshot(&self) -> Value {
+        let Some(dir) = self.dir.as_ref() else {
+            return Value::Null;
+        };
+        let stem = format!("{}-{}", self.kind.name(), self.lifetimes);
+        let mut logs: Vec<PathBuf> = vec![dir.path.join(format!("{stem}.err"))];
+        if self.kind == Kind::Nginx {
+            logs.push(dir.path.join("error.log"));
+        }
+        let mut problems = Vec::new();
+        for log in &logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            problems.extend(
+                text.lines()
+                    .filter(|l| {
+                        let lower = l.to_ascii_lowercase();
+                        ["error", "warn", "alert", "crit", "emerg", "panic"]
+                            .iter()
+                            .any(|w| lower.contains(w))
+                    })
+                    .map(str::to_string),
+            );
+        }
+        let mut snapshot = json!({
+            "lifetime": self.lifetimes,
+            "log_problem_lines": problems.len(),
+            "log_problem_sample": problems.iter().take(5).collect::<Vec<_>>(),
+        });
+        if let Kind::Sluice { .. } = self.kind {
+            let admin = read_admin(&dir.path);
+            let metrics = admin
+                .and_then(|a| http_get(a, "/metrics").ok())
+                .unwrap_or_default();
+            let wanted = [
+                "sluice_streams_finished_total",
+                "sluice_upstream_errors_total",
+                "sluice_usage_ledger_errors_total",
+                "sluice_usage_records_total",
+                "sluice_sse_oversized_events_total",
+            ];
+            let series: serde_json::Map<String, Value> = metrics
+                .lines()
+                .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+                .filter_map(|l| {
+                    let (name, value) = l.rsplit_once(' ')?;
+                    Some((name.to_string(), json!(value.parse::<f64>().ok()?)))
+                })
+                .collect();
+            snapshot["metrics"] = Value::Object(series);
+            let ledger = std::fs::read_to_string(dir.path.join("usage.jsonl")).unwrap_or_default();
+            snapshot["ledger_records_total"] = json!(ledger.lines().count());
+        }
+        snapshot
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+pub fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// The admin address of the current Sluice config (it changes with every restart).
+fn read_admin(dir: &Path) -> Option<SocketAddr> {
+    let conf = std::fs::read_to_string(dir.join("sluice.yaml")).ok()?;
+    conf.lines()
+        .find_map(|l| l.strip_prefix("admin: "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A blocking `GET` with `Connection: close`, for `/metrics`.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream
+        .take(16 * 1024 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+fn sluice_config(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    upstream: SocketAddr,
+    dir: &Path,
+    inspect: bool,
+) -> String {
+    let dir = dir.display();
+    // `before_end` is the default and what is measured; `async` is there to see what the
+    // durable end costs (SLUICE_LOAD_DURABILITY=async).
+    let durability = match std::env::var("SLUICE_LOAD_DURABILITY").as_deref() {
+        Ok("async") => "async",
+        _ => "before_end",
+    };
+    // Heartbeat off: the harness upstream never goes quiet mid-stream except in the memory
+    // scenario, where a heartbeat would only add traffic to what is measured. Idle timeout
+    // longer than any held stream.
+    format!(
+        "listen:
+  - addr: {addr}
+admin: {admin}
+server:
+  threads: 2
+  grace_period: 1s
+  graceful_shutdown_timeout: 1s
+  pid_file: {dir}/sluice.pid
+  upgrade_sock: {dir}/upgrade.sock
+upstreams:
+  harness:
+    url: http://{upstream}
+    pool_idle_timeout: 60s
+routes:
+  - path_prefix: /
+    upstream: harness
+    provider: openai
+    idle_timeout: 5m
+    heartbeat: off
+    max_duration: 30m
+usage:
+  ledger: {dir}/usage.jsonl
+  durability: {durability}
+  inspect: {inspect}
+"
+    )
+}
+
+fn nginx_config(addr: SocketAddr, upstream: SocketAddr, dir: &Path, nofile: u64) -> String {
+    let dir = dir.display();
+    // A proxied stream holds two connections in one worker, and the kernel may hand most new
+    // connections to one worker: let each take (almost) the whole descriptor limit.
+    let worker_connections = nofile.saturating_sub(100).max(1024);
+    format!(
+        "worker_processes 2;
+worker_rlimit_nofile {nofile};
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+
+events {{
+    worker_connections {worker_connections};
+}}
+
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy_temp;
+    fastcgi_temp_path {dir}/fastcgi_temp;
+    uwsgi_temp_path {dir}/uwsgi_temp;
+    scgi_temp_path {dir}/scgi_temp;
+
+    upstream llm {{
+        server {upstream};
+        keepalive 1024;
+        keepalive_requests 100000;
+        keepalive_timeout 60s;
+    }}
+
+    server {{
+        listen {addr} backlog=4096;
+        location / {{
+            proxy_pass http://llm;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffering off;
+            proxy_request_buffering on;
+            proxy_cache off;
+            gzip off;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }}
+    }}
+}}
+"
+    )
+}
+
+fn haproxy_config(addr: SocketAddr, upstream: SocketAddr, dir: &Path, nofile: u64) -> String {
+    let dir = dir.display();
+    // Two descriptors per proxied stream, and some headroom for listeners and the pool.
+    let maxconn = (nofile.saturating_sub(200) / 2).max(512);
+    format!(
+        "global
+    nbthread 2
+    maxconn {maxconn}
+    pidfile {dir}/haproxy.pid
+
+defaults
+    mode http
+    option http-no-delay
+    http-reuse always
+    timeout connect 10s
+    timeout client 1h
+    timeout server 1h
+    timeout http-request 30s
+    timeout http-keep-alive 60s
+
+frontend llm_in
+    bind {addr}
+    maxconn {maxconn}
+    default_backend llm
+
+backend llm
+    server up1 {upstream}
+"
+    )
+}
