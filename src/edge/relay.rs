@@ -217,7 +217,10 @@ pub async fn handle(
         inspector.discard_partial();
     }
 
-    let record = UsageSink::record_for(ctx, Some(inspector.facts()), inspector.oversized_events());
+    let mut record =
+        UsageSink::record_for(ctx, Some(inspector.facts()), inspector.oversized_events());
+    // The held final frame is part of what the client gets (the usage comment is not counted).
+    record.bytes += inspector.held_len() as u64;
     // The stream's end goes to the client only once its record is durable (when configured).
     let client_still_there = outcome != StreamOutcome::ClientDisconnect;
     usage

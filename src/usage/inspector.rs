@@ -135,6 +135,11 @@ impl StreamInspector {
         std::mem::take(&mut self.held).freeze()
     }
 
+    /// Bytes held back so far.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
     /// Drops a partial event held in strip mode (the stream is being ended by Sluice, and the
     /// client never saw its start).
     pub fn discard_partial(&mut self) {
