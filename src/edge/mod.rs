@@ -98,10 +98,13 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let needs_demo = config
-        .upstreams
-        .values()
-        .any(|u| u.url.starts_with("demo:"));
+    let router = Router::from_config(config);
+    for route in router.routes() {
+        METRICS.register_route(&route.name);
+    }
+    let needs_demo = router
+        .routes()
+        .any(|r| r.upstream.target.scheme == Scheme::Demo);
     let demo_addr = if needs_demo {
         let (demo, addr) = demo_service::DemoUpstream::bind()
             .map_err(|e| format!("cannot start the demo upstream: {e}"))?;
@@ -110,12 +113,6 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     } else {
         None
     };
-    debug_assert!(Scheme::Demo != Scheme::Http);
-
-    let router = Router::from_config(config);
-    for route in router.routes() {
-        METRICS.register_route(&route.name);
-    }
     let usage = usage_sink::UsageSink::open(&config.usage)?;
     if let Some(ledger) = usage.ledger() {
         let keeper = ledger_keeper::LedgerKeeper {

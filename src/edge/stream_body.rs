@@ -31,7 +31,7 @@ pub async fn relay(
     let event_stream = inspector.is_some();
     let mut clock = RelayClock::new(route.policy, Instant::now(), event_stream);
     let mut last_chunk: Option<Instant> = None;
-    let route_name = route.name.as_str();
+    let series = event_stream.then(|| METRICS.for_stream(&route.name));
     // An end or error met while gathering ready bytes, handled after those bytes are sent.
     let mut deferred: Option<pingora::Result<Option<Bytes>>> = None;
     loop {
@@ -71,7 +71,9 @@ pub async fn relay(
                                 return StreamOutcome::ClientDisconnect;
                             }
                             ctx.heartbeats += 1;
-                            METRICS.heartbeats.with_label_values(&[route_name]).inc();
+                            if let Some(series) = &series {
+                                series.heartbeats.inc();
+                            }
                         }
                         clock.on_heartbeat_due(Instant::now());
                     }
@@ -98,13 +100,10 @@ pub async fn relay(
         let now = Instant::now();
         if !ended {
             clock.on_upstream_bytes(now);
-            if event_stream {
-                if let Some(previous) = last_chunk.replace(now) {
-                    METRICS
-                        .chunk_gap
-                        .with_label_values(&[route_name])
-                        .observe(now.duration_since(previous).as_secs_f64());
-                }
+            if let (Some(series), Some(previous)) = (&series, last_chunk.replace(now)) {
+                series
+                    .chunk_gap
+                    .observe(now.duration_since(previous).as_secs_f64());
             }
         }
         let data = match inspector.as_deref_mut() {
@@ -112,11 +111,8 @@ pub async fn relay(
             _ => data,
         };
         if !data.is_empty() {
-            if event_stream {
-                METRICS
-                    .stream_bytes
-                    .with_label_values(&[route_name])
-                    .inc_by(data.len() as u64);
+            if let Some(series) = &series {
+                series.stream_bytes.inc_by(data.len() as u64);
             }
             if write(down, ctx, data).await.is_err() {
                 return StreamOutcome::ClientDisconnect;

@@ -99,14 +99,6 @@ impl RelayClock {
     pub fn on_heartbeat_due(&mut self, now: Instant) {
         self.next_heartbeat = self.policy.heartbeat.map(|h| now + h);
     }
-
-    pub fn idle_timeout(&self) -> Option<Duration> {
-        self.policy.idle_timeout
-    }
-
-    pub fn max_duration(&self) -> Option<Duration> {
-        self.policy.max_duration
-    }
 }
 
 #[cfg(test)]

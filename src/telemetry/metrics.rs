@@ -2,8 +2,8 @@ use crate::sse::StreamOutcome;
 use crate::usage::record::UsageRecord;
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -229,6 +229,16 @@ impl Metrics {
         self.chunk_gap.with_label_values(&[route]);
     }
 
+    /// The per-chunk series of one event stream, looked up once so that the relay's hot path
+    /// does no label hashing.
+    pub fn for_stream(&self, route: &str) -> StreamSeries {
+        StreamSeries {
+            chunk_gap: self.chunk_gap.with_label_values(&[route]),
+            stream_bytes: self.stream_bytes.with_label_values(&[route]),
+            heartbeats: self.heartbeats.with_label_values(&[route]),
+        }
+    }
+
     pub fn stream_finished(&self, route: &str, outcome: StreamOutcome) {
         self.streams_finished
             .with_label_values(&[route, outcome.as_str()])
@@ -243,6 +253,13 @@ impl Metrics {
             .expect("text encoding into a Vec cannot fail");
         out
     }
+}
+
+/// One event stream's per-chunk series (see [`Metrics::for_stream`]).
+pub struct StreamSeries {
+    pub chunk_gap: Histogram,
+    pub stream_bytes: IntCounter,
+    pub heartbeats: IntCounter,
 }
 
 /// `2xx`, `4xx`, … for a status code.

@@ -5,5 +5,5 @@ mod metrics;
 mod time;
 
 pub use access_log::AccessRecord;
-pub use metrics::{Metrics, METRICS};
+pub use metrics::{Metrics, StreamSeries, METRICS};
 pub use time::rfc3339_now;
