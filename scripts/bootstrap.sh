@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building Sluice needs on a fresh machine: a Rust toolchain is assumed; cmake
 # (Pingora's zlib-ng build) and a C compiler are installed with apt-get when missing.
+# `--test` also installs redis-server, which the cluster-mode tests start on loopback.
 set -euo pipefail
 
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v make >/dev/null 2>&1 || missing+=(make)
+if [ "${1:-}" = "--test" ]; then
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}" >&2

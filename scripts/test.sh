@@ -3,7 +3,7 @@
 # real upstream processes on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh --test
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy || true
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -3,9 +3,11 @@
 //! Layers (DESIGN.md): `config` → `route` → `edge` (the only Pingora code) relaying with the
 //! pure `sse` logic, reporting through `telemetry`.
 
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod edge;
+pub mod limits;
 pub mod provider;
 pub mod request_id;
 pub mod route;

@@ -1,0 +1,1 @@
+//! API keys (stored as SHA-256 digests) → identity (user, key id, tenant).

@@ -1,0 +1,1 @@
+//! Concurrent-stream and request-rate limits; local and Redis backends; RAII leases.
