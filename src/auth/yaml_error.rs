@@ -1,0 +1,68 @@
+//! Turns a serde_yaml error into the key path and a message ending with the line, the way
+//! `config` reports its errors (adapted from `config::parse_error`, which is private there).
+
+/// Returns the key path (`keys[2].sha256`, or `(top level)`) and the message.
+pub(super) fn describe(
+    text: &str,
+    err: serde_path_to_error::Error<serde_yaml::Error>,
+) -> (String, String) {
+    let key = err.path().to_string();
+    let inner = err.into_inner();
+    let mut message = inner.to_string();
+    if let Some(location) = inner.location() {
+        let suffix = format!(" at line {} column {}", location.line(), location.column());
+        if let Some(stripped) = message.strip_suffix(&suffix) {
+            message = stripped.to_string();
+        }
+    }
+    // serde_yaml prefixes its own (shorter) path; the full one is in `key`.
+    if let Some((prefix, rest)) = message.split_once(": ") {
+        if key.starts_with(prefix) {
+            message = rest.to_string();
+        }
+    }
+    let unknown_field = message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+        .map(str::to_string);
+    let last_key = unknown_field.clone().or_else(|| {
+        key.rsplit('.')
+            .next()
+            .map(|k| k.split('[').next().unwrap_or(k).to_string())
+    });
+    // serde_yaml places errors raised inside a value at the start of the enclosing mapping, so
+    // the line of the key itself is looked up from there.
+    let line = inner.location().map(|location| {
+        last_key
+            .as_deref()
+            .and_then(|k| key_line(text, location.line(), k))
+            .unwrap_or(location.line())
+    });
+    let key = match (key.as_str(), unknown_field) {
+        (".", Some(field)) => field,
+        (".", None) => "(top level)".to_string(),
+        // serde_path_to_error has no path for a syntax error.
+        ("?", _) => "(YAML syntax)".to_string(),
+        (path, _) => path.to_string(),
+    };
+    let message = match line {
+        Some(line) => format!("{message} (line {line})"),
+        None => message,
+    };
+    (key, message)
+}
+
+/// The first line at or after `from` (1-based) where `key` is written as a mapping key.
+fn key_line(text: &str, from: usize, key: &str) -> Option<usize> {
+    let pattern = format!("{key}:");
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, line)| {
+            let line = line.trim_start().trim_start_matches("- ").trim_start();
+            line.starts_with(&pattern)
+                || line.contains(&format!("{{{pattern}"))
+                || line.contains(&format!(" {pattern}"))
+        })
+        .map(|(i, _)| i + 1)
+}
