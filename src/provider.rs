@@ -70,6 +70,10 @@ pub enum ProxyErrorKind {
     MaxDuration,
     /// The upstream broke off mid-stream.
     UpstreamBroken,
+    /// The route needs an API key and none, or an unknown one, was sent.
+    Unauthorized,
+    /// A concurrent-stream or request-rate limit refused the request.
+    RateLimited,
 }
 
 impl ProxyErrorKind {
@@ -77,6 +81,8 @@ impl ProxyErrorKind {
         match self {
             ProxyErrorKind::NoRoute => 404,
             ProxyErrorKind::BadRequest => 400,
+            ProxyErrorKind::Unauthorized => 401,
+            ProxyErrorKind::RateLimited => 429,
             ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => 502,
             ProxyErrorKind::UpstreamTimeout
             | ProxyErrorKind::UpstreamIdle
@@ -94,6 +100,8 @@ impl ProxyErrorKind {
             ProxyErrorKind::UpstreamIdle => "upstream_idle_timeout",
             ProxyErrorKind::MaxDuration => "max_duration_exceeded",
             ProxyErrorKind::UpstreamBroken => "upstream_error",
+            ProxyErrorKind::Unauthorized => "invalid_api_key",
+            ProxyErrorKind::RateLimited => "rate_limit_exceeded",
         }
     }
 
@@ -103,12 +111,16 @@ impl ProxyErrorKind {
             Provider::Anthropic => match self {
                 ProxyErrorKind::NoRoute => "not_found_error",
                 ProxyErrorKind::BadRequest => "invalid_request_error",
+                ProxyErrorKind::Unauthorized => "authentication_error",
+                ProxyErrorKind::RateLimited => "rate_limit_error",
                 ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => "api_error",
                 _ => "timeout_error",
             },
             Provider::Gemini => match self {
                 ProxyErrorKind::NoRoute => "NOT_FOUND",
                 ProxyErrorKind::BadRequest => "INVALID_ARGUMENT",
+                ProxyErrorKind::Unauthorized => "UNAUTHENTICATED",
+                ProxyErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
                 ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => {
                     "UNAVAILABLE"
                 }
@@ -116,7 +128,11 @@ impl ProxyErrorKind {
             },
             _ => match self {
                 ProxyErrorKind::NoRoute => "invalid_request_error",
-                ProxyErrorKind::BadRequest => "invalid_request_error",
+                ProxyErrorKind::BadRequest | ProxyErrorKind::Unauthorized => {
+                    "invalid_request_error"
+                }
+                // What OpenAI itself sends for a request-rate limit.
+                ProxyErrorKind::RateLimited => "requests",
                 _ => "server_error",
             },
         }
@@ -210,6 +226,27 @@ mod tests {
         let event = idle().sse_event(Provider::Anthropic);
         assert!(event.starts_with("event: error\ndata: {"));
         assert!(event.ends_with("}\n\n"));
+    }
+
+    #[test]
+    fn auth_and_limit_errors_use_each_providers_own_types() {
+        let denied = ProxyError::new(ProxyErrorKind::Unauthorized, "invalid API key");
+        let limited = ProxyError::new(ProxyErrorKind::RateLimited, "too many streams");
+        let openai: Value = serde_json::from_str(&limited.json_body(Provider::Openai)).unwrap();
+        assert_eq!(openai["error"]["code"], "rate_limit_exceeded");
+        let openai: Value = serde_json::from_str(&denied.json_body(Provider::Openai)).unwrap();
+        assert_eq!(openai["error"]["code"], "invalid_api_key");
+        let anthropic: Value =
+            serde_json::from_str(&limited.json_body(Provider::Anthropic)).unwrap();
+        assert_eq!(anthropic["error"]["type"], "rate_limit_error");
+        let anthropic: Value =
+            serde_json::from_str(&denied.json_body(Provider::Anthropic)).unwrap();
+        assert_eq!(anthropic["error"]["type"], "authentication_error");
+        let gemini: Value = serde_json::from_str(&limited.json_body(Provider::Gemini)).unwrap();
+        assert_eq!(gemini["error"]["code"], 429);
+        assert_eq!(gemini["error"]["status"], "RESOURCE_EXHAUSTED");
+        let gemini: Value = serde_json::from_str(&denied.json_body(Provider::Gemini)).unwrap();
+        assert_eq!(gemini["error"]["status"], "UNAUTHENTICATED");
     }
 
     #[test]

@@ -14,7 +14,11 @@ fn check_accepts_valid_config_and_shipped_configs() {
     let root = env!("CARGO_MANIFEST_DIR");
     let mut files = vec![format!("{root}/conf/sluice.yaml")];
     for entry in std::fs::read_dir(format!("{root}/conf/examples")).unwrap() {
-        files.push(entry.unwrap().path().display().to_string());
+        let path = entry.unwrap().path();
+        // The example keys file is not a config (the auth module's tests read it).
+        if path.file_name().is_some_and(|n| n != "keys.yaml") {
+            files.push(path.display().to_string());
+        }
     }
     for file in files {
         let output = std::process::Command::new(support::sluice_bin())

@@ -2,11 +2,13 @@
 //! `${ENV}` interpolation, and validation. Every error names the key and, where the YAML parser
 //! knows it, the line.
 
+mod access;
 pub mod duration;
 pub mod env;
 mod validate;
 
 use crate::provider::Provider;
+pub use access::{AuthSettings, LimitSettings, LimitsBackend, RedisBackend, RouteLimits};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -45,6 +47,12 @@ pub struct Config {
     /// Where usage records go.
     #[serde(default)]
     pub usage: UsageSettings,
+    /// Who may call (routes may override it).
+    #[serde(default)]
+    pub auth: AuthSettings,
+    /// Concurrent-stream and request-rate limits (routes may override the per-caller ones).
+    #[serde(default)]
+    pub limits: LimitSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +190,12 @@ pub struct Route {
     /// by EventSource and the official SDKs).
     #[serde(default = "default_true")]
     pub usage_comment: bool,
+    /// This route's own `auth:` section, replacing the top-level one.
+    #[serde(default)]
+    pub auth: Option<AuthSettings>,
+    /// This route's own per-caller limits, each replacing the top-level one.
+    #[serde(default)]
+    pub limits: RouteLimits,
 }
 
 fn default_true() -> bool {
@@ -204,6 +218,23 @@ fn default_max_duration() -> Option<Duration> {
 }
 
 impl Config {
+    /// The auth section that applies to route `index`.
+    pub fn route_auth(&self, index: usize) -> &AuthSettings {
+        self.routes[index].auth.as_ref().unwrap_or(&self.auth)
+    }
+
+    /// Every keys file a route uses, once each.
+    pub fn keys_files(&self) -> Vec<&Path> {
+        let mut files: Vec<&Path> = (0..self.routes.len())
+            .map(|i| self.route_auth(i))
+            .filter(|a| a.mode == crate::auth::AuthMode::Keys)
+            .filter_map(|a| a.keys_file.as_deref())
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// Loads a config file: interpolation, parsing, validation.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -1,7 +1,75 @@
 //! Checks that serde cannot express: references between sections, URL and address shapes.
 
-use super::{Config, ConfigError};
+use super::{AuthSettings, Config, ConfigError, LimitsBackend};
+use crate::auth::AuthMode;
 use std::net::SocketAddr;
+
+fn validate_auth(auth: &AuthSettings, key: &str) -> Result<(), ConfigError> {
+    match (auth.mode, &auth.keys_file) {
+        (AuthMode::Keys, None) => Err(invalid(
+            format!("{key}.keys_file"),
+            "`mode: keys` needs a keys file (create one with `sluice keys add USER --file keys.yaml`)",
+        )),
+        (AuthMode::Keys, Some(path)) => crate::auth::KeyStore::load(path)
+            .map(|_| ())
+            .map_err(|e| invalid(format!("{key}.keys_file"), e.to_string())),
+        (_, Some(_)) => Err(invalid(
+            format!("{key}.keys_file"),
+            "only used with `mode: keys`",
+        )),
+        (_, None) => Ok(()),
+    }
+}
+
+fn validate_limits(config: &Config) -> Result<(), ConfigError> {
+    let limits = &config.limits;
+    let top = [
+        ("limits.per_user_streams", limits.per_user_streams),
+        ("limits.per_key_streams", limits.per_key_streams),
+        ("limits.global_streams", limits.global_streams),
+        ("limits.per_user_rpm", limits.per_user_rpm),
+    ];
+    let routes = config.routes.iter().enumerate().flat_map(|(i, r)| {
+        [
+            (
+                format!("routes[{i}].limits.per_user_streams"),
+                r.limits.per_user_streams,
+            ),
+            (
+                format!("routes[{i}].limits.per_key_streams"),
+                r.limits.per_key_streams,
+            ),
+            (
+                format!("routes[{i}].limits.per_user_rpm"),
+                r.limits.per_user_rpm,
+            ),
+        ]
+    });
+    for (key, value) in top
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(routes)
+    {
+        if value == Some(0) {
+            return Err(invalid(key, "must be at least 1 (omit it for no limit)"));
+        }
+    }
+    if let LimitsBackend::Redis(redis) = &limits.backend {
+        if !(redis.redis.starts_with("redis://") || redis.redis.starts_with("rediss://")) {
+            return Err(invalid(
+                "limits.backend.redis",
+                format!("must be a redis:// URL, got {:?}", redis.redis),
+            ));
+        }
+        if redis.lease_ttl < std::time::Duration::from_secs(1) {
+            return Err(invalid("limits.backend.lease_ttl", "must be at least 1s"));
+        }
+        if redis.timeout.is_zero() {
+            return Err(invalid("limits.backend.timeout", "must be more than 0"));
+        }
+    }
+    Ok(())
+}
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -58,7 +126,15 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.routes.is_empty() {
         return Err(invalid("routes", "at least one route is required"));
     }
+    validate_limits(config)?;
     for (i, route) in config.routes.iter().enumerate() {
+        let auth = config.route_auth(i);
+        let auth_key = if route.auth.is_some() {
+            format!("routes[{i}].auth")
+        } else {
+            "auth".to_string()
+        };
+        validate_auth(auth, &auth_key)?;
         if !route.path_prefix.starts_with('/') {
             return Err(invalid(
                 format!("routes[{i}].path_prefix"),

@@ -52,6 +52,8 @@ pub struct UpstreamRequest<'a> {
     pub body: BodyFraming,
     /// Stream requests never ask the upstream for a compressed body.
     pub stream: bool,
+    /// The client's key is Sluice's own (auth `keys` mode): it never reaches the upstream.
+    pub strip_client_key: bool,
 }
 
 impl UpstreamRequest<'_> {
@@ -62,7 +64,12 @@ impl UpstreamRequest<'_> {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let target = self.upstream.target.upstream_path(path);
+        let path = if self.strip_client_key {
+            crate::auth::remove_key_param(path)
+        } else {
+            path.into()
+        };
+        let target = self.upstream.target.upstream_path(&path);
         let mut req = RequestHeader::build(client.method.clone(), target.as_bytes(), None)?;
         let tokens = connection_tokens(&client.headers);
         for (name, value) in client.headers.iter() {
@@ -70,6 +77,8 @@ impl UpstreamRequest<'_> {
                 || name == header::HOST
                 || name == header::CONTENT_LENGTH
                 || (self.stream && name == header::ACCEPT_ENCODING)
+                || (self.strip_client_key
+                    && crate::auth::CLIENT_KEY_HEADERS.contains(&name.as_str()))
             {
                 continue;
             }
@@ -106,8 +115,12 @@ pub fn client_response(
     upstream: &ResponseHeader,
     event_stream: bool,
     request_id: &str,
+    extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 3))?;
+    let mut resp = ResponseHeader::build(
+        upstream.status,
+        Some(upstream.headers.len() + 3 + extra.len()),
+    )?;
     let tokens = connection_tokens(&upstream.headers);
     for (name, value) in upstream.headers.iter() {
         let keep = if event_stream {
@@ -124,6 +137,9 @@ pub fn client_response(
         }
     }
     resp.insert_header(crate::request_id::HEADER, request_id)?;
+    for (name, value) in extra {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
     if event_stream {
         resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
         resp.insert_header("x-accel-buffering", "no")?;
@@ -178,6 +194,7 @@ mod tests {
             request_id: "rid-1",
             body: BodyFraming::Sized(10),
             stream: true,
+            strip_client_key: false,
         }
         .build()
         .unwrap();
@@ -194,6 +211,35 @@ mod tests {
     }
 
     #[test]
+    fn own_keys_never_reach_the_upstream() {
+        let spec = spec();
+        let mut client =
+            RequestHeader::build("POST", b"/v1/chat?key=sk-sluice-secret&x=1", None).unwrap();
+        for (k, v) in [
+            ("authorization", "Bearer sk-sluice-secret"),
+            ("x-api-key", "sk-sluice-secret"),
+            ("x-goog-api-key", "sk-sluice-secret"),
+        ] {
+            client.append_header(k, v).unwrap();
+        }
+        let req = UpstreamRequest {
+            client: &client,
+            upstream: &spec,
+            client_addr: None,
+            request_id: "rid-3",
+            body: BodyFraming::Empty,
+            stream: true,
+            strip_client_key: true,
+        }
+        .build()
+        .unwrap();
+        assert_eq!(req.uri.to_string(), "/base/v1/chat?x=1");
+        assert_eq!(req.headers["authorization"], "Bearer provider-key");
+        assert!(!req.headers.contains_key("x-api-key"));
+        assert!(!req.headers.contains_key("x-goog-api-key"));
+    }
+
+    #[test]
     fn streamed_body_without_length_is_chunked() {
         let (client, spec) = (client(), spec());
         let req = UpstreamRequest {
@@ -205,6 +251,7 @@ mod tests {
                 content_length: None,
             },
             stream: false,
+            strip_client_key: false,
         }
         .build()
         .unwrap();
@@ -224,7 +271,7 @@ mod tests {
         ] {
             up.append_header(k, v).unwrap();
         }
-        let resp = client_response(&up, true, "rid").unwrap();
+        let resp = client_response(&up, true, "rid", &[]).unwrap();
         assert_eq!(resp.headers["cache-control"], "no-cache");
         assert_eq!(resp.headers["x-accel-buffering"], "no");
         assert_eq!(resp.headers["x-upstream-id"], "abc");
@@ -232,7 +279,7 @@ mod tests {
         for gone in ["content-length", "content-encoding", "connection"] {
             assert!(!resp.headers.contains_key(gone), "{gone}");
         }
-        let plain = client_response(&up, false, "rid").unwrap();
+        let plain = client_response(&up, false, "rid", &[]).unwrap();
         assert_eq!(plain.headers["content-length"], "100");
     }
 }

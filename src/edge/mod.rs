@@ -1,7 +1,9 @@
 //! The only module that knows Pingora: the server and its services, the `ProxyHttp` impl, the
 //! relay loop, upstream connections and the admin listener.
 
+mod access_keeper;
 mod admin;
+mod admission;
 mod demo_service;
 mod headers;
 mod ledger_keeper;
@@ -12,7 +14,8 @@ mod stream_body;
 mod upstream;
 mod usage_sink;
 
-use crate::config::Config;
+use crate::config::{Config, LimitsBackend};
+use crate::limits::{Backend, Limiter, RedisSettings};
 use crate::provider::Provider;
 use crate::route::{Router, Scheme};
 use crate::sse::StreamOutcome;
@@ -48,6 +51,15 @@ pub struct RequestCtx {
     pub format: Option<crate::usage::extract::StreamFormat>,
     /// The usage record, once written (event streams write it before their end).
     pub usage_record: Option<crate::usage::record::UsageRecord>,
+    /// Who is calling, when the route authenticates.
+    pub identity: Option<crate::auth::Identity>,
+    /// The stream slot this request holds: released when the context is dropped, which
+    /// happens on every path out of a request (including a panic or shutdown).
+    pub lease: Option<crate::limits::StreamLease>,
+    /// Sent with the response head: `x-ratelimit-*-streams`, when a stream limit applies.
+    pub limit_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Why the request was refused before going upstream (401/429), for the access log.
+    pub refused: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -67,6 +79,10 @@ impl RequestCtx {
             error: None,
             format: None,
             usage_record: None,
+            identity: None,
+            lease: None,
+            limit_headers: Vec::new(),
+            refused: None,
         }
     }
 }
@@ -98,7 +114,12 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let router = Router::from_config(config);
+    let mut keys_files = crate::route::KeysFiles::new();
+    for path in config.keys_files() {
+        let file = crate::auth::KeysFile::open(path).map_err(|e| format!("auth.keys_file: {e}"))?;
+        keys_files.insert(path.to_path_buf(), Arc::new(file));
+    }
+    let router = Router::from_config(config, &keys_files);
     for route in router.routes() {
         METRICS.register_route(&route.name);
     }
@@ -121,7 +142,21 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         };
         server.add_service(background_service("usage ledger", keeper));
     }
-    let proxy = SluiceProxy::new(router, upstream::Upstreams::new(demo_addr), usage);
+    let limiter = build_limiter(config)?;
+    server.add_service(background_service(
+        "auth and limits",
+        access_keeper::AccessKeeper {
+            keys_files: keys_files.into_values().collect(),
+            limiter: limiter.clone(),
+            grace_period: config.server.grace_period,
+        },
+    ));
+    let proxy = SluiceProxy::new(
+        router,
+        upstream::Upstreams::new(demo_addr),
+        usage,
+        limiter.clone(),
+    );
     // Pingora sets HTTP/2 cleartext per service: h2c listeners get a service of their own,
     // sharing the proxy's routes, upstream pool and ledger.
     for h2c in [false, true] {
@@ -151,9 +186,31 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     }
 
     if let Some(admin) = &config.admin {
-        let mut admin_service = Service::new("sluice admin".to_string(), admin::AdminApp);
+        let admin_app = admin::AdminApp {
+            limiter,
+            per_user_metrics: config.limits.per_user_metrics,
+        };
+        let mut admin_service = Service::new("sluice admin".to_string(), admin_app);
         admin_service.add_tcp(admin);
         server.add_service(admin_service);
     }
     Ok(server)
+}
+
+fn build_limiter(config: &Config) -> Result<Limiter, String> {
+    let backend = match &config.limits.backend {
+        LimitsBackend::Local => Backend::Local,
+        LimitsBackend::Redis(redis) => Backend::Redis(RedisSettings {
+            url: redis.redis.clone(),
+            lease_ttl: redis.lease_ttl,
+            timeout: redis.timeout,
+            key_prefix: redis.key_prefix.clone(),
+        }),
+    };
+    Limiter::new(
+        backend,
+        config.limits.global_streams,
+        METRICS.limits.clone(),
+    )
+    .map_err(|e| format!("limits.backend: {e}"))
 }

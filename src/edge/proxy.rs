@@ -1,11 +1,13 @@
 //! Sluice's `ProxyHttp`: thin phase methods. `request_filter` hands every routed request to the
 //! relay (which writes the whole response) and `logging` records what happened.
 
+use super::admission;
 use super::relay;
-use super::responses::{respond_error, Finish};
+use super::responses::{respond_error, respond_refusal, Finish};
 use super::upstream::Upstreams;
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
+use crate::limits::Limiter;
 use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Router;
 use crate::telemetry::{rfc3339_now, AccessRecord, METRICS};
@@ -21,14 +23,16 @@ pub struct SluiceProxy {
     router: Arc<Router>,
     upstreams: Arc<Upstreams>,
     usage: Arc<UsageSink>,
+    limiter: Limiter,
 }
 
 impl SluiceProxy {
-    pub fn new(router: Router, upstreams: Upstreams, usage: UsageSink) -> Self {
+    pub fn new(router: Router, upstreams: Upstreams, usage: UsageSink, limiter: Limiter) -> Self {
         SluiceProxy {
             router: Arc::new(router),
             upstreams: Arc::new(upstreams),
             usage: Arc::new(usage),
+            limiter,
         }
     }
 }
@@ -55,7 +59,20 @@ impl ProxyHttp for SluiceProxy {
             Some(route) => {
                 ctx.route = Some(route.clone());
                 ctx.provider = route.provider.resolve(&path);
-                relay::handle(&self.upstreams, &self.usage, route, down, ctx).await
+                match admission::identify(route, down.req_header(), ctx) {
+                    Ok(()) => {
+                        relay::handle(
+                            &self.upstreams,
+                            &self.usage,
+                            &self.limiter,
+                            route,
+                            down,
+                            ctx,
+                        )
+                        .await
+                    }
+                    Err(refusal) => respond_refusal(down, ctx, &refusal).await,
+                }
             }
             None => {
                 ctx.provider = Provider::Openai;
@@ -82,7 +99,12 @@ impl ProxyHttp for SluiceProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         // Event streams wrote their record before their end; a stream request that never got
         // one (an error before the head, a non-stream answer) is recorded here.
-        if ctx.stream_request && ctx.usage_record.is_none() && ctx.route.is_some() {
+        // A refused request never reached a provider: it has no usage to record.
+        if ctx.stream_request
+            && ctx.usage_record.is_none()
+            && ctx.route.is_some()
+            && ctx.refused.is_none()
+        {
             let record = UsageSink::record_for(ctx, None, 0);
             self.usage.record(&record, false).await;
             ctx.usage_record = Some(record);
@@ -106,6 +128,8 @@ impl ProxyHttp for SluiceProxy {
                 .as_ref()
                 .map(|r| r.upstream.name.as_str())
                 .unwrap_or(""),
+            user: ctx.identity.as_ref().map(|i| i.user.as_str()),
+            key_id: ctx.identity.as_ref().map(|i| i.key_id.as_str()),
             status: ctx.status,
             stream: ctx.event_stream,
             outcome: ctx.outcome.map(|o| o.as_str()),
@@ -116,6 +140,7 @@ impl ProxyHttp for SluiceProxy {
             bytes_sent: ctx.bytes_sent,
             heartbeats: ctx.heartbeats,
             error: ctx.error.as_deref(),
+            refused: ctx.refused,
             model: usage.and_then(|u| u.model.as_deref()),
             usage: usage.map(|u| &u.usage),
             usage_source: usage.map(|u| u.usage_source),

@@ -6,13 +6,17 @@
 //! only run when bytes arrive: heartbeats and clean terminal events need a timer beside the
 //! upstream read (DESIGN.md §4).
 
+use super::admission;
 use super::headers::{client_response, BodyFraming, UpstreamRequest};
 use super::ledger_keeper::STREAMS_IN_FLIGHT;
-use super::responses::{end_error, end_stream, respond_error, write_terminal_event, Finish};
+use super::responses::{
+    end_error, end_stream, respond_error, respond_refusal, write_terminal_event, Finish,
+};
 use super::stream_body;
 use super::upstream::Upstreams;
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
+use crate::limits::Limiter;
 use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Route;
 use crate::sse::{is_event_stream, request_wants_stream, StreamOutcome};
@@ -39,6 +43,7 @@ const INSPECT_BODY_LIMIT: usize = 1024 * 1024;
 pub async fn handle(
     upstreams: &Upstreams,
     usage: &UsageSink,
+    limiter: &Limiter,
     route: &Arc<Route>,
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
@@ -57,6 +62,9 @@ pub async fn handle(
     let json = body.complete.then_some(&body.prefix[..]);
     ctx.stream_request = request_wants_stream(accept.map(|v| v.as_bytes()), json);
     ctx.format = StreamFormat::from_request(route.provider, down.req_header().uri.path());
+    if let Err(refusal) = admission::admit(limiter, route, ctx).await {
+        return respond_refusal(down, ctx, &refusal).await;
+    }
     let strip_usage_chunk =
         usage.inspects() && ctx.stream_request && add_include_usage(route, ctx, &mut body);
 
@@ -70,6 +78,7 @@ pub async fn handle(
         request_id: &ctx.request_id,
         body: body.framing(down.req_header()),
         stream: ctx.stream_request,
+        strip_client_key: route.auth.strips_client_key(),
     }
     .build();
     let request = match request {
@@ -141,7 +150,12 @@ pub async fn handle(
             .unwrap_or_default(),
     );
     let mut decoder = event_stream.then(|| decoder_for(&upstream_head)).flatten();
-    let client_head = match client_response(&upstream_head, event_stream, &ctx.request_id) {
+    let client_head = match client_response(
+        &upstream_head,
+        event_stream,
+        &ctx.request_id,
+        &ctx.limit_headers,
+    ) {
         Ok(h) => h,
         Err(e) => {
             let error = ProxyError::new(ProxyErrorKind::UpstreamUnavailable, e.to_string());

@@ -1,6 +1,7 @@
 //! What Sluice itself says to a client: JSON error responses before the response head, and the
 //! terminal SSE error event that ends a stream cleanly after it.
 
+use super::admission::Refusal;
 use super::stream_body;
 use super::RequestCtx;
 use crate::provider::{ProxyError, ProxyErrorKind};
@@ -24,6 +25,24 @@ pub async fn respond_error(
     ctx: &mut RequestCtx,
     error: &ProxyError,
 ) -> Finish {
+    respond_error_with(down, ctx, error, &[]).await
+}
+
+/// A 401 or 429, with its `Retry-After` and rate-limit headers.
+pub async fn respond_refusal(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    refusal: &Refusal,
+) -> Finish {
+    respond_error_with(down, ctx, &refusal.error, &refusal.headers).await
+}
+
+async fn respond_error_with(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    error: &ProxyError,
+    extra_headers: &[(http::HeaderName, http::HeaderValue)],
+) -> Finish {
     let status = error.kind.status();
     ctx.status = status;
     ctx.error = Some(error.message.clone());
@@ -34,7 +53,10 @@ pub async fn respond_error(
     };
     let body = Bytes::from(error.json_body(ctx.provider));
     let build = || -> pingora::Result<ResponseHeader> {
-        let mut head = ResponseHeader::build(status, Some(4))?;
+        let mut head = ResponseHeader::build(status, Some(4 + extra_headers.len()))?;
+        for (name, value) in extra_headers {
+            head.insert_header(name.clone(), value.clone())?;
+        }
         head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         head.insert_header(http::header::CACHE_CONTROL, "no-store")?;

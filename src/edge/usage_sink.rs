@@ -73,8 +73,9 @@ impl UsageSink {
         let record = UsageRecord {
             ts: rfc3339_now(),
             request_id: ctx.request_id.clone(),
-            user: None,
-            key_id: None,
+            user: ctx.identity.as_ref().map(|i| i.user.clone()),
+            key_id: ctx.identity.as_ref().map(|i| i.key_id.clone()),
+            tenant: ctx.identity.as_ref().and_then(|i| i.tenant.clone()),
             route: route.map(|r| r.name.clone()).unwrap_or_default(),
             upstream: route.map(|r| r.upstream.name.clone()).unwrap_or_default(),
             provider: ctx.provider.as_str(),

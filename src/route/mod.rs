@@ -4,9 +4,13 @@ mod target;
 
 pub use target::{Scheme, UpstreamTarget};
 
+use crate::auth::{AuthMode, Authenticator, KeysFile};
 use crate::config::Config;
+use crate::limits::StreamLimits;
 use crate::provider::Provider;
 use crate::sse::RelayPolicy;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// One configured upstream, resolved from the config.
@@ -32,7 +36,14 @@ pub struct Route {
     /// `Some(false)` never adds `include_usage`; `None` adds it for `openai` and `auto`.
     pub include_usage: Option<bool>,
     pub usage_comment: bool,
+    /// Who may call this route.
+    pub auth: Arc<Authenticator>,
+    /// Per-caller limits: the route's own, else the top-level ones.
+    pub limits: StreamLimits,
 }
+
+/// The keys files a config names, loaded once each (routes sharing a file share its reloads).
+pub type KeysFiles = BTreeMap<PathBuf, Arc<KeysFile>>;
 
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -41,8 +52,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the router from a validated config.
-    pub fn from_config(config: &Config) -> Router {
+    /// Builds the router from a validated config and its loaded keys files.
+    pub fn from_config(config: &Config, keys_files: &KeysFiles) -> Router {
         let upstreams: std::collections::BTreeMap<&str, Arc<UpstreamSpec>> = config
             .upstreams
             .iter()
@@ -70,7 +81,22 @@ impl Router {
         let mut routes: Vec<Arc<Route>> = config
             .routes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
+                let auth = config.route_auth(i);
+                let auth = match auth.mode {
+                    AuthMode::None => Authenticator::None,
+                    AuthMode::Passthrough => Authenticator::Passthrough,
+                    AuthMode::Keys => {
+                        let path = auth.keys_file.as_ref().expect("validated: keys_file");
+                        Authenticator::Keys(keys_files[path].clone())
+                    }
+                };
+                let limits = StreamLimits {
+                    per_user_streams: r.limits.per_user_streams.or(config.limits.per_user_streams),
+                    per_key_streams: r.limits.per_key_streams.or(config.limits.per_key_streams),
+                    per_user_rpm: r.limits.per_user_rpm.or(config.limits.per_user_rpm),
+                };
                 Arc::new(Route {
                     name: r.path_prefix.clone(),
                     path_prefix: r.path_prefix.clone(),
@@ -83,6 +109,8 @@ impl Router {
                     },
                     include_usage: r.include_usage,
                     usage_comment: r.usage_comment,
+                    auth: Arc::new(auth),
+                    limits,
                 })
             })
             .collect();
@@ -112,7 +140,7 @@ mod tests {
             "listen: [{addr: 127.0.0.1:1}]\nupstreams: {a: {url: http://127.0.0.1:1}, b: {url: http://127.0.0.1:2}}\nroutes:\n  - {path_prefix: /, upstream: a}\n  - {path_prefix: /v1/messages, upstream: b, provider: anthropic}\n",
         )
         .unwrap();
-        let router = Router::from_config(&config);
+        let router = Router::from_config(&config, &KeysFiles::new());
         assert_eq!(router.route("/v1/messages").unwrap().upstream.name, "b");
         assert_eq!(router.route("/v1/chat").unwrap().upstream.name, "a");
         assert_eq!(
@@ -127,6 +155,8 @@ mod tests {
             "listen: [{addr: 127.0.0.1:1}]\nupstreams: {a: {url: http://127.0.0.1:1}}\nroutes: [{path_prefix: /v1/, upstream: a}]\n",
         )
         .unwrap();
-        assert!(Router::from_config(&config).route("/health").is_none());
+        assert!(Router::from_config(&config, &KeysFiles::new())
+            .route("/health")
+            .is_none());
     }
 }

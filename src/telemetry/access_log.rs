@@ -12,6 +12,11 @@ pub struct AccessRecord<'a> {
     pub path: &'a str,
     pub route: &'a str,
     pub upstream: &'a str,
+    /// The caller, when the route authenticates: never the key itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<&'a str>,
     pub status: u16,
     pub stream: bool,
     pub outcome: Option<&'a str>,
@@ -20,6 +25,9 @@ pub struct AccessRecord<'a> {
     pub bytes_sent: u64,
     pub heartbeats: u64,
     pub error: Option<&'a str>,
+    /// Why Sluice refused the request before it went upstream (`invalid_key`, `user_streams`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<&'a str>,
     pub model: Option<&'a str>,
     #[serde(flatten)]
     pub usage: Option<&'a crate::usage::record::Usage>,

@@ -1,3 +1,4 @@
+use super::limits_metrics::LimitsMetrics;
 use crate::sse::StreamOutcome;
 use crate::usage::record::UsageRecord;
 use once_cell::sync::Lazy;
@@ -35,6 +36,8 @@ pub struct Metrics {
     pub oversized_events: IntCounterVec,
     pub ledger_errors: IntCounter,
     pub ledger_queue: IntGauge,
+    /// Shared with the limiter, which reports its Redis calls to it.
+    pub limits: std::sync::Arc<LimitsMetrics>,
     models_seen: Mutex<HashSet<String>>,
 }
 
@@ -158,6 +161,7 @@ impl Metrics {
         ] {
             registry.register(collector).unwrap();
         }
+        let limits = std::sync::Arc::new(LimitsMetrics::new(&registry));
         Metrics {
             registry,
             streams_in_flight,
@@ -173,6 +177,7 @@ impl Metrics {
             oversized_events,
             ledger_errors,
             ledger_queue,
+            limits,
             models_seen: Mutex::new(HashSet::new()),
         }
     }

@@ -1,9 +1,11 @@
 //! Metrics (Prometheus, all named `sluice_*`, bounded labels) and the JSON access log.
 
 mod access_log;
+mod limits_metrics;
 mod metrics;
 mod time;
 
 pub use access_log::AccessRecord;
+pub use limits_metrics::LimitsMetrics;
 pub use metrics::{Metrics, StreamSeries, METRICS};
 pub use time::rfc3339_now;

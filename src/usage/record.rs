@@ -124,6 +124,8 @@ pub struct UsageRecord {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub route: String,
     pub upstream: String,
     pub provider: &'static str,
@@ -287,6 +289,7 @@ mod tests {
             request_id: "r1".into(),
             user: None,
             key_id: None,
+            tenant: None,
             route: "/v1/".into(),
             upstream: "openai".into(),
             provider: "openai",

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod redis;
 pub mod upstream;
 
 use std::io::Read;

@@ -1,0 +1,84 @@
+//! The Lua scripts: one admission in one round trip, and the renewal of many leases.
+//! Both read the time from Redis (`TIME`), so instances' clocks never matter.
+
+use crate::limits::bucket::TICKS_PER_TOKEN;
+
+/// Admits one request. KEYS: user leases, key leases (sorted sets), user rate bucket (hash).
+/// ARGV: stream id, lease ttl (ms), user stream limit, key stream limit, rpm (-1: no limit),
+/// stream (1/0), has user (1/0), has key (1/0).
+/// Returns {0, user streams, key streams} (counts after admission, -1 when not counted),
+/// {1} user streams full, {2} key streams full, {3, ms until a token} rate.
+pub(crate) const ADMIT_LUA: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local member = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local user_limit = tonumber(ARGV[3])
+local key_limit = tonumber(ARGV[4])
+local rpm = tonumber(ARGV[5])
+local stream = ARGV[6] == '1'
+local has_user = ARGV[7] == '1'
+local has_key = ARGV[8] == '1'
+local users, keys = -1, -1
+if stream and has_user then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  users = redis.call('ZCARD', KEYS[1])
+  if user_limit >= 0 and users >= user_limit then return {1, users, 0} end
+end
+if stream and has_key then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  keys = redis.call('ZCARD', KEYS[2])
+  if key_limit >= 0 and keys >= key_limit then return {2, keys, 0} end
+end
+if has_user and rpm >= 0 then
+  local per_token = 60000
+  local cap = rpm * per_token
+  local b = redis.call('HMGET', KEYS[3], 't', 'ms')
+  local ticks = tonumber(b[1])
+  local last = tonumber(b[2])
+  if ticks == nil or last == nil then ticks = cap; last = now end
+  if now > last then
+    ticks = ticks + (now - last) * rpm
+    last = now
+  end
+  if ticks > cap then ticks = cap end
+  if ticks < per_token then
+    if rpm == 0 then return {3, 60000, 0} end
+    return {3, math.ceil((per_token - ticks) / rpm), 0}
+  end
+  ticks = ticks - per_token
+  redis.call('HSET', KEYS[3], 't', ticks, 'ms', last)
+  redis.call('PEXPIRE', KEYS[3], math.ceil((cap - ticks) / rpm) + 1000)
+end
+if stream then
+  local expiry = now + ttl
+  if has_user then
+    redis.call('ZADD', KEYS[1], expiry, member)
+    redis.call('PEXPIRE', KEYS[1], 2 * ttl)
+    users = users + 1
+  end
+  if has_key then
+    redis.call('ZADD', KEYS[2], expiry, member)
+    redis.call('PEXPIRE', KEYS[2], 2 * ttl)
+    keys = keys + 1
+  end
+end
+return {0, users, keys}
+"#;
+
+/// Renews leases: KEYS[i] is a sorted set, ARGV[i + 1] the stream id in it; ARGV[1] the ttl.
+/// A plain ZADD: a lease Redis lost is created again.
+pub(crate) const RENEW_LUA: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, 2 * ttl)
+end
+return #KEYS
+"#;
+
+const _: () = assert!(TICKS_PER_TOKEN == 60_000, "ADMIT_LUA's per_token is 60000");

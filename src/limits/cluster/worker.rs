@@ -1,0 +1,273 @@
+//! The `sluice-limits` thread's work: renewal, releases, probing and recovery.
+
+use super::{Cluster, Msg, Release, BATCH, FALLBACK, MAX_PENDING_RELEASES, PROBE_EVERY, UP};
+use log::warn;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+/// The work of the `sluice-limits` thread.
+pub(super) struct Worker {
+    pub(super) cluster: Arc<Cluster>,
+    pub(super) rx: mpsc::UnboundedReceiver<Msg>,
+    /// Releases that could not be sent (Redis down), oldest first.
+    pub(super) pending: VecDeque<Release>,
+}
+
+impl Worker {
+    pub(super) async fn run(mut self, ready: std_mpsc::SyncSender<()>) {
+        if !self.recover(true).await {
+            warn!(
+                "limits: Redis at {} does not answer; counting limits on this instance alone \
+                 until it does",
+                self.cluster.addr
+            );
+            self.cluster.observer.fallback(true);
+        }
+        let _ = ready.send(());
+
+        let period = (self.cluster.settings.lease_ttl / 3).max(Duration::from_millis(10));
+        let start = tokio::time::Instant::now();
+        let mut renew = tokio::time::interval_at(start + period, period);
+        renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut probe = tokio::time::interval_at(start + PROBE_EVERY, PROBE_EVERY);
+        probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        let send_releases = loop {
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(Msg::Release(first)) => {
+                        let mut batch = vec![first];
+                        let mut stop = None;
+                        while batch.len() < BATCH {
+                            match self.rx.try_recv() {
+                                Ok(Msg::Release(r)) => batch.push(r),
+                                Ok(Msg::Shutdown { send_releases }) => {
+                                    stop = Some(send_releases);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.pending.extend(batch);
+                        if let Some(send_releases) = stop {
+                            break send_releases;
+                        }
+                        if self.cluster.is_up() {
+                            self.flush_releases().await;
+                        } else {
+                            // Kept for the recovery, bounded in age and number.
+                            self.drop_stale_releases();
+                        }
+                    }
+                    Some(Msg::Shutdown { send_releases }) => break send_releases,
+                    None => break false,
+                },
+                _ = renew.tick() => {
+                    if self.cluster.is_up() {
+                        if let Some(conn) = self.cluster.connection() {
+                            if let Err(e) = self.renew_all(conn).await {
+                                self.cluster.enter_fallback(&e);
+                            }
+                        }
+                    }
+                }
+                _ = probe.tick() => self.probe().await,
+            }
+        };
+
+        // Shutdown: send what is queued, best effort within the timeout, then stop.
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Msg::Release(r) = msg {
+                self.pending.push_back(r);
+            }
+        }
+        if send_releases {
+            self.drop_stale_releases();
+            if let (Some(conn), false) = (self.cluster.connection(), self.pending.is_empty()) {
+                let releases: Vec<Release> = self.pending.drain(..).collect();
+                let _ = self.send_releases(conn, &releases).await;
+            }
+        }
+        self.cluster.set_connection(None);
+    }
+
+    /// Once a second: PING while up; while in fallback, reconnect if needed and recover.
+    async fn probe(&mut self) {
+        match self.cluster.mode.load(Ordering::Acquire) {
+            UP => {
+                let result = match self.cluster.connection() {
+                    Some(conn) => self.ping(conn).await,
+                    None => Err("not connected".to_string()),
+                };
+                if let Err(e) = result {
+                    self.cluster.enter_fallback(&e);
+                }
+            }
+            FALLBACK => {
+                self.recover(false).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn ping(&self, mut conn: MultiplexedConnection) -> Result<(), String> {
+        let pong = self
+            .cluster
+            .timed("ping", redis::cmd("PING").query_async::<String>(&mut conn))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(format!("ping: unexpected answer {pong:?}"))
+        }
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection, String> {
+        let timeout = self.cluster.settings.timeout;
+        let config = AsyncConnectionConfig::new().set_connection_timeout(timeout);
+        let connecting = self
+            .cluster
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(format!("connect: {e}")),
+            Err(_) => Err(format!(
+                "connect: no answer within {} ms",
+                timeout.as_millis()
+            )),
+        }
+    }
+
+    /// Gets a connection that answers, loads the scripts, renews every held lease, sends the
+    /// queued releases, and only then lets admissions use Redis again. False if any step fails.
+    async fn recover(&mut self, first: bool) -> bool {
+        let conn = match self.cluster.connection() {
+            Some(conn) if self.ping(conn.clone()).await.is_ok() => conn,
+            _ => {
+                let Ok(conn) = self.connect().await else {
+                    return false;
+                };
+                if self.ping(conn.clone()).await.is_err() {
+                    return false;
+                }
+                conn
+            }
+        };
+        self.cluster.set_connection(Some(conn.clone()));
+        let loaded = async {
+            let mut c = conn.clone();
+            self.cluster.admit_script.load_async(&mut c).await?;
+            self.cluster.renew_script.load_async(&mut c).await
+        };
+        if tokio::time::timeout(self.cluster.settings.timeout, loaded)
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            return false;
+        }
+        if self.renew_all(conn.clone()).await.is_err() {
+            return false;
+        }
+        self.drop_stale_releases();
+        if !self.pending.is_empty() && !self.flush_releases_on(conn).await {
+            return false;
+        }
+        self.cluster.leave_fallback(first);
+        true
+    }
+
+    /// ZADDs every held lease again with a fresh expiry.
+    async fn renew_all(&self, conn: MultiplexedConnection) -> Result<(), String> {
+        let entries: Vec<(String, String)> = {
+            let held = self.cluster.lock_held();
+            let mut entries = Vec::with_capacity(held.len() * 2);
+            for (id, h) in held.iter() {
+                for set in [&h.user_set, &h.key_set].into_iter().flatten() {
+                    entries.push((set.clone(), self.cluster.member(*id)));
+                }
+            }
+            entries
+        };
+        let ttl_ms = self.cluster.settings.lease_ttl.as_millis() as u64;
+        for chunk in entries.chunks(BATCH) {
+            let mut call = self.cluster.renew_script.prepare_invoke();
+            call.arg(ttl_ms);
+            for (set, member) in chunk {
+                call.key(set).arg(member);
+            }
+            let mut c = conn.clone();
+            self.cluster
+                .timed("renew", call.invoke_async::<i64>(&mut c))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pending releases; on failure they stay pending and the limiter falls back.
+    async fn flush_releases(&mut self) {
+        let Some(conn) = self.cluster.connection() else {
+            return;
+        };
+        self.flush_releases_on(conn).await;
+    }
+
+    async fn flush_releases_on(&mut self, conn: MultiplexedConnection) -> bool {
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(BATCH);
+            let batch: Vec<Release> = self.pending.drain(..n).collect();
+            if let Err(e) = self.send_releases(conn.clone(), &batch).await {
+                // Put them back in front, in order, and keep them for the recovery.
+                for r in batch.into_iter().rev() {
+                    self.pending.push_front(r);
+                }
+                self.trim_pending();
+                self.cluster.enter_fallback(&e);
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn send_releases(
+        &self,
+        mut conn: MultiplexedConnection,
+        releases: &[Release],
+    ) -> Result<(), String> {
+        let mut pipe = redis::pipe();
+        for r in releases {
+            let member = self.cluster.member(r.id);
+            for set in [&r.held.user_set, &r.held.key_set].into_iter().flatten() {
+                pipe.cmd("ZREM").arg(set).arg(&member).ignore();
+            }
+        }
+        self.cluster
+            .timed("release", pipe.query_async::<()>(&mut conn))
+            .await
+    }
+
+    /// Forgets releases of leases that have expired in Redis by now anyway.
+    fn drop_stale_releases(&mut self) {
+        let ttl = self.cluster.settings.lease_ttl;
+        while self
+            .pending
+            .front()
+            .is_some_and(|r| r.queued.elapsed() > ttl)
+        {
+            self.pending.pop_front();
+        }
+        self.trim_pending();
+    }
+
+    fn trim_pending(&mut self) {
+        while self.pending.len() > MAX_PENDING_RELEASES {
+            self.pending.pop_front();
+        }
+    }
+}

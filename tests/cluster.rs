@@ -1,0 +1,153 @@
+//! Cluster mode through the real binary: two Sluice processes share one user's stream limit
+//! through a real `redis-server`; a killed instance's slots expire within the lease TTL; when
+//! Redis goes away each instance falls back to counting alone without hanging, and returns to
+//! Redis when it is back.
+
+mod support;
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use support::client::Response;
+use support::redis::RedisServer;
+use support::{Client, Sluice, Step, Upstream};
+
+const LEASE_TTL_SECS: u64 = 3;
+
+fn holding_upstream() -> Upstream {
+    Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::chunk("data: {\"choices\":[]}\n\n"),
+            Step::Hold,
+        ]
+    })
+}
+
+fn instance(upstream: &Upstream, redis: &RedisServer) -> Sluice {
+    Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /v1/, upstream: up, provider: openai }}\nauth: {{ mode: passthrough }}\nlimits:\n  per_user_streams: 2\n  backend: {{ redis: \"{}\", lease_ttl: {LEASE_TTL_SECS}s, timeout: 100ms }}\n",
+        upstream.url(),
+        redis.url()
+    ))
+}
+
+/// Opens a stream for the user whose provider key is `key`; the connection is kept open.
+fn open(sluice: &Sluice, key: &str) -> (Client, Response) {
+    let mut client = Client::connect(sluice.addr);
+    let bearer = format!("Bearer {key}");
+    client.send(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", bearer.as_str()),
+        ],
+        br#"{"model":"m","stream":true}"#,
+    );
+    let head = client.read_head();
+    if head.status == 200 {
+        client.read_chunk();
+    }
+    (client, head)
+}
+
+fn limits(sluice: &Sluice) -> Value {
+    Client::connect(sluice.admin).get("/limits").json()
+}
+
+fn wait_until(what: &str, wait: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < wait, "{what}: not within {wait:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn two_instances_share_one_users_limit() {
+    let redis = RedisServer::start();
+    let upstream = holding_upstream();
+    let (a, b) = (instance(&upstream, &redis), instance(&upstream, &redis));
+    let (on_a, head) = open(&a, "sk-shared");
+    assert_eq!(head.status, 200);
+    let (_on_b, head) = open(&b, "sk-shared");
+    assert_eq!(head.status, 200);
+    // Two streams are held, one on each instance: a third is refused on either.
+    assert_eq!(open(&a, "sk-shared").1.status, 429);
+    assert_eq!(open(&b, "sk-shared").1.status, 429);
+    assert_eq!(open(&b, "sk-other").1.status, 200);
+    // A stream ending on A frees its slot for B.
+    drop(on_a);
+    wait_until("A's slot freed", Duration::from_secs(5), || {
+        limits(&a)["in_flight"] == 0
+    });
+    let (_again, head) = open(&b, "sk-shared");
+    assert_eq!(head.status, 200);
+    assert_eq!(limits(&b)["backend"], "redis");
+}
+
+#[test]
+fn a_killed_instances_slots_expire_within_the_lease_ttl() {
+    let redis = RedisServer::start();
+    let upstream = holding_upstream();
+    let mut a = instance(&upstream, &redis);
+    let b = instance(&upstream, &redis);
+    let held: Vec<_> = (0..2).map(|_| open(&a, "sk-crash")).collect();
+    assert!(held.iter().all(|(_, head)| head.status == 200));
+    a.kill();
+    // The slots outlive the crash in Redis…
+    assert_eq!(open(&b, "sk-crash").1.status, 429);
+    // …until their lease runs out.
+    let mut streams = Vec::new();
+    let waited = wait_until(
+        "slots of the killed instance expire",
+        Duration::from_secs(LEASE_TTL_SECS + 3),
+        || {
+            let (client, head) = open(&b, "sk-crash");
+            streams.push(client);
+            head.status == 200
+        },
+    );
+    assert!(
+        waited <= Duration::from_secs(LEASE_TTL_SECS + 1),
+        "took {waited:?}"
+    );
+    drop(held);
+}
+
+#[test]
+fn redis_down_falls_back_to_local_limits_and_recovers() {
+    let mut redis = RedisServer::start();
+    let upstream = holding_upstream();
+    let a = instance(&upstream, &redis);
+    let (_first, head) = open(&a, "sk-fall");
+    assert_eq!(head.status, 200);
+
+    redis.stop();
+    // No hang: the next request is decided within about the Redis timeout, by local counts.
+    let started = Instant::now();
+    let (_second, head) = open(&a, "sk-fall");
+    assert_eq!(head.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "admission took {:?} with Redis down",
+        started.elapsed()
+    );
+    assert_eq!(open(&a, "sk-fall").1.status, 429, "local limits hold");
+    assert_eq!(limits(&a)["backend"], "redis-fallback");
+    assert_eq!(a.metric("sluice_limits_redis_fallback"), 1.0);
+
+    redis.restart();
+    wait_until("back on Redis", Duration::from_secs(10), || {
+        limits(&a)["backend"] == "redis"
+    });
+    assert_eq!(a.metric("sluice_limits_redis_fallback"), 0.0);
+    // The streams admitted across the outage are in Redis again: another instance sees them.
+    let b = instance(&upstream, &redis);
+    wait_until(
+        "leases renewed into Redis",
+        Duration::from_secs(LEASE_TTL_SECS + 2),
+        || open(&b, "sk-fall").1.status == 429,
+    );
+}

@@ -1,0 +1,411 @@
+//! Identity and per-user stream limits through the real binary: keys and passthrough modes,
+//! 401 and 429 responses in each provider's format (with `Retry-After` and the
+//! `x-ratelimit-*-streams` headers), limits per user, per key and per minute, and every slot
+//! released whatever way its stream ended.
+
+mod support;
+
+use serde_json::Value;
+use sluice::auth::KeyDigest;
+use std::time::{Duration, Instant};
+use support::client::Response;
+use support::{Client, Sluice, Step, TempDir, Upstream};
+
+const STREAM_BODY: &str = r#"{"model":"m","stream":true,"messages":[]}"#;
+
+/// An upstream whose streams send one event and then stay open until Sluice closes them.
+fn holding_upstream() -> Upstream {
+    Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::chunk("data: {\"choices\":[]}\n\n"),
+            Step::Hold,
+        ]
+    })
+}
+
+fn keys_file(dir: &TempDir, entries: &[(&str, &str, &str, Option<u32>)]) -> String {
+    let mut text = String::from("keys:\n");
+    for (key, user, key_id, max_streams) in entries {
+        text.push_str(&format!(
+            "  - {{ sha256: {}, user: {user}, key_id: {key_id}{} }}\n",
+            KeyDigest::of(key).to_hex(),
+            max_streams
+                .map(|m| format!(", max_streams: {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    let path = dir.path.join("keys.yaml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Sends a stream request and reads the response head (the body is left on the connection).
+fn open_stream(sluice: &Sluice, path: &str, headers: &[(&str, &str)]) -> (Client, Response) {
+    let mut client = Client::connect(sluice.addr);
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    client.send("POST", path, &all, STREAM_BODY.as_bytes());
+    let head = client.read_head();
+    (client, head)
+}
+
+fn refused(sluice: &Sluice, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut client = Client::connect(sluice.addr);
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    client.send("POST", path, &all, STREAM_BODY.as_bytes());
+    client.read_response()
+}
+
+fn limits_json(sluice: &Sluice) -> Value {
+    Client::connect(sluice.admin).get("/limits").json()
+}
+
+fn wait_slots_free(sluice: &Sluice) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let limits = limits_json(sluice);
+        if limits["in_flight"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "slots still held: {limits}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn keys_mode_swaps_the_client_key_for_the_provider_key() {
+    let upstream = holding_upstream();
+    let dir = TempDir::new();
+    let keys = keys_file(&dir, &[("sk-sluice-alice", "alice", "k1", None)]);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\n    headers: {{ authorization: \"Bearer provider-secret\" }}\nroutes:\n  - {{ path_prefix: /v1/, upstream: up, provider: openai }}\nauth: {{ mode: keys, keys_file: {keys} }}\n",
+        upstream.url()
+    ));
+    for headers in [
+        vec![("authorization", "Bearer sk-sluice-alice")],
+        vec![("x-api-key", "sk-sluice-alice")],
+        vec![("x-goog-api-key", "sk-sluice-alice")],
+    ] {
+        let (client, head) = open_stream(
+            &sluice,
+            "/v1/chat/completions?key=sk-sluice-alice&x=1",
+            &headers,
+        );
+        assert_eq!(head.status, 200, "{headers:?}");
+        drop(client);
+    }
+    upstream.wait_requests(3);
+    for request in upstream.requests() {
+        assert_eq!(
+            request.header("authorization"),
+            Some("Bearer provider-secret")
+        );
+        assert_eq!(request.header("x-api-key"), None);
+        assert_eq!(request.header("x-goog-api-key"), None);
+        assert_eq!(request.path, "/v1/chat/completions?x=1");
+    }
+    let records = sluice.wait_ledger(3);
+    for record in &records {
+        assert_eq!(record["user"], "alice");
+        assert_eq!(record["key_id"], "k1");
+        let line = record.to_string();
+        assert!(
+            !line.contains("sk-sluice-alice"),
+            "key leaked into the ledger: {line}"
+        );
+    }
+    let metrics = sluice.metrics();
+    assert!(!metrics.contains("sk-sluice-alice"));
+}
+
+#[test]
+fn missing_and_unknown_keys_get_401_in_each_providers_format() {
+    let upstream = holding_upstream();
+    let dir = TempDir::new();
+    let keys = keys_file(&dir, &[("sk-sluice-alice", "alice", "k1", None)]);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /v1/chat/, upstream: up, provider: openai }}\n  - {{ path_prefix: /v1/messages, upstream: up, provider: anthropic }}\n  - {{ path_prefix: /v1beta/, upstream: up, provider: gemini }}\nauth: {{ mode: keys, keys_file: {keys} }}\n",
+        upstream.url()
+    ));
+    for (path, headers) in [
+        ("/v1/chat/completions", vec![]),
+        (
+            "/v1/chat/completions",
+            vec![("authorization", "Bearer sk-wrong")],
+        ),
+        ("/v1/messages", vec![("x-api-key", "sk-wrong")]),
+        ("/v1beta/models/g:streamGenerateContent?alt=sse", vec![]),
+    ] {
+        let response = refused(&sluice, path, &headers);
+        assert_eq!(response.status, 401, "{path} {headers:?}");
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        let body = response.json();
+        assert!(
+            !response.text().contains("sk-wrong"),
+            "the key is echoed: {body}"
+        );
+        match path {
+            "/v1/messages" => {
+                assert_eq!(body["type"], "error");
+                assert_eq!(body["error"]["type"], "authentication_error");
+            }
+            p if p.starts_with("/v1beta/") => {
+                assert_eq!(body["error"]["code"], 401);
+                assert_eq!(body["error"]["status"], "UNAUTHENTICATED");
+            }
+            _ => assert_eq!(body["error"]["code"], "invalid_api_key"),
+        }
+    }
+    assert!(
+        upstream.requests().is_empty(),
+        "a refused request went upstream"
+    );
+    let rejected = |reason: &str| {
+        sluice.metric(&format!(
+            "sluice_limits_rejections_total{{reason=\"{reason}\",route=\"/v1/chat/\"}}"
+        ))
+    };
+    assert_eq!(rejected("missing_key"), 1.0);
+    assert_eq!(rejected("invalid_key"), 1.0);
+}
+
+#[test]
+fn per_user_and_per_key_stream_limits_hold_and_free_on_release() {
+    let upstream = holding_upstream();
+    let dir = TempDir::new();
+    let keys = keys_file(
+        &dir,
+        &[
+            ("sk-a1", "alice", "a1", Some(1)),
+            ("sk-a2", "alice", "a2", None),
+            ("sk-b1", "bob", "b1", None),
+        ],
+    );
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /v1/, upstream: up, provider: openai }}\nauth: {{ mode: keys, keys_file: {keys} }}\nlimits: {{ per_user_streams: 2, per_key_streams: 5 }}\n",
+        upstream.url()
+    ));
+    let bearer = |key: &'static str| [("authorization", format!("Bearer {key}"))];
+    let open = |key: &'static str| {
+        let header = bearer(key);
+        let headers: Vec<(&str, &str)> = header.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        open_stream(&sluice, "/v1/chat/completions", &headers)
+    };
+    let (a1, head) = open("sk-a1");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("x-ratelimit-limit-streams"), Some("1"));
+    assert_eq!(head.header("x-ratelimit-remaining-streams"), Some("0"));
+
+    // a1's own limit (1, from the keys file) refuses its second stream.
+    let (_, head) = open("sk-a1");
+    assert_eq!(head.status, 429);
+    assert_eq!(head.header("retry-after"), Some("1"));
+    assert_eq!(head.header("x-ratelimit-remaining-streams"), Some("0"));
+
+    let (a2, head) = open("sk-a2");
+    assert_eq!(head.status, 200);
+    // alice now holds 2 streams: her user limit refuses a third, from any key.
+    let refusal = refused(
+        &sluice,
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-a2")],
+    );
+    assert_eq!(refusal.status, 429);
+    assert_eq!(refusal.header("x-ratelimit-limit-streams"), Some("2"));
+    let body = refusal.json();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(body["error"]["type"], "requests");
+    // Bob is not affected.
+    let (b1, head) = open("sk-b1");
+    assert_eq!(head.status, 200);
+    assert_eq!(limits_json(&sluice)["users"]["alice"], 2);
+
+    drop((a1, a2, b1));
+    wait_slots_free(&sluice);
+    let (_a1, head) = open("sk-a1");
+    assert_eq!(head.status, 200, "a released slot is free again");
+    assert_eq!(
+        upstream.requests().len(),
+        4,
+        "refused requests never went upstream"
+    );
+    let rejected = |reason: &str| {
+        sluice.metric(&format!(
+            "sluice_limits_rejections_total{{reason=\"{reason}\",route=\"/v1/\"}}"
+        ))
+    };
+    assert_eq!(rejected("key_streams"), 1.0);
+    assert_eq!(rejected("user_streams"), 1.0);
+}
+
+#[test]
+fn passthrough_forwards_the_key_and_limits_by_its_digest() {
+    let upstream = holding_upstream();
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /v1/, upstream: up, provider: anthropic }}\nauth: {{ mode: passthrough }}\nlimits: {{ per_user_streams: 1 }}\n",
+        upstream.url()
+    ));
+    let (_first, head) = open_stream(&sluice, "/v1/messages", &[("x-api-key", "sk-ant-one")]);
+    assert_eq!(head.status, 200);
+    let refusal = refused(&sluice, "/v1/messages", &[("x-api-key", "sk-ant-one")]);
+    assert_eq!(refusal.status, 429);
+    let body = refusal.json();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let (_other, head) = open_stream(&sluice, "/v1/messages", &[("x-api-key", "sk-ant-two")]);
+    assert_eq!(head.status, 200);
+    upstream.wait_requests(2);
+    let seen: Vec<_> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.header("x-api-key").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(seen, ["sk-ant-one", "sk-ant-two"]);
+    let limits = limits_json(&sluice);
+    let users = limits["users"].as_object().unwrap();
+    assert_eq!(users.len(), 2);
+    for user in users.keys() {
+        assert!(
+            user.starts_with("key:") && !user.contains("sk-ant"),
+            "{user}"
+        );
+    }
+}
+
+#[test]
+fn request_rate_per_user_is_a_token_bucket() {
+    let upstream = Upstream::start(|_| vec![Step::sized(200, "application/json", b"{}")]);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /v1beta/, upstream: up, provider: gemini }}\nauth: {{ mode: passthrough }}\nlimits: {{ per_user_rpm: 3 }}\n",
+        upstream.url()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    for _ in 0..3 {
+        client.send("GET", "/v1beta/models?key=AIza-one", &[], b"");
+        assert_eq!(client.read_response().status, 200);
+    }
+    client.send("GET", "/v1beta/models?key=AIza-one", &[], b"");
+    let refusal = client.read_response();
+    assert_eq!(refusal.status, 429);
+    let retry: u64 = refusal.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "retry-after {retry}");
+    assert_eq!(refusal.json()["error"]["status"], "RESOURCE_EXHAUSTED");
+    // Another user has a bucket of their own.
+    client.send("GET", "/v1beta/models?key=AIza-two", &[], b"");
+    assert_eq!(client.read_response().status, 200);
+    assert_eq!(upstream.requests().len(), 4);
+}
+
+/// Thousands of streams with every kind of ending, many refused by a limit: afterwards no slot
+/// is held, by the limiter's own count and by `/metrics`.
+#[test]
+fn thousands_of_streams_with_mixed_endings_release_every_slot() {
+    const STREAMS: usize = 2400;
+    const THREADS: usize = 24;
+    let upstream = Upstream::start(|request| {
+        let event = Step::chunk("data: {\"choices\":[]}\n\n");
+        match request.header("x-test-ending").unwrap_or("") {
+            "complete" => vec![
+                Step::sse_head(),
+                event,
+                Step::chunk("data: [DONE]\n\n"),
+                Step::End,
+            ],
+            "broken" => vec![Step::sse_head(), event, Step::Close],
+            "no_head" => vec![Step::Hold],
+            "plain" => vec![Step::sized(200, "application/json", b"{\"ok\":true}")],
+            // "disconnect", "idle", "max_duration": the stream stays open until Sluice closes it.
+            _ => vec![Step::sse_head(), event, Step::Hold],
+        }
+    });
+    let dead_port = support::free_port();
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\n  dead: {{ url: \"http://127.0.0.1:{dead_port}\", connect_timeout: 1s }}\nroutes:\n  - {{ path_prefix: /v1/, upstream: up, provider: openai, idle_timeout: 300ms }}\n  - {{ path_prefix: /short/, upstream: up, provider: openai, max_duration: 200ms }}\n  - {{ path_prefix: /dead/, upstream: dead, provider: openai }}\nauth: {{ mode: passthrough }}\nlimits: {{ per_user_streams: 3, per_user_rpm: 100000, global_streams: 64 }}\nusage: {{ durability: async }}\n",
+        upstream.url()
+    ));
+    let endings = [
+        "complete",
+        "disconnect",
+        "idle",
+        "broken",
+        "no_head",
+        "plain",
+        "max_duration",
+        "dead",
+    ];
+    let statuses = std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new());
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let sluice = &sluice;
+            let statuses = &statuses;
+            scope.spawn(move || {
+                for i in (thread..STREAMS).step_by(THREADS) {
+                    let ending = endings[i % endings.len()];
+                    let path = match ending {
+                        "max_duration" => "/short/chat/completions",
+                        "dead" => "/dead/chat/completions",
+                        _ => "/v1/chat/completions",
+                    };
+                    // 8 users share 24 threads: some streams meet their user's limit of 3.
+                    let key = format!("Bearer user-{}", thread % 8);
+                    let headers = [("authorization", key.as_str()), ("x-test-ending", ending)];
+                    let mut client = Client::connect(sluice.addr);
+                    let mut all = vec![("content-type", "application/json")];
+                    all.extend_from_slice(&headers);
+                    client.send("POST", path, &all, STREAM_BODY.as_bytes());
+                    let status = if ending == "disconnect" {
+                        let head = client.read_head();
+                        if head.status == 200 {
+                            client.read_chunk();
+                        }
+                        head.status
+                    } else {
+                        client.read_response().status
+                    };
+                    *statuses
+                        .lock()
+                        .unwrap()
+                        .entry(format!("{ending} {status}"))
+                        .or_default() += 1;
+                }
+            });
+        }
+    });
+    let statuses = statuses.into_inner().unwrap();
+    let total: usize = statuses.values().sum();
+    assert_eq!(total, STREAMS);
+    let refused: usize = statuses
+        .iter()
+        .filter(|(k, _)| k.ends_with(" 429"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(refused > 0, "no stream met a limit: {statuses:?}");
+    for ending in endings {
+        assert!(
+            statuses
+                .iter()
+                .any(|(k, _)| k.starts_with(ending) && !k.ends_with(" 429")),
+            "no {ending} stream was admitted: {statuses:?}"
+        );
+    }
+    wait_slots_free(&sluice);
+    let limits = limits_json(&sluice);
+    assert_eq!(limits["in_flight"], 0, "{limits}");
+    assert_eq!(limits["users"], serde_json::json!({}), "{limits}");
+    let metrics = sluice.metrics();
+    assert_eq!(
+        support::metric_value(&metrics, "sluice_limits_streams_in_flight"),
+        0.0
+    );
+    for route in ["/v1/", "/short/", "/dead/"] {
+        assert_eq!(
+            support::metric_value(
+                &metrics,
+                &format!("sluice_streams_in_flight{{route=\"{route}\"}}")
+            ),
+            0.0
+        );
+    }
+}
