@@ -137,3 +137,46 @@ fn reset_stream_aborts_its_upstream_promptly() {
         "upstream closed after {delay:?}"
     );
 }
+
+/// Streams are counted per request: two streams multiplexed on one connection take two slots.
+#[test]
+fn each_http2_stream_takes_its_own_slot() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::chunk("event: ping\ndata: {}\n\n"),
+            Step::Hold,
+        ]
+    });
+    let sluice = Sluice::start_h2c(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\nauth: {{ mode: passthrough }}\nlimits: {{ per_user_streams: 2 }}\n",
+        upstream.url()
+    ));
+    runtime().block_on(async {
+        let client = h2_client(&sluice).await;
+        let mut statuses = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut client = client.clone().ready().await.unwrap();
+            let mut request = request(false);
+            request
+                .headers_mut()
+                .insert("x-api-key", http::HeaderValue::from_static("sk-ant-h2"));
+            let (response, mut send) = client.send_request(request, false).unwrap();
+            send.send_data(
+                Bytes::from_static(br#"{"model":"claude","stream":true}"#),
+                true,
+            )
+            .unwrap();
+            let response = response.await.unwrap();
+            statuses.push(response.status().as_u16());
+            if response.status() == 429 {
+                assert_eq!(response.headers()["x-ratelimit-limit-streams"], "2");
+                assert_eq!(response.headers()["x-ratelimit-remaining-streams"], "0");
+            }
+            held.push(response);
+        }
+        assert_eq!(statuses, [200, 200, 429]);
+    });
+    assert_eq!(upstream.requests().len(), 2);
+}

@@ -121,6 +121,63 @@ fn keys_mode_swaps_the_client_key_for_the_provider_key() {
 }
 
 #[test]
+fn keys_file_changes_apply_without_restart() {
+    let upstream = Upstream::start(|_| vec![Step::sized(200, "application/json", b"{}")]);
+    let dir = TempDir::new();
+    let keys = keys_file(&dir, &[("sk-sluice-alice", "alice", "k1", None)]);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /v1/, upstream: up, provider: openai }}\nauth: {{ mode: keys, keys_file: {keys} }}\n",
+        upstream.url()
+    ));
+    let status = |key: &str| {
+        let mut client = Client::connect(sluice.addr);
+        let bearer = format!("Bearer {key}");
+        client.send(
+            "GET",
+            "/v1/models",
+            &[("authorization", bearer.as_str())],
+            b"",
+        );
+        client.read_response().status
+    };
+    assert_eq!(status("sk-sluice-bob"), 401);
+
+    // A key added to the file works within the 2 s poll, with no signal.
+    keys_file(
+        &dir,
+        &[
+            ("sk-sluice-alice", "alice", "k1", None),
+            ("sk-sluice-bob", "bob", "k2", None),
+        ],
+    );
+    let started = Instant::now();
+    while status("sk-sluice-bob") != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "new key not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A broken file keeps the previous keys.
+    std::fs::write(&keys, "keys: [ { sha256: nothex, user: x, key_id: y } ]\n").unwrap();
+    sluice.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status("sk-sluice-bob"), 200);
+    // A revoked key is refused once the file says so (SIGHUP: at once).
+    keys_file(&dir, &[("sk-sluice-alice", "alice", "k1", None)]);
+    sluice.signal("HUP");
+    let started = Instant::now();
+    while status("sk-sluice-bob") != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "revoked key still works"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status("sk-sluice-alice"), 200);
+}
+
+#[test]
 fn missing_and_unknown_keys_get_401_in_each_providers_format() {
     let upstream = holding_upstream();
     let dir = TempDir::new();

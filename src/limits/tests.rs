@@ -45,6 +45,40 @@ async fn per_user_limit_counts_across_keys_and_frees_on_drop() {
     assert!(l.snapshot().users.is_empty());
 }
 
+/// The proxy keeps the lease in its request context: a panic anywhere in the request's task
+/// unwinds through it, and a request cancelled at shutdown drops it.
+#[tokio::test]
+async fn a_panicking_or_cancelled_request_releases_its_slot() {
+    let l = limiter(None);
+    let limits = streams(Some(1), None);
+    let task = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let limits = streams(Some(1), None);
+            let _lease = l.admit(&stream("alice", "k1", &limits)).await.unwrap();
+            panic!("a filter panicked");
+        })
+    };
+    assert!(task.await.unwrap_err().is_panic());
+    assert_eq!(l.in_flight(), 0);
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    let task = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let limits = streams(Some(1), None);
+            let _lease = l.admit(&stream("alice", "k1", &limits)).await.unwrap();
+            held_tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+        })
+    };
+    held_rx.await.unwrap();
+    assert!(l.admit(&stream("alice", "k2", &limits)).await.is_err());
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(l.in_flight(), 0);
+    assert!(l.admit(&stream("alice", "k2", &limits)).await.is_ok());
+}
+
 #[tokio::test]
 async fn per_key_limit_counts_across_users() {
     let l = limiter(None);
