@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod edge;
 pub mod limits;

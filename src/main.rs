@@ -26,6 +26,9 @@ struct Cli {
     /// Take over the listening sockets of a running Sluice (zero-downtime upgrade)
     #[arg(short = 'u', long)]
     upgrade: bool,
+    /// Run in the background; the PID goes to `server.pid_file` (for systemd `Type=forking`)
+    #[arg(short = 'd', long)]
+    daemon: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -224,6 +227,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let pid_file = Path::new(&config.server.pid_file);
+            let pid_written = if cli.daemon {
+                sluice::daemon::daemonize(pid_file)
+            } else {
+                sluice::daemon::write_pid_file(pid_file, std::process::id())
+            };
+            if let Err(e) = pid_written {
+                eprintln!("cannot start ({}): {e}", pid_file.display());
+                return ExitCode::FAILURE;
+            }
             let options = sluice::RunOptions {
                 upgrade: cli.upgrade,
             };

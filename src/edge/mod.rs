@@ -1,11 +1,12 @@
 //! The only module that knows Pingora: the server and its services, the `ProxyHttp` impl, the
 //! relay loop, upstream connections and the admin listener.
 
-mod access_keeper;
 mod admin;
 mod admission;
 mod demo_service;
+mod drain;
 mod headers;
+mod keys_keeper;
 mod ledger_keeper;
 mod proxy;
 mod relay;
@@ -56,6 +57,8 @@ pub struct RequestCtx {
     /// The stream slot this request holds: released when the context is dropped, which
     /// happens on every path out of a request (including a panic or shutdown).
     pub lease: Option<crate::limits::StreamLease>,
+    /// Counts this request in flight until the context is dropped (see `drain.rs`).
+    _in_flight: drain::InFlight,
     /// Sent with the response head: `x-ratelimit-*-streams`, when a stream limit applies.
     pub limit_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Why the request was refused before going upstream (401/429), for the access log.
@@ -81,6 +84,7 @@ impl RequestCtx {
             usage_record: None,
             identity: None,
             lease: None,
+            _in_flight: drain::InFlight::start(),
             limit_headers: Vec::new(),
             refused: None,
         }
@@ -138,19 +142,22 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     if let Some(ledger) = usage.ledger() {
         let keeper = ledger_keeper::LedgerKeeper {
             ledger: ledger.clone(),
-            grace_period: config.server.grace_period,
         };
         server.add_service(background_service("usage ledger", keeper));
     }
     let limiter = build_limiter(config)?;
-    server.add_service(background_service(
-        "auth and limits",
-        access_keeper::AccessKeeper {
+    if !keys_files.is_empty() {
+        let keeper = keys_keeper::KeysKeeper {
             keys_files: keys_files.into_values().collect(),
-            limiter: limiter.clone(),
-            grace_period: config.server.grace_period,
-        },
-    ));
+        };
+        server.add_service(background_service("keys files", keeper));
+    }
+    let drain = drain::Drain {
+        ledger: usage.ledger().cloned(),
+        limiter: limiter.clone(),
+        grace_period: config.server.grace_period,
+    };
+    server.add_service(background_service("drain", drain));
     let proxy = SluiceProxy::new(
         router,
         upstream::Upstreams::new(demo_addr),

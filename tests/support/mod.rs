@@ -34,7 +34,7 @@ pub struct Sluice {
     child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    _dir: TempDir,
+    dir: std::sync::Arc<TempDir>,
 }
 
 impl Sluice {
@@ -87,7 +87,7 @@ impl Sluice {
             child,
             addr,
             admin,
-            _dir: dir,
+            dir: std::sync::Arc::new(dir),
         };
         sluice.wait_ready();
         sluice
@@ -109,7 +109,47 @@ impl Sluice {
 
     /// The usage ledger file (when the config did not set its own).
     pub fn ledger_path(&self) -> PathBuf {
-        self._dir.path.join("usage.jsonl")
+        self.dir.path.join("usage.jsonl")
+    }
+
+    /// Starts a new process on the same config with `-u` (stdout to `stdout`): it takes over
+    /// the listening sockets when this one gets SIGQUIT. Returns once it waits for them.
+    pub fn start_upgrade(&self) -> Sluice {
+        let sock = self.dir.path.join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let child = Command::new(sluice_bin())
+            .arg("-u")
+            .arg("-c")
+            .arg(self.dir.path.join("sluice.yaml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sluice -u");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "sluice -u never opened {sock:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Sluice {
+            child,
+            addr: self.addr,
+            admin: self.admin,
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Waits up to `wait` for the process to exit by itself.
+    pub fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The usage records in the ledger now.

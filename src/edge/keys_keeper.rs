@@ -1,29 +1,23 @@
-//! Keeps auth and limits in step with the process: keys files reload on SIGHUP and when they
-//! change on disk (checked every 2 s), and at shutdown the limiter hands its Redis slots back
-//! once the streams still running have ended.
+//! Keeps keys files in step with the process: they reload on SIGHUP and when they change on
+//! disk (checked every 2 s).
 
-use super::ledger_keeper::STREAMS_IN_FLIGHT;
 use crate::auth::KeysFile;
-use crate::limits::Limiter;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How often keys files are checked for changes: an operator who adds a key sees it work within
 /// this long without sending a signal.
 const KEYS_POLL: Duration = Duration::from_secs(2);
 
-pub struct AccessKeeper {
+pub struct KeysKeeper {
     pub keys_files: Vec<Arc<KeysFile>>,
-    pub limiter: Limiter,
-    pub grace_period: Duration,
 }
 
-impl AccessKeeper {
+impl KeysKeeper {
     fn reload_all(&self, only_changed: bool) {
         for file in &self.keys_files {
             let path = file.path().display();
@@ -42,7 +36,7 @@ impl AccessKeeper {
 }
 
 #[async_trait]
-impl BackgroundService for AccessKeeper {
+impl BackgroundService for KeysKeeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut hangups = match signal(SignalKind::hangup()) {
             Ok(hangups) => Some(hangups),
@@ -60,11 +54,5 @@ impl BackgroundService for AccessKeeper {
                 _ = shutdown.changed() => break,
             }
         }
-        let deadline = Instant::now() + self.grace_period;
-        while STREAMS_IN_FLIGHT.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let limiter = self.limiter.clone();
-        let _ = tokio::task::spawn_blocking(move || limiter.shutdown()).await;
     }
 }

@@ -1,0 +1,165 @@
+//! Zero-downtime upgrade through the real binaries: a new process started with `-u` takes over
+//! the listening sockets when the old one gets SIGQUIT; the old one's streams run to their end,
+//! new connections are never refused, and the old process leaves as soon as its last stream
+//! ended (not at the end of the grace period).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::{Client, Sluice, Step, Upstream};
+
+const STREAMS: usize = 200;
+/// 60 events 100 ms apart: each stream outlives Pingora's 5 s socket handover.
+const EVENTS: usize = 60;
+
+fn upstream() -> Upstream {
+    Upstream::start(|request| {
+        if !request.path.starts_with("/v1/chat") {
+            return vec![Step::sized(200, "application/json", b"{\"ok\":true}")];
+        }
+        let mut steps = vec![Step::sse_head()];
+        for i in 0..EVENTS {
+            steps.push(Step::sleep_ms(100));
+            steps.push(Step::chunk(format!("data: {{\"i\":{i}}}\n\n")));
+        }
+        steps.push(Step::chunk("data: [DONE]\n\n"));
+        steps.push(Step::End);
+        steps
+    })
+}
+
+/// One request on a fresh connection; `Err` says what went wrong.
+fn fresh_request(addr: std::net::SocketAddr) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /models HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    if response.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "response: {:?}",
+            String::from_utf8_lossy(&response[..response.len().min(80)])
+        ))
+    }
+}
+
+#[test]
+fn upgrade_with_streams_in_flight_cuts_none_and_refuses_none() {
+    let upstream = upstream();
+    let mut old = Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /, upstream: up, provider: openai, usage_comment: false }}\n",
+        upstream.url()
+    ));
+    let streaming = AtomicUsize::new(0);
+    let completed = AtomicUsize::new(0);
+    let probing = AtomicBool::new(true);
+    let probe_failures = std::sync::Mutex::new(Vec::new());
+    let probes = AtomicUsize::new(0);
+    let addr = old.addr;
+    std::thread::scope(|scope| {
+        for _ in 0..STREAMS {
+            scope.spawn(|| {
+                let mut client = Client::connect(addr);
+                client.send(
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("content-type", "application/json")],
+                    br#"{"model":"m","stream":true}"#,
+                );
+                let head = client.read_head();
+                assert_eq!(head.status, 200);
+                streaming.fetch_add(1, Ordering::SeqCst);
+                let body: Vec<u8> = client
+                    .read_chunks()
+                    .into_iter()
+                    .flat_map(|c| c.data)
+                    .collect();
+                let body = String::from_utf8(body).unwrap();
+                assert_eq!(body.matches("data: {\"i\":").count(), EVENTS, "{body}");
+                assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+                completed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while streaming.load(Ordering::SeqCst) < STREAMS {
+            assert!(Instant::now() < deadline, "streams did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // New connections keep arriving throughout the handover.
+        scope.spawn(|| {
+            while probing.load(Ordering::SeqCst) {
+                probes.fetch_add(1, Ordering::SeqCst);
+                if let Err(e) = fresh_request(addr) {
+                    probe_failures.lock().unwrap().push(e);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+
+        let new = old.start_upgrade();
+        old.signal("QUIT");
+        // The old process finishes its streams and leaves as soon as they are done.
+        let exited = old.wait_exit(Duration::from_secs(25));
+        assert!(exited.is_some(), "the old process outlived its streams");
+        assert_eq!(
+            completed.load(Ordering::SeqCst),
+            STREAMS,
+            "a stream was cut"
+        );
+        // The new process carries on alone.
+        std::thread::sleep(Duration::from_millis(300));
+        probing.store(false, Ordering::SeqCst);
+        assert!(fresh_request(new.addr).is_ok());
+        drop(new);
+    });
+    let failures = probe_failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} new connections failed: {failures:?}",
+        failures.len(),
+        probes.load(Ordering::SeqCst)
+    );
+    assert!(probes.load(Ordering::SeqCst) > 100);
+}
+
+#[test]
+fn sigterm_leaves_as_soon_as_the_last_stream_ends() {
+    let upstream = upstream();
+    let mut sluice = Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /, upstream: up, provider: openai }}\n",
+        upstream.url()
+    ));
+    // One stream in flight; the grace period is 30 s.
+    let mut client = Client::connect(sluice.addr);
+    client.send(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        br#"{"model":"m","stream":true}"#,
+    );
+    assert_eq!(client.read_head().status, 200);
+    let started = Instant::now();
+    sluice.signal("TERM");
+    let chunks = client.read_chunks();
+    assert!(chunks.len() >= EVENTS, "the stream was cut at SIGTERM");
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(EVENTS as u64 / 10 + 3),
+        "exit took {took:?}"
+    );
+    // The usage record of the last stream is on disk.
+    assert_eq!(sluice.ledger().len(), 1);
+}
