@@ -248,10 +248,15 @@ fn main() -> ExitCode {
                 }
             };
             for listener in &config.listen {
-                eprintln!("sluice listening on http://{}", listener.addr);
+                let scheme = if listener.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                eprintln!("sluice listening on {scheme}://{}", listener.addr);
             }
             if let Some(admin) = &config.admin {
-                eprintln!("admin on http://{admin} (/healthz, /metrics)");
+                eprintln!("admin on http://{admin} (/healthz, /metrics, /limits)");
             }
             server.run_forever()
         }

@@ -74,6 +74,10 @@ pub enum ProxyErrorKind {
     Unauthorized,
     /// A concurrent-stream or request-rate limit refused the request.
     RateLimited,
+    /// The request body is larger than the route's `max_request_body`.
+    PayloadTooLarge,
+    /// The request head is larger than `server.max_request_header`.
+    HeadersTooLarge,
 }
 
 impl ProxyErrorKind {
@@ -83,6 +87,8 @@ impl ProxyErrorKind {
             ProxyErrorKind::BadRequest => 400,
             ProxyErrorKind::Unauthorized => 401,
             ProxyErrorKind::RateLimited => 429,
+            ProxyErrorKind::PayloadTooLarge => 413,
+            ProxyErrorKind::HeadersTooLarge => 431,
             ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => 502,
             ProxyErrorKind::UpstreamTimeout
             | ProxyErrorKind::UpstreamIdle
@@ -102,6 +108,8 @@ impl ProxyErrorKind {
             ProxyErrorKind::UpstreamBroken => "upstream_error",
             ProxyErrorKind::Unauthorized => "invalid_api_key",
             ProxyErrorKind::RateLimited => "rate_limit_exceeded",
+            ProxyErrorKind::PayloadTooLarge => "request_too_large",
+            ProxyErrorKind::HeadersTooLarge => "request_header_too_large",
         }
     }
 
@@ -113,12 +121,16 @@ impl ProxyErrorKind {
                 ProxyErrorKind::BadRequest => "invalid_request_error",
                 ProxyErrorKind::Unauthorized => "authentication_error",
                 ProxyErrorKind::RateLimited => "rate_limit_error",
+                ProxyErrorKind::PayloadTooLarge => "request_too_large",
+                ProxyErrorKind::HeadersTooLarge => "invalid_request_error",
                 ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => "api_error",
                 _ => "timeout_error",
             },
             Provider::Gemini => match self {
                 ProxyErrorKind::NoRoute => "NOT_FOUND",
-                ProxyErrorKind::BadRequest => "INVALID_ARGUMENT",
+                ProxyErrorKind::BadRequest
+                | ProxyErrorKind::PayloadTooLarge
+                | ProxyErrorKind::HeadersTooLarge => "INVALID_ARGUMENT",
                 ProxyErrorKind::Unauthorized => "UNAUTHENTICATED",
                 ProxyErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
                 ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => {
@@ -128,9 +140,10 @@ impl ProxyErrorKind {
             },
             _ => match self {
                 ProxyErrorKind::NoRoute => "invalid_request_error",
-                ProxyErrorKind::BadRequest | ProxyErrorKind::Unauthorized => {
-                    "invalid_request_error"
-                }
+                ProxyErrorKind::BadRequest
+                | ProxyErrorKind::Unauthorized
+                | ProxyErrorKind::PayloadTooLarge
+                | ProxyErrorKind::HeadersTooLarge => "invalid_request_error",
                 // What OpenAI itself sends for a request-rate limit.
                 ProxyErrorKind::RateLimited => "requests",
                 _ => "server_error",
@@ -247,6 +260,24 @@ mod tests {
         assert_eq!(gemini["error"]["status"], "RESOURCE_EXHAUSTED");
         let gemini: Value = serde_json::from_str(&denied.json_body(Provider::Gemini)).unwrap();
         assert_eq!(gemini["error"]["status"], "UNAUTHENTICATED");
+    }
+
+    #[test]
+    fn too_large_errors_use_each_providers_own_types() {
+        let big = ProxyError::new(ProxyErrorKind::PayloadTooLarge, "body over 10 bytes");
+        assert_eq!(big.kind.status(), 413);
+        let openai: Value = serde_json::from_str(&big.json_body(Provider::Openai)).unwrap();
+        assert_eq!(openai["error"]["type"], "invalid_request_error");
+        assert_eq!(openai["error"]["code"], "request_too_large");
+        let anthropic: Value = serde_json::from_str(&big.json_body(Provider::Anthropic)).unwrap();
+        assert_eq!(anthropic["error"]["type"], "request_too_large");
+        let gemini: Value = serde_json::from_str(&big.json_body(Provider::Gemini)).unwrap();
+        assert_eq!(gemini["error"]["status"], "INVALID_ARGUMENT");
+        assert_eq!(gemini["error"]["code"], 413);
+        let head = ProxyError::new(ProxyErrorKind::HeadersTooLarge, "head over 10 bytes");
+        assert_eq!(head.kind.status(), 431);
+        let gemini: Value = serde_json::from_str(&head.json_body(Provider::Gemini)).unwrap();
+        assert_eq!(gemini["error"]["status"], "INVALID_ARGUMENT");
     }
 
     #[test]

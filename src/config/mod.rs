@@ -5,6 +5,7 @@
 mod access;
 pub mod duration;
 pub mod env;
+pub mod tls;
 mod validate;
 
 use crate::provider::Provider;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
+pub use tls::{ListenerTls, SniCertificate};
 
 /// The embedded default config: routes to the built-in demo upstream, so Sluice streams out of
 /// the box with no network.
@@ -104,6 +106,9 @@ pub struct Listener {
     /// Also accept cleartext HTTP/2 with prior knowledge (h2c) on this listener.
     #[serde(default)]
     pub h2c: bool,
+    /// Terminate TLS here (TLS 1.2 and 1.3; HTTP/2 and HTTP/1.1 offered by ALPN).
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +126,9 @@ pub struct ServerSettings {
     pub pid_file: String,
     /// Unix socket used to hand listening sockets to a new process on upgrade.
     pub upgrade_sock: String,
+    /// Largest request head (request line and headers, in bytes) forwarded upstream; a larger
+    /// one gets `431`. Pingora itself refuses heads over 1 MiB (or over 256 headers) with `400`.
+    pub max_request_header: usize,
 }
 
 impl Default for ServerSettings {
@@ -131,6 +139,7 @@ impl Default for ServerSettings {
             graceful_shutdown_timeout: Duration::from_secs(5),
             pid_file: "/tmp/sluice.pid".into(),
             upgrade_sock: "/tmp/sluice_upgrade.sock".into(),
+            max_request_header: 64 * 1024,
         }
     }
 }
@@ -143,15 +152,29 @@ pub struct Upstream {
     /// Headers set on every request to this upstream (the provider key goes here).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Longest time to establish the connection (TCP and TLS).
+    /// Longest time to establish the TCP connection.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+    /// Longest TLS handshake (https only), after the TCP connection is up.
+    #[serde(default = "default_tls_handshake_timeout", with = "duration")]
+    pub tls_handshake_timeout: Duration,
     /// How long an idle pooled connection is kept.
     #[serde(default = "default_pool_idle_timeout", with = "duration")]
     pub pool_idle_timeout: Duration,
     /// Verify the upstream's TLS certificate (https only). Turning it off is explicit.
     #[serde(default = "default_true")]
     pub tls_verify: bool,
+    /// CA bundle (PEM) to verify the upstream with instead of the system roots (https only).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Name sent as SNI and checked against the certificate (https only); default: the URL's
+    /// host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Speak HTTP/2 to the upstream: https negotiates it by ALPN (falling back to HTTP/1.1);
+    /// http uses prior knowledge (h2c).
+    #[serde(default)]
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,12 +219,23 @@ pub struct Route {
     /// This route's own per-caller limits, each replacing the top-level one.
     #[serde(default)]
     pub limits: RouteLimits,
+    /// Largest request body in bytes: a larger `Content-Length` gets `413` before anything is
+    /// sent upstream; a chunked body that grows past it is cut off (see the README).
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body: u64,
+}
+
+fn default_max_request_body() -> u64 {
+    10 * 1024 * 1024
 }
 
 fn default_true() -> bool {
     true
 }
 fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_tls_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_pool_idle_timeout() -> Duration {

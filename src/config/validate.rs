@@ -1,7 +1,9 @@
 //! Checks that serde cannot express: references between sections, URL and address shapes.
 
-use super::{AuthSettings, Config, ConfigError, LimitsBackend};
+use super::tls::{self, ListenerCerts};
+use super::{AuthSettings, Config, ConfigError, LimitsBackend, Listener, Upstream};
 use crate::auth::AuthMode;
+use crate::route::{Scheme, UpstreamTarget};
 use std::net::SocketAddr;
 
 fn validate_auth(auth: &AuthSettings, key: &str) -> Result<(), ConfigError> {
@@ -71,6 +73,58 @@ fn validate_limits(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn validate_listener_tls(listener: &Listener, i: usize) -> Result<(), ConfigError> {
+    let Some(tls) = &listener.tls else {
+        return Ok(());
+    };
+    if listener.h2c {
+        return Err(invalid(
+            format!("listen[{i}].h2c"),
+            "a TLS listener offers HTTP/2 by ALPN: remove `h2c` (it is for cleartext listeners)",
+        ));
+    }
+    ListenerCerts::load(tls)
+        .map(|_| ())
+        .map_err(|e| invalid(format!("listen[{i}].tls.{}", e.key), e.message))
+}
+
+fn validate_upstream_tls(
+    name: &str,
+    upstream: &Upstream,
+    target: &UpstreamTarget,
+) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("upstreams.{name}.{field}");
+    if !target.is_tls() {
+        for (field, set) in [
+            ("ca_file", upstream.ca_file.is_some()),
+            ("sni", upstream.sni.is_some()),
+        ] {
+            if set {
+                return Err(invalid(key(field), "only used with an https:// url"));
+            }
+        }
+    }
+    if target.scheme == Scheme::Demo && upstream.http2 {
+        return Err(invalid(key("http2"), "not used with demo://"));
+    }
+    if upstream.tls_handshake_timeout.is_zero() {
+        return Err(invalid(key("tls_handshake_timeout"), "must be more than 0"));
+    }
+    if let Some(sni) = &upstream.sni {
+        tls::check_upstream_sni(sni).map_err(|m| invalid(key("sni"), m))?;
+    }
+    if let Some(ca_file) = &upstream.ca_file {
+        if !upstream.tls_verify {
+            return Err(invalid(
+                key("ca_file"),
+                "not used with `tls_verify: false` (nothing is verified)",
+            ));
+        }
+        tls::load_ca_file(ca_file).map_err(|m| invalid(key("ca_file"), m))?;
+    }
+    Ok(())
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -84,6 +138,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     for (i, listener) in config.listen.iter().enumerate() {
         parse_addr(&listener.addr).map_err(|m| invalid(format!("listen[{i}].addr"), m))?;
+        validate_listener_tls(listener, i)?;
     }
     if let Some(admin) = &config.admin {
         parse_addr(admin).map_err(|m| invalid("admin", m))?;
@@ -91,9 +146,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.server.threads == 0 {
         return Err(invalid("server.threads", "must be at least 1"));
     }
+    if !(1024..=1024 * 1024).contains(&config.server.max_request_header) {
+        return Err(invalid(
+            "server.max_request_header",
+            "must be between 1024 and 1048576 bytes (Pingora refuses larger request heads itself)",
+        ));
+    }
     for (name, upstream) in &config.upstreams {
-        crate::route::UpstreamTarget::parse(&upstream.url)
+        let target = crate::route::UpstreamTarget::parse(&upstream.url)
             .map_err(|m| invalid(format!("upstreams.{name}.url"), m))?;
+        validate_upstream_tls(name, upstream, &target)?;
         for header in upstream.headers.keys() {
             http::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
                 invalid(
@@ -135,6 +197,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "auth".to_string()
         };
         validate_auth(auth, &auth_key)?;
+        if route.max_request_body == 0 {
+            return Err(invalid(
+                format!("routes[{i}].max_request_body"),
+                "must be at least 1 byte",
+            ));
+        }
         if !route.path_prefix.starts_with('/') {
             return Err(invalid(
                 format!("routes[{i}].path_prefix"),

@@ -7,7 +7,10 @@ use http::header::{self, HeaderName};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
-const HOP_BY_HOP: [&str; 8] = [
+/// Removed in both directions, with every header the `Connection` header names. The last two are
+/// meant for a proxy (RFC 9110 §11.7): a client's proxy credentials are not the upstream's, and
+/// an upstream's proxy challenge is not for the client.
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -16,6 +19,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
     "proxy-authorization",
+    "proxy-authenticate",
 ];
 
 fn is_hop_by_hop(name: &HeaderName, connection_tokens: &[String]) -> bool {
@@ -54,6 +58,9 @@ pub struct UpstreamRequest<'a> {
     pub stream: bool,
     /// The client's key is Sluice's own (auth `keys` mode): it never reaches the upstream.
     pub strip_client_key: bool,
+    /// A WebSocket handshake: `Upgrade` and `Connection: upgrade` are kept (the only case where
+    /// they are).
+    pub websocket: bool,
 }
 
 impl UpstreamRequest<'_> {
@@ -77,12 +84,21 @@ impl UpstreamRequest<'_> {
                 || name == header::HOST
                 || name == header::CONTENT_LENGTH
                 || (self.stream && name == header::ACCEPT_ENCODING)
+                // Sluice reads the body before it goes upstream, and answers `100-continue`
+                // itself.
+                || name == header::EXPECT
                 || (self.strip_client_key
                     && crate::auth::CLIENT_KEY_HEADERS.contains(&name.as_str()))
             {
                 continue;
             }
             req.append_header(name.clone(), value.clone())?;
+        }
+        if self.websocket {
+            if let Some(upgrade) = client.headers.get(header::UPGRADE) {
+                req.insert_header(header::UPGRADE, upgrade.clone())?;
+                req.insert_header(header::CONNECTION, "upgrade")?;
+            }
         }
         req.insert_header(header::HOST, self.upstream.target.authority())?;
         req.insert_header(crate::request_id::HEADER, self.request_id)?;
@@ -110,10 +126,21 @@ impl UpstreamRequest<'_> {
     }
 }
 
+/// How the client's response head is shaped from the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseShape {
+    /// The upstream's framing is kept: a chunked body stays chunked, a length stays.
+    Plain,
+    /// A stream (event stream, JSON lines): chunked, never compressed, never cached or buffered.
+    Stream,
+    /// The `101 Switching Protocols` that accepts a WebSocket handshake.
+    Upgrade,
+}
+
 /// The response head sent to the client for the upstream's head.
 pub fn client_response(
     upstream: &ResponseHeader,
-    event_stream: bool,
+    shape: ResponseShape,
     request_id: &str,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<ResponseHeader> {
@@ -123,14 +150,20 @@ pub fn client_response(
     )?;
     let tokens = connection_tokens(&upstream.headers);
     for (name, value) in upstream.headers.iter() {
-        let keep = if event_stream {
-            !is_hop_by_hop(name, &tokens)
-                && name != header::CONTENT_LENGTH
-                && name != header::CONTENT_ENCODING
-                && name != header::CACHE_CONTROL
-        } else {
+        let keep = match shape {
+            ResponseShape::Stream => {
+                !is_hop_by_hop(name, &tokens)
+                    && name != header::CONTENT_LENGTH
+                    && name != header::CONTENT_ENCODING
+                    && name != header::CACHE_CONTROL
+            }
             // The client's framing follows the upstream's: a chunked body stays chunked.
-            name == header::TRANSFER_ENCODING || !is_hop_by_hop(name, &tokens)
+            ResponseShape::Plain => {
+                name == header::TRANSFER_ENCODING || !is_hop_by_hop(name, &tokens)
+            }
+            ResponseShape::Upgrade => {
+                !is_hop_by_hop(name, &tokens) && name != header::CONTENT_LENGTH
+            }
         };
         if keep {
             resp.append_header(name.clone(), value.clone())?;
@@ -140,12 +173,57 @@ pub fn client_response(
     for (name, value) in extra {
         resp.insert_header(name.clone(), value.clone())?;
     }
-    if event_stream {
-        resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
-        resp.insert_header("x-accel-buffering", "no")?;
-        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    match shape {
+        ResponseShape::Stream => {
+            resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
+            resp.insert_header("x-accel-buffering", "no")?;
+            resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        }
+        ResponseShape::Upgrade => {
+            if let Some(upgrade) = upstream.headers.get(header::UPGRADE) {
+                resp.insert_header(header::UPGRADE, upgrade.clone())?;
+            }
+            resp.insert_header(header::CONNECTION, "upgrade")?;
+        }
+        ResponseShape::Plain => {
+            // An HTTP/2 upstream may leave a body unframed; the client still needs to know where
+            // it ends without losing its connection.
+            let framed = upstream.headers.contains_key(header::CONTENT_LENGTH)
+                || upstream.headers.contains_key(header::TRANSFER_ENCODING);
+            let status = upstream.status.as_u16();
+            let has_body = !(status < 200 || status == 204 || status == 304);
+            if !framed && has_body {
+                resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+            }
+        }
     }
     Ok(resp)
+}
+
+/// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 `GET` with `Upgrade: websocket`
+/// and `Connection: upgrade` (tokens in any case, among others).
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req.method == http::Method::GET
+        && asks_for_websocket(&req.headers)
+        && connection_tokens(&req.headers)
+            .iter()
+            .any(|t| t == "upgrade")
+}
+
+/// The request names `websocket` in its `Upgrade` header, whatever its version and method.
+pub fn asks_for_websocket(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.trim()
+                .split('/')
+                .next()
+                .is_some_and(|p| p.eq_ignore_ascii_case("websocket"))
+        })
 }
 
 #[cfg(test)]
@@ -163,8 +241,12 @@ mod tests {
                 http::HeaderValue::from_static("Bearer provider-key"),
             )],
             connect_timeout: Duration::from_secs(1),
+            tls_handshake_timeout: Duration::from_secs(1),
             pool_idle_timeout: Duration::from_secs(1),
             tls_verify: true,
+            ca_file: None,
+            sni: "api.example.com".into(),
+            http2: false,
         }
     }
 
@@ -195,6 +277,7 @@ mod tests {
             body: BodyFraming::Sized(10),
             stream: true,
             strip_client_key: false,
+            websocket: false,
         }
         .build()
         .unwrap();
@@ -230,6 +313,7 @@ mod tests {
             body: BodyFraming::Empty,
             stream: true,
             strip_client_key: true,
+            websocket: false,
         }
         .build()
         .unwrap();
@@ -252,6 +336,7 @@ mod tests {
             },
             stream: false,
             strip_client_key: false,
+            websocket: false,
         }
         .build()
         .unwrap();
@@ -271,7 +356,7 @@ mod tests {
         ] {
             up.append_header(k, v).unwrap();
         }
-        let resp = client_response(&up, true, "rid", &[]).unwrap();
+        let resp = client_response(&up, ResponseShape::Stream, "rid", &[]).unwrap();
         assert_eq!(resp.headers["cache-control"], "no-cache");
         assert_eq!(resp.headers["x-accel-buffering"], "no");
         assert_eq!(resp.headers["x-upstream-id"], "abc");
@@ -279,7 +364,157 @@ mod tests {
         for gone in ["content-length", "content-encoding", "connection"] {
             assert!(!resp.headers.contains_key(gone), "{gone}");
         }
-        let plain = client_response(&up, false, "rid", &[]).unwrap();
+        let plain = client_response(&up, ResponseShape::Plain, "rid", &[]).unwrap();
         assert_eq!(plain.headers["content-length"], "100");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_both_ways() {
+        let spec = spec();
+        let mut client = RequestHeader::build("POST", b"/v1/chat", None).unwrap();
+        for (k, v) in [
+            ("connection", "x-secret, keep-alive"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("proxy-authorization", "Basic cHJveHk="),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("expect", "100-continue"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            client.append_header(k, v).unwrap();
+        }
+        let req = UpstreamRequest {
+            client: &client,
+            upstream: &spec,
+            client_addr: None,
+            request_id: "rid",
+            body: BodyFraming::Sized(3),
+            stream: false,
+            strip_client_key: false,
+            websocket: false,
+        }
+        .build()
+        .unwrap();
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "trailer",
+            "proxy-authorization",
+            "proxy-connection",
+            "upgrade",
+            "expect",
+            "transfer-encoding",
+        ] {
+            assert!(!req.headers.contains_key(gone), "{gone}");
+        }
+        assert_eq!(req.headers["content-length"], "3");
+
+        let mut up = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in [
+            ("connection", "x-up-secret"),
+            ("x-up-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+            ("upgrade", "h2c"),
+            ("content-length", "2"),
+        ] {
+            up.append_header(k, v).unwrap();
+        }
+        for shape in [ResponseShape::Plain, ResponseShape::Stream] {
+            let resp = client_response(&up, shape, "rid", &[]).unwrap();
+            for gone in [
+                "connection",
+                "x-up-secret",
+                "keep-alive",
+                "proxy-authenticate",
+                "upgrade",
+            ] {
+                assert!(!resp.headers.contains_key(gone), "{shape:?} {gone}");
+            }
+        }
+    }
+
+    #[test]
+    fn websocket_handshake_keeps_upgrade_both_ways() {
+        let spec = spec();
+        let mut client = RequestHeader::build("GET", b"/v1/realtime", None).unwrap();
+        for (k, v) in [
+            ("connection", "keep-alive, Upgrade, x-secret"),
+            ("x-secret", "1"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-protocol", "chat"),
+        ] {
+            client.append_header(k, v).unwrap();
+        }
+        assert!(is_websocket_upgrade(&client));
+        let req = UpstreamRequest {
+            client: &client,
+            upstream: &spec,
+            client_addr: None,
+            request_id: "rid",
+            body: BodyFraming::Empty,
+            stream: true,
+            strip_client_key: false,
+            websocket: true,
+        }
+        .build()
+        .unwrap();
+        assert_eq!(req.headers["upgrade"], "websocket");
+        assert_eq!(req.headers["connection"], "upgrade");
+        assert_eq!(req.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(req.headers["sec-websocket-protocol"], "chat");
+        assert!(!req.headers.contains_key("x-secret"));
+
+        let mut up = ResponseHeader::build(101, None).unwrap();
+        for (k, v) in [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ] {
+            up.append_header(k, v).unwrap();
+        }
+        let resp = client_response(&up, ResponseShape::Upgrade, "rid", &[]).unwrap();
+        assert_eq!(resp.status, 101);
+        assert_eq!(resp.headers["upgrade"], "websocket");
+        assert_eq!(resp.headers["connection"], "upgrade");
+        assert_eq!(
+            resp.headers["sec-websocket-accept"],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn websocket_handshake_detection() {
+        let build = |method: &str, headers: &[(&str, &str)]| {
+            let mut req = RequestHeader::build(method, b"/ws", None).unwrap();
+            for (k, v) in headers {
+                req.append_header(k.to_string(), *v).unwrap();
+            }
+            req
+        };
+        let ws = [
+            ("upgrade", "WebSocket"),
+            ("connection", "keep-alive, upgrade"),
+        ];
+        assert!(is_websocket_upgrade(&build("GET", &ws)));
+        assert!(!is_websocket_upgrade(&build("POST", &ws)));
+        assert!(!is_websocket_upgrade(&build(
+            "GET",
+            &[("upgrade", "websocket")]
+        )));
+        assert!(!is_websocket_upgrade(&build(
+            "GET",
+            &[("upgrade", "h2c"), ("connection", "upgrade")]
+        )));
+        let mut old = build("GET", &ws);
+        old.set_version(http::Version::HTTP_10);
+        assert!(!is_websocket_upgrade(&old));
     }
 }

@@ -5,12 +5,8 @@ use crate::usage::ledger::Ledger;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
-
-/// Event streams in flight in this process, across routes.
-pub static STREAMS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 pub struct LedgerKeeper {
     pub ledger: Arc<Ledger>,

@@ -12,6 +12,7 @@ mod proxy;
 mod relay;
 mod responses;
 mod stream_body;
+mod tls;
 mod upstream;
 mod usage_sink;
 
@@ -158,16 +159,18 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         grace_period: config.server.grace_period,
     };
     server.add_service(background_service("drain", drain));
-    let proxy = SluiceProxy::new(
-        router,
-        upstream::Upstreams::new(demo_addr),
-        usage,
-        limiter.clone(),
-    );
+    let upstreams = upstream::Upstreams::new(demo_addr, &router, &server.configuration)?;
+    let proxy = SluiceProxy::new(router, upstreams, usage, limiter.clone());
+    let tls_listeners = tls::TlsListeners::load(config)?;
+    if let Some(keeper) = tls_listeners.keeper() {
+        server.add_service(background_service("tls certificates", keeper));
+    }
     // Pingora sets HTTP/2 cleartext per service: h2c listeners get a service of their own,
     // sharing the proxy's routes, upstream pool and ledger.
     for h2c in [false, true] {
-        let listeners: Vec<_> = config.listen.iter().filter(|l| l.h2c == h2c).collect();
+        let listeners: Vec<_> = (config.listen.iter().enumerate())
+            .filter(|(_, l)| l.h2c == h2c)
+            .collect();
         if listeners.is_empty() {
             continue;
         }
@@ -182,11 +185,15 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
             .name(name)
             .server_options(options)
             .build();
-        for listener in listeners {
+        for (i, listener) in listeners {
             // No L4 write buffer: every write (response head, each event) goes straight to the
             // socket, so nothing waits for a flush.
-            let endpoint = ListenerConfig::tcp(listener.addr.as_str())
+            let mut endpoint = ListenerConfig::tcp(listener.addr.as_str())
                 .l4_buffer(L4BufferSettings::default().write(0));
+            // TLS listeners offer h2 and http/1.1 by ALPN (validation keeps them off h2c).
+            if let Some(tls) = tls_listeners.settings(i)? {
+                endpoint = endpoint.tls(tls);
+            }
             service.add_listener(endpoint);
         }
         server.add_service(service);

@@ -5,21 +5,30 @@
 //! Sluice runs this loop itself instead of Pingora's proxy phases because Pingora's body filters
 //! only run when bytes arrive: heartbeats and clean terminal events need a timer beside the
 //! upstream read (DESIGN.md §4).
+//!
+//! Three kinds of response are streams: event streams (usage read in flight, heartbeats,
+//! terminal error events), JSON lines (a final JSON error line), and WebSocket sessions
+//! (`websocket`). Anything else is relayed chunk by chunk as it is.
+
+mod request;
+mod websocket;
 
 use super::admission;
-use super::headers::{client_response, BodyFraming, UpstreamRequest};
-use super::ledger_keeper::STREAMS_IN_FLIGHT;
-use super::responses::{
-    end_error, end_stream, respond_error, respond_refusal, write_terminal_event, Finish,
+use super::headers::{
+    asks_for_websocket, client_response, is_websocket_upgrade, ResponseShape, UpstreamRequest,
 };
-use super::stream_body;
+use super::responses::{
+    end_error, end_stream, respond_error, respond_refusal, write_terminal_event,
+    write_terminal_line, Finish,
+};
+use super::stream_body::{self, BodyWatch};
 use super::upstream::Upstreams;
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
 use crate::limits::Limiter;
 use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Route;
-use crate::sse::{is_event_stream, request_wants_stream, StreamOutcome};
+use crate::sse::{request_wants_stream, LineBoundary, StreamKind, StreamOutcome};
 use crate::telemetry::METRICS;
 use crate::usage::extract::{
     extractor_for, AutoExtractor, NoExtractor, StreamFormat, UsageExtractor,
@@ -31,14 +40,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
-use std::sync::atomic::Ordering;
+use pingora::upstreams::peer::HttpPeer;
+use request::{BodyError, BodyPrefix, INSPECT_BODY_LIMIT};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Request bodies up to this size are read whole before the request goes upstream, so that a
-/// JSON `"stream": true` can be seen (and `include_usage` added); larger ones stream through
-/// uninspected.
-const INSPECT_BODY_LIMIT: usize = 1024 * 1024;
 
 pub async fn handle(
     upstreams: &Upstreams,
@@ -48,9 +53,20 @@ pub async fn handle(
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
 ) -> Finish {
-    let mut body = match read_body_prefix(down).await {
+    if let Err(error) = request::check_head(route, down) {
+        let body_coming = !request::expects_continue(down.req_header());
+        return refuse(down, ctx, &error, body_coming).await;
+    }
+    if request::answer_expect_continue(down).await.is_err() {
+        ctx.outcome = Some(StreamOutcome::ClientDisconnect);
+        return Finish::Close;
+    }
+    let mut body = match request::read_body_prefix(down, route.max_request_body).await {
         Ok(body) => body,
-        Err(e) => {
+        Err(BodyError::TooLarge) => {
+            return refuse(down, ctx, &request::too_large(route), true).await;
+        }
+        Err(BodyError::Read(e)) => {
             let error = ProxyError::new(
                 ProxyErrorKind::BadRequest,
                 format!("could not read the request body: {e}"),
@@ -58,10 +74,20 @@ pub async fn handle(
             return respond_error(down, ctx, &error).await;
         }
     };
-    let accept = down.req_header().headers.get(http::header::ACCEPT);
+    let websocket = is_websocket_upgrade(down.req_header());
+    if websocket && !body.is_empty() {
+        let error = ProxyError::new(
+            ProxyErrorKind::BadRequest,
+            "a WebSocket handshake has no request body",
+        );
+        return respond_error(down, ctx, &error).await;
+    }
+    let req = down.req_header();
+    let accept = req.headers.get(http::header::ACCEPT).map(|v| v.as_bytes());
     let json = body.complete.then_some(&body.prefix[..]);
-    ctx.stream_request = request_wants_stream(accept.map(|v| v.as_bytes()), json);
-    ctx.format = StreamFormat::from_request(route.provider, down.req_header().uri.path());
+    // A WebSocket session is long-lived: it takes a stream slot like any stream.
+    ctx.stream_request = websocket || request_wants_stream(accept, json, req.uri.path());
+    ctx.format = StreamFormat::from_request(route.provider, req.uri.path());
     if let Err(refusal) = admission::admit(limiter, route, ctx).await {
         return respond_refusal(down, ctx, &refusal).await;
     }
@@ -79,9 +105,10 @@ pub async fn handle(
         body: body.framing(down.req_header()),
         stream: ctx.stream_request,
         strip_client_key: route.auth.strips_client_key(),
+        websocket,
     }
     .build();
-    let request = match request {
+    let mut request = match request {
         Ok(r) => r,
         Err(e) => {
             let error = ProxyError::new(ProxyErrorKind::BadRequest, e.to_string());
@@ -93,24 +120,48 @@ pub async fn handle(
         Ok(connected) => connected,
         Err(error) => return respond_error(down, ctx, &error).await,
     };
-    if let Err(e) = send_request(&mut up, request, body, down).await {
-        METRICS
-            .upstream_errors
-            .with_label_values(&[&route.upstream.name, "request"])
-            .inc();
+    if websocket && !matches!(up, UpstreamSession::H1(_)) {
         let error = ProxyError::new(
             ProxyErrorKind::UpstreamUnavailable,
             format!(
-                "upstream {} failed while sending the request: {e}",
+                "upstream {} speaks HTTP/2: WebSocket needs an HTTP/1.1 upstream",
                 route.upstream.name
             ),
         );
         return respond_error(down, ctx, &error).await;
     }
+    if up.as_http2().is_some() {
+        // HTTP/2 frames the body itself and forbids the header.
+        request.remove_header(&http::header::TRANSFER_ENCODING);
+    }
+    match request::send_request(&mut up, request, body, down, route.max_request_body).await {
+        Ok(()) => {}
+        Err(BodyError::TooLarge) => {
+            // Part of the body is upstream already: dropping the connection aborts the request
+            // there. The client gets a 413 if it still reads, and its connection is closed.
+            drop(up);
+            refuse(down, ctx, &request::too_large(route), true).await;
+            return Finish::Close;
+        }
+        Err(BodyError::Read(e)) => {
+            METRICS
+                .upstream_errors
+                .with_label_values(&[&route.upstream.name, "request"])
+                .inc();
+            let error = ProxyError::new(
+                ProxyErrorKind::UpstreamUnavailable,
+                format!(
+                    "upstream {} failed while sending the request: {e}",
+                    route.upstream.name
+                ),
+            );
+            return respond_error(down, ctx, &error).await;
+        }
+    }
 
     let head_wait = route.policy.idle_timeout.unwrap_or(Duration::MAX);
     let head = tokio::select! {
-        r = up.read_response_header() => r,
+        r = read_final_head(&mut up) => r,
         _ = sleep_for(head_wait) => {
             let error = ProxyError::new(
                 ProxyErrorKind::UpstreamTimeout,
@@ -142,28 +193,48 @@ pub async fn handle(
         .response_header()
         .expect("response header was read")
         .clone();
-    let event_stream = is_event_stream(
+    if upstream_head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        // Only a WebSocket handshake may switch protocols, and only to WebSocket: anything else
+        // would let the client and the upstream talk past Sluice's request handling.
+        if websocket && asks_for_websocket(&upstream_head.headers) {
+            return websocket::run(route, up, &upstream_head, down, ctx).await;
+        }
+        METRICS
+            .upstream_errors
+            .with_label_values(&[&route.upstream.name, "response_header"])
+            .inc();
+        let error = ProxyError::new(
+            ProxyErrorKind::UpstreamUnavailable,
+            format!(
+                "upstream {} switched protocols without a WebSocket handshake to accept",
+                route.upstream.name
+            ),
+        );
+        return respond_error(down, ctx, &error).await;
+    }
+    let kind = StreamKind::of_content_type(
         upstream_head
             .headers
             .get(http::header::CONTENT_TYPE)
             .map(|v| v.as_bytes())
             .unwrap_or_default(),
     );
-    let mut decoder = event_stream.then(|| decoder_for(&upstream_head)).flatten();
-    let client_head = match client_response(
-        &upstream_head,
-        event_stream,
-        &ctx.request_id,
-        &ctx.limit_headers,
-    ) {
-        Ok(h) => h,
-        Err(e) => {
-            let error = ProxyError::new(ProxyErrorKind::UpstreamUnavailable, e.to_string());
-            return respond_error(down, ctx, &error).await;
-        }
+    let mut decoder = kind.and_then(|_| decoder_for(&upstream_head));
+    let shape = match kind {
+        Some(_) => ResponseShape::Stream,
+        None => ResponseShape::Plain,
     };
+    let client_head =
+        match client_response(&upstream_head, shape, &ctx.request_id, &ctx.limit_headers) {
+            Ok(h) => h,
+            Err(e) => {
+                let error = ProxyError::new(ProxyErrorKind::UpstreamUnavailable, e.to_string());
+                return respond_error(down, ctx, &error).await;
+            }
+        };
     ctx.status = client_head.status.as_u16();
-    ctx.event_stream = event_stream;
+    // The access log's `stream`: event streams and JSON lines alike.
+    ctx.event_stream = kind.is_some();
     if down
         .write_response_header(Box::new(client_head))
         .await
@@ -173,8 +244,8 @@ pub async fn handle(
         return Finish::Close;
     }
 
-    if !event_stream {
-        let outcome = stream_body::relay(route, &mut up, down, ctx, None, None).await;
+    let Some(kind) = kind else {
+        let outcome = stream_body::relay(route, &mut up, down, ctx, None, BodyWatch::Plain).await;
         ctx.outcome = Some(outcome);
         return match outcome {
             StreamOutcome::Completed if down.finish_body().await.is_ok() => {
@@ -187,8 +258,75 @@ pub async fn handle(
             // close, as it would with the upstream itself.
             _ => Finish::Close,
         };
+    };
+    let upstream = Connection {
+        upstreams,
+        session: up,
+        peer,
+    };
+    match kind {
+        StreamKind::EventStream => {
+            relay_event_stream(
+                route,
+                usage,
+                upstream,
+                down,
+                ctx,
+                decoder.as_mut(),
+                strip_usage_chunk,
+            )
+            .await
+        }
+        StreamKind::JsonLines | StreamKind::JsonSeq => {
+            relay_json_lines(route, usage, upstream, down, ctx, decoder.as_mut(), kind).await
+        }
     }
+}
 
+/// A JSON error response before anything went upstream; a body the client is still sending is
+/// read and dropped for a moment first, so that the client gets to read the refusal.
+async fn refuse(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    error: &ProxyError,
+    body_coming: bool,
+) -> Finish {
+    let finish = respond_error(down, ctx, error).await;
+    if matches!(finish, Finish::Close) {
+        request::discard_unread_body(down, body_coming).await;
+    }
+    finish
+}
+
+/// The upstream connection a response comes on, and where it goes back to when it ended well.
+struct Connection<'a> {
+    upstreams: &'a Upstreams,
+    session: UpstreamSession,
+    peer: HttpPeer,
+}
+
+impl Connection<'_> {
+    /// A stream that completed goes back to the pool; any other is dropped, never pooled (it
+    /// may be mid-body), which closes it, so a provider whose client left stops generating
+    /// now, before any bookkeeping.
+    async fn finish(self, route: &Route, outcome: StreamOutcome) {
+        if outcome == StreamOutcome::Completed {
+            self.upstreams
+                .release(self.session, &self.peer, route.upstream.pool_idle_timeout)
+                .await;
+        }
+    }
+}
+
+async fn relay_event_stream(
+    route: &Route,
+    usage: &UsageSink,
+    mut upstream: Connection<'_>,
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    decoder: Option<&mut ResponseCompressionCtx>,
+    strip_usage_chunk: bool,
+) -> Finish {
     let mut guard = StreamGuard::new(&route.name);
     let extractor = if usage.inspects() {
         extractor(ctx.format)
@@ -205,25 +343,20 @@ pub async fn handle(
     );
     let mut outcome = stream_body::relay(
         route,
-        &mut up,
+        &mut upstream.session,
         down,
         ctx,
-        decoder.as_mut(),
-        Some(&mut inspector),
+        decoder,
+        BodyWatch::Events(&mut inspector),
     )
     .await;
-    if outcome == StreamOutcome::Completed {
-        upstreams
-            .release(up, &peer, route.upstream.pool_idle_timeout)
-            .await;
-    } else {
-        // Dropped, never pooled: it may be mid-body. Dropping closes it, so a provider whose
-        // client left stops generating now, before any bookkeeping below.
-        drop(up);
-        if inspector.final_reached() && outcome != StreamOutcome::ClientDisconnect {
-            // The provider finished its stream and merely left the connection open.
-            outcome = StreamOutcome::Completed;
-        }
+    upstream.finish(route, outcome).await;
+    if outcome != StreamOutcome::Completed
+        && inspector.final_reached()
+        && outcome != StreamOutcome::ClientDisconnect
+    {
+        // The provider finished its stream and merely left the connection open.
+        outcome = StreamOutcome::Completed;
     }
     ctx.outcome = Some(outcome);
     guard.outcome = outcome;
@@ -256,6 +389,64 @@ pub async fn handle(
             let error = end_error(ended, route);
             let at_boundary = inspector.client_at_event_boundary();
             write_terminal_event(down, ctx, &error, at_boundary).await
+        }
+    }
+}
+
+/// JSON lines (NDJSON, JSON text sequences): relayed like an event stream, without heartbeats or
+/// usage inspection. Sluice ends one it cuts short with a last line of its own, the error in the
+/// route's provider format. Every such response has a usage record (`usage_source: none`),
+/// durable before the client sees the end when the ledger is `before_end`.
+async fn relay_json_lines(
+    route: &Route,
+    usage: &UsageSink,
+    mut upstream: Connection<'_>,
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    decoder: Option<&mut ResponseCompressionCtx>,
+    kind: StreamKind,
+) -> Finish {
+    let mut guard = StreamGuard::new(&route.name);
+    let mut lines = LineBoundary::default();
+    let outcome = stream_body::relay(
+        route,
+        &mut upstream.session,
+        down,
+        ctx,
+        decoder,
+        BodyWatch::Lines(&mut lines),
+    )
+    .await;
+    upstream.finish(route, outcome).await;
+    ctx.outcome = Some(outcome);
+    guard.outcome = outcome;
+    let record = UsageSink::record_for(ctx, None, 0);
+    let client_still_there = outcome != StreamOutcome::ClientDisconnect;
+    usage
+        .record(&record, client_still_there && usage.hold_final_frame())
+        .await;
+    ctx.usage_record = Some(record);
+    match outcome {
+        StreamOutcome::Completed => end_stream(down, ctx, bytes::Bytes::new(), None).await,
+        StreamOutcome::ClientDisconnect => Finish::Close,
+        ended => {
+            let error = end_error(ended, route);
+            write_terminal_line(down, ctx, &error, kind, lines.at_boundary()).await
+        }
+    }
+}
+
+/// Reads the upstream's final response head: informational ones (`100 Continue`, `103 Early
+/// Hints`) are skipped, `101` is final.
+async fn read_final_head(up: &mut UpstreamSession) -> pingora::Result<()> {
+    loop {
+        up.read_response_header().await?;
+        let status = up.response_header().map(|h| h.status);
+        match status {
+            Some(s) if s.is_informational() && s != http::StatusCode::SWITCHING_PROTOCOLS => {
+                continue
+            }
+            _ => return Ok(()),
         }
     }
 }
@@ -341,7 +532,6 @@ struct StreamGuard {
 impl StreamGuard {
     fn new(route: &str) -> Self {
         METRICS.streams_in_flight.with_label_values(&[route]).inc();
-        STREAMS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
         StreamGuard {
             route: route.to_string(),
             outcome: StreamOutcome::ClientDisconnect,
@@ -355,77 +545,12 @@ impl Drop for StreamGuard {
             .streams_in_flight
             .with_label_values(&[&self.route])
             .dec();
-        STREAMS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
         METRICS.stream_finished(&self.route, self.outcome);
     }
 }
 
-/// The request body read so far: whole when `complete`.
-struct BodyPrefix {
-    prefix: BytesMut,
-    complete: bool,
-}
-
-impl BodyPrefix {
-    fn framing(&self, client: &RequestHeader) -> BodyFraming {
-        let declared = client
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let chunked = client.headers.contains_key(http::header::TRANSFER_ENCODING);
-        if !self.complete {
-            BodyFraming::Streamed {
-                content_length: declared,
-            }
-        } else if self.prefix.is_empty() && declared.is_none() && !chunked {
-            BodyFraming::Empty
-        } else {
-            BodyFraming::Sized(self.prefix.len())
-        }
-    }
-}
-
-async fn read_body_prefix(down: &mut ServerSession) -> pingora::Result<BodyPrefix> {
-    let mut prefix = BytesMut::new();
-    while prefix.len() < INSPECT_BODY_LIMIT {
-        match down.read_request_body().await? {
-            Some(chunk) => prefix.extend_from_slice(&chunk),
-            None => {
-                return Ok(BodyPrefix {
-                    prefix,
-                    complete: true,
-                })
-            }
-        }
-    }
-    Ok(BodyPrefix {
-        prefix,
-        complete: false,
-    })
-}
-
-async fn send_request(
-    up: &mut UpstreamSession,
-    request: RequestHeader,
-    body: BodyPrefix,
-    down: &mut ServerSession,
-) -> pingora::Result<()> {
-    up.write_request_header(Box::new(request)).await?;
-    if !body.prefix.is_empty() {
-        up.write_request_body(body.prefix.freeze(), body.complete)
-            .await?;
-    }
-    if !body.complete {
-        while let Some(chunk) = down.read_request_body().await? {
-            up.write_request_body(chunk, false).await?;
-        }
-    }
-    up.finish_request_body().await
-}
-
-/// An event stream the upstream compressed although not asked to: decoded so that the client
-/// gets plain events (gzip has no per-event flush).
+/// A stream the upstream compressed although not asked to: decoded so that the client gets plain
+/// events or lines (gzip has no per-event flush).
 fn decoder_for(upstream_head: &ResponseHeader) -> Option<ResponseCompressionCtx> {
     let encoding = upstream_head.headers.get(http::header::CONTENT_ENCODING)?;
     if encoding.as_bytes().eq_ignore_ascii_case(b"identity") {

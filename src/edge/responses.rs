@@ -1,12 +1,12 @@
 //! What Sluice itself says to a client: JSON error responses before the response head, and the
-//! terminal SSE error event that ends a stream cleanly after it.
+//! terminal SSE error event or JSON line that ends a stream cleanly after it.
 
 use super::admission::Refusal;
 use super::stream_body;
 use super::RequestCtx;
 use crate::provider::{ProxyError, ProxyErrorKind};
 use crate::route::Route;
-use crate::sse::StreamOutcome;
+use crate::sse::{StreamKind, StreamOutcome};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
@@ -91,6 +91,26 @@ pub async fn write_terminal_event(
         out.extend_from_slice(b"\n\n");
     }
     out.extend_from_slice(error.sse_event(ctx.provider).as_bytes());
+    end_stream(down, ctx, out.freeze(), None).await
+}
+
+/// Ends a JSON-lines stream with a last line of Sluice's own: the error in the provider's JSON
+/// format (`{"error":{…}}` for OpenAI and Gemini), then a proper end of body. An upstream line
+/// left half-sent is ended first (`\n`), so the error is a line of its own; it may be invalid
+/// JSON, as it was cut short.
+pub async fn write_terminal_line(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    error: &ProxyError,
+    kind: StreamKind,
+    at_line_boundary: bool,
+) -> Finish {
+    ctx.error = Some(error.message.clone());
+    let mut out = BytesMut::new();
+    if !at_line_boundary {
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(kind.json_record(&error.json_body(ctx.provider)).as_bytes());
     end_stream(down, ctx, out.freeze(), None).await
 }
 

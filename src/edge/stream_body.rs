@@ -1,10 +1,11 @@
 //! The response body loop: every upstream chunk to the client as it arrives, heartbeats while
 //! the upstream is silent, and the ending (idle, max duration, upstream error, client gone)
-//! decided by the relay clock. Event streams go through the usage inspector on the way.
+//! decided by the relay clock. Event streams go through the usage inspector on the way; JSON
+//! lines only have their line ends watched.
 
 use super::RequestCtx;
 use crate::route::Route;
-use crate::sse::{RelayClock, RelayTick, StreamOutcome, HEARTBEAT};
+use crate::sse::{LineBoundary, RelayClock, RelayTick, StreamOutcome, HEARTBEAT};
 use crate::telemetry::METRICS;
 use crate::usage::inspector::StreamInspector;
 use bytes::{Bytes, BytesMut};
@@ -19,6 +20,17 @@ enum RelayEvent {
     ClientGone,
 }
 
+/// What the relay watches in a body on its way to the client.
+pub enum BodyWatch<'a> {
+    /// A plain body: passed as it is.
+    Plain,
+    /// An event stream: read by the usage inspector; heartbeats go between its events.
+    Events(&'a mut StreamInspector),
+    /// JSON lines: where the client's last line ended (no heartbeats: a blank line is not a
+    /// JSON value, and some NDJSON readers fail on one).
+    Lines(&'a mut LineBoundary),
+}
+
 /// Relays the body until it ends one way or another; the caller writes the end.
 pub async fn relay(
     route: &Route,
@@ -26,12 +38,13 @@ pub async fn relay(
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
     mut decoder: Option<&mut ResponseCompressionCtx>,
-    mut inspector: Option<&mut StreamInspector>,
+    mut watch: BodyWatch<'_>,
 ) -> StreamOutcome {
-    let event_stream = inspector.is_some();
+    let event_stream = matches!(watch, BodyWatch::Events(_));
+    let stream = !matches!(watch, BodyWatch::Plain);
     let mut clock = RelayClock::new(route.policy, Instant::now(), event_stream);
     let mut last_chunk: Option<Instant> = None;
-    let series = event_stream.then(|| METRICS.for_stream(&route.name));
+    let series = stream.then(|| METRICS.for_stream(&route.name));
     // An end or error met while gathering ready bytes, handled after those bytes are sent.
     let mut deferred: Option<pingora::Result<Option<Bytes>>> = None;
     loop {
@@ -60,9 +73,10 @@ pub async fn relay(
                     RelayEvent::Tick(RelayTick::MaxDuration) => return StreamOutcome::MaxDuration,
                     RelayEvent::Tick(RelayTick::Heartbeat) => {
                         // A half-sent upstream event postpones the heartbeat.
-                        let at_boundary = inspector
-                            .as_deref()
-                            .is_some_and(StreamInspector::client_at_event_boundary);
+                        let at_boundary = match &watch {
+                            BodyWatch::Events(inspector) => inspector.client_at_event_boundary(),
+                            _ => false,
+                        };
                         if at_boundary {
                             if write(down, ctx, Bytes::from_static(HEARTBEAT))
                                 .await
@@ -106,13 +120,16 @@ pub async fn relay(
                     .observe(now.duration_since(previous).as_secs_f64());
             }
         }
-        let data = match inspector.as_deref_mut() {
-            Some(inspector) if !data.is_empty() => inspector.on_chunk(data),
+        let data = match &mut watch {
+            BodyWatch::Events(inspector) if !data.is_empty() => inspector.on_chunk(data),
             _ => data,
         };
         if !data.is_empty() {
             if let Some(series) = &series {
                 series.stream_bytes.inc_by(data.len() as u64);
+            }
+            if let BodyWatch::Lines(lines) = &mut watch {
+                lines.on_sent(&data);
             }
             if write(down, ctx, data).await.is_err() {
                 return StreamOutcome::ClientDisconnect;
@@ -201,7 +218,7 @@ fn flush_decoder(decoder: Option<&mut ResponseCompressionCtx>) -> Bytes {
         .unwrap_or_default()
 }
 
-async fn sleep_until_deadline(deadline: Option<(Instant, RelayTick)>) -> RelayTick {
+pub(super) async fn sleep_until_deadline(deadline: Option<(Instant, RelayTick)>) -> RelayTick {
     match deadline {
         Some((at, tick)) => {
             tokio::time::sleep_until(at.into()).await;

@@ -1,26 +1,112 @@
 //! Connections to upstreams: peers built from the config, Pingora's connector and its pool.
+//!
+//! https upstreams are verified (unless `tls_verify: false`) against their `ca_file`, else the
+//! system roots, else — on a machine with no CA store — the bundled Mozilla roots. The TCP
+//! connect and the TLS handshake have their own timeouts; `http2` offers HTTP/2 (by ALPN over
+//! TLS, by prior knowledge over cleartext), and pooled HTTP/2 connections carry many streams.
 
 use crate::provider::{ProxyError, ProxyErrorKind};
-use crate::route::{Scheme, UpstreamSpec};
+use crate::route::{Router, Scheme, UpstreamSpec};
 use crate::telemetry::METRICS;
+use async_trait::async_trait;
 use pingora::connectors::http::Connector;
+use pingora::connectors::{ConnectorOptions, L4Connect};
+use pingora::listeners::ALPN;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::tls::CaType;
+use pingora::server::configuration::ServerConf;
+use pingora::upstreams::peer::{HttpPeer, PeerOptions};
+use pingora::utils::tls::{parse_x509, WrappedX509};
+use pingora::{Error, ErrorType};
+use rustls::pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Concurrent streams Sluice opens on one pooled HTTP/2 upstream connection (the server's own
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` still applies).
+const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 pub struct Upstreams {
     connector: Connector,
     /// Where the built-in demo upstream listens, when the config uses one.
     demo_addr: Option<SocketAddr>,
+    /// Connection settings per upstream name, built once.
+    peers: HashMap<String, PeerTemplate>,
+}
+
+/// Everything about a peer but its address.
+#[derive(Clone)]
+struct PeerTemplate {
+    options: PeerOptions,
+    /// Upstreams never share pooled connections (their CA, SNI or timeouts may differ).
+    group_key: u64,
 }
 
 impl Upstreams {
-    pub fn new(demo_addr: Option<SocketAddr>) -> Self {
-        Upstreams {
-            connector: Connector::new(None),
-            demo_addr,
+    /// Loads every https upstream's CA file once and settles where the other ones' roots come
+    /// from.
+    pub fn new(
+        demo_addr: Option<SocketAddr>,
+        router: &Router,
+        server: &ServerConf,
+    ) -> Result<Self, String> {
+        let mut specs: Vec<&UpstreamSpec> = router.routes().map(|r| &*r.upstream).collect();
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        specs.dedup_by(|a, b| a.name == b.name);
+
+        let mut options = ConnectorOptions::from_server_conf(server);
+        let needs_roots = specs
+            .iter()
+            .any(|s| s.target.is_tls() && s.tls_verify && s.ca_file.is_none());
+        let bundled = match pingora::tls::load_native_certs() {
+            Ok(certs) if !certs.is_empty() => None,
+            Ok(_) if needs_roots => {
+                log::warn!(
+                    "no system CA certificates found (install ca-certificates, or set SSL_CERT_FILE): \
+                     https upstreams are verified with the bundled Mozilla roots"
+                );
+                Some(ca_from_der(webpki_root_certs::TLS_SERVER_ROOT_CERTS, true)?)
+            }
+            Ok(_) => None,
+            Err(e) if needs_roots => {
+                return Err(format!(
+                    "cannot load the system CA certificates for https upstreams: {e} \
+                     (check SSL_CERT_FILE and SSL_CERT_DIR, or give the upstreams a ca_file)"
+                ))
+            }
+            Err(_) => {
+                // Pingora's connector would panic loading them; no upstream needs them.
+                options.ca_file = Some("/dev/null".into());
+                None
+            }
+        };
+
+        let mut peers = HashMap::new();
+        for spec in specs {
+            let ca = match (&spec.ca_file, spec.target.is_tls() && spec.tls_verify) {
+                (Some(path), true) => {
+                    let certs = crate::config::tls::load_ca_file(path)
+                        .map_err(|e| format!("upstreams.{}.ca_file: {e}", spec.name))?;
+                    Some(
+                        ca_from_der(&certs, false)
+                            .map_err(|e| format!("upstreams.{}.ca_file: {e}", spec.name))?,
+                    )
+                }
+                (None, true) => bundled.clone(),
+                (_, false) => None,
+            };
+            peers.insert(spec.name.clone(), PeerTemplate::new(spec, ca));
         }
+        Ok(Upstreams {
+            connector: Connector::new(Some(options)),
+            demo_addr,
+            peers,
+        })
     }
 
     async fn resolve(&self, spec: &UpstreamSpec) -> Result<SocketAddr, ProxyError> {
@@ -52,20 +138,20 @@ impl Upstreams {
             .ok_or_else(|| unavailable("no address".into()))
     }
 
-    /// A connection to the upstream, reused from the pool when one is idle there.
+    /// A connection to the upstream, reused from the pool when one is idle there (or, over
+    /// HTTP/2, when a pooled connection has a free stream).
     pub async fn connect(
         &self,
         spec: &UpstreamSpec,
     ) -> Result<(UpstreamSession, HttpPeer), ProxyError> {
         let addr = self.resolve(spec).await?;
-        let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.target.host.clone());
-        peer.options.connection_timeout = Some(spec.connect_timeout);
-        peer.options.total_connection_timeout = Some(spec.connect_timeout);
-        peer.options.idle_timeout = Some(spec.pool_idle_timeout);
-        if !spec.tls_verify {
-            peer.options.verify_cert = false;
-            peer.options.verify_hostname = false;
-        }
+        let template = match self.peers.get(&spec.name) {
+            Some(template) => template.clone(),
+            None => PeerTemplate::new(spec, None),
+        };
+        let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.sni.clone());
+        peer.group_key = template.group_key;
+        peer.options = template.options;
         match self.connector.get_http_session(&peer).await {
             Ok((session, _reused)) => Ok((session, peer)),
             Err(e) => {
@@ -86,5 +172,142 @@ impl Upstreams {
         self.connector
             .release_http_session(session, peer, Some(idle))
             .await;
+    }
+}
+
+impl PeerTemplate {
+    fn new(spec: &UpstreamSpec, ca: Option<Arc<CaType>>) -> PeerTemplate {
+        let mut options = PeerOptions::new();
+        options.idle_timeout = Some(spec.pool_idle_timeout);
+        if spec.target.is_tls() {
+            // Pingora applies `connection_timeout` to the TCP connect and again to the TLS
+            // handshake: Sluice makes the TCP connection itself (bounded by `connect_timeout`)
+            // so that `connection_timeout` bounds the handshake alone.
+            options.custom_l4 = Some(Arc::new(TcpConnect {
+                timeout: spec.connect_timeout,
+            }));
+            options.connection_timeout = Some(spec.tls_handshake_timeout);
+            options.total_connection_timeout =
+                Some(spec.connect_timeout + spec.tls_handshake_timeout);
+            options.verify_cert = spec.tls_verify;
+            options.verify_hostname = spec.tls_verify;
+            options.ca = ca;
+        } else {
+            options.connection_timeout = Some(spec.connect_timeout);
+            options.total_connection_timeout = Some(spec.connect_timeout);
+        }
+        if spec.http2 {
+            options.alpn = if spec.target.is_tls() {
+                ALPN::H2H1
+            } else {
+                ALPN::H2
+            };
+            options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        spec.name.hash(&mut hasher);
+        PeerTemplate {
+            options,
+            group_key: hasher.finish(),
+        }
+    }
+}
+
+/// CA certificates in the form Pingora takes them. Pingora's parser panics on a certificate it
+/// cannot read, so each one is parsed here first: an unreadable one is an error, or skipped
+/// when `skip_unreadable` (the bundled roots).
+fn ca_from_der(certs: &[CertificateDer<'_>], skip_unreadable: bool) -> Result<Arc<CaType>, String> {
+    let mut parsed = Vec::with_capacity(certs.len());
+    for (i, cert) in certs.iter().enumerate() {
+        match x509_parser::parse_x509_certificate(cert) {
+            Ok(_) => parsed.push(WrappedX509::new(cert.to_vec(), parse_x509)),
+            Err(_) if skip_unreadable => {}
+            Err(e) => return Err(format!("certificate {} cannot be parsed: {e}", i + 1)),
+        }
+    }
+    if parsed.is_empty() {
+        return Err("no usable CA certificate".into());
+    }
+    Ok(Arc::from(parsed))
+}
+
+/// The TCP connect of a TLS upstream, bounded by the upstream's `connect_timeout`.
+#[derive(Debug)]
+struct TcpConnect {
+    timeout: Duration,
+}
+
+#[async_trait]
+impl L4Connect for TcpConnect {
+    async fn connect(&self, addr: &PeerAddr) -> pingora::Result<Stream> {
+        let Some(inet) = addr.as_inet() else {
+            return Error::e_explain(ErrorType::SocketError, format!("not a TCP address: {addr}"));
+        };
+        match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(inet)).await {
+            Ok(Ok(tcp)) => Ok(tcp.into()),
+            Ok(Err(e)) => {
+                Error::e_because(ErrorType::ConnectError, format!("TCP connect to {inet}"), e)
+            }
+            Err(_) => Error::e_explain(
+                ErrorType::ConnectTimedout,
+                format!("TCP connect to {inet}: no answer within {:?}", self.timeout),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::UpstreamTarget;
+
+    fn spec(url: &str, http2: bool, tls_verify: bool) -> UpstreamSpec {
+        let target = UpstreamTarget::parse(url).unwrap();
+        UpstreamSpec {
+            name: "u".into(),
+            sni: target.host.clone(),
+            target,
+            headers: Vec::new(),
+            connect_timeout: Duration::from_secs(3),
+            tls_handshake_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(60),
+            tls_verify,
+            ca_file: None,
+            http2,
+        }
+    }
+
+    #[test]
+    fn bundled_roots_are_usable() {
+        // Rebuilt by Pingora for each new connection when used: about 0.1-0.5 ms.
+        let ca = ca_from_der(webpki_root_certs::TLS_SERVER_ROOT_CERTS, true).unwrap();
+        assert!(ca.len() > 100, "{} roots", ca.len());
+        assert!(ca_from_der(&[CertificateDer::from(&b"junk"[..])], false).is_err());
+    }
+
+    #[test]
+    fn peer_settings_follow_the_upstream() {
+        let https = PeerTemplate::new(&spec("https://api.example.com", true, true), None);
+        assert_eq!(https.options.alpn, ALPN::H2H1);
+        assert_eq!(https.options.max_h2_streams, H2_STREAMS_PER_CONNECTION);
+        assert!(https.options.custom_l4.is_some());
+        assert_eq!(
+            https.options.connection_timeout,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            https.options.total_connection_timeout,
+            Some(Duration::from_secs(8))
+        );
+        assert!(https.options.verify_cert && https.options.verify_hostname);
+
+        let unverified = PeerTemplate::new(&spec("https://api.example.com", false, false), None);
+        assert_eq!(unverified.options.alpn, ALPN::H1);
+        assert!(!unverified.options.verify_cert && !unverified.options.verify_hostname);
+
+        let h2c = PeerTemplate::new(&spec("http://127.0.0.1:8080", true, true), None);
+        assert_eq!(h2c.options.alpn, ALPN::H2);
+        assert!(h2c.options.custom_l4.is_none());
+        assert_eq!(h2c.options.connection_timeout, Some(Duration::from_secs(3)));
     }
 }

@@ -20,9 +20,18 @@ pub struct UpstreamSpec {
     pub target: UpstreamTarget,
     /// Headers set on every request, overriding the client's.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// TCP connect.
     pub connect_timeout: std::time::Duration,
+    /// TLS handshake (https), after the TCP connect.
+    pub tls_handshake_timeout: std::time::Duration,
     pub pool_idle_timeout: std::time::Duration,
     pub tls_verify: bool,
+    /// CA bundle to verify an https upstream with; `None`: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name sent as SNI and verified (https): the configured `sni`, else the URL's host.
+    pub sni: String,
+    /// Offer HTTP/2 (https: by ALPN; http: prior knowledge).
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +49,10 @@ pub struct Route {
     pub auth: Arc<Authenticator>,
     /// Per-caller limits: the route's own, else the top-level ones.
     pub limits: StreamLimits,
+    /// Largest request body forwarded upstream, in bytes (`routes[].max_request_body`).
+    pub max_request_body: u64,
+    /// Largest request head forwarded upstream, in bytes (`server.max_request_header`).
+    pub max_request_header: usize,
 }
 
 /// The keys files a config names, loaded once each (routes sharing a file share its reloads).
@@ -58,9 +71,10 @@ impl Router {
             .upstreams
             .iter()
             .map(|(name, u)| {
+                let target = UpstreamTarget::parse(&u.url).expect("validated upstream url");
                 let spec = UpstreamSpec {
                     name: name.clone(),
-                    target: UpstreamTarget::parse(&u.url).expect("validated upstream url"),
+                    target: target.clone(),
                     headers: u
                         .headers
                         .iter()
@@ -72,8 +86,12 @@ impl Router {
                         })
                         .collect(),
                     connect_timeout: u.connect_timeout,
+                    tls_handshake_timeout: u.tls_handshake_timeout,
                     pool_idle_timeout: u.pool_idle_timeout,
                     tls_verify: u.tls_verify,
+                    ca_file: u.ca_file.clone(),
+                    sni: u.sni.clone().unwrap_or_else(|| target.host.clone()),
+                    http2: u.http2,
                 };
                 (name.as_str(), Arc::new(spec))
             })
@@ -109,6 +127,8 @@ impl Router {
                     },
                     include_usage: r.include_usage,
                     usage_comment: r.usage_comment,
+                    max_request_body: r.max_request_body,
+                    max_request_header: config.server.max_request_header,
                     auth: Arc::new(auth),
                     limits,
                 })

@@ -1,24 +1,120 @@
-//! Recognising event streams: responses by their media type, requests by what they ask for.
+//! Recognising streams: responses by their media type (event streams and JSON lines), requests by
+//! what they ask for.
 
 use serde::Deserialize;
+
+/// A response body that is a stream of records, relayed unbuffered and ended cleanly by Sluice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `text/event-stream`: Server-Sent Events.
+    EventStream,
+    /// Newline-delimited JSON (`application/x-ndjson`, `application/ndjson`, `application/jsonl`,
+    /// `application/x-jsonlines`, `application/jsonlines`): one JSON value per `\n`-ended line.
+    JsonLines,
+    /// RFC 7464 JSON text sequences (`application/json-seq`): each record is `RS` (0x1E), a JSON
+    /// value and `\n`.
+    JsonSeq,
+}
+
+impl StreamKind {
+    /// The kind of a response with this `Content-Type` (media type in any case, with or without
+    /// parameters), if it is a stream.
+    pub fn of_content_type(content_type: &[u8]) -> Option<StreamKind> {
+        let media_type = media_type(content_type);
+        if media_type.eq_ignore_ascii_case(b"text/event-stream") {
+            Some(StreamKind::EventStream)
+        } else if JSON_LINES
+            .iter()
+            .any(|t| media_type.eq_ignore_ascii_case(t.as_bytes()))
+        {
+            Some(StreamKind::JsonLines)
+        } else if media_type.eq_ignore_ascii_case(b"application/json-seq") {
+            Some(StreamKind::JsonSeq)
+        } else {
+            None
+        }
+    }
+
+    /// One record of this kind holding `json`: an SSE `data:` event is written elsewhere (it
+    /// depends on the provider), so this is for the JSON-lines kinds.
+    pub fn json_record(self, json: &str) -> String {
+        match self {
+            StreamKind::JsonSeq => format!("\u{1e}{json}\n"),
+            _ => format!("{json}\n"),
+        }
+    }
+}
+
+/// Where the bytes sent to a client of a JSON-lines stream stand: at the end of a line (or before
+/// the first), or inside one. Sluice's own last line must never land inside an upstream line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineBoundary {
+    at_boundary: bool,
+}
+
+impl Default for LineBoundary {
+    fn default() -> Self {
+        LineBoundary { at_boundary: true }
+    }
+}
+
+impl LineBoundary {
+    /// `data` went to the client.
+    pub fn on_sent(&mut self, data: &[u8]) {
+        if let Some(&last) = data.last() {
+            self.at_boundary = last == b'\n';
+        }
+    }
+
+    pub fn at_boundary(&self) -> bool {
+        self.at_boundary
+    }
+}
+
+/// The newline-delimited JSON media types (no registered name exists; these are the ones in use).
+const JSON_LINES: [&str; 5] = [
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "application/jsonlines",
+];
+
+fn media_type(content_type: &[u8]) -> &[u8] {
+    content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+}
 
 /// A response is an event stream when its Content-Type media type is `text/event-stream`, in any
 /// case, with or without parameters.
 pub fn is_event_stream(content_type: &[u8]) -> bool {
-    let media_type = content_type
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default();
-    media_type
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"text/event-stream")
+    StreamKind::of_content_type(content_type) == Some(StreamKind::EventStream)
 }
 
-/// A request asks for a stream when it accepts `text/event-stream` or its JSON body says
-/// `"stream": true`.
-pub fn request_wants_stream(accept: Option<&[u8]>, json_body: Option<&[u8]>) -> bool {
-    let accepts = accept.is_some_and(|accept| accept.split(|&b| b == b',').any(is_event_stream));
-    accepts || json_body.is_some_and(body_sets_stream)
+/// A request asks for a stream when it accepts a stream media type (`text/event-stream` or a
+/// JSON-lines type), when its JSON body says `"stream": true`, when its path is Gemini's
+/// `…:streamGenerateContent`, or when it is an Ollama `…/api/chat` or `…/api/generate` request
+/// (those stream by default) whose body does not say `"stream": false`. `json_body` is the whole
+/// body when it was read (up to 1 MiB), else `None`.
+pub fn request_wants_stream(accept: Option<&[u8]>, json_body: Option<&[u8]>, path: &str) -> bool {
+    let accepts = accept.is_some_and(|accept| {
+        accept
+            .split(|&b| b == b',')
+            .any(|range| StreamKind::of_content_type(range).is_some())
+    });
+    let flag = json_body.and_then(stream_flag);
+    accepts
+        || flag == Some(true)
+        || path.ends_with(":streamGenerateContent")
+        || (streams_by_default(path) && flag != Some(false))
+}
+
+/// Ollama's generation endpoints stream unless the request says `"stream": false`.
+fn streams_by_default(path: &str) -> bool {
+    path.ends_with("/api/chat") || path.ends_with("/api/generate")
 }
 
 #[derive(Deserialize)]
@@ -27,8 +123,11 @@ struct StreamFlag {
     stream: serde_json::Value,
 }
 
-fn body_sets_stream(body: &[u8]) -> bool {
-    serde_json::from_slice::<StreamFlag>(body).is_ok_and(|flag| flag.stream == true)
+/// The body's boolean `"stream"` member, when it is a JSON object that has one.
+fn stream_flag(body: &[u8]) -> Option<bool> {
+    serde_json::from_slice::<StreamFlag>(body)
+        .ok()
+        .and_then(|flag| flag.stream.as_bool())
 }
 
 #[cfg(test)]
@@ -46,19 +145,98 @@ mod tests {
     }
 
     #[test]
+    fn json_lines_kinds() {
+        use StreamKind::*;
+        for (content_type, kind) in [
+            (&b"application/x-ndjson"[..], Some(JsonLines)),
+            (b"Application/X-NDJSON; charset=utf-8", Some(JsonLines)),
+            (b"application/ndjson", Some(JsonLines)),
+            (b"application/jsonl", Some(JsonLines)),
+            (b"application/x-jsonlines", Some(JsonLines)),
+            (b"application/json-seq", Some(JsonSeq)),
+            (b"application/json", None),
+            (b"application/x-ndjsonx", None),
+            (b"text/event-stream", Some(EventStream)),
+        ] {
+            assert_eq!(
+                StreamKind::of_content_type(content_type),
+                kind,
+                "{content_type:?}"
+            );
+        }
+        assert_eq!(JsonLines.json_record("{}"), "{}\n");
+        assert_eq!(JsonSeq.json_record("{}"), "\u{1e}{}\n");
+    }
+
+    #[test]
+    fn line_boundary_follows_the_last_byte_sent() {
+        let mut lines = LineBoundary::default();
+        assert!(lines.at_boundary());
+        lines.on_sent(b"{\"a\":1}\n{\"b\"");
+        assert!(!lines.at_boundary());
+        lines.on_sent(b"");
+        assert!(!lines.at_boundary());
+        lines.on_sent(b":2}\n");
+        assert!(lines.at_boundary());
+    }
+
+    #[test]
     fn requests() {
-        assert!(request_wants_stream(Some(b"text/event-stream"), None));
+        let p = "/v1/chat/completions";
+        assert!(request_wants_stream(Some(b"text/event-stream"), None, p));
         assert!(request_wants_stream(
             Some(b"application/json, text/event-stream;q=0.9"),
-            None
+            None,
+            p
         ));
+        assert!(request_wants_stream(Some(b"application/x-ndjson"), None, p));
         assert!(request_wants_stream(
             None,
-            Some(br#"{"model":"x","stream":true}"#)
+            Some(br#"{"model":"x","stream":true}"#),
+            p
         ));
-        assert!(!request_wants_stream(None, Some(br#"{"stream":false}"#)));
-        assert!(!request_wants_stream(None, Some(br#"{"stream":"true"}"#)));
-        assert!(!request_wants_stream(None, Some(b"not json")));
-        assert!(!request_wants_stream(Some(b"*/*"), None));
+        assert!(!request_wants_stream(None, Some(br#"{"stream":false}"#), p));
+        assert!(!request_wants_stream(
+            None,
+            Some(br#"{"stream":"true"}"#),
+            p
+        ));
+        assert!(!request_wants_stream(None, Some(b"not json"), p));
+        assert!(!request_wants_stream(Some(b"*/*"), None, p));
+        let gemini = "/v1beta/models/gemini-2.0-flash:streamGenerateContent";
+        assert!(request_wants_stream(None, Some(b"{}"), gemini));
+        assert!(!request_wants_stream(
+            None,
+            Some(b"{}"),
+            "/v1beta/models/gemini-2.0-flash:generateContent"
+        ));
+    }
+
+    #[test]
+    fn ollama_generation_streams_unless_told_not_to() {
+        for path in ["/api/chat", "/ollama/api/generate"] {
+            assert!(request_wants_stream(None, Some(br#"{"model":"m"}"#), path));
+            assert!(
+                request_wants_stream(None, None, path),
+                "body too large to read"
+            );
+            assert!(request_wants_stream(None, Some(b""), path));
+            assert!(request_wants_stream(
+                None,
+                Some(br#"{"stream":true}"#),
+                path
+            ));
+            assert!(!request_wants_stream(
+                None,
+                Some(br#"{"stream":false}"#),
+                path
+            ));
+        }
+        assert!(!request_wants_stream(
+            None,
+            Some(br#"{"model":"m"}"#),
+            "/api/tags"
+        ));
+        assert!(!request_wants_stream(None, Some(br#"{}"#), "/api/chat/x"));
     }
 }

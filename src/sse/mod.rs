@@ -1,11 +1,11 @@
-//! Server-Sent Events, free of any network code: recognising event streams, parsing them
-//! incrementally (which also tells where the upstream's events end, so inserted bytes never land
-//! inside one), and the relay's timers.
+//! Server-Sent Events, free of any network code: recognising streams (event streams and JSON
+//! lines), parsing event streams incrementally (which also tells where the upstream's events end,
+//! so inserted bytes never land inside one), and the relay's timers.
 
 mod detect;
 mod parser;
 mod relay_policy;
 
-pub use detect::{is_event_stream, request_wants_stream};
+pub use detect::{is_event_stream, request_wants_stream, LineBoundary, StreamKind};
 pub use parser::{SseEvent, SseParser};
 pub use relay_policy::{RelayClock, RelayPolicy, RelayTick, StreamOutcome, HEARTBEAT};

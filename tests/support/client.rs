@@ -71,6 +71,11 @@ impl Client {
         stream.write_all(body).unwrap();
     }
 
+    /// Writes bytes as they are (a hand-made request head, a body in pieces).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
     pub fn post_json(&mut self, path: &str, body: &str) {
         self.send(
             "POST",

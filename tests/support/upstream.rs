@@ -31,6 +31,16 @@ impl Step {
         )
     }
 
+    /// The head of a chunked response with this `Content-Type` (e.g. `application/x-ndjson`).
+    pub fn chunked_head(content_type: &str) -> Step {
+        Step::Raw(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
+            .into_bytes(),
+        )
+    }
+
     pub fn chunk(data: impl AsRef<[u8]>) -> Step {
         Step::Chunk(data.as_ref().to_vec())
     }

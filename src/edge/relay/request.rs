@@ -1,0 +1,302 @@
+//! The client's request on its way upstream: what is refused before anything is sent (a head or
+//! body over its limit, a path that could climb out of the route), the body read ahead of
+//! forwarding, and the sending itself.
+
+use crate::edge::headers::{asks_for_websocket, BodyFraming};
+use crate::provider::{ProxyError, ProxyErrorKind};
+use crate::route::Route;
+use bytes::BytesMut;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::ServerSession;
+use std::time::Duration;
+
+/// Request bodies up to this size are read whole before the request goes upstream, so that a
+/// JSON `"stream": true` can be seen (and `include_usage` added); larger ones stream through
+/// uninspected.
+pub const INSPECT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The refusals that need only the request head: `431`, `400`, `413`.
+pub fn check_head(route: &Route, down: &ServerSession) -> Result<(), ProxyError> {
+    let req = down.req_header();
+    let size = head_size(req);
+    if size > route.max_request_header {
+        return Err(ProxyError::new(
+            ProxyErrorKind::HeadersTooLarge,
+            format!(
+                "the request head is {size} bytes, over this server's limit of {} bytes",
+                route.max_request_header
+            ),
+        ));
+    }
+    if let Some(why) = unsafe_path(req.uri.path()) {
+        return Err(ProxyError::new(
+            ProxyErrorKind::BadRequest,
+            format!("the request path is refused: {why}"),
+        ));
+    }
+    if down.is_http2() && asks_for_websocket(&req.headers) {
+        return Err(ProxyError::new(
+            ProxyErrorKind::BadRequest,
+            "WebSocket is only relayed over HTTP/1.1 (HTTP/2 extended CONNECT is not supported)",
+        ));
+    }
+    if let Some(declared) = declared_length(req) {
+        if declared > route.max_request_body {
+            return Err(too_large(route));
+        }
+    }
+    Ok(())
+}
+
+pub fn too_large(route: &Route) -> ProxyError {
+    ProxyError::new(
+        ProxyErrorKind::PayloadTooLarge,
+        format!(
+            "the request body is over this route's limit of {} bytes",
+            route.max_request_body
+        ),
+    )
+}
+
+/// The request line and headers, counted as they are on the wire (HTTP/1.1 framing).
+pub fn head_size(req: &RequestHeader) -> usize {
+    // "METHOD SP target SP HTTP/1.1 CRLF", then "name: value CRLF" each, then CRLF.
+    let line = req.method.as_str().len() + 1 + req.raw_path().len() + 11;
+    let headers: usize = req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    line + headers + 2
+}
+
+/// Why a path is refused, if it is: a `.` or `..` segment, written plainly or percent-encoded
+/// (`%2e`), including segments that only appear once an encoded `/` or `\` (`%2f`, `%5c`) or a
+/// raw `\` is read as a separator. An upstream that resolves such a path could serve something
+/// outside the route's prefix or the upstream's base path.
+pub fn unsafe_path(path: &str) -> Option<&'static str> {
+    let bytes = path.as_bytes();
+    let mut normalized = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) if matches!(high << 4 | low, b'.' | b'/' | b'\\') => {
+                    let decoded = high << 4 | low;
+                    i += 3;
+                    normalized.push(if decoded == b'.' { b'.' } else { b'/' });
+                    continue;
+                }
+                _ => b'%',
+            },
+            b'\\' => b'/',
+            other => other,
+        };
+        normalized.push(byte);
+        i += 1;
+    }
+    normalized
+        .split(|&b| b == b'/')
+        .any(|segment| segment == b"." || segment == b"..")
+        .then_some("it has a `.` or `..` segment (plain or percent-encoded)")
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|d| d as u8)
+}
+
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// An HTTP/1.1 client that sent `Expect: 100-continue` waits for it before sending its body:
+/// Sluice reads the body before going upstream, so it answers itself (after the head passed
+/// [`check_head`], so a body over the limit is refused before it is sent at all).
+pub async fn answer_expect_continue(down: &mut ServerSession) -> pingora::Result<()> {
+    if expects_continue(down.req_header()) && !down.is_http2() && !down.is_body_done() {
+        down.write_continue_response().await?;
+    }
+    Ok(())
+}
+
+/// How long, and how much of, a refused body is read and dropped before the connection closes.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+
+/// After a refusal (its response already written), a client still sending its body would see
+/// its connection reset, often before it read the refusal: what it sends is read and dropped
+/// for a moment (at most [`LINGER`] and [`LINGER_BYTES`]) before the connection is closed, as
+/// nginx's lingering close does. `body_coming`: false when the client waits for a
+/// `100 Continue` it never got, and so sends nothing.
+pub async fn discard_unread_body(down: &mut ServerSession, body_coming: bool) {
+    if !body_coming || down.is_http2() || down.is_body_done() {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut dropped = 0u64;
+        while let Ok(Some(chunk)) = down.read_request_body().await {
+            dropped += chunk.len() as u64;
+            if dropped > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The client sent `Expect: 100-continue`: it waits for a `100 Continue` before its body.
+pub fn expects_continue(req: &RequestHeader) -> bool {
+    // HTTP/1.0 clients never get a 100 (RFC 9110 §15.2).
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The request body read so far: whole when `complete`.
+pub struct BodyPrefix {
+    pub prefix: BytesMut,
+    pub complete: bool,
+}
+
+pub enum BodyError {
+    Read(pingora::BError),
+    TooLarge,
+}
+
+impl BodyPrefix {
+    pub fn framing(&self, client: &RequestHeader) -> BodyFraming {
+        let declared = client
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let chunked = client.headers.contains_key(http::header::TRANSFER_ENCODING);
+        if !self.complete {
+            BodyFraming::Streamed {
+                content_length: declared,
+            }
+        } else if self.prefix.is_empty() && declared.is_none() && !chunked {
+            BodyFraming::Empty
+        } else {
+            BodyFraming::Sized(self.prefix.len())
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.complete && self.prefix.is_empty()
+    }
+}
+
+/// Reads the body up to [`INSPECT_BODY_LIMIT`] (whole if it is no larger); one that grows past
+/// `max` is refused here, before anything went upstream.
+pub async fn read_body_prefix(down: &mut ServerSession, max: u64) -> Result<BodyPrefix, BodyError> {
+    let mut prefix = BytesMut::new();
+    while prefix.len() < INSPECT_BODY_LIMIT {
+        match down.read_request_body().await.map_err(BodyError::Read)? {
+            Some(chunk) => {
+                prefix.extend_from_slice(&chunk);
+                if prefix.len() as u64 > max {
+                    return Err(BodyError::TooLarge);
+                }
+            }
+            None => {
+                return Ok(BodyPrefix {
+                    prefix,
+                    complete: true,
+                })
+            }
+        }
+    }
+    Ok(BodyPrefix {
+        prefix,
+        complete: false,
+    })
+}
+
+/// Writes the request upstream: head, the body read so far, then the rest of the body as the
+/// client sends it, stopping with [`BodyError::TooLarge`] when it grows past `max` (the caller
+/// then drops the upstream connection, which aborts the request there).
+pub async fn send_request(
+    up: &mut UpstreamSession,
+    request: RequestHeader,
+    body: BodyPrefix,
+    down: &mut ServerSession,
+    max: u64,
+) -> Result<(), BodyError> {
+    up.write_request_header(Box::new(request))
+        .await
+        .map_err(BodyError::Read)?;
+    let mut sent = body.prefix.len() as u64;
+    if !body.prefix.is_empty() {
+        up.write_request_body(body.prefix.freeze(), body.complete)
+            .await
+            .map_err(BodyError::Read)?;
+    }
+    if !body.complete {
+        while let Some(chunk) = down.read_request_body().await.map_err(BodyError::Read)? {
+            sent += chunk.len() as u64;
+            if sent > max {
+                return Err(BodyError::TooLarge);
+            }
+            up.write_request_body(chunk, false)
+                .await
+                .map_err(BodyError::Read)?;
+        }
+    }
+    up.finish_request_body().await.map_err(BodyError::Read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_refused_in_every_spelling() {
+        for path in [
+            "/v1/../admin",
+            "/v1/./chat",
+            "/v1/..",
+            "/v1/%2e%2e/admin",
+            "/v1/%2E%2e/admin",
+            "/v1/.%2e/admin",
+            "/v1/..%2fadmin",
+            "/v1/..%2F..%2Fadmin",
+            "/v1/..%5cadmin",
+            "/v1/..\\admin",
+            "/v1/%2e/x",
+        ] {
+            assert!(unsafe_path(path).is_some(), "{path}");
+        }
+        for path in [
+            "/v1/chat/completions",
+            "/v1/files/a%2Fb",
+            "/v1/..x/y",
+            "/v1/x../y",
+            "/v1/.well-known/x",
+            "//v1//chat",
+            "/v1/100%",
+            "/v1/%2",
+            "/v1/%zz",
+            "/v1/models/gemini:streamGenerateContent",
+        ] {
+            assert!(unsafe_path(path).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn head_size_counts_line_and_headers() {
+        let mut req = RequestHeader::build("GET", b"/v1/x", None).unwrap();
+        req.append_header("host", "a").unwrap();
+        // "GET /v1/x HTTP/1.1\r\n" (20) + "host: a\r\n" (9) + "\r\n" (2)
+        assert_eq!(head_size(&req), 31);
+    }
+}

@@ -1,0 +1,453 @@
+//! Sluice is a reverse proxy, never an open one: requests that name another host (absolute-form
+//! targets, forged `Host`, `CONNECT`, `@` tricks) reach only the configured upstream or are
+//! refused; paths that climb (`..`, `%2e%2e`) are refused; hop-by-hop headers stop at Sluice in
+//! both directions; request heads and bodies over their limits are refused before they reach the
+//! upstream; and client keys never appear in the access log.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{free_port, sluice_bin, Client, Sluice, Step, TempDir, Upstream};
+
+fn ok_upstream() -> Upstream {
+    Upstream::start(|_| vec![Step::sized(200, "application/json", br#"{"ok":true}"#)])
+}
+
+/// Sluice with `server_extra` under `server:` and `rest` (upstreams, routes, …) as given.
+fn start(server_extra: &str, rest: &str) -> Sluice {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = TempDir::new();
+    let yaml = format!(
+        "listen:\n  - addr: {addr}\nadmin: {admin}\nserver:\n  threads: 2\n  pid_file: {pid}\n  upgrade_sock: {sock}\n{server_extra}usage:\n  ledger: {ledger}\n{rest}",
+        pid = dir.path.join("sluice.pid").display(),
+        sock = dir.path.join("upgrade.sock").display(),
+        ledger = dir.path.join("usage.jsonl").display(),
+    );
+    Sluice::start_with_config(&yaml, addr, admin, dir)
+}
+
+fn one_route(upstream: &Upstream, route: &str) -> String {
+    format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n{route}",
+        upstream.url()
+    )
+}
+
+/// Sends a hand-made request head on a new connection and reads the response.
+fn raw(sluice: &Sluice, head: &str) -> support::client::Response {
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(head.as_bytes());
+    client.read_response()
+}
+
+#[test]
+fn requests_naming_other_hosts_reach_only_the_configured_upstream_or_are_refused() {
+    let upstream = ok_upstream();
+    let other = ok_upstream();
+    let sluice = start("", &one_route(&upstream, ""));
+    let own = upstream.addr.to_string();
+    let elsewhere = other.addr.to_string();
+
+    // Forwarded to the configured upstream, with its own Host, whatever the client named.
+    let forwarded = [
+        format!("GET http://{elsewhere}/v1/x HTTP/1.1\r\nHost: {elsewhere}\r\n\r\n"),
+        format!("GET /v1/x HTTP/1.1\r\nHost: {elsewhere}\r\n\r\n"),
+        format!("GET /v1/x HTTP/1.1\r\nHost: {elsewhere}\r\nX-Forwarded-Host: {elsewhere}\r\n\r\n"),
+        format!("GET /v1/x@{elsewhere}/y HTTP/1.1\r\nHost: sluice.test\r\n\r\n"),
+        "GET /v1//x HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
+        "GET /v1/x HTTP/1.1\r\n\r\n".to_string(),
+        // In origin form this is a path, not an authority.
+        format!("GET //{elsewhere}/v1/x HTTP/1.1\r\nHost: sluice.test\r\n\r\n"),
+    ];
+    for head in &forwarded {
+        let response = raw(&sluice, head);
+        assert_eq!(response.status, 200, "{head:?}: {}", response.text());
+    }
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), forwarded.len());
+    for request in &requests {
+        assert_eq!(request.header("host"), Some(own.as_str()), "{request:?}");
+        assert!(request.path.contains("/v1/"), "{request:?}");
+    }
+    assert_eq!(
+        requests[0].path, "/v1/x",
+        "the absolute form's authority is dropped"
+    );
+    assert_eq!(
+        requests[4].path, "/v1//x",
+        "double slashes reach the upstream unchanged"
+    );
+    assert_eq!(requests[6].path, format!("//{elsewhere}/v1/x"));
+
+    // Refused, by Pingora (400, or 405 for CONNECT) or by Sluice (a JSON 4xx).
+    let refused = [
+        format!("GET http://{elsewhere}/v1/x HTTP/1.1\r\nHost: sluice.test\r\n\r\n"),
+        format!("GET http://user@{elsewhere}/v1/x HTTP/1.1\r\nHost: user@{elsewhere}\r\n\r\n"),
+        format!("GET /v1/x HTTP/1.1\r\nHost: sluice.test@{elsewhere}\r\n\r\n"),
+        format!("GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\nHost: {elsewhere}\r\n\r\n"),
+        format!("CONNECT {elsewhere} HTTP/1.1\r\nHost: {elsewhere}\r\n\r\n"),
+        "OPTIONS * HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
+        "GET /v1/../admin HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
+        "GET /v1/%2e%2e/admin HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
+        "GET /v1/%2E%2E%2Fadmin HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
+        "GET /v1/..%2f..%2fadmin HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
+        "GET /v1/./x HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
+    ];
+    for head in &refused {
+        let response = raw(&sluice, head);
+        assert!(
+            (400..500).contains(&response.status),
+            "{head:?}: {} {}",
+            response.status,
+            response.text()
+        );
+        // Sluice's own refusals are JSON; Pingora's (malformed authority: 400, CONNECT: 405)
+        // come with an empty body.
+        if !response.body.is_empty() {
+            let error: Value = response.json();
+            assert!(error["error"]["message"].is_string(), "{error}");
+        }
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        forwarded.len(),
+        "no refused request was forwarded"
+    );
+    assert_eq!(
+        raw(&sluice, &refused[4]).status,
+        405,
+        "CONNECT is Pingora's 405"
+    );
+    for head in &refused[6..] {
+        let response = raw(&sluice, head);
+        assert_eq!(
+            response.status, 400,
+            "{head:?}: dot segments are Sluice's own 400"
+        );
+        assert_eq!(response.json()["error"]["code"], "bad_request");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        other.log.lock().unwrap().connections,
+        0,
+        "the other listener was never contacted"
+    );
+}
+
+#[test]
+fn hop_by_hop_headers_stop_at_sluice_both_ways() {
+    let upstream = Upstream::start(|_| {
+        vec![Step::Raw(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: keep-alive, x-up-secret\r\nx-up-secret: 1\r\nkeep-alive: timeout=5\r\nproxy-authenticate: Basic realm=up\r\nx-up-public: yes\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+                .to_vec(),
+        )]
+    });
+    let sluice = start("", &one_route(&upstream, ""));
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(
+        b"POST /v1/x HTTP/1.1\r\nHost: sluice.test\r\nConnection: keep-alive, x-secret\r\nX-Secret: hidden\r\nKeep-Alive: timeout=5\r\nTE: trailers, deflate\r\nTrailer: x-t\r\nProxy-Authorization: Basic cHJveHk6cHc=\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Public: yes\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    let response = client.read_response();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"{}");
+    for gone in ["x-up-secret", "keep-alive", "proxy-authenticate"] {
+        assert_eq!(response.header(gone), None, "{gone} reached the client");
+    }
+    assert_eq!(response.header("x-up-public"), Some("yes"));
+    assert_eq!(
+        response.header("transfer-encoding"),
+        Some("chunked"),
+        "the client's framing follows the upstream's"
+    );
+    let request = &upstream.requests()[0];
+    for gone in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+        "transfer-encoding",
+    ] {
+        assert_eq!(request.header(gone), None, "{gone} reached the upstream");
+    }
+    assert_eq!(request.header("x-public"), Some("yes"));
+    assert_eq!(request.header("content-length"), Some("5"));
+    assert_eq!(request.body, b"hello");
+}
+
+#[test]
+fn oversized_request_heads_never_reach_the_upstream() {
+    let upstream = ok_upstream();
+    let sluice = start(
+        "  max_request_header: 16384\n",
+        &one_route(&upstream, "    provider: anthropic\n"),
+    );
+    // Over Sluice's limit: its own 431, in the route's provider format.
+    let big = "a".repeat(20_000);
+    let response = raw(
+        &sluice,
+        &format!("GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\nX-Big: {big}\r\n\r\n"),
+    );
+    assert_eq!(response.status, 431, "{}", response.text());
+    let error = response.json();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    // Just under it: forwarded.
+    let fits = "a".repeat(16_000);
+    let response = raw(
+        &sluice,
+        &format!("GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\nX-Big: {fits}\r\n\r\n"),
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream.requests().len(), 1);
+
+    // Over Pingora's own limits (1 MiB head, 256 headers): a bare 400 and a closed connection,
+    // or a reset while the client is still writing. Nothing is forwarded, nothing crashes.
+    let huge = format!(
+        "GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\nX-Huge: {}\r\n\r\n",
+        "a".repeat(2 * 1024 * 1024)
+    );
+    let many: String = (0..300).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+    let many = format!("GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\n{many}\r\n");
+    for head in [huge, many] {
+        let mut stream = TcpStream::connect(sluice.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = stream.write_all(head.as_bytes());
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{}",
+            &answer[..answer.len().min(200)]
+        );
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "no oversized head was forwarded"
+    );
+    let response = raw(&sluice, "GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\n\r\n");
+    assert_eq!(response.status, 200, "Sluice still serves");
+}
+
+#[test]
+fn request_bodies_over_the_route_limit_are_refused() {
+    let upstream = ok_upstream();
+    let sluice = start(
+        "",
+        &format!(
+            "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /small/\n    upstream: up\n    max_request_body: 1000\n  - path_prefix: /anthropic/\n    upstream: up\n    provider: anthropic\n    max_request_body: 1000\n  - path_prefix: /large/\n    upstream: up\n    max_request_body: 1500000\n",
+            upstream.url()
+        ),
+    );
+
+    // A declared length over the limit: 413 at once, before any body byte is sent.
+    for (path, check) in [
+        ("/small/v1/chat/completions", "openai"),
+        ("/anthropic/v1/messages", "anthropic"),
+    ] {
+        let mut client = Client::connect(sluice.addr);
+        let asked = Instant::now();
+        client.send_raw(
+            format!("POST {path} HTTP/1.1\r\nHost: sluice.test\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n").as_bytes(),
+        );
+        let response = client.read_response();
+        assert!(asked.elapsed() < Duration::from_millis(500));
+        assert_eq!(response.status, 413, "{}", response.text());
+        let error = response.json();
+        match check {
+            "openai" => {
+                assert_eq!(error["error"]["type"], "invalid_request_error");
+                assert_eq!(error["error"]["code"], "request_too_large");
+            }
+            _ => assert_eq!(error["error"]["type"], "request_too_large"),
+        }
+        assert!(client.closed_within(Duration::from_secs(2)));
+    }
+
+    // A client that writes its whole (too large) body before it reads still gets the 413: what
+    // it sends meanwhile is read and dropped for a moment before its connection is closed
+    // (a close with unread bytes resets the connection; some client stacks then drop the 413).
+    for _ in 0..2 {
+        let mut client = Client::connect(sluice.addr);
+        let mut request =
+            b"POST /small/x HTTP/1.1\r\nHost: sluice.test\r\nContent-Length: 5000000\r\n\r\n"
+                .to_vec();
+        request.extend_from_slice(&[b'z'; 5_000_000]);
+        let _ = client.stream().write_all(&request);
+        assert_eq!(client.read_response().status, 413);
+    }
+
+    // `Expect: 100-continue`: a body within the limit is invited, one over it refused first.
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(b"POST /small/x HTTP/1.1\r\nHost: sluice.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    let continue_head = client.read_head();
+    assert_eq!(continue_head.status, 100);
+    client.send_raw(b"hello");
+    let response = client.read_response();
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream.requests()[0].body, b"hello");
+    assert_eq!(upstream.requests()[0].header("expect"), None);
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(b"POST /small/x HTTP/1.1\r\nHost: sluice.test\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n");
+    assert_eq!(client.read_response().status, 413);
+
+    // A chunked body that grows past the limit while it is read ahead: 413, nothing forwarded.
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(
+        b"POST /small/x HTTP/1.1\r\nHost: sluice.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    for _ in 0..3 {
+        client.send_raw(format!("190\r\n{}\r\n", "x".repeat(400)).as_bytes());
+    }
+    let response = client.read_response();
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert_eq!(upstream.requests().len(), 1);
+
+    // Past 1 MiB the body streams upstream; when it grows past the limit the upstream request
+    // is aborted (its connection closed) and so is the client's.
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(
+        b"POST /large/x HTTP/1.1\r\nHost: sluice.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    let mut writer = client.stream().try_clone().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "y".repeat(64 * 1024));
+        for _ in 0..48 {
+            if writer.write_all(chunk.as_bytes()).is_err() {
+                return;
+            }
+        }
+        let _ = writer.write_all(b"0\r\n\r\n");
+    });
+    let closed = upstream.wait_closed(Duration::from_secs(5));
+    assert!(closed.is_some(), "the upstream request was aborted");
+    let _ = feeder.join();
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the cut-off request never arrived whole upstream"
+    );
+    let mut rest = Vec::new();
+    let _ = client
+        .stream()
+        .set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = client.stream().read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 413"),
+        "{}",
+        &rest[..rest.len().min(200)]
+    );
+}
+
+#[test]
+fn client_keys_never_appear_in_the_access_log() {
+    let upstream = ok_upstream();
+    let dir = TempDir::new();
+    let keys = dir.path.join("keys.yaml");
+    std::fs::write(&keys, "keys: []\n").unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let yaml = format!(
+        "listen:\n  - addr: {addr}\nserver:\n  pid_file: {pid}\n  upgrade_sock: {sock}\nupstreams:\n  up:\n    url: {url}\nroutes:\n  - path_prefix: /open/\n    upstream: up\n  - path_prefix: /keys/\n    upstream: up\n    auth: {{ mode: keys, keys_file: {keys} }}\n  - path_prefix: /pass/\n    upstream: up\n    auth: {{ mode: passthrough }}\n",
+        pid = dir.path.join("sluice.pid").display(),
+        sock = dir.path.join("upgrade.sock").display(),
+        url = upstream.url(),
+        keys = keys.display(),
+    );
+    let config = dir.path.join("sluice.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let stdout = dir.path.join("stdout.log");
+    let stderr = dir.path.join("stderr.log");
+    let mut child = Command::new(sluice_bin())
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "sluice did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let secrets = [
+        "sk-secret-bearer-1",
+        "sk-secret-xapi-2",
+        "sk-secret-goog-3",
+        "sk-secret-query-4",
+    ];
+    let mut sent = 0;
+    for prefix in ["/open", "/keys", "/pass", "/nowhere"] {
+        let mut client = Client::connect(addr);
+        client.send_raw(
+            format!(
+                "GET {prefix}/v1/models?alt=sse&key={} HTTP/1.1\r\nHost: sluice.test\r\nAuthorization: Bearer {}\r\nx-api-key: {}\r\nx-goog-api-key: {}\r\n\r\n",
+                secrets[3], secrets[0], secrets[1], secrets[2]
+            )
+            .as_bytes(),
+        );
+        let response = client.read_response();
+        assert!(response.status > 0);
+        sent += 1;
+    }
+    // Each key alone, in the keys-mode route (refused: unknown key).
+    for header in ["authorization: Bearer", "x-api-key:", "x-goog-api-key:"] {
+        let mut client = Client::connect(addr);
+        client.send_raw(
+            format!("GET /keys/v1/x HTTP/1.1\r\nHost: sluice.test\r\n{header} sk-secret-alone-5\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(client.read_response().status, 401);
+        sent += 1;
+    }
+    // The access log is written as each request ends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = std::fs::read_to_string(&stdout).unwrap();
+        if log.lines().count() >= sent || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        log.lines().count(),
+        sent,
+        "one access-log line per request:\n{log}"
+    );
+    for line in log.lines() {
+        let record: Value = serde_json::from_str(line).expect("an access-log line is JSON");
+        assert!(record["path"].as_str().unwrap().contains("/v1/"));
+    }
+    for secret in secrets.iter().chain(&["sk-secret-alone-5", "sk-secret"]) {
+        assert!(
+            !log.contains(secret),
+            "{secret} is in the access log:\n{log}"
+        );
+    }
+    let errors = std::fs::read_to_string(&stderr).unwrap();
+    for secret in secrets.iter().chain(&["sk-secret-alone-5"]) {
+        assert!(
+            !errors.contains(secret),
+            "{secret} is in the error log:\n{errors}"
+        );
+    }
+    // The upstream did get the keys of the routes that forward them (none and passthrough).
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[0].path.contains(secrets[3]));
+}

@@ -1,0 +1,543 @@
+//! WebSocket passthrough through the real binary: the handshake both ways, echoes in both
+//! directions with no buffering, server push, closes in both directions, the idle timeout and
+//! max duration, and the stream slot a session holds. The WebSocket framing here is hand-rolled
+//! (RFC 6455 §5.2): just enough to talk to the echo upstream below.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{Client, Sluice};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+
+// ---- frames -------------------------------------------------------------------------------
+
+fn encode(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n < 65536 => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// One frame from the start of `buf`: (opcode, payload, frame length), or `None` if incomplete.
+fn decode(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let opcode = buf[0] & 0x0f;
+    let masked = buf[1] & 0x80 != 0;
+    let (len, mut at) = match buf[1] & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let key = if masked {
+        let key: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
+        at += 4;
+        Some(key)
+    } else {
+        None
+    };
+    let payload = buf.get(at..at + len)?;
+    let payload = match key {
+        Some(key) => payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect(),
+        None => payload.to_vec(),
+    };
+    Some((opcode, payload, at + len))
+}
+
+// ---- the upstream: an echo server, or a pusher ----------------------------------------------
+
+#[derive(Default)]
+struct WsLog {
+    heads: Vec<String>,
+    /// When each pushed message was written.
+    pushed: Vec<Instant>,
+    /// When Sluice's connection to the upstream was seen closed.
+    closed: Vec<Instant>,
+}
+
+struct WsUpstream {
+    addr: SocketAddr,
+    log: Arc<Mutex<WsLog>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl WsUpstream {
+    fn start() -> WsUpstream {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(WsLog::default()));
+        let accept_log = log.clone();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                stream.set_nodelay(true).unwrap();
+                tokio::spawn(serve(stream, accept_log.clone()));
+            }
+        });
+        WsUpstream {
+            addr,
+            log,
+            _runtime: runtime,
+        }
+    }
+
+    fn head(&self, i: usize) -> String {
+        self.log.lock().unwrap().heads[i].clone()
+    }
+
+    fn wait_closed(&self, n: usize, wait: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(at) = self.log.lock().unwrap().closed.get(n - 1).copied() {
+                return Some(at);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+async fn serve(mut stream: tokio::net::TcpStream, log: Arc<Mutex<WsLog>>) {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+            log.lock().unwrap().closed.push(Instant::now());
+            return;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    buf.drain(..head_end);
+    log.lock().unwrap().heads.push(head.clone());
+    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    if path.starts_with("/refuse") {
+        let body = br#"{"error":"no websocket for you"}"#;
+        let reply = format!(
+            "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.write_all(body).await;
+        return;
+    }
+    let reply = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\r\n";
+    // The first frame goes out in the same write as the 101 (a greeting), as servers may do.
+    let mut first = reply.as_bytes().to_vec();
+    first.extend(encode(TEXT, b"hello", None));
+    if stream.write_all(&first).await.is_err() {
+        return;
+    }
+    let (mut reader, mut writer) = stream.into_split();
+    if path.starts_with("/push") {
+        // A message every 50 ms without any client input, then a close (`/push-forever`: no
+        // end).
+        let push_log = log.clone();
+        let forever = path.starts_with("/push-forever");
+        tokio::spawn(async move {
+            let mut i = 0;
+            while forever || i < 6 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let frame = encode(TEXT, format!("tick {i}").as_bytes(), None);
+                if writer.write_all(&frame).await.is_err() {
+                    return;
+                }
+                push_log.lock().unwrap().pushed.push(Instant::now());
+                i += 1;
+            }
+            let _ = writer
+                .write_all(&encode(CLOSE, &1000u16.to_be_bytes(), None))
+                .await;
+            let _ = writer.shutdown().await;
+        });
+        let mut sink = [0u8; 1024];
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        log.lock().unwrap().closed.push(Instant::now());
+        return;
+    }
+    // Echo: every data frame back as it came; a close is answered and ends the connection.
+    loop {
+        while let Some((opcode, payload, len)) = decode(&buf) {
+            buf.drain(..len);
+            if writer
+                .write_all(&encode(opcode, &payload, None))
+                .await
+                .is_err()
+            {
+                log.lock().unwrap().closed.push(Instant::now());
+                return;
+            }
+            if opcode == CLOSE {
+                let _ = writer.shutdown().await;
+            }
+        }
+        if reader.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+            log.lock().unwrap().closed.push(Instant::now());
+            return;
+        }
+    }
+}
+
+// ---- the client -----------------------------------------------------------------------------
+
+struct WsClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// The response head of a handshake: status and headers (lowercase names).
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl WsClient {
+    fn connect(sluice: &Sluice, path: &str) -> (WsClient, Head) {
+        let stream = TcpStream::connect(sluice.addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut client = WsClient {
+            stream,
+            buf: Vec::new(),
+        };
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: sluice.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\nx-request-id: ws-1\r\n\r\n"
+        );
+        client.stream.write_all(request.as_bytes()).unwrap();
+        let head = client.read_head();
+        (client, head)
+    }
+
+    fn read_head(&mut self) -> Head {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().expect("the response head");
+        };
+        let text = String::from_utf8(self.buf.drain(..end).collect()).unwrap();
+        let mut lines = text.lines();
+        let status = lines.next().unwrap().split_whitespace().nth(1).unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Head {
+            status: status.parse().unwrap(),
+            headers,
+        }
+    }
+
+    /// Reads more bytes; `None` at EOF (or a reset).
+    fn fill(&mut self) -> Option<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Some(n)
+            }
+        }
+    }
+
+    fn send(&mut self, opcode: u8, payload: &[u8]) {
+        let frame = encode(opcode, payload, Some([0x12, 0x34, 0x56, 0x78]));
+        self.stream.write_all(&frame).unwrap();
+    }
+
+    /// The next frame; `None` when the connection ended first.
+    fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((opcode, payload, len)) = decode(&self.buf) {
+                self.buf.drain(..len);
+                return Some((opcode, payload));
+            }
+            self.fill()?;
+        }
+    }
+
+    /// True when the connection ends (EOF or reset) within `wait`, with no more frames.
+    fn ends_within(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0))
+            || matches!(self.stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+fn sluice_for(upstream: &WsUpstream, route: &str, top: &str) -> Sluice {
+    Sluice::start(&format!(
+        "upstreams:\n  ws:\n    url: http://{}\nroutes:\n  - path_prefix: /\n    upstream: ws\n{route}{top}",
+        upstream.addr
+    ))
+}
+
+fn in_flight(sluice: &Sluice) -> Value {
+    Client::connect(sluice.admin).get("/limits").json()["in_flight"].clone()
+}
+
+fn wait_slots_free(sluice: &Sluice) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while in_flight(sluice) != 0 {
+        assert!(Instant::now() < deadline, "a slot is still held");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---- tests ----------------------------------------------------------------------------------
+
+#[test]
+fn handshake_and_echoes_both_ways_without_delay() {
+    let upstream = WsUpstream::start();
+    let sluice = sluice_for(&upstream, "", "");
+    let (mut client, head) = WsClient::connect(&sluice, "/echo?room=1");
+    assert_eq!(head.status, 101);
+    assert_eq!(head.header("upgrade"), Some("websocket"));
+    assert_eq!(head.header("connection"), Some("upgrade"));
+    assert_eq!(
+        head.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    assert_eq!(head.header("sec-websocket-protocol"), Some("chat"));
+    assert_eq!(head.header("x-request-id"), Some("ws-1"));
+    assert_eq!(head.header("content-length"), None);
+    assert_eq!(head.header("transfer-encoding"), None);
+
+    let sent_upstream = upstream.head(0).to_ascii_lowercase();
+    assert!(
+        sent_upstream.starts_with("get /echo?room=1 http/1.1\r\n"),
+        "{sent_upstream}"
+    );
+    for line in [
+        format!("host: {}\r\n", upstream.addr),
+        "upgrade: websocket\r\n".to_string(),
+        "connection: upgrade\r\n".to_string(),
+        "sec-websocket-key: dghlihnhbxbszsbub25jzq==\r\n".to_string(),
+        "sec-websocket-version: 13\r\n".to_string(),
+        "sec-websocket-protocol: chat\r\n".to_string(),
+    ] {
+        assert!(
+            sent_upstream.contains(&line),
+            "{line:?} missing in {sent_upstream}"
+        );
+    }
+
+    // The greeting the upstream wrote in the same packet as its 101.
+    assert_eq!(client.recv(), Some((TEXT, b"hello".to_vec())));
+    for i in 0..20 {
+        let message = format!("message {i}");
+        let start = Instant::now();
+        client.send(TEXT, message.as_bytes());
+        let echo = client.recv().expect("an echo");
+        let round_trip = start.elapsed();
+        assert_eq!(echo, (TEXT, message.into_bytes()));
+        assert!(
+            round_trip < Duration::from_millis(100),
+            "round trip {i} took {round_trip:?}"
+        );
+    }
+    // A message bigger than any one read on the way, byte for byte.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    client.send(BINARY, &big);
+    assert_eq!(client.recv(), Some((BINARY, big)));
+
+    // Close handshake: the client's close is echoed, then the upstream closes and so does Sluice.
+    client.send(CLOSE, &1000u16.to_be_bytes());
+    assert_eq!(client.recv(), Some((CLOSE, 1000u16.to_be_bytes().to_vec())));
+    assert!(client.ends_within(Duration::from_secs(1)));
+    assert!(upstream.wait_closed(1, Duration::from_secs(1)).is_some());
+    sluice.wait_metric(
+        "sluice_streams_finished_total{outcome=\"completed\",route=\"/\"}",
+        1.0,
+    );
+    let records = sluice.wait_ledger(1);
+    assert_eq!(records[0]["status"], 101);
+    assert_eq!(records[0]["outcome"], "completed");
+    assert_eq!(records[0]["usage_source"], "none");
+}
+
+#[test]
+fn server_push_arrives_message_by_message() {
+    let upstream = WsUpstream::start();
+    let sluice = sluice_for(&upstream, "", "");
+    let (mut client, head) = WsClient::connect(&sluice, "/push");
+    assert_eq!(head.status, 101);
+    assert_eq!(client.recv(), Some((TEXT, b"hello".to_vec())));
+    let mut arrived = Vec::new();
+    for i in 0..6 {
+        let frame = client.recv().expect("a pushed message");
+        arrived.push(Instant::now());
+        assert_eq!(frame, (TEXT, format!("tick {i}").into_bytes()));
+    }
+    let pushed = upstream.log.lock().unwrap().pushed.clone();
+    for (i, (arrived, pushed)) in arrived.iter().zip(&pushed).enumerate() {
+        let delay = arrived.saturating_duration_since(*pushed);
+        assert!(delay < Duration::from_millis(20), "push {i} took {delay:?}");
+    }
+    // The messages came one by one, about 50 ms apart, not in a batch.
+    let spread = arrived[5].duration_since(arrived[0]);
+    assert!(spread > Duration::from_millis(200), "spread {spread:?}");
+    // The upstream's close frame, then the end of the connection.
+    assert_eq!(client.recv().map(|f| f.0), Some(CLOSE));
+    assert!(client.ends_within(Duration::from_secs(1)));
+}
+
+#[test]
+fn client_leaving_closes_the_upstream_and_frees_the_slot() {
+    let upstream = WsUpstream::start();
+    let sluice = sluice_for(&upstream, "", "limits:\n  global_streams: 1\n");
+    let (mut client, head) = WsClient::connect(&sluice, "/echo");
+    assert_eq!(head.status, 101);
+    assert_eq!(client.recv(), Some((TEXT, b"hello".to_vec())));
+    assert_eq!(
+        in_flight(&sluice),
+        1,
+        "a WebSocket session holds a stream slot"
+    );
+
+    let (_, refused) = WsClient::connect(&sluice, "/echo");
+    assert_eq!(refused.status, 429);
+
+    // The client goes away without a close frame.
+    let left = Instant::now();
+    drop(client);
+    let closed = upstream
+        .wait_closed(1, Duration::from_secs(2))
+        .expect("the upstream connection was closed");
+    let took = closed.saturating_duration_since(left);
+    assert!(
+        took < Duration::from_millis(100),
+        "upstream closed after {took:?}"
+    );
+    wait_slots_free(&sluice);
+    sluice.wait_metric(
+        "sluice_streams_finished_total{outcome=\"client_disconnect\",route=\"/\"}",
+        1.0,
+    );
+    let (mut again, head) = WsClient::connect(&sluice, "/echo");
+    assert_eq!(head.status, 101, "the slot was released");
+    assert_eq!(again.recv(), Some((TEXT, b"hello".to_vec())));
+}
+
+#[test]
+fn idle_timeout_and_max_duration_close_both_sides() {
+    let upstream = WsUpstream::start();
+    let sluice = sluice_for(
+        &upstream,
+        "    idle_timeout: 300ms\n    max_duration: 1s\n",
+        "",
+    );
+    // Idle: after the greeting, nothing moves either way.
+    let (mut client, head) = WsClient::connect(&sluice, "/echo");
+    assert_eq!(head.status, 101);
+    let opened = Instant::now();
+    assert_eq!(client.recv(), Some((TEXT, b"hello".to_vec())));
+    // Traffic in either direction keeps the session alive past the idle timeout.
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(150));
+        client.send(TEXT, b"still here");
+        assert_eq!(client.recv(), Some((TEXT, b"still here".to_vec())));
+    }
+    assert!(opened.elapsed() > Duration::from_millis(600));
+    let quiet = Instant::now();
+    assert!(client.ends_within(Duration::from_secs(2)));
+    let took = quiet.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(600),
+        "closed after {took:?} of silence"
+    );
+    assert!(upstream.wait_closed(1, Duration::from_secs(1)).is_some());
+    sluice.wait_metric(
+        "sluice_streams_finished_total{outcome=\"idle_timeout\",route=\"/\"}",
+        1.0,
+    );
+
+    // Max duration: the upstream pushes every 50 ms and never stops; the session ends at 1 s.
+    let (mut client, head) = WsClient::connect(&sluice, "/push-forever");
+    let opened = Instant::now();
+    assert_eq!(head.status, 101);
+    let mut frames = 0;
+    while client.recv().is_some() {
+        frames += 1;
+    }
+    let lived = opened.elapsed();
+    assert!(
+        lived >= Duration::from_millis(950) && lived < Duration::from_millis(1500),
+        "lived {lived:?}"
+    );
+    assert!(frames > 10, "{frames} frames");
+    assert!(upstream.wait_closed(2, Duration::from_secs(1)).is_some());
+    sluice.wait_metric(
+        "sluice_streams_finished_total{outcome=\"max_duration\",route=\"/\"}",
+        1.0,
+    );
+}
+
+#[test]
+fn a_refused_handshake_is_an_ordinary_response() {
+    let upstream = WsUpstream::start();
+    let sluice = sluice_for(&upstream, "", "");
+    let (mut client, head) = WsClient::connect(&sluice, "/refuse");
+    assert_eq!(head.status, 403);
+    let len: usize = head.header("content-length").unwrap().parse().unwrap();
+    while client.buf.len() < len {
+        client.fill().unwrap();
+    }
+    assert_eq!(&client.buf[..len], br#"{"error":"no websocket for you"}"#);
+}
