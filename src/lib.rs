@@ -15,6 +15,7 @@ pub mod route;
 pub mod sse;
 pub mod telemetry;
 pub mod usage;
+mod yaml_error;
 
 pub use config::Config;
 pub use edge::{build_server, RunOptions};

@@ -13,7 +13,6 @@ mod identity;
 mod keygen;
 mod keys_file;
 mod store;
-mod yaml_error;
 
 pub use append::{append_entry, is_blank_yaml, NEW_KEYS_FILE_HEADER};
 pub use authenticator::{AuthError, AuthMode, Authenticator};

@@ -6,7 +6,8 @@
 //! ```
 
 use super::identity::{check_key_id, check_tenant, check_user};
-use super::{is_blank_yaml, yaml_error, Identity, KeyDigest};
+use super::{is_blank_yaml, Identity, KeyDigest};
+use crate::yaml_error;
 use serde::{Deserialize, Deserializer};
 use std::collections::HashMap;
 use std::path::Path;

@@ -294,66 +294,10 @@ impl Config {
     }
 }
 
-/// Names the key path and the line of the offending key. serde_yaml places errors raised inside
-/// a value (a bad duration, an unknown field) at the start of the enclosing mapping, so the line
-/// of the key itself is looked up from there.
+/// Names the key path and the line of the offending key.
 fn parse_error(text: &str, err: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
-    let key = err.path().to_string();
-    let inner = err.into_inner();
-    let mut message = inner.to_string();
-    if let Some(location) = inner.location() {
-        let suffix = format!(" at line {} column {}", location.line(), location.column());
-        if let Some(stripped) = message.strip_suffix(&suffix) {
-            message = stripped.to_string();
-        }
-    }
-    // serde_yaml prefixes its own (shorter) path; the full one is in `key`.
-    if let Some((prefix, rest)) = message.split_once(": ") {
-        if key.starts_with(prefix) {
-            message = rest.to_string();
-        }
-    }
-    let unknown_field = message
-        .strip_prefix("unknown field `")
-        .and_then(|r| r.split('`').next())
-        .map(str::to_string);
-    let last_key = unknown_field.clone().or_else(|| {
-        key.rsplit('.')
-            .next()
-            .map(|k| k.split('[').next().unwrap_or(k).to_string())
-    });
-    let line = inner.location().map(|location| {
-        last_key
-            .as_deref()
-            .and_then(|k| key_line(text, location.line(), k))
-            .unwrap_or(location.line())
-    });
-    // serde_path_to_error's path already ends with an unknown field's name, except at the top.
-    let key = match (key.as_str(), unknown_field) {
-        (".", Some(field)) => field,
-        (".", None) => "(top level)".to_string(),
-        (path, _) => path.to_string(),
-    };
-    let message = match line {
-        Some(line) => format!("{message} (line {line})"),
-        None => message,
-    };
+    let (key, message) = crate::yaml_error::describe(text, err);
     ConfigError::Invalid { key, message }
-}
-
-/// The first line at or after `from` (1-based) where `key` is written as a mapping key.
-fn key_line(text: &str, from: usize, key: &str) -> Option<usize> {
-    let pattern = format!("{key}:");
-    text.lines()
-        .enumerate()
-        .skip(from.saturating_sub(1))
-        .find(|(_, line)| {
-            let line = line.trim_start().trim_start_matches("- ").trim_start();
-            line.starts_with(&pattern)
-                || line.contains(&format!("{{{pattern}"))
-                || line.contains(&format!(" {pattern}"))
-        })
-        .map(|(i, _)| i + 1)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! Turns a serde_yaml error into the key path and a message ending with the line, the way
-//! `config` reports its errors (adapted from `config::parse_error`, which is private there).
+//! Turns a serde_yaml error into the key path and a message ending with the line: how the config
+//! and the keys file name what is wrong, and where.
 
 /// Returns the key path (`keys[2].sha256`, or `(top level)`) and the message.
-pub(super) fn describe(
+pub(crate) fn describe(
     text: &str,
     err: serde_path_to_error::Error<serde_yaml::Error>,
 ) -> (String, String) {
