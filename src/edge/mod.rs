@@ -6,10 +6,9 @@ mod admission;
 mod demo_service;
 mod drain;
 mod headers;
-mod keys_keeper;
-mod ledger_keeper;
 mod proxy;
 mod relay;
+mod reloader;
 mod responses;
 mod stream_body;
 mod tls;
@@ -140,19 +139,7 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         None
     };
     let usage = usage_sink::UsageSink::open(&config.usage)?;
-    if let Some(ledger) = usage.ledger() {
-        let keeper = ledger_keeper::LedgerKeeper {
-            ledger: ledger.clone(),
-        };
-        server.add_service(background_service("usage ledger", keeper));
-    }
     let limiter = build_limiter(config)?;
-    if !keys_files.is_empty() {
-        let keeper = keys_keeper::KeysKeeper {
-            keys_files: keys_files.into_values().collect(),
-        };
-        server.add_service(background_service("keys files", keeper));
-    }
     let drain = drain::Drain {
         ledger: usage.ledger().cloned(),
         limiter: limiter.clone(),
@@ -160,11 +147,20 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     };
     server.add_service(background_service("drain", drain));
     let upstreams = upstream::Upstreams::new(demo_addr, &router, &server.configuration)?;
+    let usage_ledger = usage.ledger().cloned();
     let proxy = SluiceProxy::new(router, upstreams, usage, limiter.clone());
     let tls_listeners = tls::TlsListeners::load(config)?;
-    if let Some(keeper) = tls_listeners.keeper() {
-        server.add_service(background_service("tls certificates", keeper));
+    let mut reloadables = tls_listeners.reloadables();
+    reloadables.extend(
+        keys_files
+            .into_values()
+            .map(|f| f as Arc<dyn reloader::Reloadable>),
+    );
+    if let Some(ledger) = usage_ledger {
+        reloadables.push(ledger);
     }
+    let reloader = reloader::Reloader { items: reloadables };
+    server.add_service(background_service("reloader", reloader));
     // Pingora sets HTTP/2 cleartext per service: h2c listeners get a service of their own,
     // sharing the proxy's routes, upstream pool and ledger.
     for h2c in [false, true] {

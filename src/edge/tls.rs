@@ -1,25 +1,18 @@
 //! TLS termination on listeners: each TLS listener serves its certificates through a resolver
 //! that picks one by SNI from an atomically swapped set, so that new certificates apply to new
-//! handshakes while established connections carry on untouched. [`CertKeeper`] reloads them on
-//! SIGHUP and when their files change (checked every 2 s); a set that fails to load keeps the
-//! previous one and logs why.
+//! handshakes while established connections carry on untouched. They reload on SIGHUP and when
+//! their files change (see `reloader.rs`); a set that fails to load keeps the previous one and
+//! logs why.
 
+use super::reloader::Reloadable;
 use crate::config::tls::ListenerCerts;
 use crate::config::{Config, ListenerTls};
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ALPN;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use pingora::tls::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
-
-/// How often certificate files are checked for changes.
-const CERTS_POLL: Duration = Duration::from_secs(2);
 
 /// Serves a listener's certificates by SNI (the default one when the client sent no name or a
 /// name no entry lists).
@@ -91,23 +84,19 @@ impl TlsListeners {
         Ok(Some(settings))
     }
 
-    /// The background service that reloads the certificates, when there are TLS listeners.
-    pub fn keeper(&self) -> Option<CertKeeper> {
-        let listeners: Vec<_> = self.listeners.iter().flatten().cloned().collect();
-        (!listeners.is_empty()).then_some(CertKeeper { listeners })
+    /// The listeners whose certificates SIGHUP and file changes reload.
+    pub fn reloadables(&self) -> Vec<Arc<dyn Reloadable>> {
+        self.listeners
+            .iter()
+            .flatten()
+            .map(|l| l.clone() as Arc<dyn Reloadable>)
+            .collect()
     }
 }
 
-/// Reloads listener certificates on SIGHUP and when their files change.
-pub struct CertKeeper {
-    listeners: Vec<Arc<TlsListener>>,
-}
-
-impl CertKeeper {
-    fn reload_all(&self, only_changed: bool) {
-        for listener in &self.listeners {
-            listener.reload(only_changed);
-        }
+impl Reloadable for TlsListener {
+    fn reload(&self, on_signal: bool) {
+        TlsListener::reload(self, !on_signal);
     }
 }
 
@@ -162,27 +151,5 @@ impl TlsListener {
             );
         }
         *failed = Some(state);
-    }
-}
-
-#[async_trait]
-impl BackgroundService for CertKeeper {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => Some(hangups),
-            Err(e) => {
-                log::error!("cannot watch SIGHUP, certificates reload only when they change: {e}");
-                None
-            }
-        };
-        let mut poll = tokio::time::interval(CERTS_POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                Some(_) = async { hangups.as_mut()?.recv().await } => self.reload_all(false),
-                _ = poll.tick() => self.reload_all(true),
-                _ = shutdown.changed() => break,
-            }
-        }
     }
 }
