@@ -8,3 +8,7 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
+# The benches build (release profile), and the whole-proxy load harness runs once, tiny (a few
+# seconds; nginx/HAProxy only when installed; results to target/load-smoke/): fails on any error.
+cargo bench --locked --no-run
+cargo bench --locked --bench load -- --smoke

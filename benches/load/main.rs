@@ -2,7 +2,8 @@
 //!
 //! ```sh
 //! cargo bench --bench load                  # default scale: a few minutes on 2 cores
-//! cargo bench --bench load -- --smoke       # every scenario tiny, seconds (or SLUICE_LOAD_SMOKE=1)
+//! cargo bench --bench load -- --smoke       # every scenario tiny, ~4 s (or SLUICE_LOAD_SMOKE=1)
+//! cargo bench --bench load -- --plot F.json # redraw F.png from a results file
 //! ```
 //!
 //! It starts, all on 127.0.0.1: an upstream written for the harness (OpenAI-style SSE, each
@@ -27,15 +28,20 @@
 //! `SLUICE_LOAD_TIMEOUT_S` (watchdog for the whole run), `SLUICE_LOAD_DURABILITY=async` (Sluice's
 //! ledger without the durable end, to see what that costs).
 //!
-//! Results: tables on stdout and JSON in `benches/results/load-YYYYMMDD-HHMMSS.json` (smoke
-//! runs write to `target/load-smoke/` instead). Run without `--bench` (as `cargo test
-//! --all-targets` does) it only self-checks its parsers.
+//! Results: tables on stdout, JSON in `benches/results/load-YYYYMMDD-HHMMSS.json` and next to
+//! it the latency scenario's delivery-delay CDF per target as a PNG of the same stem (smoke runs
+//! overwrite `target/load-smoke/load-smoke.{json,png}` instead). The run exits non-zero when a
+//! scenario errored, an event was lost, or a selected target that is installed did not start
+//! (CI runs the smoke: `scripts/test.sh`). Run without `--bench` (as `cargo test --all-targets`
+//! does) it only self-checks its parsers and its histogram.
 
 mod client;
 mod clock;
+mod histogram;
 mod http1;
 mod lifecycle;
 mod options;
+mod plot;
 mod process;
 mod procfs;
 mod report;
@@ -55,9 +61,26 @@ use upstream::Upstream;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = options::smoke_requested(&args);
+    if let Some(i) = args.iter().position(|a| a == "--plot") {
+        // `cargo bench --bench load -- --plot benches/results/load-….json`: redraw its PNG.
+        let Some(json) = args.get(i + 1) else {
+            eprintln!("load: --plot needs a results file");
+            return ExitCode::FAILURE;
+        };
+        return match plot::replot(std::path::Path::new(json)) {
+            Ok(png) => {
+                println!("load: latency CDF in {}", png.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("load: plot: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if !args.iter().any(|a| a == "--bench") && !smoke {
         // `cargo test --all-targets` runs benches without `--bench`: check, don't load.
-        return match http1::self_check() {
+        return match http1::self_check().and_then(|()| histogram::self_check()) {
             Ok(()) => {
                 println!(
                     "load harness: parser self-check ok (run it with `cargo bench --bench load`)"
@@ -199,6 +222,7 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
         for &scenario in &options.scenarios {
             for &i in &order {
                 let target = &mut targets[i];
+                let step = std::time::Instant::now();
                 let line = run_one(
                     scenario,
                     target,
@@ -210,11 +234,12 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
                 )
                 .await;
                 println!(
-                    "round {}/{} {:<10} {:<17} {line}",
+                    "round {}/{} {:<10} {:<17} {line} [{:.1} s]",
                     round + 1,
                     options.rounds,
                     scenario.name(),
-                    target.kind.name()
+                    target.kind.name(),
+                    step.elapsed().as_secs_f64()
                 );
             }
         }
@@ -232,7 +257,7 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
     println!(
         "load: {elapsed:.0} s of scenarios; load average before {loadavg_start}, after {loadavg_end}"
     );
-    let file = results_file::write_json(
+    let (file, json) = results_file::write_json(
         &options,
         &binary,
         &results,
@@ -243,7 +268,39 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
         memory_streams,
     )?;
     println!("load: results in {}", file.display());
-    Ok(())
+    let png = file.with_extension("png");
+    match plot::write_png(&png, &json) {
+        Ok(true) => println!("load: latency CDF in {}", png.display()),
+        Ok(false) => println!("load: no latency samples, no plot"),
+        // The figures are in the JSON already: a plot that fails is said, not fatal.
+        Err(e) => eprintln!("load: plot: {e}"),
+    }
+    failures(&results, &skipped)
+}
+
+/// A run fails when a scenario errored, an event was lost, or a target that was asked for
+/// could not be started (one that is not installed or not selected is fine).
+fn failures(results: &[TargetResults], skipped: &[(String, String)]) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for t in results {
+        let s = report::summarize(t);
+        if s.errors > 0 {
+            problems.push(format!("{}: {} errors", t.name, s.errors));
+        }
+        if s.lost_events != 0 {
+            problems.push(format!("{}: {} events lost", t.name, s.lost_events));
+        }
+    }
+    for (name, reason) in skipped {
+        if !reason.contains("not installed") && !reason.contains("not selected") {
+            problems.push(format!("{name}: not measured: {reason}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 /// Runs one scenario against one target and returns a one-line progress note.
@@ -263,18 +320,17 @@ async fn run_one(
     match scenario {
         Scenario::Latency => {
             let r = scenarios::latency(target, upstream, options).await;
-            let mut d = r.delays_ns.clone();
-            d.sort_unstable();
             let p = |q: f64| {
-                d.get(((q * d.len() as f64).ceil() as usize).clamp(1, d.len().max(1)) - 1)
-                    .map(|v| format!("{:.0} µs", *v as f64 / 1e3))
+                r.delays
+                    .percentile(q)
+                    .map(|v| format!("{:.0} µs", v as f64 / 1e3))
                     .unwrap_or_else(|| "—".into())
             };
             let line = format!(
                 "p50 {} p99 {} ({} events){}",
                 p(0.5),
                 p(0.99),
-                d.len(),
+                r.delays.len(),
                 errors(r.errors.count, &r.errors.first)
             );
             results.latency.push(r);
@@ -316,6 +372,15 @@ async fn run_one(
             line
         }
         Scenario::Memory => {
+            // Every proxy's pooled upstream connections hold descriptors of this process:
+            // closed, so that the streams get them (the proxies open fresh ones as needed).
+            upstream.close_idle();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The descriptors this process has left, in case something else holds some.
+            let room = procfs::open_fds()
+                .map(|open| (launch.nofile.saturating_sub(open as u64 + 300) / 2) as usize)
+                .unwrap_or(usize::MAX);
+            let memory_streams = memory_streams.min(room);
             // A fresh process: RSS grown and kept by earlier scenarios would hide the cost.
             if target.is_proxy() {
                 if let Err(e) = target.restart(launch) {
@@ -331,7 +396,7 @@ async fn run_one(
                 if let Err(e) = scenarios::warm_up(target.addr, upstream, 4).await {
                     eprintln!("load: {} warm-up after restart: {e}", target.kind.name());
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_secs_f64(options.restart_pause_seconds)).await;
             }
             let r = scenarios::memory(target, upstream, options, memory_streams).await;
             let line = format!(

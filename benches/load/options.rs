@@ -45,6 +45,11 @@ pub struct Options {
     pub first_byte_streams: usize,
     /// Memory: pause after the last stream opened, before reading RSS.
     pub settle_seconds: f64,
+    /// Memory: pause after a proxy was restarted and warmed up, before opening streams.
+    pub restart_pause_seconds: f64,
+    /// Memory: how long to wait for the upstream to see every stream closed after the clients
+    /// left (just over 1 s, to count closes within 1 s; a smoke run counts only what it waits).
+    pub close_wait_seconds: f64,
     pub targets: Option<Vec<String>>,
     pub scenarios: Vec<Scenario>,
     pub out_dir: PathBuf,
@@ -86,11 +91,13 @@ pub fn smoke_requested(args: &[String]) -> bool {
 
 impl Options {
     pub fn from_env(smoke: bool) -> Options {
+        // Smoke: every scenario and target once, tiny, in a few seconds (CI runs it).
         let (rounds, seconds, ramp, streams, tp, memory, first, settle) = if smoke {
-            (1, 0.25, 0.05, 20, 4, 20, 20, 0.05)
+            (1, 0.1, 0.05, 20, 4, 20, 20, 0.05)
         } else {
             (3, 4.0, 1.0, 1000, 64, 9000, 300, 0.5)
         };
+        let (restart_pause, close_wait) = if smoke { (0.02, 0.2) } else { (0.2, 1.2) };
         let scenarios = match env_list("SLUICE_LOAD_SCENARIOS") {
             Some(names) => Scenario::ALL
                 .into_iter()
@@ -120,6 +127,8 @@ impl Options {
             memory_streams: env_usize("SLUICE_LOAD_MEMORY_STREAMS", memory).min(100_000),
             first_byte_streams: env_usize("SLUICE_LOAD_FIRST_BYTE", first).min(100_000),
             settle_seconds: settle,
+            restart_pause_seconds: restart_pause,
+            close_wait_seconds: close_wait,
             targets: env_list("SLUICE_LOAD_TARGETS"),
             scenarios,
             out_dir,

@@ -65,7 +65,7 @@ impl Drop for Group {
         // TERM first, for an orderly exit; nothing is measured after this, so Sluice's grace
         // period (it waits for in-flight streams) is cut short by KILL on the whole group.
         signal_group(self.pgid, "TERM");
-        let deadline = Instant::now() + Duration::from_millis(300);
+        let deadline = Instant::now() + Duration::from_millis(100);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 break;

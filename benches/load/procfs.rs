@@ -75,6 +75,11 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// Descriptors this process has open.
+pub fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
 /// Soft and hard `RLIMIT_NOFILE` of this process.
 pub fn nofile_limits() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();

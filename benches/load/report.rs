@@ -3,6 +3,7 @@
 //! "Added" figures are the target's percentile minus direct's percentile from the same run (a
 //! difference of distributions: direct carries the harness's own cost, the rest is the proxy's).
 
+use crate::histogram::Histogram;
 use crate::scenarios::{Errors, EventCount, FirstByteRun, LatencyRun, MemoryRun, ThroughputRun};
 use serde_json::{json, Value};
 
@@ -62,6 +63,8 @@ fn events_of<'a>(runs: impl Iterator<Item = &'a EventCount>) -> EventCount {
 /// Pooled figures of one target.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
+    /// Delivery delay, every round pooled.
+    pub delays: Histogram,
     pub latency: Option<[u64; 3]>,
     pub latency_samples: usize,
     pub events_per_s: Option<f64>,
@@ -85,12 +88,14 @@ pub struct Summary {
 
 pub fn summarize(t: &TargetResults) -> Summary {
     let mut s = Summary::default();
-    let delays = sorted(t.latency.iter().flat_map(|r| r.delays_ns.iter().copied()));
-    s.latency_samples = delays.len();
+    for run in &t.latency {
+        s.delays.merge(&run.delays);
+    }
+    s.latency_samples = s.delays.len();
     if let (Some(a), Some(b), Some(c)) = (
-        percentile(&delays, 0.5),
-        percentile(&delays, 0.99),
-        percentile(&delays, 0.999),
+        s.delays.percentile(0.5),
+        s.delays.percentile(0.99),
+        s.delays.percentile(0.999),
     ) {
         s.latency = Some([a, b, c]);
     }
@@ -440,6 +445,7 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
 
 fn latency_json(runs: &[LatencyRun], s: &Summary, direct: &Summary) -> Value {
     let pct = |x: Option<[u64; 3]>, i: usize| x.map(|l| l[i]);
+    let cdf = s.delays.cdf();
     json!({
         "samples": s.latency_samples,
         "p50_us": pct(s.latency, 0).map(|v| v as f64 / 1e3),
@@ -448,14 +454,19 @@ fn latency_json(runs: &[LatencyRun], s: &Summary, direct: &Summary) -> Value {
         "added_p50_us": added_us(pct(s.latency, 0), pct(direct.latency, 0)),
         "added_p99_us": added_us(pct(s.latency, 1), pct(direct.latency, 1)),
         "added_p999_us": added_us(pct(s.latency, 2), pct(direct.latency, 2)),
+        // The pooled distribution at quantiles dense in the tail (what the PNG plots).
+        "cdf": {
+            "percentile": cdf.iter().map(|&(q, _)| (q * 1e6).round() / 1e4).collect::<Vec<_>>(),
+            "delay_us": cdf.iter().map(|&(_, v)| v as f64 / 1e3).collect::<Vec<_>>(),
+        },
         "rounds": runs.iter().map(|r| {
-            let d = sorted(r.delays_ns.iter().copied());
+            let d = &r.delays;
             json!({
                 "streams": r.streams,
                 "samples": d.len(),
-                "p50_us": percentile(&d, 0.5).map(|v| v as f64 / 1e3),
-                "p99_us": percentile(&d, 0.99).map(|v| v as f64 / 1e3),
-                "p999_us": percentile(&d, 0.999).map(|v| v as f64 / 1e3),
+                "p50_us": d.percentile(0.5).map(|v| v as f64 / 1e3),
+                "p99_us": d.percentile(0.99).map(|v| v as f64 / 1e3),
+                "p999_us": d.percentile(0.999).map(|v| v as f64 / 1e3),
                 "events_sent": r.events.sent,
                 "events_received": r.events.received,
                 "errors": r.errors.count,

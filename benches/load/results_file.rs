@@ -16,7 +16,7 @@ pub fn write_json(
     loadavg_start: &str,
     loadavg_end: &str,
     memory_streams: usize,
-) -> Result<std::path::PathBuf, String> {
+) -> Result<(std::path::PathBuf, serde_json::Value), String> {
     let stamp = process::output("date", &["+%Y%m%d-%H%M%S"]).unwrap_or_else(|| "unknown".into());
     let date = process::output("date", &["-Iseconds"]).unwrap_or_default();
     let root = sluice_bin::manifest_dir();
@@ -69,9 +69,13 @@ pub fn write_json(
     });
     std::fs::create_dir_all(&options.out_dir)
         .map_err(|e| format!("{}: {e}", options.out_dir.display()))?;
-    let prefix = if options.smoke { "load-smoke" } else { "load" };
-    let path = options.out_dir.join(format!("{prefix}-{stamp}.json"));
+    // A smoke run (CI) overwrites its one file instead of adding one per run.
+    let path = if options.smoke {
+        options.out_dir.join("load-smoke.json")
+    } else {
+        options.out_dir.join(format!("load-{stamp}.json"))
+    };
     let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
     std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
+    Ok((path, value))
 }

@@ -3,12 +3,13 @@
 
 use crate::client::{Conn, Item};
 use crate::clock::{instant_of, now_ns, MS, SEC};
+use crate::histogram::Histogram;
 use crate::options::Options;
 use crate::procfs;
 use crate::targets::Target;
 use crate::upstream::{StreamSpec, Upstream};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::timeout;
 
@@ -40,10 +41,10 @@ pub struct EventCount {
 pub struct LatencyRun {
     pub streams: usize,
     /// Delivery delay (client receive time − upstream send time) of every event sent inside
-    /// the measured window.
-    pub delays_ns: Vec<u64>,
+    /// the measured window, in ns (a fixed-size histogram: memory does not grow with events).
+    pub delays: Histogram,
     /// Events later than [`SLOW_NS`]: (stream, sent − window start, delay), at most
-    /// [`MAX_SLOW`], to tell one stalled connection from a stalled process.
+    /// [`MAX_SLOW`] (and 50 per stream), to tell one stalled connection from a stalled process.
     pub slow: Vec<(usize, u64, u64)>,
     pub events: EventCount,
     pub errors: Errors,
@@ -51,6 +52,7 @@ pub struct LatencyRun {
 
 pub const SLOW_NS: u64 = 10 * MS;
 const MAX_SLOW: usize = 2000;
+const MAX_SLOW_PER_STREAM: usize = 50;
 
 #[derive(Debug, Default, Clone)]
 pub struct ThroughputRun {
@@ -148,13 +150,19 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
     let interval_us = (1e6 / options.rate).max(1.0) as u64;
     let ramp_ns = (options.ramp_seconds * SEC as f64) as u64;
     let start = now_ns() + 20 * MS;
-    let window_start = start + ramp_ns + 100 * MS;
+    // The last stream to start gets a moment to settle before the window opens (100 ms; less
+    // when the ramp itself is shorter, as in a smoke run).
+    let window_start = start + ramp_ns + ramp_ns.clamp(20 * MS, 100 * MS);
     let window_end = window_start + (options.seconds * SEC as f64) as u64;
     let lifetime = window_end + 50 * MS - start;
     let limit = Duration::from_nanos(lifetime + ramp_ns) + Duration::from_secs(30);
     let addr = target.addr;
+    // One histogram for every stream (a lock per event costs nanoseconds, taken after the
+    // arrival time was read).
+    let delays = Arc::new(Mutex::new(Histogram::default()));
     let tasks: Vec<_> = (0..n)
         .map(|i| {
+            let delays = delays.clone();
             let at = start + ramp_ns * i as u64 / n as u64;
             let spec = StreamSpec {
                 events: lifetime / (interval_us * 1000) + 2,
@@ -166,7 +174,6 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
             };
             tokio::spawn(async move {
                 tokio::time::sleep_until(instant_of(at).into()).await;
-                let mut delays = Vec::new();
                 let mut slow = Vec::new();
                 let mut received = 0;
                 let result = timeout(limit, async {
@@ -176,8 +183,10 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
                         received += 1;
                         if (window_start..window_end).contains(&sent) {
                             let delay = recv.saturating_sub(sent);
-                            delays.push(delay);
-                            if delay > SLOW_NS {
+                            if let Ok(mut delays) = delays.lock() {
+                                delays.record(delay);
+                            }
+                            if delay > SLOW_NS && slow.len() < MAX_SLOW_PER_STREAM {
                                 slow.push((i, sent - window_start, delay));
                             }
                         }
@@ -186,7 +195,7 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
                 })
                 .await
                 .unwrap_or_else(|_| Err("stream timed out".into()));
-                (delays, slow, received, result)
+                (slow, received, result)
             })
         })
         .collect();
@@ -196,8 +205,7 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
     };
     for task in tasks {
         match task.await {
-            Ok((delays, slow, received, result)) => {
-                out.delays_ns.extend(delays);
+            Ok((slow, received, result)) => {
                 let room = MAX_SLOW.saturating_sub(out.slow.len());
                 out.slow.extend(slow.into_iter().take(room));
                 out.events.received += received;
@@ -208,6 +216,7 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
             Err(e) => out.errors.add(format!("task: {e}")),
         }
     }
+    out.delays = delays.lock().map(|d| d.clone()).unwrap_or_default();
     out.events.sent = settled(upstream, run).await.events_sent;
     out
 }
@@ -417,9 +426,10 @@ pub async fn memory(
     }
     let all_left = now_ns();
     let expected = out.opened;
+    let close_wait = (options.close_wait_seconds * SEC as f64) as u64;
     for _ in 0..300 {
         let log = upstream.run_log(run);
-        if log.closed_at.len() >= expected || now_ns() > all_left + 1200 * MS {
+        if log.closed_at.len() >= expected || now_ns() > all_left + close_wait {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
