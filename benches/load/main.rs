@@ -8,7 +8,8 @@
 //!
 //! It starts, all on 127.0.0.1: an upstream written for the harness (OpenAI-style SSE, each
 //! event its own write, stamped with its send time), Sluice (`target/release/sluice`, built when
-//! missing or stale) with usage inspection on and off, nginx and HAProxy when installed (skipped,
+//! missing or stale) with usage inspection on and off and with per-user limits counted locally
+//! and in Redis (first byte only), nginx and HAProxy when installed (skipped,
 //! and said so, otherwise), and a client holding many streams. Scenarios, interleaved by round so
 //! that machine drift hits every target alike:
 //!
@@ -22,7 +23,7 @@
 //! `SLUICE_LOAD_STREAMS` (1000), `SLUICE_LOAD_RATE` (20 events/s), `SLUICE_LOAD_RAMP_SECONDS`
 //! (1), `SLUICE_LOAD_THROUGHPUT_STREAMS` (64), `SLUICE_LOAD_MEMORY_STREAMS` (9000, lowered to
 //! what the descriptor limit allows), `SLUICE_LOAD_FIRST_BYTE` (300). Selection:
-//! `SLUICE_LOAD_TARGETS=direct,sluice,sluice-noinspect,nginx,haproxy`,
+//! `SLUICE_LOAD_TARGETS=direct,sluice,sluice-noinspect,sluice-limits-local,sluice-limits-redis,nginx,haproxy`,
 //! `SLUICE_LOAD_SCENARIOS=latency,throughput,first_byte,memory`. `SLUICE_LOAD_OUT` (results
 //! directory), `SLUICE_LOAD_KEEP=1` (keep the proxies' temp dirs and logs),
 //! `SLUICE_LOAD_TIMEOUT_S` (watchdog for the whole run), `SLUICE_LOAD_DURABILITY=async` (Sluice's
@@ -222,6 +223,9 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
         for &scenario in &options.scenarios {
             for &i in &order {
                 let target = &mut targets[i];
+                if !target.kind.runs(scenario) {
+                    continue;
+                }
                 let step = std::time::Instant::now();
                 let line = run_one(
                     scenario,

@@ -1,6 +1,7 @@
 //! The targets a scenario runs against: the upstream itself (direct, the reference), Sluice with
 //! inspection on and off, and nginx and HAProxy configured as an operator would for SSE.
 
+use crate::options::Scenario;
 use crate::process::{find_program, output, Group, TempDir};
 use crate::procfs;
 use serde_json::{json, Value};
@@ -12,30 +13,68 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Direct,
-    Sluice { inspect: bool },
+    Sluice { inspect: bool, limits: Limits },
     Nginx,
     Haproxy,
+}
+
+/// Sluice's per-user stream limits, to measure what admission costs a stream's start: off,
+/// counted in the process, or leased in Redis (a `redis-server` the harness starts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    Off,
+    Local,
+    Redis,
 }
 
 impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
-            Kind::Sluice { inspect: true } => "sluice",
-            Kind::Sluice { inspect: false } => "sluice-noinspect",
+            Kind::Sluice {
+                inspect: true,
+                limits: Limits::Off,
+            } => "sluice",
+            Kind::Sluice {
+                inspect: false,
+                limits: Limits::Off,
+            } => "sluice-noinspect",
+            Kind::Sluice {
+                limits: Limits::Local,
+                ..
+            } => "sluice-limits-local",
+            Kind::Sluice {
+                limits: Limits::Redis,
+                ..
+            } => "sluice-limits-redis",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         }
     }
 
-    pub fn all() -> [Kind; 5] {
+    pub fn all() -> [Kind; 7] {
+        let sluice = |inspect, limits| Kind::Sluice { inspect, limits };
         [
             Kind::Direct,
-            Kind::Sluice { inspect: true },
-            Kind::Sluice { inspect: false },
+            sluice(true, Limits::Off),
+            sluice(false, Limits::Off),
+            sluice(true, Limits::Local),
+            sluice(true, Limits::Redis),
             Kind::Nginx,
             Kind::Haproxy,
         ]
+    }
+
+    /// The limits variants exist to measure a stream's start: they run the first-byte scenario
+    /// only.
+    pub fn runs(self, scenario: Scenario) -> bool {
+        match self {
+            Kind::Sluice {
+                limits: Limits::Local | Limits::Redis,
+                ..
+            } => scenario == Scenario::FirstByte,
+            _ => true,
+        }
     }
 }
 
@@ -53,6 +92,8 @@ pub struct Target {
     pub version: String,
     program: Option<PathBuf>,
     process: Option<Group>,
+    /// The `redis-server` of `sluice-limits-redis`.
+    redis: Option<(Group, SocketAddr)>,
     dir: Option<TempDir>,
     lifetimes: u32,
     /// What each finished process left behind (Sluice's metrics, error-log lines).
@@ -86,12 +127,20 @@ impl Target {
             Kind::Direct => None,
             _ => Some(TempDir::new(kind.name())?),
         };
+        let redis = match kind {
+            Kind::Sluice {
+                limits: Limits::Redis,
+                ..
+            } => Some(start_redis(dir.as_ref().expect("a proxy has a directory"))?),
+            _ => None,
+        };
         let mut target = Target {
             kind,
             addr: launch.upstream,
             version,
             program,
             process: None,
+            redis,
             dir,
             lifetimes: 0,
             diagnostics: Vec::new(),
@@ -142,14 +191,15 @@ impl Target {
             .expect("loopback address");
         let (group, admin) = match self.kind {
             Kind::Direct => return Ok(()),
-            Kind::Sluice { inspect } => {
+            Kind::Sluice { inspect, limits } => {
                 let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?)
                     .parse()
                     .expect("loopback address");
                 let conf = dir.join("sluice.yaml");
+                let limits = limits_config(limits, self.redis.as_ref().map(|r| r.1));
                 write(
                     &conf,
-                    &sluice_config(addr, admin, launch.upstream, &dir, inspect),
+                    &sluice_config(addr, admin, launch.upstream, &dir, inspect, &limits),
                 )?;
                 let conf = conf.to_string_lossy().into_owned();
                 let group = Group::spawn(&program, &["-c", &conf], &dir, &stem, &[])?;
@@ -324,12 +374,64 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     Ok(text)
 }
 
+/// Starts a throwaway `redis-server` (no persistence) on a free loopback port.
+fn start_redis(dir: &TempDir) -> Result<(Group, SocketAddr), String> {
+    let program = find_program("redis-server").ok_or("redis-server is not installed")?;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?)
+        .parse()
+        .expect("loopback address");
+    let port = addr.port().to_string();
+    let args = [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    let mut group = Group::spawn(&program, &args, &dir.path, "redis", &[])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = group.exited() {
+            return Err(format!("redis-server exited at start ({status})"));
+        }
+        if Instant::now() > deadline {
+            return Err("redis-server did not listen within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((group, addr))
+}
+
+/// Passthrough identities (the harness client sends one key) with limits far above what the
+/// scenario reaches: every request goes through admission and is admitted.
+fn limits_config(limits: Limits, redis: Option<SocketAddr>) -> String {
+    let backend = match (limits, redis) {
+        (Limits::Off, _) => return String::new(),
+        (Limits::Redis, Some(redis)) => format!("{{ redis: \"redis://{redis}\" }}"),
+        _ => "local".to_string(),
+    };
+    format!(
+        "auth:
+  mode: passthrough
+limits:
+  per_user_streams: 100000
+  per_key_streams: 100000
+  per_user_rpm: 100000000
+  backend: {backend}
+"
+    )
+}
+
 fn sluice_config(
     addr: SocketAddr,
     admin: SocketAddr,
     upstream: SocketAddr,
     dir: &Path,
     inspect: bool,
+    limits: &str,
 ) -> String {
     let dir = dir.display();
     // `before_end` is the default and what is measured; `async` is there to see what the
@@ -366,7 +468,7 @@ usage:
   ledger: {dir}/usage.jsonl
   durability: {durability}
   inspect: {inspect}
-"
+{limits}"
     )
 }
 
