@@ -37,6 +37,9 @@ pub use proxy::SluiceProxy;
 /// What one request did, filled in along its path and read by the logging phase.
 pub struct RequestCtx {
     pub started: Instant,
+    /// When the client left, if it did: the request's duration ends there, not after the
+    /// bookkeeping that a burst of leaving clients may delay (`relay/disconnect.rs`).
+    pub client_left: Option<Instant>,
     pub request_id: String,
     pub route: Option<Arc<crate::route::Route>>,
     pub provider: Provider,
@@ -66,9 +69,16 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// From the request's arrival to its end (or its client leaving), in milliseconds.
+    pub fn duration_ms(&self) -> f64 {
+        let end = self.client_left.unwrap_or_else(Instant::now);
+        end.duration_since(self.started).as_secs_f64() * 1000.0
+    }
+
     fn new() -> Self {
         RequestCtx {
             started: Instant::now(),
+            client_left: None,
             request_id: String::new(),
             route: None,
             provider: Provider::Openai,
@@ -183,9 +193,10 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
             .build();
         for (i, listener) in listeners {
             // No L4 write buffer: every write (response head, each event) goes straight to the
-            // socket, so nothing waits for a flush.
+            // socket, so nothing waits for a flush. No L4 read buffer either: Pingora reads heads
+            // and bodies into buffers of its own, and 64 KiB per client connection is memory.
             let mut endpoint = ListenerConfig::tcp(listener.addr.as_str())
-                .l4_buffer(L4BufferSettings::default().write(0));
+                .l4_buffer(L4BufferSettings::default().read(0).write(0));
             // TLS listeners offer h2 and http/1.1 by ALPN (validation keeps them off h2c).
             if let Some(tls) = tls_listeners.settings(i)? {
                 endpoint = endpoint.tls(tls);

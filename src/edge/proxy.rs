@@ -133,7 +133,7 @@ impl ProxyHttp for SluiceProxy {
             status: ctx.status,
             stream: ctx.event_stream,
             outcome: ctx.outcome.map(|o| o.as_str()),
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: ctx.duration_ms(),
             ttfb_ms: ctx
                 .first_byte
                 .map(|t| t.duration_since(ctx.started).as_secs_f64() * 1000.0),

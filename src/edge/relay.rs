@@ -10,6 +10,7 @@
 //! terminal error events), JSON lines (a final JSON error line), and WebSocket sessions
 //! (`websocket`). Anything else is relayed chunk by chunk as it is.
 
+mod disconnect;
 mod request;
 mod websocket;
 
@@ -172,6 +173,7 @@ pub async fn handle(
         }
         _ = down.read_body_or_idle(true) => {
             ctx.outcome = Some(StreamOutcome::ClientDisconnect);
+            close_upstream(up, StreamOutcome::ClientDisconnect, ctx).await;
             return Finish::Close;
         }
     };
@@ -232,6 +234,8 @@ pub async fn handle(
                 return respond_error(down, ctx, &error).await;
             }
         };
+    // Not needed past this point: its headers are not kept for the life of the stream.
+    drop(upstream_head);
     ctx.status = client_head.status.as_u16();
     // The access log's `stream`: event streams and JSON lines alike.
     ctx.event_stream = kind.is_some();
@@ -256,7 +260,10 @@ pub async fn handle(
             }
             // A plain body cut short cannot be ended cleanly: the client sees the connection
             // close, as it would with the upstream itself.
-            _ => Finish::Close,
+            _ => {
+                close_upstream(up, outcome, ctx).await;
+                Finish::Close
+            }
         };
     };
     let upstream = Connection {
@@ -309,12 +316,26 @@ impl Connection<'_> {
     /// A stream that completed goes back to the pool; any other is dropped, never pooled (it
     /// may be mid-body), which closes it, so a provider whose client left stops generating
     /// now, before any bookkeeping.
-    async fn finish(self, route: &Route, outcome: StreamOutcome) {
+    async fn finish(self, route: &Route, outcome: StreamOutcome, ctx: &mut RequestCtx) {
         if outcome == StreamOutcome::Completed {
             self.upstreams
                 .release(self.session, &self.peer, route.upstream.pool_idle_timeout)
                 .await;
+        } else {
+            close_upstream(self.session, outcome, ctx).await;
         }
+    }
+}
+
+/// Closes an upstream connection that is not going back to the pool. One whose client left is
+/// closed at once, its stream slot released, and the rest of its bookkeeping waits while many
+/// clients are leaving together (`disconnect`).
+async fn close_upstream<S>(session: S, outcome: StreamOutcome, ctx: &mut RequestCtx) {
+    if outcome == StreamOutcome::ClientDisconnect {
+        ctx.client_left = Some(std::time::Instant::now());
+        disconnect::close_upstream_of_left_client(session, ctx.lease.take()).await;
+    } else {
+        drop(session);
     }
 }
 
@@ -350,7 +371,7 @@ async fn relay_event_stream(
         BodyWatch::Events(&mut inspector),
     )
     .await;
-    upstream.finish(route, outcome).await;
+    upstream.finish(route, outcome, ctx).await;
     if outcome != StreamOutcome::Completed
         && inspector.final_reached()
         && outcome != StreamOutcome::ClientDisconnect
@@ -417,7 +438,7 @@ async fn relay_json_lines(
         BodyWatch::Lines(&mut lines),
     )
     .await;
-    upstream.finish(route, outcome).await;
+    upstream.finish(route, outcome, ctx).await;
     ctx.outcome = Some(outcome);
     guard.outcome = outcome;
     let record = UsageSink::record_for(ctx, None, 0);

@@ -152,7 +152,9 @@ impl Upstreams {
         let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.sni.clone());
         peer.group_key = template.group_key;
         peer.options = template.options;
-        match self.connector.get_http_session(&peer).await {
+        // Boxed: Pingora's connect future is large (about 9 KiB) and would otherwise be part of
+        // every request's future for the whole life of its stream.
+        match Box::pin(self.connector.get_http_session(&peer)).await {
             Ok((session, _reused)) => Ok((session, peer)),
             Err(e) => {
                 METRICS
@@ -169,9 +171,12 @@ impl Upstreams {
 
     /// Returns a connection whose response ended properly to the pool.
     pub async fn release(&self, session: UpstreamSession, peer: &HttpPeer, idle: Duration) {
-        self.connector
-            .release_http_session(session, peer, Some(idle))
-            .await;
+        // Boxed for the same reason as the connect future.
+        Box::pin(
+            self.connector
+                .release_http_session(session, peer, Some(idle)),
+        )
+        .await;
     }
 }
 

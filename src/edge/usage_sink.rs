@@ -94,7 +94,7 @@ impl UsageSink {
             ttfb_ms: ctx
                 .first_byte
                 .map(|t| t.duration_since(ctx.started).as_secs_f64() * 1000.0),
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: ctx.duration_ms(),
             events: 0,
             bytes: ctx.bytes_sent,
             oversized_events,

@@ -60,9 +60,9 @@ pub async fn run(
     }
     let mut guard = StreamGuard::new(&route.name);
     let outcome = copy_both_ways(route, &mut up, down, ctx).await;
-    // Dropping the upstream session closes its connection now; the client's is closed by
-    // Pingora once this request returns.
-    drop(up);
+    // The upstream connection is closed now; the client's is closed by Pingora once this
+    // request returns.
+    super::close_upstream(up, outcome, ctx).await;
     ctx.outcome = Some(outcome);
     guard.outcome = outcome;
     if matches!(
