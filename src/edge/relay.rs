@@ -145,16 +145,10 @@ pub async fn handle(
             return Finish::Close;
         }
         Err(BodyError::Read(e)) => {
-            METRICS
-                .upstream_errors
-                .with_label_values(&[&route.upstream.name, "request"])
-                .inc();
-            let error = ProxyError::new(
-                ProxyErrorKind::UpstreamUnavailable,
-                format!(
-                    "upstream {} failed while sending the request: {e}",
-                    route.upstream.name
-                ),
+            let error = upstream_failed(
+                route,
+                "request",
+                &format!("failed while sending the request: {e}"),
             );
             return respond_error(down, ctx, &error).await;
         }
@@ -168,7 +162,7 @@ pub async fn handle(
                 ProxyErrorKind::UpstreamTimeout,
                 format!("upstream {} sent no response within {head_wait:?}", route.upstream.name),
             );
-            METRICS.upstream_errors.with_label_values(&[&route.upstream.name, "response_header"]).inc();
+            METRICS.upstream_failed(&route.upstream.name, "response_header");
             return respond_error(down, ctx, &error).await;
         }
         _ = down.read_body_or_idle(true) => {
@@ -178,16 +172,10 @@ pub async fn handle(
         }
     };
     if let Err(e) = head {
-        METRICS
-            .upstream_errors
-            .with_label_values(&[&route.upstream.name, "response_header"])
-            .inc();
-        let error = ProxyError::new(
-            ProxyErrorKind::UpstreamUnavailable,
-            format!(
-                "upstream {} failed before its response head: {e}",
-                route.upstream.name
-            ),
+        let error = upstream_failed(
+            route,
+            "response_header",
+            &format!("failed before its response head: {e}"),
         );
         return respond_error(down, ctx, &error).await;
     }
@@ -201,16 +189,10 @@ pub async fn handle(
         if websocket && asks_for_websocket(&upstream_head.headers) {
             return websocket::run(route, up, &upstream_head, down, ctx).await;
         }
-        METRICS
-            .upstream_errors
-            .with_label_values(&[&route.upstream.name, "response_header"])
-            .inc();
-        let error = ProxyError::new(
-            ProxyErrorKind::UpstreamUnavailable,
-            format!(
-                "upstream {} switched protocols without a WebSocket handshake to accept",
-                route.upstream.name
-            ),
+        let error = upstream_failed(
+            route,
+            "response_header",
+            "switched protocols without a WebSocket handshake to accept",
         );
         return respond_error(down, ctx, &error).await;
     }
@@ -325,6 +307,15 @@ impl Connection<'_> {
             close_upstream(self.session, outcome, ctx).await;
         }
     }
+}
+
+/// Counts an upstream failure in `phase` and says what went wrong, for a 502.
+fn upstream_failed(route: &Route, phase: &str, what: &str) -> ProxyError {
+    METRICS.upstream_failed(&route.upstream.name, phase);
+    ProxyError::new(
+        ProxyErrorKind::UpstreamUnavailable,
+        format!("upstream {} {what}", route.upstream.name),
+    )
 }
 
 /// Closes an upstream connection that is not going back to the pool. One whose client left is

@@ -104,10 +104,7 @@ pub async fn relay(
             Ok(None) => (flush_decoder(decoder.as_deref_mut()), true),
             Err(e) => {
                 ctx.error = Some(format!("upstream body: {e}"));
-                METRICS
-                    .upstream_errors
-                    .with_label_values(&[&route.upstream.name, "body"])
-                    .inc();
+                METRICS.upstream_failed(&route.upstream.name, "body");
                 return StreamOutcome::UpstreamError;
             }
         };

@@ -157,10 +157,7 @@ impl Upstreams {
         match Box::pin(self.connector.get_http_session(&peer)).await {
             Ok((session, _reused)) => Ok((session, peer)),
             Err(e) => {
-                METRICS
-                    .upstream_errors
-                    .with_label_values(&[&spec.name, "connect"])
-                    .inc();
+                METRICS.upstream_failed(&spec.name, "connect");
                 Err(ProxyError::new(
                     ProxyErrorKind::UpstreamUnavailable,
                     format!("cannot connect to upstream {}: {}", spec.name, e),

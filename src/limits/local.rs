@@ -32,6 +32,19 @@ struct Shard {
 
 impl Shard {
     fn take_token(&mut self, user: &str, rpm: u32, now_ms: u64) -> Result<(), Rejection> {
+        let bucket = self.bucket_after_take(user, rpm, now_ms)?;
+        self.buckets.insert(user.into(), bucket);
+        Ok(())
+    }
+
+    /// The user's bucket with one token taken, not yet stored: a stream claim stores it only
+    /// once its slot checks passed too.
+    fn bucket_after_take(
+        &mut self,
+        user: &str,
+        rpm: u32,
+        now_ms: u64,
+    ) -> Result<TokenBucket, Rejection> {
         self.sweep(now_ms);
         let mut bucket = self.bucket(user, rpm, now_ms);
         bucket
@@ -40,8 +53,7 @@ impl Shard {
                 limit: rpm,
                 retry_after,
             })?;
-        self.buckets.insert(user.into(), bucket);
-        Ok(())
+        Ok(bucket)
     }
 
     fn bucket(&self, user: &str, rpm: u32, now_ms: u64) -> TokenBucket {
@@ -163,15 +175,7 @@ impl LocalCounters {
                 }
             }
             if let Some(rpm) = limits.per_user_rpm {
-                s.sweep(now_ms);
-                let mut bucket = s.bucket(user, rpm, now_ms);
-                bucket
-                    .try_take(rpm, now_ms)
-                    .map_err(|retry_after| Rejection::UserRate {
-                        limit: rpm,
-                        retry_after,
-                    })?;
-                new_bucket = Some(bucket);
+                new_bucket = Some(s.bucket_after_take(user, rpm, now_ms)?);
             }
         }
         if let (Some(key), Some(i), Some(limit)) = (claim.key_id, key_shard, limits.per_key_streams)

@@ -279,6 +279,13 @@ pub fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
+    /// Counts an upstream failure in `phase` (`connect`, `request`, `response_header`, `body`).
+    pub fn upstream_failed(&self, upstream: &str, phase: &str) {
+        self.upstream_errors
+            .with_label_values(&[upstream, phase])
+            .inc();
+    }
+
     pub fn request_done(&self, route: &str, status: u16) {
         self.requests
             .with_label_values(&[route, status_class(status)])

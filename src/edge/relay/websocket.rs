@@ -113,10 +113,7 @@ async fn copy_both_ways(
             Event::Upstream(Ok(None)) => return StreamOutcome::Completed,
             Event::Upstream(Err(e)) => {
                 ctx.error = Some(format!("upstream WebSocket read: {e}"));
-                METRICS
-                    .upstream_errors
-                    .with_label_values(&[&route.upstream.name, "body"])
-                    .inc();
+                METRICS.upstream_failed(&route.upstream.name, "body");
                 return StreamOutcome::UpstreamError;
             }
             Event::Client(Ok(Some(data))) => {
@@ -130,10 +127,7 @@ async fn copy_both_ways(
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
                         ctx.error = Some("upstream WebSocket write failed".into());
-                        METRICS
-                            .upstream_errors
-                            .with_label_values(&[&route.upstream.name, "request"])
-                            .inc();
+                        METRICS.upstream_failed(&route.upstream.name, "request");
                         return StreamOutcome::UpstreamError;
                     }
                 }
