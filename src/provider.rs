@@ -78,6 +78,8 @@ pub enum ProxyErrorKind {
     PayloadTooLarge,
     /// The request head is larger than `server.max_request_header`.
     HeadersTooLarge,
+    /// A method Sluice does not proxy (`CONNECT`).
+    MethodNotAllowed,
 }
 
 impl ProxyErrorKind {
@@ -89,6 +91,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::RateLimited => 429,
             ProxyErrorKind::PayloadTooLarge => 413,
             ProxyErrorKind::HeadersTooLarge => 431,
+            ProxyErrorKind::MethodNotAllowed => 405,
             ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => 502,
             ProxyErrorKind::UpstreamTimeout
             | ProxyErrorKind::UpstreamIdle
@@ -110,6 +113,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::RateLimited => "rate_limit_exceeded",
             ProxyErrorKind::PayloadTooLarge => "request_too_large",
             ProxyErrorKind::HeadersTooLarge => "request_header_too_large",
+            ProxyErrorKind::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -122,7 +126,9 @@ impl ProxyErrorKind {
                 ProxyErrorKind::Unauthorized => "authentication_error",
                 ProxyErrorKind::RateLimited => "rate_limit_error",
                 ProxyErrorKind::PayloadTooLarge => "request_too_large",
-                ProxyErrorKind::HeadersTooLarge => "invalid_request_error",
+                ProxyErrorKind::HeadersTooLarge | ProxyErrorKind::MethodNotAllowed => {
+                    "invalid_request_error"
+                }
                 ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => "api_error",
                 _ => "timeout_error",
             },
@@ -130,7 +136,8 @@ impl ProxyErrorKind {
                 ProxyErrorKind::NoRoute => "NOT_FOUND",
                 ProxyErrorKind::BadRequest
                 | ProxyErrorKind::PayloadTooLarge
-                | ProxyErrorKind::HeadersTooLarge => "INVALID_ARGUMENT",
+                | ProxyErrorKind::HeadersTooLarge
+                | ProxyErrorKind::MethodNotAllowed => "INVALID_ARGUMENT",
                 ProxyErrorKind::Unauthorized => "UNAUTHENTICATED",
                 ProxyErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
                 ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => {
@@ -143,7 +150,8 @@ impl ProxyErrorKind {
                 ProxyErrorKind::BadRequest
                 | ProxyErrorKind::Unauthorized
                 | ProxyErrorKind::PayloadTooLarge
-                | ProxyErrorKind::HeadersTooLarge => "invalid_request_error",
+                | ProxyErrorKind::HeadersTooLarge
+                | ProxyErrorKind::MethodNotAllowed => "invalid_request_error",
                 // What OpenAI itself sends for a request-rate limit.
                 ProxyErrorKind::RateLimited => "requests",
                 _ => "server_error",

@@ -1,4 +1,4 @@
-//! The only module that knows Pingora: the server and its services, the `ProxyHttp` impl, the
+//! The only module that knows Pingora: the server and its services, the HTTP application, the
 //! relay loop, upstream connections and the admin listener.
 
 mod admin;
@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pingora::apps::HttpServerOptions;
-use pingora::proxy::ProxyServiceBuilder;
 pub use proxy::SluiceProxy;
 
 /// What one request did, filled in along its path and read by the logging phase.
@@ -187,10 +186,7 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         } else {
             "sluice proxy"
         };
-        let mut service = ProxyServiceBuilder::new(&server.configuration, proxy.clone())
-            .name(name)
-            .server_options(options)
-            .build();
+        let mut service = Service::new(name.to_string(), proxy.with_options(options));
         for (i, listener) in listeners {
             // No L4 write buffer: every write (response head, each event) goes straight to the
             // socket, so nothing waits for a flush. No L4 read buffer either: Pingora reads heads

@@ -1,5 +1,7 @@
-//! Sluice's `ProxyHttp`: thin phase methods. `request_filter` hands every routed request to the
-//! relay (which writes the whole response) and `logging` records what happened.
+//! Sluice's HTTP application: reads each request head, hands routed requests to the relay (which
+//! writes the whole response) and records what happened. Pingora's `ProxyHttp` layer is not
+//! used: its per-request session and phase futures cost ~34 KiB per open stream, and the relay
+//! does everything those phases would do.
 
 use super::admission;
 use super::relay;
@@ -12,9 +14,9 @@ use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Router;
 use crate::telemetry::{rfc3339_now, AccessRecord, METRICS};
 use async_trait::async_trait;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 
 /// Cheap to clone: every listener service shares the same routes, upstream pool and ledger.
@@ -24,6 +26,7 @@ pub struct SluiceProxy {
     upstreams: Arc<Upstreams>,
     usage: Arc<UsageSink>,
     limiter: Limiter,
+    options: HttpServerOptions,
 }
 
 impl SluiceProxy {
@@ -33,29 +36,36 @@ impl SluiceProxy {
             upstreams: Arc::new(upstreams),
             usage: Arc::new(usage),
             limiter,
+            options: HttpServerOptions::default(),
         }
     }
-}
 
-#[async_trait]
-impl ProxyHttp for SluiceProxy {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+    /// The same proxy for a listener service of its own (h2c or not).
+    pub fn with_options(&self, options: HttpServerOptions) -> Self {
+        SluiceProxy {
+            options,
+            ..self.clone()
+        }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let path = session.req_header().uri.path().to_string();
+    /// Answers one request that Pingora has read the head of; `Finish::Close` when the client
+    /// connection cannot be reused.
+    async fn answer(&self, down: &mut ServerSession, ctx: &mut RequestCtx) -> Finish {
+        if down.req_header().method == http::Method::CONNECT {
+            let error = ProxyError::new(
+                ProxyErrorKind::MethodNotAllowed,
+                "CONNECT is not proxied by Sluice",
+            );
+            return respond_error(down, ctx, &error).await;
+        }
+        let path = down.req_header().uri.path().to_string();
         ctx.request_id = crate::request_id::from_client(
-            session
-                .req_header()
+            down.req_header()
                 .headers
                 .get(crate::request_id::HEADER)
                 .map(|v| v.as_bytes()),
         );
-        let down = session.as_downstream_mut();
-        let finish = match self.router.route(&path) {
+        match self.router.route(&path) {
             Some(route) => {
                 ctx.route = Some(route.clone());
                 ctx.provider = route.provider.resolve(&path);
@@ -80,23 +90,12 @@ impl ProxyHttp for SluiceProxy {
                     ProxyError::new(ProxyErrorKind::NoRoute, format!("no route for {path}"));
                 respond_error(down, ctx, &error).await
             }
-        };
-        if matches!(finish, Finish::Close) {
-            session.set_keepalive(None);
         }
-        Ok(true)
     }
 
-    /// Never reached: `request_filter` always answers. Present because the trait requires it.
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        Error::e_explain(ErrorType::InternalError, "sluice relays in request_filter")
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    /// Writes the usage record a stream request may still owe, the metrics and the access log.
+    /// `down` has no request head when the head could not be parsed.
+    async fn record(&self, down: &ServerSession, head_read: bool, ctx: &mut RequestCtx) {
         // Event streams wrote their record before their end; a stream request that never got
         // one (an error before the head, a non-stream answer) is recorded here.
         // A refused request never reached a provider: it has no usage to record.
@@ -112,16 +111,16 @@ impl ProxyHttp for SluiceProxy {
         let route = ctx.route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
         let usage = ctx.usage_record.as_ref();
         METRICS.request_done(route, ctx.status);
-        let req = session.req_header();
+        let req = head_read.then(|| down.req_header());
         AccessRecord {
             ts: rfc3339_now(),
             request_id: &ctx.request_id,
-            client: session
+            client: down
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.to_string()),
-            method: req.method.as_str(),
-            path: req.uri.path(),
+            method: req.map_or("", |r| r.method.as_str()),
+            path: req.map_or("", |r| r.uri.path()),
             route,
             upstream: ctx
                 .route
@@ -146,5 +145,65 @@ impl ProxyHttp for SluiceProxy {
             usage_source: usage.map(|u| u.usage_source),
         }
         .write();
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for SluiceProxy {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut down: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let mut shutdown = shutdown.clone();
+        let read = tokio::select! {
+            // Biased: a request already buffered is answered even when shutdown has begun.
+            biased;
+            read = down.read_request() => read,
+            // An idle kept-alive connection is closed when the service shuts down.
+            _ = shutdown.wait_for(|down| *down) => return None,
+        };
+        let mut ctx = RequestCtx::new();
+        match read {
+            Ok(true) => {}
+            // The client closed an idle kept-alive connection.
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) {
+                    let error = ProxyError::new(
+                        ProxyErrorKind::BadRequest,
+                        match &e.context {
+                            Some(why) => format!("malformed request head: {why}"),
+                            None => "malformed request head".to_string(),
+                        },
+                    );
+                    respond_error(&mut down, &mut ctx, &error).await;
+                    self.record(&down, false, &mut ctx).await;
+                }
+                down.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            down.set_keepalive(None);
+        }
+        let finish = self.answer(&mut down, &mut ctx).await;
+        self.record(&down, true, &mut ctx).await;
+        // The request's slot and in-flight count end here, not when the connection does.
+        drop(ctx);
+        if matches!(finish, Finish::Close) {
+            // `finish` then shuts the connection down in order (FIN, or END_STREAM on h2).
+            down.set_keepalive(None);
+        }
+        let settings = HttpPersistentSettings::for_session(&down);
+        down.finish()
+            .await
+            .ok()
+            .flatten()
+            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
     }
 }
