@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod edge;
+pub mod http1;
 pub mod limits;
 pub mod provider;
 pub mod request_id;

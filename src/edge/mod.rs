@@ -155,7 +155,15 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         grace_period: config.server.grace_period,
     };
     server.add_service(background_service("drain", drain));
-    let upstreams = upstream::Upstreams::new(demo_addr, &router, &server.configuration)?;
+    let upstreams = Arc::new(upstream::Upstreams::new(
+        demo_addr,
+        &router,
+        &server.configuration,
+    )?);
+    server.add_service(background_service(
+        "upstream pool",
+        upstream::PoolSweeper(upstreams.clone()),
+    ));
     let usage_ledger = usage.ledger().cloned();
     let proxy = SluiceProxy::new(router, upstreams, usage, limiter.clone());
     let tls_listeners = tls::TlsListeners::load(config)?;

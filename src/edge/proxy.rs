@@ -30,10 +30,15 @@ pub struct SluiceProxy {
 }
 
 impl SluiceProxy {
-    pub fn new(router: Router, upstreams: Upstreams, usage: UsageSink, limiter: Limiter) -> Self {
+    pub fn new(
+        router: Router,
+        upstreams: Arc<Upstreams>,
+        usage: UsageSink,
+        limiter: Limiter,
+    ) -> Self {
         SluiceProxy {
             router: Arc::new(router),
-            upstreams: Arc::new(upstreams),
+            upstreams,
             usage: Arc::new(usage),
             limiter,
             options: HttpServerOptions::default(),

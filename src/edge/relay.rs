@@ -23,7 +23,7 @@ use super::responses::{
     write_terminal_line, Finish,
 };
 use super::stream_body::{self, BodyWatch};
-use super::upstream::Upstreams;
+use super::upstream::{UpstreamConn, Upstreams};
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
 use crate::limits::Limiter;
@@ -38,10 +38,8 @@ use crate::usage::include_usage::{ensure_include_usage, IncludeUsage};
 use crate::usage::inspector::{InspectorOptions, StreamInspector};
 use bytes::BytesMut;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
-use pingora::upstreams::peer::HttpPeer;
 use request::{BodyError, BodyPrefix, INSPECT_BODY_LIMIT};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,25 +52,86 @@ pub async fn handle(
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
 ) -> Finish {
+    // Boxed: everything before the body relay (admission, connect, request, heads, WebSocket)
+    // would otherwise size the future that each open stream keeps for its whole life.
+    let opened = Box::pin(open(upstreams, usage, limiter, route, down, ctx)).await;
+    let Opened {
+        up,
+        kind,
+        mut decoder,
+        strip_usage_chunk,
+    } = match opened {
+        Ok(opened) => opened,
+        Err(finish) => return finish,
+    };
+    let Some(kind) = kind else {
+        let mut up = up;
+        let outcome = stream_body::relay(route, &mut up, down, ctx, None, BodyWatch::Plain).await;
+        ctx.outcome = Some(outcome);
+        return Box::pin(end_plain(upstreams, route, up, outcome, down, ctx)).await;
+    };
+    let upstream = Connection {
+        upstreams,
+        conn: up,
+    };
+    match kind {
+        StreamKind::EventStream => {
+            relay_event_stream(
+                route,
+                usage,
+                upstream,
+                down,
+                ctx,
+                decoder.as_mut(),
+                strip_usage_chunk,
+            )
+            .await
+        }
+        StreamKind::JsonLines | StreamKind::JsonSeq => {
+            relay_json_lines(route, usage, upstream, down, ctx, decoder.as_mut(), kind).await
+        }
+    }
+}
+
+/// An upstream response whose head went to the client: what the body relay needs.
+struct Opened {
+    up: UpstreamConn,
+    /// The stream format, `None` for a plain body.
+    kind: Option<StreamKind>,
+    decoder: Option<ResponseCompressionCtx>,
+    strip_usage_chunk: bool,
+}
+
+/// Everything up to the response head: checks, request body, admission, the upstream request and
+/// its response head. `Err` when the request was answered here (an error, a refusal, a WebSocket
+/// session that has ended).
+async fn open(
+    upstreams: &Upstreams,
+    usage: &UsageSink,
+    limiter: &Limiter,
+    route: &Arc<Route>,
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+) -> Result<Opened, Finish> {
     if let Err(error) = request::check_head(route, down) {
         let body_coming = !request::expects_continue(down.req_header());
-        return refuse(down, ctx, &error, body_coming).await;
+        return Err(refuse(down, ctx, &error, body_coming).await);
     }
     if request::answer_expect_continue(down).await.is_err() {
         ctx.outcome = Some(StreamOutcome::ClientDisconnect);
-        return Finish::Close;
+        return Err(Finish::Close);
     }
     let mut body = match request::read_body_prefix(down, route.max_request_body).await {
         Ok(body) => body,
         Err(BodyError::TooLarge) => {
-            return refuse(down, ctx, &request::too_large(route), true).await;
+            return Err(refuse(down, ctx, &request::too_large(route), true).await);
         }
         Err(BodyError::Read(e)) => {
             let error = ProxyError::new(
                 ProxyErrorKind::BadRequest,
                 format!("could not read the request body: {e}"),
             );
-            return respond_error(down, ctx, &error).await;
+            return Err(respond_error(down, ctx, &error).await);
         }
     };
     let websocket = is_websocket_upgrade(down.req_header());
@@ -81,7 +140,7 @@ pub async fn handle(
             ProxyErrorKind::BadRequest,
             "a WebSocket handshake has no request body",
         );
-        return respond_error(down, ctx, &error).await;
+        return Err(respond_error(down, ctx, &error).await);
     }
     let req = down.req_header();
     let accept = req.headers.get(http::header::ACCEPT).map(|v| v.as_bytes());
@@ -90,7 +149,7 @@ pub async fn handle(
     ctx.stream_request = websocket || request_wants_stream(accept, json, req.uri.path());
     ctx.format = StreamFormat::from_request(route.provider, req.uri.path());
     if let Err(refusal) = admission::admit(limiter, route, ctx).await {
-        return respond_refusal(down, ctx, &refusal).await;
+        return Err(respond_refusal(down, ctx, &refusal).await);
     }
     let strip_usage_chunk =
         usage.inspects() && ctx.stream_request && add_include_usage(route, ctx, &mut body);
@@ -109,32 +168,18 @@ pub async fn handle(
         websocket,
     }
     .build();
-    let mut request = match request {
+    let request = match request {
         Ok(r) => r,
         Err(e) => {
             let error = ProxyError::new(ProxyErrorKind::BadRequest, e.to_string());
-            return respond_error(down, ctx, &error).await;
+            return Err(respond_error(down, ctx, &error).await);
         }
     };
 
-    let (mut up, peer) = match upstreams.connect(&route.upstream).await {
+    let mut up = match upstreams.connect(&route.upstream, websocket).await {
         Ok(connected) => connected,
-        Err(error) => return respond_error(down, ctx, &error).await,
+        Err(error) => return Err(respond_error(down, ctx, &error).await),
     };
-    if websocket && !matches!(up, UpstreamSession::H1(_)) {
-        let error = ProxyError::new(
-            ProxyErrorKind::UpstreamUnavailable,
-            format!(
-                "upstream {} speaks HTTP/2: WebSocket needs an HTTP/1.1 upstream",
-                route.upstream.name
-            ),
-        );
-        return respond_error(down, ctx, &error).await;
-    }
-    if up.as_http2().is_some() {
-        // HTTP/2 frames the body itself and forbids the header.
-        request.remove_header(&http::header::TRANSFER_ENCODING);
-    }
     match request::send_request(&mut up, request, body, down, route.max_request_body).await {
         Ok(()) => {}
         Err(BodyError::TooLarge) => {
@@ -142,7 +187,7 @@ pub async fn handle(
             // there. The client gets a 413 if it still reads, and its connection is closed.
             drop(up);
             refuse(down, ctx, &request::too_large(route), true).await;
-            return Finish::Close;
+            return Err(Finish::Close);
         }
         Err(BodyError::Read(e)) => {
             let error = upstream_failed(
@@ -150,51 +195,50 @@ pub async fn handle(
                 "request",
                 &format!("failed while sending the request: {e}"),
             );
-            return respond_error(down, ctx, &error).await;
+            return Err(respond_error(down, ctx, &error).await);
         }
     }
 
     let head_wait = route.policy.idle_timeout.unwrap_or(Duration::MAX);
     let head = tokio::select! {
-        r = read_final_head(&mut up) => r,
+        r = up.read_final_head() => r,
         _ = sleep_for(head_wait) => {
             let error = ProxyError::new(
                 ProxyErrorKind::UpstreamTimeout,
                 format!("upstream {} sent no response within {head_wait:?}", route.upstream.name),
             );
             METRICS.upstream_failed(&route.upstream.name, "response_header");
-            return respond_error(down, ctx, &error).await;
+            return Err(respond_error(down, ctx, &error).await);
         }
         _ = down.read_body_or_idle(true) => {
             ctx.outcome = Some(StreamOutcome::ClientDisconnect);
             close_upstream(up, StreamOutcome::ClientDisconnect, ctx).await;
-            return Finish::Close;
+            return Err(Finish::Close);
         }
     };
-    if let Err(e) = head {
-        let error = upstream_failed(
-            route,
-            "response_header",
-            &format!("failed before its response head: {e}"),
-        );
-        return respond_error(down, ctx, &error).await;
-    }
-    let upstream_head = up
-        .response_header()
-        .expect("response header was read")
-        .clone();
+    let upstream_head = match head {
+        Ok(head) => head,
+        Err(e) => {
+            let error = upstream_failed(
+                route,
+                "response_header",
+                &format!("failed before its response head: {e}"),
+            );
+            return Err(respond_error(down, ctx, &error).await);
+        }
+    };
     if upstream_head.status == http::StatusCode::SWITCHING_PROTOCOLS {
         // Only a WebSocket handshake may switch protocols, and only to WebSocket: anything else
         // would let the client and the upstream talk past Sluice's request handling.
         if websocket && asks_for_websocket(&upstream_head.headers) {
-            return websocket::run(route, up, &upstream_head, down, ctx).await;
+            return Err(websocket::run(route, up, &upstream_head, down, ctx).await);
         }
         let error = upstream_failed(
             route,
             "response_header",
             "switched protocols without a WebSocket handshake to accept",
         );
-        return respond_error(down, ctx, &error).await;
+        return Err(respond_error(down, ctx, &error).await);
     }
     let kind = StreamKind::of_content_type(
         upstream_head
@@ -203,7 +247,7 @@ pub async fn handle(
             .map(|v| v.as_bytes())
             .unwrap_or_default(),
     );
-    let mut decoder = kind.and_then(|_| decoder_for(&upstream_head));
+    let decoder = kind.and_then(|_| decoder_for(&upstream_head));
     let shape = match kind {
         Some(_) => ResponseShape::Stream,
         None => ResponseShape::Plain,
@@ -213,7 +257,7 @@ pub async fn handle(
             Ok(h) => h,
             Err(e) => {
                 let error = ProxyError::new(ProxyErrorKind::UpstreamUnavailable, e.to_string());
-                return respond_error(down, ctx, &error).await;
+                return Err(respond_error(down, ctx, &error).await);
             }
         };
     // Not needed past this point: its headers are not kept for the life of the stream.
@@ -227,47 +271,38 @@ pub async fn handle(
         .is_err()
     {
         ctx.outcome = Some(StreamOutcome::ClientDisconnect);
-        return Finish::Close;
+        return Err(Finish::Close);
     }
 
-    let Some(kind) = kind else {
-        let outcome = stream_body::relay(route, &mut up, down, ctx, None, BodyWatch::Plain).await;
-        ctx.outcome = Some(outcome);
-        return match outcome {
-            StreamOutcome::Completed if down.finish_body().await.is_ok() => {
-                upstreams
-                    .release(up, &peer, route.upstream.pool_idle_timeout)
-                    .await;
-                Finish::Clean
-            }
-            // A plain body cut short cannot be ended cleanly: the client sees the connection
-            // close, as it would with the upstream itself.
-            _ => {
-                close_upstream(up, outcome, ctx).await;
-                Finish::Close
-            }
-        };
-    };
-    let upstream = Connection {
-        upstreams,
-        session: up,
-        peer,
-    };
-    match kind {
-        StreamKind::EventStream => {
-            relay_event_stream(
-                route,
-                usage,
-                upstream,
-                down,
-                ctx,
-                decoder.as_mut(),
-                strip_usage_chunk,
-            )
-            .await
+    Ok(Opened {
+        up,
+        kind,
+        decoder,
+        strip_usage_chunk,
+    })
+}
+
+/// The end of a plain body: the connection goes back to the pool when the body came whole.
+async fn end_plain(
+    upstreams: &Upstreams,
+    route: &Route,
+    up: UpstreamConn,
+    outcome: StreamOutcome,
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+) -> Finish {
+    match outcome {
+        StreamOutcome::Completed if down.finish_body().await.is_ok() => {
+            upstreams
+                .release(up, route.upstream.pool_idle_timeout)
+                .await;
+            Finish::Clean
         }
-        StreamKind::JsonLines | StreamKind::JsonSeq => {
-            relay_json_lines(route, usage, upstream, down, ctx, decoder.as_mut(), kind).await
+        // A plain body cut short cannot be ended cleanly: the client sees the connection
+        // close, as it would with the upstream itself.
+        _ => {
+            close_upstream(up, outcome, ctx).await;
+            Finish::Close
         }
     }
 }
@@ -290,8 +325,7 @@ async fn refuse(
 /// The upstream connection a response comes on, and where it goes back to when it ended well.
 struct Connection<'a> {
     upstreams: &'a Upstreams,
-    session: UpstreamSession,
-    peer: HttpPeer,
+    conn: UpstreamConn,
 }
 
 impl Connection<'_> {
@@ -301,10 +335,10 @@ impl Connection<'_> {
     async fn finish(self, route: &Route, outcome: StreamOutcome, ctx: &mut RequestCtx) {
         if outcome == StreamOutcome::Completed {
             self.upstreams
-                .release(self.session, &self.peer, route.upstream.pool_idle_timeout)
+                .release(self.conn, route.upstream.pool_idle_timeout)
                 .await;
         } else {
-            close_upstream(self.session, outcome, ctx).await;
+            close_upstream(self.conn, outcome, ctx).await;
         }
     }
 }
@@ -339,7 +373,7 @@ async fn relay_event_stream(
     decoder: Option<&mut ResponseCompressionCtx>,
     strip_usage_chunk: bool,
 ) -> Finish {
-    let mut guard = StreamGuard::new(&route.name);
+    let guard = StreamGuard::new(&route.name);
     let extractor = if usage.inspects() {
         extractor(ctx.format)
     } else {
@@ -355,54 +389,62 @@ async fn relay_event_stream(
     );
     let mut outcome = stream_body::relay(
         route,
-        &mut upstream.session,
+        &mut upstream.conn,
         down,
         ctx,
         decoder,
         BodyWatch::Events(&mut inspector),
     )
     .await;
-    upstream.finish(route, outcome, ctx).await;
-    if outcome != StreamOutcome::Completed
-        && inspector.final_reached()
-        && outcome != StreamOutcome::ClientDisconnect
-    {
-        // The provider finished its stream and merely left the connection open.
-        outcome = StreamOutcome::Completed;
-    }
-    ctx.outcome = Some(outcome);
-    guard.outcome = outcome;
-    if outcome != StreamOutcome::Completed {
-        inspector.discard_partial();
-    }
+    // Boxed: the end (pool or close, usage record, last bytes) is not part of what an open
+    // stream keeps.
+    Box::pin(async move {
+        // The whole guard moves in (not just the field assigned below): it counts the stream
+        // until the end is written.
+        let mut guard = guard;
+        upstream.finish(route, outcome, ctx).await;
+        if outcome != StreamOutcome::Completed
+            && inspector.final_reached()
+            && outcome != StreamOutcome::ClientDisconnect
+        {
+            // The provider finished its stream and merely left the connection open.
+            outcome = StreamOutcome::Completed;
+        }
+        ctx.outcome = Some(outcome);
+        guard.outcome = outcome;
+        if outcome != StreamOutcome::Completed {
+            inspector.discard_partial();
+        }
 
-    let mut record =
-        UsageSink::record_for(ctx, Some(inspector.facts()), inspector.oversized_events());
-    // The held final frame is part of what the client gets (the usage comment is not counted).
-    record.bytes += inspector.held_len() as u64;
-    // The stream's end goes to the client only once its record is durable (when configured).
-    let client_still_there = outcome != StreamOutcome::ClientDisconnect;
-    usage
-        .record(&record, client_still_there && usage.hold_final_frame())
-        .await;
-    ctx.usage_record = Some(record);
-    match outcome {
-        StreamOutcome::Completed => {
-            let record = ctx.usage_record.as_ref().expect("just set");
-            let mut tail = BytesMut::from(&inspector.take_held()[..]);
-            if route.usage_comment {
-                tail.extend_from_slice(record.sse_comment().as_bytes());
+        let mut record =
+            UsageSink::record_for(ctx, Some(inspector.facts()), inspector.oversized_events());
+        // The held final frame is part of what the client gets (the usage comment is not counted).
+        record.bytes += inspector.held_len() as u64;
+        // The stream's end goes to the client only once its record is durable (when configured).
+        let client_still_there = outcome != StreamOutcome::ClientDisconnect;
+        usage
+            .record(&record, client_still_there && usage.hold_final_frame())
+            .await;
+        ctx.usage_record = Some(record);
+        match outcome {
+            StreamOutcome::Completed => {
+                let record = ctx.usage_record.as_ref().expect("just set");
+                let mut tail = BytesMut::from(&inspector.take_held()[..]);
+                if route.usage_comment {
+                    tail.extend_from_slice(record.sse_comment().as_bytes());
+                }
+                let trailers = wants_trailers(down).then(|| usage_trailers(record));
+                end_stream(down, ctx, tail.freeze(), trailers).await
             }
-            let trailers = wants_trailers(down).then(|| usage_trailers(record));
-            end_stream(down, ctx, tail.freeze(), trailers).await
+            StreamOutcome::ClientDisconnect => Finish::Close,
+            ended => {
+                let error = end_error(ended, route);
+                let at_boundary = inspector.client_at_event_boundary();
+                write_terminal_event(down, ctx, &error, at_boundary).await
+            }
         }
-        StreamOutcome::ClientDisconnect => Finish::Close,
-        ended => {
-            let error = end_error(ended, route);
-            let at_boundary = inspector.client_at_event_boundary();
-            write_terminal_event(down, ctx, &error, at_boundary).await
-        }
-    }
+    })
+    .await
 }
 
 /// JSON lines (NDJSON, JSON text sequences): relayed like an event stream, without heartbeats or
@@ -418,49 +460,40 @@ async fn relay_json_lines(
     decoder: Option<&mut ResponseCompressionCtx>,
     kind: StreamKind,
 ) -> Finish {
-    let mut guard = StreamGuard::new(&route.name);
+    let guard = StreamGuard::new(&route.name);
     let mut lines = LineBoundary::default();
     let outcome = stream_body::relay(
         route,
-        &mut upstream.session,
+        &mut upstream.conn,
         down,
         ctx,
         decoder,
         BodyWatch::Lines(&mut lines),
     )
     .await;
-    upstream.finish(route, outcome, ctx).await;
-    ctx.outcome = Some(outcome);
-    guard.outcome = outcome;
-    let record = UsageSink::record_for(ctx, None, 0);
-    let client_still_there = outcome != StreamOutcome::ClientDisconnect;
-    usage
-        .record(&record, client_still_there && usage.hold_final_frame())
-        .await;
-    ctx.usage_record = Some(record);
-    match outcome {
-        StreamOutcome::Completed => end_stream(down, ctx, bytes::Bytes::new(), None).await,
-        StreamOutcome::ClientDisconnect => Finish::Close,
-        ended => {
-            let error = end_error(ended, route);
-            write_terminal_line(down, ctx, &error, kind, lines.at_boundary()).await
-        }
-    }
-}
-
-/// Reads the upstream's final response head: informational ones (`100 Continue`, `103 Early
-/// Hints`) are skipped, `101` is final.
-async fn read_final_head(up: &mut UpstreamSession) -> pingora::Result<()> {
-    loop {
-        up.read_response_header().await?;
-        let status = up.response_header().map(|h| h.status);
-        match status {
-            Some(s) if s.is_informational() && s != http::StatusCode::SWITCHING_PROTOCOLS => {
-                continue
+    Box::pin(async move {
+        // The whole guard moves in (not just the field assigned below): it counts the stream
+        // until the end is written.
+        let mut guard = guard;
+        upstream.finish(route, outcome, ctx).await;
+        ctx.outcome = Some(outcome);
+        guard.outcome = outcome;
+        let record = UsageSink::record_for(ctx, None, 0);
+        let client_still_there = outcome != StreamOutcome::ClientDisconnect;
+        usage
+            .record(&record, client_still_there && usage.hold_final_frame())
+            .await;
+        ctx.usage_record = Some(record);
+        match outcome {
+            StreamOutcome::Completed => end_stream(down, ctx, bytes::Bytes::new(), None).await,
+            StreamOutcome::ClientDisconnect => Finish::Close,
+            ended => {
+                let error = end_error(ended, route);
+                write_terminal_line(down, ctx, &error, kind, lines.at_boundary()).await
             }
-            _ => return Ok(()),
         }
-    }
+    })
+    .await
 }
 
 /// HTTP/2 clients that sent `TE: trailers` get the usage figures as response trailers (HTTP/1.1

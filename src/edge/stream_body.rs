@@ -3,13 +3,13 @@
 //! decided by the relay clock. Event streams go through the usage inspector on the way; JSON
 //! lines only have their line ends watched.
 
+use super::upstream::UpstreamConn;
 use super::RequestCtx;
 use crate::route::Route;
 use crate::sse::{LineBoundary, RelayClock, RelayTick, StreamOutcome, HEARTBEAT};
 use crate::telemetry::METRICS;
 use crate::usage::inspector::StreamInspector;
 use bytes::{Bytes, BytesMut};
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
 use std::time::Instant;
@@ -34,7 +34,7 @@ pub enum BodyWatch<'a> {
 /// Relays the body until it ends one way or another; the caller writes the end.
 pub async fn relay(
     route: &Route,
-    up: &mut UpstreamSession,
+    up: &mut UpstreamConn,
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
     mut decoder: Option<&mut ResponseCompressionCtx>,
@@ -51,10 +51,10 @@ pub async fn relay(
         // A sized body that has fully arrived would otherwise wait for a read that never ends.
         let chunk = if let Some(chunk) = deferred.take() {
             chunk
-        } else if up.response_done() {
+        } else if up.body_done() {
             Ok(None)
         } else {
-            let read = up.read_response_body();
+            let read = up.read_body();
             tokio::pin!(read);
             // Ticks (heartbeats) leave the pending upstream read in place: only an ending
             // drops it.
@@ -165,14 +165,14 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 /// faster than the client is served costs one client write per batch rather than one per event.
 /// Only bytes that are already here are taken: nothing waits for more.
 fn take_ready(
-    up: &mut UpstreamSession,
+    up: &mut UpstreamConn,
     first: Bytes,
     deferred: &mut Option<pingora::Result<Option<Bytes>>>,
 ) -> Bytes {
     let mut gathered: Option<BytesMut> = None;
     let mut len = first.len();
-    while len < COALESCE_LIMIT && !up.response_done() {
-        match now_or_never(up.read_response_body()) {
+    while len < COALESCE_LIMIT && !up.body_done() {
+        match now_or_never(up.read_body()) {
             Some(Ok(Some(next))) => {
                 len += next.len();
                 gathered
@@ -189,8 +189,8 @@ fn take_ready(
     gathered.map(BytesMut::freeze).unwrap_or(first)
 }
 
-/// Polls a future once. Pingora's body read keeps its progress in the session, so dropping a
-/// pending read loses nothing (its own proxy loop cancels reads the same way).
+/// Polls a future once. Body reads keep their progress in the connection, so dropping a pending
+/// read loses nothing.
 fn now_or_never<F: std::future::Future>(future: F) -> Option<F::Output> {
     let mut future = std::pin::pin!(future);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -3,11 +3,11 @@
 //! forwarding, and the sending itself.
 
 use crate::edge::headers::{asks_for_websocket, BodyFraming};
+use crate::edge::upstream::UpstreamConn;
 use crate::provider::{ProxyError, ProxyErrorKind};
 use crate::route::Route;
 use bytes::BytesMut;
 use pingora::http::RequestHeader;
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession;
 use std::time::Duration;
 
@@ -222,37 +222,31 @@ pub async fn read_body_prefix(down: &mut ServerSession, max: u64) -> Result<Body
     })
 }
 
-/// Writes the request upstream: head, the body read so far, then the rest of the body as the
-/// client sends it, stopping with [`BodyError::TooLarge`] when it grows past `max` (the caller
-/// then drops the upstream connection, which aborts the request there).
+/// Writes the request upstream: head and the body read so far together, then the rest of the
+/// body as the client sends it, stopping with [`BodyError::TooLarge`] when it grows past `max`
+/// (the caller then drops the upstream connection, which aborts the request there).
 pub async fn send_request(
-    up: &mut UpstreamSession,
+    up: &mut UpstreamConn,
     request: RequestHeader,
     body: BodyPrefix,
     down: &mut ServerSession,
     max: u64,
 ) -> Result<(), BodyError> {
-    up.write_request_header(Box::new(request))
+    let mut sent = body.prefix.len() as u64;
+    up.send_head(request, body.prefix.freeze(), body.complete)
         .await
         .map_err(BodyError::Read)?;
-    let mut sent = body.prefix.len() as u64;
-    if !body.prefix.is_empty() {
-        up.write_request_body(body.prefix.freeze(), body.complete)
-            .await
-            .map_err(BodyError::Read)?;
+    if body.complete {
+        return Ok(());
     }
-    if !body.complete {
-        while let Some(chunk) = down.read_request_body().await.map_err(BodyError::Read)? {
-            sent += chunk.len() as u64;
-            if sent > max {
-                return Err(BodyError::TooLarge);
-            }
-            up.write_request_body(chunk, false)
-                .await
-                .map_err(BodyError::Read)?;
+    while let Some(chunk) = down.read_request_body().await.map_err(BodyError::Read)? {
+        sent += chunk.len() as u64;
+        if sent > max {
+            return Err(BodyError::TooLarge);
         }
+        up.send_body(chunk).await.map_err(BodyError::Read)?;
     }
-    up.finish_request_body().await.map_err(BodyError::Read)
+    up.finish_body().await.map_err(BodyError::Read)
 }
 
 #[cfg(test)]

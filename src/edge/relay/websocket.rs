@@ -14,13 +14,13 @@ use super::StreamGuard;
 use crate::edge::headers::{client_response, ResponseShape};
 use crate::edge::responses::Finish;
 use crate::edge::stream_body::{self, sleep_until_deadline};
+use crate::edge::upstream::{H1Connection, UpstreamConn};
 use crate::edge::RequestCtx;
 use crate::route::Route;
 use crate::sse::{RelayClock, RelayTick, StreamOutcome};
 use crate::telemetry::METRICS;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession;
 use std::time::Instant;
 
@@ -34,13 +34,13 @@ enum Event {
 /// are never reused.
 pub async fn run(
     route: &Route,
-    up: UpstreamSession,
+    up: UpstreamConn,
     upstream_head: &ResponseHeader,
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
 ) -> Finish {
-    let UpstreamSession::H1(mut up) = up else {
-        // Checked before the handshake was sent.
+    let UpstreamConn::H1 { conn: mut up, .. } = up else {
+        // WebSocket handshakes always go over Sluice's own HTTP/1.1 connections.
         return Finish::Close;
     };
     let head = match client_response(
@@ -79,21 +79,19 @@ pub async fn run(
 
 async fn copy_both_ways(
     route: &Route,
-    up: &mut pingora::protocols::http::v1::client::HttpSession,
+    up: &mut H1Connection,
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
 ) -> StreamOutcome {
-    up.maybe_upgrade_body_writer();
     // The session's own clock decides when silence is too long, for both directions at once.
     down.set_read_timeout(None);
-    up.read_timeout = None;
     let mut clock = RelayClock::new(route.policy, Instant::now(), false);
     let series = METRICS.for_stream(&route.name);
     loop {
         let deadline = clock.next_deadline();
         let event = tokio::select! {
             biased;
-            read = up.read_body_bytes() => Event::Upstream(read),
+            read = up.read_raw() => Event::Upstream(read),
             read = down.read_request_body() => Event::Client(read),
             tick = sleep_until_deadline(deadline) => Event::Tick(tick),
         };
@@ -120,12 +118,12 @@ async fn copy_both_ways(
                 clock.on_upstream_bytes(Instant::now());
                 let deadline = clock.next_deadline();
                 let written = tokio::select! {
-                    written = up.write_body(&data) => written,
+                    written = up.write_raw(&data) => written,
                     tick = sleep_until_deadline(deadline) => return ended_by(tick),
                 };
                 match written {
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
+                    Ok(()) => {}
+                    Err(_) => {
                         ctx.error = Some("upstream WebSocket write failed".into());
                         METRICS.upstream_failed(&route.upstream.name, "request");
                         return StreamOutcome::UpstreamError;

@@ -1,18 +1,25 @@
-//! Connections to upstreams: peers built from the config, Pingora's connector and its pool.
+//! Connections to upstreams: peers built from the config, Sluice's own HTTP/1.1 connections and
+//! idle pool (`h1`, `pool`), and Pingora's connector for upstreams that may speak HTTP/2.
 //!
 //! https upstreams are verified (unless `tls_verify: false`) against their `ca_file`, else the
 //! system roots, else — on a machine with no CA store — the bundled Mozilla roots. The TCP
 //! connect and the TLS handshake have their own timeouts; `http2` offers HTTP/2 (by ALPN over
 //! TLS, by prior knowledge over cleartext), and pooled HTTP/2 connections carry many streams.
 
+mod conn;
+mod h1;
+mod pool;
+
+pub use conn::{PingoraConn, UpstreamConn};
+pub use h1::H1Connection;
+
 use crate::provider::{ProxyError, ProxyErrorKind};
 use crate::route::{Router, Scheme, UpstreamSpec};
 use crate::telemetry::METRICS;
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;
-use pingora::connectors::{ConnectorOptions, L4Connect};
+use pingora::connectors::{ConnectorOptions, L4Connect, TransportConnector};
 use pingora::listeners::ALPN;
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::l4::stream::Stream;
 use pingora::protocols::tls::CaType;
@@ -32,7 +39,12 @@ use std::time::Duration;
 const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 pub struct Upstreams {
+    /// HTTP/2-capable upstreams (`http2: true`): Pingora's client sessions and pool.
     connector: Connector,
+    /// Every other upstream (and WebSocket handshakes): TCP and TLS from Pingora, HTTP/1.1 and
+    /// pooling by Sluice.
+    transport: TransportConnector,
+    pool: Arc<pool::IdlePool>,
     /// Where the built-in demo upstream listens, when the config uses one.
     demo_addr: Option<SocketAddr>,
     /// Connection settings per upstream name, built once.
@@ -102,7 +114,10 @@ impl Upstreams {
             };
             peers.insert(spec.name.clone(), PeerTemplate::new(spec, ca));
         }
+        let per_key = options.keepalive_pool_size;
         Ok(Upstreams {
+            transport: TransportConnector::new(Some(options.clone())),
+            pool: Arc::new(pool::IdlePool::new(per_key)),
             connector: Connector::new(Some(options)),
             demo_addr,
             peers,
@@ -139,11 +154,13 @@ impl Upstreams {
     }
 
     /// A connection to the upstream, reused from the pool when one is idle there (or, over
-    /// HTTP/2, when a pooled connection has a free stream).
+    /// HTTP/2, when a pooled connection has a free stream). A WebSocket handshake always gets
+    /// an HTTP/1.1 connection, also from an `http2: true` upstream.
     pub async fn connect(
         &self,
         spec: &UpstreamSpec,
-    ) -> Result<(UpstreamSession, HttpPeer), ProxyError> {
+        websocket: bool,
+    ) -> Result<UpstreamConn, ProxyError> {
         let addr = self.resolve(spec).await?;
         let template = match self.peers.get(&spec.name) {
             Some(template) => template.clone(),
@@ -151,30 +168,89 @@ impl Upstreams {
         };
         let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.sni.clone());
         peer.group_key = template.group_key;
+        let pool_key = pool_key(&template, addr);
         peer.options = template.options;
-        // Boxed: Pingora's connect future is large (about 9 KiB) and would otherwise be part of
-        // every request's future for the whole life of its stream.
-        match Box::pin(self.connector.get_http_session(&peer)).await {
-            Ok((session, _reused)) => Ok((session, peer)),
-            Err(e) => {
-                METRICS.upstream_failed(&spec.name, "connect");
-                Err(ProxyError::new(
-                    ProxyErrorKind::UpstreamUnavailable,
-                    format!("cannot connect to upstream {}: {}", spec.name, e),
-                ))
+        let failed = |e: Box<Error>| {
+            METRICS.upstream_failed(&spec.name, "connect");
+            ProxyError::new(
+                ProxyErrorKind::UpstreamUnavailable,
+                format!("cannot connect to upstream {}: {}", spec.name, e),
+            )
+        };
+        if spec.http2 && !websocket {
+            // Boxed: Pingora's connect future is large (about 9 KiB) and would otherwise be
+            // part of every request's future for the whole life of its stream.
+            return match Box::pin(self.connector.get_http_session(&peer)).await {
+                Ok((session, _reused)) => Ok(UpstreamConn::Pingora(Box::new(PingoraConn {
+                    session,
+                    peer,
+                }))),
+                Err(e) => Err(failed(e)),
+            };
+        }
+        peer.options.alpn = ALPN::H1;
+        let stream = match self.pool.take(pool_key) {
+            Some(stream) => stream,
+            None => Box::pin(self.transport.new_stream(&peer))
+                .await
+                .map_err(failed)?,
+        };
+        Ok(UpstreamConn::H1 {
+            conn: H1Connection::new(stream),
+            pool_key,
+        })
+    }
+
+    /// Returns a connection whose response ended properly to the pool; any other is closed.
+    pub async fn release(&self, conn: UpstreamConn, idle: Duration) {
+        match conn {
+            UpstreamConn::H1 { conn, pool_key } => {
+                if conn.reusable() {
+                    self.pool.put(pool_key, conn.into_stream(), idle);
+                }
+            }
+            UpstreamConn::Pingora(conn) => {
+                let PingoraConn { session, peer } = *conn;
+                // Boxed for the same reason as the connect future.
+                Box::pin(
+                    self.connector
+                        .release_http_session(session, &peer, Some(idle)),
+                )
+                .await;
             }
         }
     }
 
-    /// Returns a connection whose response ended properly to the pool.
-    pub async fn release(&self, session: UpstreamSession, peer: &HttpPeer, idle: Duration) {
-        // Boxed for the same reason as the connect future.
-        Box::pin(
-            self.connector
-                .release_http_session(session, peer, Some(idle)),
-        )
-        .await;
+    /// Closes idle connections that expired or that their upstream closed; called every second.
+    pub fn sweep_idle(&self) {
+        self.pool.sweep();
     }
+}
+
+/// Sweeps the idle pool every second, until shutdown.
+pub struct PoolSweeper(pub Arc<Upstreams>);
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for PoolSweeper {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.0.sweep_idle(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Connections are shared only within one upstream (its TLS settings and timeouts) and one
+/// address.
+fn pool_key(template: &PeerTemplate, addr: SocketAddr) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    template.group_key.hash(&mut hasher);
+    addr.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl PeerTemplate {

@@ -1,0 +1,109 @@
+//! One upstream connection as the relay sees it: Sluice's own HTTP/1.1 connection, or a Pingora
+//! client session for upstreams that may speak HTTP/2.
+
+use super::h1::H1Connection;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::HttpPeer;
+
+pub enum UpstreamConn {
+    H1 {
+        conn: H1Connection,
+        /// Where it goes back to in the idle pool.
+        pool_key: u64,
+    },
+    /// `http2: true` upstreams: HTTP/2 (or HTTP/1.1 when the server declined it by ALPN).
+    Pingora(Box<PingoraConn>),
+}
+
+pub struct PingoraConn {
+    pub session: HttpSession,
+    /// Where it goes back to in Pingora's pool.
+    pub peer: HttpPeer,
+}
+
+impl UpstreamConn {
+    pub fn is_http2(&self) -> bool {
+        matches!(self, UpstreamConn::Pingora(p) if p.session.as_http2().is_some())
+    }
+
+    /// Sends the request head and the first part of the body (all of it when `complete`).
+    pub async fn send_head(
+        &mut self,
+        mut head: RequestHeader,
+        body: Bytes,
+        complete: bool,
+    ) -> pingora::Result<()> {
+        match self {
+            UpstreamConn::H1 { conn, .. } => conn.send_head(&head, &body, complete).await,
+            UpstreamConn::Pingora(p) => {
+                if p.session.as_http2().is_some() {
+                    // HTTP/2 frames the body itself and forbids the header.
+                    head.remove_header(&http::header::TRANSFER_ENCODING);
+                }
+                p.session.write_request_header(Box::new(head)).await?;
+                if !body.is_empty() {
+                    p.session.write_request_body(body, complete).await?;
+                }
+                if complete {
+                    p.session.finish_request_body().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// More of the request body.
+    pub async fn send_body(&mut self, data: Bytes) -> pingora::Result<()> {
+        match self {
+            UpstreamConn::H1 { conn, .. } => conn.send_body(&data).await,
+            UpstreamConn::Pingora(p) => p.session.write_request_body(data, false).await.map(|_| ()),
+        }
+    }
+
+    pub async fn finish_body(&mut self) -> pingora::Result<()> {
+        match self {
+            UpstreamConn::H1 { conn, .. } => conn.finish_body().await,
+            UpstreamConn::Pingora(p) => p.session.finish_request_body().await,
+        }
+    }
+
+    /// The final response head: informational ones (`100 Continue`, `103 Early Hints`) are
+    /// skipped, `101` is final.
+    pub async fn read_final_head(&mut self) -> pingora::Result<ResponseHeader> {
+        loop {
+            let head = match self {
+                UpstreamConn::H1 { conn, .. } => conn.read_head().await?,
+                UpstreamConn::Pingora(p) => {
+                    p.session.read_response_header().await?;
+                    p.session
+                        .response_header()
+                        .expect("response header was read")
+                        .clone()
+                }
+            };
+            if !head.status.is_informational()
+                || head.status == http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                return Ok(head);
+            }
+        }
+    }
+
+    /// The next piece of the response body, `None` at its end. Cancel-safe.
+    pub async fn read_body(&mut self) -> pingora::Result<Option<Bytes>> {
+        match self {
+            UpstreamConn::H1 { conn, .. } => conn.read_body().await,
+            UpstreamConn::Pingora(p) => p.session.read_response_body().await,
+        }
+    }
+
+    /// The response body has fully arrived.
+    pub fn body_done(&mut self) -> bool {
+        match self {
+            UpstreamConn::H1 { conn, .. } => conn.body_done(),
+            UpstreamConn::Pingora(p) => p.session.response_done(),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Sluice's own HTTP/1.1 upstream connection. The request head and the body read so far leave
+//! in one write (one wake-up of the upstream, not one per piece), and reads go through a buffer
+//! on the stack whose bytes are copied out: an idle stream holds no read buffer at all, where
+//! Pingora's client session keeps a 64 KiB one per connection. The framing rules are in
+//! `crate::http1`.
+
+use crate::http1::{self, BodyDecoder, Http1Error};
+use bytes::{Buf, Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Stream;
+use pingora::{Error, ErrorType};
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+/// Largest response head accepted from an upstream.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most bytes one read takes (on the stack, only while the read runs).
+const READ_SIZE: usize = 64 * 1024;
+
+pub struct H1Connection {
+    stream: Stream,
+    /// Bytes read and not yet consumed: part of a head, or framing between two body pieces.
+    /// Empty (no allocation) whenever the connection waits.
+    pending: BytesMut,
+    body: Option<BodyDecoder>,
+    /// The request body goes chunked (the client's length was not known).
+    chunked_request: bool,
+    head_request: bool,
+    keep_alive: bool,
+}
+
+impl H1Connection {
+    pub fn new(stream: Stream) -> Self {
+        H1Connection {
+            stream,
+            pending: BytesMut::new(),
+            body: None,
+            chunked_request: false,
+            head_request: false,
+            keep_alive: false,
+        }
+    }
+
+    /// Writes the request head and the first part of its body (all of it when `complete`).
+    pub async fn send_head(
+        &mut self,
+        head: &RequestHeader,
+        body: &[u8],
+        complete: bool,
+    ) -> pingora::Result<()> {
+        self.chunked_request = head
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        self.head_request = head.method == http::Method::HEAD;
+        let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut out = BytesMut::with_capacity(512 + body.len());
+        http1::encode_request_head(&head.method, target, &head.headers, &mut out);
+        self.frame_body(body, &mut out);
+        if complete && self.chunked_request {
+            out.extend_from_slice(http1::LAST_CHUNK);
+        }
+        self.write(&out).await
+    }
+
+    /// More of the request body, as the client sends it.
+    pub async fn send_body(&mut self, data: &[u8]) -> pingora::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !self.chunked_request {
+            return self.write(data).await;
+        }
+        let mut out = BytesMut::with_capacity(data.len() + 20);
+        self.frame_body(data, &mut out);
+        self.write(&out).await
+    }
+
+    /// The end of a request body that was sent in parts.
+    pub async fn finish_body(&mut self) -> pingora::Result<()> {
+        if self.chunked_request {
+            self.write(http1::LAST_CHUNK).await?;
+        }
+        Ok(())
+    }
+
+    fn frame_body(&self, data: &[u8], out: &mut BytesMut) {
+        if self.chunked_request {
+            http1::encode_chunk(data, out);
+        } else {
+            out.extend_from_slice(data);
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> pingora::Result<()> {
+        let written = async {
+            self.stream.write_all(data).await?;
+            self.stream.flush().await
+        };
+        written
+            .await
+            .map_err(|e| Error::because(ErrorType::WriteError, "writing to upstream", e))
+    }
+
+    /// The next response head (informational ones included: the caller skips them).
+    pub async fn read_head(&mut self) -> pingora::Result<ResponseHeader> {
+        loop {
+            match http1::parse_response_head(&self.pending, MAX_RESPONSE_HEAD) {
+                Ok(Some((head, used))) => {
+                    self.pending.advance(used);
+                    self.release_pending_if_empty();
+                    return self.start_body(head);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(invalid(e)),
+            }
+            if self.read_more().await? == 0 {
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "upstream closed the connection before its response head",
+                );
+            }
+        }
+    }
+
+    fn start_body(&mut self, head: http1::ResponseHead) -> pingora::Result<ResponseHeader> {
+        let informational =
+            head.status.is_informational() && head.status != http::StatusCode::SWITCHING_PROTOCOLS;
+        if !informational {
+            let framing = http1::response_framing(&head, self.head_request).map_err(invalid)?;
+            self.keep_alive = http1::keeps_alive(&head, &framing);
+            // After a 101 the bytes belong to the new protocol (`read_raw`).
+            if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
+                self.body = Some(BodyDecoder::new(framing));
+            }
+        }
+        let mut out = ResponseHeader::build(head.status, Some(head.headers.len()))?;
+        out.set_version(head.version);
+        if let Some(reason) = &head.reason {
+            out.set_reason_phrase(Some(reason))?;
+        }
+        for (name, value) in head.headers.iter() {
+            out.append_header(name.clone(), value.clone())?;
+        }
+        Ok(out)
+    }
+
+    /// The next piece of the response body; `None` at its end. Cancel-safe: bytes read are
+    /// kept in the connection until returned.
+    pub async fn read_body(&mut self) -> pingora::Result<Option<Bytes>> {
+        loop {
+            let Some(decoder) = self.body.as_mut() else {
+                return Ok(None);
+            };
+            if decoder.is_done() {
+                return Ok(None);
+            }
+            if !self.pending.is_empty() {
+                let data = decoder.decode(&mut self.pending).map_err(invalid)?;
+                let done = decoder.is_done();
+                self.release_pending_if_empty();
+                if !data.is_empty() {
+                    return Ok(Some(data));
+                }
+                if done {
+                    return Ok(None);
+                }
+            }
+            if self.read_more().await? == 0 {
+                if let Some(decoder) = self.body.as_mut() {
+                    decoder.at_eof().map_err(invalid)?;
+                }
+                return Ok(None);
+            }
+        }
+    }
+
+    pub fn body_done(&self) -> bool {
+        self.body.as_ref().is_none_or(BodyDecoder::is_done)
+    }
+
+    /// Whether the connection may carry another request: its response ended where its framing
+    /// said, nothing more came, and neither side asked to close.
+    pub fn reusable(&self) -> bool {
+        self.keep_alive
+            && self.pending.is_empty()
+            && self.body.as_ref().is_some_and(|b| b.is_done())
+    }
+
+    /// The transport, for the pool.
+    pub fn into_stream(self) -> Stream {
+        self.stream
+    }
+
+    /// After a `101 Switching Protocols`: the next bytes from the upstream, as they come; `None`
+    /// when it closed.
+    pub async fn read_raw(&mut self) -> pingora::Result<Option<Bytes>> {
+        if self.pending.is_empty() && self.read_more().await? == 0 {
+            return Ok(None);
+        }
+        let data = self.pending.split().freeze();
+        self.release_pending_if_empty();
+        Ok(Some(data))
+    }
+
+    /// After a `101 Switching Protocols`: bytes for the upstream, unframed.
+    pub async fn write_raw(&mut self, data: &[u8]) -> pingora::Result<()> {
+        self.write(data).await
+    }
+
+    /// Reads what the socket has (waiting for something) into `pending`; 0 at end of stream.
+    /// The buffer lives on the stack for the length of one poll, so a pending read holds none.
+    async fn read_more(&mut self) -> pingora::Result<usize> {
+        let stream = &mut self.stream;
+        let pending = &mut self.pending;
+        poll_fn(|cx| {
+            let mut buf = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut read = ReadBuf::uninit(&mut buf);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let filled = read.filled();
+                    if pending.is_empty() {
+                        // Exactly the size read: a body piece passed on keeps no spare room.
+                        *pending = BytesMut::from(filled);
+                    } else {
+                        pending.extend_from_slice(filled);
+                    }
+                    Poll::Ready(Ok(filled.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(Error::because(
+                    ErrorType::ReadError,
+                    "reading from upstream",
+                    e,
+                ))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Drops the allocation behind an emptied `pending` (the pieces split off it keep theirs).
+    fn release_pending_if_empty(&mut self) {
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            self.pending = BytesMut::new();
+        }
+    }
+}
+
+fn invalid(e: Http1Error) -> Box<Error> {
+    let etype = match e {
+        Http1Error::Truncated { .. } => ErrorType::ConnectionClosed,
+        _ => ErrorType::InvalidHTTPHeader,
+    };
+    Error::explain(etype, e.to_string())
+}

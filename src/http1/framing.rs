@@ -1,0 +1,170 @@
+//! Where a response body ends (RFC 9112 §6.3) and whether the connection outlives it.
+
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, StatusCode, Version};
+
+use super::{Http1Error, ResponseHead};
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body at all, whatever the headers say.
+    Empty,
+    /// Exactly this many bytes (`Length(0)` behaves as [`BodyFraming::Empty`]).
+    Length(u64),
+    /// Chunked transfer coding, ended by the last chunk and trailer section.
+    Chunked,
+    /// Everything until the upstream closes the connection.
+    UntilClose,
+}
+
+/// Decides the body framing, in the order RFC 9112 §6.3 gives.
+///
+/// When both `Transfer-Encoding` and `Content-Length` are present the former wins, as the RFC
+/// says; such a response may be a smuggling attempt, so [`keeps_alive`] refuses to reuse the
+/// connection, and the caller must drop `Content-Length` before relaying the response.
+/// A `Content-Length` that is malformed, or several that disagree, is an error rather than a
+/// guess, because guessing differently from the next hop is how responses get split.
+pub fn response_framing(
+    head: &ResponseHead,
+    request_was_head: bool,
+) -> Result<BodyFraming, Http1Error> {
+    let status = head.status;
+    if request_was_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(BodyFraming::Empty);
+    }
+    if head.headers.contains_key(TRANSFER_ENCODING) {
+        if head.version == Version::HTTP_10 {
+            // §6.1: framing of an HTTP/1.0 message with Transfer-Encoding is faulty; the
+            // upstream may or may not have chunked it, and guessing would corrupt the body.
+            return Err(Http1Error::InvalidFraming(
+                "HTTP/1.0 response with Transfer-Encoding".into(),
+            ));
+        }
+        return transfer_encoding_framing(&head.headers);
+    }
+    match content_length(&head.headers)? {
+        Some(n) => Ok(BodyFraming::Length(n)),
+        None => Ok(BodyFraming::UntilClose),
+    }
+}
+
+/// Whether the connection may carry another request once this response's body has ended.
+///
+/// Never after a body delimited by the close itself, never after a response whose framing was
+/// ambiguous (both `Transfer-Encoding` and `Content-Length`), never after 101 (the connection
+/// now speaks another protocol). Otherwise HTTP/1.1 persists unless `Connection: close`, and
+/// HTTP/1.0 only with `Connection: keep-alive`.
+pub fn keeps_alive(head: &ResponseHead, framing: &BodyFraming) -> bool {
+    if *framing == BodyFraming::UntilClose
+        || head.status == StatusCode::SWITCHING_PROTOCOLS
+        || (head.headers.contains_key(TRANSFER_ENCODING)
+            && head.headers.contains_key(CONTENT_LENGTH))
+        || has_token(&head.headers, &CONNECTION, b"close")
+    {
+        return false;
+    }
+    match head.version {
+        Version::HTTP_11 => true,
+        _ => has_token(&head.headers, &CONNECTION, b"keep-alive"),
+    }
+}
+
+fn transfer_encoding_framing(headers: &HeaderMap) -> Result<BodyFraming, Http1Error> {
+    let mut last: Option<&[u8]> = None;
+    let mut chunked = 0usize;
+    for coding in list_elements(headers, &TRANSFER_ENCODING) {
+        // A transfer coding may carry parameters (`gzip;x=y`); only its name matters here.
+        let name = coding.split(|&b| b == b';').next().unwrap_or_default();
+        let name = trim_ows(name);
+        if name.eq_ignore_ascii_case(b"chunked") {
+            chunked += 1;
+        }
+        last = Some(name);
+    }
+    let Some(last) = last else {
+        return Err(Http1Error::InvalidFraming(
+            "empty Transfer-Encoding header".into(),
+        ));
+    };
+    if chunked > 1 {
+        // §7.1: a sender must not chunk twice; decoding once or twice would both be guesses.
+        return Err(Http1Error::InvalidFraming(
+            "chunked transfer coding applied more than once".into(),
+        ));
+    }
+    if last.eq_ignore_ascii_case(b"chunked") {
+        Ok(BodyFraming::Chunked)
+    } else {
+        // §6.3: a response whose final coding is not chunked ends with the connection.
+        Ok(BodyFraming::UntilClose)
+    }
+}
+
+/// The agreed `Content-Length`, if any. Repeated values (`5, 5`, or two headers saying 5) are
+/// accepted, as RFC 9110 §8.6 allows, since some servers and proxies duplicate the header.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Http1Error> {
+    let mut agreed: Option<u64> = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for element in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_decimal(trim_ows(element)).ok_or_else(|| {
+                Http1Error::InvalidFraming(format!(
+                    "invalid Content-Length {:?}",
+                    String::from_utf8_lossy(value.as_bytes())
+                ))
+            })?;
+            match agreed {
+                Some(m) if m != n => {
+                    return Err(Http1Error::InvalidFraming(format!(
+                        "conflicting Content-Length values {m} and {n}"
+                    )))
+                }
+                _ => agreed = Some(n),
+            }
+        }
+    }
+    Ok(agreed)
+}
+
+/// `1*DIGIT` as a u64: no sign, no inner whitespace, no overflow.
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
+    list_elements(headers, name).any(|element| element.eq_ignore_ascii_case(token))
+}
+
+/// The non-empty elements of a comma-separated list header, across all its field lines, with
+/// optional whitespace trimmed (RFC 9110 §5.6.1: empty elements are ignored).
+fn list_elements<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(trim_ows)
+        .filter(|element| !element.is_empty())
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}

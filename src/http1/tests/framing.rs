@@ -1,0 +1,231 @@
+use super::head;
+use crate::http1::{keeps_alive, response_framing, BodyFraming, Http1Error};
+
+use BodyFraming::{Chunked, Empty, Length, UntilClose};
+
+/// A head with this status line and header lines.
+fn h(status_line: &str, headers: &[&str]) -> crate::http1::ResponseHead {
+    let mut raw = format!("{status_line}\r\n");
+    for line in headers {
+        raw.push_str(line);
+        raw.push_str("\r\n");
+    }
+    raw.push_str("\r\n");
+    head(&raw)
+}
+
+fn framing(status_line: &str, headers: &[&str]) -> Result<BodyFraming, Http1Error> {
+    response_framing(&h(status_line, headers), false)
+}
+
+fn invalid(status_line: &str, headers: &[&str]) -> String {
+    match framing(status_line, headers) {
+        Err(Http1Error::InvalidFraming(why)) => why,
+        other => panic!("{headers:?} should be invalid, got {other:?}"),
+    }
+}
+
+const OK11: &str = "HTTP/1.1 200 OK";
+const OK10: &str = "HTTP/1.0 200 OK";
+const TE: &str = "Transfer-Encoding: chunked";
+const CL: &str = "Content-Length: 5";
+
+#[test]
+fn bodiless_statuses_and_head_requests_are_empty_whatever_the_headers() {
+    for status in ["100 Continue", "101 Switching Protocols", "103 Early Hints"] {
+        for headers in [&[][..], &[CL], &[TE]] {
+            assert_eq!(framing(&format!("HTTP/1.1 {status}"), headers), Ok(Empty));
+        }
+    }
+    for status in ["204 No Content", "304 Not Modified"] {
+        for headers in [&[][..], &[CL], &[TE], &[TE, CL], &["Content-Length: x"]] {
+            assert_eq!(framing(&format!("HTTP/1.1 {status}"), headers), Ok(Empty));
+        }
+    }
+    for headers in [&[][..], &[CL], &[TE], &["Content-Length: 1, 2"]] {
+        assert_eq!(response_framing(&h(OK11, headers), true), Ok(Empty));
+        assert_eq!(response_framing(&h(OK10, headers), true), Ok(Empty));
+    }
+}
+
+#[test]
+fn other_statuses_follow_the_headers() {
+    for status in [
+        "201 Created",
+        "206 Partial Content",
+        "404 Not Found",
+        "500 Oops",
+    ] {
+        let line = format!("HTTP/1.1 {status}");
+        assert_eq!(framing(&line, &[CL]), Ok(Length(5)));
+        assert_eq!(framing(&line, &[TE]), Ok(Chunked));
+        assert_eq!(framing(&line, &[]), Ok(UntilClose));
+    }
+}
+
+#[test]
+fn transfer_encoding_final_coding_decides() {
+    assert_eq!(framing(OK11, &[TE]), Ok(Chunked));
+    assert_eq!(framing(OK11, &["Transfer-Encoding: CHUNKED"]), Ok(Chunked));
+    assert_eq!(
+        framing(OK11, &["Transfer-Encoding: gzip, chunked"]),
+        Ok(Chunked)
+    );
+    assert_eq!(
+        framing(OK11, &["Transfer-Encoding: gzip,chunked ,"]),
+        Ok(Chunked)
+    );
+    assert_eq!(
+        framing(
+            OK11,
+            &["Transfer-Encoding: gzip", "Transfer-Encoding: chunked"]
+        ),
+        Ok(Chunked)
+    );
+    assert_eq!(framing(OK11, &["Transfer-Encoding: gzip"]), Ok(UntilClose));
+    assert_eq!(
+        framing(OK11, &["Transfer-Encoding: chunked, gzip"]),
+        Ok(UntilClose)
+    );
+    assert_eq!(
+        framing(OK11, &["Transfer-Encoding: identity"]),
+        Ok(UntilClose)
+    );
+    assert_eq!(
+        framing(OK11, &["Transfer-Encoding: chunkedx"]),
+        Ok(UntilClose)
+    );
+}
+
+#[test]
+fn transfer_encoding_wins_over_content_length() {
+    assert_eq!(framing(OK11, &[TE, CL]), Ok(Chunked));
+    assert_eq!(framing(OK11, &[CL, TE]), Ok(Chunked));
+    assert_eq!(
+        framing(OK11, &[TE, "Content-Length: nonsense"]),
+        Ok(Chunked)
+    );
+    assert_eq!(
+        framing(OK11, &["Transfer-Encoding: gzip", CL]),
+        Ok(UntilClose)
+    );
+}
+
+#[test]
+fn ambiguous_transfer_encodings_are_errors() {
+    assert!(invalid(OK11, &["Transfer-Encoding: chunked, chunked"]).contains("more than once"));
+    assert!(invalid(OK11, &[TE, TE]).contains("more than once"));
+    assert!(invalid(OK11, &["Transfer-Encoding: "]).contains("empty"));
+    assert!(invalid(OK11, &["Transfer-Encoding: , ,"]).contains("empty"));
+    assert!(invalid(OK10, &[TE]).contains("HTTP/1.0"));
+    assert!(invalid(OK10, &[TE, CL]).contains("HTTP/1.0"));
+}
+
+#[test]
+fn content_length_values() {
+    assert_eq!(framing(OK11, &["Content-Length: 0"]), Ok(Length(0)));
+    assert_eq!(framing(OK11, &["Content-Length: 0042"]), Ok(Length(42)));
+    assert_eq!(framing(OK11, &["Content-Length: 5, 5"]), Ok(Length(5)));
+    assert_eq!(framing(OK11, &["Content-Length: 5,5,5"]), Ok(Length(5)));
+    assert_eq!(framing(OK11, &[CL, CL]), Ok(Length(5)));
+    assert_eq!(framing(OK11, &[CL, "Content-Length: 5, 5"]), Ok(Length(5)));
+    assert_eq!(
+        framing(OK11, &["Content-Length: 18446744073709551615"]),
+        Ok(Length(u64::MAX))
+    );
+    assert_eq!(framing(OK10, &[CL]), Ok(Length(5)));
+}
+
+#[test]
+fn bad_content_lengths_are_errors() {
+    for value in [
+        "",
+        "abc",
+        "-1",
+        "+5",
+        "5 5",
+        "1.0",
+        "0x10",
+        "5,",
+        ",5",
+        "18446744073709551616",
+    ] {
+        let why = invalid(OK11, &[&format!("Content-Length: {value}")]);
+        assert!(why.contains("invalid Content-Length"), "{value:?}: {why}");
+    }
+    assert!(invalid(OK11, &["Content-Length: 5, 6"]).contains("conflicting"));
+    assert!(invalid(OK11, &[CL, "Content-Length: 6"]).contains("5 and 6"));
+}
+
+#[test]
+fn no_length_reads_until_close() {
+    assert_eq!(framing(OK11, &[]), Ok(UntilClose));
+    assert_eq!(framing(OK10, &[]), Ok(UntilClose));
+    assert_eq!(framing(OK11, &["Connection: keep-alive"]), Ok(UntilClose));
+}
+
+fn alive(status_line: &str, headers: &[&str]) -> bool {
+    let head = h(status_line, headers);
+    let framing = response_framing(&head, false).unwrap();
+    keeps_alive(&head, &framing)
+}
+
+#[test]
+fn keep_alive_http_1_1() {
+    assert!(alive(OK11, &[CL]));
+    assert!(alive(OK11, &[TE]));
+    assert!(alive(OK11, &["Content-Length: 0"]));
+    assert!(alive("HTTP/1.1 204 No Content", &[]));
+    assert!(alive("HTTP/1.1 304 Not Modified", &[]));
+    assert!(alive(OK11, &[CL, "Connection: keep-alive"]));
+    assert!(alive(OK11, &[CL, "Connection: closed"]));
+    assert!(!alive(OK11, &[CL, "Connection: close"]));
+    assert!(!alive(OK11, &[CL, "Connection: CLOSE"]));
+    assert!(!alive(OK11, &[CL, "Connection: Keep-Alive, Close"]));
+    assert!(!alive(
+        OK11,
+        &[CL, "Connection: upgrade", "Connection: close"]
+    ));
+    assert!(!alive(OK11, &[]), "body delimited by close");
+    assert!(
+        !alive(OK11, &["Transfer-Encoding: gzip"]),
+        "body delimited by close"
+    );
+    assert!(!alive(OK11, &[TE, CL]), "ambiguous framing");
+    assert!(!alive(
+        "HTTP/1.1 101 Switching Protocols",
+        &["Upgrade: websocket"]
+    ));
+}
+
+#[test]
+fn keep_alive_http_1_0() {
+    assert!(!alive(OK10, &[CL]));
+    assert!(alive(OK10, &[CL, "Connection: keep-alive"]));
+    assert!(alive(OK10, &[CL, "Connection: Keep-Alive"]));
+    assert!(alive(OK10, &[CL, "Connection: foo, keep-alive"]));
+    assert!(!alive(OK10, &[CL, "Connection: keep-alive, close"]));
+    assert!(
+        !alive(OK10, &["Connection: keep-alive"]),
+        "body delimited by close"
+    );
+    assert!(alive(
+        "HTTP/1.0 204 No Content",
+        &["Connection: keep-alive"]
+    ));
+    assert!(!alive("HTTP/1.0 204 No Content", &[]));
+}
+
+#[test]
+fn keep_alive_after_a_head_request() {
+    let head = h(OK11, &[TE, CL]);
+    let framing = response_framing(&head, true).unwrap();
+    assert_eq!(framing, Empty);
+    assert!(
+        !keeps_alive(&head, &framing),
+        "ambiguous framing even without a body"
+    );
+    let head = h(OK11, &[]);
+    let framing = response_framing(&head, true).unwrap();
+    assert!(keeps_alive(&head, &framing));
+}
