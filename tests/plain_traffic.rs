@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
 use support::{Client, Sluice, Step, Upstream};
 
 fn echo_upstream() -> Upstream {
@@ -187,4 +188,52 @@ fn request_id_is_kept_or_made_and_travels_both_ways() {
     // Sluice's own errors carry it too.
     let response = client.get("/nowhere");
     assert_eq!(response.header("x-request-id").map(str::len), Some(32));
+}
+
+#[test]
+fn pooled_connections_the_upstream_closed_or_that_expired_are_not_reused() {
+    // The upstream answers with keep-alive framing, then closes the connection (as one whose
+    // keep-alive timeout ran out does): the next request must get a fresh connection, not a 502.
+    let upstream = Upstream::start(|req| match req.path.as_str() {
+        "/bye" => vec![
+            Step::sized(200, "application/json", b"{}"),
+            Step::sleep_ms(10),
+            Step::Close,
+        ],
+        _ => vec![Step::sized(200, "application/json", b"{}")],
+    });
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\n    pool_idle_timeout: 300ms\nroutes:\n  - path_prefix: /\n    upstream: up\n",
+        upstream.url()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    for i in 0..5 {
+        let response = client.get("/bye");
+        assert_eq!(response.status, 200, "request {i}: {}", response.text());
+        // The upstream's close has reached Sluice's idle connection.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(upstream.log.lock().unwrap().connections, 5);
+
+    // A kept connection is reused while fresh, and closed by Sluice once idle for longer than
+    // `pool_idle_timeout` (the sweep runs every second).
+    for _ in 0..3 {
+        assert_eq!(client.get("/stay").status, 200);
+    }
+    assert_eq!(upstream.log.lock().unwrap().connections, 6);
+    let idle_from = Instant::now();
+    let deadline = idle_from + Duration::from_secs(3);
+    // The connections the upstream itself closed are not in `closed`: it stopped reading them.
+    while upstream.log.lock().unwrap().closed.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle connection was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let idle = upstream.log.lock().unwrap().closed[0].duration_since(idle_from);
+    assert!(
+        idle >= Duration::from_millis(250) && idle < Duration::from_millis(2500),
+        "closed after {idle:?}"
+    );
 }

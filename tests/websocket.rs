@@ -413,6 +413,26 @@ fn handshake_and_echoes_both_ways_without_delay() {
 }
 
 #[test]
+fn an_http2_upstream_gets_the_handshake_over_http1() {
+    // `http2: true` over http:// is HTTP/2 by prior knowledge for ordinary requests; a WebSocket
+    // handshake (HTTP/1.1 only) takes an HTTP/1.1 connection to the same upstream instead.
+    let upstream = WsUpstream::start();
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  ws:\n    url: http://{}\n    http2: true\nroutes:\n  - path_prefix: /\n    upstream: ws\n",
+        upstream.addr
+    ));
+    let (mut client, head) = WsClient::connect(&sluice, "/echo");
+    assert_eq!(head.status, 101);
+    assert!(upstream
+        .head(0)
+        .to_ascii_lowercase()
+        .starts_with("get /echo http/1.1\r\n"));
+    assert_eq!(client.recv(), Some((TEXT, b"hello".to_vec())));
+    client.send(TEXT, b"over h1");
+    assert_eq!(client.recv(), Some((TEXT, b"over h1".to_vec())));
+}
+
+#[test]
 fn server_push_arrives_message_by_message() {
     let upstream = WsUpstream::start();
     let sluice = sluice_for(&upstream, "", "");

@@ -12,7 +12,8 @@ use crate::usage::inspector::StreamInspector;
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
-use std::time::Instant;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 enum RelayEvent {
     Chunk(pingora::Result<Option<Bytes>>),
@@ -47,6 +48,7 @@ pub async fn relay(
     let series = stream.then(|| METRICS.for_stream(&route.name));
     // An end or error met while gathering ready bytes, handled after those bytes are sent.
     let mut deferred: Option<pingora::Result<Option<Bytes>>> = None;
+    let mut timer = RelayTimer::new();
     loop {
         // A sized body that has fully arrived would otherwise wait for a read that never ends.
         let chunk = if let Some(chunk) = deferred.take() {
@@ -59,11 +61,15 @@ pub async fn relay(
             // Ticks (heartbeats) leave the pending upstream read in place: only an ending
             // drops it.
             loop {
-                let deadline = clock.next_deadline();
+                timer.arm(clock.next_deadline());
                 let event = tokio::select! {
                     biased;
                     chunk = &mut read => RelayEvent::Chunk(chunk),
-                    tick = sleep_until_deadline(deadline) => RelayEvent::Tick(tick),
+                    tick = timer.fired(&clock) => match tick {
+                        Some(tick) => RelayEvent::Tick(tick),
+                        // Early: the deadline moved on since the timer was set.
+                        None => continue,
+                    },
                     _ = down.read_body_or_idle(true) => RelayEvent::ClientGone,
                 };
                 match event {
@@ -222,5 +228,47 @@ pub(super) async fn sleep_until_deadline(deadline: Option<(Instant, RelayTick)>)
             tick
         }
         None => std::future::pending().await,
+    }
+}
+
+/// The relay's one timer. Each chunk moves the idle deadline later; resetting a timer per chunk
+/// would cost two timer-wheel operations (and a lock) per event, so the timer is moved only
+/// when it would fire too late, and a timer that fires early is set again to the real deadline.
+struct RelayTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// When the timer is set to fire; `None` when it is not set.
+    armed: Option<Instant>,
+}
+
+impl RelayTimer {
+    fn new() -> Self {
+        RelayTimer {
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        }
+    }
+
+    /// Makes the timer fire no later than `deadline`.
+    fn arm(&mut self, deadline: Option<(Instant, RelayTick)>) {
+        if let Some((at, _)) = deadline {
+            if self.armed.is_none_or(|armed| armed > at) {
+                self.sleep.as_mut().reset(at.into());
+                self.armed = Some(at);
+            }
+        }
+    }
+
+    /// Waits for the timer; then the tick that is due by the clock, or `None` when none is
+    /// due yet (the caller arms the timer again).
+    async fn fired(&mut self, clock: &RelayClock) -> Option<RelayTick> {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
+        clock
+            .next_deadline()
+            .filter(|(at, _)| *at <= Instant::now())
+            .map(|(_, tick)| tick)
     }
 }
