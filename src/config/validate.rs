@@ -6,6 +6,19 @@ use crate::auth::AuthMode;
 use crate::route::{Scheme, UpstreamTarget};
 use std::net::SocketAddr;
 
+/// Headers that frame a message or manage its connection: Sluice sets them per request, and a
+/// configured value would desynchronise it from the upstream.
+const MESSAGE_FRAMING_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
+
 fn validate_auth(auth: &AuthSettings, key: &str) -> Result<(), ConfigError> {
     match (auth.mode, &auth.keys_file) {
         (AuthMode::Keys, None) => Err(invalid(
@@ -163,6 +176,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                     "not a valid header name",
                 )
             })?;
+            if MESSAGE_FRAMING_HEADERS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(header))
+            {
+                return Err(invalid(
+                    format!("upstreams.{name}.headers.{header}"),
+                    "is set by Sluice for each request (framing and connection handling): it \
+                     cannot be configured",
+                ));
+            }
         }
         for (header, value) in &upstream.headers {
             http::HeaderValue::from_str(value).map_err(|_| {
@@ -252,6 +275,25 @@ mod tests {
         assert!(err.contains("upstreams.u.url"), "{err}");
         let err = error_of("listen: [{addr: localhost}]\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(err.contains("listen[0].addr"), "{err}");
+    }
+
+    #[test]
+    fn framing_headers_cannot_be_configured() {
+        for header in [
+            "Connection",
+            "content-length",
+            "Transfer-Encoding",
+            "upgrade",
+        ] {
+            let err = error_of(&format!(
+                "listen: [{{addr: 127.0.0.1:8080}}]\nupstreams: {{u: {{url: http://x, headers: {{{header}: x}}}}}}\nroutes: [{{path_prefix: /, upstream: u}}]\n"
+            ));
+            assert!(
+                err.contains(&format!("upstreams.u.headers.{header}")),
+                "{err}"
+            );
+            assert!(err.contains("cannot be configured"), "{err}");
+        }
     }
 
     #[test]

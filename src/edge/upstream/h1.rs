@@ -29,6 +29,8 @@ pub struct H1Connection {
     /// The request body goes chunked (the client's length was not known).
     chunked_request: bool,
     head_request: bool,
+    /// The request asked the upstream to close the connection after its response.
+    close_requested: bool,
     keep_alive: bool,
 }
 
@@ -40,6 +42,7 @@ impl H1Connection {
             body: None,
             chunked_request: false,
             head_request: false,
+            close_requested: false,
             keep_alive: false,
         }
     }
@@ -56,6 +59,15 @@ impl H1Connection {
             .get(http::header::TRANSFER_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
         self.head_request = head.method == http::Method::HEAD;
+        self.close_requested = head
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| {
+                v.as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            });
         let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut out = BytesMut::with_capacity(512 + body.len());
         http1::encode_request_head(&head.method, target, &head.headers, &mut out);
@@ -186,6 +198,7 @@ impl H1Connection {
     /// said, nothing more came, and neither side asked to close.
     pub fn reusable(&self) -> bool {
         self.keep_alive
+            && !self.close_requested
             && self.pending.is_empty()
             && self.body.as_ref().is_some_and(|b| b.is_done())
     }

@@ -8,6 +8,9 @@
 
 mod conn;
 mod h1;
+#[cfg(test)]
+#[path = "tests.rs"]
+mod h1_pool_tests;
 mod pool;
 
 pub use conn::{PingoraConn, UpstreamConn};
