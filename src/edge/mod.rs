@@ -6,6 +6,7 @@ mod admission;
 mod demo_service;
 mod drain;
 mod headers;
+mod listener;
 mod proxy;
 mod relay;
 mod reloader;
@@ -178,36 +179,51 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     }
     let reloader = reloader::Reloader { items: reloadables };
     server.add_service(background_service("reloader", reloader));
-    // Pingora sets HTTP/2 cleartext per service: h2c listeners get a service of their own,
-    // sharing the proxy's routes, upstream pool and ledger.
+    // Plain HTTP/1.1 listeners are Sluice's own (`listener.rs`: less memory per connection).
+    // TLS listeners, and h2c ones (Pingora sets HTTP/2 cleartext per service), are Pingora
+    // services sharing the proxy's routes, upstream pool and ledger.
+    let mut plain = Vec::new();
     for h2c in [false, true] {
-        let listeners: Vec<_> = (config.listen.iter().enumerate())
-            .filter(|(_, l)| l.h2c == h2c)
-            .collect();
-        if listeners.is_empty() {
-            continue;
-        }
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
         let name = if h2c {
             "sluice proxy (h2c)"
         } else {
-            "sluice proxy"
+            "sluice proxy (tls)"
         };
         let mut service = Service::new(name.to_string(), proxy.with_options(options));
-        for (i, listener) in listeners {
+        let mut listeners = 0;
+        for (i, listener) in config.listen.iter().enumerate() {
+            if listener.h2c != h2c {
+                continue;
+            }
+            // TLS listeners offer h2 and http/1.1 by ALPN (validation keeps them off h2c).
+            let tls = tls_listeners.settings(i)?;
+            if tls.is_none() && !h2c {
+                plain.push(listener.addr.clone());
+                continue;
+            }
             // No L4 write buffer: every write (response head, each event) goes straight to the
             // socket, so nothing waits for a flush. No L4 read buffer either: Pingora reads heads
             // and bodies into buffers of its own, and 64 KiB per client connection is memory.
             let mut endpoint = ListenerConfig::tcp(listener.addr.as_str())
                 .l4_buffer(L4BufferSettings::default().read(0).write(0));
-            // TLS listeners offer h2 and http/1.1 by ALPN (validation keeps them off h2c).
-            if let Some(tls) = tls_listeners.settings(i)? {
+            if let Some(tls) = tls {
                 endpoint = endpoint.tls(tls);
             }
             service.add_listener(endpoint);
+            listeners += 1;
         }
-        server.add_service(service);
+        if listeners > 0 {
+            server.add_service(service);
+        }
+    }
+    if !plain.is_empty() {
+        server.add_service(listener::PlainListeners {
+            name: "sluice proxy".to_string(),
+            addrs: plain,
+            app: Arc::new(proxy.with_options(HttpServerOptions::default())),
+        });
     }
 
     if let Some(admin) = &config.admin {
