@@ -101,6 +101,30 @@ fn large_bodies_both_ways_and_keep_alive() {
 }
 
 #[test]
+fn request_heads_that_arrive_in_pieces_are_read_whole() {
+    let upstream = echo_upstream();
+    let sluice = sluice_for(&upstream);
+    let mut client = Client::connect(sluice.addr);
+    // Twice on one connection: the head of a kept-alive connection's next request is read the
+    // same way as the first. The pieces cut the request line, a header name and the blank line.
+    for round in 0..2 {
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: sluice.test\r\nX-Round: {round}\r\nContent-Length: 5\r\n\r\nhello"
+        );
+        for piece in head.as_bytes().chunks(9) {
+            client.send_raw(piece);
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        let response = client.read_response();
+        assert_eq!(response.status, 200, "round {round}: {}", response.text());
+        assert_eq!(response.body, b"hello");
+    }
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].header("x-round"), Some("1"));
+}
+
+#[test]
 fn chunked_request_body_and_chunked_response() {
     use std::io::Write;
     let upstream = echo_upstream();
