@@ -12,6 +12,7 @@ use super::RequestCtx;
 use crate::limits::Limiter;
 use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Router;
+use crate::sse::StreamOutcome;
 use crate::telemetry::{rfc3339_now, AccessRecord, METRICS};
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
@@ -194,8 +195,14 @@ impl HttpServerApp for SluiceProxy {
         }
         let finish = self.answer(&mut down, &mut ctx).await;
         self.record(&down, true, &mut ctx).await;
+        let client_left = ctx.outcome == Some(StreamOutcome::ClientDisconnect);
         // The request's slot and in-flight count end here, not when the connection does.
         drop(ctx);
+        if client_left {
+            // Nobody reads an orderly end (a last chunk, a FIN after it): dropping the session
+            // closes the socket without the write, which counts when thousands leave at once.
+            return None;
+        }
         if matches!(finish, Finish::Close) {
             // `finish` then shuts the connection down in order (FIN, or END_STREAM on h2).
             down.set_keepalive(None);
