@@ -16,6 +16,7 @@ pub mod route;
 pub mod sse;
 pub mod telemetry;
 pub mod usage;
+pub mod websocket;
 mod yaml_error;
 
 pub use config::Config;

@@ -89,6 +89,8 @@ struct WsLog {
     pushed: Vec<Instant>,
     /// When Sluice's connection to the upstream was seen closed.
     closed: Vec<Instant>,
+    /// The payload of each Close frame the upstream received.
+    closes: Vec<Vec<u8>>,
 }
 
 struct WsUpstream {
@@ -174,6 +176,11 @@ async fn serve(mut stream: tokio::net::TcpStream, log: Arc<Mutex<WsLog>>) {
         return;
     }
     let (mut reader, mut writer) = stream.into_split();
+    if path.starts_with("/vanish") {
+        // Gone without a Close frame.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return;
+    }
     if path.starts_with("/push") {
         // A message every 50 ms without any client input, then a close (`/push-forever`: no
         // end).
@@ -195,8 +202,14 @@ async fn serve(mut stream: tokio::net::TcpStream, log: Arc<Mutex<WsLog>>) {
                 .await;
             let _ = writer.shutdown().await;
         });
-        let mut sink = [0u8; 1024];
-        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        while matches!(reader.read_buf(&mut buf).await, Ok(n) if n > 0) {
+            while let Some((opcode, payload, len)) = decode(&buf) {
+                buf.drain(..len);
+                if opcode == CLOSE {
+                    log.lock().unwrap().closes.push(payload);
+                }
+            }
+        }
         log.lock().unwrap().closed.push(Instant::now());
         return;
     }
@@ -204,6 +217,9 @@ async fn serve(mut stream: tokio::net::TcpStream, log: Arc<Mutex<WsLog>>) {
     loop {
         while let Some((opcode, payload, len)) = decode(&buf) {
             buf.drain(..len);
+            if opcode == CLOSE {
+                log.lock().unwrap().closes.push(payload.clone());
+            }
             if writer
                 .write_all(&encode(opcode, &payload, None))
                 .await
@@ -319,6 +335,13 @@ impl WsClient {
         matches!(self.stream.read(&mut byte), Ok(0))
             || matches!(self.stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
     }
+}
+
+/// A Close frame's payload: the code, then the reason.
+fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    payload
 }
 
 fn sluice_for(upstream: &WsUpstream, route: &str, top: &str) -> Sluice {
@@ -485,6 +508,11 @@ fn client_leaving_closes_the_upstream_and_frees_the_slot() {
         took < Duration::from_millis(100),
         "upstream closed after {took:?}"
     );
+    // Told why, between two frames, before the close.
+    assert_eq!(
+        upstream.log.lock().unwrap().closes,
+        [close_payload(1001, "client left")]
+    );
     wait_slots_free(&sluice);
     sluice.wait_metric(
         "sluice_streams_finished_total{outcome=\"client_disconnect\",route=\"/\"}",
@@ -516,13 +544,23 @@ fn idle_timeout_and_max_duration_close_both_sides() {
     }
     assert!(opened.elapsed() > Duration::from_millis(600));
     let quiet = Instant::now();
-    assert!(client.ends_within(Duration::from_secs(2)));
+    // A Close frame that says why (a client reports a bare TCP close as 1006, abnormal), then
+    // the end of the connection.
+    assert_eq!(
+        client.recv(),
+        Some((CLOSE, close_payload(1001, "idle timeout")))
+    );
     let took = quiet.elapsed();
+    assert!(client.ends_within(Duration::from_secs(1)));
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_millis(600),
         "closed after {took:?} of silence"
     );
     assert!(upstream.wait_closed(1, Duration::from_secs(1)).is_some());
+    assert_eq!(
+        upstream.log.lock().unwrap().closes,
+        [close_payload(1001, "idle timeout")]
+    );
     sluice.wait_metric(
         "sluice_streams_finished_total{outcome=\"idle_timeout\",route=\"/\"}",
         1.0,
@@ -533,20 +571,41 @@ fn idle_timeout_and_max_duration_close_both_sides() {
     let opened = Instant::now();
     assert_eq!(head.status, 101);
     let mut frames = 0;
-    while client.recv().is_some() {
+    let mut last = None;
+    while let Some(frame) = client.recv() {
         frames += 1;
+        last = Some(frame);
     }
     let lived = opened.elapsed();
+    assert_eq!(last, Some((CLOSE, close_payload(1001, "max duration"))));
     assert!(
         lived >= Duration::from_millis(950) && lived < Duration::from_millis(1500),
         "lived {lived:?}"
     );
     assert!(frames > 10, "{frames} frames");
     assert!(upstream.wait_closed(2, Duration::from_secs(1)).is_some());
+    assert_eq!(
+        upstream.log.lock().unwrap().closes[1..],
+        [close_payload(1001, "max duration")]
+    );
     sluice.wait_metric(
         "sluice_streams_finished_total{outcome=\"max_duration\",route=\"/\"}",
         1.0,
     );
+}
+
+#[test]
+fn an_upstream_gone_without_a_close_frame_is_a_1014_for_the_client() {
+    let upstream = WsUpstream::start();
+    let sluice = sluice_for(&upstream, "", "");
+    let (mut client, head) = WsClient::connect(&sluice, "/vanish");
+    assert_eq!(head.status, 101);
+    assert_eq!(client.recv(), Some((TEXT, b"hello".to_vec())));
+    assert_eq!(
+        client.recv(),
+        Some((CLOSE, close_payload(1014, "upstream closed the connection")))
+    );
+    assert!(client.ends_within(Duration::from_secs(1)));
 }
 
 #[test]

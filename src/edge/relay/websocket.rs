@@ -1,7 +1,10 @@
 //! A WebSocket session once the upstream accepted the handshake with `101 Switching Protocols`:
 //! the `101` goes to the client, then bytes are copied both ways as they arrive, unbuffered and
 //! uninterpreted, until either side closes, nothing moves for the route's `idle_timeout`, or the
-//! session reaches its `max_duration`. Then both connections are closed.
+//! session reaches its `max_duration`. Then both connections are closed, after a Close frame
+//! from Sluice to each side that did not send its own and is between two frames: `1001` (going
+//! away) to both when Sluice ends the session, to the upstream when the client left, and `1014`
+//! (bad gateway) to the client when the upstream failed or closed without a Close.
 //!
 //! Both ends stay Pingora sessions. Writing a `101` to an upgrade request turns the client
 //! session into a raw pass-through (`ServerSession::was_upgraded`; its request body becomes
@@ -19,10 +22,21 @@ use crate::edge::RequestCtx;
 use crate::route::Route;
 use crate::sse::{RelayClock, RelayTick, StreamOutcome};
 use crate::telemetry::METRICS;
+use crate::websocket::{close_frame, FrameTracker, BAD_GATEWAY, GOING_AWAY};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Longest Sluice waits to write a Close frame of its own (to a side that stopped reading).
+const CLOSE_FRAME_WAIT: Duration = Duration::from_millis(200);
+
+/// Where each direction's frames begin, so that Sluice's Close frames go between two frames.
+#[derive(Default)]
+struct Framing {
+    to_client: FrameTracker,
+    to_upstream: FrameTracker,
+}
 
 enum Event {
     Upstream(pingora::Result<Option<Bytes>>),
@@ -59,7 +73,9 @@ pub async fn run(
         return Finish::Close;
     }
     let mut guard = StreamGuard::new(&route.name);
-    let outcome = copy_both_ways(route, &mut up, down, ctx).await;
+    let mut framing = Framing::default();
+    let outcome = copy_both_ways(route, &mut up, down, ctx, &mut framing).await;
+    send_close_frames(outcome, &framing, &mut up, down, ctx).await;
     // The upstream connection is closed now; the client's is closed by Pingora once this
     // request returns.
     super::close_upstream(up, outcome, ctx).await;
@@ -82,6 +98,7 @@ async fn copy_both_ways(
     up: &mut H1Connection,
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
+    framing: &mut Framing,
 ) -> StreamOutcome {
     // The session's own clock decides when silence is too long, for both directions at once.
     down.set_read_timeout(None);
@@ -99,6 +116,7 @@ async fn copy_both_ways(
             Event::Upstream(Ok(Some(data))) => {
                 clock.on_upstream_bytes(Instant::now());
                 series.stream_bytes.inc_by(data.len() as u64);
+                framing.to_client.feed(&data);
                 // A side that stops reading stalls the copy: the clock still ends the session.
                 let deadline = clock.next_deadline();
                 tokio::select! {
@@ -116,6 +134,7 @@ async fn copy_both_ways(
             }
             Event::Client(Ok(Some(data))) => {
                 clock.on_upstream_bytes(Instant::now());
+                framing.to_upstream.feed(&data);
                 let deadline = clock.next_deadline();
                 let written = tokio::select! {
                     written = up.write_raw(&data) => written,
@@ -134,6 +153,43 @@ async fn copy_both_ways(
             // No heartbeats on a WebSocket (the clock was made without them).
             Event::Tick(RelayTick::Heartbeat) => clock.on_heartbeat_due(Instant::now()),
             Event::Tick(tick) => return ended_by(tick),
+        }
+    }
+}
+
+/// Tells each side that is still there, between two frames and has not closed itself, why the
+/// session ends.
+async fn send_close_frames(
+    outcome: StreamOutcome,
+    framing: &Framing,
+    up: &mut H1Connection,
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+) {
+    let (to_client, to_upstream) = match outcome {
+        StreamOutcome::IdleTimeout => (
+            Some((GOING_AWAY, "idle timeout")),
+            Some((GOING_AWAY, "idle timeout")),
+        ),
+        StreamOutcome::MaxDuration => (
+            Some((GOING_AWAY, "max duration")),
+            Some((GOING_AWAY, "max duration")),
+        ),
+        StreamOutcome::ClientDisconnect => (None, Some((GOING_AWAY, "client left"))),
+        StreamOutcome::Completed | StreamOutcome::UpstreamError => {
+            (Some((BAD_GATEWAY, "upstream closed the connection")), None)
+        }
+    };
+    if let Some((code, reason)) = to_client.filter(|_| framing.to_client.may_send_close()) {
+        let frame = Bytes::from(close_frame(code, reason, None));
+        let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, stream_body::write(down, ctx, frame)).await;
+    }
+    if let Some((code, reason)) = to_upstream.filter(|_| framing.to_upstream.may_send_close()) {
+        // Frames to a server are masked, with a key it cannot predict (RFC 6455 §5.3).
+        let mut key = [0u8; 4];
+        if getrandom::getrandom(&mut key).is_ok() {
+            let frame = close_frame(code, reason, Some(key));
+            let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, up.write_raw(&frame)).await;
         }
     }
 }
