@@ -11,13 +11,26 @@ pub fn rfc3339(at: SystemTime) -> String {
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    // Written digit by digit: `format!` costs ~3,000 instructions, twice per request (access log
+    // and usage record).
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    put_digits(&mut out[0..4], year.clamp(0, 9999) as u64);
+    put_digits(&mut out[5..7], u64::from(month));
+    put_digits(&mut out[8..10], u64::from(day));
+    put_digits(&mut out[11..13], rem / 3600);
+    put_digits(&mut out[14..16], rem % 3600 / 60);
+    put_digits(&mut out[17..19], rem % 60);
+    put_digits(&mut out[20..23], u64::from(since.subsec_millis()));
+    // Only ASCII digits and separators were written.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `value` as decimal digits filling `into`, zero-padded on the left.
+fn put_digits(into: &mut [u8], mut value: u64) {
+    for digit in into.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
@@ -50,6 +63,10 @@ mod tests {
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(253_402_300_799_999)),
+            "9999-12-31T23:59:59.999Z"
         );
     }
 }
