@@ -7,6 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use sluice::usage::extract::{
     extractor_for, is_usage_only_chunk, AutoExtractor, StreamFormat, UsageExtractor,
 };
+use sluice::usage::include_usage::{ensure_include_usage, IncludeUsage};
 
 type Event = (Vec<u8>, Vec<u8>);
 
@@ -164,6 +165,41 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Before the request goes upstream (time to first byte): a stream request with a long
+    // conversation gets `stream_options.include_usage` added.
+    let mut group = c.benchmark_group("include_usage");
+    let body = chat_request(32 * 1024);
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("chat_request_32KiB", |b| {
+        b.iter(|| match ensure_include_usage(black_box(&body)) {
+            IncludeUsage::Injected(rewritten) => rewritten.len(),
+            other => panic!("{other:?}"),
+        })
+    });
+    group.finish();
+}
+
+/// A Chat Completions stream request whose messages add up to about `size` bytes.
+fn chat_request(size: usize) -> Vec<u8> {
+    let mut messages = Vec::new();
+    let mut len = 0;
+    for i in 0.. {
+        let content: String = (0..40).map(|w| WORDS[(i + w) % WORDS.len()]).collect();
+        len += content.len() + 40;
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        messages.push(format!(
+            r#"{{"role":"{role}","content":"{content} \"quoted\"\n"}}"#
+        ));
+        if len >= size {
+            break;
+        }
+    }
+    format!(
+        r#"{{"model":"gpt-4o-mini","stream":true,"temperature":0.2,"messages":[{}]}}"#,
+        messages.join(",")
+    )
+    .into_bytes()
 }
 
 criterion_group!(benches, bench);

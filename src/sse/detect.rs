@@ -125,6 +125,10 @@ struct StreamFlag {
 
 /// The body's boolean `"stream"` member, when it is a JSON object that has one.
 fn stream_flag(body: &[u8]) -> Option<bool> {
+    // A struct also deserialises from a JSON array (`[true]`): only an object has members.
+    if !crate::usage::include_usage::starts_an_object(body) {
+        return None;
+    }
     serde_json::from_slice::<StreamFlag>(body)
         .ok()
         .and_then(|flag| flag.stream.as_bool())
@@ -202,6 +206,12 @@ mod tests {
             p
         ));
         assert!(!request_wants_stream(None, Some(b"not json"), p));
+        assert!(!request_wants_stream(None, Some(b"[true]"), p));
+        assert!(request_wants_stream(
+            None,
+            Some(b" \n{\"stream\": true}"),
+            p
+        ));
         assert!(!request_wants_stream(Some(b"*/*"), None, p));
         let gemini = "/v1beta/models/gemini-2.0-flash:streamGenerateContent";
         assert!(request_wants_stream(None, Some(b"{}"), gemini));

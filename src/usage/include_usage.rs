@@ -4,6 +4,7 @@
 //! the usage-only chunk from what the client receives, so the client gets exactly the frames it
 //! asked for.
 
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 /// What to do with a stream request's body.
@@ -17,31 +18,59 @@ pub enum IncludeUsage {
     Untouched(&'static str),
 }
 
+/// The two members the rewrite depends on. The others (the prompt: often many kilobytes) are
+/// only checked to be JSON, not copied into values: this runs before the request goes upstream.
+#[derive(Deserialize)]
+struct StreamMembers {
+    #[serde(default)]
+    stream: Value,
+    #[serde(default, deserialize_with = "present")]
+    stream_options: Option<Value>,
+}
+
+/// `Some` for a member that is there, even when it is `null`.
+fn present<'de, D: Deserializer<'de>>(member: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(member).map(Some)
+}
+
 /// Rewrites a complete JSON request body so that it asks for usage.
 pub fn ensure_include_usage(body: &[u8]) -> IncludeUsage {
-    let Ok(object) = serde_json::from_slice::<Map<String, Value>>(body) else {
-        return IncludeUsage::Untouched("request body is not a JSON object");
+    const NOT_AN_OBJECT: &str = "request body is not a JSON object (or repeats stream members)";
+    // A struct also deserialises from a JSON array: only an object will do.
+    if !starts_an_object(body) {
+        return IncludeUsage::Untouched(NOT_AN_OBJECT);
+    }
+    let Ok(members) = serde_json::from_slice::<StreamMembers>(body) else {
+        return IncludeUsage::Untouched(NOT_AN_OBJECT);
     };
-    if object.get("stream") != Some(&Value::Bool(true)) {
+    if members.stream != Value::Bool(true) {
         return IncludeUsage::Untouched("not a stream request");
     }
-    match object.get("stream_options") {
+    match members.stream_options {
         None => IncludeUsage::Injected(append_stream_options(body)),
         Some(Value::Object(options)) => {
             if options.get("include_usage") == Some(&Value::Bool(true)) {
-                IncludeUsage::ClientAsked
-            } else {
-                // Rare: the client sent other stream options. Re-serialising reorders keys,
-                // which JSON APIs ignore.
-                let mut object = object;
-                if let Some(Value::Object(options)) = object.get_mut("stream_options") {
-                    options.insert("include_usage".into(), Value::Bool(true));
-                }
-                IncludeUsage::Injected(serde_json::to_vec(&object).expect("a Map serialises"))
+                return IncludeUsage::ClientAsked;
             }
+            // Rare: the client sent other stream options. Re-serialising reorders keys, which
+            // JSON APIs ignore.
+            let Ok(mut object) = serde_json::from_slice::<Map<String, Value>>(body) else {
+                return IncludeUsage::Untouched(NOT_AN_OBJECT);
+            };
+            if let Some(Value::Object(options)) = object.get_mut("stream_options") {
+                options.insert("include_usage".into(), Value::Bool(true));
+            }
+            IncludeUsage::Injected(serde_json::to_vec(&object).expect("a Map serialises"))
         }
         Some(_) => IncludeUsage::Untouched("stream_options is not an object"),
     }
+}
+
+/// Whether the first byte that is not JSON whitespace opens an object.
+pub fn starts_an_object(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&b| b == b'{')
 }
 
 /// Adds the member before the object's closing brace, leaving every other byte as sent.
@@ -104,6 +133,10 @@ mod tests {
             b"[1,2]",
             br#"{"stream":false}"#,
             br#"{"stream":true,"stream_options":3}"#,
+            br#"{"stream":true,"stream_options":null}"#,
+            br#"[true,null]"#,
+            br#"{"stream":true,"stream":true}"#,
+            br#"{"stream":true,"messages":[1,}"#,
         ] {
             assert!(
                 matches!(ensure_include_usage(body), IncludeUsage::Untouched(_)),
