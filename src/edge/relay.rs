@@ -29,7 +29,7 @@ use super::RequestCtx;
 use crate::limits::Limiter;
 use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Route;
-use crate::sse::{request_wants_stream, LineBoundary, StreamKind, StreamOutcome};
+use crate::sse::{request_wants_stream, LineBoundary, StreamKind, StreamMembers, StreamOutcome};
 use crate::telemetry::METRICS;
 use crate::usage::extract::{
     extractor_for, AutoExtractor, NoExtractor, StreamFormat, UsageExtractor,
@@ -144,15 +144,20 @@ async fn open(
     }
     let req = down.req_header();
     let accept = req.headers.get(http::header::ACCEPT).map(|v| v.as_bytes());
-    let json = body.complete.then_some(&body.prefix[..]);
+    let members = if body.complete {
+        StreamMembers::read(&body.prefix)
+    } else {
+        None
+    };
     // A WebSocket session is long-lived: it takes a stream slot like any stream.
-    ctx.stream_request = websocket || request_wants_stream(accept, json, req.uri.path());
+    ctx.stream_request =
+        websocket || request_wants_stream(accept, members.as_ref(), req.uri.path());
     ctx.format = StreamFormat::from_request(route.provider, req.uri.path());
     if let Err(refusal) = admission::admit(limiter, route, ctx).await {
         return Err(respond_refusal(down, ctx, &refusal).await);
     }
     let strip_usage_chunk =
-        usage.inspects() && ctx.stream_request && add_include_usage(route, ctx, &mut body);
+        usage.inspects() && ctx.stream_request && add_include_usage(route, ctx, &mut body, members);
 
     let request = UpstreamRequest {
         client: down.req_header(),
@@ -533,7 +538,12 @@ fn extractor(format: Option<StreamFormat>) -> Box<dyn UsageExtractor> {
 
 /// Asks an OpenAI chat/completions upstream for usage when the route wants it. Returns whether
 /// the client did not ask itself (then the usage-only chunk is removed from its stream).
-fn add_include_usage(route: &Route, ctx: &RequestCtx, body: &mut BodyPrefix) -> bool {
+fn add_include_usage(
+    route: &Route,
+    ctx: &RequestCtx,
+    body: &mut BodyPrefix,
+    members: Option<StreamMembers>,
+) -> bool {
     let applies = matches!(
         ctx.format,
         Some(StreamFormat::OpenaiChat | StreamFormat::OpenaiCompletions)
@@ -551,7 +561,7 @@ fn add_include_usage(route: &Route, ctx: &RequestCtx, body: &mut BodyPrefix) -> 
         );
         return false;
     }
-    match ensure_include_usage(&body.prefix) {
+    match ensure_include_usage(&body.prefix, members.as_ref()) {
         IncludeUsage::Injected(rewritten) => {
             body.prefix = BytesMut::from(&rewritten[..]);
             true

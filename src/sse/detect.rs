@@ -1,7 +1,8 @@
 //! Recognising streams: responses by their media type (event streams and JSON lines), requests by
 //! what they ask for.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 /// A response body that is a stream of records, relayed unbuffered and ended cleanly by Sluice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,15 +98,19 @@ pub fn is_event_stream(content_type: &[u8]) -> bool {
 /// A request asks for a stream when it accepts a stream media type (`text/event-stream` or a
 /// JSON-lines type), when its JSON body says `"stream": true`, when its path is Gemini's
 /// `…:streamGenerateContent`, or when it is an Ollama `…/api/chat` or `…/api/generate` request
-/// (those stream by default) whose body does not say `"stream": false`. `json_body` is the whole
-/// body when it was read (up to 1 MiB), else `None`.
-pub fn request_wants_stream(accept: Option<&[u8]>, json_body: Option<&[u8]>, path: &str) -> bool {
+/// (those stream by default) whose body does not say `"stream": false`. `body` is what was read of
+/// a whole body (up to 1 MiB), `None` for a larger body or one that is not a JSON object.
+pub fn request_wants_stream(
+    accept: Option<&[u8]>,
+    body: Option<&StreamMembers>,
+    path: &str,
+) -> bool {
     let accepts = accept.is_some_and(|accept| {
         accept
             .split(|&b| b == b',')
             .any(|range| StreamKind::of_content_type(range).is_some())
     });
-    let flag = json_body.and_then(stream_flag);
+    let flag = body.and_then(|members| members.stream.as_bool());
     accepts
         || flag == Some(true)
         || path.ends_with(":streamGenerateContent")
@@ -117,21 +122,34 @@ fn streams_by_default(path: &str) -> bool {
     path.ends_with("/api/chat") || path.ends_with("/api/generate")
 }
 
-#[derive(Deserialize)]
-struct StreamFlag {
+/// The members of a JSON request body that streaming depends on, read once per request. The
+/// others (the prompt: often many kilobytes) are only checked to be JSON, never copied into
+/// values: this runs before the request goes upstream.
+#[derive(Debug, Deserialize)]
+pub struct StreamMembers {
     #[serde(default)]
-    stream: serde_json::Value,
+    pub stream: Value,
+    /// `Some` when the member is there, even as `null`.
+    #[serde(default, deserialize_with = "present")]
+    pub stream_options: Option<Value>,
 }
 
-/// The body's boolean `"stream"` member, when it is a JSON object that has one.
-fn stream_flag(body: &[u8]) -> Option<bool> {
-    // A struct also deserialises from a JSON array (`[true]`): only an object has members.
-    if !crate::usage::include_usage::starts_an_object(body) {
-        return None;
+impl StreamMembers {
+    /// `None` when the body is not a JSON object (or repeats `stream` or `stream_options`).
+    pub fn read(body: &[u8]) -> Option<StreamMembers> {
+        // A struct also deserialises from a JSON array (`[true]`): only an object has members.
+        let first = body
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if first != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(body).ok()
     }
-    serde_json::from_slice::<StreamFlag>(body)
-        .ok()
-        .and_then(|flag| flag.stream.as_bool())
+}
+
+fn present<'de, D: Deserializer<'de>>(member: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(member).map(Some)
 }
 
 #[cfg(test)]
@@ -184,6 +202,10 @@ mod tests {
         assert!(lines.at_boundary());
     }
 
+    fn body(bytes: &[u8]) -> Option<StreamMembers> {
+        StreamMembers::read(bytes)
+    }
+
     #[test]
     fn requests() {
         let p = "/v1/chat/completions";
@@ -196,28 +218,32 @@ mod tests {
         assert!(request_wants_stream(Some(b"application/x-ndjson"), None, p));
         assert!(request_wants_stream(
             None,
-            Some(br#"{"model":"x","stream":true}"#),
+            body(br#"{"model":"x","stream":true}"#).as_ref(),
             p
         ));
-        assert!(!request_wants_stream(None, Some(br#"{"stream":false}"#), p));
         assert!(!request_wants_stream(
             None,
-            Some(br#"{"stream":"true"}"#),
+            body(br#"{"stream":false}"#).as_ref(),
             p
         ));
-        assert!(!request_wants_stream(None, Some(b"not json"), p));
-        assert!(!request_wants_stream(None, Some(b"[true]"), p));
+        assert!(!request_wants_stream(
+            None,
+            body(br#"{"stream":"true"}"#).as_ref(),
+            p
+        ));
+        assert!(!request_wants_stream(None, body(b"not json").as_ref(), p));
+        assert!(!request_wants_stream(None, body(b"[true]").as_ref(), p));
         assert!(request_wants_stream(
             None,
-            Some(b" \n{\"stream\": true}"),
+            body(b" \n{\"stream\": true}").as_ref(),
             p
         ));
         assert!(!request_wants_stream(Some(b"*/*"), None, p));
         let gemini = "/v1beta/models/gemini-2.0-flash:streamGenerateContent";
-        assert!(request_wants_stream(None, Some(b"{}"), gemini));
+        assert!(request_wants_stream(None, body(b"{}").as_ref(), gemini));
         assert!(!request_wants_stream(
             None,
-            Some(b"{}"),
+            body(b"{}").as_ref(),
             "/v1beta/models/gemini-2.0-flash:generateContent"
         ));
     }
@@ -225,28 +251,36 @@ mod tests {
     #[test]
     fn ollama_generation_streams_unless_told_not_to() {
         for path in ["/api/chat", "/ollama/api/generate"] {
-            assert!(request_wants_stream(None, Some(br#"{"model":"m"}"#), path));
+            assert!(request_wants_stream(
+                None,
+                body(br#"{"model":"m"}"#).as_ref(),
+                path
+            ));
             assert!(
                 request_wants_stream(None, None, path),
                 "body too large to read"
             );
-            assert!(request_wants_stream(None, Some(b""), path));
+            assert!(request_wants_stream(None, body(b"").as_ref(), path));
             assert!(request_wants_stream(
                 None,
-                Some(br#"{"stream":true}"#),
+                body(br#"{"stream":true}"#).as_ref(),
                 path
             ));
             assert!(!request_wants_stream(
                 None,
-                Some(br#"{"stream":false}"#),
+                body(br#"{"stream":false}"#).as_ref(),
                 path
             ));
         }
         assert!(!request_wants_stream(
             None,
-            Some(br#"{"model":"m"}"#),
+            body(br#"{"model":"m"}"#).as_ref(),
             "/api/tags"
         ));
-        assert!(!request_wants_stream(None, Some(br#"{}"#), "/api/chat/x"));
+        assert!(!request_wants_stream(
+            None,
+            body(br#"{}"#).as_ref(),
+            "/api/chat/x"
+        ));
     }
 }

@@ -6,6 +6,6 @@ mod detect;
 mod parser;
 mod relay_policy;
 
-pub use detect::{is_event_stream, request_wants_stream, LineBoundary, StreamKind};
+pub use detect::{is_event_stream, request_wants_stream, LineBoundary, StreamKind, StreamMembers};
 pub use parser::{SseEvent, SseParser};
 pub use relay_policy::{RelayClock, RelayPolicy, RelayTick, StreamOutcome, HEARTBEAT};

@@ -4,7 +4,7 @@
 //! the usage-only chunk from what the client receives, so the client gets exactly the frames it
 //! asked for.
 
-use serde::{Deserialize, Deserializer};
+use crate::sse::StreamMembers;
 use serde_json::{Map, Value};
 
 /// What to do with a stream request's body.
@@ -18,35 +18,17 @@ pub enum IncludeUsage {
     Untouched(&'static str),
 }
 
-/// The two members the rewrite depends on. The others (the prompt: often many kilobytes) are
-/// only checked to be JSON, not copied into values: this runs before the request goes upstream.
-#[derive(Deserialize)]
-struct StreamMembers {
-    #[serde(default)]
-    stream: Value,
-    #[serde(default, deserialize_with = "present")]
-    stream_options: Option<Value>,
-}
-
-/// `Some` for a member that is there, even when it is `null`.
-fn present<'de, D: Deserializer<'de>>(member: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(member).map(Some)
-}
-
-/// Rewrites a complete JSON request body so that it asks for usage.
-pub fn ensure_include_usage(body: &[u8]) -> IncludeUsage {
+/// Rewrites a complete JSON request body so that it asks for usage. `members` is what
+/// [`StreamMembers::read`] made of `body` (`None`: not a JSON object).
+pub fn ensure_include_usage(body: &[u8], members: Option<&StreamMembers>) -> IncludeUsage {
     const NOT_AN_OBJECT: &str = "request body is not a JSON object (or repeats stream members)";
-    // A struct also deserialises from a JSON array: only an object will do.
-    if !starts_an_object(body) {
-        return IncludeUsage::Untouched(NOT_AN_OBJECT);
-    }
-    let Ok(members) = serde_json::from_slice::<StreamMembers>(body) else {
+    let Some(members) = members else {
         return IncludeUsage::Untouched(NOT_AN_OBJECT);
     };
     if members.stream != Value::Bool(true) {
         return IncludeUsage::Untouched("not a stream request");
     }
-    match members.stream_options {
+    match &members.stream_options {
         None => IncludeUsage::Injected(append_stream_options(body)),
         Some(Value::Object(options)) => {
             if options.get("include_usage") == Some(&Value::Bool(true)) {
@@ -66,13 +48,6 @@ pub fn ensure_include_usage(body: &[u8]) -> IncludeUsage {
     }
 }
 
-/// Whether the first byte that is not JSON whitespace opens an object.
-pub fn starts_an_object(body: &[u8]) -> bool {
-    body.iter()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .is_some_and(|&b| b == b'{')
-}
-
 /// Adds the member before the object's closing brace, leaving every other byte as sent.
 fn append_stream_options(body: &[u8]) -> Vec<u8> {
     let close = body
@@ -90,8 +65,12 @@ fn append_stream_options(body: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn rewrite(body: &[u8]) -> IncludeUsage {
+        ensure_include_usage(body, StreamMembers::read(body).as_ref())
+    }
+
     fn injected(body: &str) -> Value {
-        match ensure_include_usage(body.as_bytes()) {
+        match rewrite(body.as_bytes()) {
             IncludeUsage::Injected(b) => serde_json::from_slice(&b).unwrap(),
             other => panic!("{other:?}"),
         }
@@ -100,7 +79,7 @@ mod tests {
     #[test]
     fn adds_stream_options_keeping_the_body() {
         let body = r#"{"model":"m", "stream":true, "messages":[{"role":"user","content":"}"}] }"#;
-        match ensure_include_usage(body.as_bytes()) {
+        match rewrite(body.as_bytes()) {
             IncludeUsage::Injected(b) => assert_eq!(
                 String::from_utf8(b).unwrap(),
                 r#"{"model":"m", "stream":true, "messages":[{"role":"user","content":"}"}] ,"stream_options":{"include_usage":true}}"#
@@ -121,7 +100,7 @@ mod tests {
     #[test]
     fn client_that_asked_is_left_alone() {
         assert_eq!(
-            ensure_include_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#),
+            rewrite(br#"{"stream":true,"stream_options":{"include_usage":true}}"#),
             IncludeUsage::ClientAsked
         );
     }
@@ -139,7 +118,7 @@ mod tests {
             br#"{"stream":true,"messages":[1,}"#,
         ] {
             assert!(
-                matches!(ensure_include_usage(body), IncludeUsage::Untouched(_)),
+                matches!(rewrite(body), IncludeUsage::Untouched(_)),
                 "{body:?}"
             );
         }
