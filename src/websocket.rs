@@ -141,7 +141,9 @@ mod tests {
 
     #[test]
     fn frame_boundaries_are_found_whatever_the_chunking() {
+        // Small, 16-bit and 64-bit lengths, masked or not, and an empty payload.
         let mut stream = Vec::new();
+        let mut ends = Vec::new();
         for (len, mask) in [
             (5, false),
             (300, true),
@@ -150,18 +152,7 @@ mod tests {
             (125, false),
         ] {
             stream.extend(frame(0x82, len, mask));
-        }
-        let mut ends = Vec::new();
-        let mut at = 0;
-        for (len, mask) in [
-            (5, false),
-            (300, true),
-            (70_000, false),
-            (0, true),
-            (125, false),
-        ] {
-            at += frame(0x82, len, mask).len();
-            ends.push(at);
+            ends.push(stream.len());
         }
         for chunk in [1, 2, 3, 7, 13, 4096, stream.len()] {
             let mut tracker = FrameTracker::default();
