@@ -80,6 +80,8 @@ pub enum ProxyErrorKind {
     HeadersTooLarge,
     /// A method Sluice does not proxy (`CONNECT`).
     MethodNotAllowed,
+    /// Sluice is shutting down and the grace period for running requests is over.
+    ShuttingDown,
 }
 
 impl ProxyErrorKind {
@@ -92,6 +94,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::PayloadTooLarge => 413,
             ProxyErrorKind::HeadersTooLarge => 431,
             ProxyErrorKind::MethodNotAllowed => 405,
+            ProxyErrorKind::ShuttingDown => 503,
             ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => 502,
             ProxyErrorKind::UpstreamTimeout
             | ProxyErrorKind::UpstreamIdle
@@ -114,6 +117,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::PayloadTooLarge => "request_too_large",
             ProxyErrorKind::HeadersTooLarge => "request_header_too_large",
             ProxyErrorKind::MethodNotAllowed => "method_not_allowed",
+            ProxyErrorKind::ShuttingDown => "server_shutting_down",
         }
     }
 
@@ -129,7 +133,9 @@ impl ProxyErrorKind {
                 ProxyErrorKind::HeadersTooLarge | ProxyErrorKind::MethodNotAllowed => {
                     "invalid_request_error"
                 }
-                ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => "api_error",
+                ProxyErrorKind::UpstreamUnavailable
+                | ProxyErrorKind::UpstreamBroken
+                | ProxyErrorKind::ShuttingDown => "api_error",
                 _ => "timeout_error",
             },
             Provider::Gemini => match self {
@@ -140,9 +146,9 @@ impl ProxyErrorKind {
                 | ProxyErrorKind::MethodNotAllowed => "INVALID_ARGUMENT",
                 ProxyErrorKind::Unauthorized => "UNAUTHENTICATED",
                 ProxyErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
-                ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => {
-                    "UNAVAILABLE"
-                }
+                ProxyErrorKind::UpstreamUnavailable
+                | ProxyErrorKind::UpstreamBroken
+                | ProxyErrorKind::ShuttingDown => "UNAVAILABLE",
                 _ => "DEADLINE_EXCEEDED",
             },
             _ => match self {

@@ -1,7 +1,8 @@
 //! Zero-downtime upgrade through the real binaries: a new process started with `-u` takes over
 //! the listening sockets when the old one gets SIGQUIT; the old one's streams run to their end,
 //! new connections are never refused, and the old process leaves as soon as its last stream
-//! ended (not at the end of the grace period).
+//! ended (not at the end of the grace period). Streams that outlive the grace period are ended
+//! by Sluice, with their terminal event and usage record.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::{Client, Sluice, Step, Upstream};
+use support::{free_port, Client, Sluice, Step, TempDir, Upstream};
 
 const STREAMS: usize = 200;
 /// 60 events 100 ms apart: each stream outlives Pingora's 5 s socket handover.
@@ -162,4 +163,81 @@ fn sigterm_leaves_as_soon_as_the_last_stream_ends() {
     );
     // The usage record of the last stream is on disk.
     assert_eq!(sluice.ledger().len(), 1);
+}
+
+#[test]
+fn streams_still_running_when_the_grace_period_is_over_are_ended_with_their_records() {
+    // A stream that would go on for a minute, and a request whose response head never comes.
+    let upstream = Upstream::start(|request| {
+        if request.path.starts_with("/v1/chat/completions/stalled") {
+            return vec![Step::Hold];
+        }
+        let mut steps = vec![Step::sse_head()];
+        for i in 0..600 {
+            steps.push(Step::sleep_ms(100));
+            steps.push(Step::chunk(format!("data: {{\"i\":{i}}}\n\n")));
+        }
+        steps.push(Step::End);
+        steps
+    });
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = TempDir::new();
+    let yaml = format!(
+        "listen:\n  - addr: {addr}\nadmin: {admin}\nserver:\n  threads: 2\n  grace_period: 1s\n  pid_file: {pid}\n  upgrade_sock: {sock}\nusage:\n  ledger: {ledger}\nupstreams:\n  up: {{ url: {url} }}\nroutes:\n  - {{ path_prefix: /, upstream: up, provider: openai }}\n",
+        pid = dir.path.join("sluice.pid").display(),
+        sock = dir.path.join("upgrade.sock").display(),
+        ledger = dir.path.join("usage.jsonl").display(),
+        url = upstream.url(),
+    );
+    let mut sluice = Sluice::start_with_config(&yaml, addr, admin, dir);
+    let body = br#"{"model":"m","stream":true}"#;
+    let mut streaming = Client::connect(sluice.addr);
+    streaming.send(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        body,
+    );
+    assert_eq!(streaming.read_head().status, 200);
+    let mut stalled = Client::connect(sluice.addr);
+    stalled.send(
+        "POST",
+        "/v1/chat/completions/stalled",
+        &[("content-type", "application/json")],
+        body,
+    );
+    std::thread::sleep(Duration::from_millis(200));
+
+    let signalled = Instant::now();
+    sluice.signal("TERM");
+    // The stream goes on through the grace period, then ends with an error event of its own
+    // and a proper end of the body (not a cut connection).
+    let chunks = streaming.read_chunks();
+    let ended = signalled.elapsed();
+    assert!(
+        ended >= Duration::from_millis(900) && ended < Duration::from_secs(3),
+        "ended {ended:?} after SIGTERM"
+    );
+    assert!(chunks.len() > 10, "{} chunks", chunks.len());
+    let last = String::from_utf8_lossy(&chunks.last().unwrap().data).to_string();
+    assert!(last.contains("server_shutting_down"), "{last}");
+    // The request still waiting for its response head gets a 503 in the provider's format.
+    let refused = stalled.read_response();
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"]["code"], "server_shutting_down");
+
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "exit took {:?}",
+        signalled.elapsed()
+    );
+    let records = sluice.ledger();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(
+        records.iter().all(|r| r["outcome"] == "shutdown"),
+        "{records:?}"
+    );
 }

@@ -2,18 +2,53 @@
 //! process) the requests still running finish, then the usage ledger is flushed and the
 //! limiter's Redis slots are handed back, and the process exits at once — not at the end of
 //! Pingora's grace period, which only bounds how long the running requests may take.
+//!
+//! Streams still running when the grace period is over are ended by Sluice, not cut by the
+//! runtime stopping: each gets its terminal error event (or WebSocket Close frame) and its usage
+//! record (`outcome: shutdown`) before the ledger is flushed.
 
 use crate::limits::Limiter;
 use crate::usage::ledger::Ledger;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// How long the streams that the end of the grace period ended get to write their end and
+/// their usage record.
+const LAST_WORDS: Duration = Duration::from_secs(2);
+
+/// Pingora's own grace period, after which it stops the runtimes (and every task on them): long
+/// enough for Sluice to end the streams still running at the end of `grace_period` itself.
+pub fn runtime_grace_seconds(grace_period: Duration) -> u64 {
+    (grace_period + LAST_WORDS).as_secs() + 1
+}
 
 /// Requests being handled by this process (each HTTP/2 stream is one).
 static REQUESTS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Set once the grace period is over: every stream still running ends now.
+static GRACE_OVER: AtomicBool = AtomicBool::new(false);
+static GRACE_OVER_NOTICE: Notify = Notify::const_new();
+
+/// Resolves when the grace period of a shutdown is over (never, while the server runs).
+pub async fn grace_over() {
+    let mut notice = pin!(GRACE_OVER_NOTICE.notified());
+    // Registered before the flag is read: an end of grace from now on wakes this future.
+    notice.as_mut().enable();
+    if GRACE_OVER.load(Ordering::Acquire) {
+        return;
+    }
+    notice.await;
+}
+
+fn end_grace() {
+    GRACE_OVER.store(true, Ordering::Release);
+    GRACE_OVER_NOTICE.notify_waiters();
+}
 
 /// Counts one request for as long as it lives: owned by the request context, so every way out
 /// of a request (including a panic or a cancelled task) ends it.
@@ -51,9 +86,18 @@ impl BackgroundService for Drain {
         while REQUESTS_IN_FLIGHT.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = REQUESTS_IN_FLIGHT.load(Ordering::Acquire);
+        let mut left = REQUESTS_IN_FLIGHT.load(Ordering::Acquire);
         if left > 0 {
-            log::warn!("grace period over with {left} requests still running");
+            log::warn!("grace period over with {left} requests still running: ending them");
+            end_grace();
+            let deadline = Instant::now() + LAST_WORDS;
+            while REQUESTS_IN_FLIGHT.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            left = REQUESTS_IN_FLIGHT.load(Ordering::Acquire);
+            if left > 0 {
+                log::warn!("{left} requests did not end in {LAST_WORDS:?}");
+            }
         }
         // Records of `durability: async` may still be queued: they reach the disk before exit.
         if let Some(ledger) = self.ledger.clone() {

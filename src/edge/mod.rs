@@ -113,7 +113,7 @@ pub struct RunOptions {
 pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, String> {
     let mut conf = ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        grace_period_seconds: Some(drain::runtime_grace_seconds(config.server.grace_period)),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
         pid_file: config.server.pid_file.clone(),
         upgrade_sock: config.server.upgrade_sock.clone(),

@@ -15,11 +15,12 @@ mod request;
 mod websocket;
 
 use super::admission;
+use super::drain;
 use super::headers::{
     asks_for_websocket, client_response, is_websocket_upgrade, ResponseShape, UpstreamRequest,
 };
 use super::responses::{
-    end_error, end_stream, respond_error, respond_refusal, write_terminal_event,
+    end_error, end_stream, respond_error, respond_refusal, shutting_down, write_terminal_event,
     write_terminal_line, Finish,
 };
 use super::stream_body::{self, BodyWatch};
@@ -219,6 +220,11 @@ async fn open(
             ctx.outcome = Some(StreamOutcome::ClientDisconnect);
             close_upstream(up, StreamOutcome::ClientDisconnect, ctx).await;
             return Err(Finish::Close);
+        }
+        _ = drain::grace_over() => {
+            ctx.outcome = Some(StreamOutcome::Shutdown);
+            drop(up);
+            return Err(respond_error(down, ctx, &shutting_down()).await);
         }
     };
     let upstream_head = match head {

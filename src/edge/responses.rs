@@ -136,6 +136,14 @@ pub async fn end_stream(
 }
 
 /// The error a stream ended by Sluice reports to its client.
+/// The error of a request that Sluice ended because its shutdown's grace period was over.
+pub fn shutting_down() -> ProxyError {
+    ProxyError::new(
+        ProxyErrorKind::ShuttingDown,
+        "Sluice is shutting down and the grace period for running requests is over",
+    )
+}
+
 pub fn end_error(outcome: StreamOutcome, route: &Route) -> ProxyError {
     match outcome {
         StreamOutcome::IdleTimeout => ProxyError::new(
@@ -146,6 +154,7 @@ pub fn end_error(outcome: StreamOutcome, route: &Route) -> ProxyError {
                 route.policy.idle_timeout.unwrap_or_default()
             ),
         ),
+        StreamOutcome::Shutdown => shutting_down(),
         StreamOutcome::MaxDuration => ProxyError::new(
             ProxyErrorKind::MaxDuration,
             format!(

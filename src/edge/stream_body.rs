@@ -3,6 +3,7 @@
 //! decided by the relay clock. Event streams go through the usage inspector on the way; JSON
 //! lines only have their line ends watched.
 
+use super::drain;
 use super::upstream::UpstreamConn;
 use super::RequestCtx;
 use crate::route::Route;
@@ -19,6 +20,7 @@ enum RelayEvent {
     Chunk(pingora::Result<Option<Bytes>>),
     Tick(RelayTick),
     ClientGone,
+    GraceOver,
 }
 
 /// What the relay watches in a body on its way to the client.
@@ -71,10 +73,12 @@ pub async fn relay(
                         None => continue,
                     },
                     _ = down.read_body_or_idle(true) => RelayEvent::ClientGone,
+                    _ = drain::grace_over() => RelayEvent::GraceOver,
                 };
                 match event {
                     RelayEvent::Chunk(chunk) => break chunk,
                     RelayEvent::ClientGone => return StreamOutcome::ClientDisconnect,
+                    RelayEvent::GraceOver => return StreamOutcome::Shutdown,
                     RelayEvent::Tick(RelayTick::IdleTimeout) => return StreamOutcome::IdleTimeout,
                     RelayEvent::Tick(RelayTick::MaxDuration) => return StreamOutcome::MaxDuration,
                     RelayEvent::Tick(RelayTick::Heartbeat) => {

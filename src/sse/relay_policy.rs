@@ -29,15 +29,18 @@ pub enum StreamOutcome {
     IdleTimeout,
     MaxDuration,
     UpstreamError,
+    /// Still running when the grace period of a shutdown was over: ended by Sluice.
+    Shutdown,
 }
 
 impl StreamOutcome {
-    pub const ALL: [StreamOutcome; 5] = [
+    pub const ALL: [StreamOutcome; 6] = [
         StreamOutcome::Completed,
         StreamOutcome::ClientDisconnect,
         StreamOutcome::IdleTimeout,
         StreamOutcome::MaxDuration,
         StreamOutcome::UpstreamError,
+        StreamOutcome::Shutdown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl StreamOutcome {
             StreamOutcome::IdleTimeout => "idle_timeout",
             StreamOutcome::MaxDuration => "max_duration",
             StreamOutcome::UpstreamError => "upstream_error",
+            StreamOutcome::Shutdown => "shutdown",
         }
     }
 }

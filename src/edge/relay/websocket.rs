@@ -14,6 +14,7 @@
 //! directions and the clock at once and drop the reads that lose the race.
 
 use super::StreamGuard;
+use crate::edge::drain;
 use crate::edge::headers::{client_response, ResponseShape};
 use crate::edge::responses::Finish;
 use crate::edge::stream_body::{self, sleep_until_deadline};
@@ -42,6 +43,7 @@ enum Event {
     Upstream(pingora::Result<Option<Bytes>>),
     Client(pingora::Result<Option<Bytes>>),
     Tick(RelayTick),
+    GraceOver,
 }
 
 /// Sends the upstream's `101` to the client and runs the session to its end. The connections
@@ -83,7 +85,7 @@ pub async fn run(
     guard.outcome = outcome;
     if matches!(
         outcome,
-        StreamOutcome::IdleTimeout | StreamOutcome::MaxDuration
+        StreamOutcome::IdleTimeout | StreamOutcome::MaxDuration | StreamOutcome::Shutdown
     ) {
         ctx.error = Some(format!(
             "WebSocket session ended by Sluice: {}",
@@ -111,6 +113,7 @@ async fn copy_both_ways(
             read = up.read_raw() => Event::Upstream(read),
             read = down.read_request_body() => Event::Client(read),
             tick = sleep_until_deadline(deadline) => Event::Tick(tick),
+            _ = drain::grace_over() => Event::GraceOver,
         };
         match event {
             Event::Upstream(Ok(Some(data))) => {
@@ -153,6 +156,7 @@ async fn copy_both_ways(
             // No heartbeats on a WebSocket (the clock was made without them).
             Event::Tick(RelayTick::Heartbeat) => clock.on_heartbeat_due(Instant::now()),
             Event::Tick(tick) => return ended_by(tick),
+            Event::GraceOver => return StreamOutcome::Shutdown,
         }
     }
 }
@@ -174,6 +178,10 @@ async fn send_close_frames(
         StreamOutcome::MaxDuration => (
             Some((GOING_AWAY, "max duration")),
             Some((GOING_AWAY, "max duration")),
+        ),
+        StreamOutcome::Shutdown => (
+            Some((GOING_AWAY, "server shutting down")),
+            Some((GOING_AWAY, "server shutting down")),
         ),
         StreamOutcome::ClientDisconnect => (None, Some((GOING_AWAY, "client left"))),
         StreamOutcome::Completed | StreamOutcome::UpstreamError => {
