@@ -51,6 +51,8 @@ pub async fn relay(
     // An end or error met while gathering ready bytes, handled after those bytes are sent.
     let mut deferred: Option<pingora::Result<Option<Bytes>>> = None;
     let mut timer = RelayTimer::new();
+    // Made once: it waits in a process-wide list, joined and left under a lock.
+    let mut grace_over = std::pin::pin!(drain::grace_over());
     loop {
         // A sized body that has fully arrived would otherwise wait for a read that never ends.
         let chunk = if let Some(chunk) = deferred.take() {
@@ -73,7 +75,7 @@ pub async fn relay(
                         None => continue,
                     },
                     _ = down.read_body_or_idle(true) => RelayEvent::ClientGone,
-                    _ = drain::grace_over() => RelayEvent::GraceOver,
+                    _ = &mut grace_over => RelayEvent::GraceOver,
                 };
                 match event {
                     RelayEvent::Chunk(chunk) => break chunk,

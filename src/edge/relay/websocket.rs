@@ -106,6 +106,8 @@ async fn copy_both_ways(
     down.set_read_timeout(None);
     let mut clock = RelayClock::new(route.policy, Instant::now(), false);
     let series = METRICS.for_stream(&route.name);
+    // Made once: it waits in a process-wide list, joined and left under a lock.
+    let mut grace_over = std::pin::pin!(drain::grace_over());
     loop {
         let deadline = clock.next_deadline();
         let event = tokio::select! {
@@ -113,7 +115,7 @@ async fn copy_both_ways(
             read = up.read_raw() => Event::Upstream(read),
             read = down.read_request_body() => Event::Client(read),
             tick = sleep_until_deadline(deadline) => Event::Tick(tick),
-            _ = drain::grace_over() => Event::GraceOver,
+            _ = &mut grace_over => Event::GraceOver,
         };
         match event {
             Event::Upstream(Ok(Some(data))) => {
