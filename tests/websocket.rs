@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Client, Sluice};
+use support::{free_port, Client, Sluice, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TEXT: u8 = 0x1;
@@ -619,4 +619,48 @@ fn a_refused_handshake_is_an_ordinary_response() {
         client.fill().unwrap();
     }
     assert_eq!(&client.buf[..len], br#"{"error":"no websocket for you"}"#);
+}
+
+#[test]
+fn a_session_still_open_when_the_grace_period_is_over_gets_a_going_away_close() {
+    let upstream = WsUpstream::start();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = TempDir::new();
+    let yaml = format!(
+        "listen:\n  - addr: {addr}\nadmin: {admin}\nserver:\n  threads: 2\n  grace_period: 1s\n  pid_file: {pid}\n  upgrade_sock: {sock}\nusage:\n  ledger: {ledger}\nupstreams:\n  ws:\n    url: http://{up}\nroutes:\n  - path_prefix: /\n    upstream: ws\n",
+        pid = dir.path.join("sluice.pid").display(),
+        sock = dir.path.join("upgrade.sock").display(),
+        ledger = dir.path.join("usage.jsonl").display(),
+        up = upstream.addr,
+    );
+    let mut sluice = Sluice::start_with_config(&yaml, addr, admin, dir);
+    let (mut client, head) = WsClient::connect(&sluice, "/push-forever");
+    assert_eq!(head.status, 101);
+    let signalled = Instant::now();
+    sluice.signal("TERM");
+    // Pushed messages keep coming through the grace period, then Sluice says why it ends.
+    let mut last = None;
+    while let Some(frame) = client.recv() {
+        last = Some(frame);
+    }
+    let ended = signalled.elapsed();
+    assert_eq!(
+        last,
+        Some((CLOSE, close_payload(1001, "server shutting down")))
+    );
+    assert!(
+        ended >= Duration::from_millis(900) && ended < Duration::from_secs(3),
+        "ended {ended:?} after SIGTERM"
+    );
+    assert!(upstream.wait_closed(1, Duration::from_secs(2)).is_some());
+    assert_eq!(
+        upstream.log.lock().unwrap().closes,
+        [close_payload(1001, "server shutting down")]
+    );
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let records = sluice.ledger();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["outcome"], "shutdown");
 }
