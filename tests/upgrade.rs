@@ -241,3 +241,47 @@ fn streams_still_running_when_the_grace_period_is_over_are_ended_with_their_reco
         "{records:?}"
     );
 }
+
+#[test]
+fn a_client_that_stopped_reading_does_not_keep_its_stream_past_the_grace_period() {
+    // The upstream writes far more than the socket buffers hold; the client reads the head and
+    // then nothing, so Sluice's write to it waits.
+    let upstream = Upstream::start(|_| {
+        let event = format!("data: {{\"pad\":\"{}\"}}\n\n", "x".repeat(16 * 1024));
+        let mut steps = vec![Step::sse_head()];
+        steps.extend((0..4_000).map(|_| Step::chunk(event.clone())));
+        steps.push(Step::End);
+        steps
+    });
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = TempDir::new();
+    let yaml = format!(
+        "listen:\n  - addr: {addr}\nadmin: {admin}\nserver:\n  threads: 2\n  grace_period: 1s\n  pid_file: {pid}\n  upgrade_sock: {sock}\nusage:\n  ledger: {ledger}\nupstreams:\n  up: {{ url: {url} }}\nroutes:\n  - {{ path_prefix: /, upstream: up, provider: openai }}\n",
+        pid = dir.path.join("sluice.pid").display(),
+        sock = dir.path.join("upgrade.sock").display(),
+        ledger = dir.path.join("usage.jsonl").display(),
+        url = upstream.url(),
+    );
+    let mut sluice = Sluice::start_with_config(&yaml, addr, admin, dir);
+    let mut client = Client::connect(sluice.addr);
+    client.send(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        br#"{"model":"m","stream":true}"#,
+    );
+    assert_eq!(client.read_head().status, 200);
+    // Long enough for the buffers between Sluice and the client to fill.
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    sluice.signal("TERM");
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(4), "exit took {took:?}");
+    let records = sluice.ledger();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["outcome"], "shutdown");
+    drop(client);
+}

@@ -66,6 +66,9 @@ pub struct RequestCtx {
     pub limit_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Why the request was refused before going upstream (401/429), for the access log.
     pub refused: Option<&'static str>,
+    /// A write to the client was abandoned midway (the end of a shutdown's grace period): the
+    /// response gets nothing more, its connection is closed.
+    pub write_cut: bool,
 }
 
 impl RequestCtx {
@@ -97,6 +100,7 @@ impl RequestCtx {
             _in_flight: drain::InFlight::start(),
             limit_headers: Vec::new(),
             refused: None,
+            write_cut: false,
         }
     }
 }

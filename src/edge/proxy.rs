@@ -195,12 +195,13 @@ impl HttpServerApp for SluiceProxy {
         }
         let finish = self.answer(&mut down, &mut ctx).await;
         self.record(&down, true, &mut ctx).await;
-        let client_left = ctx.outcome == Some(StreamOutcome::ClientDisconnect);
+        let no_orderly_end = ctx.outcome == Some(StreamOutcome::ClientDisconnect) || ctx.write_cut;
         // The request's slot and in-flight count end here, not when the connection does.
         drop(ctx);
-        if client_left {
-            // Nobody reads an orderly end (a last chunk, a FIN after it): dropping the session
-            // closes the socket without the write, which counts when thousands leave at once.
+        if no_orderly_end {
+            // Nobody reads an orderly end (a last chunk, a FIN after it), or a write was cut
+            // midway: dropping the session closes the socket without writing, which also counts
+            // when thousands of clients leave at once.
             return None;
         }
         if matches!(finish, Finish::Close) {

@@ -448,6 +448,7 @@ async fn relay_event_stream(
                 end_stream(down, ctx, tail.freeze(), trailers).await
             }
             StreamOutcome::ClientDisconnect => Finish::Close,
+            _ if ctx.write_cut => Finish::Close,
             ended => {
                 let error = end_error(ended, route);
                 let at_boundary = inspector.client_at_event_boundary();
@@ -498,6 +499,7 @@ async fn relay_json_lines(
         match outcome {
             StreamOutcome::Completed => end_stream(down, ctx, bytes::Bytes::new(), None).await,
             StreamOutcome::ClientDisconnect => Finish::Close,
+            _ if ctx.write_cut => Finish::Close,
             ended => {
                 let error = end_error(ended, route);
                 write_terminal_line(down, ctx, &error, kind, lines.at_boundary()).await

@@ -140,7 +140,18 @@ pub async fn relay(
             if let BodyWatch::Lines(lines) = &mut watch {
                 lines.on_sent(&data);
             }
-            if write(down, ctx, data).await.is_err() {
+            // A client that stopped reading holds the write: the end of a shutdown's grace
+            // period still ends the stream (its usage record is written; the response, cut
+            // midway, gets nothing more).
+            let written = tokio::select! {
+                biased;
+                written = write(down, ctx, data) => written,
+                _ = &mut grace_over => {
+                    ctx.write_cut = true;
+                    return StreamOutcome::Shutdown;
+                }
+            };
+            if written.is_err() {
                 return StreamOutcome::ClientDisconnect;
             }
         }
