@@ -447,3 +447,93 @@ fn client_keys_never_appear_in_the_access_log() {
     assert_eq!(requests.len(), 2);
     assert!(requests[0].path.contains(secrets[3]));
 }
+
+/// Access-log lines go to stdout from a thread of their own: a stdout whose reader stalls (a
+/// log shipper that fell behind) must not stop requests, and every line still arrives once it
+/// reads again, the last ones at exit.
+#[test]
+fn a_stdout_nobody_reads_never_stalls_requests_and_every_line_reaches_it() {
+    let upstream = ok_upstream();
+    let dir = TempDir::new();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let yaml = format!(
+        "listen:\n  - addr: {addr}\nserver:\n  threads: 2\n  pid_file: {pid}\n  upgrade_sock: {sock}\nupstreams:\n  up:\n    url: {url}\nroutes:\n  - path_prefix: /\n    upstream: up\nusage:\n  ledger: {ledger}\n",
+        pid = dir.path.join("sluice.pid").display(),
+        sock = dir.path.join("upgrade.sock").display(),
+        url = upstream.url(),
+        ledger = dir.path.join("usage.jsonl").display(),
+    );
+    let config = dir.path.join("sluice.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let mut child = Command::new(sluice_bin())
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "sluice did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Far more than a pipe holds (64 KiB; a line is ~300 bytes), on one kept-alive connection
+    // served by one proxy thread.
+    const UNREAD: usize = 1_500;
+    let mut client = Client::connect(addr);
+    client
+        .stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for i in 0..UNREAD {
+        let response = client.get(&format!("/v1/n/{i}"));
+        assert_eq!(response.status, 200, "request {i}");
+    }
+
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < UNREAD {
+        match received.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("{} of {UNREAD} access-log lines, then {e}", seen.len()),
+        }
+    }
+
+    // The last lines are still in memory when the process is told to stop: written at exit.
+    const AT_EXIT: usize = 20;
+    for i in 0..AT_EXIT {
+        let response = client.get(&format!("/v1/last/{i}"));
+        assert_eq!(response.status, 200);
+    }
+    drop(client);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exited = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < exited, "sluice did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    reader.join().unwrap();
+    seen.extend(received.try_iter());
+    assert_eq!(seen.len(), UNREAD + AT_EXIT, "one line per request");
+    for (i, line) in seen.iter().enumerate() {
+        let record: Value = serde_json::from_str(line).expect("an access-log line is JSON");
+        let expected = if i < UNREAD {
+            format!("/v1/n/{i}")
+        } else {
+            format!("/v1/last/{}", i - UNREAD)
+        };
+        assert_eq!(record["status"], 200);
+        assert_eq!(record["path"], expected.as_str(), "lines in request order");
+    }
+}

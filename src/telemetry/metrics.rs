@@ -36,6 +36,7 @@ pub struct Metrics {
     pub oversized_events: IntCounterVec,
     pub ledger_errors: IntCounter,
     pub ledger_queue: IntGauge,
+    pub access_log_dropped: IntCounter,
     /// Shared with the limiter, which reports its Redis calls to it.
     pub limits: std::sync::Arc<LimitsMetrics>,
     models_seen: Mutex<HashSet<String>>,
@@ -144,6 +145,11 @@ impl Metrics {
             "Usage records queued for the ledger, not yet on disk",
         )
         .unwrap();
+        let access_log_dropped = IntCounter::new(
+            "sluice_access_log_dropped_total",
+            "Access-log lines dropped because stdout did not take them fast enough",
+        )
+        .unwrap();
         for collector in [
             Box::new(streams_in_flight.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(streams_finished.clone()),
@@ -158,6 +164,7 @@ impl Metrics {
             Box::new(oversized_events.clone()),
             Box::new(ledger_errors.clone()),
             Box::new(ledger_queue.clone()),
+            Box::new(access_log_dropped.clone()),
         ] {
             registry.register(collector).unwrap();
         }
@@ -177,6 +184,7 @@ impl Metrics {
             oversized_events,
             ledger_errors,
             ledger_queue,
+            access_log_dropped,
             limits,
             models_seen: Mutex::new(HashSet::new()),
         }
