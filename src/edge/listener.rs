@@ -10,6 +10,7 @@
 //! upgrade (`sluice -u` + SIGQUIT) hands them over with the others.
 
 use super::proxy::SluiceProxy;
+use super::timer;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::HttpServerApp;
@@ -142,7 +143,7 @@ async fn serve(
         // An idle kept-alive connection is closed when the service shuts down or after
         // KEEPALIVE_SECONDS without a request.
         let first_bytes = tokio::select! {
-            read = tokio::time::timeout(Duration::from_secs(KEEPALIVE_SECONDS), first_bytes(&mut stream)) => read,
+            read = timer::timeout(Duration::from_secs(KEEPALIVE_SECONDS), first_bytes(&mut stream)) => read,
             _ = shutdown.wait_for(|down| *down) => return,
         };
         let prefix = match first_bytes {

@@ -24,6 +24,7 @@ use super::responses::{
     write_terminal_line, Finish,
 };
 use super::stream_body::{self, BodyWatch};
+use super::timer;
 use super::upstream::{UpstreamConn, Upstreams};
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
@@ -43,7 +44,7 @@ use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
 use request::{BodyError, BodyPrefix, INSPECT_BODY_LIMIT};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub async fn handle(
     upstreams: &Upstreams,
@@ -208,7 +209,7 @@ async fn open(
     let head_wait = route.policy.idle_timeout.unwrap_or(Duration::MAX);
     let head = tokio::select! {
         r = up.read_final_head() => r,
-        _ = sleep_for(head_wait) => {
+        _ = timer::sleep(head_wait) => {
             let error = ProxyError::new(
                 ProxyErrorKind::UpstreamTimeout,
                 format!("upstream {} sent no response within {head_wait:?}", route.upstream.name),
@@ -625,11 +626,4 @@ fn decoder_for(upstream_head: &ResponseHeader) -> Option<ResponseCompressionCtx>
     let mut head = upstream_head.clone();
     ctx.response_header_filter(&mut head, false);
     Some(ctx)
-}
-
-async fn sleep_for(duration: Duration) {
-    match Instant::now().checked_add(duration) {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
 }

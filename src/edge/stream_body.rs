@@ -4,6 +4,7 @@
 //! lines only have their line ends watched.
 
 use super::drain;
+use super::timer;
 use super::upstream::UpstreamConn;
 use super::RequestCtx;
 use crate::route::Route;
@@ -13,8 +14,9 @@ use crate::usage::inspector::StreamInspector;
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
+use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 enum RelayEvent {
     Chunk(pingora::Result<Option<Bytes>>),
@@ -241,7 +243,7 @@ fn flush_decoder(decoder: Option<&mut ResponseCompressionCtx>) -> Bytes {
 pub(super) async fn sleep_until_deadline(deadline: Option<(Instant, RelayTick)>) -> RelayTick {
     match deadline {
         Some((at, tick)) => {
-            tokio::time::sleep_until(at.into()).await;
+            timer::sleep_until(at).await;
             tick
         }
         None => std::future::pending().await,
@@ -252,15 +254,15 @@ pub(super) async fn sleep_until_deadline(deadline: Option<(Instant, RelayTick)>)
 /// would cost two timer-wheel operations (and a lock) per event, so the timer is moved only
 /// when it would fire too late, and a timer that fires early is set again to the real deadline.
 struct RelayTimer {
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    /// When the timer is set to fire; `None` when it is not set.
+    /// Set to fire at `armed`; `None` when not set.
+    sleep: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     armed: Option<Instant>,
 }
 
 impl RelayTimer {
     fn new() -> Self {
         RelayTimer {
-            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            sleep: None,
             armed: None,
         }
     }
@@ -269,7 +271,7 @@ impl RelayTimer {
     fn arm(&mut self, deadline: Option<(Instant, RelayTick)>) {
         if let Some((at, _)) = deadline {
             if self.armed.is_none_or(|armed| armed > at) {
-                self.sleep.as_mut().reset(at.into());
+                self.sleep = Some(Box::pin(timer::sleep_until(at)));
                 self.armed = Some(at);
             }
         }
@@ -278,10 +280,11 @@ impl RelayTimer {
     /// Waits for the timer; then the tick that is due by the clock, or `None` when none is
     /// due yet (the caller arms the timer again).
     async fn fired(&mut self, clock: &RelayClock) -> Option<RelayTick> {
-        if self.armed.is_none() {
+        let Some(sleep) = self.sleep.as_mut() else {
             return std::future::pending().await;
-        }
-        self.sleep.as_mut().await;
+        };
+        sleep.await;
+        self.sleep = None;
         self.armed = None;
         clock
             .next_deadline()

@@ -1,6 +1,7 @@
 //! Where usage records go: metrics always, the ledger when configured (durably before a
 //! stream's end under `durability: before_end`), and the request's access-log line.
 
+use super::timer;
 use super::RequestCtx;
 use crate::config::{Durability, UsageSettings};
 use crate::telemetry::{rfc3339_now, METRICS};
@@ -114,9 +115,9 @@ impl UsageSink {
         };
         let line = serde_json::to_vec(record).expect("a usage record serialises");
         let result = if durable {
-            tokio::time::timeout(DURABLE_WAIT, ledger.append_durable(line)).await
+            timer::timeout(DURABLE_WAIT, ledger.append_durable(line)).await
         } else {
-            tokio::time::timeout(DURABLE_WAIT, ledger.append(line)).await
+            timer::timeout(DURABLE_WAIT, ledger.append(line)).await
         };
         match result {
             Ok(Ok(())) => {}
