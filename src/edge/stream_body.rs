@@ -14,9 +14,8 @@ use crate::usage::inspector::StreamInspector;
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
-use std::future::Future;
 use std::pin::Pin;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 enum RelayEvent {
     Chunk(pingora::Result<Option<Bytes>>),
@@ -253,16 +252,19 @@ pub(super) async fn sleep_until_deadline(deadline: Option<(Instant, RelayTick)>)
 /// The relay's one timer. Each chunk moves the idle deadline later; resetting a timer per chunk
 /// would cost two timer-wheel operations (and a lock) per event, so the timer is moved only
 /// when it would fire too late, and a timer that fires early is set again to the real deadline.
+///
+/// A tokio timer, unlike the request waits in [`timer`]: it is polled on every relayed chunk, and
+/// polling a tokio `Sleep` takes no lock (polling one of Pingora's shared timers does).
 struct RelayTimer {
-    /// Set to fire at `armed`; `None` when not set.
-    sleep: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// When the timer is set to fire; `None` when it is not set.
     armed: Option<Instant>,
 }
 
 impl RelayTimer {
     fn new() -> Self {
         RelayTimer {
-            sleep: None,
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
         }
     }
@@ -271,7 +273,7 @@ impl RelayTimer {
     fn arm(&mut self, deadline: Option<(Instant, RelayTick)>) {
         if let Some((at, _)) = deadline {
             if self.armed.is_none_or(|armed| armed > at) {
-                self.sleep = Some(Box::pin(timer::sleep_until(at)));
+                self.sleep.as_mut().reset(at.into());
                 self.armed = Some(at);
             }
         }
@@ -280,11 +282,10 @@ impl RelayTimer {
     /// Waits for the timer; then the tick that is due by the clock, or `None` when none is
     /// due yet (the caller arms the timer again).
     async fn fired(&mut self, clock: &RelayClock) -> Option<RelayTick> {
-        let Some(sleep) = self.sleep.as_mut() else {
+        if self.armed.is_none() {
             return std::future::pending().await;
-        };
-        sleep.await;
-        self.sleep = None;
+        }
+        self.sleep.as_mut().await;
         self.armed = None;
         clock
             .next_deadline()

@@ -2,10 +2,11 @@
 //!
 //! Arming a tokio timer that is due sooner than anything else on the runtime wakes the runtime's
 //! reactor (an eventfd write, then an `epoll_wait` that returns at once): a fresh request armed
-//! four of them (keep-alive wait, response head wait, idle timeout, durable-record wait), all long
-//! and almost never due. Pingora's timers are shared per 10 ms tick in a per-thread tree that a
+//! three such waits (keep-alive, response head, durable record), all long and almost never due. Pingora's timers are shared per 10 ms tick in a per-thread tree that a
 //! clock thread (already running for Pingora's own timeouts) walks every 10 ms; arming one takes
-//! no system call. They fire up to ~20 ms late, which no timeout here is sensitive to.
+//! no system call. They fire up to ~20 ms late, which no timeout here is sensitive to. Polling one
+//! takes its tick's lock, so a timer polled on every relayed chunk stays a tokio timer
+//! (`stream_body::RelayTimer`).
 
 use pingora::prelude::fast_timeout::{fast_sleep, fast_timeout};
 use std::future::Future;
