@@ -465,13 +465,16 @@ fn a_stdout_nobody_reads_never_stalls_requests_and_every_line_reaches_it() {
     );
     let config = dir.path.join("sluice.yaml");
     std::fs::write(&config, yaml).unwrap();
-    let mut child = Command::new(sluice_bin())
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(sluice_bin())
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "sluice did not start");
@@ -535,5 +538,15 @@ fn a_stdout_nobody_reads_never_stalls_requests_and_every_line_reaches_it() {
         };
         assert_eq!(record["status"], 200);
         assert_eq!(record["path"], expected.as_str(), "lines in request order");
+    }
+}
+
+/// A child process that a failing test must not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

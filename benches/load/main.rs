@@ -23,11 +23,13 @@
 //! `SLUICE_LOAD_STREAMS` (1000), `SLUICE_LOAD_RATE` (20 events/s), `SLUICE_LOAD_RAMP_SECONDS`
 //! (1), `SLUICE_LOAD_THROUGHPUT_STREAMS` (64), `SLUICE_LOAD_MEMORY_STREAMS` (9000, lowered to
 //! what the descriptor limit allows), `SLUICE_LOAD_FIRST_BYTE` (300). Selection:
-//! `SLUICE_LOAD_TARGETS=direct,sluice,sluice-noinspect,sluice-limits-local,sluice-limits-redis,nginx,haproxy`,
+//! `SLUICE_LOAD_TARGETS=direct,sluice,sluice-baseline,sluice-noinspect,sluice-limits-local,sluice-limits-redis,nginx,haproxy`,
 //! `SLUICE_LOAD_SCENARIOS=latency,throughput,first_byte,memory`. `SLUICE_LOAD_OUT` (results
 //! directory), `SLUICE_LOAD_KEEP=1` (keep the proxies' temp dirs and logs),
 //! `SLUICE_LOAD_TIMEOUT_S` (watchdog for the whole run), `SLUICE_LOAD_DURABILITY=async` (Sluice's
-//! ledger without the durable end, to see what that costs).
+//! ledger without the durable end, to see what that costs). `SLUICE_LOAD_BASELINE=PATH` adds
+//! `sluice-baseline`: another `sluice` binary (say, a build of the main branch) run next to the
+//! tree's in the same interleaved rounds, the way to tell a change's effect from machine noise.
 //!
 //! Results: tables on stdout, JSON in `benches/results/load-YYYYMMDD-HHMMSS.json` and next to
 //! it the latency scenario's delivery-delay CDF per target as a PNG of the same stem (smoke runs
@@ -147,6 +149,7 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
     let launch = Launch {
         upstream: upstream.addr,
         sluice: binary.path.clone(),
+        baseline: std::env::var_os("SLUICE_LOAD_BASELINE").map(std::path::PathBuf::from),
         nofile: soft,
     };
     println!(

@@ -1,5 +1,6 @@
 //! The targets a scenario runs against: the upstream itself (direct, the reference), Sluice with
-//! inspection on and off, and nginx and HAProxy configured as an operator would for SSE.
+//! inspection on and off, another build of Sluice to compare with (`SLUICE_LOAD_BASELINE`), and
+//! nginx and HAProxy configured as an operator would for SSE.
 
 use crate::options::Scenario;
 use crate::process::{find_program, output, Group, TempDir};
@@ -13,7 +14,12 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Direct,
-    Sluice { inspect: bool, limits: Limits },
+    /// `baseline`: the build named by `SLUICE_LOAD_BASELINE` instead of the tree's.
+    Sluice {
+        inspect: bool,
+        limits: Limits,
+        baseline: bool,
+    },
     Nginx,
     Haproxy,
 }
@@ -31,13 +37,16 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
+            Kind::Sluice { baseline: true, .. } => "sluice-baseline",
             Kind::Sluice {
                 inspect: true,
                 limits: Limits::Off,
+                ..
             } => "sluice",
             Kind::Sluice {
                 inspect: false,
                 limits: Limits::Off,
+                ..
             } => "sluice-noinspect",
             Kind::Sluice {
                 limits: Limits::Local,
@@ -52,11 +61,20 @@ impl Kind {
         }
     }
 
-    pub fn all() -> [Kind; 7] {
-        let sluice = |inspect, limits| Kind::Sluice { inspect, limits };
+    pub fn all() -> [Kind; 8] {
+        let sluice = |inspect, limits| Kind::Sluice {
+            inspect,
+            limits,
+            baseline: false,
+        };
         [
             Kind::Direct,
             sluice(true, Limits::Off),
+            Kind::Sluice {
+                inspect: true,
+                limits: Limits::Off,
+                baseline: true,
+            },
             sluice(false, Limits::Off),
             sluice(true, Limits::Local),
             sluice(true, Limits::Redis),
@@ -82,6 +100,10 @@ impl Kind {
 pub struct Launch {
     pub upstream: SocketAddr,
     pub sluice: PathBuf,
+    /// `SLUICE_LOAD_BASELINE`: another `sluice` binary (e.g. a build of the main branch), run
+    /// as `sluice-baseline` next to the tree's, so that a change is measured against what it
+    /// changes in one interleaved run.
+    pub baseline: Option<PathBuf>,
     /// The descriptor limit the proxies inherit (the harness raised its own soft limit).
     pub nofile: u64,
 }
@@ -105,7 +127,16 @@ impl Target {
     pub fn start(kind: Kind, launch: &Launch) -> Result<Target, String> {
         let program = match kind {
             Kind::Direct => None,
-            Kind::Sluice { .. } => Some(launch.sluice.clone()),
+            Kind::Sluice {
+                baseline: false, ..
+            } => Some(launch.sluice.clone()),
+            Kind::Sluice { baseline: true, .. } => match &launch.baseline {
+                Some(path) if path.is_file() => Some(path.clone()),
+                Some(path) => return Err(format!("SLUICE_LOAD_BASELINE: no file {}", path.display())),
+                None => {
+                    return Err("not selected (set SLUICE_LOAD_BASELINE to another sluice binary to compare with)".into())
+                }
+            },
             Kind::Nginx => {
                 Some(find_program("nginx").ok_or("nginx is not installed (not on PATH)")?)
             }
@@ -191,7 +222,9 @@ impl Target {
             .expect("loopback address");
         let (group, admin) = match self.kind {
             Kind::Direct => return Ok(()),
-            Kind::Sluice { inspect, limits } => {
+            Kind::Sluice {
+                inspect, limits, ..
+            } => {
                 let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?)
                     .parse()
                     .expect("loopback address");
