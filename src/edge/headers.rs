@@ -3,9 +3,9 @@
 //! headers that stop intermediaries and browsers from buffering.
 
 use crate::route::UpstreamSpec;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::Result;
+use pingora::{ErrorType::InvalidHTTPHeader, OrErr, Result};
 
 /// Removed in both directions, with every header the `Connection` header names. The last two are
 /// meant for a proxy (RFC 9110 §11.7): a client's proxy credentials are not the upstream's, and
@@ -64,6 +64,9 @@ pub struct UpstreamRequest<'a> {
 }
 
 impl UpstreamRequest<'_> {
+    /// The head sent upstream. Built on a plain header map (no case map: Sluice's HTTP/1.1
+    /// client writes names in lower case, and HTTP/2 requires it), which costs a third of what
+    /// Pingora's header insertion does (it renders and re-parses every name).
     pub fn build(&self) -> Result<RequestHeader> {
         let client = self.client;
         let path = client
@@ -77,7 +80,10 @@ impl UpstreamRequest<'_> {
             path.into()
         };
         let target = self.upstream.target.upstream_path(&path);
-        let mut req = RequestHeader::build(client.method.clone(), target.as_bytes(), None)?;
+        let uri =
+            http::Uri::try_from(target).or_err(InvalidHTTPHeader, "upstream request target")?;
+        let mut headers =
+            HeaderMap::with_capacity(client.headers.len() + 5 + self.upstream.headers.len());
         let tokens = connection_tokens(&client.headers);
         for (name, value) in client.headers.iter() {
             if is_hop_by_hop(name, &tokens)
@@ -92,38 +98,61 @@ impl UpstreamRequest<'_> {
             {
                 continue;
             }
-            req.append_header(name.clone(), value.clone())?;
+            headers.append(name.clone(), value.clone());
         }
         if self.websocket {
             if let Some(upgrade) = client.headers.get(header::UPGRADE) {
-                req.insert_header(header::UPGRADE, upgrade.clone())?;
-                req.insert_header(header::CONNECTION, "upgrade")?;
+                headers.insert(header::UPGRADE, upgrade.clone());
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
         }
-        req.insert_header(header::HOST, self.upstream.target.authority())?;
-        req.insert_header(crate::request_id::HEADER, self.request_id)?;
+        headers.insert(
+            header::HOST,
+            header_value(self.upstream.target.authority())?,
+        );
+        headers.insert(
+            HeaderName::from_static(crate::request_id::HEADER),
+            header_value(self.request_id)?,
+        );
         if let Some(addr) = &self.client_addr {
             let forwarded = match client.headers.get("x-forwarded-for") {
                 Some(prior) => format!("{}, {addr}", String::from_utf8_lossy(prior.as_bytes())),
                 None => addr.clone(),
             };
-            req.insert_header("x-forwarded-for", forwarded)?;
+            headers.insert("x-forwarded-for", header_value(forwarded)?);
         }
         match self.body {
             BodyFraming::Empty => {}
-            BodyFraming::Sized(len) => req.insert_header(header::CONTENT_LENGTH, len)?,
+            BodyFraming::Sized(len) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
             BodyFraming::Streamed {
                 content_length: Some(len),
-            } => req.insert_header(header::CONTENT_LENGTH, len)?,
+            } => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
             BodyFraming::Streamed {
                 content_length: None,
-            } => req.insert_header(header::TRANSFER_ENCODING, "chunked")?,
+            } => {
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
         }
         for (name, value) in &self.upstream.headers {
-            req.insert_header(name.clone(), value.clone())?;
+            headers.insert(name.clone(), value.clone());
         }
-        Ok(req)
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = client.method.clone();
+        parts.uri = uri;
+        parts.headers = headers;
+        Ok(RequestHeader::from(parts))
     }
+}
+
+fn header_value(value: impl AsRef<str>) -> Result<HeaderValue> {
+    HeaderValue::from_str(value.as_ref()).or_err(InvalidHTTPHeader, "invalid header value")
 }
 
 /// How the client's response head is shaped from the upstream's.
@@ -137,17 +166,15 @@ pub enum ResponseShape {
     Upgrade,
 }
 
-/// The response head sent to the client for the upstream's head.
+/// The response head sent to the client for the upstream's head. On a plain header map, like
+/// the upstream request: field names go out in lower case (as HAProxy and Envoy send them).
 pub fn client_response(
     upstream: &ResponseHeader,
     shape: ResponseShape,
     request_id: &str,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(
-        upstream.status,
-        Some(upstream.headers.len() + 3 + extra.len()),
-    )?;
+    let mut headers = HeaderMap::with_capacity(upstream.headers.len() + 3 + extra.len());
     let tokens = connection_tokens(&upstream.headers);
     for (name, value) in upstream.headers.iter() {
         let keep = match shape {
@@ -166,24 +193,30 @@ pub fn client_response(
             }
         };
         if keep {
-            resp.append_header(name.clone(), value.clone())?;
+            headers.append(name.clone(), value.clone());
         }
     }
-    resp.insert_header(crate::request_id::HEADER, request_id)?;
+    headers.insert(
+        HeaderName::from_static(crate::request_id::HEADER),
+        header_value(request_id)?,
+    );
     for (name, value) in extra {
-        resp.insert_header(name.clone(), value.clone())?;
+        headers.insert(name.clone(), value.clone());
     }
     match shape {
         ResponseShape::Stream => {
-            resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
-            resp.insert_header("x-accel-buffering", "no")?;
-            resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
         }
         ResponseShape::Upgrade => {
             if let Some(upgrade) = upstream.headers.get(header::UPGRADE) {
-                resp.insert_header(header::UPGRADE, upgrade.clone())?;
+                headers.insert(header::UPGRADE, upgrade.clone());
             }
-            resp.insert_header(header::CONNECTION, "upgrade")?;
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         ResponseShape::Plain => {
             // An HTTP/2 upstream may leave a body unframed; the client still needs to know where
@@ -193,11 +226,17 @@ pub fn client_response(
             let status = upstream.status.as_u16();
             let has_body = !(status < 200 || status == 204 || status == 304);
             if !framed && has_body {
-                resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
             }
         }
     }
-    Ok(resp)
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = upstream.status;
+    parts.headers = headers;
+    Ok(ResponseHeader::from(parts))
 }
 
 /// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 `GET` with `Upgrade: websocket`
