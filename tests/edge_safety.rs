@@ -366,13 +366,16 @@ fn client_keys_never_appear_in_the_access_log() {
     std::fs::write(&config, yaml).unwrap();
     let stdout = dir.path.join("stdout.log");
     let stderr = dir.path.join("stderr.log");
-    let mut child = Command::new(sluice_bin())
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(sluice_bin())
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "sluice did not start");

@@ -512,7 +512,21 @@ fn first_byte_json(runs: &[FirstByteRun], s: &Summary, direct: &Summary) -> Valu
         "added_first_event_p50_us": added_us(pct(s.first_event, 0), pct(direct.first_event, 0)),
         "added_first_event_p99_us": added_us(pct(s.first_event, 1), pct(direct.first_event, 1)),
         "errors": runs.iter().map(|r| r.errors.count).sum::<u64>(),
+        // On 2 cores a proxy alternates between stretches where it runs beside the harness and
+        // stretches where it shares a core with it: the medians in order show which is which.
+        "rounds_ttfb_median_per_25_us": runs
+            .iter()
+            .map(|r| r.ttfb_ns.chunks(25).map(median_us).collect::<Vec<_>>())
+            .collect::<Vec<_>>(),
     })
+}
+
+fn median_us(samples: &[u64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    sorted
+        .get(sorted.len() / 2)
+        .map_or(0.0, |&v| v as f64 / 1e3)
 }
 
 fn memory_json(runs: &[MemoryRun], s: &Summary) -> Value {
