@@ -516,17 +516,14 @@ fn first_byte_json(runs: &[FirstByteRun], s: &Summary, direct: &Summary) -> Valu
         // stretches where it shares a core with it: the medians in order show which is which.
         "rounds_ttfb_median_per_25_us": runs
             .iter()
-            .map(|r| r.ttfb_ns.chunks(25).map(median_us).collect::<Vec<_>>())
+            .map(|r| {
+                r.ttfb_ns
+                    .chunks(25)
+                    .map(|c| percentile(&sorted(c.iter().copied()), 0.5).map(|v| v as f64 / 1e3))
+                    .collect::<Vec<_>>()
+            })
             .collect::<Vec<_>>(),
     })
-}
-
-fn median_us(samples: &[u64]) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_unstable();
-    sorted
-        .get(sorted.len() / 2)
-        .map_or(0.0, |&v| v as f64 / 1e3)
 }
 
 fn memory_json(runs: &[MemoryRun], s: &Summary) -> Value {
