@@ -4,7 +4,6 @@
 //! lines only have their line ends watched.
 
 use super::drain;
-use super::timer;
 use super::upstream::UpstreamConn;
 use super::RequestCtx;
 use crate::route::Route;
@@ -66,15 +65,10 @@ pub async fn relay(
             // Ticks (heartbeats) leave the pending upstream read in place: only an ending
             // drops it.
             loop {
-                timer.arm(clock.next_deadline());
                 let event = tokio::select! {
                     biased;
                     chunk = &mut read => RelayEvent::Chunk(chunk),
-                    tick = timer.fired(&clock) => match tick {
-                        Some(tick) => RelayEvent::Tick(tick),
-                        // Early: the deadline moved on since the timer was set.
-                        None => continue,
-                    },
+                    tick = timer.due(&clock) => RelayEvent::Tick(tick),
                     _ = down.read_body_or_idle(true) => RelayEvent::ClientGone,
                     _ = &mut grace_over => RelayEvent::GraceOver,
                 };
@@ -239,33 +233,35 @@ fn flush_decoder(decoder: Option<&mut ResponseCompressionCtx>) -> Bytes {
         .unwrap_or_default()
 }
 
-pub(super) async fn sleep_until_deadline(deadline: Option<(Instant, RelayTick)>) -> RelayTick {
-    match deadline {
-        Some((at, tick)) => {
-            timer::sleep_until(at).await;
-            tick
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// The relay's one timer. Each chunk moves the idle deadline later; resetting a timer per chunk
-/// would cost two timer-wheel operations (and a lock) per event, so the timer is moved only
-/// when it would fire too late, and a timer that fires early is set again to the real deadline.
+/// A relay's one timer (event streams and WebSocket sessions). Each chunk moves the idle deadline
+/// later; resetting a timer per chunk would cost two timer-wheel operations (and a lock) per
+/// event, so the timer is moved only when it would fire too late, and a timer that fires early is
+/// set again to the real deadline.
 ///
-/// A tokio timer, unlike the request waits in [`timer`]: it is polled on every relayed chunk, and
-/// polling a tokio `Sleep` takes no lock (polling one of Pingora's shared timers does).
-struct RelayTimer {
+/// A tokio timer, unlike the request waits in [`super::timer`]: it is polled on every relayed
+/// chunk, and polling a tokio `Sleep` takes no lock (polling one of Pingora's shared timers does).
+pub(super) struct RelayTimer {
     sleep: Pin<Box<tokio::time::Sleep>>,
     /// When the timer is set to fire; `None` when it is not set.
     armed: Option<Instant>,
 }
 
 impl RelayTimer {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         RelayTimer {
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
+        }
+    }
+
+    /// The tick `clock` has due, once it is due. Cancel-safe: a relay polls it in a `select!`
+    /// on every chunk and drops it when something else happens first.
+    pub(super) async fn due(&mut self, clock: &RelayClock) -> RelayTick {
+        loop {
+            self.arm(clock.next_deadline());
+            if let Some(tick) = self.fired(clock).await {
+                return tick;
+            }
         }
     }
 
@@ -280,7 +276,7 @@ impl RelayTimer {
     }
 
     /// Waits for the timer; then the tick that is due by the clock, or `None` when none is
-    /// due yet (the caller arms the timer again).
+    /// due yet (the deadline moved on since the timer was set).
     async fn fired(&mut self, clock: &RelayClock) -> Option<RelayTick> {
         if self.armed.is_none() {
             return std::future::pending().await;

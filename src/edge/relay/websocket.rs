@@ -17,7 +17,7 @@ use super::StreamGuard;
 use crate::edge::drain;
 use crate::edge::headers::{client_response, ResponseShape};
 use crate::edge::responses::Finish;
-use crate::edge::stream_body::{self, sleep_until_deadline};
+use crate::edge::stream_body::{self, RelayTimer};
 use crate::edge::upstream::{H1Connection, UpstreamConn};
 use crate::edge::RequestCtx;
 use crate::route::Route;
@@ -105,16 +105,16 @@ async fn copy_both_ways(
     // The session's own clock decides when silence is too long, for both directions at once.
     down.set_read_timeout(None);
     let mut clock = RelayClock::new(route.policy, Instant::now(), false);
+    let mut timer = RelayTimer::new();
     let series = METRICS.for_stream(&route.name);
     // Made once: it waits in a process-wide list, joined and left under a lock.
     let mut grace_over = std::pin::pin!(drain::grace_over());
     loop {
-        let deadline = clock.next_deadline();
         let event = tokio::select! {
             biased;
             read = up.read_raw() => Event::Upstream(read),
             read = down.read_request_body() => Event::Client(read),
-            tick = sleep_until_deadline(deadline) => Event::Tick(tick),
+            tick = timer.due(&clock) => Event::Tick(tick),
             _ = &mut grace_over => Event::GraceOver,
         };
         match event {
@@ -123,12 +123,11 @@ async fn copy_both_ways(
                 series.stream_bytes.inc_by(data.len() as u64);
                 framing.to_client.feed(&data);
                 // A side that stops reading stalls the copy: the clock still ends the session.
-                let deadline = clock.next_deadline();
                 tokio::select! {
                     written = stream_body::write(down, ctx, data) => if written.is_err() {
                         return StreamOutcome::ClientDisconnect;
                     },
-                    tick = sleep_until_deadline(deadline) => return ended_by(tick),
+                    tick = timer.due(&clock) => return ended_by(tick),
                 }
             }
             Event::Upstream(Ok(None)) => return StreamOutcome::Completed,
@@ -140,10 +139,9 @@ async fn copy_both_ways(
             Event::Client(Ok(Some(data))) => {
                 clock.on_upstream_bytes(Instant::now());
                 framing.to_upstream.feed(&data);
-                let deadline = clock.next_deadline();
                 let written = tokio::select! {
                     written = up.write_raw(&data) => written,
-                    tick = sleep_until_deadline(deadline) => return ended_by(tick),
+                    tick = timer.due(&clock) => return ended_by(tick),
                 };
                 match written {
                     Ok(()) => {}
