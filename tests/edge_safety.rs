@@ -9,9 +9,9 @@ mod support;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::{free_port, sluice_bin, Client, Sluice, Step, TempDir, Upstream};
+use support::{free_port, Client, Sluice, Step, TempDir, Upstream};
 
 fn ok_upstream() -> Upstream {
     Upstream::start(|_| vec![Step::sized(200, "application/json", br#"{"ok":true}"#)])
@@ -354,33 +354,18 @@ fn client_keys_never_appear_in_the_access_log() {
     let dir = TempDir::new();
     let keys = dir.path.join("keys.yaml");
     std::fs::write(&keys, "keys: []\n").unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let yaml = format!(
-        "listen:\n  - addr: {addr}\nserver:\n  pid_file: {pid}\n  upgrade_sock: {sock}\nupstreams:\n  up:\n    url: {url}\nroutes:\n  - path_prefix: /open/\n    upstream: up\n  - path_prefix: /keys/\n    upstream: up\n    auth: {{ mode: keys, keys_file: {keys} }}\n  - path_prefix: /pass/\n    upstream: up\n    auth: {{ mode: passthrough }}\n",
-        pid = dir.path.join("sluice.pid").display(),
-        sock = dir.path.join("upgrade.sock").display(),
-        url = upstream.url(),
-        keys = keys.display(),
-    );
-    let config = dir.path.join("sluice.yaml");
-    std::fs::write(&config, yaml).unwrap();
     let stdout = dir.path.join("stdout.log");
     let stderr = dir.path.join("stderr.log");
-    let mut child = KillOnDrop(
-        Command::new(sluice_bin())
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
-            .spawn()
-            .unwrap(),
+    let mut sluice = Sluice::start_with_output(
+        &format!(
+            "upstreams:\n  up:\n    url: {url}\nroutes:\n  - path_prefix: /open/\n    upstream: up\n  - path_prefix: /keys/\n    upstream: up\n    auth: {{ mode: keys, keys_file: {keys} }}\n  - path_prefix: /pass/\n    upstream: up\n    auth: {{ mode: passthrough }}\n",
+            url = upstream.url(),
+            keys = keys.display(),
+        ),
+        Stdio::from(std::fs::File::create(&stdout).unwrap()),
+        Stdio::from(std::fs::File::create(&stderr).unwrap()),
     );
-    let child = &mut child.0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "sluice did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let addr = sluice.addr;
 
     let secrets = [
         "sk-secret-bearer-1",
@@ -421,8 +406,7 @@ fn client_keys_never_appear_in_the_access_log() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    sluice.kill();
     assert_eq!(
         log.lines().count(),
         sent,
@@ -457,37 +441,19 @@ fn client_keys_never_appear_in_the_access_log() {
 #[test]
 fn a_stdout_nobody_reads_never_stalls_requests_and_every_line_reaches_it() {
     let upstream = ok_upstream();
-    let dir = TempDir::new();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let yaml = format!(
-        "listen:\n  - addr: {addr}\nserver:\n  threads: 2\n  pid_file: {pid}\n  upgrade_sock: {sock}\nupstreams:\n  up:\n    url: {url}\nroutes:\n  - path_prefix: /\n    upstream: up\nusage:\n  ledger: {ledger}\n",
-        pid = dir.path.join("sluice.pid").display(),
-        sock = dir.path.join("upgrade.sock").display(),
-        url = upstream.url(),
-        ledger = dir.path.join("usage.jsonl").display(),
+    let mut sluice = Sluice::start_with_output(
+        &format!(
+            "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n",
+            upstream.url()
+        ),
+        Stdio::piped(),
+        Stdio::null(),
     );
-    let config = dir.path.join("sluice.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let mut child = KillOnDrop(
-        Command::new(sluice_bin())
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let child = &mut child.0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "sluice did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 
     // Far more than a pipe holds (64 KiB; a line is ~300 bytes), on one kept-alive connection
     // served by one proxy thread.
     const UNREAD: usize = 1_500;
-    let mut client = Client::connect(addr);
+    let mut client = Client::connect(sluice.addr);
     client
         .stream()
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -497,7 +463,7 @@ fn a_stdout_nobody_reads_never_stalls_requests_and_every_line_reaches_it() {
         assert_eq!(response.status, 200, "request {i}");
     }
 
-    let stdout = child.stdout.take().unwrap();
+    let stdout = sluice.take_stdout();
     let (lines, received) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
@@ -523,12 +489,11 @@ fn a_stdout_nobody_reads_never_stalls_requests_and_every_line_reaches_it() {
         assert_eq!(response.status, 200);
     }
     drop(client);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let exited = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < exited, "sluice did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sluice.signal("TERM");
+    assert!(
+        sluice.wait_exit(Duration::from_secs(10)).is_some(),
+        "sluice did not exit after SIGTERM"
+    );
     reader.join().unwrap();
     seen.extend(received.try_iter());
     assert_eq!(seen.len(), UNREAD + AT_EXIT, "one line per request");
@@ -541,15 +506,5 @@ fn a_stdout_nobody_reads_never_stalls_requests_and_every_line_reaches_it() {
         };
         assert_eq!(record["status"], 200);
         assert_eq!(record["path"], expected.as_str(), "lines in request order");
-    }
-}
-
-/// A child process that a failing test must not leave running.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

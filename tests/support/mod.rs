@@ -43,15 +43,30 @@ impl Sluice {
     /// and optionally `usage:`); listener, admin and server settings are filled in with free
     /// ports, and the usage ledger goes to `ledger_path()` unless `usage:` is given.
     pub fn start(routes_and_upstreams: &str) -> Sluice {
-        Sluice::start_with_listener("", routes_and_upstreams)
+        Sluice::start_with_output(routes_and_upstreams, Stdio::null(), Stdio::null())
     }
 
     /// Like [`Sluice::start`], with HTTP/2 cleartext (prior knowledge) on the listener.
     pub fn start_h2c(routes_and_upstreams: &str) -> Sluice {
-        Sluice::start_with_listener("    h2c: true\n", routes_and_upstreams)
+        Sluice::start_with_listener(
+            "    h2c: true\n",
+            routes_and_upstreams,
+            Stdio::null(),
+            Stdio::null(),
+        )
     }
 
-    fn start_with_listener(listener_keys: &str, routes_and_upstreams: &str) -> Sluice {
+    /// Like [`Sluice::start`], with stdout (the access log) and stderr going where given.
+    pub fn start_with_output(routes_and_upstreams: &str, stdout: Stdio, stderr: Stdio) -> Sluice {
+        Sluice::start_with_listener("", routes_and_upstreams, stdout, stderr)
+    }
+
+    fn start_with_listener(
+        listener_keys: &str,
+        routes_and_upstreams: &str,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Sluice {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = TempDir::new();
@@ -66,7 +81,7 @@ impl Sluice {
                 dir.path.join("usage.jsonl").display()
             ));
         }
-        Sluice::start_with_config(&yaml, addr, admin, dir)
+        Sluice::spawn(&yaml, addr, admin, dir, stdout, stderr)
     }
 
     pub fn start_with_config(
@@ -75,13 +90,24 @@ impl Sluice {
         admin: SocketAddr,
         dir: TempDir,
     ) -> Sluice {
+        Sluice::spawn(yaml, addr, admin, dir, Stdio::null(), Stdio::null())
+    }
+
+    fn spawn(
+        yaml: &str,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        dir: TempDir,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Sluice {
         let config = dir.path.join("sluice.yaml");
         std::fs::write(&config, yaml).unwrap();
         let child = Command::new(sluice_bin())
             .arg("-c")
             .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("start sluice");
         let sluice = Sluice {
@@ -177,6 +203,11 @@ impl Sluice {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The process's stdout, when it was started with `Stdio::piped()`.
+    pub fn take_stdout(&mut self) -> std::process::ChildStdout {
+        self.child.stdout.take().expect("stdout was piped")
     }
 
     pub fn pid(&self) -> u32 {
