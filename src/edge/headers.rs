@@ -64,9 +64,8 @@ pub struct UpstreamRequest<'a> {
 }
 
 impl UpstreamRequest<'_> {
-    /// The head sent upstream. Built on a plain header map (no case map: Sluice's HTTP/1.1
-    /// client writes names in lower case, and HTTP/2 requires it), which costs a third of what
-    /// Pingora's header insertion does (it renders and re-parses every name).
+    /// The head sent upstream, on a plain header map like [`response_head`] (Sluice's HTTP/1.1
+    /// client writes names in lower case, and HTTP/2 requires it).
     pub fn build(&self) -> Result<RequestHeader> {
         let client = self.client;
         let path = client
@@ -110,10 +109,7 @@ impl UpstreamRequest<'_> {
             header::HOST,
             header_value(self.upstream.target.authority())?,
         );
-        headers.insert(
-            HeaderName::from_static(crate::request_id::HEADER),
-            header_value(self.request_id)?,
-        );
+        headers.insert(crate::request_id::HEADER, header_value(self.request_id)?);
         if let Some(addr) = &self.client_addr {
             let forwarded = match client.headers.get("x-forwarded-for") {
                 Some(prior) => format!("{}, {addr}", String::from_utf8_lossy(prior.as_bytes())),
@@ -166,8 +162,7 @@ pub enum ResponseShape {
     Upgrade,
 }
 
-/// The response head sent to the client for the upstream's head. On a plain header map, like
-/// the upstream request: field names go out in lower case (as HAProxy and Envoy send them).
+/// The response head sent to the client for the upstream's head.
 pub fn client_response(
     upstream: &ResponseHeader,
     shape: ResponseShape,
@@ -196,10 +191,7 @@ pub fn client_response(
             headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert(
-        HeaderName::from_static(crate::request_id::HEADER),
-        header_value(request_id)?,
-    );
+    headers.insert(crate::request_id::HEADER, header_value(request_id)?);
     for (name, value) in extra {
         headers.insert(name.clone(), value.clone());
     }
@@ -233,10 +225,18 @@ pub fn client_response(
             }
         }
     }
+    Ok(response_head(upstream.status, headers))
+}
+
+/// A Pingora response head holding `headers` as they are. Pingora's own builder renders each
+/// name in Title-Case, re-parses it and keeps a case map (~1,100 instructions a header, and the
+/// map lives as long as the response); Sluice's heads have none, so names go out in lower case on
+/// HTTP/1.1, as HAProxy and Envoy send them.
+pub fn response_head(status: http::StatusCode, headers: HeaderMap) -> ResponseHeader {
     let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = upstream.status;
+    parts.status = status;
     parts.headers = headers;
-    Ok(ResponseHeader::from(parts))
+    ResponseHeader::from(parts)
 }
 
 /// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 `GET` with `Upgrade: websocket`

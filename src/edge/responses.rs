@@ -2,13 +2,13 @@
 //! terminal SSE error event or JSON line that ends a stream cleanly after it.
 
 use super::admission::Refusal;
+use super::headers::response_head;
 use super::stream_body;
 use super::RequestCtx;
 use crate::provider::{ProxyError, ProxyErrorKind};
 use crate::route::Route;
 use crate::sse::{StreamKind, StreamOutcome};
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 
 /// The end of one request, as far as the client connection is concerned.
@@ -52,20 +52,30 @@ async fn respond_error_with(
         _ => ctx.outcome,
     };
     let body = Bytes::from(error.json_body(ctx.provider));
-    let build = || -> pingora::Result<ResponseHeader> {
-        let mut head = ResponseHeader::build(status, Some(4 + extra_headers.len()))?;
-        for (name, value) in extra_headers {
-            head.insert_header(name.clone(), value.clone())?;
-        }
-        head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        head.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-        head.insert_header(crate::request_id::HEADER, ctx.request_id.as_str())?;
-        Ok(head)
-    };
-    let Ok(head) = build() else {
+    let (Ok(code), Ok(request_id)) = (
+        http::StatusCode::from_u16(status),
+        http::HeaderValue::from_str(&ctx.request_id),
+    ) else {
         return Finish::Close;
     };
+    let mut headers = http::HeaderMap::with_capacity(4 + extra_headers.len());
+    for (name, value) in extra_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(body.len()),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(crate::request_id::HEADER, request_id);
+    let head = response_head(code, headers);
     // The request body may be unread (e.g. no route): the connection cannot be reused then.
     let body_done = down.is_body_done();
     let written = down.write_response_header(Box::new(head)).await.is_ok()

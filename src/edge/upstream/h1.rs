@@ -4,6 +4,7 @@
 //! Pingora's client session keeps a 64 KiB one per connection. The framing rules are in
 //! `crate::http1`.
 
+use crate::edge::headers::response_head;
 use crate::http1::{self, BodyDecoder, Http1Error};
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -149,13 +150,10 @@ impl H1Connection {
                 self.body = Some(BodyDecoder::new(framing));
             }
         }
-        let mut out = ResponseHeader::build(head.status, Some(head.headers.len()))?;
+        let mut out = response_head(head.status, head.headers);
         out.set_version(head.version);
         if let Some(reason) = &head.reason {
             out.set_reason_phrase(Some(reason))?;
-        }
-        for (name, value) in head.headers.iter() {
-            out.append_header(name.clone(), value.clone())?;
         }
         Ok(out)
     }
