@@ -147,7 +147,7 @@ fn start_writer() {
     if let Err(e) = spawned {
         log::error!("access log: no writer thread ({e}): lines are written at exit only");
     }
-    // Both Sluice's drain and Pingora end the process with `exit`, which runs this.
+    // Every orderly end of the process (drain, server shutdown) goes through `exit`, which runs this.
     // SAFETY: registers a plain function with no captured state.
     unsafe { libc::atexit(flush_at_exit) };
 }
