@@ -20,7 +20,7 @@ use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::server::{ListenFds, ShutdownWatch};
 use std::mem::MaybeUninit;
 use std::net::ToSocketAddrs;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Poll};
@@ -78,14 +78,19 @@ impl pingora::services::Service for PlainListeners {
 }
 
 /// The listening socket for `addr`: inherited from the previous process in an upgrade, else
-/// bound now and recorded for the next upgrade.
+/// bound now and recorded for the next upgrade. Either way it has TCP_NODELAY, which every
+/// connection accepted on it inherits: no setsockopt per connection.
 fn listen(addr: &str, fds: Option<&ListenFds>) -> std::io::Result<TcpListener> {
     if let Some(fd) = fds.and_then(|fds| fds.lock().get(addr).copied()) {
         // SAFETY: the fd table holds listening sockets handed over by the previous process,
         // each owned by exactly one listener.
         let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
         std.set_nonblocking(true)?;
-        return TcpListener::from_std(std);
+        // SAFETY: the descriptor was just taken out of `std`, which owned it.
+        let socket = unsafe { TcpSocket::from_raw_fd(std.into_raw_fd()) };
+        // A previous process may not have set it; listening again only sets the backlog.
+        socket.set_nodelay(true)?;
+        return socket.listen(BACKLOG);
     }
     let sock_addr = addr
         .to_socket_addrs()?
@@ -97,6 +102,7 @@ fn listen(addr: &str, fds: Option<&ListenFds>) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(sock_addr)?;
     let listener = socket.listen(BACKLOG)?;
     if let Some(fds) = fds {
@@ -120,7 +126,6 @@ async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown:
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
         let mut stream = L4Stream::from(tcp);
         let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
         let _ = digest.peer_addr.set(Some(peer.into()));
