@@ -27,7 +27,8 @@
 //! `SLUICE_LOAD_SCENARIOS=latency,throughput,first_byte,memory`. `SLUICE_LOAD_OUT` (results
 //! directory), `SLUICE_LOAD_KEEP=1` (keep the proxies' temp dirs and logs),
 //! `SLUICE_LOAD_TIMEOUT_S` (watchdog for the whole run), `SLUICE_LOAD_DURABILITY=async` (Sluice's
-//! ledger without the durable end, to see what that costs). `SLUICE_LOAD_BASELINE=PATH` adds
+//! ledger without the durable end, to see what that costs), `SLUICE_LOAD_PIN=1` (the harness on
+//! one CPU, every proxy on the others: no target shares its cores with the load). `SLUICE_LOAD_BASELINE=PATH` adds
 //! `sluice-baseline`: another `sluice` binary (say, a build of the main branch) run next to the
 //! tree's in the same interleaved rounds, the way to tell a change's effect from machine noise.
 //!
@@ -44,6 +45,7 @@ mod histogram;
 mod http1;
 mod lifecycle;
 mod options;
+mod placement;
 mod plot;
 mod process;
 mod procfs;
@@ -116,6 +118,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before any thread of the run starts: they all inherit the harness's CPU.
+    if options.pin {
+        match placement::pin() {
+            Ok(p) => println!(
+                "load: pinned: harness on CPU {}, proxies on CPU {}",
+                placement::describe(&p.harness),
+                placement::describe(&p.proxies)
+            ),
+            Err(e) => {
+                eprintln!("load: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     lifecycle::start_watchdog(&options);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -53,6 +53,8 @@ pub struct Options {
     pub targets: Option<Vec<String>>,
     pub scenarios: Vec<Scenario>,
     pub out_dir: PathBuf,
+    /// `SLUICE_LOAD_PIN=1`: the harness on one CPU, the proxies on the others (`placement.rs`).
+    pub pin: bool,
 }
 
 fn env_f64(name: &str, default: f64) -> f64 {
@@ -81,12 +83,15 @@ fn env_list(name: &str) -> Option<Vec<String>> {
     (!list.is_empty()).then_some(list)
 }
 
+fn env_flag(name: &str) -> bool {
+    matches!(
+        std::env::var(name).as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
+}
+
 pub fn smoke_requested(args: &[String]) -> bool {
-    args.iter().any(|a| a == "--smoke" || a == "smoke")
-        || matches!(
-            std::env::var("SLUICE_LOAD_SMOKE").as_deref(),
-            Ok("1") | Ok("true") | Ok("yes")
-        )
+    args.iter().any(|a| a == "--smoke" || a == "smoke") || env_flag("SLUICE_LOAD_SMOKE")
 }
 
 impl Options {
@@ -132,6 +137,7 @@ impl Options {
             targets: env_list("SLUICE_LOAD_TARGETS"),
             scenarios,
             out_dir,
+            pin: env_flag("SLUICE_LOAD_PIN"),
         }
     }
 }

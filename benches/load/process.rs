@@ -42,6 +42,12 @@ impl Group {
         for (key, value) in env {
             command.env(key, value);
         }
+        if let Some(cpus) = crate::placement::proxy_cpus() {
+            // SAFETY: between fork and exec the hook makes one system call and allocates nothing.
+            unsafe {
+                command.pre_exec(move || crate::placement::set_affinity(&cpus));
+            }
+        }
         let child = command
             .spawn()
             .map_err(|e| format!("start {}: {e}", program.display()))?;

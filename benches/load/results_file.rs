@@ -55,6 +55,10 @@ pub fn write_json(
             "first_byte_streams": options.first_byte_streams,
             "event_bytes": upstream::event_size(),
             "scenarios": options.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "pinned": crate::placement::current().map(|p| json!({
+                "harness_cpus": crate::placement::describe(&p.harness),
+                "proxy_cpus": crate::placement::describe(&p.proxies),
+            })),
         },
         "sluice_binary": {
             "path": binary.path,
