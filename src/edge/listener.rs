@@ -20,7 +20,7 @@ use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::server::{ListenFds, ShutdownWatch};
 use std::mem::MaybeUninit;
 use std::net::ToSocketAddrs;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Poll};
@@ -78,20 +78,34 @@ impl pingora::services::Service for PlainListeners {
 }
 
 /// The listening socket for `addr`: inherited from the previous process in an upgrade, else
-/// bound now and recorded for the next upgrade. Either way it has TCP_NODELAY, which every
+/// bound now and recorded for the next upgrade. Either way it gets TCP_NODELAY, which every
 /// connection accepted on it inherits: no setsockopt per connection.
 fn listen(addr: &str, fds: Option<&ListenFds>) -> std::io::Result<TcpListener> {
-    if let Some(fd) = fds.and_then(|fds| fds.lock().get(addr).copied()) {
-        // SAFETY: the fd table holds listening sockets handed over by the previous process,
-        // each owned by exactly one listener.
-        let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-        std.set_nonblocking(true)?;
-        // SAFETY: the descriptor was just taken out of `std`, which owned it.
-        let socket = unsafe { TcpSocket::from_raw_fd(std.into_raw_fd()) };
-        // A previous process may not have set it; listening again only sets the backlog.
-        socket.set_nodelay(true)?;
-        return socket.listen(BACKLOG);
+    let inherited = fds.and_then(|fds| fds.lock().get(addr).copied());
+    let socket = match inherited {
+        Some(fd) => inherited_socket(fd)?,
+        None => bound_socket(addr)?,
+    };
+    socket.set_nodelay(true)?;
+    // On an inherited socket, listening again only sets the backlog.
+    let listener = socket.listen(BACKLOG)?;
+    if let (None, Some(fds)) = (inherited, fds) {
+        fds.lock().add(addr.to_string(), listener.as_raw_fd());
     }
+    Ok(listener)
+}
+
+/// A listening socket the previous process handed over.
+fn inherited_socket(fd: RawFd) -> std::io::Result<TcpSocket> {
+    // SAFETY: the fd table holds listening sockets handed over by the previous process, each
+    // owned by exactly one listener.
+    let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    std.set_nonblocking(true)?;
+    // SAFETY: the descriptor was just taken out of `std`, which owned it.
+    Ok(unsafe { TcpSocket::from_raw_fd(std.into_raw_fd()) })
+}
+
+fn bound_socket(addr: &str) -> std::io::Result<TcpSocket> {
     let sock_addr = addr
         .to_socket_addrs()?
         .next()
@@ -102,13 +116,8 @@ fn listen(addr: &str, fds: Option<&ListenFds>) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
     socket.bind(sock_addr)?;
-    let listener = socket.listen(BACKLOG)?;
-    if let Some(fds) = fds {
-        fds.lock().add(addr.to_string(), listener.as_raw_fd());
-    }
-    Ok(listener)
+    Ok(socket)
 }
 
 async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown: ShutdownWatch) {
