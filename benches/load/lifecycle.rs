@@ -3,49 +3,33 @@
 
 use crate::options::Options;
 use crate::{process, procfs};
-use std::process::ExitCode;
 use std::time::Duration;
 
-/// Raises the soft descriptor limit to the hard one: with `prlimit` on this process, or else
-/// by running this binary again once under `sh -c 'ulimit -n …'` (no libc for setrlimit here).
-/// Returns the exit code when it re-ran itself.
-pub fn raise_nofile(args: &[String]) -> Option<ExitCode> {
+/// Raises the soft descriptor limit to the hard one (capped by the kernel's `nr_open`).
+pub fn raise_nofile() {
     let (soft, hard) = procfs::nofile_limits();
     if soft >= hard {
-        return None;
+        return;
     }
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(1 << 20);
-    let want = hard.min(nr_open);
-    let pid = std::process::id().to_string();
-    let hard_text = if hard == u64::MAX {
-        "unlimited".to_string()
-    } else {
-        hard.to_string()
+    let limit = libc::rlimit {
+        rlim_cur: hard.min(nr_open) as libc::rlim_t,
+        rlim_max: if hard == u64::MAX {
+            libc::RLIM_INFINITY
+        } else {
+            hard as libc::rlim_t
+        },
     };
-    let nofile = format!("--nofile={want}:{hard_text}");
-    let _ = process::output("prlimit", &["--pid", &pid, &nofile]);
-    if procfs::nofile_limits().0 >= want {
-        return None;
+    // SAFETY: a plain setrlimit with a valid rlimit value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        eprintln!(
+            "load: could not raise the descriptor limit above {soft} ({}); the memory scenario will be smaller",
+            std::io::Error::last_os_error()
+        );
     }
-    if std::env::var_os("SLUICE_LOAD_REEXEC").is_some() {
-        eprintln!("load: could not raise the descriptor limit above {soft}; the memory scenario will be smaller");
-        return None;
-    }
-    let exe = std::env::current_exe().ok()?;
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 1048576 2>/dev/null; exec "$0" "$@""#)
-        .arg(exe)
-        .args(args)
-        .env("SLUICE_LOAD_REEXEC", "1")
-        .status()
-        .ok()?;
-    Some(ExitCode::from(
-        status.code().unwrap_or(1).clamp(0, 255) as u8
-    ))
 }
 
 /// The whole run has a time limit: stop every proxy and exit if it is exceeded.

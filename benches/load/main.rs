@@ -28,9 +28,10 @@
 //! directory), `SLUICE_LOAD_KEEP=1` (keep the proxies' temp dirs and logs),
 //! `SLUICE_LOAD_TIMEOUT_S` (watchdog for the whole run), `SLUICE_LOAD_DURABILITY=async` (Sluice's
 //! ledger without the durable end, to see what that costs), `SLUICE_LOAD_PIN=1` (the harness on
-//! one CPU, every proxy on the others: no target shares its cores with the load). `SLUICE_LOAD_BASELINE=PATH` adds
-//! `sluice-baseline`: another `sluice` binary (say, a build of the main branch) run next to the
-//! tree's in the same interleaved rounds, the way to tell a change's effect from machine noise.
+//! one CPU, every proxy on the others: no target shares its cores with the load).
+//! `SLUICE_LOAD_BASELINE=PATH` adds `sluice-baseline`: another `sluice` binary (say, a build of
+//! the main branch) run next to the tree's in the same interleaved rounds, the way to tell a
+//! change's effect from machine noise.
 //!
 //! Results: tables on stdout, JSON in `benches/results/load-YYYYMMDD-HHMMSS.json` and next to
 //! it the latency scenario's delivery-delay CDF per target as a PNG of the same stem (smoke runs
@@ -106,9 +107,7 @@ fn main() -> ExitCode {
     if !filters.is_empty() && !filters.iter().any(|f| "load".contains(f.as_str())) {
         return ExitCode::SUCCESS;
     }
-    if let Some(code) = lifecycle::raise_nofile(&args) {
-        return code;
-    }
+    lifecycle::raise_nofile();
     clock::init();
     let options = Options::from_env(smoke);
     let binary = match sluice_bin::locate_or_build() {
