@@ -14,6 +14,8 @@
 //! [`Ledger::append`] resolves once it is queued and rides the same batches. Both queue the
 //! record at call time when there is room, so dropping the returned future does not unqueue
 //! it; only under backpressure is the record queued when the future first runs.
+//! A durable append's task is told through a socket its own runtime polls (`delivery.rs`), so
+//! that the writer thread's wake does not send it through tokio's inject queue.
 //!
 //! **Failures.** A failed write or fsync is logged, counted and reported to every waiter not
 //! yet durable (the batch and the queue), but their records stay queued and are retried with
@@ -41,6 +43,7 @@
 //!
 //! One process, one ledger per file: two writers on the same path are not supported.
 
+mod delivery;
 mod file;
 mod queue;
 #[cfg(test)]
@@ -56,8 +59,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 
+use self::delivery::Completion;
 use self::file::LedgerFile;
 use self::queue::{Admission, Counters, Shared, State};
 use self::writer::Writer;
@@ -217,7 +221,7 @@ impl Ledger {
         &self,
         record: impl Into<Bytes>,
     ) -> impl Future<Output = Result<(), LedgerError>> + Send + 'static {
-        let (done, durable) = oneshot::channel();
+        let (done, durable) = Completion::new();
         let admission = Admission::start(&self.shared, record.into(), Some(done));
         let shared = Arc::clone(&self.shared);
         async move {

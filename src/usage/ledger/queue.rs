@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
+use super::delivery::Completion;
 use super::LedgerError;
 
 #[derive(Default)]
@@ -21,13 +22,11 @@ pub(super) struct Counters {
     pub(super) queued: AtomicUsize,
 }
 
-pub(super) type Waiter = oneshot::Sender<Result<(), LedgerError>>;
-
 pub(super) struct Entry {
     pub(super) line: Bytes,
     /// Queue bytes this record holds, given back when the writer takes it.
     pub(super) permits: u32,
-    pub(super) done: Option<Waiter>,
+    pub(super) done: Option<Completion>,
 }
 
 #[derive(Default)]
@@ -83,7 +82,7 @@ impl Shared {
         &self,
         line: Bytes,
         permit: OwnedSemaphorePermit,
-        done: Option<Waiter>,
+        done: Option<Completion>,
     ) -> Result<(), LedgerError> {
         let mut state = self.lock();
         if state.shutdown {
@@ -112,12 +111,12 @@ pub(super) enum Admission {
         shared: Arc<Shared>,
         line: Bytes,
         permits: u32,
-        done: Option<Waiter>,
+        done: Option<Completion>,
     },
 }
 
 impl Admission {
-    pub(super) fn start(shared: &Arc<Shared>, line: Bytes, done: Option<Waiter>) -> Self {
+    pub(super) fn start(shared: &Arc<Shared>, line: Bytes, done: Option<Completion>) -> Self {
         if let Err(err) = shared.check(&line) {
             return Self::Done(Err(err));
         }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use super::delivery::Deliveries;
 use super::file::{shift_numbered, LedgerFile};
 use super::queue::{Entry, Shared};
 use super::{LedgerConfig, LedgerError};
@@ -230,8 +231,9 @@ impl Writer {
             .fetch_add(batch.len() as u64, Relaxed);
         counters.batches.fetch_add(1, Relaxed);
         counters.queued.fetch_sub(batch.len(), Relaxed);
-        for waiter in batch.into_iter().filter_map(|entry| entry.done) {
-            let _ = waiter.send(Ok(()));
+        let mut deliveries = Deliveries::default();
+        for done in batch.into_iter().filter_map(|entry| entry.done) {
+            deliveries.add(done, Ok(()));
         }
         Ok(())
     }
@@ -239,10 +241,11 @@ impl Writer {
     /// Tells every waiter not yet durable about the failure at once, and keeps the failed
     /// batch for the retry.
     fn requeue(&mut self, mut batch: Vec<Entry>, err: &LedgerError) {
+        let mut deliveries = Deliveries::default();
         let mut state = self.shared.lock();
         for entry in batch.iter_mut().chain(state.queue.iter_mut()) {
-            if let Some(waiter) = entry.done.take() {
-                let _ = waiter.send(Err(err.clone()));
+            if let Some(done) = entry.done.take() {
+                deliveries.add(done, Err(err.clone()));
             }
         }
         drop(state);
@@ -278,6 +281,7 @@ impl Writer {
         let mut state = self.shared.lock();
         let queued = std::mem::take(&mut state.queue);
         drop(state);
+        let mut deliveries = Deliveries::default();
         let mut records = 0;
         for entry in self.carry.drain(..).chain(queued) {
             log::error!(
@@ -285,8 +289,8 @@ impl Writer {
                 self.config.path.display(),
                 String::from_utf8_lossy(&entry.line)
             );
-            if let Some(waiter) = entry.done {
-                let _ = waiter.send(Err(err.clone()));
+            if let Some(done) = entry.done {
+                deliveries.add(done, Err(err.clone()));
             }
             records += 1;
         }
