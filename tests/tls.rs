@@ -445,6 +445,38 @@ fn https_upstream_is_verified_and_pooled() {
     assert_eq!(response.status, 200, "{}", response.text());
 }
 
+/// An upstream without `ca_file` is verified against the system roots (here `SSL_CERT_FILE`,
+/// which the platform loader honours), over HTTP/1.1 and HTTP/2 alike: Sluice skips loading the
+/// roots when no upstream needs them, so this checks that every connector has them when one does.
+#[test]
+fn https_upstream_without_ca_file_is_verified_against_the_system_roots() {
+    let ca = TestCa::new("system roots test ca");
+    let dir = TempDir::new();
+    let ca_file = ca.write(&dir.path, "ca");
+    let reply = |seen: &tls_support::Seen| Reply::json(&format!("{{\"path\":\"{}\"}}", seen.path));
+    let h1 = TlsUpstream::start(&ca.leaf(&["upstream.test"]), false, reply);
+    let h2 = TlsUpstream::start(&ca.leaf(&["upstream.test"]), true, reply);
+    let sluice = Sluice::start_with_env(
+        &format!(
+            "upstreams:\n  h1:\n    url: https://127.0.0.1:{h1}\n    sni: upstream.test\n  \
+             h2:\n    url: https://127.0.0.1:{h2}\n    sni: upstream.test\n    http2: true\n\
+             routes:\n  - {{ path_prefix: /h1/, upstream: h1, provider: openai }}\n  \
+             - {{ path_prefix: /h2/, upstream: h2, provider: openai }}\n",
+            h1 = h1.addr.port(),
+            h2 = h2.addr.port(),
+        ),
+        &[("SSL_CERT_FILE", &ca_file)],
+    );
+    let mut client = support::Client::connect(sluice.addr);
+    for path in ["/h1/v1/models", "/h2/v1/models"] {
+        let response = post_h1(&mut client, path);
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        assert_eq!(response.json()["path"], path);
+    }
+    assert_eq!(h1.requests()[0].protocol, "http/1.1");
+    assert_eq!(h2.requests()[0].protocol, "h2");
+}
+
 #[test]
 fn http2_upstream_over_tls_streams_multiplexes_and_resets() {
     let ca = TestCa::new("upstream test ca");

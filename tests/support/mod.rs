@@ -11,7 +11,7 @@ pub mod upstream;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,12 +53,18 @@ impl Sluice {
             routes_and_upstreams,
             Stdio::null(),
             Stdio::null(),
+            &[],
         )
+    }
+
+    /// Like [`Sluice::start`], with these environment variables set for the process.
+    pub fn start_with_env(routes_and_upstreams: &str, env: &[(&str, &Path)]) -> Sluice {
+        Sluice::start_with_listener("", routes_and_upstreams, Stdio::null(), Stdio::null(), env)
     }
 
     /// Like [`Sluice::start`], with stdout (the access log) and stderr going where given.
     pub fn start_with_output(routes_and_upstreams: &str, stdout: Stdio, stderr: Stdio) -> Sluice {
-        Sluice::start_with_listener("", routes_and_upstreams, stdout, stderr)
+        Sluice::start_with_listener("", routes_and_upstreams, stdout, stderr, &[])
     }
 
     fn start_with_listener(
@@ -66,6 +72,7 @@ impl Sluice {
         routes_and_upstreams: &str,
         stdout: Stdio,
         stderr: Stdio,
+        env: &[(&str, &Path)],
     ) -> Sluice {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -81,7 +88,7 @@ impl Sluice {
                 dir.path.join("usage.jsonl").display()
             ));
         }
-        Sluice::spawn(&yaml, addr, admin, dir, stdout, stderr)
+        Sluice::spawn(&yaml, addr, admin, dir, (stdout, stderr), env)
     }
 
     pub fn start_with_config(
@@ -90,7 +97,7 @@ impl Sluice {
         admin: SocketAddr,
         dir: TempDir,
     ) -> Sluice {
-        Sluice::spawn(yaml, addr, admin, dir, Stdio::null(), Stdio::null())
+        Sluice::spawn(yaml, addr, admin, dir, (Stdio::null(), Stdio::null()), &[])
     }
 
     fn spawn(
@@ -98,14 +105,15 @@ impl Sluice {
         addr: SocketAddr,
         admin: SocketAddr,
         dir: TempDir,
-        stdout: Stdio,
-        stderr: Stdio,
+        (stdout, stderr): (Stdio, Stdio),
+        env: &[(&str, &Path)],
     ) -> Sluice {
         let config = dir.path.join("sluice.yaml");
         std::fs::write(&config, yaml).unwrap();
         let child = Command::new(sluice_bin())
             .arg("-c")
             .arg(&config)
+            .envs(env.iter().copied())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()

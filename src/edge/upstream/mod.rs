@@ -42,8 +42,9 @@ use std::time::Duration;
 const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 pub struct Upstreams {
-    /// HTTP/2-capable upstreams (`http2: true`): Pingora's client sessions and pool.
-    connector: Connector,
+    /// HTTP/2-capable upstreams (`http2: true`): Pingora's client sessions and pool. Built only
+    /// when some upstream has `http2`, since building it loads the CA roots again.
+    connector: Option<Connector>,
     /// Every other upstream (and WebSocket handshakes): TCP and TLS from Pingora, HTTP/1.1 and
     /// pooling by Sluice.
     transport: TransportConnector,
@@ -78,29 +79,32 @@ impl Upstreams {
         let needs_roots = specs
             .iter()
             .any(|s| s.target.is_tls() && s.tls_verify && s.ca_file.is_none());
-        let bundled = match pingora::tls::load_native_certs() {
-            Ok(certs) if !certs.is_empty() => None,
-            Ok(_) if needs_roots => {
-                log::warn!(
-                    "no system CA certificates found (install ca-certificates, or set SSL_CERT_FILE): \
-                     https upstreams are verified with the bundled Mozilla roots"
-                );
-                Some(ca_from_der(webpki_root_certs::TLS_SERVER_ROOT_CERTS, true)?)
+        // Each of Pingora's connectors loads the system roots unless given a CA file: when no
+        // upstream verifies against them, give it an empty one (an http-only config starts
+        // listening in ~5 ms instead of ~20).
+        let bundled = if needs_roots {
+            match pingora::tls::load_native_certs() {
+                Ok(certs) if !certs.is_empty() => None,
+                Ok(_) => {
+                    log::warn!(
+                        "no system CA certificates found (install ca-certificates, or set SSL_CERT_FILE): \
+                         https upstreams are verified with the bundled Mozilla roots"
+                    );
+                    Some(ca_from_der(webpki_root_certs::TLS_SERVER_ROOT_CERTS, true)?)
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot load the system CA certificates for https upstreams: {e} \
+                         (check SSL_CERT_FILE and SSL_CERT_DIR, or give the upstreams a ca_file)"
+                    ))
+                }
             }
-            Ok(_) => None,
-            Err(e) if needs_roots => {
-                return Err(format!(
-                    "cannot load the system CA certificates for https upstreams: {e} \
-                     (check SSL_CERT_FILE and SSL_CERT_DIR, or give the upstreams a ca_file)"
-                ))
-            }
-            Err(_) => {
-                // Pingora's connector would panic loading them; no upstream needs them.
-                options.ca_file = Some("/dev/null".into());
-                None
-            }
+        } else {
+            options.ca_file = Some("/dev/null".into());
+            None
         };
 
+        let http2 = specs.iter().any(|s| s.http2);
         let mut peers = HashMap::new();
         for spec in specs {
             let ca = match (&spec.ca_file, spec.target.is_tls() && spec.tls_verify) {
@@ -118,10 +122,11 @@ impl Upstreams {
             peers.insert(spec.name.clone(), PeerTemplate::new(spec, ca));
         }
         let per_key = options.keepalive_pool_size;
+        let connector = http2.then(|| Connector::new(Some(options.clone())));
         Ok(Upstreams {
-            transport: TransportConnector::new(Some(options.clone())),
+            transport: TransportConnector::new(Some(options)),
             pool: Arc::new(pool::IdlePool::new(per_key)),
-            connector: Connector::new(Some(options)),
+            connector,
             demo_addr,
             peers,
         })
@@ -180,10 +185,11 @@ impl Upstreams {
                 format!("cannot connect to upstream {}: {}", spec.name, e),
             )
         };
-        if spec.http2 && !websocket {
+        // `connector` exists whenever an upstream has `http2` (`new` saw every route's).
+        if let Some(connector) = self.connector.as_ref().filter(|_| spec.http2 && !websocket) {
             // Boxed: Pingora's connect future is large (about 9 KiB) and would otherwise be
             // part of every request's future for the whole life of its stream.
-            return match Box::pin(self.connector.get_http_session(&peer)).await {
+            return match Box::pin(connector.get_http_session(&peer)).await {
                 Ok((session, _reused)) => Ok(UpstreamConn::Pingora(Box::new(PingoraConn {
                     session,
                     peer,
@@ -214,12 +220,11 @@ impl Upstreams {
             }
             UpstreamConn::Pingora(conn) => {
                 let PingoraConn { session, peer } = *conn;
-                // Boxed for the same reason as the connect future.
-                Box::pin(
-                    self.connector
-                        .release_http_session(session, &peer, Some(idle)),
-                )
-                .await;
+                // Such a connection came from `connector`, so it is there (else: dropped, closed).
+                if let Some(connector) = &self.connector {
+                    // Boxed for the same reason as the connect future.
+                    Box::pin(connector.release_http_session(session, &peer, Some(idle))).await;
+                }
             }
         }
     }
