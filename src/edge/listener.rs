@@ -165,10 +165,8 @@ async fn serve(
             // Closed by the client, a read error, or idle too long.
             _ => return,
         };
-        let mut http1 = pingora::protocols::http::v1::server::HttpSession::new(stream);
-        http1.set_pipelined_prefix(prefix);
-        let mut session = ServerSession::H1(http1);
-        session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECONDS));
+        let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE_SECONDS);
+        let session = request_session(stream, prefix, keepalive);
         let Some(reused) = app.process_new_http(session, &shutdown).await else {
             return;
         };
@@ -176,6 +174,23 @@ async fn serve(
         // the next request: it is read here like the first one.
         (stream, _) = reused.consume();
     }
+}
+
+/// Pingora's session for one request on `stream`, starting from the head bytes already read.
+///
+/// Built here rather than in `serve`: a local that is borrowed (as `set_pipelined_prefix` and
+/// `set_keepalive` borrow theirs) keeps its slot in an async fn's state across later awaits even
+/// once moved out, and two 680-byte sessions would then sit in every open stream's task.
+fn request_session(
+    stream: pingora::protocols::Stream,
+    prefix: BytesMut,
+    keepalive: Option<u64>,
+) -> ServerSession {
+    let mut http1 = pingora::protocols::http::v1::server::HttpSession::new(stream);
+    http1.set_pipelined_prefix(prefix);
+    let mut session = ServerSession::H1(http1);
+    session.set_keepalive(keepalive);
+    session
 }
 
 /// The bytes of a request head that are already there, in a buffer of their own size.
