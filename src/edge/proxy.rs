@@ -112,10 +112,10 @@ impl SluiceProxy {
         {
             let record = UsageSink::record_for(ctx, None, 0);
             self.usage.record(&record, false).await;
-            ctx.usage_record = Some(record);
+            ctx.usage_record = Some(Box::new(record));
         }
         let route = ctx.route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
-        let usage = ctx.usage_record.as_ref();
+        let usage = ctx.usage_record.as_deref();
         METRICS.request_done(route, ctx.status);
         let req = head_read.then(|| down.req_header());
         AccessRecord {
@@ -209,7 +209,9 @@ impl HttpServerApp for SluiceProxy {
             down.set_keepalive(None);
         }
         let settings = HttpPersistentSettings::for_session(&down);
-        down.finish()
+        // Boxed: Pingora's `finish` future (~3.7 KiB) would otherwise size the state that every
+        // open stream keeps, though only an ending request runs it.
+        Box::pin(down.finish())
             .await
             .ok()
             .flatten()

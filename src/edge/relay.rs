@@ -56,13 +56,12 @@ pub async fn handle(
 ) -> Finish {
     // Boxed: everything before the body relay (admission, connect, request, heads, WebSocket)
     // would otherwise size the future that each open stream keeps for its whole life.
-    let opened = Box::pin(open(upstreams, usage, limiter, route, down, ctx)).await;
     let Opened {
         up,
         kind,
         mut decoder,
         strip_usage_chunk,
-    } = match opened {
+    } = match Box::pin(open(upstreams, usage, limiter, route, down, ctx)).await {
         Ok(opened) => opened,
         Err(finish) => return finish,
     };
@@ -437,7 +436,7 @@ async fn relay_event_stream(
         usage
             .record(&record, client_still_there && usage.hold_final_frame())
             .await;
-        ctx.usage_record = Some(record);
+        ctx.usage_record = Some(Box::new(record));
         match outcome {
             StreamOutcome::Completed => {
                 let record = ctx.usage_record.as_ref().expect("just set");
@@ -496,7 +495,7 @@ async fn relay_json_lines(
         usage
             .record(&record, client_still_there && usage.hold_final_frame())
             .await;
-        ctx.usage_record = Some(record);
+        ctx.usage_record = Some(Box::new(record));
         match outcome {
             StreamOutcome::Completed => end_stream(down, ctx, bytes::Bytes::new(), None).await,
             StreamOutcome::ClientDisconnect => Finish::Close,
