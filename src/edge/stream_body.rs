@@ -173,7 +173,17 @@ pub async fn write(
         }
     }
     ctx.bytes_sent += data.len() as u64;
-    down.write_response_body(data, false).await
+    // Each protocol's own write, not `ServerSession::write_response_body`: that future is sized
+    // for Pingora's subrequest sessions (688 bytes, against 320 for HTTP/1.1), and every open
+    // stream's state has room for one.
+    match down {
+        // A zero-length write would end a chunked HTTP/1.1 body.
+        _ if data.is_empty() => Ok(()),
+        ServerSession::H1(session) => session.write_body(&data).await.map(drop),
+        ServerSession::H2(session) => session.write_body(data, false).await,
+        // Sluice makes no other kind of session.
+        other => Box::pin(other.write_response_body(data, false)).await,
+    }
 }
 
 /// Most bytes gathered into one client write.
