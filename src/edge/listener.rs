@@ -141,7 +141,9 @@ async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown:
         stream.set_socket_digest(digest);
         let app = app.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { serve(Box::new(stream), app, shutdown).await });
+        // Boxed before the spawn: an `async move` block boxing it inside would keep the moved-out
+        // 376-byte stream in its state for the life of the connection.
+        tokio::spawn(serve(Box::new(stream), app, shutdown));
     }
     // Listening stops at shutdown; after a hand-over the next process has its own copy of the
     // socket, so closing this one stops only this process from accepting.
