@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -35,6 +36,17 @@ pub(super) struct State {
     pub(super) reopen: bool,
     pub(super) shutdown: bool,
     pub(super) writer_idle: bool,
+    /// When the queue last became non-empty: records nobody waits for are due `max_delay` later.
+    pub(super) oldest: Option<Instant>,
+    /// A durable record is queued: write now.
+    pub(super) urgent: bool,
+}
+
+impl State {
+    /// Queued records that must not wait for `max_delay`.
+    pub(super) fn write_now(&self, shared: &Shared) -> bool {
+        self.urgent || self.shutdown || self.reopen || shared.half_full()
+    }
 }
 
 pub(super) struct Shared {
@@ -50,6 +62,11 @@ impl Shared {
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing panics while holding the lock; if something did, the queue is still sound.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Half the queue's bytes are taken: write before appenders run out of room.
+    pub(super) fn half_full(&self) -> bool {
+        self.room.available_permits() < self.capacity as usize / 2
     }
 
     pub(super) fn closed(&self) -> LedgerError {
@@ -90,13 +107,19 @@ impl Shared {
         }
         let permits = permit.num_permits() as u32;
         permit.forget();
+        let first = state.queue.is_empty();
+        if first {
+            state.oldest = Some(Instant::now());
+        }
+        state.urgent |= done.is_some();
         state.queue.push_back(Entry {
             line,
             permits,
             done,
         });
         self.counters.queued.fetch_add(1, Relaxed);
-        if state.writer_idle {
+        // A writer waiting out `max_delay` needs no wake for one more record that can wait too.
+        if state.writer_idle && (first || state.write_now(self)) {
             state.writer_idle = false;
             self.wake.notify_one();
         }

@@ -116,6 +116,78 @@ async fn concurrent_durable_appends_are_whole_unique_and_batched() {
     assert_eq!(stats.batches, stats.fsyncs);
 }
 
+fn open_with_delay(path: &Path, max_delay: std::time::Duration) -> Ledger {
+    Ledger::open(LedgerConfig {
+        max_delay,
+        ..LedgerConfig::new(path)
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn records_nobody_waits_for_are_gathered_for_max_delay() {
+    let dir = TestDir::new("gathered");
+    let path = dir.file("usage.jsonl");
+    let ledger = open_with_delay(&path, std::time::Duration::from_millis(400));
+    for n in 0..3 {
+        ledger.append(record(n)).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(ledger.stats().batches, 0, "written before max_delay");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ledger.stats().records_written < 3 {
+        assert!(std::time::Instant::now() < deadline, "never written");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger.stats().batches, 1, "three records, one fsync");
+    assert_eq!(seqs(&path), [0, 1, 2]);
+}
+
+#[tokio::test]
+async fn a_durable_record_takes_the_gathered_ones_along_at_once() {
+    let dir = TestDir::new("urgent");
+    let path = dir.file("usage.jsonl");
+    let ledger = open_with_delay(&path, std::time::Duration::from_secs(3600));
+    ledger.append(record(0)).await.unwrap();
+    ledger.append(record(1)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(ledger.stats().records_written, 0);
+    ledger.append_durable(record(2)).await.unwrap();
+    let stats = ledger.stats();
+    assert_eq!((stats.records_written, stats.batches), (3, 1));
+    assert_eq!(seqs(&path), [0, 1, 2]);
+    // Shutdown does not wait out the delay either.
+    ledger.append(record(3)).await.unwrap();
+    let started = std::time::Instant::now();
+    ledger.shutdown().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(seqs(&path), [0, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_half_full_queue_is_written_without_waiting() {
+    let dir = TestDir::new("half-full");
+    let path = dir.file("usage.jsonl");
+    let ledger = Ledger::open(LedgerConfig {
+        max_batch_bytes: 4096,
+        max_delay: std::time::Duration::from_secs(3600),
+        ..LedgerConfig::new(&path)
+    })
+    .unwrap();
+    // 80 records of ~40 bytes pass half of the 4 KiB queue.
+    for n in 0..80 {
+        ledger.append(record(n)).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ledger.stats().batches == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a half-full queue waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn drop_drains_the_queue() {
     let dir = TestDir::new("drain");

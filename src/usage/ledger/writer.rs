@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::delivery::Deliveries;
 use super::file::{shift_numbered, LedgerFile};
@@ -87,22 +87,37 @@ impl Writer {
             let fresh_reopen = std::mem::take(&mut state.reopen);
             self.reopen_pending |= fresh_reopen;
             self.shutdown_seen |= state.shutdown;
-            let first = self.carry.front().or(state.queue.front());
-            if let Some(entry) = first {
+            if let Some(entry) = self.carry.front() {
                 return Work::Write(entry.line.len() + 1);
             }
-            if state.shutdown {
+            let mut wait = None;
+            if let Some(entry) = state.queue.front() {
+                let due = state
+                    .oldest
+                    .map_or(Instant::now(), |t| t + self.config.max_delay);
+                let left = due.saturating_duration_since(Instant::now());
+                if left.is_zero() || self.reopen_pending || state.write_now(&shared) {
+                    return Work::Write(entry.line.len() + 1);
+                }
+                wait = Some(left);
+            } else if state.shutdown {
                 return Work::Exit;
-            }
-            // Only a fresh request: a failed reopen is retried with the next batch, not in a loop.
-            if fresh_reopen {
+            } else if fresh_reopen {
+                // Only a fresh request: a failed reopen is retried with the next batch, not in a
+                // loop.
                 return Work::Reopen;
             }
             state.writer_idle = true;
-            state = shared
-                .wake
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = match wait {
+                Some(left) => {
+                    let waited = shared.wake.wait_timeout(state, left);
+                    waited.unwrap_or_else(PoisonError::into_inner).0
+                }
+                None => shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
             state.writer_idle = false;
         }
     }
@@ -207,6 +222,11 @@ impl Writer {
             bytes += entry.line.len() + 1;
             released += entry.permits as usize;
             batch.extend(state.queue.pop_front());
+        }
+        // What stays (a full batch's remainder) keeps the oldest time: it is due already.
+        state.urgent = state.queue.iter().any(|entry| entry.done.is_some());
+        if state.queue.is_empty() {
+            state.oldest = None;
         }
         drop(state);
         self.shared.room.add_permits(released);
