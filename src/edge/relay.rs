@@ -66,10 +66,8 @@ pub async fn handle(
         Err(finish) => return finish,
     };
     let Some(kind) = kind else {
-        let mut up = up;
-        let outcome = stream_body::relay(route, &mut up, down, ctx, None, BodyWatch::Plain).await;
-        ctx.outcome = Some(outcome);
-        return Box::pin(end_plain(upstreams, route, up, outcome, down, ctx)).await;
+        // Boxed: a plain body's relay would otherwise add its own slots to every stream's state.
+        return Box::pin(relay_plain(upstreams, route, up, down, ctx)).await;
     };
     let upstream = Connection {
         upstreams,
@@ -83,13 +81,22 @@ pub async fn handle(
                 upstream,
                 down,
                 ctx,
-                decoder.as_mut(),
+                decoder.as_deref_mut(),
                 strip_usage_chunk,
             )
             .await
         }
         StreamKind::JsonLines | StreamKind::JsonSeq => {
-            relay_json_lines(route, usage, upstream, down, ctx, decoder.as_mut(), kind).await
+            relay_json_lines(
+                route,
+                usage,
+                upstream,
+                down,
+                ctx,
+                decoder.as_deref_mut(),
+                kind,
+            )
+            .await
         }
     }
 }
@@ -99,7 +106,8 @@ struct Opened {
     up: UpstreamConn,
     /// The stream format, `None` for a plain body.
     kind: Option<StreamKind>,
-    decoder: Option<ResponseCompressionCtx>,
+    /// Boxed: rarely there (an upstream that compresses a stream), 136 bytes when inline.
+    decoder: Option<Box<ResponseCompressionCtx>>,
     strip_usage_chunk: bool,
 }
 
@@ -294,6 +302,19 @@ async fn open(
 }
 
 /// The end of a plain body: the connection goes back to the pool when the body came whole.
+/// A plain body (no stream format): relayed as it comes, then its connection pooled or closed.
+async fn relay_plain(
+    upstreams: &Upstreams,
+    route: &Route,
+    mut up: UpstreamConn,
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+) -> Finish {
+    let outcome = stream_body::relay(route, &mut up, down, ctx, None, BodyWatch::Plain).await;
+    ctx.outcome = Some(outcome);
+    end_plain(upstreams, route, up, outcome, down, ctx).await
+}
+
 async fn end_plain(
     upstreams: &Upstreams,
     route: &Route,
@@ -614,7 +635,7 @@ impl Drop for StreamGuard {
 
 /// A stream the upstream compressed although not asked to: decoded so that the client gets plain
 /// events or lines (gzip has no per-event flush).
-fn decoder_for(upstream_head: &ResponseHeader) -> Option<ResponseCompressionCtx> {
+fn decoder_for(upstream_head: &ResponseHeader) -> Option<Box<ResponseCompressionCtx>> {
     let encoding = upstream_head.headers.get(http::header::CONTENT_ENCODING)?;
     if encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
         return None;
@@ -624,5 +645,5 @@ fn decoder_for(upstream_head: &ResponseHeader) -> Option<ResponseCompressionCtx>
     ctx.request_filter(&identity_only);
     let mut head = upstream_head.clone();
     ctx.response_header_filter(&mut head, false);
-    Some(ctx)
+    Some(Box::new(ctx))
 }
