@@ -477,6 +477,31 @@ fn https_upstream_without_ca_file_is_verified_against_the_system_roots() {
     assert_eq!(h2.requests()[0].protocol, "h2");
 }
 
+/// Upstreams with `tls_verify: false` alone: nothing verifies against the system roots, so none
+/// are loaded, and the handshake (whose skip-all verifier Pingora still builds over a root
+/// store) must not depend on them, over HTTP/1.1 and HTTP/2 alike.
+#[test]
+fn unverified_https_upstreams_alone_need_no_system_roots() {
+    let ca = TestCa::new("unverified test ca");
+    let reply = |seen: &tls_support::Seen| Reply::json(&format!("{{\"path\":\"{}\"}}", seen.path));
+    let h1 = TlsUpstream::start(&ca.leaf(&["upstream.test"]), false, reply);
+    let h2 = TlsUpstream::start(&ca.leaf(&["upstream.test"]), true, reply);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  h1:\n    url: https://127.0.0.1:{h1}\n    sni: other.test\n    tls_verify: false\n  \
+         h2:\n    url: https://127.0.0.1:{h2}\n    sni: other.test\n    tls_verify: false\n    http2: true\n\
+         routes:\n  - {{ path_prefix: /h1/, upstream: h1, provider: openai }}\n  \
+         - {{ path_prefix: /h2/, upstream: h2, provider: openai }}\n",
+        h1 = h1.addr.port(),
+        h2 = h2.addr.port(),
+    ));
+    let mut client = support::Client::connect(sluice.addr);
+    for path in ["/h1/v1/models", "/h2/v1/models"] {
+        let response = post_h1(&mut client, path);
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+    }
+    assert_eq!(h2.requests()[0].protocol, "h2");
+}
+
 #[test]
 fn http2_upstream_over_tls_streams_multiplexes_and_resets() {
     let ca = TestCa::new("upstream test ca");

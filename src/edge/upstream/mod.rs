@@ -81,7 +81,7 @@ impl Upstreams {
             .any(|s| s.target.is_tls() && s.tls_verify && s.ca_file.is_none());
         // Each of Pingora's connectors loads the system roots unless given a CA file: when no
         // upstream verifies against them, give it an empty one (an http-only config starts
-        // listening in ~5 ms instead of ~20).
+        // listening in ~5 ms instead of ~20). Unverified peers bring a root of their own (below).
         let bundled = if needs_roots {
             match pingora::tls::load_native_certs() {
                 Ok(certs) if !certs.is_empty() => None,
@@ -105,10 +105,19 @@ impl Upstreams {
         };
 
         let http2 = specs.iter().any(|s| s.http2);
+        // With verification off Pingora still builds its (skip-all) verifier over a root store,
+        // and an empty one fails every handshake: such peers get one bundled root of their own,
+        // so they work whatever the system store holds (or whether it was loaded at all).
+        let unverified_roots = specs
+            .iter()
+            .any(|s| s.target.is_tls() && !s.tls_verify)
+            .then(|| ca_from_der(&webpki_root_certs::TLS_SERVER_ROOT_CERTS[..1], false))
+            .transpose()?;
         let mut peers = HashMap::new();
         for spec in specs {
-            let ca = match (&spec.ca_file, spec.target.is_tls() && spec.tls_verify) {
-                (Some(path), true) => {
+            let ca = match (&spec.ca_file, spec.target.is_tls(), spec.tls_verify) {
+                (_, false, _) => None,
+                (Some(path), true, true) => {
                     let certs = crate::config::tls::load_ca_file(path)
                         .map_err(|e| format!("upstreams.{}.ca_file: {e}", spec.name))?;
                     Some(
@@ -116,8 +125,8 @@ impl Upstreams {
                             .map_err(|e| format!("upstreams.{}.ca_file: {e}", spec.name))?,
                     )
                 }
-                (None, true) => bundled.clone(),
-                (_, false) => None,
+                (None, true, true) => bundled.clone(),
+                (_, true, false) => unverified_roots.clone(),
             };
             peers.insert(spec.name.clone(), PeerTemplate::new(spec, ca));
         }
