@@ -12,7 +12,8 @@
 //! batch's completions to their relays and writes one byte to each; the relay's task, woken by
 //! the runtime's I/O driver, resolves them from inside the runtime, where a wake lands in the
 //! running worker's own queue. Off a runtime (or once a relay's runtime is gone) completions are
-//! resolved directly, as before: slower to wake, never lost.
+//! resolved directly, as before: slower to wake, never lost. A runtime that appends durably must
+//! have its I/O driver enabled (tokio panics registering the socket otherwise); Pingora's do.
 
 use std::cell::RefCell;
 use std::io;
@@ -155,6 +156,8 @@ impl Relay {
             if let Err(err) = self.signal.send(&[1]) {
                 // The task ended in between (its runtime is shutting down: its closer resolves
                 // what it finds) or the socket broke: either way nobody waits on this relay now.
+                // A task still alive then waits on for good (two descriptors); the path is one
+                // that should not happen, so it is logged rather than torn down.
                 let mut state = self.lock();
                 if state.open {
                     log::warn!("usage ledger: completion relay failed ({err}); resolving directly");

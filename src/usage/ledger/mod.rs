@@ -225,7 +225,8 @@ impl Ledger {
     }
 
     /// Appends a record and resolves once it is fsynced. An error means "not durable yet":
-    /// the record stays queued for retry, so do not append it again.
+    /// the record stays queued for retry, so do not append it again. Called on a tokio runtime,
+    /// that runtime needs its I/O driver (see `delivery.rs`).
     pub fn append_durable(
         &self,
         record: impl Into<Bytes>,

@@ -66,7 +66,8 @@ impl Shared {
 
     /// Half the queue's bytes are taken: write before appenders run out of room.
     pub(super) fn half_full(&self) -> bool {
-        self.room.available_permits() < self.capacity as usize / 2
+        let taken = (self.capacity as usize).saturating_sub(self.room.available_permits());
+        taken * 2 >= self.capacity as usize
     }
 
     pub(super) fn closed(&self) -> LedgerError {

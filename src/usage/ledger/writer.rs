@@ -92,14 +92,17 @@ impl Writer {
             }
             let mut wait = None;
             if let Some(entry) = state.queue.front() {
+                // A `max_delay` too long to add is no deadline: only `write_now` ends the wait.
                 let due = state
                     .oldest
-                    .map_or(Instant::now(), |t| t + self.config.max_delay);
-                let left = due.saturating_duration_since(Instant::now());
-                if left.is_zero() || self.reopen_pending || state.write_now(&shared) {
+                    .and_then(|t| t.checked_add(self.config.max_delay));
+                let left = due.map(|due| due.saturating_duration_since(Instant::now()));
+                // A fresh reopen writes now; one that keeps failing waits like any batch.
+                let due_now = left.is_some_and(|left| left.is_zero());
+                if due_now || fresh_reopen || state.write_now(&shared) {
                     return Work::Write(entry.line.len() + 1);
                 }
-                wait = Some(left);
+                wait = left;
             } else if state.shutdown {
                 return Work::Exit;
             } else if fresh_reopen {
