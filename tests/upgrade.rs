@@ -165,6 +165,39 @@ fn sigterm_leaves_as_soon_as_the_last_stream_ends() {
     assert_eq!(sluice.ledger().len(), 1);
 }
 
+/// A connection accepted before SIGTERM whose request arrives just after it is answered, not
+/// closed unasked (its client would see an empty response), and the process waits for it.
+#[test]
+fn a_connection_accepted_before_sigterm_gets_its_request_answered() {
+    let upstream = upstream();
+    let mut sluice = Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /, upstream: up, provider: openai }}\n",
+        upstream.url()
+    ));
+    let mut stream = TcpStream::connect(sluice.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Accepted (the kernel has it, and the accept loop runs at once), nothing sent yet.
+    std::thread::sleep(Duration::from_millis(200));
+    sluice.signal("TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    stream
+        .write_all(b"GET /models HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+    // Answered during shutdown: the connection is not kept alive for another request.
+    assert!(
+        response.to_ascii_lowercase().contains("connection: close"),
+        "{response:?}"
+    );
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
 #[test]
 fn streams_still_running_when_the_grace_period_is_over_are_ended_with_their_records() {
     // A stream that would go on for a minute, and a request whose response head never comes.

@@ -28,7 +28,20 @@ pub fn runtime_grace_seconds(grace_period: Duration) -> u64 {
     (grace_period + LAST_WORDS).as_secs() + 1
 }
 
-/// Requests being handled by this process (each HTTP/2 stream is one).
+/// How long, once shutdown has begun, a request already on its way gets to arrive: the rest of a
+/// head, or the first request of a connection accepted before the shutdown (its client sent it,
+/// or is about to; closing the connection would refuse it).
+const REQUEST_ARRIVAL_GRACE: Duration = Duration::from_secs(1);
+
+/// Resolves [`REQUEST_ARRIVAL_GRACE`] after shutdown begins (never, while the server runs).
+pub async fn request_arrival_over(shutdown: &mut ShutdownWatch) {
+    // An error means the sender is gone: the server is going away too.
+    let _ = shutdown.wait_for(|down| *down).await;
+    tokio::time::sleep(REQUEST_ARRIVAL_GRACE).await;
+}
+
+/// Requests being handled by this process (each HTTP/2 stream is one), and connections accepted
+/// but not yet asked anything: the process leaves when none is left.
 static REQUESTS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Set once the grace period is over: every stream still running ends now.
 static GRACE_OVER: AtomicBool = AtomicBool::new(false);

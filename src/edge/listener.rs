@@ -9,6 +9,7 @@
 //! Listening sockets go through Pingora's fd table, like its own listeners, so a graceful
 //! upgrade (`sluice -u` + SIGQUIT) hands them over with the others.
 
+use super::drain;
 use super::proxy::SluiceProxy;
 use super::timer;
 use async_trait::async_trait;
@@ -155,13 +156,23 @@ async fn serve(
     app: Arc<SluiceProxy>,
     mut shutdown: ShutdownWatch,
 ) {
+    // A connection accepted before shutdown is owed an answer to its first request: it counts
+    // as in flight (the process waits for it) until that request has been answered.
+    let mut first_request = Some(drain::InFlight::start());
     loop {
-        // An idle kept-alive connection is closed when the service shuts down or after
-        // KEEPALIVE_SECONDS without a request.
+        let read = timer::timeout(
+            Duration::from_secs(KEEPALIVE_SECONDS),
+            first_bytes(&mut stream),
+        );
+        // Biased: bytes already here are served even once shutdown has begun. An idle kept-alive
+        // connection is closed when the service shuts down (or after KEEPALIVE_SECONDS without a
+        // request); a fresh one still gets its first request's grace.
         let first_bytes = tokio::select! {
-            read = timer::timeout(Duration::from_secs(KEEPALIVE_SECONDS), first_bytes(&mut stream)) => read,
-            _ = shutdown.wait_for(|down| *down) => return,
+            biased;
+            read = read => read,
+            _ = closing_time(&mut shutdown, first_request.is_some()) => return,
         };
+        let _answering_first = first_request.take();
         let prefix = match first_bytes {
             Ok(Ok(prefix)) if !prefix.is_empty() => prefix,
             // Closed by the client, a read error, or idle too long.
@@ -175,6 +186,17 @@ async fn serve(
         // Pipelining stays off (Pingora's default), so a reused stream never carries bytes of
         // the next request: it is read here like the first one.
         (stream, _) = reused.consume();
+    }
+}
+
+/// When a connection waiting for a request is closed: at shutdown, or for one that has not had
+/// its first request yet, once that request's grace is over.
+async fn closing_time(shutdown: &mut ShutdownWatch, fresh: bool) {
+    if fresh {
+        drain::request_arrival_over(shutdown).await;
+    } else {
+        // An error means the sender is gone: the server is going away too.
+        let _ = shutdown.wait_for(|down| *down).await;
     }
 }
 

@@ -4,6 +4,7 @@
 //! does everything those phases would do.
 
 use super::admission;
+use super::drain;
 use super::relay;
 use super::responses::{respond_error, respond_refusal, Finish};
 use super::upstream::Upstreams;
@@ -166,8 +167,9 @@ impl HttpServerApp for SluiceProxy {
             // Biased: a request already buffered is answered even when shutdown has begun.
             biased;
             read = down.read_request() => read,
-            // An idle kept-alive connection is closed when the service shuts down.
-            _ = shutdown.wait_for(|down| *down) => return None,
+            // A connection still waiting for (the rest of) a request is closed once shutdown
+            // has begun and the request's grace is over.
+            _ = drain::request_arrival_over(&mut shutdown) => return None,
         };
         let mut ctx = RequestCtx::new();
         match read {
