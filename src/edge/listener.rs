@@ -123,9 +123,12 @@ fn bound_socket(addr: &str) -> std::io::Result<TcpSocket> {
 
 async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown: ShutdownWatch) {
     loop {
+        // Biased: once shutdown has begun nothing more is accepted here (a connection left in the
+        // backlog goes to the next process, or is refused with the socket).
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            biased;
             _ = shutdown.wait_for(|down| *down) => break,
+            accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -144,7 +147,10 @@ async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown:
         let shutdown = shutdown.clone();
         // Boxed before the spawn: an `async move` block boxing it inside would keep the moved-out
         // 376-byte stream in its state for the life of the connection.
-        tokio::spawn(serve(Box::new(stream), app, shutdown));
+        // Counted from the accept, not from the task's first poll: the drain must not see zero
+        // in between and leave with this connection unasked.
+        let first_request = drain::InFlight::start();
+        tokio::spawn(serve(Box::new(stream), app, shutdown, first_request));
     }
     // Listening stops at shutdown; after a hand-over the next process has its own copy of the
     // socket, so closing this one stops only this process from accepting.
@@ -155,10 +161,11 @@ async fn serve(
     mut stream: pingora::protocols::Stream,
     app: Arc<SluiceProxy>,
     mut shutdown: ShutdownWatch,
+    first_request: drain::InFlight,
 ) {
     // A connection accepted before shutdown is owed an answer to its first request: it counts
     // as in flight (the process waits for it) until that request has been answered.
-    let mut first_request = Some(drain::InFlight::start());
+    let mut first_request = Some(first_request);
     loop {
         let read = timer::timeout(
             Duration::from_secs(KEEPALIVE_SECONDS),
