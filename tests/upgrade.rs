@@ -178,8 +178,11 @@ fn a_connection_accepted_before_sigterm_gets_its_request_answered() {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    // A client that connects and never asks anything: it gets the same grace, no more.
+    let _silent = TcpStream::connect(sluice.addr).unwrap();
     // Accepted (the kernel has it, and the accept loop runs at once), nothing sent yet.
     std::thread::sleep(Duration::from_millis(200));
+    let signaled = Instant::now();
     sluice.signal("TERM");
     std::thread::sleep(Duration::from_millis(200));
     stream
@@ -196,6 +199,9 @@ fn a_connection_accepted_before_sigterm_gets_its_request_answered() {
     );
     let status = sluice.wait_exit(Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    // The silent connection held the exit for its 1 s grace, not its 60 s keep-alive.
+    let took = signaled.elapsed();
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -33,15 +33,21 @@ pub fn runtime_grace_seconds(grace_period: Duration) -> u64 {
 /// or is about to; closing the connection would refuse it).
 const REQUEST_ARRIVAL_GRACE: Duration = Duration::from_secs(1);
 
-/// Resolves [`REQUEST_ARRIVAL_GRACE`] after shutdown begins (never, while the server runs).
+/// When this process first saw its shutdown begin: every request's arrival grace counts from
+/// there, so a client trickling a request in cannot stretch it.
+static SHUTDOWN_SEEN: OnceLock<tokio::time::Instant> = OnceLock::new();
+
+/// Resolves [`REQUEST_ARRIVAL_GRACE`] after shutdown began (never, while the server runs).
 pub async fn request_arrival_over(shutdown: &mut ShutdownWatch) {
     // An error means the sender is gone: the server is going away too.
     let _ = shutdown.wait_for(|down| *down).await;
-    tokio::time::sleep(REQUEST_ARRIVAL_GRACE).await;
+    let began = *SHUTDOWN_SEEN.get_or_init(tokio::time::Instant::now);
+    tokio::time::sleep_until(began + REQUEST_ARRIVAL_GRACE).await;
 }
 
-/// Requests being handled by this process (each HTTP/2 stream is one), and connections accepted
-/// but not yet asked anything: the process leaves when none is left.
+/// Requests being handled by this process (each HTTP/2 stream is one), plain connections from
+/// their accept until their first request is answered, and the plain accept loops themselves
+/// (so that nothing accepted goes uncounted): the process leaves when none is left.
 static REQUESTS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Set once the grace period is over: every stream still running ends now.
 static GRACE_OVER: AtomicBool = AtomicBool::new(false);
@@ -94,7 +100,7 @@ impl BackgroundService for Drain {
         let deadline = Instant::now() + self.grace_period;
         let waiting = REQUESTS_IN_FLIGHT.load(Ordering::Acquire);
         if waiting > 0 {
-            log::warn!("shutting down: waiting for {waiting} requests to finish");
+            log::warn!("shutting down: waiting for {waiting} requests and new connections");
         }
         while REQUESTS_IN_FLIGHT.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

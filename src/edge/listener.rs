@@ -122,6 +122,9 @@ fn bound_socket(addr: &str) -> std::io::Result<TcpSocket> {
 }
 
 async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown: ShutdownWatch) {
+    // Counted while accepting: the drain cannot see zero between an accept and its connection's
+    // count; the loop stops as soon as shutdown begins.
+    let _accepting = drain::InFlight::start();
     loop {
         // Biased: once shutdown has begun nothing more is accepted here (a connection left in the
         // backlog goes to the next process, or is refused with the socket).
@@ -147,8 +150,7 @@ async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown:
         let shutdown = shutdown.clone();
         // Boxed before the spawn: an `async move` block boxing it inside would keep the moved-out
         // 376-byte stream in its state for the life of the connection.
-        // Counted from the accept, not from the task's first poll: the drain must not see zero
-        // in between and leave with this connection unasked.
+        // Counted from the accept, not from the task's first poll.
         let first_request = drain::InFlight::start();
         tokio::spawn(serve(Box::new(stream), app, shutdown, first_request));
     }
@@ -179,7 +181,9 @@ async fn serve(
             read = read => read,
             _ = closing_time(&mut shutdown, first_request.is_some()) => return,
         };
-        let _answering_first = first_request.take();
+        // Counted until answered: a fresh connection from its accept, a kept-alive one from its
+        // request's first bytes (the rest of its head still gets the grace at shutdown).
+        let _answering = first_request.take().unwrap_or_else(drain::InFlight::start);
         let prefix = match first_bytes {
             Ok(Ok(prefix)) if !prefix.is_empty() => prefix,
             // Closed by the client, a read error, or idle too long.
