@@ -37,10 +37,15 @@ const REQUEST_ARRIVAL_GRACE: Duration = Duration::from_secs(1);
 /// there, so a client trickling a request in cannot stretch it.
 static SHUTDOWN_SEEN: OnceLock<tokio::time::Instant> = OnceLock::new();
 
-/// Resolves [`REQUEST_ARRIVAL_GRACE`] after shutdown began (never, while the server runs).
-pub async fn request_arrival_over(shutdown: &mut ShutdownWatch) {
+/// Resolves once shutdown has begun (never, while the server runs).
+pub async fn shutdown_begun(shutdown: &mut ShutdownWatch) {
     // An error means the sender is gone: the server is going away too.
     let _ = shutdown.wait_for(|down| *down).await;
+}
+
+/// Resolves [`REQUEST_ARRIVAL_GRACE`] after shutdown began (never, while the server runs).
+pub async fn request_arrival_over(shutdown: &mut ShutdownWatch) {
+    shutdown_begun(shutdown).await;
     let began = *SHUTDOWN_SEEN.get_or_init(tokio::time::Instant::now);
     tokio::time::sleep_until(began + REQUEST_ARRIVAL_GRACE).await;
 }

@@ -130,7 +130,7 @@ async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown:
         // backlog goes to the next process, or is refused with the socket).
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|down| *down) => break,
+            _ = drain::shutdown_begun(&mut shutdown) => break,
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
@@ -148,10 +148,10 @@ async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown:
         stream.set_socket_digest(digest);
         let app = app.clone();
         let shutdown = shutdown.clone();
-        // Boxed before the spawn: an `async move` block boxing it inside would keep the moved-out
-        // 376-byte stream in its state for the life of the connection.
         // Counted from the accept, not from the task's first poll.
         let first_request = drain::InFlight::start();
+        // Boxed before the spawn: an `async move` block boxing it inside would keep the moved-out
+        // 376-byte stream in its state for the life of the connection.
         tokio::spawn(serve(Box::new(stream), app, shutdown, first_request));
     }
     // Listening stops at shutdown; after a hand-over the next process has its own copy of the
@@ -206,8 +206,7 @@ async fn closing_time(shutdown: &mut ShutdownWatch, fresh: bool) {
     if fresh {
         drain::request_arrival_over(shutdown).await;
     } else {
-        // An error means the sender is gone: the server is going away too.
-        let _ = shutdown.wait_for(|down| *down).await;
+        drain::shutdown_begun(shutdown).await;
     }
 }
 

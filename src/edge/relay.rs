@@ -301,7 +301,6 @@ async fn open(
     })
 }
 
-/// The end of a plain body: the connection goes back to the pool when the body came whole.
 /// A plain body (no stream format): relayed as it comes, then its connection pooled or closed.
 async fn relay_plain(
     upstreams: &Upstreams,
@@ -315,6 +314,7 @@ async fn relay_plain(
     end_plain(upstreams, route, up, outcome, down, ctx).await
 }
 
+/// The end of a plain body: the connection goes back to the pool when the body came whole.
 async fn end_plain(
     upstreams: &Upstreams,
     route: &Route,
