@@ -32,6 +32,14 @@ fn upstream() -> Upstream {
     })
 }
 
+/// Sluice with one route to `upstream`; `route_keys` adds keys to it (`, key: value`).
+fn start_routed_to(upstream: &Upstream, route_keys: &str) -> Sluice {
+    Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /, upstream: up, provider: openai{route_keys} }}\n",
+        upstream.url()
+    ))
+}
+
 /// One request on a fresh connection; `Err` says what went wrong.
 fn fresh_request(addr: std::net::SocketAddr) -> Result<(), String> {
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
@@ -58,10 +66,7 @@ fn fresh_request(addr: std::net::SocketAddr) -> Result<(), String> {
 #[test]
 fn upgrade_with_streams_in_flight_cuts_none_and_refuses_none() {
     let upstream = upstream();
-    let mut old = Sluice::start(&format!(
-        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /, upstream: up, provider: openai, usage_comment: false }}\n",
-        upstream.url()
-    ));
+    let mut old = start_routed_to(&upstream, ", usage_comment: false");
     let streaming = AtomicUsize::new(0);
     let completed = AtomicUsize::new(0);
     let probing = AtomicBool::new(true);
@@ -137,10 +142,7 @@ fn upgrade_with_streams_in_flight_cuts_none_and_refuses_none() {
 #[test]
 fn sigterm_leaves_as_soon_as_the_last_stream_ends() {
     let upstream = upstream();
-    let mut sluice = Sluice::start(&format!(
-        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /, upstream: up, provider: openai }}\n",
-        upstream.url()
-    ));
+    let mut sluice = start_routed_to(&upstream, "");
     // One stream in flight; the grace period is 30 s.
     let mut client = Client::connect(sluice.addr);
     client.send(
@@ -170,10 +172,7 @@ fn sigterm_leaves_as_soon_as_the_last_stream_ends() {
 #[test]
 fn a_connection_accepted_before_sigterm_gets_its_request_answered() {
     let upstream = upstream();
-    let mut sluice = Sluice::start(&format!(
-        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /, upstream: up, provider: openai }}\n",
-        upstream.url()
-    ));
+    let mut sluice = start_routed_to(&upstream, "");
     let mut stream = TcpStream::connect(sluice.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

@@ -213,6 +213,14 @@ async fn run(closer: Closer, inbox: tokio::net::UnixDatagram) {
 mod tests {
     use super::*;
 
+    /// A runtime that runs its tasks only inside `block_on`: between two, nothing is polled.
+    fn current_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     fn completion_on(relay: &Arc<Relay>) -> (Completion, oneshot::Receiver<Outcome>) {
         let (sender, receiver) = oneshot::channel();
         let relay = Some(Arc::clone(relay));
@@ -223,10 +231,7 @@ mod tests {
     fn completions_wait_for_the_relays_task_not_the_writer() {
         // A current-thread runtime runs its tasks only inside `block_on`: between two, a
         // completion handed to the relay must still be waiting, not resolved by the writer.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = current_thread_runtime();
         let relay = runtime.block_on(async { Relay::for_current_thread().unwrap() });
         let (completion, mut receiver) = completion_on(&relay);
         std::thread::spawn(move || Deliveries::default().add(completion, Ok(())))
@@ -241,10 +246,7 @@ mod tests {
 
     #[test]
     fn a_relay_whose_runtime_is_gone_resolves_what_it_held_and_then_directly() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = current_thread_runtime();
         // A current-thread runtime polls nothing between `block_on`s: the relay's task has not
         // read the first completion when the runtime is dropped.
         let relay = runtime.block_on(async { Relay::for_current_thread().unwrap() });

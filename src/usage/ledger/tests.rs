@@ -3,6 +3,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -116,29 +117,37 @@ async fn concurrent_durable_appends_are_whole_unique_and_batched() {
     assert_eq!(stats.batches, stats.fsyncs);
 }
 
-fn open_with_delay(path: &Path, max_delay: std::time::Duration) -> Ledger {
+/// A ledger at `path` gathering records for `max_delay`, with a queue of `max_batch_bytes`.
+fn open_gathering(path: &Path, max_batch_bytes: usize, max_delay: Duration) -> Ledger {
     Ledger::open(LedgerConfig {
+        max_batch_bytes,
         max_delay,
         ..LedgerConfig::new(path)
     })
     .unwrap()
 }
 
+/// Polls the ledger's counters until `done` holds; fails after 10 s with `what`.
+async fn wait_for_stats(ledger: &Ledger, what: &str, done: impl Fn(LedgerStats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(ledger.stats()) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn records_nobody_waits_for_are_gathered_for_max_delay() {
     let dir = TestDir::new("gathered");
     let path = dir.file("usage.jsonl");
-    let ledger = open_with_delay(&path, std::time::Duration::from_secs(2));
+    let default_batch = LedgerConfig::default().max_batch_bytes;
+    let ledger = open_gathering(&path, default_batch, Duration::from_secs(2));
     for n in 0..3 {
         ledger.append(record(n)).await.unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(ledger.stats().batches, 0, "written before max_delay");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while ledger.stats().records_written < 3 {
-        assert!(std::time::Instant::now() < deadline, "never written");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_stats(&ledger, "never written", |s| s.records_written >= 3).await;
     assert_eq!(ledger.stats().batches, 1, "three records, one fsync");
     assert_eq!(seqs(&path), [0, 1, 2]);
 }
@@ -148,10 +157,11 @@ async fn a_durable_record_takes_the_gathered_ones_along_at_once() {
     let dir = TestDir::new("urgent");
     let path = dir.file("usage.jsonl");
     // Long enough that waiting it out fails the test below, short enough not to hang CI.
-    let ledger = open_with_delay(&path, std::time::Duration::from_secs(30));
+    let default_batch = LedgerConfig::default().max_batch_bytes;
+    let ledger = open_gathering(&path, default_batch, Duration::from_secs(30));
     ledger.append(record(0)).await.unwrap();
     ledger.append(record(1)).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(ledger.stats().records_written, 0);
     ledger.append_durable(record(2)).await.unwrap();
     let stats = ledger.stats();
@@ -159,9 +169,9 @@ async fn a_durable_record_takes_the_gathered_ones_along_at_once() {
     assert_eq!(seqs(&path), [0, 1, 2]);
     // Shutdown does not wait out the delay either.
     ledger.append(record(3)).await.unwrap();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     ledger.shutdown().unwrap();
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(seqs(&path), [0, 1, 2, 3]);
 }
 
@@ -169,44 +179,27 @@ async fn a_durable_record_takes_the_gathered_ones_along_at_once() {
 async fn a_half_full_queue_is_written_without_waiting() {
     let dir = TestDir::new("half-full");
     let path = dir.file("usage.jsonl");
-    let ledger = Ledger::open(LedgerConfig {
-        max_batch_bytes: 4096,
-        // No deadline at all (and no overflow computing one): only the half-full queue writes.
-        max_delay: std::time::Duration::MAX,
-        ..LedgerConfig::new(&path)
-    })
-    .unwrap();
+    // No deadline at all (and no overflow computing one): only the half-full queue writes.
+    let ledger = open_gathering(&path, 4096, Duration::MAX);
     // 80 records of ~40 bytes pass half of the 4 KiB queue.
     for n in 0..80 {
         ledger.append(record(n)).await.unwrap();
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while ledger.stats().batches == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a half-full queue waited"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_for_stats(&ledger, "a half-full queue waited", |s| s.batches > 0).await;
 }
 
 #[tokio::test]
 async fn a_queue_of_one_byte_still_flows() {
     let dir = TestDir::new("one-byte");
     let path = dir.file("usage.jsonl");
-    let ledger = Ledger::open(LedgerConfig {
-        max_batch_bytes: 1,
-        max_delay: std::time::Duration::from_secs(30),
-        ..LedgerConfig::new(&path)
-    })
-    .unwrap();
+    let ledger = open_gathering(&path, 1, Duration::from_secs(30));
     // Each record fills the queue alone: the next append waits for room, which only a write
     // makes, so a writer waiting out `max_delay` would take 30 s a record.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     for n in 0..5 {
         ledger.append(record(n)).await.unwrap();
     }
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(10));
     ledger.shutdown().unwrap();
     assert_eq!(seqs(&path), [0, 1, 2, 3, 4]);
 }
