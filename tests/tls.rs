@@ -445,6 +445,29 @@ fn https_upstream_is_verified_and_pooled() {
     assert_eq!(response.status, 200, "{}", response.text());
 }
 
+/// Two upstreams over TLS for `leaf`, one speaking HTTP/1.1 and one HTTP/2, each answering its
+/// path as JSON.
+fn h1_and_h2_upstreams(leaf: &tls_support::Leaf) -> (TlsUpstream, TlsUpstream) {
+    let reply = |seen: &tls_support::Seen| Reply::json(&format!("{{\"path\":\"{}\"}}", seen.path));
+    (
+        TlsUpstream::start(leaf, false, reply),
+        TlsUpstream::start(leaf, true, reply),
+    )
+}
+
+/// Upstreams `h1` and `h2` (the second with `http2: true`), each with `keys` (indented four
+/// spaces), routed from `/h1/` and `/h2/`.
+fn h1_and_h2_routes(h1: &TlsUpstream, h2: &TlsUpstream, keys: &str) -> String {
+    format!(
+        "upstreams:\n  h1:\n    url: https://127.0.0.1:{h1}\n{keys}  \
+         h2:\n    url: https://127.0.0.1:{h2}\n{keys}    http2: true\n\
+         routes:\n  - {{ path_prefix: /h1/, upstream: h1, provider: openai }}\n  \
+         - {{ path_prefix: /h2/, upstream: h2, provider: openai }}\n",
+        h1 = h1.addr.port(),
+        h2 = h2.addr.port(),
+    )
+}
+
 /// An upstream without `ca_file` is verified against the system roots (here `SSL_CERT_FILE`,
 /// which the platform loader honours), over HTTP/1.1 and HTTP/2 alike: Sluice skips loading the
 /// roots when no upstream needs them, so this checks that every connector has them when one does.
@@ -453,18 +476,9 @@ fn https_upstream_without_ca_file_is_verified_against_the_system_roots() {
     let ca = TestCa::new("system roots test ca");
     let dir = TempDir::new();
     let ca_file = ca.write(&dir.path, "ca");
-    let reply = |seen: &tls_support::Seen| Reply::json(&format!("{{\"path\":\"{}\"}}", seen.path));
-    let h1 = TlsUpstream::start(&ca.leaf(&["upstream.test"]), false, reply);
-    let h2 = TlsUpstream::start(&ca.leaf(&["upstream.test"]), true, reply);
+    let (h1, h2) = h1_and_h2_upstreams(&ca.leaf(&["upstream.test"]));
     let sluice = Sluice::start_with_env(
-        &format!(
-            "upstreams:\n  h1:\n    url: https://127.0.0.1:{h1}\n    sni: upstream.test\n  \
-             h2:\n    url: https://127.0.0.1:{h2}\n    sni: upstream.test\n    http2: true\n\
-             routes:\n  - {{ path_prefix: /h1/, upstream: h1, provider: openai }}\n  \
-             - {{ path_prefix: /h2/, upstream: h2, provider: openai }}\n",
-            h1 = h1.addr.port(),
-            h2 = h2.addr.port(),
-        ),
+        &h1_and_h2_routes(&h1, &h2, "    sni: upstream.test\n"),
         &[("SSL_CERT_FILE", &ca_file)],
     );
     let mut client = support::Client::connect(sluice.addr);
@@ -483,16 +497,11 @@ fn https_upstream_without_ca_file_is_verified_against_the_system_roots() {
 #[test]
 fn unverified_https_upstreams_alone_need_no_system_roots() {
     let ca = TestCa::new("unverified test ca");
-    let reply = |seen: &tls_support::Seen| Reply::json(&format!("{{\"path\":\"{}\"}}", seen.path));
-    let h1 = TlsUpstream::start(&ca.leaf(&["upstream.test"]), false, reply);
-    let h2 = TlsUpstream::start(&ca.leaf(&["upstream.test"]), true, reply);
-    let sluice = Sluice::start(&format!(
-        "upstreams:\n  h1:\n    url: https://127.0.0.1:{h1}\n    sni: other.test\n    tls_verify: false\n  \
-         h2:\n    url: https://127.0.0.1:{h2}\n    sni: other.test\n    tls_verify: false\n    http2: true\n\
-         routes:\n  - {{ path_prefix: /h1/, upstream: h1, provider: openai }}\n  \
-         - {{ path_prefix: /h2/, upstream: h2, provider: openai }}\n",
-        h1 = h1.addr.port(),
-        h2 = h2.addr.port(),
+    let (h1, h2) = h1_and_h2_upstreams(&ca.leaf(&["upstream.test"]));
+    let sluice = Sluice::start(&h1_and_h2_routes(
+        &h1,
+        &h2,
+        "    sni: other.test\n    tls_verify: false\n",
     ));
     let mut client = support::Client::connect(sluice.addr);
     for path in ["/h1/v1/models", "/h2/v1/models"] {
