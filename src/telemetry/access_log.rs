@@ -81,14 +81,19 @@ impl Sink {
         self.writer.call_once(start_writer);
         let mut pending = lock(&self.pending);
         match pending.push(line) {
-            Pushed::Kept { early_flush: true } => self.wake.notify_one(),
-            Pushed::Kept { early_flush: false } => {}
+            Pushed::Kept { wake_writer: true } => self.wake.notify_one(),
+            Pushed::Kept { wake_writer: false } => {}
             Pushed::Dropped => METRICS.access_log_dropped.inc(),
         }
     }
 
     fn take_batch(&self) -> LineBuffer {
         let pending = lock(&self.pending);
+        // Nothing to write: sleep until a line comes, rather than waking every FLUSH_EVERY.
+        let pending = self
+            .wake
+            .wait_while(pending, |p| p.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
         let (mut pending, _) = self
             .wake
             .wait_timeout_while(pending, FLUSH_EVERY, |p| !p.early_flush_due())
@@ -166,7 +171,11 @@ struct LineBuffer {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Pushed {
-    Kept { early_flush: bool },
+    /// `wake_writer`: the writer waits for this line, the first of a batch (it sleeps while
+    /// nothing is pending) or the one that makes the batch due at once.
+    Kept {
+        wake_writer: bool,
+    },
     Dropped,
 }
 
@@ -176,11 +185,17 @@ impl LineBuffer {
             self.dropped += 1;
             return Pushed::Dropped;
         }
+        let was_empty = self.is_empty();
         let was_due = self.early_flush_due();
         self.bytes.extend_from_slice(line);
         Pushed::Kept {
-            early_flush: !was_due && self.early_flush_due(),
+            wake_writer: was_empty || (!was_due && self.early_flush_due()),
         }
+    }
+
+    /// Nothing to write: no line, and no dropped line to report.
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.dropped == 0
     }
 
     fn early_flush_due(&self) -> bool {
@@ -197,16 +212,18 @@ mod tests {
         let mut buffer = LineBuffer::default();
         let line = vec![b'x'; 1023];
         let line = [line, vec![b'\n']].concat();
-        let mut early = 0;
-        for _ in 0..MAX_PENDING / line.len() {
+        let mut wakes = Vec::new();
+        for i in 0..MAX_PENDING / line.len() {
             match buffer.push(&line) {
-                Pushed::Kept { early_flush } => early += usize::from(early_flush),
+                Pushed::Kept { wake_writer: true } => wakes.push(i),
+                Pushed::Kept { wake_writer: false } => {}
                 Pushed::Dropped => panic!("dropped before the buffer was full"),
             }
         }
         assert_eq!(
-            early, 1,
-            "one early flush when the batch grows past its size"
+            wakes,
+            [0, EARLY_FLUSH / line.len() - 1],
+            "the writer is woken by a batch's first line and when the batch grows past its size"
         );
         assert_eq!(buffer.bytes.len(), MAX_PENDING);
         assert_eq!(buffer.push(b"y\n"), Pushed::Dropped);
@@ -218,7 +235,9 @@ mod tests {
         );
         let taken = std::mem::take(&mut buffer);
         assert_eq!(taken.dropped, 2);
-        assert_eq!(buffer.push(b"y\n"), Pushed::Kept { early_flush: false });
-        assert_eq!(buffer.bytes, b"y\n");
+        assert!(buffer.is_empty());
+        assert_eq!(buffer.push(b"y\n"), Pushed::Kept { wake_writer: true });
+        assert_eq!(buffer.push(b"z\n"), Pushed::Kept { wake_writer: false });
+        assert_eq!(buffer.bytes, b"y\nz\n");
     }
 }
