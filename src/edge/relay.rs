@@ -43,6 +43,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
 use request::{BodyError, BodyPrefix, INSPECT_BODY_LIMIT};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -396,88 +397,96 @@ async fn close_upstream<S>(session: S, outcome: StreamOutcome, ctx: &mut Request
     }
 }
 
-async fn relay_event_stream(
-    route: &Route,
-    usage: &UsageSink,
-    mut upstream: Connection<'_>,
-    down: &mut ServerSession,
-    ctx: &mut RequestCtx,
-    decoder: Option<&mut ResponseCompressionCtx>,
+/// An event stream's body and end.
+///
+/// A plain fn returning an `async move` block rather than an `async fn`: an async fn moves each
+/// argument into a local of its own and keeps both slots in its state, which for `upstream`
+/// would be 128 bytes more in every open stream.
+#[allow(clippy::manual_async_fn)]
+fn relay_event_stream<'a>(
+    route: &'a Route,
+    usage: &'a UsageSink,
+    mut upstream: Connection<'a>,
+    down: &'a mut ServerSession,
+    ctx: &'a mut RequestCtx,
+    decoder: Option<&'a mut ResponseCompressionCtx>,
     strip_usage_chunk: bool,
-) -> Finish {
-    let guard = StreamGuard::new(&route.name);
-    let extractor = if usage.inspects() {
-        extractor(ctx.format)
-    } else {
-        Box::new(NoExtractor::default())
-    };
-    let mut inspector = StreamInspector::new(
-        extractor,
-        InspectorOptions {
-            max_event_size: usage.max_event_size(),
-            strip_usage_chunk,
-            hold_final_frame: usage.hold_final_frame(),
-        },
-    );
-    let mut outcome = stream_body::relay(
-        route,
-        &mut upstream.conn,
-        down,
-        ctx,
-        decoder,
-        BodyWatch::Events(&mut inspector),
-    )
-    .await;
-    // Boxed: the end (pool or close, usage record, last bytes) is not part of what an open
-    // stream keeps.
-    Box::pin(async move {
-        // The whole guard moves in (not just the field assigned below): it counts the stream
-        // until the end is written.
-        let mut guard = guard;
-        upstream.finish(route, outcome, ctx).await;
-        if outcome != StreamOutcome::Completed
-            && inspector.final_reached()
-            && outcome != StreamOutcome::ClientDisconnect
-        {
-            // The provider finished its stream and merely left the connection open.
-            outcome = StreamOutcome::Completed;
-        }
-        ctx.outcome = Some(outcome);
-        guard.outcome = outcome;
-        if outcome != StreamOutcome::Completed {
-            inspector.discard_partial();
-        }
+) -> impl Future<Output = Finish> + 'a {
+    async move {
+        let guard = StreamGuard::new(&route.name);
+        let extractor = if usage.inspects() {
+            extractor(ctx.format)
+        } else {
+            Box::new(NoExtractor::default())
+        };
+        let mut inspector = StreamInspector::new(
+            extractor,
+            InspectorOptions {
+                max_event_size: usage.max_event_size(),
+                strip_usage_chunk,
+                hold_final_frame: usage.hold_final_frame(),
+            },
+        );
+        let mut outcome = stream_body::relay(
+            route,
+            &mut upstream.conn,
+            down,
+            ctx,
+            decoder,
+            BodyWatch::Events(&mut inspector),
+        )
+        .await;
+        // Boxed: the end (pool or close, usage record, last bytes) is not part of what an open
+        // stream keeps.
+        Box::pin(async move {
+            // The whole guard moves in (not just the field assigned below): it counts the stream
+            // until the end is written.
+            let mut guard = guard;
+            upstream.finish(route, outcome, ctx).await;
+            if outcome != StreamOutcome::Completed
+                && inspector.final_reached()
+                && outcome != StreamOutcome::ClientDisconnect
+            {
+                // The provider finished its stream and merely left the connection open.
+                outcome = StreamOutcome::Completed;
+            }
+            ctx.outcome = Some(outcome);
+            guard.outcome = outcome;
+            if outcome != StreamOutcome::Completed {
+                inspector.discard_partial();
+            }
 
-        let mut record =
-            UsageSink::record_for(ctx, Some(inspector.facts()), inspector.oversized_events());
-        // The held final frame is part of what the client gets (the usage comment is not counted).
-        record.bytes += inspector.held_len() as u64;
-        // The stream's end goes to the client only once its record is durable (when configured).
-        let client_still_there = outcome != StreamOutcome::ClientDisconnect;
-        usage
-            .record(&record, client_still_there && usage.hold_final_frame())
-            .await;
-        ctx.usage_record = Some(Box::new(record));
-        match outcome {
-            StreamOutcome::Completed => {
-                let record = ctx.usage_record.as_ref().expect("just set");
-                let mut tail = BytesMut::from(&inspector.take_held()[..]);
-                if route.usage_comment {
-                    tail.extend_from_slice(record.sse_comment().as_bytes());
+            let mut record =
+                UsageSink::record_for(ctx, Some(inspector.facts()), inspector.oversized_events());
+            // The held final frame is part of what the client gets (the usage comment is not counted).
+            record.bytes += inspector.held_len() as u64;
+            // The stream's end goes to the client only once its record is durable (when configured).
+            let client_still_there = outcome != StreamOutcome::ClientDisconnect;
+            usage
+                .record(&record, client_still_there && usage.hold_final_frame())
+                .await;
+            ctx.usage_record = Some(Box::new(record));
+            match outcome {
+                StreamOutcome::Completed => {
+                    let record = ctx.usage_record.as_ref().expect("just set");
+                    let mut tail = BytesMut::from(&inspector.take_held()[..]);
+                    if route.usage_comment {
+                        tail.extend_from_slice(record.sse_comment().as_bytes());
+                    }
+                    let trailers = wants_trailers(down).then(|| usage_trailers(record));
+                    end_stream(down, ctx, tail.freeze(), trailers).await
                 }
-                let trailers = wants_trailers(down).then(|| usage_trailers(record));
-                end_stream(down, ctx, tail.freeze(), trailers).await
+                StreamOutcome::ClientDisconnect => Finish::Close,
+                _ if ctx.write_cut => Finish::Close,
+                ended => {
+                    let error = end_error(ended, route);
+                    let at_boundary = inspector.client_at_event_boundary();
+                    write_terminal_event(down, ctx, &error, at_boundary).await
+                }
             }
-            StreamOutcome::ClientDisconnect => Finish::Close,
-            _ if ctx.write_cut => Finish::Close,
-            ended => {
-                let error = end_error(ended, route);
-                let at_boundary = inspector.client_at_event_boundary();
-                write_terminal_event(down, ctx, &error, at_boundary).await
-            }
-        }
-    })
-    .await
+        })
+        .await
+    }
 }
 
 /// JSON lines (NDJSON, JSON text sequences): relayed like an event stream, without heartbeats or
