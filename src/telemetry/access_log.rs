@@ -80,10 +80,12 @@ impl Sink {
     fn push(&self, line: &[u8]) {
         self.writer.call_once(start_writer);
         let mut pending = lock(&self.pending);
-        match pending.push(line) {
-            Pushed::Kept { wake_writer: true } => self.wake.notify_one(),
-            Pushed::Kept { wake_writer: false } => {}
-            Pushed::Dropped => METRICS.access_log_dropped.inc(),
+        let pushed = pending.push(line);
+        if !pushed.kept {
+            METRICS.access_log_dropped.inc();
+        }
+        if pushed.wake_writer {
+            self.wake.notify_one();
         }
     }
 
@@ -170,25 +172,28 @@ struct LineBuffer {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Pushed {
-    /// `wake_writer`: the writer waits for this line, the first of a batch (it sleeps while
-    /// nothing is pending) or the one that makes the batch due at once.
-    Kept {
-        wake_writer: bool,
-    },
-    Dropped,
+struct Pushed {
+    /// False: the buffer was full, and the line is only counted.
+    kept: bool,
+    /// The writer waits for this line: the first of a batch (it sleeps while nothing is pending;
+    /// a dropped line's count is pending too) or the one that makes the batch due at once.
+    wake_writer: bool,
 }
 
 impl LineBuffer {
     fn push(&mut self, line: &[u8]) -> Pushed {
+        let was_empty = self.is_empty();
         if self.bytes.len() + line.len() > MAX_PENDING {
             self.dropped += 1;
-            return Pushed::Dropped;
+            return Pushed {
+                kept: false,
+                wake_writer: was_empty,
+            };
         }
-        let was_empty = self.is_empty();
         let was_due = self.early_flush_due();
         self.bytes.extend_from_slice(line);
-        Pushed::Kept {
+        Pushed {
+            kept: true,
             wake_writer: was_empty || (!was_due && self.early_flush_due()),
         }
     }
@@ -215,9 +220,11 @@ mod tests {
         let mut wakes = Vec::new();
         for i in 0..MAX_PENDING / line.len() {
             match buffer.push(&line) {
-                Pushed::Kept { wake_writer: true } => wakes.push(i),
-                Pushed::Kept { wake_writer: false } => {}
-                Pushed::Dropped => panic!("dropped before the buffer was full"),
+                Pushed { kept: false, .. } => panic!("dropped before the buffer was full"),
+                Pushed {
+                    wake_writer: true, ..
+                } => wakes.push(i),
+                _ => {}
             }
         }
         assert_eq!(
@@ -226,8 +233,12 @@ mod tests {
             "the writer is woken by a batch's first line and when the batch grows past its size"
         );
         assert_eq!(buffer.bytes.len(), MAX_PENDING);
-        assert_eq!(buffer.push(b"y\n"), Pushed::Dropped);
-        assert_eq!(buffer.push(b"z\n"), Pushed::Dropped);
+        let dropped = Pushed {
+            kept: false,
+            wake_writer: false,
+        };
+        assert_eq!(buffer.push(b"y\n"), dropped);
+        assert_eq!(buffer.push(b"z\n"), dropped);
         assert_eq!(buffer.dropped, 2);
         assert!(
             buffer.bytes.ends_with(&line),
@@ -236,8 +247,38 @@ mod tests {
         let taken = std::mem::take(&mut buffer);
         assert_eq!(taken.dropped, 2);
         assert!(buffer.is_empty());
-        assert_eq!(buffer.push(b"y\n"), Pushed::Kept { wake_writer: true });
-        assert_eq!(buffer.push(b"z\n"), Pushed::Kept { wake_writer: false });
+        let kept = |wake_writer| Pushed {
+            kept: true,
+            wake_writer,
+        };
+        assert_eq!(buffer.push(b"y\n"), kept(true));
+        assert_eq!(buffer.push(b"z\n"), kept(false));
         assert_eq!(buffer.bytes, b"y\nz\n");
+    }
+
+    #[test]
+    fn a_line_dropped_into_an_empty_buffer_wakes_the_writer_to_report_it() {
+        let mut buffer = LineBuffer::default();
+        let too_long = vec![b'x'; MAX_PENDING + 1];
+        let pushed = buffer.push(&too_long);
+        assert_eq!(
+            pushed,
+            Pushed {
+                kept: false,
+                wake_writer: true
+            }
+        );
+        assert!(
+            !buffer.is_empty(),
+            "the dropped line is still to be reported"
+        );
+        assert_eq!(
+            buffer.push(b"y\n"),
+            Pushed {
+                kept: true,
+                wake_writer: false
+            },
+            "the writer is already awake for this batch"
+        );
     }
 }
