@@ -19,6 +19,8 @@ use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// Cheap to clone: every listener service shares the same routes, upstream pool and ledger.
@@ -157,67 +159,78 @@ impl SluiceProxy {
 
 #[async_trait]
 impl HttpServerApp for SluiceProxy {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    /// Written out rather than an `async fn`: `async_trait` rebinds each argument inside its
+    /// async block (`let mut down = down;`), and every open stream's state would then keep two
+    /// 680-byte sessions. Here the block uses the session it captured.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         mut down: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let mut shutdown = shutdown.clone();
-        let read = tokio::select! {
-            // Biased: a request already buffered is answered even when shutdown has begun.
-            biased;
-            read = down.read_request() => read,
-            // A connection still waiting for (the rest of) a request is closed once shutdown
-            // has begun and the request's grace is over.
-            _ = drain::request_arrival_over(&mut shutdown) => return None,
-        };
-        let mut ctx = RequestCtx::new();
-        match read {
-            Ok(true) => {}
-            // The client closed an idle kept-alive connection.
-            Ok(false) => return None,
-            Err(e) => {
-                if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) {
-                    let error = ProxyError::new(
-                        ProxyErrorKind::BadRequest,
-                        match &e.context {
-                            Some(why) => format!("malformed request head: {why}"),
-                            None => "malformed request head".to_string(),
-                        },
-                    );
-                    respond_error(&mut down, &mut ctx, &error).await;
-                    self.record(&down, false, &mut ctx).await;
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            let mut shutdown = shutdown.clone();
+            let read = tokio::select! {
+                // Biased: a request already buffered is answered even when shutdown has begun.
+                biased;
+                read = down.read_request() => read,
+                // A connection still waiting for (the rest of) a request is closed once shutdown
+                // has begun and the request's grace is over.
+                _ = drain::request_arrival_over(&mut shutdown) => return None,
+            };
+            let mut ctx = RequestCtx::new();
+            match read {
+                Ok(true) => {}
+                // The client closed an idle kept-alive connection.
+                Ok(false) => return None,
+                Err(e) => {
+                    if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) {
+                        let error = ProxyError::new(
+                            ProxyErrorKind::BadRequest,
+                            match &e.context {
+                                Some(why) => format!("malformed request head: {why}"),
+                                None => "malformed request head".to_string(),
+                            },
+                        );
+                        respond_error(&mut down, &mut ctx, &error).await;
+                        self.record(&down, false, &mut ctx).await;
+                    }
+                    down.shutdown().await;
+                    return None;
                 }
-                down.shutdown().await;
+            }
+            if *shutdown.borrow() {
+                down.set_keepalive(None);
+            }
+            let finish = self.answer(&mut down, &mut ctx).await;
+            self.record(&down, true, &mut ctx).await;
+            let no_orderly_end =
+                ctx.outcome == Some(StreamOutcome::ClientDisconnect) || ctx.write_cut;
+            // The request's slot and in-flight count end here, not when the connection does.
+            drop(ctx);
+            if no_orderly_end {
+                // Nobody reads an orderly end (a last chunk, a FIN after it), or a write was cut
+                // midway: dropping the session closes the socket without writing, which also counts
+                // when thousands of clients leave at once.
                 return None;
             }
-        }
-        if *shutdown.borrow() {
-            down.set_keepalive(None);
-        }
-        let finish = self.answer(&mut down, &mut ctx).await;
-        self.record(&down, true, &mut ctx).await;
-        let no_orderly_end = ctx.outcome == Some(StreamOutcome::ClientDisconnect) || ctx.write_cut;
-        // The request's slot and in-flight count end here, not when the connection does.
-        drop(ctx);
-        if no_orderly_end {
-            // Nobody reads an orderly end (a last chunk, a FIN after it), or a write was cut
-            // midway: dropping the session closes the socket without writing, which also counts
-            // when thousands of clients leave at once.
-            return None;
-        }
-        if matches!(finish, Finish::Close) {
-            // `finish` then shuts the connection down in order (FIN, or END_STREAM on h2).
-            down.set_keepalive(None);
-        }
-        let settings = HttpPersistentSettings::for_session(&down);
-        // Boxed: Pingora's `finish` future (~3.7 KiB) would otherwise size the state that every
-        // open stream keeps, though only an ending request runs it.
-        Box::pin(down.finish())
-            .await
-            .ok()
-            .flatten()
-            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+            if matches!(finish, Finish::Close) {
+                // `finish` then shuts the connection down in order (FIN, or END_STREAM on h2).
+                down.set_keepalive(None);
+            }
+            let settings = HttpPersistentSettings::for_session(&down);
+            // Boxed: Pingora's `finish` future (~3.7 KiB) would otherwise size the state that every
+            // open stream keeps, though only an ending request runs it.
+            Box::pin(down.finish())
+                .await
+                .ok()
+                .flatten()
+                .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+        })
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
