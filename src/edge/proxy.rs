@@ -159,9 +159,9 @@ impl SluiceProxy {
 
 #[async_trait]
 impl HttpServerApp for SluiceProxy {
-    /// Written out rather than an `async fn`: `async_trait` rebinds each argument inside its
-    /// async block (`let mut down = down;`), and every open stream's state would then keep two
-    /// 680-byte sessions. Here the block uses the session it captured.
+    /// Written out rather than an `async fn`: `async_trait` rebinds each by-value argument inside
+    /// its async block (`let mut down = down;`), and every open stream's state would then keep
+    /// two 680-byte sessions. Here the block uses the session it captured.
     fn process_new_http<'life0, 'life1, 'async_trait>(
         self: &'life0 Arc<Self>,
         mut down: ServerSession,
