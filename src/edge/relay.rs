@@ -38,6 +38,7 @@ use crate::usage::extract::{
 };
 use crate::usage::include_usage::{ensure_include_usage, IncludeUsage};
 use crate::usage::inspector::{InspectorOptions, StreamInspector};
+use crate::usage::record::UsageRecord;
 use bytes::BytesMut;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::compression::ResponseCompressionCtx;
@@ -460,12 +461,7 @@ fn relay_event_stream<'a>(
                 UsageSink::record_for(ctx, Some(inspector.facts()), inspector.oversized_events());
             // The held final frame is part of what the client gets (the usage comment is not counted).
             record.bytes += inspector.held_len() as u64;
-            // The stream's end goes to the client only once its record is durable (when configured).
-            let client_still_there = outcome != StreamOutcome::ClientDisconnect;
-            usage
-                .record(&record, client_still_there && usage.hold_final_frame())
-                .await;
-            ctx.usage_record = Some(Box::new(record));
+            record_stream(usage, ctx, record, outcome).await;
             match outcome {
                 StreamOutcome::Completed => {
                     let record = ctx.usage_record.as_ref().expect("just set");
@@ -520,12 +516,7 @@ async fn relay_json_lines(
         upstream.finish(route, outcome, ctx).await;
         ctx.outcome = Some(outcome);
         guard.outcome = outcome;
-        let record = UsageSink::record_for(ctx, None, 0);
-        let client_still_there = outcome != StreamOutcome::ClientDisconnect;
-        usage
-            .record(&record, client_still_there && usage.hold_final_frame())
-            .await;
-        ctx.usage_record = Some(Box::new(record));
+        record_stream(usage, ctx, UsageSink::record_for(ctx, None, 0), outcome).await;
         match outcome {
             StreamOutcome::Completed => end_stream(down, ctx, bytes::Bytes::new(), None).await,
             StreamOutcome::ClientDisconnect => Finish::Close,
@@ -537,6 +528,22 @@ async fn relay_json_lines(
         }
     })
     .await
+}
+
+/// Records a stream's usage and keeps the record for the access log. The stream's end goes to
+/// the client only once its record is durable (with a `before_end` ledger); a client that left
+/// is owed no end, so nothing waits for its record.
+async fn record_stream(
+    usage: &UsageSink,
+    ctx: &mut RequestCtx,
+    record: UsageRecord,
+    outcome: StreamOutcome,
+) {
+    let client_still_there = outcome != StreamOutcome::ClientDisconnect;
+    usage
+        .record(&record, client_still_there && usage.hold_final_frame())
+        .await;
+    ctx.usage_record = Some(Box::new(record));
 }
 
 /// HTTP/2 clients that sent `TE: trailers` get the usage figures as response trailers (HTTP/1.1
@@ -556,7 +563,7 @@ fn wants_trailers(down: &ServerSession) -> bool {
             })
 }
 
-fn usage_trailers(record: &crate::usage::record::UsageRecord) -> http::HeaderMap {
+fn usage_trailers(record: &UsageRecord) -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     for (name, value) in record.trailers() {
         if let Ok(value) = http::HeaderValue::from_str(&value) {
