@@ -17,7 +17,8 @@ mod websocket;
 use super::admission;
 use super::drain;
 use super::headers::{
-    asks_for_websocket, client_response, is_websocket_upgrade, ResponseShape, UpstreamRequest,
+    asks_for_websocket, client_response, is_websocket_upgrade, response_head, ResponseShape,
+    UpstreamRequest,
 };
 use super::responses::{
     end_error, end_stream, respond_error, respond_refusal, shutting_down, write_terminal_event,
@@ -28,6 +29,7 @@ use super::timer;
 use super::upstream::{UpstreamConn, Upstreams};
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
+use crate::http1::ResponseHead;
 use crate::limits::Limiter;
 use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Route;
@@ -40,7 +42,7 @@ use crate::usage::include_usage::{ensure_include_usage, IncludeUsage};
 use crate::usage::inspector::{InspectorOptions, StreamInspector};
 use crate::usage::record::UsageRecord;
 use bytes::BytesMut;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
 use request::{BodyError, BodyPrefix, INSPECT_BODY_LIMIT};
@@ -252,7 +254,7 @@ async fn open(
         // Only a WebSocket handshake may switch protocols, and only to WebSocket: anything else
         // would let the client and the upstream talk past Sluice's request handling.
         if websocket && asks_for_websocket(&upstream_head.headers) {
-            return Err(websocket::run(route, up, &upstream_head, down, ctx).await);
+            return Err(websocket::run(route, up, upstream_head, down, ctx).await);
         }
         let error = upstream_failed(
             route,
@@ -274,15 +276,13 @@ async fn open(
         None => ResponseShape::Plain,
     };
     let client_head =
-        match client_response(&upstream_head, shape, &ctx.request_id, &ctx.limit_headers) {
+        match client_response(upstream_head, shape, &ctx.request_id, &ctx.limit_headers) {
             Ok(h) => h,
             Err(e) => {
                 let error = ProxyError::new(ProxyErrorKind::UpstreamUnavailable, e.to_string());
                 return Err(respond_error(down, ctx, &error).await);
             }
         };
-    // Not needed past this point: its headers are not kept for the life of the stream.
-    drop(upstream_head);
     ctx.status = client_head.status.as_u16();
     // The access log's `stream`: event streams and JSON lines alike.
     ctx.event_stream = kind.is_some();
@@ -651,7 +651,7 @@ impl Drop for StreamGuard {
 
 /// A stream the upstream compressed although not asked to: decoded so that the client gets plain
 /// events or lines (gzip has no per-event flush).
-fn decoder_for(upstream_head: &ResponseHeader) -> Option<Box<ResponseCompressionCtx>> {
+fn decoder_for(upstream_head: &ResponseHead) -> Option<Box<ResponseCompressionCtx>> {
     let encoding = upstream_head.headers.get(http::header::CONTENT_ENCODING)?;
     if encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
         return None;
@@ -659,7 +659,7 @@ fn decoder_for(upstream_head: &ResponseHeader) -> Option<Box<ResponseCompression
     let mut ctx = ResponseCompressionCtx::new(0, true, false);
     let identity_only = RequestHeader::build("GET", b"/", None).ok()?;
     ctx.request_filter(&identity_only);
-    let mut head = upstream_head.clone();
+    let mut head = response_head(upstream_head.status, upstream_head.headers.clone());
     ctx.response_header_filter(&mut head, false);
     Some(Box::new(ctx))
 }

@@ -20,12 +20,12 @@ use crate::edge::responses::Finish;
 use crate::edge::stream_body::{self, RelayTimer};
 use crate::edge::upstream::{H1Connection, UpstreamConn};
 use crate::edge::RequestCtx;
+use crate::http1::ResponseHead;
 use crate::route::Route;
 use crate::sse::{RelayClock, RelayTick, StreamOutcome};
 use crate::telemetry::METRICS;
 use crate::websocket::{close_frame, FrameTracker, BAD_GATEWAY, GOING_AWAY};
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,7 @@ enum Event {
 pub async fn run(
     route: &Route,
     up: UpstreamConn,
-    upstream_head: &ResponseHeader,
+    upstream_head: ResponseHead,
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
 ) -> Finish {

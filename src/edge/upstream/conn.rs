@@ -2,8 +2,9 @@
 //! client session for upstreams that may speak HTTP/2.
 
 use super::h1::H1Connection;
+use crate::http1::ResponseHead;
 use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 
@@ -71,16 +72,22 @@ impl UpstreamConn {
 
     /// The final response head: informational ones (`100 Continue`, `103 Early Hints`) are
     /// skipped, `101` is final.
-    pub async fn read_final_head(&mut self) -> pingora::Result<ResponseHeader> {
+    pub async fn read_final_head(&mut self) -> pingora::Result<ResponseHead> {
         loop {
             let head = match self {
                 UpstreamConn::H1 { conn, .. } => conn.read_head().await?,
                 UpstreamConn::Pingora(p) => {
                     p.session.read_response_header().await?;
-                    p.session
+                    let head = p
+                        .session
                         .response_header()
-                        .expect("response header was read")
-                        .clone()
+                        .expect("response header was read");
+                    ResponseHead {
+                        status: head.status,
+                        version: head.version,
+                        reason: None,
+                        headers: head.headers.clone(),
+                    }
                 }
             };
             if !head.status.is_informational()

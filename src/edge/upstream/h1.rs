@@ -4,10 +4,9 @@
 //! Pingora's client session keeps a 64 KiB one per connection. The framing rules are in
 //! `crate::http1`.
 
-use crate::edge::headers::response_head;
 use crate::http1::{self, BodyDecoder, Http1Error};
 use bytes::{Buf, Bytes, BytesMut};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::protocols::Stream;
 use pingora::{Error, ErrorType};
 use std::future::poll_fn;
@@ -119,7 +118,7 @@ impl H1Connection {
     }
 
     /// The next response head (informational ones included: the caller skips them).
-    pub async fn read_head(&mut self) -> pingora::Result<ResponseHeader> {
+    pub async fn read_head(&mut self) -> pingora::Result<http1::ResponseHead> {
         loop {
             match http1::parse_response_head(&self.pending, MAX_RESPONSE_HEAD) {
                 Ok(Some((head, used))) => {
@@ -139,7 +138,7 @@ impl H1Connection {
         }
     }
 
-    fn start_body(&mut self, head: http1::ResponseHead) -> pingora::Result<ResponseHeader> {
+    fn start_body(&mut self, head: http1::ResponseHead) -> pingora::Result<http1::ResponseHead> {
         let informational =
             head.status.is_informational() && head.status != http::StatusCode::SWITCHING_PROTOCOLS;
         if !informational {
@@ -150,12 +149,7 @@ impl H1Connection {
                 self.body = Some(BodyDecoder::new(framing));
             }
         }
-        let mut out = response_head(head.status, head.headers);
-        out.set_version(head.version);
-        if let Some(reason) = &head.reason {
-            out.set_reason_phrase(Some(reason))?;
-        }
-        Ok(out)
+        Ok(head)
     }
 
     /// The next piece of the response body; `None` at its end. Cancel-safe: bytes read are
