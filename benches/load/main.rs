@@ -28,7 +28,9 @@
 //! directory), `SLUICE_LOAD_KEEP=1` (keep the proxies' temp dirs and logs),
 //! `SLUICE_LOAD_TIMEOUT_S` (watchdog for the whole run), `SLUICE_LOAD_DURABILITY=async` (Sluice's
 //! ledger without the durable end, to see what that costs), `SLUICE_LOAD_PIN=1` (the harness on
-//! one CPU, every proxy on the others: no target shares its cores with the load).
+//! one CPU, every proxy on the others: no target shares its cores with the load),
+//! `SLUICE_LOAD_HEAD=minimal` (the upstream answers with a three-field head, as in runs before
+//! 2026-12-05, instead of the 25 fields a provider sends).
 //! `SLUICE_LOAD_BASELINE=PATH` adds `sluice-baseline`: another `sluice` binary (say, a build of
 //! the main branch) run next to the tree's in the same interleaved rounds, the way to tell a
 //! change's effect from machine noise.
@@ -160,7 +162,7 @@ fn main() -> ExitCode {
 async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), String> {
     let loadavg_start = procfs::loadavg();
     let (soft, hard) = procfs::nofile_limits();
-    let upstream = Upstream::start().map_err(|e| format!("upstream: {e}"))?;
+    let upstream = Upstream::start(options.head).map_err(|e| format!("upstream: {e}"))?;
     let launch = Launch {
         upstream: upstream.addr,
         sluice: binary.path.clone(),

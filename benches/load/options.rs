@@ -1,5 +1,6 @@
 //! Scale and selection, from the environment (`SLUICE_LOAD_*`) and the `--smoke` flag.
 
+use crate::upstream::HeadKind;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,9 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// `SLUICE_LOAD_PIN=1`: the harness on one CPU, the proxies on the others (`placement.rs`).
     pub pin: bool,
+    /// `SLUICE_LOAD_HEAD=minimal`: the upstream's three-field head of runs before 2026-12-05
+    /// instead of a provider's.
+    pub head: HeadKind,
 }
 
 fn env_f64(name: &str, default: f64) -> f64 {
@@ -138,6 +142,10 @@ impl Options {
             scenarios,
             out_dir,
             pin: env_flag("SLUICE_LOAD_PIN"),
+            head: match std::env::var("SLUICE_LOAD_HEAD").as_deref() {
+                Ok("minimal") => HeadKind::Minimal,
+                _ => HeadKind::Provider,
+            },
         }
     }
 }

@@ -54,6 +54,8 @@ pub fn write_json(
             "memory_streams": memory_streams,
             "first_byte_streams": options.first_byte_streams,
             "event_bytes": upstream::event_size(),
+            "upstream_head": options.head.name(),
+            "upstream_head_bytes": options.head.bytes().len(),
             "scenarios": options.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "pinned": crate::placement::current().map(|p| json!({
                 "harness_cpus": crate::placement::describe(&p.harness),

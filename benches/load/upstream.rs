@@ -1,8 +1,8 @@
 //! The harness upstream: an OpenAI chat-completions look-alike over raw HTTP/1.1 with keep-alive.
 //!
-//! Every request gets `text/event-stream`, chunked, one ~215-byte chat-completion chunk per write
-//! (so a proxy sees token-sized reads, as from a real provider), each stamped with its send time,
-//! then the finish chunk, the usage chunk, `data: [DONE]` and the end of the body. What to send
+//! Every request gets a head like OpenAI's (25 fields; [`HeadKind`]), `text/event-stream`,
+//! chunked, one ~215-byte chat-completion chunk per write (so a proxy sees token-sized reads, as
+//! from a real provider), each stamped with its send time, then the finish chunk, the usage chunk, `data: [DONE]` and the end of the body. What to send
 //! comes from the query string (below), so each scenario shapes its own streams.
 //!
 //! It also keeps, per scenario run, when the peer closed a stream that was still in progress:
@@ -107,6 +107,7 @@ struct Shared {
     accepted: AtomicU64,
     next_run: AtomicU64,
     runs: Mutex<HashMap<u64, RunLog>>,
+    head: HeadKind,
     /// Streams of every run up to this id stop at once (their connection is dropped).
     abort: watch::Sender<u64>,
     /// Bumped to close every connection idle between requests (the proxies' pools).
@@ -126,8 +127,9 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
-    /// Binds a free loopback port and serves on the current runtime.
-    pub fn start() -> std::io::Result<Upstream> {
+    /// Binds a free loopback port and serves on the current runtime; every response starts
+    /// with `head`.
+    pub fn start(head: HeadKind) -> std::io::Result<Upstream> {
         let socket = TcpSocket::new_v4()?;
         socket.set_reuseaddr(true)?;
         socket.bind("127.0.0.1:0".parse().expect("loopback address"))?;
@@ -141,6 +143,7 @@ impl Upstream {
             accepted: AtomicU64::new(0),
             next_run: AtomicU64::new(1),
             runs: Mutex::new(HashMap::new()),
+            head,
             abort,
             close_idle,
         });
@@ -251,6 +254,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         });
         let mut events = 0;
         let ended = respond(
+            shared.head.bytes(),
             &spec,
             &mut rd,
             &mut wr,
@@ -350,7 +354,61 @@ async fn read_more(rd: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> Result<usize, S
     rd.read_buf(buf).await.map_err(|e| e.to_string())
 }
 
-const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+/// Which response head the upstream sends (`SLUICE_LOAD_HEAD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadKind {
+    /// What OpenAI's API sends with a stream (values made up, sizes alike): 25 fields, ~1.3 KB
+    /// (rate-limit figures, Cloudflare cookies, tracing ids). A proxy keeps what it forwards of it
+    /// for as long as the stream is open, so it weighs on memory per stream.
+    Provider,
+    /// Three fields: the head of earlier runs, for comparing with them.
+    Minimal,
+}
+
+impl HeadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadKind::Provider => "provider",
+            HeadKind::Minimal => "minimal",
+        }
+    }
+
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            HeadKind::Provider => PROVIDER_HEAD,
+            HeadKind::Minimal => MINIMAL_HEAD,
+        }
+    }
+}
+
+const MINIMAL_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+const PROVIDER_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
+date: Sat, 05 Dec 2026 06:40:00 GMT\r\n\
+content-type: text/event-stream; charset=utf-8\r\n\
+transfer-encoding: chunked\r\n\
+connection: keep-alive\r\n\
+access-control-expose-headers: X-Request-ID\r\n\
+openai-organization: user-abcdefghijklmnopqrstuvwx\r\n\
+openai-processing-ms: 187\r\n\
+openai-project: proj_AbCdEfGhIjKlMnOpQrStUvWx\r\n\
+openai-version: 2020-10-01\r\n\
+x-envoy-upstream-service-time: 191\r\n\
+x-ratelimit-limit-requests: 10000\r\n\
+x-ratelimit-limit-tokens: 30000000\r\n\
+x-ratelimit-remaining-requests: 9999\r\n\
+x-ratelimit-remaining-tokens: 29999978\r\n\
+x-ratelimit-reset-requests: 6ms\r\n\
+x-ratelimit-reset-tokens: 0s\r\n\
+x-request-id: req_0123456789abcdef0123456789abcdef\r\n\
+strict-transport-security: max-age=31536000; includeSubDomains; preload\r\n\
+cf-cache-status: DYNAMIC\r\n\
+set-cookie: __cf_bm=AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGh-1733380800-1.0.1.1-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKlMnOpQrStUvWxYz0123456789; path=/; expires=Sat, 05-Dec-26 07:10:00 GMT; domain=.api.openai.com; HttpOnly; Secure; SameSite=None\r\n\
+x-content-type-options: nosniff\r\n\
+set-cookie: _cfuvid=AbCdEfGhIjKlMnOpQrStUvWxYz0123456789.AbCd-1733380800000-0.0.1.1-604800000; path=/; domain=.api.openai.com; HttpOnly; Secure; SameSite=None\r\n\
+server: cloudflare\r\n\
+cf-ray: 8ec0123456789abc-SJC\r\n\
+alt-svc: h3=\":443\"; ma=86400\r\n\
+\r\n";
 const EVENT_BEFORE_TS: &[u8] = b"data: {\"id\":\"chatcmpl-t";
 const EVENT_AFTER_TS: &[u8] = b"\",\"object\":\"chat.completion.chunk\",\"created\":1730000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" tok";
 const EVENT_END: &[u8] = b"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
@@ -382,6 +440,7 @@ pub fn event_size() -> usize {
 }
 
 async fn respond(
+    head: &[u8],
     spec: &StreamSpec,
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
@@ -389,7 +448,7 @@ async fn respond(
     abort_rx: &mut watch::Receiver<u64>,
     events: &mut u64,
 ) -> Ended {
-    if wr.write_all(HEAD).await.is_err() {
+    if wr.write_all(head).await.is_err() {
         return Ended::PeerClosed(now_ns());
     }
     let start = now_ns();
