@@ -52,6 +52,8 @@ mod placement;
 mod plot;
 mod process;
 mod procfs;
+#[path = "../common/provider_head.rs"]
+mod provider_head;
 mod report;
 mod results_file;
 mod scenarios;

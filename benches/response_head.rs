@@ -1,0 +1,37 @@
+//! Parsing an upstream's response head, as Sluice's HTTP/1.1 client does once per stream:
+//! a provider's 25-field head (OpenAI's, values made up) and a 3-field one.
+//! `cargo bench --bench response_head`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sluice::http1::parse_response_head;
+
+#[path = "common/provider_head.rs"]
+mod provider_head;
+use provider_head::PROVIDER_HEAD;
+
+const MINIMAL_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("response_head");
+    for (name, head) in [("provider", PROVIDER_HEAD), ("minimal", MINIMAL_HEAD)] {
+        group.throughput(Throughput::Bytes(head.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let (head, used) = parse_response_head(std::hint::black_box(head), 64 * 1024)
+                    .unwrap()
+                    .unwrap();
+                std::hint::black_box((head, used))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    // No plots: plotters needs system fonts, which a build box may not have (criterion's
+    // plotting panics without them).
+    config = Criterion::default().without_plots();
+    targets = bench
+}
+criterion_main!(benches);
