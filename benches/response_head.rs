@@ -5,11 +5,9 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::http1::parse_response_head;
 
-#[path = "common/provider_head.rs"]
-mod provider_head;
-use provider_head::PROVIDER_HEAD;
-
-const MINIMAL_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+#[path = "common/heads.rs"]
+mod heads;
+use heads::{MINIMAL_HEAD, PROVIDER_HEAD};
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("response_head");

@@ -10,11 +10,16 @@ fn echo_upstream() -> Upstream {
     Upstream::start(|req| {
         match req.path.trim_start_matches("/base") {
         "/echo" => vec![Step::sized(200, "application/octet-stream", &req.body)],
-        "/rate-limited" => vec![Step::sized(
-            429,
-            "application/json",
-            br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
-        )],
+        "/rate-limited" => {
+            let body = br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#;
+            let mut head = format!(
+                "HTTP/1.1 429 Slow Down Please\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            head.extend_from_slice(body);
+            vec![Step::Raw(head)]
+        }
         "/chunked-json" => vec![
             Step::Raw(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -77,6 +82,8 @@ fn status_codes_and_error_bodies_unchanged() {
     client.send("GET", "/rate-limited", &[], b"");
     let response = client.read_response();
     assert_eq!(response.status, 429);
+    // The upstream's own reason phrase goes along with its status.
+    assert_eq!(response.reason, "Slow Down Please");
     assert_eq!(
         response.text(),
         r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#

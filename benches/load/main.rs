@@ -44,6 +44,8 @@
 
 mod client;
 mod clock;
+#[path = "../common/heads.rs"]
+mod heads;
 mod histogram;
 mod http1;
 mod lifecycle;
@@ -52,8 +54,6 @@ mod placement;
 mod plot;
 mod process;
 mod procfs;
-#[path = "../common/provider_head.rs"]
-mod provider_head;
 mod report;
 mod results_file;
 mod scenarios;

@@ -2,15 +2,16 @@
 //!
 //! Every request gets a head like OpenAI's (25 fields; [`HeadKind`]), `text/event-stream`,
 //! chunked, one ~215-byte chat-completion chunk per write (so a proxy sees token-sized reads, as
-//! from a real provider), each stamped with its send time, then the finish chunk, the usage chunk, `data: [DONE]` and the end of the body. What to send
-//! comes from the query string (below), so each scenario shapes its own streams.
+//! from a real provider), each stamped with its send time, then the finish chunk, the usage
+//! chunk, `data: [DONE]` and the end of the body. What to send comes from the query string
+//! (below), so each scenario shapes its own streams.
 //!
 //! It also keeps, per scenario run, when the peer closed a stream that was still in progress:
 //! that is how the memory scenario sees whether a proxy closes the upstream when clients leave.
 
 use crate::clock::{self, now_ns, MS};
+use crate::heads::{MINIMAL_HEAD, PROVIDER_HEAD};
 use crate::http1::{ChunkedDecoder, Framing};
-use crate::provider_head::PROVIDER_HEAD;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -382,7 +383,6 @@ impl HeadKind {
     }
 }
 
-const MINIMAL_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
 const EVENT_BEFORE_TS: &[u8] = b"data: {\"id\":\"chatcmpl-t";
 const EVENT_AFTER_TS: &[u8] = b"\",\"object\":\"chat.completion.chunk\",\"created\":1730000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" tok";
 const EVENT_END: &[u8] = b"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";

@@ -215,6 +215,7 @@ pub fn client_response(
         if shape == ResponseShape::Upgrade && name == header::UPGRADE {
             upgrade = Some(value);
         } else if keep(&name) {
+            // Always vacant (the map yields each name once); appending would be right anyway.
             current = Some(match headers.entry(name) {
                 header::Entry::Occupied(mut entry) => {
                     entry.append(value);
@@ -483,6 +484,45 @@ mod tests {
         assert_eq!(resp.headers.get_all("x-request-id").iter().count(), 1);
         assert_eq!(resp.headers["transfer-encoding"], "chunked");
         assert_eq!(resp.get_reason_phrase(), Some("Streaming"));
+    }
+
+    #[test]
+    fn a_dropped_name_takes_all_its_values_along() {
+        let up = upstream_head(
+            200,
+            &[
+                ("cache-control", "private"),
+                ("x-a", "1"),
+                ("connection", "keep-alive"),
+                ("cache-control", "no-store"),
+                ("x-a", "2"),
+                ("connection", "x-b"),
+                ("x-b", "secret"),
+                ("x-c", "3"),
+            ],
+        );
+        let resp = client_response(up, ResponseShape::Stream, "rid", &[]).unwrap();
+        let cache: Vec<_> = resp.headers.get_all("cache-control").iter().collect();
+        assert_eq!(cache, ["no-cache"]);
+        let a: Vec<_> = resp.headers.get_all("x-a").iter().collect();
+        assert_eq!(a, ["1", "2"]);
+        assert_eq!(resp.headers["x-c"], "3");
+        assert!(!resp.headers.contains_key("connection"));
+        assert!(!resp.headers.contains_key("x-b"));
+
+        let up = upstream_head(
+            101,
+            &[
+                ("upgrade", "websocket"),
+                ("x-d", "4"),
+                ("upgrade", "h2c"),
+                ("connection", "upgrade"),
+            ],
+        );
+        let resp = client_response(up, ResponseShape::Upgrade, "rid", &[]).unwrap();
+        let upgrade: Vec<_> = resp.headers.get_all("upgrade").iter().collect();
+        assert_eq!(upgrade, ["websocket"]);
+        assert_eq!(resp.headers["x-d"], "4");
     }
 
     #[test]

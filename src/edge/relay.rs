@@ -659,7 +659,14 @@ fn decoder_for(upstream_head: &ResponseHead) -> Option<Box<ResponseCompressionCt
     let mut ctx = ResponseCompressionCtx::new(0, true, false);
     let identity_only = RequestHeader::build("GET", b"/", None).ok()?;
     ctx.request_filter(&identity_only);
-    let mut head = response_head(upstream_head.status, upstream_head.headers.clone());
+    // Pingora decides from the encoding alone. A copy of its value, not a clone: a clone would
+    // make the upstream's value (which moves into the client's head) hold a shared allocation.
+    let mut headers = http::HeaderMap::with_capacity(1);
+    headers.insert(
+        http::header::CONTENT_ENCODING,
+        http::HeaderValue::from_bytes(encoding.as_bytes()).ok()?,
+    );
+    let mut head = response_head(upstream_head.status, headers);
     ctx.response_header_filter(&mut head, false);
     Some(Box::new(ctx))
 }

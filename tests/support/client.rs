@@ -12,6 +12,8 @@ pub struct Client {
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
+    /// The status line's reason phrase.
+    pub reason: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -94,12 +96,13 @@ impl Client {
     pub fn read_head(&mut self) -> Response {
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("status line");
-        let status = line
-            .split_whitespace()
+        let mut parts = line.trim_end().splitn(3, ' ');
+        let status = parts
             .nth(1)
             .unwrap_or_else(|| panic!("bad status line {line:?}"))
             .parse()
             .unwrap();
+        let reason = parts.next().unwrap_or_default().to_string();
         let mut headers = Vec::new();
         loop {
             line.clear();
@@ -113,6 +116,7 @@ impl Client {
         }
         Response {
             status,
+            reason,
             headers,
             body: Vec::new(),
         }

@@ -82,10 +82,17 @@ impl UpstreamConn {
                         .session
                         .response_header()
                         .expect("response header was read");
+                    // HTTP/2 has no reason phrase; an upstream that declined HTTP/2 may send one.
+                    let reason = head
+                        .get_reason_phrase()
+                        .filter(|r| *r != head.status.canonical_reason().unwrap_or_default())
+                        .map(str::to_owned);
+                    // `version` may be HTTP/2 here, unlike from Sluice's parser: nothing past this
+                    // point reads it.
                     ResponseHead {
                         status: head.status,
                         version: head.version,
-                        reason: None,
+                        reason,
                         headers: head.headers.clone(),
                     }
                 }

@@ -1,4 +1,4 @@
-//! A provider's response head, shared by the benches that need one.
+//! Upstream response heads, shared by the benches that need them.
 
 /// What OpenAI's API sends with a stream (values made up, sizes alike): 25 fields, 1,287 bytes
 /// (rate-limit figures, Cloudflare cookies, tracing ids).
@@ -29,3 +29,6 @@ server: cloudflare\r\n\
 cf-ray: 8ec0123456789abc-SJC\r\n\
 alt-svc: h3=\":443\"; ma=86400\r\n\
 \r\n";
+
+/// Three fields: the load harness's head before 2026-12-05.
+pub const MINIMAL_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
