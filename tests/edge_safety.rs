@@ -415,6 +415,10 @@ fn client_keys_never_appear_in_the_access_log() {
     for line in log.lines() {
         let record: Value = serde_json::from_str(line).expect("an access-log line is JSON");
         assert!(record["path"].as_str().unwrap().contains("/v1/"));
+        let client = record["client"]
+            .as_str()
+            .expect("the client's address is logged");
+        assert!(client.starts_with("127.0.0.1:"), "{client}");
     }
     for secret in secrets.iter().chain(&["sk-secret-alone-5", "sk-secret"]) {
         assert!(

@@ -163,7 +163,12 @@ fn http1_and_http2_by_alpn() {
             assert_eq!((status, &body[..]), (200, &br#"{"ok":true}"#[..]));
         }
     });
-    assert_eq!(upstream.requests().len(), 3);
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 3);
+    // The client's address, taken from Pingora's TLS session, reaches the upstream.
+    for request in &requests {
+        assert_eq!(request.header("x-forwarded-for"), Some("127.0.0.1"));
+    }
 }
 
 /// rustls clients cannot offer TLS 1.1, so the ClientHello is written by hand; the same hello

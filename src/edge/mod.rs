@@ -38,6 +38,8 @@ pub use proxy::SluiceProxy;
 /// What one request did, filled in along its path and read by the logging phase.
 pub struct RequestCtx {
     pub started: Instant,
+    /// The client's address (`None` on a Unix socket).
+    pub client_addr: Option<std::net::SocketAddr>,
     /// When the client left, if it did: the request's duration ends there, not after the
     /// bookkeeping that a burst of leaving clients may delay (`relay/disconnect.rs`).
     pub client_left: Option<Instant>,
@@ -80,9 +82,10 @@ impl RequestCtx {
         end.duration_since(self.started).as_secs_f64() * 1000.0
     }
 
-    fn new() -> Self {
+    fn new(client_addr: Option<std::net::SocketAddr>) -> Self {
         RequestCtx {
             started: Instant::now(),
+            client_addr,
             client_left: None,
             request_id: String::new(),
             route: None,

@@ -20,6 +20,7 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, Re
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -124,10 +125,7 @@ impl SluiceProxy {
         AccessRecord {
             ts: rfc3339_now(),
             request_id: &ctx.request_id,
-            client: down
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.to_string()),
+            client: ctx.client_addr.map(|a| a.to_string()),
             method: req.map_or("", |r| r.method.as_str()),
             path: req.map_or("", |r| r.uri.path()),
             route,
@@ -157,20 +155,24 @@ impl SluiceProxy {
     }
 }
 
-#[async_trait]
-impl HttpServerApp for SluiceProxy {
-    /// Written out rather than an `async fn`: `async_trait` rebinds each by-value argument inside
-    /// its async block (`let mut down = down;`), and every open stream's state would then keep
-    /// two 680-byte sessions. Here the block uses the session it captured.
-    fn process_new_http<'life0, 'life1, 'async_trait>(
-        self: &'life0 Arc<Self>,
+impl SluiceProxy {
+    /// One request on `down`, from its head to its end; the stream back when the connection is
+    /// kept alive. `client_addr` is the peer's address (for the access log and
+    /// `X-Forwarded-For`): Sluice's own accept loop passes the one `accept` returned rather than
+    /// keep a ~400-byte Pingora `SocketDigest` per connection to carry it.
+    ///
+    /// A plain fn returning a boxed `async move` block, not an `async fn`: an async fn (and
+    /// `async_trait`) rebinds each by-value argument inside its state, and every open stream's
+    /// state would then keep two 680-byte sessions. Here the block uses the session it captured.
+    pub(super) fn serve_request<'app, 'watch, 'fut>(
+        self: &'app Arc<Self>,
         mut down: ServerSession,
-        shutdown: &'life1 ShutdownWatch,
-    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+        client_addr: Option<SocketAddr>,
+        shutdown: &'watch ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'fut>>
     where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
+        'app: 'fut,
+        'watch: 'fut,
     {
         Box::pin(async move {
             let mut shutdown = shutdown.clone();
@@ -182,7 +184,7 @@ impl HttpServerApp for SluiceProxy {
                 // has begun and the request's grace is over.
                 _ = drain::request_arrival_over(&mut shutdown) => return None,
             };
-            let mut ctx = RequestCtx::new();
+            let mut ctx = RequestCtx::new(client_addr);
             match read {
                 Ok(true) => {}
                 // The client closed an idle kept-alive connection.
@@ -231,6 +233,24 @@ impl HttpServerApp for SluiceProxy {
                 .flatten()
                 .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
         })
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for SluiceProxy {
+    /// Pingora's entry (TLS and h2c listeners): the peer's address comes from the session.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        down: ServerSession,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let client_addr = down.client_addr().and_then(|a| a.as_inet()).copied();
+        self.serve_request(down, client_addr, shutdown)
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {

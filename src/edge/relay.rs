@@ -175,10 +175,7 @@ async fn open(
     let request = UpstreamRequest {
         client: down.req_header(),
         upstream: &route.upstream,
-        client_addr: down
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string()),
+        client_addr: ctx.client_addr.map(|a| a.ip().to_string()),
         request_id: &ctx.request_id,
         body: body.framing(down.req_header()),
         stream: ctx.stream_request,
