@@ -216,8 +216,9 @@ fn request_id_is_kept_or_made_and_travels_both_ways() {
     let requests = upstream.requests();
     assert_eq!(requests[0].header("x-request-id"), Some("client-id-42"));
     assert_eq!(requests[1].header("x-request-id"), Some(made.as_str()));
-    // The client's address reaches the upstream too.
+    // The client's address reaches the upstream too, also on a kept-alive connection.
     assert_eq!(requests[0].header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(requests[1].header("x-forwarded-for"), Some("127.0.0.1"));
     // Sluice's own errors carry it too.
     let response = client.get("/nowhere");
     assert_eq!(response.header("x-request-id").map(str::len), Some(32));

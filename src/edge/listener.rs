@@ -141,7 +141,8 @@ async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown:
             }
         };
         // No `SocketDigest`: the peer's address goes along by itself (~400 bytes less per
-        // connection), and nothing else reads the digest.
+        // connection), and nothing else reads the digest. So `ServerSession::client_addr()` is
+        // `None` here: the address is `RequestCtx::client_addr`.
         let stream = L4Stream::from(tcp);
         let app = app.clone();
         let shutdown = shutdown.clone();
