@@ -95,11 +95,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    // No plots: plotters needs system fonts, which a build box may not have (criterion's
-    // plotting panics without them).
-    config = Criterion::default().without_plots();
-    targets = bench
-}
+criterion_group!(benches, bench);
 criterion_main!(benches);

@@ -86,11 +86,5 @@ fn bench(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group! {
-    name = benches;
-    // No plots: plotters needs system fonts, which a build box may not have (criterion's
-    // plotting panics without them).
-    config = Criterion::default().without_plots();
-    targets = bench
-}
+criterion_group!(benches, bench);
 criterion_main!(benches);

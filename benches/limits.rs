@@ -126,10 +126,5 @@ fn redis(c: &mut Criterion) {
     limiter.shutdown();
 }
 
-criterion_group! {
-    name = benches;
-    // No plots: plotters needs system fonts, which a build box may not have.
-    config = Criterion::default().without_plots();
-    targets = local, redis
-}
+criterion_group!(benches, local, redis);
 criterion_main!(benches);

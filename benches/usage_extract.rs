@@ -207,11 +207,5 @@ fn chat_request(size: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-criterion_group! {
-    name = benches;
-    // No plots: plotters needs system fonts, which a build box may not have (criterion's
-    // plotting panics without them).
-    config = Criterion::default().without_plots();
-    targets = bench
-}
+criterion_group!(benches, bench);
 criterion_main!(benches);
