@@ -411,3 +411,86 @@ fn one_mebibyte_event_and_byte_per_write_stream_are_byte_identical() {
     client.send("GET", "/small", &[("accept", "text/event-stream")], b"");
     assert_eq!(client.read_response().body, small.as_bytes());
 }
+
+/// A head like the OpenAI Python SDK's (`x-stainless-*`, a long key): Sluice frees a stream
+/// request's header fields once the response head is out, and the connection's next requests
+/// must still be framed by the bodies' own lengths.
+const SDK_HEAD: &str = "Accept-Encoding: gzip, deflate\r\nAccept: application/json\r\nContent-Type: application/json\r\nUser-Agent: OpenAI/Python 1.54.4\r\nX-Stainless-Lang: python\r\nX-Stainless-Package-Version: 1.54.4\r\nX-Stainless-OS: Linux\r\nX-Stainless-Arch: x64\r\nX-Stainless-Runtime: CPython\r\nX-Stainless-Runtime-Version: 3.12.3\r\nAuthorization: Bearer sk-proj-0123456789abcdefghijklmnopqrstuvwxyz\r\nX-Stainless-Async: false\r\nx-stainless-retry-count: 0\r\nx-stainless-read-timeout: 600\r\n";
+
+#[test]
+fn stream_requests_with_bodies_keep_a_connection_framed_and_logged() {
+    let upstream = Upstream::start(|req| match req.path.as_str() {
+        "/v1/models" => vec![Step::sized(200, "application/json", b"{\"data\":[]}")],
+        _ => vec![Step::sse_head(), Step::chunk(event(0)), Step::End],
+    });
+    let dir = support::TempDir::new();
+    let access_log = dir.path.join("stdout.log");
+    let sluice = Sluice::start_with_output(
+        &format!(
+            "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    usage_comment: false\n    include_usage: false\n",
+            upstream.url()
+        ),
+        std::process::Stdio::from(std::fs::File::create(&access_log).unwrap()),
+        std::process::Stdio::null(),
+    );
+    let mut client = Client::connect(sluice.addr);
+    // A sized body, then a chunked one, then a request without a body, on one connection.
+    let sized = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: sluice.test\r\n{SDK_HEAD}Content-Length: {}\r\n\r\n{STREAM_REQUEST}",
+        STREAM_REQUEST.len()
+    );
+    let (first, second) = STREAM_REQUEST.split_at(10);
+    let chunked = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: sluice.test\r\n{SDK_HEAD}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+        first.len(),
+        second.len()
+    );
+    for request in [&sized, &chunked] {
+        client.send_raw(request.as_bytes());
+        let response = client.read_response();
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.body, event(0).as_bytes());
+    }
+    let models = client.get("/v1/models");
+    assert_eq!(models.status, 200, "{}", models.text());
+    assert_eq!(models.body, b"{\"data\":[]}");
+
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 3);
+    for request in &requests[..2] {
+        assert_eq!(request.body, STREAM_REQUEST.as_bytes());
+        assert_eq!(request.header("x-stainless-retry-count"), Some("0"));
+    }
+    assert_eq!(upstream.log.lock().unwrap().connections, 1);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = std::fs::read_to_string(&access_log).unwrap();
+        if log.lines().count() >= 3 || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an access-log line is JSON"))
+        .collect();
+    let logged: Vec<(&str, &str, bool)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["method"].as_str().unwrap(),
+                l["path"].as_str().unwrap(),
+                l["stream"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            ("POST", "/v1/chat/completions", true),
+            ("POST", "/v1/completions", true),
+            ("GET", "/v1/models", false),
+        ]
+    );
+}
