@@ -14,6 +14,51 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_READS: u64 = 100_000_000;
 const BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Write a haiku about rivers."}]}"#;
 
+/// The header fields of the client's stream request (besides `Host` and `Content-Length`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// What the OpenAI Python SDK sends (`x-stainless-*`, a project key; values made up, sizes
+    /// alike): 15 fields, 596 bytes. A proxy may keep a request's head for as long as its
+    /// response lasts, so it weighs on memory per stream.
+    Sdk,
+    /// Three fields: the request of runs before 2026-12-05, for comparing with them.
+    Minimal,
+}
+
+impl RequestKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Sdk => "sdk",
+            RequestKind::Minimal => "minimal",
+        }
+    }
+
+    pub fn fields(self) -> &'static str {
+        match self {
+            RequestKind::Sdk => SDK_FIELDS,
+            RequestKind::Minimal => MINIMAL_FIELDS,
+        }
+    }
+}
+
+const SDK_FIELDS: &str = "Accept-Encoding: gzip, deflate\r\n\
+Connection: keep-alive\r\n\
+Accept: application/json\r\n\
+Content-Type: application/json\r\n\
+User-Agent: OpenAI/Python 1.54.4\r\n\
+X-Stainless-Lang: python\r\n\
+X-Stainless-Package-Version: 1.54.4\r\n\
+X-Stainless-OS: Linux\r\n\
+X-Stainless-Arch: x64\r\n\
+X-Stainless-Runtime: CPython\r\n\
+X-Stainless-Runtime-Version: 3.12.3\r\n\
+Authorization: Bearer sk-proj-LoadHarness0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghij\r\n\
+X-Stainless-Async: false\r\n\
+x-stainless-retry-count: 0\r\n\
+x-stainless-read-timeout: 600\r\n";
+
+const MINIMAL_FIELDS: &str = "content-type: application/json\r\naccept: text/event-stream\r\nauthorization: Bearer sk-load-harness\r\n";
+
 /// One item of a response body, in arrival order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
@@ -65,12 +110,13 @@ impl Conn {
         })
     }
 
-    /// Sends a stream request for `spec` (the upstream reads the query; proxies see an SDK's
-    /// streaming chat-completions request).
-    pub async fn send(&mut self, spec: &StreamSpec) -> Result<(), String> {
+    /// Sends a stream request for `spec` (the upstream reads the query; proxies see a streaming
+    /// chat-completions request with `kind`'s header fields).
+    pub async fn send(&mut self, spec: &StreamSpec, kind: RequestKind) -> Result<(), String> {
         let request = format!(
-            "POST /v1/chat/completions?{} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: text/event-stream\r\nauthorization: Bearer sk-load-harness\r\ncontent-length: {}\r\n\r\n{BODY}",
+            "POST /v1/chat/completions?{} HTTP/1.1\r\nHost: 127.0.0.1\r\n{}Content-Length: {}\r\n\r\n{BODY}",
             spec.query(),
+            kind.fields(),
             BODY.len()
         );
         self.body = None;

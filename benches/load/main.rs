@@ -30,7 +30,8 @@
 //! ledger without the durable end, to see what that costs), `SLUICE_LOAD_PIN=1` (the harness on
 //! one CPU, every proxy on the others: no target shares its cores with the load),
 //! `SLUICE_LOAD_HEAD=minimal` (the upstream answers with a three-field head, as in runs before
-//! 2026-12-05, instead of the 25 fields a provider sends).
+//! 2026-12-05, instead of the 25 fields a provider sends), `SLUICE_LOAD_REQUEST=minimal` (the
+//! client sends three header fields, as in runs before then, instead of an SDK's 15).
 //! `SLUICE_LOAD_BASELINE=PATH` adds `sluice-baseline`: another `sluice` binary (say, a build of
 //! the main branch) run next to the tree's in the same interleaved rounds, the way to tell a
 //! change's effect from machine noise.
@@ -203,7 +204,7 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
                 continue;
             }
         };
-        match scenarios::warm_up(target.addr, &upstream, 16).await {
+        match scenarios::warm_up(target.addr, &upstream, 16, options.request).await {
             Ok(()) => {
                 println!("load: {name}: {} on {}", target.version, target.addr);
                 targets.push(target);
@@ -419,7 +420,8 @@ async fn run_one(
                     results.memory.push(r);
                     return format!("restart failed: {e}");
                 }
-                if let Err(e) = scenarios::warm_up(target.addr, upstream, 4).await {
+                if let Err(e) = scenarios::warm_up(target.addr, upstream, 4, options.request).await
+                {
                     eprintln!("load: {} warm-up after restart: {e}", target.kind.name());
                 }
                 tokio::time::sleep(Duration::from_secs_f64(options.restart_pause_seconds)).await;

@@ -1,5 +1,6 @@
 //! Scale and selection, from the environment (`SLUICE_LOAD_*`) and the `--smoke` flag.
 
+use crate::client::RequestKind;
 use crate::upstream::HeadKind;
 use std::path::PathBuf;
 
@@ -59,6 +60,9 @@ pub struct Options {
     /// `SLUICE_LOAD_HEAD=minimal`: the upstream's three-field head of runs before 2026-12-05
     /// instead of a provider's.
     pub head: HeadKind,
+    /// `SLUICE_LOAD_REQUEST=minimal`: the client's three-field request of runs before
+    /// 2026-12-05 instead of an SDK's.
+    pub request: RequestKind,
 }
 
 fn env_f64(name: &str, default: f64) -> f64 {
@@ -145,6 +149,10 @@ impl Options {
             head: match std::env::var("SLUICE_LOAD_HEAD").as_deref() {
                 Ok("minimal") => HeadKind::Minimal,
                 _ => HeadKind::Provider,
+            },
+            request: match std::env::var("SLUICE_LOAD_REQUEST").as_deref() {
+                Ok("minimal") => RequestKind::Minimal,
+                _ => RequestKind::Sdk,
             },
         }
     }

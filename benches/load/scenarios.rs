@@ -1,7 +1,7 @@
 //! The four scenarios. Each runs once against one target and returns raw figures; `report`
 //! pools the rounds and compares targets. Every scenario is bounded in streams and in time.
 
-use crate::client::{Conn, Item};
+use crate::client::{Conn, Item, RequestKind};
 use crate::clock::{instant_of, now_ns, MS, SEC};
 use crate::histogram::Histogram;
 use crate::options::Options;
@@ -146,6 +146,7 @@ async fn read_stream(conn: &mut Conn, mut on_event: impl FnMut(u64, u64)) -> Res
 /// stream by however long the proxy takes to finish all the others.)
 pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) -> LatencyRun {
     let n = options.latency_streams;
+    let request = options.request;
     let run = upstream.new_run();
     let interval_us = (1e6 / options.rate).max(1.0) as u64;
     let ramp_ns = (options.ramp_seconds * SEC as f64) as u64;
@@ -178,7 +179,7 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
                 let mut received = 0;
                 let result = timeout(limit, async {
                     let mut conn = Conn::connect(addr).await?;
-                    conn.send(&spec).await?;
+                    conn.send(&spec, request).await?;
                     read_stream(&mut conn, |sent, recv| {
                         received += 1;
                         if (window_start..window_end).contains(&sent) {
@@ -224,6 +225,7 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
 /// 64 streams as fast as the upstream writes: events per second, and the proxy's CPU time.
 pub async fn throughput(target: &Target, upstream: &Upstream, options: &Options) -> ThroughputRun {
     let n = options.throughput_streams;
+    let request = options.request;
     let run = upstream.new_run();
     let pids = target.pids();
     let cpu_before = procfs::cpu_seconds(&pids);
@@ -244,7 +246,7 @@ pub async fn throughput(target: &Target, upstream: &Upstream, options: &Options)
                 let mut received = 0u64;
                 let result = timeout(limit, async {
                     let mut conn = Conn::connect(addr).await?;
-                    conn.send(&spec).await?;
+                    conn.send(&spec, request).await?;
                     read_stream(&mut conn, |_, _| received += 1).await
                 })
                 .await
@@ -300,7 +302,7 @@ pub async fn first_byte(target: &Target, upstream: &Upstream, options: &Options)
         let mut first_event = None;
         let result = timeout(Duration::from_secs(10), async {
             let mut conn = Conn::connect(target.addr).await?;
-            conn.send(&spec).await?;
+            conn.send(&spec, options.request).await?;
             let head = conn.read_head().await?;
             if head.status != 200 {
                 return Err(format!("status {}", head.status));
@@ -345,6 +347,7 @@ pub async fn memory(
     options: &Options,
     streams: usize,
 ) -> MemoryRun {
+    let request = options.request;
     let pids = target.pids();
     let rss_before = target.is_proxy().then(|| procfs::rss_kib(&pids));
     let cpu = || target.is_proxy().then(|| procfs::cpu_seconds(&pids));
@@ -377,7 +380,7 @@ pub async fn memory(
                 let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
                 timeout(Duration::from_secs(30), async {
                     let mut conn = Conn::connect(addr).await?;
-                    conn.send(&spec).await?;
+                    conn.send(&spec, request).await?;
                     let head = conn.read_head().await?;
                     if head.status != 200 {
                         return Err(format!("status {}", head.status));
@@ -469,7 +472,12 @@ pub async fn memory(
 }
 
 /// A few short streams, to see that a target works and to warm it up (pools, lazy state).
-pub async fn warm_up(addr: SocketAddr, upstream: &Upstream, streams: usize) -> Result<(), String> {
+pub async fn warm_up(
+    addr: SocketAddr,
+    upstream: &Upstream,
+    streams: usize,
+    request: RequestKind,
+) -> Result<(), String> {
     let spec = StreamSpec {
         events: 20,
         interval_us: 1000,
@@ -484,7 +492,7 @@ pub async fn warm_up(addr: SocketAddr, upstream: &Upstream, streams: usize) -> R
                 timeout(Duration::from_secs(10), async {
                     let mut conn = Conn::connect(addr).await?;
                     let mut events = 0;
-                    conn.send(&spec).await?;
+                    conn.send(&spec, request).await?;
                     read_stream(&mut conn, |_, _| events += 1).await?;
                     if events != 20 {
                         return Err(format!("{events} of 20 events arrived"));
