@@ -544,15 +544,15 @@ async fn record_stream(
     ctx.usage_record = Some(Box::new(record));
 }
 
-/// Frees the request's header fields once the response head is out: an HTTP/1.1 session keeps
-/// its request head until the response ends, and an SDK's head (~17 fields: `x-stainless-*`,
-/// a long `authorization`) costs two maps (Pingora also keeps each name's original case) of
-/// ~2.5 KiB each in every open stream. Nothing reads the fields after the response head: the
-/// access log wants the method and path, which stay. Only once the request body is known to be
-/// over: Pingora frames a body it has not begun to read from these fields.
+/// Frees the request's header fields once the response head is out: a session keeps its
+/// request head until the response ends, and an SDK's head (~17 fields: `x-stainless-*`, a long
+/// `authorization`) costs a map of ~2.5 KiB in every open stream, two on HTTP/1.1 (Pingora also
+/// keeps each name's original case). Nothing reads the fields after the response head but the
+/// access log (method and path, which stay) and `wants_trailers` (`te`, which stays). Only once
+/// the request body is known to be over: Pingora frames a body it has not begun to read from
+/// these fields.
 fn release_request_fields(down: &mut ServerSession) {
-    // HTTP/2's trailers depend on the request's `te` (`wants_trailers`), read at the end.
-    if down.is_http2() || !down.is_body_done() {
+    if !down.is_body_done() {
         return;
     }
     let req = down.req_header_mut();
@@ -561,6 +561,10 @@ fn release_request_fields(down: &mut ServerSession) {
     req.set_method(full.method);
     req.set_uri(full.uri);
     req.set_version(full.version);
+    for te in full.headers.get_all(http::header::TE) {
+        // Cannot fail: the value is a `HeaderValue` already.
+        let _ = req.append_header(http::header::TE, te.clone());
+    }
 }
 
 /// HTTP/2 clients that sent `TE: trailers` get the usage figures as response trailers (HTTP/1.1
