@@ -550,7 +550,9 @@ async fn record_stream(
 /// keeps each name's original case). Nothing reads the fields after the response head but the
 /// access log (method and path, which stay) and `wants_trailers` (`te`, which stays). Only once
 /// the request body is known to be over: Pingora frames a body it has not begun to read from
-/// these fields.
+/// these fields. From here on the session's `get_header`, `is_upgrade_req` and
+/// `request_summary` see none of them, and `set_keepalive(Some(_))` would no longer see a
+/// client's `Connection: close`: nothing after the response head may rely on them.
 fn release_request_fields(down: &mut ServerSession) {
     if !down.is_body_done() {
         return;
