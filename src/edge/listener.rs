@@ -11,11 +11,11 @@
 
 use super::drain;
 use super::proxy::SluiceProxy;
+use super::tcp::Tcp;
 use super::timer;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::server::{ListenFds, ShutdownWatch};
 use std::mem::MaybeUninit;
 use std::net::ToSocketAddrs;
@@ -140,17 +140,15 @@ async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown:
                 continue;
             }
         };
-        // No `SocketDigest`: the peer's address goes along by itself (~400 bytes less per
-        // connection), and nothing else reads the digest. So `ServerSession::client_addr()` is
-        // `None` here: the address is `RequestCtx::client_addr`.
-        let stream = L4Stream::from(tcp);
+        // Sluice's own socket type (`tcp.rs`), with no `SocketDigest`: the peer's address goes
+        // along by itself, and nothing else reads the digest. So `ServerSession::client_addr()`
+        // is `None` here: the address is `RequestCtx::client_addr`.
+        let stream = Tcp::stream(tcp);
         let app = app.clone();
         let shutdown = shutdown.clone();
         // Counted from the accept, not from the task's first poll.
         let first_request = drain::InFlight::start();
-        // Boxed before the spawn: an `async move` block boxing it inside would keep the moved-out
-        // 376-byte stream in its state for the life of the connection.
-        tokio::spawn(serve(Box::new(stream), peer, app, shutdown, first_request));
+        tokio::spawn(serve(stream, peer, app, shutdown, first_request));
     }
     // Listening stops at shutdown; after a hand-over the next process has its own copy of the
     // socket, so closing this one stops only this process from accepting.

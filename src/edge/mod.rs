@@ -12,6 +12,7 @@ mod relay;
 mod reloader;
 mod responses;
 mod stream_body;
+mod tcp;
 mod timer;
 mod tls;
 mod upstream;

@@ -209,6 +209,10 @@ impl Upstreams {
         peer.options.alpn = ALPN::H1;
         let stream = match self.pool.take(pool_key) {
             Some(stream) => stream,
+            // Plain TCP is Sluice's own socket type (`tcp.rs`); TLS is Pingora's.
+            None if !spec.target.is_tls() => super::tcp::connect(addr, spec.connect_timeout)
+                .await
+                .map_err(failed)?,
             None => Box::pin(self.transport.new_stream(&peer))
                 .await
                 .map_err(failed)?,

@@ -1,0 +1,162 @@
+//! Plain TCP connections as Pingora's sessions take them, without Pingora's `l4::Stream`.
+//!
+//! Pingora's stream wraps a socket in a buffered stream that keeps per-connection timing (an
+//! `Instant` read on every read and write that waits) and boxes to ~420 bytes, and its connector
+//! adds a ~390-byte `SocketDigest`; on drop it makes a system call to check the socket. Sluice
+//! reads none of that, so its plain connections (clients of its own listeners, `http://`
+//! upstreams over HTTP/1.1) are this: a tokio socket and nothing else. TLS connections stay
+//! Pingora's: its TLS layer is built on its own stream.
+
+use async_trait::async_trait;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
+};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+#[derive(Debug)]
+pub struct Tcp(TcpStream);
+
+impl Tcp {
+    /// A connection for Pingora's sessions (`pingora::protocols::Stream`).
+    pub fn stream(socket: TcpStream) -> pingora::protocols::Stream {
+        Box::new(Tcp(socket))
+    }
+}
+
+/// An upstream connection to `addr`, with TCP_NODELAY (each event goes out as it is written),
+/// given up after `timeout`.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> pingora::Result<pingora::protocols::Stream> {
+    use pingora::{Error, ErrorType};
+    let socket = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(e)) => {
+            return Error::e_because(ErrorType::ConnectError, format!("TCP connect to {addr}"), e)
+        }
+        Err(_) => {
+            return Error::e_explain(
+                ErrorType::ConnectTimedout,
+                format!("TCP connect to {addr}: no answer within {timeout:?}"),
+            )
+        }
+    };
+    socket
+        .set_nodelay(true)
+        .map_err(|e| Error::because(ErrorType::ConnectError, "setting TCP_NODELAY", e))?;
+    Ok(Tcp::stream(socket))
+}
+
+impl AsyncRead for Tcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Tcp {
+    async fn shutdown(&mut self) {
+        // A peer that is already gone makes this fail; the socket is closed on drop either way.
+        let _ = AsyncWriteExt::shutdown(&mut self.0).await;
+    }
+}
+
+impl UniqueID for Tcp {
+    fn id(&self) -> UniqueIDType {
+        self.0.as_raw_fd() as UniqueIDType
+    }
+}
+
+impl Ssl for Tcp {}
+
+impl GetTimingDigest for Tcp {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for Tcp {
+    fn get_proxy_digest(
+        &self,
+    ) -> Option<std::sync::Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for Tcp {
+    fn get_socket_digest(&self) -> Option<std::sync::Arc<pingora::protocols::SocketDigest>> {
+        None
+    }
+}
+
+#[async_trait]
+impl Peek for Tcp {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_upstream_connection_sends_each_write_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = connect(addr, Duration::from_secs(5)).await.unwrap();
+        let tcp = stream
+            .as_any()
+            .downcast_ref::<Tcp>()
+            .expect("Sluice's own type");
+        assert!(tcp.0.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_the_address() {
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let error = connect(addr, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(error.etype(), &pingora::ErrorType::ConnectError);
+        assert!(error.to_string().contains(&addr.to_string()), "{error}");
+    }
+}
