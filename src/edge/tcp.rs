@@ -35,23 +35,30 @@ pub async fn connect(
     addr: std::net::SocketAddr,
     timeout: Duration,
 ) -> pingora::Result<pingora::protocols::Stream> {
-    use pingora::{Error, ErrorType};
-    let socket = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(e)) => {
-            return Error::e_because(ErrorType::ConnectError, format!("TCP connect to {addr}"), e)
-        }
-        Err(_) => {
-            return Error::e_explain(
-                ErrorType::ConnectTimedout,
-                format!("TCP connect to {addr}: no answer within {timeout:?}"),
-            )
-        }
-    };
-    socket
-        .set_nodelay(true)
-        .map_err(|e| Error::because(ErrorType::ConnectError, "setting TCP_NODELAY", e))?;
+    let socket = connect_socket(addr, timeout).await?;
+    socket.set_nodelay(true).map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::ConnectError, "setting TCP_NODELAY", e)
+    })?;
     Ok(Tcp::stream(socket))
+}
+
+/// The TCP connect to an upstream, bounded by its `connect_timeout` (also the first step of a
+/// TLS upstream's connection, which Pingora's stream then carries).
+pub async fn connect_socket(
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> pingora::Result<TcpStream> {
+    use pingora::{Error, ErrorType};
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(socket)) => Ok(socket),
+        Ok(Err(e)) => {
+            Error::e_because(ErrorType::ConnectError, format!("TCP connect to {addr}"), e)
+        }
+        Err(_) => Error::e_explain(
+            ErrorType::ConnectTimedout,
+            format!("TCP connect to {addr}: no answer within {timeout:?}"),
+        ),
+    }
 }
 
 impl AsyncRead for Tcp {

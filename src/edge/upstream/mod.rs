@@ -45,8 +45,8 @@ pub struct Upstreams {
     /// HTTP/2-capable upstreams (`http2: true`): Pingora's client sessions and pool. Built only
     /// when some upstream has `http2`, since building it loads the CA roots again.
     connector: Option<Connector>,
-    /// Every other upstream (and WebSocket handshakes): TCP and TLS from Pingora, HTTP/1.1 and
-    /// pooling by Sluice.
+    /// Every other https upstream (and WebSocket handshakes): TLS from Pingora, HTTP/1.1 and
+    /// pooling by Sluice. Plain TCP is Sluice's own (`tcp.rs`).
     transport: TransportConnector,
     pool: Arc<pool::IdlePool>,
     /// Where the built-in demo upstream listens, when the config uses one.
@@ -342,16 +342,9 @@ impl L4Connect for TcpConnect {
         let Some(inet) = addr.as_inet() else {
             return Error::e_explain(ErrorType::SocketError, format!("not a TCP address: {addr}"));
         };
-        match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(inet)).await {
-            Ok(Ok(tcp)) => Ok(tcp.into()),
-            Ok(Err(e)) => {
-                Error::e_because(ErrorType::ConnectError, format!("TCP connect to {inet}"), e)
-            }
-            Err(_) => Error::e_explain(
-                ErrorType::ConnectTimedout,
-                format!("TCP connect to {inet}: no answer within {:?}", self.timeout),
-            ),
-        }
+        Ok(super::tcp::connect_socket(*inet, self.timeout)
+            .await?
+            .into())
     }
 }
 

@@ -5,7 +5,6 @@ use super::h1::H1Connection;
 use super::pool::IdlePool;
 use pingora::http::RequestHeader;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,14 +17,15 @@ const WAIT: Duration = Duration::from_secs(5);
 /// Long enough for loopback bytes (and FINs) to arrive and the runtime to notice them.
 const SETTLE: Duration = Duration::from_millis(50);
 
-/// Sluice's end (as Pingora's stream) and the fake upstream's end of one TCP connection.
+/// Sluice's end (as its plain upstream connections are, `tcp.rs`) and the fake upstream's end of
+/// one TCP connection.
 async fn socket_pair() -> (Stream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap())
         .await
         .unwrap();
     let (upstream, _) = listener.accept().await.unwrap();
-    (Box::new(L4Stream::from(client)), upstream)
+    (crate::edge::tcp::Tcp::stream(client), upstream)
 }
 
 async fn connection() -> (H1Connection, TcpStream) {
