@@ -1,10 +1,12 @@
-//! Plain-TCP HTTP/1.1 listeners, accepted by Sluice itself.
+//! Client listeners for HTTP/1.1, plain and TLS, accepted by Sluice itself.
 //!
 //! Pingora's listening service spawns each connection as a task whose future also holds the TLS
 //! handshake future (8.8 KiB, even on plain TCP), and then boxes `ServerApp::process_new`
 //! (3.9 KiB, HTTP/2 handling included): 12.7 KiB per open connection, copied four times into
 //! and out of the task on every new connection. Here a connection's task holds only the boxed
-//! request future. TLS and h2c listeners stay on Pingora's service (`mod.rs`).
+//! request future; a TLS handshake is boxed and gone once done. A TLS client that chooses h2 by
+//! ALPN is handed to Pingora's HTTP/2 server (`ServerApp::process_new`); h2c listeners stay on
+//! Pingora's service (`mod.rs`).
 //!
 //! Listening sockets go through Pingora's fd table, like its own listeners, so a graceful
 //! upgrade (`sluice -u` + SIGQUIT) hands them over with the others.
@@ -15,7 +17,11 @@ use super::tcp::Tcp;
 use super::timer;
 use async_trait::async_trait;
 use bytes::BytesMut;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::listeners::ALPN;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Ssl};
 use pingora::server::{ListenFds, ShutdownWatch};
 use std::mem::MaybeUninit;
 use std::net::ToSocketAddrs;
@@ -32,17 +38,25 @@ const KEEPALIVE_SECONDS: u64 = 60;
 /// Largest first read of a request head (Pingora's initial buffer); the rest of a longer head is
 /// read by Pingora.
 const FIRST_READ: usize = 4096;
+/// Longest a client may take over its TLS handshake (Pingora's value).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pending connections the kernel queues per listener (Pingora's value).
 const BACKLOG: u32 = 65535;
 
-pub struct PlainListeners {
+pub struct Listeners {
     pub name: String,
-    pub addrs: Vec<String>,
+    pub endpoints: Vec<Endpoint>,
     pub app: Arc<SluiceProxy>,
 }
 
+/// One listening address, and its TLS settings when it has any.
+pub struct Endpoint {
+    pub addr: String,
+    pub tls: Option<Arc<Acceptor>>,
+}
+
 #[async_trait]
-impl pingora::services::Service for PlainListeners {
+impl pingora::services::Service for Listeners {
     async fn start_service(
         &mut self,
         fds: Option<ListenFds>,
@@ -50,7 +64,7 @@ impl pingora::services::Service for PlainListeners {
         _listeners_per_fd: usize,
     ) {
         let mut loops = Vec::new();
-        for addr in &self.addrs {
+        for Endpoint { addr, tls } in &self.endpoints {
             let listener = match listen(addr, fds.as_ref()) {
                 Ok(listener) => listener,
                 // As Pingora's own listeners do: a server that cannot listen does not run.
@@ -58,6 +72,7 @@ impl pingora::services::Service for PlainListeners {
             };
             loops.push(tokio::spawn(accept_loop(
                 listener,
+                tls.clone(),
                 self.app.clone(),
                 shutdown.clone(),
             )));
@@ -119,7 +134,12 @@ fn bound_socket(addr: &str) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
-async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown: ShutdownWatch) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<Acceptor>>,
+    app: Arc<SluiceProxy>,
+    mut shutdown: ShutdownWatch,
+) {
     // Counted while accepting: the drain cannot see zero between an accept and its connection's
     // count; the loop stops as soon as shutdown begins.
     let _accepting = drain::InFlight::start();
@@ -143,15 +163,60 @@ async fn accept_loop(listener: TcpListener, app: Arc<SluiceProxy>, mut shutdown:
         // Sluice's own socket type (`tcp.rs`), with no `SocketDigest`: the peer's address goes
         // along by itself, and nothing else reads the digest. So `ServerSession::client_addr()`
         // is `None` here: the address is `RequestCtx::client_addr`.
-        let stream = Tcp::stream(tcp);
         let app = app.clone();
         let shutdown = shutdown.clone();
         // Counted from the accept, not from the task's first poll.
         let first_request = drain::InFlight::start();
-        tokio::spawn(serve(stream, peer, app, shutdown, first_request));
+        match &tls {
+            None => tokio::spawn(serve(Tcp::stream(tcp), peer, app, shutdown, first_request)),
+            Some(tls) => tokio::spawn(serve_tls(
+                tls.clone(),
+                tcp,
+                peer,
+                app,
+                shutdown,
+                first_request,
+            )),
+        };
     }
     // Listening stops at shutdown; after a hand-over the next process has its own copy of the
     // socket, so closing this one stops only this process from accepting.
+}
+
+/// A TLS client connection: the handshake, then HTTP/1.1 here or HTTP/2 in Pingora's server.
+async fn serve_tls(
+    tls: Arc<Acceptor>,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    app: Arc<SluiceProxy>,
+    shutdown: ShutdownWatch,
+    first_request: drain::InFlight,
+) {
+    let fd = tcp.as_raw_fd();
+    // Boxed: a handshake's state is large (kilobytes) and would otherwise stay in the task for
+    // as long as the connection lives.
+    let handshake = Box::pin(timer::timeout(
+        HANDSHAKE_TIMEOUT,
+        tls.tls_handshake(Tcp::new(tcp)),
+    ))
+    .await;
+    let mut stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        // As Pingora's own listeners log them.
+        Ok(Err(e)) => return log::error!("Downstream handshake error from {peer}: {e}"),
+        Err(_) => return log::error!("Downstream handshake timeout from {peer}"),
+    };
+    if stream.selected_alpn_proto() == Some(ALPN::H2) {
+        // Pingora's HTTP/2 server reads the client's address from the socket digest; its
+        // requests count themselves (`RequestCtx`), and the drain waits for them.
+        let digest = SocketDigest::from_raw_fd(fd);
+        let _ = digest.peer_addr.set(Some(peer.into()));
+        stream.set_socket_digest(digest);
+        drop(first_request);
+        app.process_new(Box::new(stream), &shutdown).await;
+        return;
+    }
+    serve(Box::new(stream), peer, app, shutdown, first_request).await
 }
 
 /// One client connection: requests one after the other while it is kept alive.

@@ -194,46 +194,44 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     // Plain HTTP/1.1 listeners are Sluice's own (`listener.rs`: less memory per connection).
     // TLS listeners, and h2c ones (Pingora sets HTTP/2 cleartext per service), are Pingora
     // services sharing the proxy's routes, upstream pool and ledger.
-    let mut plain = Vec::new();
-    for h2c in [false, true] {
-        let mut options = HttpServerOptions::default();
-        options.h2c = h2c;
-        let name = if h2c {
-            "sluice proxy (h2c)"
-        } else {
-            "sluice proxy (tls)"
-        };
-        let mut service = Service::new(name.to_string(), proxy.with_options(options));
-        let mut listeners = 0;
-        for (i, listener) in config.listen.iter().enumerate() {
-            if listener.h2c != h2c {
-                continue;
-            }
-            // TLS listeners offer h2 and http/1.1 by ALPN (validation keeps them off h2c).
-            let tls = tls_listeners.settings(i)?;
-            if tls.is_none() && !h2c {
-                plain.push(listener.addr.clone());
-                continue;
-            }
+    // HTTP/1.1 listeners, plain and TLS, are Sluice's own (`listener.rs`: less memory per
+    // connection); a TLS client that chooses h2 by ALPN is handed to Pingora's HTTP/2 server from
+    // there. h2c listeners (Pingora sets HTTP/2 cleartext per service) are a Pingora service
+    // sharing the proxy's routes, upstream pool and ledger.
+    let mut endpoints = Vec::new();
+    let mut h2c_options = HttpServerOptions::default();
+    h2c_options.h2c = true;
+    let mut h2c_service = Service::new(
+        "sluice proxy (h2c)".to_string(),
+        proxy.with_options(h2c_options),
+    );
+    for (i, listener) in config.listen.iter().enumerate() {
+        if listener.h2c {
             // No L4 write buffer: every write (response head, each event) goes straight to the
             // socket, so nothing waits for a flush. No L4 read buffer either: Pingora reads heads
             // and bodies into buffers of its own, and 64 KiB per client connection is memory.
-            let mut endpoint = ListenerConfig::tcp(listener.addr.as_str())
-                .l4_buffer(L4BufferSettings::default().read(0).write(0));
-            if let Some(tls) = tls {
-                endpoint = endpoint.tls(tls);
-            }
-            service.add_listener(endpoint);
-            listeners += 1;
+            h2c_service.add_listener(
+                ListenerConfig::tcp(listener.addr.as_str())
+                    .l4_buffer(L4BufferSettings::default().read(0).write(0)),
+            );
+            continue;
         }
-        if listeners > 0 {
-            server.add_service(service);
-        }
+        // TLS listeners offer h2 and http/1.1 by ALPN (validation keeps them off h2c).
+        let tls = tls_listeners
+            .settings(i)?
+            .map(|settings| Arc::new(settings.build()));
+        endpoints.push(listener::Endpoint {
+            addr: listener.addr.clone(),
+            tls,
+        });
     }
-    if !plain.is_empty() {
-        server.add_service(listener::PlainListeners {
+    if config.listen.iter().any(|l| l.h2c) {
+        server.add_service(h2c_service);
+    }
+    if !endpoints.is_empty() {
+        server.add_service(listener::Listeners {
             name: "sluice proxy".to_string(),
-            addrs: plain,
+            endpoints,
             app: Arc::new(proxy.with_options(HttpServerOptions::default())),
         });
     }

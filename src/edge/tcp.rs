@@ -1,31 +1,45 @@
-//! Plain TCP connections as Pingora's sessions take them, without Pingora's `l4::Stream`.
+//! TCP connections as Pingora's sessions take them, without Pingora's `l4::Stream`.
 //!
 //! Pingora's stream wraps a socket in a buffered stream that keeps per-connection timing (an
 //! `Instant` read on every read and write that waits) and boxes to ~420 bytes, and its connector
-//! adds a ~390-byte `SocketDigest`; on drop it makes a system call to check the socket. Sluice
-//! reads none of that, so its plain connections (clients of its own listeners, `http://`
-//! upstreams over HTTP/1.1) are this: a tokio socket and nothing else. TLS connections stay
-//! Pingora's: its TLS layer is built on its own stream.
+//! and listeners add a ~390-byte `SocketDigest`; on drop it makes a system call to check the
+//! socket. Sluice reads none of that, so its connections (clients of its own listeners, under
+//! TLS or not, and `http://` upstreams over HTTP/1.1) are this: a tokio socket and nothing
+//! else. TLS to upstreams stays on Pingora's stream, which its connector builds on.
 
 use async_trait::async_trait;
 use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, UniqueID,
+    UniqueIDType,
 };
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 #[derive(Debug)]
-pub struct Tcp(TcpStream);
+pub struct Tcp {
+    socket: TcpStream,
+    /// Only for a client that Pingora's HTTP/2 server takes over: it finds the client's address
+    /// there.
+    digest: Option<Arc<SocketDigest>>,
+}
 
 impl Tcp {
+    pub fn new(socket: TcpStream) -> Tcp {
+        Tcp {
+            socket,
+            digest: None,
+        }
+    }
+
     /// A connection for Pingora's sessions (`pingora::protocols::Stream`).
     pub fn stream(socket: TcpStream) -> pingora::protocols::Stream {
-        Box::new(Tcp(socket))
+        Box::new(Tcp::new(socket))
     }
 }
 
@@ -67,7 +81,7 @@ impl AsyncRead for Tcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.socket).poll_read(cx, buf)
     }
 }
 
@@ -77,7 +91,7 @@ impl AsyncWrite for Tcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.socket).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -85,19 +99,19 @@ impl AsyncWrite for Tcp {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.socket.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.socket).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.socket).poll_shutdown(cx)
     }
 }
 
@@ -105,13 +119,13 @@ impl AsyncWrite for Tcp {
 impl Shutdown for Tcp {
     async fn shutdown(&mut self) {
         // A peer that is already gone makes this fail; the socket is closed on drop either way.
-        let _ = AsyncWriteExt::shutdown(&mut self.0).await;
+        let _ = AsyncWriteExt::shutdown(&mut self.socket).await;
     }
 }
 
 impl UniqueID for Tcp {
     fn id(&self) -> UniqueIDType {
-        self.0.as_raw_fd() as UniqueIDType
+        self.socket.as_raw_fd() as UniqueIDType
     }
 }
 
@@ -132,8 +146,12 @@ impl GetProxyDigest for Tcp {
 }
 
 impl GetSocketDigest for Tcp {
-    fn get_socket_digest(&self) -> Option<std::sync::Arc<pingora::protocols::SocketDigest>> {
-        None
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.digest.clone()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.digest = Some(Arc::new(digest));
     }
 }
 
@@ -153,7 +171,7 @@ mod tests {
             .as_any()
             .downcast_ref::<Tcp>()
             .expect("Sluice's own type");
-        assert!(tcp.0.nodelay().unwrap());
+        assert!(tcp.socket.nodelay().unwrap());
     }
 
     #[tokio::test]
