@@ -692,3 +692,34 @@ fn check_names_the_tls_key_at_fault() {
     let (ok, output) = support::check_config(&good);
     assert!(ok, "{output}");
 }
+
+/// A client that opened a connection and never began its handshake does not hold up a shutdown
+/// (the grace period here is the default 30 s): it gets the second a fresh plain connection gets
+/// to send its first request.
+#[test]
+fn a_client_silent_before_its_handshake_does_not_hold_up_shutdown() {
+    let ca = TestCa::new("sluice test ca");
+    let dir = TempDir::new();
+    let (cert, key) = ca.leaf(&["edge.test"]).write(&dir.path, "edge");
+    let upstream = json_upstream();
+    let mut sluice = start_tls(
+        dir,
+        &cert_lines(&cert, &key),
+        &routes_to(&upstream.url(), ""),
+    );
+    let silent = std::net::TcpStream::connect(sluice.addr).unwrap();
+    // Accepted before the signal.
+    std::thread::sleep(Duration::from_millis(200));
+    let signalled = Instant::now();
+    sluice.signal("TERM");
+    assert!(
+        sluice.wait_exit(Duration::from_secs(10)).is_some(),
+        "sluice did not exit after SIGTERM"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exit took {:?}",
+        signalled.elapsed()
+    );
+    drop(silent);
+}

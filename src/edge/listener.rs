@@ -189,17 +189,18 @@ async fn serve_tls(
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     app: Arc<SluiceProxy>,
-    shutdown: ShutdownWatch,
+    mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
     let fd = tcp.as_raw_fd();
     // Boxed: a handshake's state is large (kilobytes) and would otherwise stay in the task for
-    // as long as the connection lives.
-    let handshake = Box::pin(timer::timeout(
-        HANDSHAKE_TIMEOUT,
-        tls.tls_handshake(Tcp::new(tcp)),
-    ))
-    .await;
+    // as long as the connection lives. A client still in its handshake when shutdown begins gets
+    // the same grace as one that has not sent its first request yet.
+    let handshake = tokio::select! {
+        biased;
+        done = Box::pin(timer::timeout(HANDSHAKE_TIMEOUT, tls.tls_handshake(Tcp::new(tcp)))) => done,
+        _ = drain::request_arrival_over(&mut shutdown) => return,
+    };
     let mut stream = match handshake {
         Ok(Ok(stream)) => stream,
         // As Pingora's own listeners log them.
