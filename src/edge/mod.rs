@@ -191,9 +191,6 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     }
     let reloader = reloader::Reloader { items: reloadables };
     server.add_service(background_service("reloader", reloader));
-    // Plain HTTP/1.1 listeners are Sluice's own (`listener.rs`: less memory per connection).
-    // TLS listeners, and h2c ones (Pingora sets HTTP/2 cleartext per service), are Pingora
-    // services sharing the proxy's routes, upstream pool and ledger.
     // HTTP/1.1 listeners, plain and TLS, are Sluice's own (`listener.rs`: less memory per
     // connection); a TLS client that chooses h2 by ALPN is handed to Pingora's HTTP/2 server from
     // there. h2c listeners (Pingora sets HTTP/2 cleartext per service) are a Pingora service
