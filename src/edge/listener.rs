@@ -89,6 +89,11 @@ impl pingora::services::Service for Listeners {
     fn threads(&self) -> Option<usize> {
         None
     }
+
+    /// So that an upgrade closes the inherited sockets of addresses no longer configured.
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(self.endpoints.iter().map(|e| e.addr.clone()).collect())
+    }
 }
 
 /// The listening socket for `addr`: inherited from the previous process in an upgrade, else
@@ -160,9 +165,10 @@ async fn accept_loop(
                 continue;
             }
         };
-        // Sluice's own socket type (`tcp.rs`), with no `SocketDigest`: the peer's address goes
-        // along by itself, and nothing else reads the digest. So `ServerSession::client_addr()`
-        // is `None` here: the address is `RequestCtx::client_addr`.
+        // Sluice's own socket type (`tcp.rs`), with no `SocketDigest` (but for a TLS client that
+        // Pingora's HTTP/2 server takes over): the peer's address goes along by itself, and
+        // nothing else reads the digest. So `ServerSession::client_addr()` is `None` on
+        // HTTP/1.1: the address is `RequestCtx::client_addr`.
         let app = app.clone();
         let shutdown = shutdown.clone();
         // Counted from the accept, not from the task's first poll.
@@ -193,6 +199,9 @@ async fn serve_tls(
     first_request: drain::InFlight,
 ) {
     let fd = tcp.as_raw_fd();
+    // Pingora's HTTP/2 server sends its GOAWAY when it sees shutdown begin: it gets a watch that
+    // the handshake's race below has not already seen change.
+    let session_shutdown = shutdown.clone();
     // Boxed: a handshake's state is large (kilobytes) and would otherwise stay in the task for
     // as long as the connection lives. A client still in its handshake when shutdown begins gets
     // the same grace as one that has not sent its first request yet.
@@ -208,14 +217,23 @@ async fn serve_tls(
         Err(_) => return log::error!("Downstream handshake timeout from {peer}"),
     };
     if stream.selected_alpn_proto() == Some(ALPN::H2) {
-        // Pingora's HTTP/2 server reads the client's address from the socket digest; its
-        // requests count themselves (`RequestCtx`), and the drain waits for them.
+        // Pingora's HTTP/2 server reads the client's address from the socket digest.
         let digest = SocketDigest::from_raw_fd(fd);
         let _ = digest.peer_addr.set(Some(peer.into()));
         stream.set_socket_digest(digest);
-        drop(first_request);
-        app.process_new(Box::new(stream), &shutdown).await;
-        return;
+        let session = app.process_new(Box::new(stream), &session_shutdown);
+        tokio::pin!(session);
+        // Its requests count themselves (`RequestCtx`) once read; until then the connection is
+        // counted here, as a fresh HTTP/1.1 one is, for the grace its first request gets.
+        let mut first_request = Some(first_request);
+        loop {
+            tokio::select! {
+                _ = &mut session => return,
+                _ = drain::request_arrival_over(&mut shutdown), if first_request.is_some() => {
+                    first_request = None;
+                }
+            }
+        }
     }
     serve(Box::new(stream), peer, app, shutdown, first_request).await
 }

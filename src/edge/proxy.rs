@@ -238,7 +238,7 @@ impl SluiceProxy {
 
 #[async_trait]
 impl HttpServerApp for SluiceProxy {
-    /// Pingora's entry (TLS and h2c listeners): the peer's address comes from the session.
+    /// Pingora's entry (h2 over TLS, h2c listeners): the peer's address comes from the session.
     fn process_new_http<'life0, 'life1, 'async_trait>(
         self: &'life0 Arc<Self>,
         down: ServerSession,
