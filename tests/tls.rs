@@ -34,6 +34,20 @@ fn start_tls(dir: TempDir, tls: &str, rest: &str) -> Sluice {
     Sluice::start_with_config(&yaml, addr, admin, dir)
 }
 
+/// Sluice with one TLS listener (a certificate for `edge.test` from a fresh test CA, which it
+/// returns for clients to trust) and one route to `upstream`, with `route_extra` lines.
+fn edge_sluice(upstream: &Upstream, route_extra: &str) -> (Sluice, TestCa) {
+    let ca = TestCa::new("sluice test ca");
+    let dir = TempDir::new();
+    let (cert, key) = ca.leaf(&["edge.test"]).write(&dir.path, "edge");
+    let sluice = start_tls(
+        dir,
+        &cert_lines(&cert, &key),
+        &routes_to(&upstream.url(), route_extra),
+    );
+    (sluice, ca)
+}
+
 fn cert_lines(cert: &Path, key: &Path) -> String {
     format!(
         "      cert: {}\n      key: {}\n",
@@ -137,15 +151,8 @@ fn sni_names_get_their_own_certificates() {
 
 #[test]
 fn http1_and_http2_by_alpn() {
-    let ca = TestCa::new("sluice test ca");
-    let dir = TempDir::new();
-    let (cert, key) = ca.leaf(&["edge.test"]).write(&dir.path, "edge");
     let upstream = json_upstream();
-    let sluice = start_tls(
-        dir,
-        &cert_lines(&cert, &key),
-        &routes_to(&upstream.url(), ""),
-    );
+    let (sluice, ca) = edge_sluice(&upstream, "");
     runtime().block_on(async {
         let both: &[&[u8]] = &[b"h2", b"http/1.1"];
         let handshake = tls_support::connect(sluice.addr, &ca, "edge.test", both).await;
@@ -175,15 +182,8 @@ fn http1_and_http2_by_alpn() {
 /// offering TLS 1.2 is answered with a ServerHello, which shows the hello itself is sound.
 #[test]
 fn tls_1_1_is_refused() {
-    let ca = TestCa::new("sluice test ca");
-    let dir = TempDir::new();
-    let (cert, key) = ca.leaf(&["edge.test"]).write(&dir.path, "edge");
     let upstream = json_upstream();
-    let sluice = start_tls(
-        dir,
-        &cert_lines(&cert, &key),
-        &routes_to(&upstream.url(), ""),
-    );
+    let (sluice, _) = edge_sluice(&upstream, "");
     runtime().block_on(async {
         let answer =
             tls_support::raw_hello(sluice.addr, &tls_support::client_hello(0x0302, "edge.test"))
@@ -233,15 +233,8 @@ fn assert_paced(sent: &[Instant], frames: &[(Instant, Bytes)]) {
 
 #[test]
 fn event_stream_over_h2_over_tls_arrives_event_by_event() {
-    let ca = TestCa::new("sluice test ca");
-    let dir = TempDir::new();
-    let (cert, key) = ca.leaf(&["edge.test"]).write(&dir.path, "edge");
     let upstream = paced_events();
-    let sluice = start_tls(
-        dir,
-        &cert_lines(&cert, &key),
-        &routes_to(&upstream.url(), ""),
-    );
+    let (sluice, ca) = edge_sluice(&upstream, "");
     let frames = runtime().block_on(async {
         let handshake = tls_support::connect(sluice.addr, &ca, "edge.test", &[b"h2"]).await;
         let mut client = tls_support::h2_over(handshake.stream).await;
@@ -255,9 +248,6 @@ fn event_stream_over_h2_over_tls_arrives_event_by_event() {
 
 #[test]
 fn reset_stream_over_tls_aborts_its_upstream() {
-    let ca = TestCa::new("sluice test ca");
-    let dir = TempDir::new();
-    let (cert, key) = ca.leaf(&["edge.test"]).write(&dir.path, "edge");
     let upstream = Upstream::start(|_| {
         vec![
             Step::sse_head(),
@@ -265,11 +255,7 @@ fn reset_stream_over_tls_aborts_its_upstream() {
             Step::Hold,
         ]
     });
-    let sluice = start_tls(
-        dir,
-        &cert_lines(&cert, &key),
-        &routes_to(&upstream.url(), "    heartbeat: off\n"),
-    );
+    let (sluice, ca) = edge_sluice(&upstream, "    heartbeat: off\n");
     let left = runtime().block_on(async {
         let handshake = tls_support::connect(sluice.addr, &ca, "edge.test", &[b"h2"]).await;
         let mut client = tls_support::h2_over(handshake.stream).await;
@@ -698,15 +684,8 @@ fn check_names_the_tls_key_at_fault() {
 /// to send its first request.
 #[test]
 fn a_client_silent_before_its_handshake_does_not_hold_up_shutdown() {
-    let ca = TestCa::new("sluice test ca");
-    let dir = TempDir::new();
-    let (cert, key) = ca.leaf(&["edge.test"]).write(&dir.path, "edge");
     let upstream = json_upstream();
-    let mut sluice = start_tls(
-        dir,
-        &cert_lines(&cert, &key),
-        &routes_to(&upstream.url(), ""),
-    );
+    let (mut sluice, _) = edge_sluice(&upstream, "");
     let silent = std::net::TcpStream::connect(sluice.addr).unwrap();
     // Accepted before the signal.
     std::thread::sleep(Duration::from_millis(200));
