@@ -494,3 +494,67 @@ fn stream_requests_with_bodies_keep_a_connection_framed_and_logged() {
         ]
     );
 }
+
+/// HTTP/1.1 streams are written by Sluice on the connection itself (not Pingora's session): the
+/// head still says whether the connection stays (`Connection`) and when (`Date`), a kept-alive
+/// connection carries the next request, and `Connection: close` gets an orderly close after
+/// the last chunk.
+#[test]
+fn stream_connection_is_kept_or_closed_as_the_client_asks() {
+    let upstream = Upstream::start(|_| vec![Step::sse_head(), Step::chunk(event(0)), Step::End]);
+    let sluice = sluice_for(&upstream, "");
+    let mut client = Client::connect(sluice.addr);
+    let json = [("content-type", "application/json")];
+    client.send(
+        "POST",
+        "/v1/chat/completions",
+        &json,
+        STREAM_REQUEST.as_bytes(),
+    );
+    let kept = client.read_response();
+    assert_eq!(kept.status, 200, "{}", kept.text());
+    assert_eq!(kept.body, event(0).as_bytes());
+    assert_eq!(kept.header("connection"), Some("keep-alive"));
+    assert!(kept.header("date").is_some_and(|d| d.ends_with(" GMT")));
+
+    let closing = [
+        ("content-type", "application/json"),
+        ("connection", "close"),
+    ];
+    client.send(
+        "POST",
+        "/v1/chat/completions",
+        &closing,
+        STREAM_REQUEST.as_bytes(),
+    );
+    let last = client.read_response();
+    assert_eq!(last.status, 200, "{}", last.text());
+    assert_eq!(last.body, event(0).as_bytes());
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(
+        client.closed_within(Duration::from_secs(5)),
+        "the connection is closed after the last chunk"
+    );
+    assert_eq!(upstream.requests().len(), 2);
+}
+
+/// A request pipelined behind a stream request is not served (pipelining is off), and the
+/// connection is not kept for it either: the stream ends, then the connection closes, as
+/// Pingora's session does, rather than waiting with the next request's bytes lost.
+#[test]
+fn request_pipelined_behind_a_stream_gets_the_connection_closed() {
+    let upstream = Upstream::start(|_| vec![Step::sse_head(), Step::chunk(event(0)), Step::End]);
+    let sluice = sluice_for(&upstream, "");
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: sluice.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{STREAM_REQUEST}",
+        STREAM_REQUEST.len()
+    );
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(format!("{request}{request}").as_bytes());
+    let first = client.read_response();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.body, event(0).as_bytes());
+    assert_eq!(first.header("connection"), Some("close"));
+    assert!(client.closed_within(Duration::from_secs(5)));
+    assert_eq!(upstream.requests().len(), 1);
+}

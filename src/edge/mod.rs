@@ -4,6 +4,7 @@
 mod admin;
 mod admission;
 mod demo_service;
+mod downstream;
 mod drain;
 mod headers;
 mod listener;
@@ -47,6 +48,10 @@ pub struct RequestCtx {
     /// bookkeeping that a burst of leaving clients may delay (`relay/disconnect.rs`).
     pub client_left: Option<Instant>,
     pub request_id: String,
+    /// The request's method and path, for the access log (`None` and empty when its head could
+    /// not be read).
+    pub method: Option<http::Method>,
+    pub path: String,
     pub route: Option<Arc<crate::route::Route>>,
     pub provider: Provider,
     pub stream_request: bool,
@@ -91,6 +96,8 @@ impl RequestCtx {
             client_addr,
             client_left: None,
             request_id: String::new(),
+            method: None,
+            path: String::new(),
             route: None,
             provider: Provider::Openai,
             stream_request: false,

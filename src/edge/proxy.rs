@@ -61,6 +61,8 @@ impl SluiceProxy {
     /// Answers one request that Pingora has read the head of; `Finish::Close` when the client
     /// connection cannot be reused.
     async fn answer(&self, down: &mut ServerSession, ctx: &mut RequestCtx) -> Finish {
+        ctx.method = Some(down.req_header().method.clone());
+        ctx.path = down.req_header().uri.path().to_string();
         if down.req_header().method == http::Method::CONNECT {
             let error = ProxyError::new(
                 ProxyErrorKind::MethodNotAllowed,
@@ -68,17 +70,16 @@ impl SluiceProxy {
             );
             return respond_error(down, ctx, &error).await;
         }
-        let path = down.req_header().uri.path().to_string();
         ctx.request_id = crate::request_id::from_client(
             down.req_header()
                 .headers
                 .get(crate::request_id::HEADER)
                 .map(|v| v.as_bytes()),
         );
-        match self.router.route(&path) {
+        match self.router.route(&ctx.path) {
             Some(route) => {
                 ctx.route = Some(route.clone());
-                ctx.provider = route.provider.resolve(&path);
+                ctx.provider = route.provider.resolve(&ctx.path);
                 match admission::identify(route, down.req_header(), ctx) {
                     Ok(()) => {
                         relay::handle(
@@ -96,16 +97,18 @@ impl SluiceProxy {
             }
             None => {
                 ctx.provider = Provider::Openai;
-                let error =
-                    ProxyError::new(ProxyErrorKind::NoRoute, format!("no route for {path}"));
+                let error = ProxyError::new(
+                    ProxyErrorKind::NoRoute,
+                    format!("no route for {}", ctx.path),
+                );
                 respond_error(down, ctx, &error).await
             }
         }
     }
 
     /// Writes the usage record a stream request may still owe, the metrics and the access log.
-    /// `down` has no request head when the head could not be parsed.
-    async fn record(&self, down: &ServerSession, head_read: bool, ctx: &mut RequestCtx) {
+    /// Not from the session: an HTTP/1.1 stream's has left it by now (`Downstream::H1`).
+    async fn record(&self, ctx: &mut RequestCtx) {
         // Event streams wrote their record before their end; a stream request that never got
         // one (an error before the head, a non-stream answer) is recorded here.
         // A refused request never reached a provider: it has no usage to record.
@@ -121,13 +124,12 @@ impl SluiceProxy {
         let route = ctx.route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
         let usage = ctx.usage_record.as_deref();
         METRICS.request_done(route, ctx.status);
-        let req = head_read.then(|| down.req_header());
         AccessRecord {
             ts: rfc3339_now(),
             request_id: &ctx.request_id,
             client: ctx.client_addr.map(|a| a.to_string()),
-            method: req.map_or("", |r| r.method.as_str()),
-            path: req.map_or("", |r| r.uri.path()),
+            method: ctx.method.as_ref().map_or("", |m| m.as_str()),
+            path: &ctx.path,
             route,
             upstream: ctx
                 .route
@@ -199,7 +201,7 @@ impl SluiceProxy {
                             },
                         );
                         respond_error(&mut down, &mut ctx, &error).await;
-                        self.record(&down, false, &mut ctx).await;
+                        self.record(&mut ctx).await;
                     }
                     down.shutdown().await;
                     return None;
@@ -209,7 +211,7 @@ impl SluiceProxy {
                 down.set_keepalive(None);
             }
             let finish = self.answer(&mut down, &mut ctx).await;
-            self.record(&down, true, &mut ctx).await;
+            self.record(&mut ctx).await;
             let no_orderly_end =
                 ctx.outcome == Some(StreamOutcome::ClientDisconnect) || ctx.write_cut;
             // The request's slot and in-flight count end here, not when the connection does.
@@ -220,9 +222,14 @@ impl SluiceProxy {
                 // when thousands of clients leave at once.
                 return None;
             }
-            if matches!(finish, Finish::Close) {
+            match finish {
+                // The connection left the session for the response (`Downstream::H1`): `down` is a
+                // placeholder, and a response that failed there has had its connection dropped.
+                Finish::Handed(reused) => return reused,
+                _ if down.is_custom() => return None,
                 // `finish` then shuts the connection down in order (FIN, or END_STREAM on h2).
-                down.set_keepalive(None);
+                Finish::Close => down.set_keepalive(None),
+                Finish::Clean => {}
             }
             let settings = HttpPersistentSettings::for_session(&down);
             // Boxed: Pingora's `finish` future (~3.7 KiB) would otherwise size the state that every

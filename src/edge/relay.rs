@@ -15,6 +15,7 @@ mod request;
 mod websocket;
 
 use super::admission;
+use super::downstream::Downstream;
 use super::drain;
 use super::headers::{
     asks_for_websocket, client_response, is_websocket_upgrade, response_head, ResponseShape,
@@ -62,6 +63,7 @@ pub async fn handle(
     // would otherwise size the future that each open stream keeps for its whole life.
     let Opened {
         up,
+        down,
         kind,
         mut decoder,
         strip_usage_chunk,
@@ -106,8 +108,10 @@ pub async fn handle(
 }
 
 /// An upstream response whose head went to the client: what the body relay needs.
-struct Opened {
+struct Opened<'d> {
     up: UpstreamConn,
+    /// Where the body goes.
+    down: Downstream<'d>,
     /// The stream format, `None` for a plain body.
     kind: Option<StreamKind>,
     /// Boxed: rarely there (an upstream that compresses a stream), 136 bytes when inline.
@@ -118,14 +122,14 @@ struct Opened {
 /// Everything up to the response head: checks, request body, admission, the upstream request and
 /// its response head. `Err` when the request was answered here (an error, a refusal, a WebSocket
 /// session that has ended).
-async fn open(
+async fn open<'d>(
     upstreams: &Upstreams,
     usage: &UsageSink,
     limiter: &Limiter,
     route: &Arc<Route>,
-    down: &mut ServerSession,
+    down: &'d mut ServerSession,
     ctx: &mut RequestCtx,
-) -> Result<Opened, Finish> {
+) -> Result<Opened<'d>, Finish> {
     if let Err(error) = request::check_head(route, down) {
         let body_coming = !request::expects_continue(down.req_header());
         return Err(refuse(down, ctx, &error, body_coming).await);
@@ -283,18 +287,14 @@ async fn open(
     ctx.status = client_head.status.as_u16();
     // The access log's `stream`: event streams and JSON lines alike.
     ctx.event_stream = kind.is_some();
-    if down
-        .write_response_header(Box::new(client_head))
-        .await
-        .is_err()
-    {
+    let Ok(down) = Downstream::start(down, client_head, kind.is_some()).await else {
         ctx.outcome = Some(StreamOutcome::ClientDisconnect);
         return Err(Finish::Close);
-    }
-    release_request_fields(down);
+    };
 
     Ok(Opened {
         up,
+        down,
         kind,
         decoder,
         strip_usage_chunk,
@@ -306,10 +306,10 @@ async fn relay_plain(
     upstreams: &Upstreams,
     route: &Route,
     mut up: UpstreamConn,
-    down: &mut ServerSession,
+    mut down: Downstream<'_>,
     ctx: &mut RequestCtx,
 ) -> Finish {
-    let outcome = stream_body::relay(route, &mut up, down, ctx, None, BodyWatch::Plain).await;
+    let outcome = stream_body::relay(route, &mut up, &mut down, ctx, None, BodyWatch::Plain).await;
     ctx.outcome = Some(outcome);
     end_plain(upstreams, route, up, outcome, down, ctx).await
 }
@@ -320,23 +320,23 @@ async fn end_plain(
     route: &Route,
     up: UpstreamConn,
     outcome: StreamOutcome,
-    down: &mut ServerSession,
+    down: Downstream<'_>,
     ctx: &mut RequestCtx,
 ) -> Finish {
-    match outcome {
-        StreamOutcome::Completed if down.finish_body().await.is_ok() => {
-            upstreams
-                .release(up, route.upstream.pool_idle_timeout)
-                .await;
-            Finish::Clean
-        }
-        // A plain body cut short cannot be ended cleanly: the client sees the connection
-        // close, as it would with the upstream itself.
-        _ => {
-            close_upstream(up, outcome, ctx).await;
-            Finish::Close
-        }
+    // A plain body cut short cannot be ended cleanly: the client sees the connection close, as
+    // it would with the upstream itself.
+    let finish = match outcome {
+        StreamOutcome::Completed => down.finish(None).await,
+        _ => Finish::Close,
+    };
+    if matches!(finish, Finish::Close) {
+        close_upstream(up, outcome, ctx).await;
+    } else {
+        upstreams
+            .release(up, route.upstream.pool_idle_timeout)
+            .await;
     }
+    finish
 }
 
 /// A JSON error response before anything went upstream; a body the client is still sending is
@@ -406,7 +406,7 @@ fn relay_event_stream<'a>(
     route: &'a Route,
     usage: &'a UsageSink,
     mut upstream: Connection<'a>,
-    down: &'a mut ServerSession,
+    mut down: Downstream<'a>,
     ctx: &'a mut RequestCtx,
     decoder: Option<&'a mut ResponseCompressionCtx>,
     strip_usage_chunk: bool,
@@ -429,7 +429,7 @@ fn relay_event_stream<'a>(
         let mut outcome = stream_body::relay(
             route,
             &mut upstream.conn,
-            down,
+            &mut down,
             ctx,
             decoder,
             BodyWatch::Events(&mut inspector),
@@ -467,7 +467,7 @@ fn relay_event_stream<'a>(
                     if route.usage_comment {
                         tail.extend_from_slice(record.sse_comment().as_bytes());
                     }
-                    let trailers = wants_trailers(down).then(|| usage_trailers(record));
+                    let trailers = down.wants_trailers().then(|| usage_trailers(record));
                     end_stream(down, ctx, tail.freeze(), trailers).await
                 }
                 StreamOutcome::ClientDisconnect => Finish::Close,
@@ -491,7 +491,7 @@ async fn relay_json_lines(
     route: &Route,
     usage: &UsageSink,
     mut upstream: Connection<'_>,
-    down: &mut ServerSession,
+    mut down: Downstream<'_>,
     ctx: &mut RequestCtx,
     decoder: Option<&mut ResponseCompressionCtx>,
     kind: StreamKind,
@@ -501,7 +501,7 @@ async fn relay_json_lines(
     let outcome = stream_body::relay(
         route,
         &mut upstream.conn,
-        down,
+        &mut down,
         ctx,
         decoder,
         BodyWatch::Lines(&mut lines),
@@ -542,48 +542,6 @@ async fn record_stream(
         .record(&record, client_still_there && usage.hold_final_frame())
         .await;
     ctx.usage_record = Some(Box::new(record));
-}
-
-/// Frees the request's header fields once the response head is out: a session keeps its
-/// request head until the response ends, and an SDK's head (~17 fields: `x-stainless-*`, a long
-/// `authorization`) costs a map of ~2.5 KiB in every open stream, two on HTTP/1.1 (Pingora also
-/// keeps each name's original case). Nothing reads the fields after the response head but the
-/// access log (method and path, which stay) and `wants_trailers` (`te`, which stays). Only once
-/// the request body is known to be over: Pingora frames a body it has not begun to read from
-/// these fields. From here on the session's `get_header`, `is_upgrade_req` and
-/// `request_summary` see none of them, and `set_keepalive(Some(_))` would no longer see a
-/// client's `Connection: close`: nothing after the response head may rely on them.
-fn release_request_fields(down: &mut ServerSession) {
-    if !down.is_body_done() {
-        return;
-    }
-    let req = down.req_header_mut();
-    let (bare, ()) = http::Request::new(()).into_parts();
-    let full = http::request::Parts::from(std::mem::replace(req, RequestHeader::from(bare)));
-    req.set_method(full.method);
-    req.set_uri(full.uri);
-    req.set_version(full.version);
-    for te in full.headers.get_all(http::header::TE) {
-        // Cannot fail: the value is a `HeaderValue` already.
-        let _ = req.append_header(http::header::TE, te.clone());
-    }
-}
-
-/// HTTP/2 clients that sent `TE: trailers` get the usage figures as response trailers (HTTP/1.1
-/// trailers are not supported by Pingora).
-fn wants_trailers(down: &ServerSession) -> bool {
-    down.is_http2()
-        && down
-            .req_header()
-            .headers
-            .get_all(http::header::TE)
-            .iter()
-            .any(|v| {
-                v.to_str().is_ok_and(|v| {
-                    v.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-                })
-            })
 }
 
 fn usage_trailers(record: &UsageRecord) -> http::HeaderMap {

@@ -2,6 +2,7 @@
 //! terminal SSE error event or JSON line that ends a stream cleanly after it.
 
 use super::admission::Refusal;
+use super::downstream::Downstream;
 use super::headers::response_head;
 use super::stream_body;
 use super::RequestCtx;
@@ -17,6 +18,10 @@ pub enum Finish {
     Clean,
     /// The client connection must be closed (client gone, or a truncated plain body).
     Close,
+    /// The response ended properly on a connection out of Pingora's session
+    /// ([`Downstream::H1`]): the connection back when it may carry another request, `None` when
+    /// it was closed.
+    Handed(Option<pingora::apps::ReusedHttpStream>),
 }
 
 /// A JSON error response in the route's provider format; only possible before the response head.
@@ -90,7 +95,7 @@ async fn respond_error_with(
 /// Ends an event stream with an error event the provider's SDK raises, then a proper end of
 /// body. An upstream event left half-sent is closed first, so the error is an event of its own.
 pub async fn write_terminal_event(
-    down: &mut ServerSession,
+    down: Downstream<'_>,
     ctx: &mut RequestCtx,
     error: &ProxyError,
     at_event_boundary: bool,
@@ -109,7 +114,7 @@ pub async fn write_terminal_event(
 /// left half-sent is ended first (`\n`), so the error is a line of its own; it may be invalid
 /// JSON, as it was cut short.
 pub async fn write_terminal_line(
-    down: &mut ServerSession,
+    down: Downstream<'_>,
     ctx: &mut RequestCtx,
     error: &ProxyError,
     kind: StreamKind,
@@ -124,25 +129,17 @@ pub async fn write_terminal_line(
     end_stream(down, ctx, out.freeze(), None).await
 }
 
-/// Writes the last bytes of an event stream and its end (with trailers, on HTTP/2).
+/// Writes the last bytes of a stream and its end (with trailers, on HTTP/2).
 pub async fn end_stream(
-    down: &mut ServerSession,
+    mut down: Downstream<'_>,
     ctx: &mut RequestCtx,
     tail: Bytes,
     trailers: Option<http::HeaderMap>,
 ) -> Finish {
-    if !tail.is_empty() && stream_body::write(down, ctx, tail).await.is_err() {
+    if !tail.is_empty() && stream_body::write(&mut down, ctx, tail).await.is_err() {
         return Finish::Close;
     }
-    let ended = match trailers {
-        Some(trailers) => down.write_response_trailers(trailers).await,
-        None => down.finish_body().await.map(|_| ()),
-    };
-    if ended.is_ok() {
-        Finish::Clean
-    } else {
-        Finish::Close
-    }
+    down.finish(trailers).await
 }
 
 /// The error a stream ended by Sluice reports to its client.

@@ -3,6 +3,7 @@
 //! decided by the relay clock. Event streams go through the usage inspector on the way; JSON
 //! lines only have their line ends watched.
 
+use super::downstream::Downstream;
 use super::drain;
 use super::upstream::UpstreamConn;
 use super::RequestCtx;
@@ -12,7 +13,6 @@ use crate::telemetry::METRICS;
 use crate::usage::inspector::StreamInspector;
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::compression::ResponseCompressionCtx;
-use pingora::protocols::http::ServerSession;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ pub enum BodyWatch<'a> {
 pub async fn relay(
     route: &Route,
     up: &mut UpstreamConn,
-    down: &mut ServerSession,
+    down: &mut Downstream<'_>,
     ctx: &mut RequestCtx,
     mut decoder: Option<&mut ResponseCompressionCtx>,
     mut watch: BodyWatch<'_>,
@@ -69,7 +69,7 @@ pub async fn relay(
                     biased;
                     chunk = &mut read => RelayEvent::Chunk(chunk),
                     tick = timer.due(&clock) => RelayEvent::Tick(tick),
-                    _ = down.read_body_or_idle(true) => RelayEvent::ClientGone,
+                    _ = down.client_gone() => RelayEvent::ClientGone,
                     _ = &mut grace_over => RelayEvent::GraceOver,
                 };
                 match event {
@@ -158,7 +158,7 @@ pub async fn relay(
 
 /// Writes body bytes to the client, noting the first byte's time and the bytes sent.
 pub async fn write(
-    down: &mut ServerSession,
+    down: &mut Downstream<'_>,
     ctx: &mut RequestCtx,
     data: Bytes,
 ) -> pingora::Result<()> {
@@ -173,18 +173,7 @@ pub async fn write(
         }
     }
     ctx.bytes_sent += data.len() as u64;
-    // Each protocol's own write, not `ServerSession::write_response_body`: that future is sized
-    // for Pingora's subrequest sessions (688 bytes), and every open stream's state has room for
-    // one. HTTP/2's (424 bytes, against 320 for HTTP/1.1) is boxed for the same reason, which
-    // costs an HTTP/2 client one allocation per write.
-    match down {
-        // A zero-length write would end a chunked HTTP/1.1 body.
-        _ if data.is_empty() => Ok(()),
-        ServerSession::H1(session) => session.write_body(&data).await.map(drop),
-        ServerSession::H2(session) => Box::pin(session.write_body(data, false)).await,
-        // Sluice makes no other kind of session.
-        other => Box::pin(other.write_response_body(data, false)).await,
-    }
+    down.write(data).await
 }
 
 /// Most bytes gathered into one client write.

@@ -14,6 +14,7 @@
 //! directions and the clock at once and drop the reads that lose the race.
 
 use super::StreamGuard;
+use crate::edge::downstream::Downstream;
 use crate::edge::drain;
 use crate::edge::headers::{client_response, ResponseShape};
 use crate::edge::responses::Finish;
@@ -124,7 +125,7 @@ async fn copy_both_ways(
                 framing.to_client.feed(&data);
                 // A side that stops reading stalls the copy: the clock still ends the session.
                 tokio::select! {
-                    written = stream_body::write(down, ctx, data) => if written.is_err() {
+                    written = write_client(down, ctx, data) => if written.is_err() {
                         return StreamOutcome::ClientDisconnect;
                     },
                     tick = timer.due(&clock) => return ended_by(tick),
@@ -190,7 +191,7 @@ async fn send_close_frames(
     };
     if let Some((code, reason)) = to_client.filter(|_| framing.to_client.may_send_close()) {
         let frame = Bytes::from(close_frame(code, reason, None));
-        let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, stream_body::write(down, ctx, frame)).await;
+        let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, write_client(down, ctx, frame)).await;
     }
     if let Some((code, reason)) = to_upstream.filter(|_| framing.to_upstream.may_send_close()) {
         // Frames to a server are masked, with a key it cannot predict (RFC 6455 §5.3).
@@ -200,6 +201,15 @@ async fn send_close_frames(
             let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, up.write_raw(&frame)).await;
         }
     }
+}
+
+/// Bytes to the client, through Pingora's session (which reads the client's frames too).
+async fn write_client(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    data: Bytes,
+) -> pingora::Result<()> {
+    stream_body::write(&mut Downstream::Session(down), ctx, data).await
 }
 
 fn ended_by(tick: RelayTick) -> StreamOutcome {

@@ -1,0 +1,265 @@
+//! Where a response body goes once its head is out: Pingora's session, or, for an HTTP/1.1
+//! stream, the client connection itself.
+//!
+//! Pingora's HTTP/1.1 session keeps the response head it wrote until the response ends, with no
+//! way to free it: a provider's head (~28 fields) is a `HeaderMap` of ~6.5 KiB, about half of
+//! what an idle stream costs. Sluice writes a stream's head itself, drops it, and writes the
+//! chunks and the last chunk on the connection; the session (with its request head and buffers)
+//! is dropped as soon as the connection is out of it. Everything else (HTTP/2, plain bodies,
+//! HTTP/1.0, `HEAD`, errors, WebSocket) stays on Pingora's session.
+
+use super::responses::Finish;
+use crate::http1;
+use bytes::{BufMut, Bytes, BytesMut};
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The client side of a response whose head is out.
+pub enum Downstream<'a> {
+    /// Pingora's session writes the body.
+    Session(&'a mut ServerSession),
+    /// Sluice writes a chunked HTTP/1.1 body on the connection.
+    H1(H1Stream),
+}
+
+/// An HTTP/1.1 connection out of Pingora's session, carrying a chunked response.
+pub struct H1Stream {
+    stream: Stream,
+    /// The connection's settings for its next request; `None` when it closes after this
+    /// response (the head said `Connection: close`).
+    reuse: Option<HttpPersistentSettings>,
+}
+
+impl<'a> Downstream<'a> {
+    /// Writes the response head and returns where its body goes. A stream (`stream`) to an
+    /// HTTP/1.1 request whose body has been read leaves Pingora's session here; any other
+    /// response keeps it.
+    pub async fn start(
+        down: &'a mut ServerSession,
+        head: ResponseHeader,
+        stream: bool,
+    ) -> pingora::Result<Downstream<'a>> {
+        if !(stream && sluice_writes(down, &head)) {
+            down.write_response_header(Box::new(head)).await?;
+            release_request_fields(down);
+            return Ok(Downstream::Session(down));
+        }
+        let reuse = down
+            .as_http1()
+            .is_some_and(|s| s.will_keepalive())
+            .then(|| HttpPersistentSettings::for_session(down));
+        // A placeholder that allocates nothing (Pingora's `()` session): nothing reads `down`
+        // again for this request but `serve_request`, which sees `Finish::Handed`.
+        let ServerSession::H1(mut session) =
+            std::mem::replace(down, ServerSession::Custom(Box::new(())))
+        else {
+            unreachable!("sluice_writes checked the session is HTTP/1.x");
+        };
+        let (stream, reuse) = match reuse {
+            Some(settings) => {
+                // `reuse` is Pingora's only way to learn whether the client sent bytes past its
+                // request (a pipelined request): with pipelining on, it returns them rather than
+                // refusing reuse. The connection is not reused then, as Pingora would not.
+                session.set_pipelining_enabled(true);
+                match session.reuse().await? {
+                    Some(reusable) => match reusable.into_parts() {
+                        (stream, None) => (stream, Some(settings)),
+                        (stream, Some(_pipelined)) => (stream, None),
+                    },
+                    None => {
+                        return pingora::Error::e_explain(
+                            pingora::ErrorType::WriteError,
+                            "the client connection could not be taken for the response",
+                        )
+                    }
+                }
+            }
+            None => (session.into_inner(), None),
+        };
+        let mut h1 = H1Stream { stream, reuse };
+        h1.write_head(head).await?;
+        Ok(Downstream::H1(h1))
+    }
+
+    /// Writes body bytes as they are (HTTP/1.1: as one chunk, flushed).
+    pub async fn write(&mut self, data: Bytes) -> pingora::Result<()> {
+        match self {
+            // A zero-length write would end a chunked HTTP/1.1 body.
+            _ if data.is_empty() => Ok(()),
+            Downstream::H1(h1) => h1.write_chunk(&data).await,
+            // Each protocol's own write, not `ServerSession::write_response_body`: that future is
+            // sized for Pingora's subrequest sessions (688 bytes), and every open stream's state
+            // has room for one. HTTP/2's (424 bytes, against 320 for HTTP/1.1) is boxed for the
+            // same reason, which costs an HTTP/2 client one allocation per write.
+            Downstream::Session(ServerSession::H1(session)) => {
+                session.write_body(&data).await.map(drop)
+            }
+            Downstream::Session(ServerSession::H2(session)) => {
+                Box::pin(session.write_body(data, false)).await
+            }
+            // Sluice makes no other kind of session.
+            Downstream::Session(other) => Box::pin(other.write_response_body(data, false)).await,
+        }
+    }
+
+    /// Returns once the client has closed its side of the connection (or sent bytes it had no
+    /// reason to send, which ends the response too). Cancel-safe: the relay polls it beside the
+    /// upstream read and drops it whenever something else happens first.
+    pub async fn client_gone(&mut self) {
+        match self {
+            Downstream::Session(session) => {
+                let _ = session.read_body_or_idle(true).await;
+            }
+            Downstream::H1(h1) => {
+                // One byte, as Pingora's own probe: anything read ends the response.
+                let _ = h1.stream.read(&mut [0u8; 1]).await;
+            }
+        }
+    }
+
+    /// Whether the usage figures go out as trailers: HTTP/2 clients that sent `TE: trailers`
+    /// (Pingora writes no HTTP/1.1 trailers).
+    pub fn wants_trailers(&self) -> bool {
+        let Downstream::Session(down) = self else {
+            return false;
+        };
+        down.is_http2()
+            && down
+                .req_header()
+                .headers
+                .get_all(http::header::TE)
+                .iter()
+                .any(|v| {
+                    v.to_str().is_ok_and(|v| {
+                        v.split(',')
+                            .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                    })
+                })
+    }
+
+    /// Ends the body (with `trailers`, on HTTP/2).
+    pub async fn finish(self, trailers: Option<http::HeaderMap>) -> Finish {
+        let ended = match self {
+            Downstream::H1(h1) => return h1.finish().await,
+            Downstream::Session(down) => match trailers {
+                Some(trailers) => down.write_response_trailers(trailers).await,
+                None => down.finish_body().await.map(drop),
+            },
+        };
+        if ended.is_ok() {
+            Finish::Clean
+        } else {
+            Finish::Close
+        }
+    }
+}
+
+impl H1Stream {
+    /// The status line and fields as Pingora would write them, with its `Date` and `Connection`.
+    async fn write_head(&mut self, mut head: ResponseHeader) -> pingora::Result<()> {
+        head.insert_header(
+            http::header::DATE,
+            pingora::protocols::http::date::get_cached_date(),
+        )?;
+        let connection = if self.reuse.is_some() {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        head.insert_header(http::header::CONNECTION, connection)?;
+        let mut out = BytesMut::with_capacity(1024);
+        out.put_slice(b"HTTP/1.1 ");
+        out.put_slice(head.status.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(head.get_reason_phrase().unwrap_or("").as_bytes());
+        out.put_slice(b"\r\n");
+        head.header_to_h1_wire(&mut out);
+        out.put_slice(b"\r\n");
+        // The head is gone before the first event: nothing of it stays with the stream.
+        drop(head);
+        self.write_all(&out, "writing response header").await
+    }
+
+    /// One chunk in one write: a TLS connection makes one record of it.
+    async fn write_chunk(&mut self, data: &[u8]) -> pingora::Result<()> {
+        let mut out = BytesMut::new();
+        http1::encode_chunk(data, &mut out);
+        self.write_all(&out, "writing body").await
+    }
+
+    async fn finish(mut self) -> Finish {
+        if self
+            .write_all(http1::LAST_CHUNK, "writing the last chunk")
+            .await
+            .is_err()
+        {
+            return Finish::Close;
+        }
+        match self.reuse {
+            Some(settings) => {
+                Finish::Handed(Some(ReusedHttpStream::new(self.stream, Some(settings))))
+            }
+            None => {
+                // An orderly close (FIN after the last chunk), as Pingora's session would.
+                let _ = self.stream.shutdown().await;
+                Finish::Handed(None)
+            }
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8], what: &'static str) -> pingora::Result<()> {
+        use pingora::OrErr;
+        let written = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        written.await.or_err(pingora::ErrorType::WriteError, what)
+    }
+}
+
+/// Frees the request's header fields once a response head went out on Pingora's session (an
+/// HTTP/2 stream, a plain body): a session keeps its request head until the response ends, and
+/// an SDK's head (~17 fields: `x-stainless-*`, a long `authorization`) costs a map of ~2.5 KiB
+/// in every open stream, two on HTTP/1.1 (Pingora also keeps each name's original case). Nothing
+/// reads the fields after the response head but `wants_trailers` (`te`, which stays); the access
+/// log has the method and path from `RequestCtx`. Only once the request body is known to be
+/// over: Pingora frames a body it has not begun to read from these fields. From here on the
+/// session's `get_header`, `is_upgrade_req` and `request_summary` see none of them, and
+/// `set_keepalive(Some(_))` would no longer see a client's `Connection: close`: nothing after
+/// the response head may rely on them.
+fn release_request_fields(down: &mut ServerSession) {
+    if !down.is_body_done() {
+        return;
+    }
+    let req = down.req_header_mut();
+    let (bare, ()) = http::Request::new(()).into_parts();
+    let full = http::request::Parts::from(std::mem::replace(req, RequestHeader::from(bare)));
+    req.set_method(full.method);
+    req.set_uri(full.uri);
+    req.set_version(full.version);
+    for te in full.headers.get_all(http::header::TE) {
+        // Cannot fail: the value is a `HeaderValue` already.
+        let _ = req.append_header(http::header::TE, te.clone());
+    }
+}
+
+/// Whether Sluice writes this response on the connection itself: a chunked stream to an
+/// HTTP/1.1 request whose body has been read, and that has a body (not `HEAD`, 204 or 304, where
+/// Pingora's session knows the framing rules).
+fn sluice_writes(down: &mut ServerSession, head: &ResponseHeader) -> bool {
+    let ServerSession::H1(session) = down else {
+        return false;
+    };
+    let req = session.req_header();
+    req.version == http::Version::HTTP_11
+        && req.method != http::Method::HEAD
+        && !matches!(head.status.as_u16(), 204 | 304)
+        && head
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"))
+        && session.is_body_done()
+}
