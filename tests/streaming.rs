@@ -504,38 +504,34 @@ fn stream_connection_is_kept_or_closed_as_the_client_asks() {
     let upstream = Upstream::start(|_| vec![Step::sse_head(), Step::chunk(event(0)), Step::End]);
     let sluice = sluice_for(&upstream, "");
     let mut client = Client::connect(sluice.addr);
-    let json = [("content-type", "application/json")];
-    client.send(
-        "POST",
-        "/v1/chat/completions",
-        &json,
-        STREAM_REQUEST.as_bytes(),
-    );
-    let kept = client.read_response();
-    assert_eq!(kept.status, 200, "{}", kept.text());
-    assert_eq!(kept.body, event(0).as_bytes());
+    let kept = one_event_stream(&mut client, &[]);
     assert_eq!(kept.header("connection"), Some("keep-alive"));
     assert!(kept.header("date").is_some_and(|d| d.ends_with(" GMT")));
 
-    let closing = [
-        ("content-type", "application/json"),
-        ("connection", "close"),
-    ];
-    client.send(
-        "POST",
-        "/v1/chat/completions",
-        &closing,
-        STREAM_REQUEST.as_bytes(),
-    );
-    let last = client.read_response();
-    assert_eq!(last.status, 200, "{}", last.text());
-    assert_eq!(last.body, event(0).as_bytes());
+    let last = one_event_stream(&mut client, &[("connection", "close")]);
     assert_eq!(last.header("connection"), Some("close"));
     assert!(
         client.closed_within(Duration::from_secs(5)),
         "the connection is closed after the last chunk"
     );
     assert_eq!(upstream.requests().len(), 2);
+}
+
+/// A stream request on `client` with `extra` header lines, answered with the one event the
+/// upstream sends.
+fn one_event_stream(client: &mut Client, extra: &[(&str, &str)]) -> support::client::Response {
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend_from_slice(extra);
+    client.send(
+        "POST",
+        "/v1/chat/completions",
+        &headers,
+        STREAM_REQUEST.as_bytes(),
+    );
+    let response = client.read_response();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.body, event(0).as_bytes());
+    response
 }
 
 /// A request pipelined behind a stream request is not served (pipelining is off), and the

@@ -211,12 +211,7 @@ impl H1Stream {
     }
 
     async fn write_all(&mut self, bytes: &[u8], what: &'static str) -> pingora::Result<()> {
-        use pingora::OrErr;
-        let written = async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        };
-        written.await.or_err(pingora::ErrorType::WriteError, what)
+        super::tcp::write_flushed(&mut self.stream, bytes, what).await
     }
 }
 

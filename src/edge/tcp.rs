@@ -75,6 +75,22 @@ pub async fn connect_socket(
     }
 }
 
+/// Writes `data` whole and flushes it (a TLS stream sends its records on flush); `what` names
+/// the write in the error.
+pub async fn write_flushed(
+    stream: &mut pingora::protocols::Stream,
+    data: &[u8],
+    what: &'static str,
+) -> pingora::Result<()> {
+    let written = async {
+        stream.write_all(data).await?;
+        stream.flush().await
+    };
+    written
+        .await
+        .map_err(|e| pingora::Error::because(pingora::ErrorType::WriteError, what, e))
+}
+
 impl AsyncRead for Tcp {
     fn poll_read(
         mut self: Pin<&mut Self>,

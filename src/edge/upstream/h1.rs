@@ -13,7 +13,7 @@ use std::future::poll_fn;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::Poll;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Largest response head accepted from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -108,13 +108,7 @@ impl H1Connection {
     }
 
     async fn write(&mut self, data: &[u8]) -> pingora::Result<()> {
-        let written = async {
-            self.stream.write_all(data).await?;
-            self.stream.flush().await
-        };
-        written
-            .await
-            .map_err(|e| Error::because(ErrorType::WriteError, "writing to upstream", e))
+        crate::edge::tcp::write_flushed(&mut self.stream, data, "writing to upstream").await
     }
 
     /// The next response head (informational ones included: the caller skips them).
