@@ -127,7 +127,7 @@ impl SluiceProxy {
         AccessRecord {
             ts: rfc3339_now(),
             request_id: &ctx.request_id,
-            client: ctx.client_addr.map(|a| a.to_string()),
+            client: ctx.client_addr,
             method: ctx.method.as_ref().map_or("", |m| m.as_str()),
             path: &ctx.path,
             route,

@@ -113,7 +113,7 @@ impl UsageSink {
         let Some(ledger) = &self.ledger else {
             return;
         };
-        let line = serde_json::to_vec(record).expect("a usage record serialises");
+        let line = crate::telemetry::json_line(record).expect("a usage record serialises");
         let result = if durable {
             timer::timeout(DURABLE_WAIT, ledger.append_durable(line)).await
         } else {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 pub struct AccessRecord<'a> {
     pub ts: String,
     pub request_id: &'a str,
-    pub client: Option<String>,
+    /// Serialized straight from the address, with no string made for it.
+    pub client: Option<std::net::SocketAddr>,
     pub method: &'a str,
     pub path: &'a str,
     pub route: &'a str,
@@ -40,7 +41,7 @@ pub struct AccessRecord<'a> {
 
 impl AccessRecord<'_> {
     pub fn write(&self) {
-        let Ok(mut line) = serde_json::to_vec(self) else {
+        let Ok(mut line) = super::json_line(self) else {
             return;
         };
         line.push(b'\n');

@@ -21,8 +21,9 @@ pub fn rfc3339(at: SystemTime) -> String {
     put_digits(&mut out[14..16], rem % 3600 / 60);
     put_digits(&mut out[17..19], rem % 60);
     put_digits(&mut out[20..23], u64::from(since.subsec_millis()));
-    // Only ASCII digits and separators were written.
-    String::from_utf8_lossy(&out).into_owned()
+    std::str::from_utf8(&out)
+        .expect("only ASCII digits and separators were written")
+        .to_owned()
 }
 
 /// `value` as decimal digits filling `into`, zero-padded on the left.

@@ -79,7 +79,7 @@ impl Shared {
     fn check(&self, line: &[u8]) -> Result<(), LedgerError> {
         let reason = if line.is_empty() {
             "empty record"
-        } else if line.iter().any(|&b| b == b'\n' || b == b'\r') {
+        } else if memchr::memchr2(b'\n', b'\r', line).is_some() {
             "a record must be a single line (serialize it compactly)"
         } else {
             return Ok(());
