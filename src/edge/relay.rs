@@ -607,14 +607,18 @@ fn add_include_usage(
 /// the request future being dropped at shutdown).
 struct StreamGuard {
     route: String,
+    /// Looked up once: a label lookup hashes the route name under a lock.
+    in_flight: prometheus::IntGauge,
     outcome: StreamOutcome,
 }
 
 impl StreamGuard {
     fn new(route: &str) -> Self {
-        METRICS.streams_in_flight.with_label_values(&[route]).inc();
+        let in_flight = METRICS.streams_in_flight.with_label_values(&[route]);
+        in_flight.inc();
         StreamGuard {
             route: route.to_string(),
+            in_flight,
             outcome: StreamOutcome::ClientDisconnect,
         }
     }
@@ -622,10 +626,7 @@ impl StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        METRICS
-            .streams_in_flight
-            .with_label_values(&[&self.route])
-            .dec();
+        self.in_flight.dec();
         METRICS.stream_finished(&self.route, self.outcome);
     }
 }

@@ -211,22 +211,22 @@ impl Metrics {
         ] {
             if let Some(value) = value {
                 self.usage_tokens
-                    .with_label_values(&[&record.route, record.provider, &model, kind])
+                    .with_label_values(&[&record.route, record.provider, model, kind])
                     .inc_by(value);
             }
         }
     }
 
-    fn model_label(&self, model: &str) -> String {
+    fn model_label<'a>(&self, model: &'a str) -> &'a str {
         let mut seen = self.models_seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.contains(model) {
-            return model.to_string();
+            return model;
         }
         if seen.len() < MAX_MODEL_LABELS {
             seen.insert(model.to_string());
-            return model.to_string();
+            return model;
         }
-        "other".to_string()
+        "other"
     }
 
     /// Makes every route's series visible at zero before its first stream, so that dashboards

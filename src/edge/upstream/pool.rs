@@ -41,15 +41,14 @@ impl IdlePool {
             let mut idle = self.idle.lock().expect("pool lock");
             let list = idle.get_mut(&key)?;
             let mut found = None;
+            // An emptied list stays (the sweep drops it): a busy key would otherwise free and
+            // allocate it, and rehash the key, on every request.
             while let Some(mut conn) = list.pop() {
                 if conn.expires > now && is_quiet(&mut conn.stream) {
                     found = Some(conn.stream);
                     break;
                 }
                 dead.push(conn);
-            }
-            if list.is_empty() {
-                idle.remove(&key);
             }
             found
         };
