@@ -36,12 +36,14 @@
 //! the main branch) run next to the tree's in the same interleaved rounds, the way to tell a
 //! change's effect from machine noise.
 //!
-//! Results: tables on stdout, JSON in `benches/results/load-YYYYMMDD-HHMMSS.json` and next to
-//! it the latency scenario's delivery-delay CDF per target as a PNG of the same stem (smoke runs
-//! overwrite `target/load-smoke/load-smoke.{json,png}` instead). The run exits non-zero when a
-//! scenario errored, an event was lost, or a selected target that is installed did not start
-//! (CI runs the smoke: `scripts/test.sh`). Run without `--bench` (as `cargo test --all-targets`
-//! does) it only self-checks its parsers and its histogram.
+//! Results: tables on stdout (the first byte's added p50 and the latency's added p99 also by
+//! round, lowest … highest: how far the machine moved them in this run), JSON in
+//! `benches/results/load-YYYYMMDD-HHMMSS.json` and next to it the latency scenario's
+//! delivery-delay CDF per target as a PNG of the same stem (smoke runs overwrite
+//! `target/load-smoke/load-smoke.{json,png}` instead). The run exits non-zero when a scenario
+//! errored, an event was lost, or a selected target that is installed did not start (CI runs
+//! the smoke: `scripts/test.sh`). Run without `--bench` (as `cargo test --all-targets`
+//! does) it only self-checks its parsers, its histogram and its per-round spread.
 
 mod client;
 mod clock;
@@ -91,7 +93,10 @@ fn main() -> ExitCode {
     }
     if !args.iter().any(|a| a == "--bench") && !smoke {
         // `cargo test --all-targets` runs benches without `--bench`: check, don't load.
-        return match http1::self_check().and_then(|()| histogram::self_check()) {
+        return match http1::self_check()
+            .and_then(|()| histogram::self_check())
+            .and_then(|()| report::self_check())
+        {
             Ok(()) => {
                 println!(
                     "load harness: parser self-check ok (run it with `cargo bench --bench load`)"

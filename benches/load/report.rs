@@ -67,9 +67,13 @@ pub struct Summary {
     pub delays: Histogram,
     pub latency: Option<[u64; 3]>,
     pub latency_samples: usize,
+    /// Each round's delivery-delay p99, in round order.
+    pub latency_p99_by_round: Vec<Option<u64>>,
     pub events_per_s: Option<f64>,
     pub cpu_s_per_million: Option<f64>,
     pub ttfb: Option<[u64; 2]>,
+    /// Each round's TTFB p50, in round order (`None`: no sample that round).
+    pub ttfb_p50_by_round: Vec<Option<u64>>,
     pub first_event: Option<[u64; 2]>,
     pub first_byte_samples: usize,
     pub kib_per_stream: Option<f64>,
@@ -92,6 +96,11 @@ pub fn summarize(t: &TargetResults) -> Summary {
         s.delays.merge(&run.delays);
     }
     s.latency_samples = s.delays.len();
+    s.latency_p99_by_round = t
+        .latency
+        .iter()
+        .map(|r| r.delays.percentile(0.99))
+        .collect();
     if let (Some(a), Some(b), Some(c)) = (
         s.delays.percentile(0.5),
         s.delays.percentile(0.99),
@@ -115,6 +124,11 @@ pub fn summarize(t: &TargetResults) -> Summary {
             .flat_map(|r| r.first_event_ns.iter().copied()),
     );
     s.first_byte_samples = ttfb.len();
+    s.ttfb_p50_by_round = t
+        .first_byte
+        .iter()
+        .map(|r| percentile(&sorted(r.ttfb_ns.iter().copied()), 0.5))
+        .collect();
     if let (Some(a), Some(b)) = (percentile(&ttfb, 0.5), percentile(&ttfb, 0.99)) {
         s.ttfb = Some([a, b]);
     }
@@ -173,16 +187,74 @@ fn us(ns: u64) -> String {
 
 fn added(target: Option<u64>, direct: Option<u64>) -> String {
     match (target, direct) {
-        (Some(t), Some(d)) => {
-            let diff = t as f64 - d as f64;
-            if diff.abs() >= 10e6 {
-                format!("{:+.1} ms", diff / 1e6)
-            } else {
-                format!("{:+} µs", (diff / 1e3).round())
-            }
-        }
+        (Some(t), Some(d)) => signed(t as f64 - d as f64),
         _ => "—".into(),
     }
+}
+
+fn signed(diff_ns: f64) -> String {
+    if diff_ns.abs() >= 10e6 {
+        format!("{:+.1} ms", diff_ns / 1e6)
+    } else {
+        format!("{:+} µs", (diff_ns / 1e3).round())
+    }
+}
+
+/// Each round's target figure minus direct's in the same round, in ns: how far one run's
+/// machine noise moves an added figure, next to the pooled one that says where a target is.
+/// Empty unless both have a figure for every round.
+fn added_by_round(target: &[Option<u64>], direct: &[Option<u64>]) -> Vec<f64> {
+    if target.len() != direct.len() {
+        return Vec::new();
+    }
+    target
+        .iter()
+        .zip(direct)
+        .map(|(&t, &d)| Some(t? as f64 - d? as f64))
+        .collect::<Option<Vec<f64>>>()
+        .unwrap_or_default()
+}
+
+/// The lowest and the highest of [`added_by_round`], as `+88 µs … +105 µs`.
+fn round_spread(target: &[Option<u64>], direct: &[Option<u64>]) -> String {
+    let diffs = added_by_round(target, direct);
+    let low = diffs.iter().copied().reduce(f64::min);
+    let high = diffs.iter().copied().reduce(f64::max);
+    match (low, high) {
+        (Some(low), Some(high)) => format!("{} … {}", signed(low), signed(high)),
+        _ => "—".into(),
+    }
+}
+
+fn round_spread_us(target: &[Option<u64>], direct: &[Option<u64>]) -> Value {
+    let diffs = added_by_round(target, direct);
+    json!(diffs
+        .iter()
+        .map(|d| (d / 1e3 * 10.0).round() / 10.0)
+        .collect::<Vec<_>>())
+}
+
+/// Checks the per-round spread (run by `cargo test --all-targets`).
+pub fn self_check() -> Result<(), String> {
+    let got = round_spread(
+        &[Some(230_000), Some(190_000)],
+        &[Some(130_000), Some(120_000)],
+    );
+    if got != "+70 µs … +100 µs" {
+        return Err(format!("round spread: {got}"));
+    }
+    for (target, direct) in [
+        (&[Some(1), None][..], &[Some(1), Some(1)][..]),
+        (&[Some(1), Some(2)][..], &[Some(1)][..]),
+        (&[][..], &[][..]),
+    ] {
+        if round_spread(target, direct) != "—" {
+            return Err(format!(
+                "round spread of {target:?} over {direct:?} is not empty"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn added_us(target: Option<u64>, direct: Option<u64>) -> Value {
@@ -273,6 +345,7 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
                 opt(l(2).map(us)),
                 added(l(0), d_lat(0)),
                 added(l(1), d_lat(1)),
+                round_spread(&s.latency_p99_by_round, &direct.latency_p99_by_round),
                 added(l(2), d_lat(2)),
             ]
         })
@@ -286,6 +359,7 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
             "p99.9",
             "added p50",
             "added p99",
+            "added p99 by round",
             "added p99.9",
         ],
         &rows,
@@ -328,6 +402,7 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
                 opt(b(0).map(us)),
                 opt(b(1).map(us)),
                 added(b(0), d_fb(0)),
+                round_spread(&s.ttfb_p50_by_round, &direct.ttfb_p50_by_round),
                 added(b(1), d_fb(1)),
                 added(e(0), d_fe(0)),
                 added(e(1), d_fe(1)),
@@ -341,6 +416,7 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
             "TTFB p50",
             "TTFB p99",
             "added p50",
+            "added p50 by round",
             "added p99",
             "added 1st event p50",
             "added 1st event p99",
@@ -454,6 +530,7 @@ fn latency_json(runs: &[LatencyRun], s: &Summary, direct: &Summary) -> Value {
         "added_p50_us": added_us(pct(s.latency, 0), pct(direct.latency, 0)),
         "added_p99_us": added_us(pct(s.latency, 1), pct(direct.latency, 1)),
         "added_p999_us": added_us(pct(s.latency, 2), pct(direct.latency, 2)),
+        "rounds_added_p99_us": round_spread_us(&s.latency_p99_by_round, &direct.latency_p99_by_round),
         // The pooled distribution at quantiles dense in the tail (what the PNG plots).
         "cdf": {
             "percentile": cdf.iter().map(|&(q, _)| (q * 1e6).round() / 1e4).collect::<Vec<_>>(),
@@ -507,6 +584,7 @@ fn first_byte_json(runs: &[FirstByteRun], s: &Summary, direct: &Summary) -> Valu
         "ttfb_p99_us": pct(s.ttfb, 1).map(|v| v as f64 / 1e3),
         "added_ttfb_p50_us": added_us(pct(s.ttfb, 0), pct(direct.ttfb, 0)),
         "added_ttfb_p99_us": added_us(pct(s.ttfb, 1), pct(direct.ttfb, 1)),
+        "rounds_added_ttfb_p50_us": round_spread_us(&s.ttfb_p50_by_round, &direct.ttfb_p50_by_round),
         "first_event_p50_us": pct(s.first_event, 0).map(|v| v as f64 / 1e3),
         "first_event_p99_us": pct(s.first_event, 1).map(|v| v as f64 / 1e3),
         "added_first_event_p50_us": added_us(pct(s.first_event, 0), pct(direct.first_event, 0)),
