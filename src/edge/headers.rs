@@ -106,10 +106,7 @@ impl UpstreamRequest<'_> {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
         }
-        headers.insert(
-            header::HOST,
-            header_value(self.upstream.target.authority())?,
-        );
+        headers.insert(header::HOST, self.upstream.target.host_header().clone());
         headers.insert(crate::request_id::HEADER, header_value(self.request_id)?);
         if let Some(addr) = &self.client_addr {
             let forwarded = match client.headers.get("x-forwarded-for") {

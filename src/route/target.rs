@@ -15,6 +15,9 @@ pub struct UpstreamTarget {
     pub port: u16,
     /// Path prepended to every request path, without a trailing slash (may be empty).
     pub base_path: String,
+    /// [`Self::authority`] as a header value, made once: requests share it instead of each
+    /// formatting and copying it.
+    host_header: http::HeaderValue,
 }
 
 impl UpstreamTarget {
@@ -31,12 +34,7 @@ impl UpstreamTarget {
             }
         };
         if scheme == Scheme::Demo {
-            return Ok(UpstreamTarget {
-                scheme,
-                host: "127.0.0.1".into(),
-                port: 0,
-                base_path: String::new(),
-            });
+            return UpstreamTarget::new(scheme, "127.0.0.1".into(), 0, String::new());
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(format!(
@@ -52,12 +50,32 @@ impl UpstreamTarget {
         let port = url
             .port_or_known_default()
             .ok_or_else(|| format!("{text:?} has no port"))?;
-        Ok(UpstreamTarget {
+        let base_path = url.path().trim_end_matches('/').to_string();
+        UpstreamTarget::new(scheme, host, port, base_path)
+    }
+
+    fn new(
+        scheme: Scheme,
+        host: String,
+        port: u16,
+        base_path: String,
+    ) -> Result<UpstreamTarget, String> {
+        let mut target = UpstreamTarget {
             scheme,
             host,
             port,
-            base_path: url.path().trim_end_matches('/').to_string(),
-        })
+            base_path,
+            host_header: http::HeaderValue::from_static(""),
+        };
+        let authority = target.authority();
+        target.host_header = http::HeaderValue::from_str(&authority)
+            .map_err(|_| format!("{authority:?} is not a valid Host header value"))?;
+        Ok(target)
+    }
+
+    /// The `Host` header value for requests to this upstream.
+    pub fn host_header(&self) -> &http::HeaderValue {
+        &self.host_header
     }
 
     pub fn is_tls(&self) -> bool {
@@ -105,7 +123,10 @@ mod tests {
         );
         let t = UpstreamTarget::parse("http://127.0.0.1:8081/base/").unwrap();
         assert_eq!(t.authority(), "127.0.0.1:8081");
+        assert_eq!(t.host_header(), "127.0.0.1:8081");
         assert_eq!(t.upstream_path("/v1/x?a=1"), "/base/v1/x?a=1");
+        let t = UpstreamTarget::parse("http://[::1]:80/").unwrap();
+        assert_eq!(t.host_header(), "[::1]");
         assert_eq!(
             UpstreamTarget::parse("demo://").unwrap().scheme,
             Scheme::Demo

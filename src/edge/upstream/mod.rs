@@ -179,14 +179,25 @@ impl Upstreams {
         websocket: bool,
     ) -> Result<UpstreamConn, ProxyError> {
         let addr = self.resolve(spec).await?;
+        let made;
         let template = match self.peers.get(&spec.name) {
-            Some(template) => template.clone(),
-            None => PeerTemplate::new(spec, None),
+            Some(template) => template,
+            None => {
+                made = PeerTemplate::new(spec, None);
+                &made
+            }
         };
-        let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.sni.clone());
-        peer.group_key = template.group_key;
-        let pool_key = pool_key(&template, addr);
-        peer.options = template.options;
+        // Made only when Pingora connects: a pooled HTTP/1.1 connection needs no peer.
+        let peer = |alpn: Option<ALPN>| {
+            let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.sni.clone());
+            peer.group_key = template.group_key;
+            peer.options = template.options.clone();
+            if let Some(alpn) = alpn {
+                peer.options.alpn = alpn;
+            }
+            peer
+        };
+        let pool_key = pool_key(template, addr);
         let failed = |e: Box<Error>| {
             METRICS.upstream_failed(&spec.name, "connect");
             ProxyError::new(
@@ -196,6 +207,7 @@ impl Upstreams {
         };
         // `connector` exists whenever an upstream has `http2` (`new` saw every route's).
         if let Some(connector) = self.connector.as_ref().filter(|_| spec.http2 && !websocket) {
+            let peer = peer(None);
             // Boxed: Pingora's connect future is large (about 9 KiB) and would otherwise be
             // part of every request's future for the whole life of its stream.
             return match Box::pin(connector.get_http_session(&peer)).await {
@@ -206,14 +218,13 @@ impl Upstreams {
                 Err(e) => Err(failed(e)),
             };
         }
-        peer.options.alpn = ALPN::H1;
         let stream = match self.pool.take(pool_key) {
             Some(stream) => stream,
             // Plain TCP is Sluice's own socket type (`tcp.rs`); TLS is Pingora's.
             None if !spec.target.is_tls() => super::tcp::connect(addr, spec.connect_timeout)
                 .await
                 .map_err(failed)?,
-            None => Box::pin(self.transport.new_stream(&peer))
+            None => Box::pin(self.transport.new_stream(&peer(Some(ALPN::H1))))
                 .await
                 .map_err(failed)?,
         };
