@@ -1,26 +1,30 @@
 //! One JSON line per request on stdout: what an operator greps when a stream went wrong.
 
+use super::json_object::JsonObject;
 use crate::telemetry::METRICS;
 use once_cell::sync::Lazy;
+#[cfg(test)]
 use serde::Serialize;
 use std::io::Write;
 use std::sync::{Condvar, Mutex, Once, TryLockError};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Serialize)]
+/// One request's line. Written by [`JsonObject`], member by member in this order; the derived
+/// `Serialize` (tests only) is the reference the line is checked against.
+#[derive(Debug)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct AccessRecord<'a> {
     pub ts: String,
     pub request_id: &'a str,
-    /// Serialized straight from the address, with no string made for it.
     pub client: Option<std::net::SocketAddr>,
     pub method: &'a str,
     pub path: &'a str,
     pub route: &'a str,
     pub upstream: &'a str,
     /// The caller, when the route authenticates: never the key itself.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub user: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub key_id: Option<&'a str>,
     pub status: u16,
     pub stream: bool,
@@ -31,21 +35,55 @@ pub struct AccessRecord<'a> {
     pub heartbeats: u64,
     pub error: Option<&'a str>,
     /// Why Sluice refused the request before it went upstream (`invalid_key`, `user_streams`…).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub refused: Option<&'a str>,
     pub model: Option<&'a str>,
-    #[serde(flatten)]
+    #[cfg_attr(test, serde(flatten))]
     pub usage: Option<&'a crate::usage::record::Usage>,
     pub usage_source: Option<&'static str>,
 }
 
 impl AccessRecord<'_> {
     pub fn write(&self) {
-        let Ok(mut line) = super::json_line(self) else {
-            return;
-        };
+        let mut line = self.line();
         line.push(b'\n');
         SINK.push(&line);
+    }
+
+    fn line(&self) -> Vec<u8> {
+        let mut line = JsonObject::with_capacity(1024);
+        line.str("ts", &self.ts)
+            .str("request_id", self.request_id)
+            .opt_addr("client", self.client)
+            .str("method", self.method)
+            .str("path", self.path)
+            .str("route", self.route)
+            .str("upstream", self.upstream)
+            .some_str("user", self.user)
+            .some_str("key_id", self.key_id)
+            .u64("status", self.status.into())
+            .bool("stream", self.stream)
+            .opt_str("outcome", self.outcome)
+            .f64("duration_ms", self.duration_ms)
+            .opt_f64("ttfb_ms", self.ttfb_ms)
+            .u64("bytes_sent", self.bytes_sent)
+            .u64("heartbeats", self.heartbeats)
+            .opt_str("error", self.error)
+            .some_str("refused", self.refused)
+            .opt_str("model", self.model);
+        if let Some(usage) = self.usage {
+            line.some_u64("input_tokens", usage.input_tokens)
+                .some_u64("output_tokens", usage.output_tokens)
+                .some_u64("cached_input_tokens", usage.cached_input_tokens)
+                .some_u64(
+                    "cache_creation_input_tokens",
+                    usage.cache_creation_input_tokens,
+                )
+                .some_u64("reasoning_tokens", usage.reasoning_tokens)
+                .some_u64("total_tokens", usage.total_tokens);
+        }
+        line.opt_str("usage_source", self.usage_source);
+        line.finish()
     }
 }
 
@@ -212,6 +250,65 @@ impl LineBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::record::Usage;
+    use proptest::prelude::*;
+
+    const SOURCES: [&str; 3] = ["stream", "none", "odd \"source\"\n"];
+
+    proptest! {
+        /// The hand-written line is the one serde_json writes for the record, byte for byte.
+        #[test]
+        fn the_line_is_what_serde_json_writes(
+            text in proptest::collection::vec(any::<String>(), 6),
+            maybe in proptest::collection::vec(proptest::option::of(any::<String>()), 6),
+            client in proptest::option::of(any::<std::net::SocketAddr>()),
+            status in any::<u16>(),
+            stream in any::<bool>(),
+            duration_ms in any::<f64>(),
+            ttfb_ms in proptest::option::of(any::<f64>()),
+            bytes_sent in any::<u64>(),
+            heartbeats in any::<u64>(),
+            usage in proptest::option::of(proptest::collection::vec(proptest::option::of(any::<u64>()), 6)),
+            source in proptest::option::of(0..SOURCES.len()),
+        ) {
+            let usage = usage.map(|u| Usage {
+                input_tokens: u[0],
+                output_tokens: u[1],
+                cached_input_tokens: u[2],
+                cache_creation_input_tokens: u[3],
+                reasoning_tokens: u[4],
+                total_tokens: u[5],
+            });
+            let record = AccessRecord {
+                ts: text[0].clone(),
+                request_id: &text[1],
+                client,
+                method: &text[2],
+                path: &text[3],
+                route: &text[4],
+                upstream: &text[5],
+                user: maybe[0].as_deref(),
+                key_id: maybe[1].as_deref(),
+                status,
+                stream,
+                outcome: maybe[2].as_deref(),
+                duration_ms,
+                ttfb_ms,
+                bytes_sent,
+                heartbeats,
+                error: maybe[3].as_deref(),
+                refused: maybe[4].as_deref(),
+                model: maybe[5].as_deref(),
+                usage: usage.as_ref(),
+                usage_source: source.map(|i| SOURCES[i]),
+            };
+            let reference = serde_json::to_vec(&record).unwrap();
+            prop_assert_eq!(
+                String::from_utf8(record.line()).unwrap(),
+                String::from_utf8(reference).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn lines_are_kept_in_order_until_the_buffer_is_full_then_counted() {

@@ -1,6 +1,7 @@
 //! Metrics (Prometheus, all named `sluice_*`, bounded labels) and the JSON access log.
 
 mod access_log;
+mod json_object;
 mod limits_metrics;
 mod metrics;
 mod time;

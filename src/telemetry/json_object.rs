@@ -1,0 +1,207 @@
+//! A JSON object written member by member, for the access log's line.
+//!
+//! `serde_json` escapes every key and every string byte by byte: ~7,000 instructions for an
+//! access-log line, 7% of what a short stream costs Sluice (callgrind). Here keys are the
+//! caller's literals, written as they are, and a string value is copied whole unless it holds a
+//! byte JSON must escape (then `serde_json` writes it). Numbers go through `serde_json` too, so
+//! the line is byte for byte what `serde_json` would make of the same record.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+pub struct JsonObject {
+    out: Vec<u8>,
+}
+
+impl JsonObject {
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut out = Vec::with_capacity(capacity);
+        out.push(b'{');
+        JsonObject { out }
+    }
+
+    /// `key` must need no escaping (the callers' keys are plain lower-case literals).
+    fn key(&mut self, key: &'static str) {
+        debug_assert!(!needs_escape(key), "key {key:?} needs escaping");
+        if self.out.len() > 1 {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn string(&mut self, value: &str) {
+        if needs_escape(value) {
+            serde_json::to_writer(&mut self.out, value).expect("writing into a Vec");
+        } else {
+            self.out.push(b'"');
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.push(b'"');
+        }
+    }
+
+    fn number(&mut self, value: impl serde::Serialize) {
+        serde_json::to_writer(&mut self.out, &value).expect("writing into a Vec");
+    }
+
+    pub fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
+        self.key(key);
+        self.string(value);
+        self
+    }
+
+    /// `null` when absent.
+    pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.str(key, value),
+            None => self.null(key),
+        }
+    }
+
+    /// Left out when absent.
+    pub fn some_str(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.str(key, value),
+            None => self,
+        }
+    }
+
+    /// `null` when absent. An address's text (`1.2.3.4:5`, `[::1]:5`) needs no escaping.
+    pub fn opt_addr(&mut self, key: &'static str, value: Option<SocketAddr>) -> &mut Self {
+        let Some(addr) = value else {
+            return self.null(key);
+        };
+        self.key(key);
+        self.out.push(b'"');
+        match addr {
+            // Digit by digit: `Display` costs ~1,300 instructions through the formatter.
+            SocketAddr::V4(v4) => {
+                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(b'.');
+                    }
+                    push_decimal(&mut self.out, octet.into());
+                }
+                self.out.push(b':');
+                push_decimal(&mut self.out, v4.port().into());
+            }
+            SocketAddr::V6(v6) => write!(self.out, "{v6}").expect("writing into a Vec"),
+        }
+        self.out.push(b'"');
+        self
+    }
+
+    pub fn u64(&mut self, key: &'static str, value: u64) -> &mut Self {
+        self.key(key);
+        self.number(value);
+        self
+    }
+
+    /// Left out when absent.
+    pub fn some_u64(&mut self, key: &'static str, value: Option<u64>) -> &mut Self {
+        match value {
+            Some(value) => self.u64(key, value),
+            None => self,
+        }
+    }
+
+    pub fn f64(&mut self, key: &'static str, value: f64) -> &mut Self {
+        self.key(key);
+        self.number(value);
+        self
+    }
+
+    /// `null` when absent.
+    pub fn opt_f64(&mut self, key: &'static str, value: Option<f64>) -> &mut Self {
+        match value {
+            Some(value) => self.f64(key, value),
+            None => self.null(key),
+        }
+    }
+
+    pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
+        self.key(key);
+        self.out
+            .extend_from_slice(if value { b"true" } else { b"false" });
+        self
+    }
+
+    fn null(&mut self, key: &'static str) -> &mut Self {
+        self.key(key);
+        self.out.extend_from_slice(b"null");
+        self
+    }
+
+    /// The object, closed.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
+    }
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut value: u32) {
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// A byte JSON escapes in a string: control characters, `"` and `\` (RFC 8259 §7).
+fn needs_escape(value: &str) -> bool {
+    // No early exit: a branch-free pass over a short string is cheaper than one that stops.
+    value.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_escaped_only_when_needed() {
+        let mut object = JsonObject::with_capacity(64);
+        object
+            .str("plain", "/v1/chat/completions")
+            .str("quoted", "say \"hi\"\\\n\u{1}é")
+            .opt_str("absent", None)
+            .some_str("skipped", None)
+            .bool("yes", true);
+        assert_eq!(
+            String::from_utf8(object.finish()).unwrap(),
+            r#"{"plain":"/v1/chat/completions","quoted":"say \"hi\"\\\n\u0001é","absent":null,"yes":true}"#
+        );
+        assert!(!needs_escape("é€ \u{7f}"));
+    }
+
+    #[test]
+    fn addresses_are_written_as_displayed() {
+        for addr in [
+            "0.0.0.0:0",
+            "10.200.3.45:8080",
+            "255.255.255.255:65535",
+            "[::1]:443",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut object = JsonObject::with_capacity(64);
+            object.opt_addr("client", Some(addr));
+            assert_eq!(
+                String::from_utf8(object.finish()).unwrap(),
+                format!(r#"{{"client":"{addr}"}}"#)
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_object_is_closed() {
+        assert_eq!(JsonObject::with_capacity(2).finish(), b"{}");
+    }
+}
