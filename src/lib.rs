@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod demo;
 pub mod edge;
 pub mod http1;
+mod json_object;
 pub mod limits;
 pub mod provider;
 pub mod request_id;

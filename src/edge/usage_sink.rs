@@ -113,7 +113,7 @@ impl UsageSink {
         let Some(ledger) = &self.ledger else {
             return;
         };
-        let line = crate::telemetry::json_line(record).expect("a usage record serialises");
+        let line = record.json_line();
         let result = if durable {
             timer::timeout(DURABLE_WAIT, ledger.append_durable(line)).await
         } else {

@@ -1,6 +1,6 @@
 //! One JSON line per request on stdout: what an operator greps when a stream went wrong.
 
-use super::json_object::JsonObject;
+use crate::json_object::JsonObject;
 use crate::telemetry::METRICS;
 use once_cell::sync::Lazy;
 #[cfg(test)]
@@ -72,15 +72,7 @@ impl AccessRecord<'_> {
             .some_str("refused", self.refused)
             .opt_str("model", self.model);
         if let Some(usage) = self.usage {
-            line.some_u64("input_tokens", usage.input_tokens)
-                .some_u64("output_tokens", usage.output_tokens)
-                .some_u64("cached_input_tokens", usage.cached_input_tokens)
-                .some_u64(
-                    "cache_creation_input_tokens",
-                    usage.cache_creation_input_tokens,
-                )
-                .some_u64("reasoning_tokens", usage.reasoning_tokens)
-                .some_u64("total_tokens", usage.total_tokens);
+            usage.write_members(&mut line);
         }
         line.opt_str("usage_source", self.usage_source);
         line.finish()
