@@ -2,10 +2,13 @@
 //!
 //! `serde_json` escapes every key and every string byte by byte: ~7,000 instructions for an
 //! access-log line, 7% of what a short stream cost Sluice (callgrind), and as much again for a
-//! usage record. Here keys are the
-//! caller's literals, written as they are, and a string value is copied whole unless it holds a
-//! byte JSON must escape (then `serde_json` writes it). Numbers go through `serde_json` too, so
-//! the line is byte for byte what `serde_json` would make of the same record.
+//! usage record. Here keys are the caller's literals, written as they are, and a string value is
+//! copied whole unless it holds a byte JSON must escape (then `serde_json` writes it). Numbers go
+//! through `serde_json` too, so the line is byte for byte what `serde_json` would make of the
+//! same record.
+//!
+//! An absent value is either `null` (`*_or_null`, a field serde writes as `Option`) or left out
+//! (`*_if_some`, a field with `skip_serializing_if`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -58,7 +61,7 @@ impl JsonObject {
     }
 
     /// `null` when absent.
-    pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
+    pub fn str_or_null(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
         match value {
             Some(value) => self.str(key, value),
             None => self.null(key),
@@ -66,7 +69,7 @@ impl JsonObject {
     }
 
     /// Left out when absent.
-    pub fn some_str(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
+    pub fn str_if_some(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
         match value {
             Some(value) => self.str(key, value),
             None => self,
@@ -74,7 +77,7 @@ impl JsonObject {
     }
 
     /// `null` when absent. An address's text (`1.2.3.4:5`, `[::1]:5`) needs no escaping.
-    pub fn opt_addr(&mut self, key: &'static str, value: Option<SocketAddr>) -> &mut Self {
+    pub fn addr_or_null(&mut self, key: &'static str, value: Option<SocketAddr>) -> &mut Self {
         let Some(addr) = value else {
             return self.null(key);
         };
@@ -105,7 +108,7 @@ impl JsonObject {
     }
 
     /// Left out when absent.
-    pub fn some_u64(&mut self, key: &'static str, value: Option<u64>) -> &mut Self {
+    pub fn u64_if_some(&mut self, key: &'static str, value: Option<u64>) -> &mut Self {
         match value {
             Some(value) => self.u64(key, value),
             None => self,
@@ -119,7 +122,7 @@ impl JsonObject {
     }
 
     /// `null` when absent.
-    pub fn opt_f64(&mut self, key: &'static str, value: Option<f64>) -> &mut Self {
+    pub fn f64_or_null(&mut self, key: &'static str, value: Option<f64>) -> &mut Self {
         match value {
             Some(value) => self.f64(key, value),
             None => self.null(key),
@@ -127,7 +130,7 @@ impl JsonObject {
     }
 
     /// Left out when absent.
-    pub fn some_f64(&mut self, key: &'static str, value: Option<f64>) -> &mut Self {
+    pub fn f64_if_some(&mut self, key: &'static str, value: Option<f64>) -> &mut Self {
         match value {
             Some(value) => self.f64(key, value),
             None => self,
@@ -201,10 +204,10 @@ mod tests {
         object
             .str("plain", "/v1/chat/completions")
             .str("quoted", "say \"hi\"\\\n\u{1}é")
-            .opt_str("absent", None)
-            .some_str("skipped", None)
+            .str_or_null("absent", None)
+            .str_if_some("skipped", None)
             .object("inner", |o| {
-                o.u64("a", 1).some_f64("b", None).f64("c", 0.5);
+                o.u64("a", 1).f64_if_some("b", None).f64("c", 0.5);
             })
             .object("empty", |_| {})
             .bool("yes", true);
@@ -225,7 +228,7 @@ mod tests {
         ] {
             let addr: SocketAddr = addr.parse().unwrap();
             let mut object = JsonObject::with_capacity(64);
-            object.opt_addr("client", Some(addr));
+            object.addr_or_null("client", Some(addr));
             assert_eq!(
                 String::from_utf8(object.finish()).unwrap(),
                 format!(r#"{{"client":"{addr}"}}"#)

@@ -54,27 +54,27 @@ impl AccessRecord<'_> {
         let mut line = JsonObject::with_capacity(1024);
         line.str("ts", &self.ts)
             .str("request_id", self.request_id)
-            .opt_addr("client", self.client)
+            .addr_or_null("client", self.client)
             .str("method", self.method)
             .str("path", self.path)
             .str("route", self.route)
             .str("upstream", self.upstream)
-            .some_str("user", self.user)
-            .some_str("key_id", self.key_id)
+            .str_if_some("user", self.user)
+            .str_if_some("key_id", self.key_id)
             .u64("status", self.status.into())
             .bool("stream", self.stream)
-            .opt_str("outcome", self.outcome)
+            .str_or_null("outcome", self.outcome)
             .f64("duration_ms", self.duration_ms)
-            .opt_f64("ttfb_ms", self.ttfb_ms)
+            .f64_or_null("ttfb_ms", self.ttfb_ms)
             .u64("bytes_sent", self.bytes_sent)
             .u64("heartbeats", self.heartbeats)
-            .opt_str("error", self.error)
-            .some_str("refused", self.refused)
-            .opt_str("model", self.model);
+            .str_or_null("error", self.error)
+            .str_if_some("refused", self.refused)
+            .str_or_null("model", self.model);
         if let Some(usage) = self.usage {
             usage.write_members(&mut line);
         }
-        line.opt_str("usage_source", self.usage_source);
+        line.str_or_null("usage_source", self.usage_source);
         line.finish()
     }
 }

@@ -42,15 +42,15 @@ impl Usage {
     /// The figures that are known, as members of a JSON line (as `#[serde(flatten)]` writes
     /// them: the usage record's and the access log's).
     pub(crate) fn write_members(&self, line: &mut JsonObject) {
-        line.some_u64("input_tokens", self.input_tokens)
-            .some_u64("output_tokens", self.output_tokens)
-            .some_u64("cached_input_tokens", self.cached_input_tokens)
-            .some_u64(
+        line.u64_if_some("input_tokens", self.input_tokens)
+            .u64_if_some("output_tokens", self.output_tokens)
+            .u64_if_some("cached_input_tokens", self.cached_input_tokens)
+            .u64_if_some(
                 "cache_creation_input_tokens",
                 self.cache_creation_input_tokens,
             )
-            .some_u64("reasoning_tokens", self.reasoning_tokens)
-            .some_u64("total_tokens", self.total_tokens);
+            .u64_if_some("reasoning_tokens", self.reasoning_tokens)
+            .u64_if_some("total_tokens", self.total_tokens);
     }
 
     /// `total_tokens` as the provider stated it, or derived from input and output when both are
@@ -183,26 +183,26 @@ impl UsageRecord {
         let mut line = JsonObject::with_capacity(1024);
         line.str("ts", &self.ts)
             .str("request_id", &self.request_id)
-            .some_str("user", self.user.as_deref())
-            .some_str("key_id", self.key_id.as_deref())
-            .some_str("tenant", self.tenant.as_deref())
+            .str_if_some("user", self.user.as_deref())
+            .str_if_some("key_id", self.key_id.as_deref())
+            .str_if_some("tenant", self.tenant.as_deref())
             .str("route", &self.route)
             .str("upstream", &self.upstream)
             .str("provider", self.provider)
-            .some_str("format", self.format)
-            .some_str("model", self.model.as_deref());
+            .str_if_some("format", self.format)
+            .str_if_some("model", self.model.as_deref());
         self.usage.write_members(&mut line);
         line.str("usage_source", self.usage_source)
             .str("outcome", self.outcome)
             .u64("status", self.status.into())
             .bool("end_marker_seen", self.end_marker_seen)
-            .some_str("finish_reason", self.finish_reason.as_deref());
+            .str_if_some("finish_reason", self.finish_reason.as_deref());
         if let Some(error) = &self.provider_error {
             line.object("provider_error", |e| {
                 e.str("kind", &error.kind).str("message", &error.message);
             });
         }
-        line.some_f64("ttfb_ms", self.ttfb_ms)
+        line.f64_if_some("ttfb_ms", self.ttfb_ms)
             .f64("duration_ms", self.duration_ms)
             .u64("events", self.events)
             .u64("bytes", self.bytes);
