@@ -242,7 +242,7 @@ impl LineBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::record::Usage;
+    use crate::usage::record::arbitrary_usage;
     use proptest::prelude::*;
 
     const SOURCES: [&str; 3] = ["stream", "none", "odd \"source\"\n"];
@@ -260,17 +260,9 @@ mod tests {
             ttfb_ms in proptest::option::of(any::<f64>()),
             bytes_sent in any::<u64>(),
             heartbeats in any::<u64>(),
-            usage in proptest::option::of(proptest::collection::vec(proptest::option::of(any::<u64>()), 6)),
+            usage in proptest::option::of(arbitrary_usage()),
             source in proptest::option::of(0..SOURCES.len()),
         ) {
-            let usage = usage.map(|u| Usage {
-                input_tokens: u[0],
-                output_tokens: u[1],
-                cached_input_tokens: u[2],
-                cache_creation_input_tokens: u[3],
-                reasoning_tokens: u[4],
-                total_tokens: u[5],
-            });
             let record = AccessRecord {
                 ts: text[0].clone(),
                 request_id: &text[1],

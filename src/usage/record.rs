@@ -274,6 +274,20 @@ impl UsageRecord {
     }
 }
 
+/// Any usage, each figure present or not: for the property tests of the lines that carry it.
+#[cfg(test)]
+pub(crate) fn arbitrary_usage() -> impl proptest::strategy::Strategy<Value = Usage> {
+    use proptest::prelude::*;
+    proptest::collection::vec(proptest::option::of(any::<u64>()), 6).prop_map(|u| Usage {
+        input_tokens: u[0],
+        output_tokens: u[1],
+        cached_input_tokens: u[2],
+        cache_creation_input_tokens: u[3],
+        reasoning_tokens: u[4],
+        total_tokens: u[5],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,7 +303,7 @@ mod tests {
             maybe in proptest::collection::vec(proptest::option::of(any::<String>()), 5),
             names in proptest::collection::vec(0..NAMES.len(), 3),
             format in proptest::option::of(0..NAMES.len()),
-            usage in proptest::collection::vec(proptest::option::of(any::<u64>()), 6),
+            usage in arbitrary_usage(),
             status in any::<u16>(),
             end_marker_seen in any::<bool>(),
             provider_error in proptest::option::of((any::<String>(), any::<String>())),
@@ -309,14 +323,7 @@ mod tests {
                 provider: NAMES[names[0]],
                 format: format.map(|i| NAMES[i]),
                 model: maybe[3].clone(),
-                usage: Usage {
-                    input_tokens: usage[0],
-                    output_tokens: usage[1],
-                    cached_input_tokens: usage[2],
-                    cache_creation_input_tokens: usage[3],
-                    reasoning_tokens: usage[4],
-                    total_tokens: usage[5],
-                },
+                usage,
                 usage_source: NAMES[names[1]],
                 outcome: NAMES[names[2]],
                 status,
