@@ -228,10 +228,12 @@ fn round_spread(target: &[Option<u64>], direct: &[Option<u64>]) -> String {
 
 fn round_spread_us(target: &[Option<u64>], direct: &[Option<u64>]) -> Value {
     let diffs = added_by_round(target, direct);
-    json!(diffs
-        .iter()
-        .map(|d| (d / 1e3 * 10.0).round() / 10.0)
-        .collect::<Vec<_>>())
+    json!(diffs.iter().map(|&d| us_tenths(d)).collect::<Vec<_>>())
+}
+
+/// A difference in ns as µs with one decimal, as the JSON gives every added figure.
+fn us_tenths(diff_ns: f64) -> f64 {
+    (diff_ns / 1e3 * 10.0).round() / 10.0
 }
 
 /// Checks the per-round spread (run by `cargo test --all-targets`).
@@ -259,7 +261,7 @@ pub fn self_check() -> Result<(), String> {
 
 fn added_us(target: Option<u64>, direct: Option<u64>) -> Value {
     match (target, direct) {
-        (Some(t), Some(d)) => json!(((t as f64 - d as f64) / 1e3 * 10.0).round() / 10.0),
+        (Some(t), Some(d)) => json!(us_tenths(t as f64 - d as f64)),
         _ => Value::Null,
     }
 }
