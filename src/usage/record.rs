@@ -129,38 +129,40 @@ impl StreamFacts {
 
 /// The usage record of one stream, whatever its outcome: what the ledger, the access log and
 /// the metrics receive. Figures the provider never sent are absent (`usage_source: "none"`),
-/// never estimated.
-#[derive(Debug, Clone, Serialize)]
+/// never estimated. Written by [`UsageRecord::json_line`]; the derived `Serialize` (tests only)
+/// is the reference that line is checked against.
+#[derive(Debug, Clone)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct UsageRecord {
     /// RFC 3339 UTC time the stream ended.
     pub ts: String,
     pub request_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub user: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub key_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub tenant: Option<String>,
     pub route: String,
     pub upstream: String,
     pub provider: &'static str,
     /// The stream format the extractor read (`openai_chat`, `anthropic_messages`, …).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub format: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub model: Option<String>,
-    #[serde(flatten)]
+    #[cfg_attr(test, serde(flatten))]
     pub usage: Usage,
     pub usage_source: &'static str,
     pub outcome: &'static str,
     /// HTTP status the client got (0 when it left before any).
     pub status: u16,
     pub end_marker_seen: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub finish_reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub provider_error: Option<ProviderError>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub ttfb_ms: Option<f64>,
     pub duration_ms: f64,
     /// SSE events seen from the upstream.
@@ -168,10 +170,11 @@ pub struct UsageRecord {
     /// Body bytes sent to the client.
     pub bytes: u64,
     /// Events larger than `usage.max_event_size`: passed through, not inspected.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[cfg_attr(test, serde(skip_serializing_if = "is_zero"))]
     pub oversized_events: u64,
 }
 
+#[cfg(test)]
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
