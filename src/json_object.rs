@@ -10,7 +10,6 @@
 //! An absent value is either `null` (`*_or_null`, a field serde writes as `Option`) or left out
 //! (`*_if_some`, a field with `skip_serializing_if`).
 
-use std::io::Write;
 use std::net::SocketAddr;
 
 pub struct JsonObject {
@@ -21,11 +20,18 @@ pub struct JsonObject {
 
 impl JsonObject {
     pub fn with_capacity(capacity: usize) -> Self {
-        let mut out = Vec::with_capacity(capacity);
+        JsonObject::after(b"", capacity)
+    }
+
+    /// An object written after `prefix` (which [`JsonObject::finish`] returns with it).
+    pub fn after(prefix: &[u8], capacity: usize) -> Self {
+        let mut out = Vec::with_capacity(prefix.len() + capacity);
+        out.extend_from_slice(prefix);
         out.push(b'{');
+        let first_member_at = out.len();
         JsonObject {
             out,
-            first_member_at: 1,
+            first_member_at,
         }
     }
 
@@ -83,20 +89,7 @@ impl JsonObject {
         };
         self.key(key);
         self.out.push(b'"');
-        match addr {
-            // Digit by digit: `Display` costs ~1,300 instructions through the formatter.
-            SocketAddr::V4(v4) => {
-                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.out.push(b'.');
-                    }
-                    push_decimal(&mut self.out, octet.into());
-                }
-                self.out.push(b':');
-                push_decimal(&mut self.out, v4.port().into());
-            }
-            SocketAddr::V6(v6) => write!(self.out, "{v6}").expect("writing into a Vec"),
-        }
+        crate::addr_text::push_socket_addr(&mut self.out, addr);
         self.out.push(b'"');
         self
     }
@@ -170,20 +163,6 @@ impl JsonObject {
         self.out.push(b'}');
         self.out
     }
-}
-
-fn push_decimal(out: &mut Vec<u8>, mut value: u32) {
-    let mut digits = [0u8; 10];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
 }
 
 /// A byte JSON escapes in a string: control characters, `"` and `\` (RFC 8259 §7).

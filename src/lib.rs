@@ -3,6 +3,7 @@
 //! Layers (DESIGN.md): `config` → `route` → `edge` (the only Pingora code) relaying with the
 //! pure `sse` logic, reporting through `telemetry`.
 
+mod addr_text;
 pub mod auth;
 pub mod config;
 pub mod daemon;

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Longest client-supplied id kept; longer ones are replaced (they would bloat every log line).
 const MAX_LEN: usize = 128;

@@ -8,11 +8,12 @@
 //! is dropped as soon as the connection is out of it. Everything else (HTTP/2, plain bodies,
 //! HTTP/1.0, `HEAD`, errors, WebSocket) stays on Pingora's session.
 
+use super::headers::ClientHead;
 use super::responses::Finish;
 use crate::http1;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,10 +40,11 @@ impl<'a> Downstream<'a> {
     /// response keeps it.
     pub async fn start(
         down: &'a mut ServerSession,
-        head: ResponseHeader,
+        head: ClientHead,
         stream: bool,
     ) -> pingora::Result<Downstream<'a>> {
         if !(stream && sluice_writes(down, &head)) {
+            let head = head.into_response_header()?;
             down.write_response_header(Box::new(head)).await?;
             release_request_fields(down);
             return Ok(Downstream::Session(down));
@@ -159,25 +161,22 @@ impl<'a> Downstream<'a> {
 
 impl H1Stream {
     /// The status line and fields as Pingora would write them, with its `Date` and `Connection`.
-    async fn write_head(&mut self, mut head: ResponseHeader) -> pingora::Result<()> {
-        head.insert_header(
+    async fn write_head(&mut self, mut head: ClientHead) -> pingora::Result<()> {
+        head.set(
             http::header::DATE,
             pingora::protocols::http::date::get_cached_date(),
-        )?;
+        );
         let connection = if self.reuse.is_some() {
             "keep-alive"
         } else {
             "close"
         };
-        head.insert_header(http::header::CONNECTION, connection)?;
+        head.set(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static(connection),
+        );
         let mut out = BytesMut::with_capacity(1024);
-        out.put_slice(b"HTTP/1.1 ");
-        out.put_slice(head.status.as_str().as_bytes());
-        out.put_u8(b' ');
-        out.put_slice(head.get_reason_phrase().unwrap_or("").as_bytes());
-        out.put_slice(b"\r\n");
-        head.header_to_h1_wire(&mut out);
-        out.put_slice(b"\r\n");
+        http1::encode_response_head(head.status, head.reason.as_deref(), head.fields(), &mut out);
         // The head is gone before the first event: nothing of it stays with the stream.
         drop(head);
         self.write_all(&out, "writing response header").await
@@ -244,7 +243,7 @@ fn release_request_fields(down: &mut ServerSession) {
 /// Whether Sluice writes this response on the connection itself: a chunked stream to an
 /// HTTP/1.1 request whose body has been read, and that has a body (not `HEAD`, 204 or 304, where
 /// Pingora's session knows the framing rules).
-fn sluice_writes(down: &mut ServerSession, head: &ResponseHeader) -> bool {
+fn sluice_writes(down: &mut ServerSession, head: &ClientHead) -> bool {
     let ServerSession::H1(session) = down else {
         return false;
     };
@@ -252,9 +251,6 @@ fn sluice_writes(down: &mut ServerSession, head: &ResponseHeader) -> bool {
     req.version == http::Version::HTTP_11
         && req.method != http::Method::HEAD
         && !matches!(head.status.as_u16(), 204 | 304)
-        && head
-            .headers
-            .get(http::header::TRANSFER_ENCODING)
-            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"))
+        && head.is_chunked()
         && session.is_body_done()
 }

@@ -5,8 +5,10 @@
 use crate::http1::ResponseHead;
 use crate::route::UpstreamSpec;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType::InvalidHTTPHeader, OrErr, Result};
+use std::net::IpAddr;
 
 /// Removed in both directions, with every header the `Connection` header names. The last two are
 /// meant for a proxy (RFC 9110 §11.7): a client's proxy credentials are not the upstream's, and
@@ -52,7 +54,8 @@ pub enum BodyFraming {
 pub struct UpstreamRequest<'a> {
     pub client: &'a RequestHeader,
     pub upstream: &'a UpstreamSpec,
-    pub client_addr: Option<String>,
+    /// Appended to the client's `X-Forwarded-For`.
+    pub client_ip: Option<IpAddr>,
     pub request_id: &'a str,
     pub body: BodyFraming,
     /// Stream requests never ask the upstream for a compressed body.
@@ -64,10 +67,14 @@ pub struct UpstreamRequest<'a> {
     pub websocket: bool,
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// nginx's: tells an nginx in front of Sluice not to buffer a stream.
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
 impl UpstreamRequest<'_> {
-    /// The head sent upstream, on a plain header map like [`response_head`] (Sluice's HTTP/1.1
-    /// client writes names in lower case, and HTTP/2 requires it).
-    pub fn build(&self) -> Result<RequestHeader> {
+    /// What is sent upstream in place of the client's head. Everything that can fail is checked
+    /// here, before a connection is taken.
+    pub fn build(&self) -> Result<UpstreamHead> {
         let client = self.client;
         let path = client
             .uri
@@ -79,69 +86,146 @@ impl UpstreamRequest<'_> {
         } else {
             path.into()
         };
-        let target = self.upstream.target.upstream_path(&path);
-        let uri =
-            http::Uri::try_from(target).or_err(InvalidHTTPHeader, "upstream request target")?;
-        let mut headers =
-            HeaderMap::with_capacity(client.headers.len() + 5 + self.upstream.headers.len());
-        let tokens = connection_tokens(&client.headers);
-        for (name, value) in client.headers.iter() {
-            if is_hop_by_hop(name, &tokens)
-                || name == header::HOST
-                || name == header::CONTENT_LENGTH
-                || (self.stream && name == header::ACCEPT_ENCODING)
-                // Sluice reads the body before it goes upstream, and answers `100-continue`
-                // itself.
-                || name == header::EXPECT
-                || (self.strip_client_key
-                    && crate::auth::CLIENT_KEY_HEADERS.contains(&name.as_str()))
-            {
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
-        }
+        let target = PathAndQuery::from_maybe_shared(bytes::Bytes::from(
+            self.upstream.target.upstream_path(&path),
+        ))
+        .or_err(InvalidHTTPHeader, "upstream request target")?;
+        let mut head = UpstreamHead {
+            method: client.method.clone(),
+            target,
+            connection_tokens: connection_tokens(&client.headers),
+            stream: self.stream,
+            strip_client_key: self.strip_client_key,
+            set: SetFields::with_capacity(5 + self.upstream.headers.len()),
+        };
         if self.websocket {
             if let Some(upgrade) = client.headers.get(header::UPGRADE) {
-                headers.insert(header::UPGRADE, upgrade.clone());
-                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                head.set.push(header::UPGRADE, upgrade.clone());
+                head.set
+                    .push(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
         }
-        headers.insert(header::HOST, self.upstream.target.host_header().clone());
-        headers.insert(crate::request_id::HEADER, header_value(self.request_id)?);
-        if let Some(addr) = &self.client_addr {
-            let forwarded = match client.headers.get("x-forwarded-for") {
-                Some(prior) => format!("{}, {addr}", String::from_utf8_lossy(prior.as_bytes())),
-                None => addr.clone(),
-            };
-            headers.insert("x-forwarded-for", header_value(forwarded)?);
+        head.set
+            .push(header::HOST, self.upstream.target.host_header().clone());
+        head.set
+            .push(crate::request_id::HEADER, header_value(self.request_id)?);
+        if let Some(ip) = self.client_ip {
+            let mut forwarded = Vec::with_capacity(64);
+            if let Some(prior) = client.headers.get(X_FORWARDED_FOR) {
+                forwarded.extend_from_slice(prior.as_bytes());
+                forwarded.extend_from_slice(b", ");
+            }
+            crate::addr_text::push_ip(&mut forwarded, ip);
+            let forwarded = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded))
+                .or_err(InvalidHTTPHeader, "invalid header value")?;
+            head.set.push(X_FORWARDED_FOR, forwarded);
         }
         match self.body {
             BodyFraming::Empty => {}
-            BodyFraming::Sized(len) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            }
+            BodyFraming::Sized(len) => head
+                .set
+                .push(header::CONTENT_LENGTH, HeaderValue::from(len)),
             BodyFraming::Streamed {
                 content_length: Some(len),
-            } => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            }
+            } => head
+                .set
+                .push(header::CONTENT_LENGTH, HeaderValue::from(len)),
             BodyFraming::Streamed {
                 content_length: None,
-            } => {
-                headers.insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-            }
+            } => head.set.push(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            ),
         }
         for (name, value) in &self.upstream.headers {
-            headers.insert(name.clone(), value.clone());
+            head.set.set(name.clone(), value.clone());
+        }
+        Ok(head)
+    }
+}
+
+/// Fields Sluice sets on a head it passes on: sent after the passed-on fields, each name once
+/// (a name set again replaces its value), and a passed-on field of a name set here is not sent.
+#[derive(Debug)]
+struct SetFields(Vec<(HeaderName, HeaderValue)>);
+
+impl SetFields {
+    fn with_capacity(capacity: usize) -> Self {
+        SetFields(Vec::with_capacity(capacity))
+    }
+
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.0.iter_mut().find(|(set, _)| *set == name) {
+            Some(field) => field.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// A name not set before: Sluice's own fields, before any configured one (no search).
+    fn push(&mut self, name: HeaderName, value: HeaderValue) {
+        debug_assert!(!self.has(&name), "{name} is set twice");
+        self.0.push((name, value));
+    }
+
+    fn has(&self, name: &HeaderName) -> bool {
+        self.0.iter().any(|(set, _)| set == name)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.0.iter().map(|(name, value)| (name, value))
+    }
+}
+
+/// The request head sent upstream, as what Sluice changes about the client's: the client's
+/// fields it keeps are read from the client's head as the head is written, not copied into a
+/// map of their own (an HTTP/1.1 upstream only needs their bytes).
+#[derive(Debug)]
+pub struct UpstreamHead {
+    pub method: http::Method,
+    pub target: PathAndQuery,
+    /// Names the client's `Connection` header lists: hop-by-hop, not sent.
+    connection_tokens: Vec<String>,
+    stream: bool,
+    strip_client_key: bool,
+    set: SetFields,
+}
+
+impl UpstreamHead {
+    /// The fields sent upstream: the client's that are kept, in their order, then Sluice's.
+    /// `client` is the head this one was built from.
+    pub fn fields<'a>(
+        &'a self,
+        client: &'a HeaderMap,
+    ) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
+        client
+            .iter()
+            .filter(|(name, _)| self.keeps(name))
+            .chain(self.set.iter())
+    }
+
+    fn keeps(&self, name: &HeaderName) -> bool {
+        !(is_hop_by_hop(name, &self.connection_tokens)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || (self.stream && name == header::ACCEPT_ENCODING)
+            // Sluice reads the body before it goes upstream, and answers `100-continue` itself.
+            || name == header::EXPECT
+            || (self.strip_client_key && crate::auth::CLIENT_KEY_HEADERS.contains(&name.as_str()))
+            || self.set.has(name))
+    }
+
+    /// The head as a Pingora client session takes it (HTTP/2 upstreams), on a plain header map
+    /// like [`response_head`] (HTTP/2 requires names in lower case).
+    pub fn to_request_header(&self, client: &HeaderMap) -> RequestHeader {
+        let mut headers = HeaderMap::with_capacity(client.len() + self.set.0.len());
+        for (name, value) in self.fields(client) {
+            headers.append(name.clone(), value.clone());
         }
         let (mut parts, ()) = http::Request::new(()).into_parts();
-        parts.method = client.method.clone();
-        parts.uri = uri;
+        parts.method = self.method.clone();
+        parts.uri = self.target.clone().into();
         parts.headers = headers;
-        Ok(RequestHeader::from(parts))
+        RequestHeader::from(parts)
     }
 }
 
@@ -161,17 +245,12 @@ pub enum ResponseShape {
 }
 
 /// The response head sent to the client for the upstream's head.
-///
-/// Takes the upstream's head: its names and values move into the client's head rather than
-/// being cloned. Pingora keeps the client's head for as long as the response lasts, and a cloned
-/// custom name or value would hold an extra shared allocation each (~40 of them behind a
-/// provider's head) in every open stream.
 pub fn client_response(
     upstream: ResponseHead,
     shape: ResponseShape,
     request_id: &str,
     extra: &[(http::HeaderName, http::HeaderValue)],
-) -> Result<ResponseHeader> {
+) -> Result<ClientHead> {
     let ResponseHead {
         status,
         reason,
@@ -185,73 +264,154 @@ pub fn client_response(
         || upstream_headers.contains_key(header::TRANSFER_ENCODING);
     let has_body = !(status.as_u16() < 200 || status == 204 || status == 304);
     let needs_chunked = shape == ResponseShape::Plain && !framed && has_body;
-    let keep = |name: &HeaderName| match shape {
-        ResponseShape::Stream => {
-            !is_hop_by_hop(name, &tokens)
-                && name != header::CONTENT_LENGTH
-                && name != header::CONTENT_ENCODING
-                && name != header::CACHE_CONTROL
-        }
-        // The client's framing follows the upstream's: a chunked body stays chunked.
-        ResponseShape::Plain => name == header::TRANSFER_ENCODING || !is_hop_by_hop(name, &tokens),
-        ResponseShape::Upgrade => !is_hop_by_hop(name, &tokens) && name != header::CONTENT_LENGTH,
+    let mut head = ClientHead {
+        status,
+        reason,
+        upstream: upstream_headers,
+        shape,
+        connection_tokens: tokens,
+        set: SetFields::with_capacity(4 + extra.len()),
     };
-    let mut headers = HeaderMap::with_capacity(upstream_headers.len() + 3 + extra.len());
-    let mut upgrade = None;
-    // The map yields each name once, with its first value; the name's other values follow
-    // without it.
-    let mut current: Option<header::OccupiedEntry<'_, HeaderValue>> = None;
-    for (name, value) in upstream_headers {
-        let Some(name) = name else {
-            if let Some(entry) = current.as_mut() {
-                entry.append(value);
-            }
-            continue;
-        };
-        current = None;
-        if shape == ResponseShape::Upgrade && name == header::UPGRADE {
-            upgrade = Some(value);
-        } else if keep(&name) {
-            // Always vacant (the map yields each name once); appending would be right anyway.
-            current = Some(match headers.entry(name) {
-                header::Entry::Occupied(mut entry) => {
-                    entry.append(value);
-                    entry
-                }
-                header::Entry::Vacant(entry) => entry.insert_entry(value),
-            });
-        }
-    }
-    headers.insert(crate::request_id::HEADER, header_value(request_id)?);
-    for (name, value) in extra {
-        headers.insert(name.clone(), value.clone());
-    }
+    head.set
+        .push(crate::request_id::HEADER, header_value(request_id)?);
     match shape {
         ResponseShape::Stream => {
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            headers.insert(
+            head.set
+                .push(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            head.set
+                .push(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+            head.set.push(
                 header::TRANSFER_ENCODING,
                 HeaderValue::from_static("chunked"),
             );
         }
         ResponseShape::Upgrade => {
-            if let Some(upgrade) = upgrade {
-                headers.insert(header::UPGRADE, upgrade);
+            if let Some(upgrade) = head.upstream.get(header::UPGRADE) {
+                head.set.push(header::UPGRADE, upgrade.clone());
             }
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            head.set
+                .push(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         ResponseShape::Plain if needs_chunked => {
-            headers.insert(
+            head.set.push(
                 header::TRANSFER_ENCODING,
                 HeaderValue::from_static("chunked"),
             );
         }
         ResponseShape::Plain => {}
     }
-    let mut head = response_head(status, headers);
-    head.set_reason_phrase(reason.as_deref())?;
+    for (name, value) in extra {
+        head.set.set(name.clone(), value.clone());
+    }
     Ok(head)
+}
+
+/// The response head for the client, as what Sluice changes about the upstream's: the upstream's
+/// fields it keeps stay in the upstream's map until the head is written, and are written from
+/// there (an HTTP/1.1 stream) or moved into Pingora's head (any other response).
+#[derive(Debug)]
+pub struct ClientHead {
+    pub status: http::StatusCode,
+    /// The upstream's reason phrase, when it is not the status code's own.
+    pub reason: Option<String>,
+    upstream: HeaderMap,
+    shape: ResponseShape,
+    /// Names the upstream's `Connection` header lists: hop-by-hop, not sent.
+    connection_tokens: Vec<String>,
+    set: SetFields,
+}
+
+impl ClientHead {
+    /// The fields sent to the client: the upstream's that are kept, in their order, then
+    /// Sluice's.
+    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.upstream
+            .iter()
+            .filter(|(name, _)| keeps(self.shape, &self.connection_tokens, &self.set, name))
+            .chain(self.set.iter())
+    }
+
+    /// A field Sluice sets, in place of the upstream's of that name (`Date` on a head Sluice
+    /// writes itself).
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.set.set(name, value);
+    }
+
+    /// The body goes out chunked.
+    pub fn is_chunked(&self) -> bool {
+        self.fields().any(|(name, value)| {
+            name == header::TRANSFER_ENCODING && value.as_bytes().eq_ignore_ascii_case(b"chunked")
+        })
+    }
+
+    /// The head as Pingora's session writes it. The upstream's names and values move into it
+    /// rather than being cloned: Pingora keeps the client's head for as long as the response
+    /// lasts, and a cloned custom name or value would hold an extra shared allocation each (~40
+    /// of them behind a provider's head) in every open stream.
+    pub fn into_response_header(self) -> Result<ResponseHeader> {
+        let ClientHead {
+            status,
+            reason,
+            upstream,
+            shape,
+            connection_tokens,
+            set,
+        } = self;
+        let mut headers = HeaderMap::with_capacity(upstream.len() + set.0.len());
+        // The map yields each name once, with its first value; the name's other values follow
+        // without it.
+        let mut current: Option<header::OccupiedEntry<'_, HeaderValue>> = None;
+        for (name, value) in upstream {
+            let Some(name) = name else {
+                if let Some(entry) = current.as_mut() {
+                    entry.append(value);
+                }
+                continue;
+            };
+            current = None;
+            if keeps(shape, &connection_tokens, &set, &name) {
+                // Always vacant (the map yields each name once); appending would be right anyway.
+                current = Some(match headers.entry(name) {
+                    header::Entry::Occupied(mut entry) => {
+                        entry.append(value);
+                        entry
+                    }
+                    header::Entry::Vacant(entry) => entry.insert_entry(value),
+                });
+            }
+        }
+        for (name, value) in set.0 {
+            headers.insert(name, value);
+        }
+        let mut head = response_head(status, headers);
+        head.set_reason_phrase(reason.as_deref())?;
+        Ok(head)
+    }
+}
+
+/// Whether the upstream's field `name` is passed on to the client.
+fn keeps(
+    shape: ResponseShape,
+    connection_tokens: &[String],
+    set: &SetFields,
+    name: &HeaderName,
+) -> bool {
+    let kept = match shape {
+        ResponseShape::Stream => {
+            !is_hop_by_hop(name, connection_tokens)
+                && name != header::CONTENT_LENGTH
+                && name != header::CONTENT_ENCODING
+                && name != header::CACHE_CONTROL
+        }
+        // The client's framing follows the upstream's: a chunked body stays chunked.
+        ResponseShape::Plain => {
+            name == header::TRANSFER_ENCODING || !is_hop_by_hop(name, connection_tokens)
+        }
+        ResponseShape::Upgrade => {
+            !is_hop_by_hop(name, connection_tokens) && name != header::CONTENT_LENGTH
+        }
+    };
+    kept && !set.has(name)
 }
 
 /// A Pingora response head holding `headers` as they are. Pingora's own builder renders each
@@ -345,21 +505,47 @@ mod tests {
         req
     }
 
+    /// The head `request` sends upstream, as a Pingora session gets it; checked to carry the same
+    /// fields, in the same order, as the bytes an HTTP/1.1 upstream gets.
+    fn sent(request: UpstreamRequest<'_>) -> RequestHeader {
+        let head = request.build().unwrap();
+        let client = &request.client.headers;
+        let mut bytes = bytes::BytesMut::new();
+        crate::http1::encode_request_head(
+            &head.method,
+            head.target.as_str(),
+            head.fields(client),
+            &mut bytes,
+        );
+        let mut parsed = [httparse::EMPTY_HEADER; 32];
+        let mut h1 = httparse::Request::new(&mut parsed);
+        assert!(h1.parse(&bytes).unwrap().is_complete());
+        let pingora = head.to_request_header(client);
+        assert_eq!(h1.method, Some(pingora.method.as_str()));
+        assert_eq!(h1.path, Some(pingora.uri.to_string().as_str()));
+        let h1_fields: Vec<_> = h1.headers.iter().map(|h| (h.name, h.value)).collect();
+        let pingora_fields: Vec<_> = pingora
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(h1_fields, pingora_fields);
+        pingora
+    }
+
     #[test]
     fn upstream_request_rewrites_headers() {
         let (client, spec) = (client(), spec());
-        let req = UpstreamRequest {
+        let req = sent(UpstreamRequest {
             client: &client,
             upstream: &spec,
-            client_addr: Some("10.0.0.1".into()),
+            client_ip: Some([10, 0, 0, 1].into()),
             request_id: "rid-1",
             body: BodyFraming::Sized(10),
             stream: true,
             strip_client_key: false,
             websocket: false,
-        }
-        .build()
-        .unwrap();
+        });
         assert_eq!(req.uri.to_string(), "/base/v1/chat?x=1");
         assert_eq!(req.headers["host"], "api.example.com");
         assert_eq!(req.headers["authorization"], "Bearer provider-key");
@@ -370,6 +556,36 @@ mod tests {
         for gone in ["accept-encoding", "connection", "x-private"] {
             assert!(!req.headers.contains_key(gone), "{gone}");
         }
+    }
+
+    #[test]
+    fn fields_sluice_sets_replace_the_clients_and_are_sent_once() {
+        let spec = spec();
+        let mut client = RequestHeader::build("POST", b"/v1/chat", None).unwrap();
+        for (k, v) in [
+            ("x-request-id", "client-id"),
+            ("x-forwarded-for", "192.0.2.7"),
+            ("authorization", "Bearer client"),
+            ("x-keep", "yes"),
+        ] {
+            client.append_header(k, v).unwrap();
+        }
+        let req = sent(UpstreamRequest {
+            client: &client,
+            upstream: &spec,
+            client_ip: Some([10, 0, 0, 1].into()),
+            request_id: "rid-4",
+            body: BodyFraming::Empty,
+            stream: true,
+            strip_client_key: false,
+            websocket: false,
+        });
+        let values = |name: &str| -> Vec<_> { req.headers.get_all(name).iter().collect() };
+        assert_eq!(values("x-request-id"), ["rid-4"]);
+        assert_eq!(values("x-forwarded-for"), ["192.0.2.7, 10.0.0.1"]);
+        assert_eq!(values("authorization"), ["Bearer provider-key"]);
+        assert_eq!(values("x-keep"), ["yes"]);
+        assert!(!req.headers.contains_key("content-length"));
     }
 
     #[test]
@@ -384,18 +600,16 @@ mod tests {
         ] {
             client.append_header(k, v).unwrap();
         }
-        let req = UpstreamRequest {
+        let req = sent(UpstreamRequest {
             client: &client,
             upstream: &spec,
-            client_addr: None,
+            client_ip: None,
             request_id: "rid-3",
             body: BodyFraming::Empty,
             stream: true,
             strip_client_key: true,
             websocket: false,
-        }
-        .build()
-        .unwrap();
+        });
         assert_eq!(req.uri.to_string(), "/base/v1/chat?x=1");
         assert_eq!(req.headers["authorization"], "Bearer provider-key");
         assert!(!req.headers.contains_key("x-api-key"));
@@ -405,10 +619,10 @@ mod tests {
     #[test]
     fn streamed_body_without_length_is_chunked() {
         let (client, spec) = (client(), spec());
-        let req = UpstreamRequest {
+        let req = sent(UpstreamRequest {
             client: &client,
             upstream: &spec,
-            client_addr: None,
+            client_ip: None,
             request_id: "rid-2",
             body: BodyFraming::Streamed {
                 content_length: None,
@@ -416,11 +630,35 @@ mod tests {
             stream: false,
             strip_client_key: false,
             websocket: false,
-        }
-        .build()
-        .unwrap();
+        });
         assert_eq!(req.headers["transfer-encoding"], "chunked");
         assert_eq!(req.headers["accept-encoding"], "gzip, br");
+    }
+
+    /// The head `head` writes to the client through Pingora's session; checked to carry the same
+    /// status and fields, in the same order, as the bytes Sluice writes on an HTTP/1.1 stream.
+    fn written(head: ClientHead) -> ResponseHeader {
+        let mut bytes = bytes::BytesMut::new();
+        crate::http1::encode_response_head(
+            head.status,
+            head.reason.as_deref(),
+            head.fields(),
+            &mut bytes,
+        );
+        let mut parsed = [httparse::EMPTY_HEADER; 32];
+        let mut h1 = httparse::Response::new(&mut parsed);
+        assert!(h1.parse(&bytes).unwrap().is_complete());
+        let pingora = head.into_response_header().unwrap();
+        assert_eq!(h1.code, Some(pingora.status.as_u16()));
+        assert_eq!(h1.reason, pingora.get_reason_phrase());
+        let h1_fields: Vec<_> = h1.headers.iter().map(|h| (h.name, h.value)).collect();
+        let pingora_fields: Vec<_> = pingora
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(h1_fields, pingora_fields);
+        pingora
     }
 
     #[test]
@@ -435,7 +673,7 @@ mod tests {
                 ("x-upstream-id", "abc"),
             ],
         );
-        let resp = client_response(up.clone(), ResponseShape::Stream, "rid", &[]).unwrap();
+        let resp = written(client_response(up.clone(), ResponseShape::Stream, "rid", &[]).unwrap());
         assert_eq!(resp.headers["cache-control"], "no-cache");
         assert_eq!(resp.headers["x-accel-buffering"], "no");
         assert_eq!(resp.headers["x-upstream-id"], "abc");
@@ -443,7 +681,7 @@ mod tests {
         for gone in ["content-length", "content-encoding", "connection"] {
             assert!(!resp.headers.contains_key(gone), "{gone}");
         }
-        let plain = client_response(up, ResponseShape::Plain, "rid", &[]).unwrap();
+        let plain = written(client_response(up, ResponseShape::Plain, "rid", &[]).unwrap());
         assert_eq!(plain.headers["content-length"], "100");
     }
 
@@ -463,7 +701,7 @@ mod tests {
             ],
         );
         up.reason = Some("Streaming".into());
-        let resp = client_response(up, ResponseShape::Stream, "rid", &[]).unwrap();
+        let resp = written(client_response(up, ResponseShape::Stream, "rid", &[]).unwrap());
         let names: Vec<_> = resp.headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(
             names[..5],
@@ -498,7 +736,7 @@ mod tests {
                 ("x-c", "3"),
             ],
         );
-        let resp = client_response(up, ResponseShape::Stream, "rid", &[]).unwrap();
+        let resp = written(client_response(up, ResponseShape::Stream, "rid", &[]).unwrap());
         let cache: Vec<_> = resp.headers.get_all("cache-control").iter().collect();
         assert_eq!(cache, ["no-cache"]);
         let a: Vec<_> = resp.headers.get_all("x-a").iter().collect();
@@ -516,7 +754,7 @@ mod tests {
                 ("connection", "upgrade"),
             ],
         );
-        let resp = client_response(up, ResponseShape::Upgrade, "rid", &[]).unwrap();
+        let resp = written(client_response(up, ResponseShape::Upgrade, "rid", &[]).unwrap());
         let upgrade: Vec<_> = resp.headers.get_all("upgrade").iter().collect();
         assert_eq!(upgrade, ["websocket"]);
         assert_eq!(resp.headers["x-d"], "4");
@@ -540,18 +778,16 @@ mod tests {
         ] {
             client.append_header(k, v).unwrap();
         }
-        let req = UpstreamRequest {
+        let req = sent(UpstreamRequest {
             client: &client,
             upstream: &spec,
-            client_addr: None,
+            client_ip: None,
             request_id: "rid",
             body: BodyFraming::Sized(3),
             stream: false,
             strip_client_key: false,
             websocket: false,
-        }
-        .build()
-        .unwrap();
+        });
         for gone in [
             "connection",
             "x-secret",
@@ -580,7 +816,7 @@ mod tests {
             ],
         );
         for shape in [ResponseShape::Plain, ResponseShape::Stream] {
-            let resp = client_response(up.clone(), shape, "rid", &[]).unwrap();
+            let resp = written(client_response(up.clone(), shape, "rid", &[]).unwrap());
             for gone in [
                 "connection",
                 "x-up-secret",
@@ -608,18 +844,16 @@ mod tests {
             client.append_header(k, v).unwrap();
         }
         assert!(is_websocket_upgrade(&client));
-        let req = UpstreamRequest {
+        let req = sent(UpstreamRequest {
             client: &client,
             upstream: &spec,
-            client_addr: None,
+            client_ip: None,
             request_id: "rid",
             body: BodyFraming::Empty,
             stream: true,
             strip_client_key: false,
             websocket: true,
-        }
-        .build()
-        .unwrap();
+        });
         assert_eq!(req.headers["upgrade"], "websocket");
         assert_eq!(req.headers["connection"], "upgrade");
         assert_eq!(req.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
@@ -634,7 +868,7 @@ mod tests {
                 ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
             ],
         );
-        let resp = client_response(up, ResponseShape::Upgrade, "rid", &[]).unwrap();
+        let resp = written(client_response(up, ResponseShape::Upgrade, "rid", &[]).unwrap());
         assert_eq!(resp.status, 101);
         assert_eq!(resp.headers["upgrade"], "websocket");
         assert_eq!(resp.headers["connection"], "upgrade");

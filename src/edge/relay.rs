@@ -179,7 +179,7 @@ async fn open<'d>(
     let request = UpstreamRequest {
         client: down.req_header(),
         upstream: &route.upstream,
-        client_addr: ctx.client_addr.map(|a| a.ip().to_string()),
+        client_ip: ctx.client_addr.map(|a| a.ip()),
         request_id: &ctx.request_id,
         body: body.framing(down.req_header()),
         stream: ctx.stream_request,
@@ -187,8 +187,8 @@ async fn open<'d>(
         websocket,
     }
     .build();
-    let request = match request {
-        Ok(r) => r,
+    let head = match request {
+        Ok(head) => head,
         Err(e) => {
             let error = ProxyError::new(ProxyErrorKind::BadRequest, e.to_string());
             return Err(respond_error(down, ctx, &error).await);
@@ -199,7 +199,7 @@ async fn open<'d>(
         Ok(connected) => connected,
         Err(error) => return Err(respond_error(down, ctx, &error).await),
     };
-    match request::send_request(&mut up, request, body, down, route.max_request_body).await {
+    match request::send_request(&mut up, &head, body, down, route.max_request_body).await {
         Ok(()) => {}
         Err(BodyError::TooLarge) => {
             // Part of the body is upstream already: dropping the connection aborts the request
@@ -465,7 +465,7 @@ fn relay_event_stream<'a>(
                     let record = ctx.usage_record.as_ref().expect("just set");
                     let mut tail = BytesMut::from(&inspector.take_held()[..]);
                     if route.usage_comment {
-                        tail.extend_from_slice(record.sse_comment().as_bytes());
+                        tail.extend_from_slice(&record.sse_comment());
                     }
                     let trailers = down.wants_trailers().then(|| usage_trailers(record));
                     end_stream(down, ctx, tail.freeze(), trailers).await

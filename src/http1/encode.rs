@@ -1,37 +1,84 @@
-//! Encoding what the proxy sends upstream: the request head and a chunked request body.
+//! Encoding what the proxy sends upstream (the request head and a chunked request body) and the
+//! head of a response it writes on a client connection itself.
 
 use bytes::{BufMut, BytesMut};
-use http::{HeaderMap, Method};
+use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 
 /// The last chunk with an empty trailer section: ends a chunked request body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// What a request head says about its connection, learnt while writing it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestHeadFacts {
+    /// `Transfer-Encoding: chunked`: the body goes in chunks and ends with [`LAST_CHUNK`].
+    pub chunked_body: bool,
+    /// `Connection: close`: the upstream closes the connection after its response.
+    pub close_requested: bool,
+}
 
 /// Writes the request line, the header fields and the blank line that ends the head.
 ///
 /// Header names go out lowercase (as `http` stores them), which HTTP/1.1 allows since names are
 /// case-insensitive. Framing and routing headers (`Host`, `Content-Length` or
 /// `Transfer-Encoding: chunked`, `Connection`) are the caller's choice and are written as given.
+/// The fields are taken as an iterator so that a proxy can send the client's fields it keeps
+/// without first copying them into a map of their own.
 ///
 /// `target` must be a valid request-target (as from [`http::Uri`]): it is copied verbatim, so a
 /// space or line break in it would let the caller forge a different request; debug builds check.
-pub fn encode_request_head(method: &Method, target: &str, headers: &HeaderMap, out: &mut BytesMut) {
+pub fn encode_request_head<'f>(
+    method: &Method,
+    target: &str,
+    fields: impl IntoIterator<Item = (&'f HeaderName, &'f HeaderValue)>,
+    out: &mut BytesMut,
+) -> RequestHeadFacts {
     debug_assert!(
         !target.is_empty() && target.bytes().all(|b| b > b' ' && b != 0x7f),
         "request target must be non-empty visible ASCII"
     );
-    const VERSION: &[u8] = b" HTTP/1.1\r\n";
-    let method = method.as_str().as_bytes();
-    let fields: usize = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
-        .sum();
-    // One reservation of the exact size, so a head never reallocates midway.
-    out.reserve(method.len() + 1 + target.len() + VERSION.len() + fields + 2);
-    out.put_slice(method);
+    let mut facts = RequestHeadFacts::default();
+    out.put_slice(method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
-    out.put_slice(VERSION);
-    for (name, value) in headers {
+    out.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in fields {
+        if name == header::TRANSFER_ENCODING {
+            facts.chunked_body |= value.as_bytes().eq_ignore_ascii_case(b"chunked");
+        } else if name == header::CONNECTION {
+            facts.close_requested |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    facts
+}
+
+/// Writes a response's status line, header fields and the blank line that ends its head, for a
+/// response Sluice writes on a client connection itself. `reason` defaults to the status code's
+/// own phrase. Names go out lowercase, as in [`encode_request_head`].
+pub fn encode_response_head<'f>(
+    status: StatusCode,
+    reason: Option<&str>,
+    fields: impl IntoIterator<Item = (&'f HeaderName, &'f HeaderValue)>,
+    out: &mut BytesMut,
+) {
+    let reason = reason.or(status.canonical_reason()).unwrap_or("");
+    debug_assert!(
+        !reason.bytes().any(|b| b == b'\r' || b == b'\n'),
+        "a reason phrase is one line"
+    );
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(reason.as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in fields {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());

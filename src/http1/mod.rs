@@ -22,7 +22,10 @@ mod head;
 mod tests;
 
 pub use body::BodyDecoder;
-pub use encode::{encode_chunk, encode_chunk_size, encode_request_head, LAST_CHUNK};
+pub use encode::{
+    encode_chunk, encode_chunk_size, encode_request_head, encode_response_head, RequestHeadFacts,
+    LAST_CHUNK,
+};
 pub use framing::{keeps_alive, response_framing, BodyFraming};
 pub use head::{parse_response_head, ResponseHead, MAX_HEADERS};
 

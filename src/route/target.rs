@@ -102,7 +102,10 @@ impl UpstreamTarget {
 
     /// The request target sent upstream for a client's path and query.
     pub fn upstream_path(&self, path_and_query: &str) -> String {
-        format!("{}{}", self.base_path, path_and_query)
+        let mut target = String::with_capacity(self.base_path.len() + path_and_query.len());
+        target.push_str(&self.base_path);
+        target.push_str(path_and_query);
+        target
     }
 }
 

@@ -254,26 +254,16 @@ impl UsageRecord {
 
     /// The SSE comment appended after the provider's last frame: ignored by EventSource and the
     /// official SDKs, readable by anyone who wants the figures in-band.
-    pub fn sse_comment(&self) -> String {
-        #[derive(Serialize)]
-        struct Comment<'a> {
-            request_id: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            model: Option<&'a str>,
-            #[serde(flatten)]
-            usage: &'a Usage,
-            usage_source: &'a str,
-        }
-        let comment = Comment {
-            request_id: &self.request_id,
-            model: self.model.as_deref(),
-            usage: &self.usage,
-            usage_source: self.usage_source,
-        };
-        format!(
-            ": sluice-usage {}\n\n",
-            serde_json::to_string(&comment).expect("plain data serialises")
-        )
+    pub fn sse_comment(&self) -> Vec<u8> {
+        let mut comment = JsonObject::after(b": sluice-usage ", 256);
+        comment
+            .str("request_id", &self.request_id)
+            .str_if_some("model", self.model.as_deref());
+        self.usage.write_members(&mut comment);
+        comment.str("usage_source", self.usage_source);
+        let mut comment = comment.finish();
+        comment.extend_from_slice(b"\n\n");
+        comment
     }
 }
 
@@ -299,6 +289,60 @@ mod tests {
     const NAMES: [&str; 3] = ["openai", "none", "odd \"name\"\t"];
 
     proptest! {
+        /// The usage comment's JSON is the one serde_json writes for its members.
+        #[test]
+        fn the_sse_comment_is_what_serde_json_writes(
+            request_id in any::<String>(),
+            model in proptest::option::of(any::<String>()),
+            usage in arbitrary_usage(),
+            usage_source in 0..NAMES.len(),
+        ) {
+            #[derive(Serialize)]
+            struct Comment<'a> {
+                request_id: &'a str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                model: Option<&'a str>,
+                #[serde(flatten)]
+                usage: &'a Usage,
+                usage_source: &'a str,
+            }
+            let expected = serde_json::to_string(&Comment {
+                request_id: &request_id,
+                model: model.as_deref(),
+                usage: &usage,
+                usage_source: NAMES[usage_source],
+            })
+            .unwrap();
+            let record = UsageRecord {
+                ts: "2026-12-06T05:00:00.000Z".into(),
+                request_id,
+                user: Some("u".into()),
+                key_id: None,
+                tenant: None,
+                route: "/v1/".into(),
+                upstream: "openai".into(),
+                provider: "openai",
+                format: Some("openai_chat"),
+                model,
+                usage,
+                usage_source: NAMES[usage_source],
+                outcome: "completed",
+                status: 200,
+                end_marker_seen: true,
+                finish_reason: None,
+                provider_error: None,
+                ttfb_ms: Some(1.0),
+                duration_ms: 2.0,
+                events: 3,
+                bytes: 4,
+                oversized_events: 0,
+            };
+            prop_assert_eq!(
+                String::from_utf8(record.sse_comment()).unwrap(),
+                format!(": sluice-usage {expected}\n\n")
+            );
+        }
+
         /// The ledger's line is the one serde_json writes for the record, byte for byte.
         #[test]
         fn the_json_line_is_what_serde_json_writes(
@@ -434,7 +478,7 @@ mod tests {
         assert_eq!(json["end_marker_seen"], true);
         assert!(json.get("cached_input_tokens").is_none());
         assert!(json.get("user").is_none());
-        let comment = record.sse_comment();
+        let comment = String::from_utf8(record.sse_comment()).unwrap();
         assert!(comment.starts_with(": sluice-usage {\"request_id\":\"r1\""));
         assert!(comment.ends_with("}\n\n") && comment.matches('\n').count() == 2);
     }

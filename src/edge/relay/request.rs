@@ -2,7 +2,7 @@
 //! body over its limit, a path that could climb out of the route), the body read ahead of
 //! forwarding, and the sending itself.
 
-use crate::edge::headers::{asks_for_websocket, BodyFraming};
+use crate::edge::headers::{asks_for_websocket, BodyFraming, UpstreamHead};
 use crate::edge::upstream::UpstreamConn;
 use crate::provider::{ProxyError, ProxyErrorKind};
 use crate::route::Route;
@@ -227,13 +227,14 @@ pub async fn read_body_prefix(down: &mut ServerSession, max: u64) -> Result<Body
 /// (the caller then drops the upstream connection, which aborts the request there).
 pub async fn send_request(
     up: &mut UpstreamConn,
-    request: RequestHeader,
+    head: &UpstreamHead,
     body: BodyPrefix,
     down: &mut ServerSession,
     max: u64,
 ) -> Result<(), BodyError> {
     let mut sent = body.prefix.len() as u64;
-    up.send_head(request, body.prefix.freeze(), body.complete)
+    let client = &down.req_header().headers;
+    up.send_head(head, client, body.prefix.freeze(), body.complete)
         .await
         .map_err(BodyError::Read)?;
     if body.complete {

@@ -16,7 +16,7 @@
 use super::StreamGuard;
 use crate::edge::downstream::Downstream;
 use crate::edge::drain;
-use crate::edge::headers::{client_response, ResponseShape};
+use crate::edge::headers::{client_response, ClientHead, ResponseShape};
 use crate::edge::responses::Finish;
 use crate::edge::stream_body::{self, RelayTimer};
 use crate::edge::upstream::{H1Connection, UpstreamConn};
@@ -65,7 +65,9 @@ pub async fn run(
         ResponseShape::Upgrade,
         &ctx.request_id,
         &ctx.limit_headers,
-    ) {
+    )
+    .and_then(ClientHead::into_response_header)
+    {
         Ok(head) => head,
         Err(_) => return Finish::Close,
     };

@@ -2,9 +2,9 @@
 //! client session for upstreams that may speak HTTP/2.
 
 use super::h1::H1Connection;
+use crate::edge::headers::UpstreamHead;
 use crate::http1::ResponseHead;
 use bytes::Bytes;
-use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 
@@ -29,16 +29,24 @@ impl UpstreamConn {
         matches!(self, UpstreamConn::Pingora(p) if p.session.as_http2().is_some())
     }
 
-    /// Sends the request head and the first part of the body (all of it when `complete`).
+    /// Sends the request head (`head`, made from the client's head `client`) and the first
+    /// part of the body (all of it when `complete`).
     pub async fn send_head(
         &mut self,
-        mut head: RequestHeader,
+        head: &UpstreamHead,
+        client: &http::HeaderMap,
         body: Bytes,
         complete: bool,
     ) -> pingora::Result<()> {
         match self {
-            UpstreamConn::H1 { conn, .. } => conn.send_head(&head, &body, complete).await,
+            UpstreamConn::H1 { conn, .. } => {
+                let target = head.target.as_str();
+                let fields = head.fields(client);
+                conn.send_head(&head.method, target, fields, &body, complete)
+                    .await
+            }
             UpstreamConn::Pingora(p) => {
+                let mut head = head.to_request_header(client);
                 if p.session.as_http2().is_some() {
                     // HTTP/2 frames the body itself and forbids the header.
                     head.remove_header(&http::header::TRANSFER_ENCODING);

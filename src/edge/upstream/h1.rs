@@ -6,7 +6,6 @@
 
 use crate::http1::{self, BodyDecoder, Http1Error};
 use bytes::{Buf, Bytes, BytesMut};
-use pingora::http::RequestHeader;
 use pingora::protocols::Stream;
 use pingora::{Error, ErrorType};
 use std::future::poll_fn;
@@ -48,29 +47,19 @@ impl H1Connection {
     }
 
     /// Writes the request head and the first part of its body (all of it when `complete`).
-    pub async fn send_head(
+    pub async fn send_head<'f>(
         &mut self,
-        head: &RequestHeader,
+        method: &http::Method,
+        target: &str,
+        fields: impl IntoIterator<Item = (&'f http::HeaderName, &'f http::HeaderValue)>,
         body: &[u8],
         complete: bool,
     ) -> pingora::Result<()> {
-        self.chunked_request = head
-            .headers
-            .get(http::header::TRANSFER_ENCODING)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
-        self.head_request = head.method == http::Method::HEAD;
-        self.close_requested = head
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .any(|v| {
-                v.as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-            });
-        let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut out = BytesMut::with_capacity(512 + body.len());
-        http1::encode_request_head(&head.method, target, &head.headers, &mut out);
+        let mut out = BytesMut::with_capacity(1024 + body.len());
+        let facts = http1::encode_request_head(method, target, fields, &mut out);
+        self.chunked_request = facts.chunked_body;
+        self.close_requested = facts.close_requested;
+        self.head_request = method == http::Method::HEAD;
         self.frame_body(body, &mut out);
         if complete && self.chunked_request {
             out.extend_from_slice(http1::LAST_CHUNK);

@@ -118,9 +118,21 @@ async fn answered(
     close: bool,
 ) -> (H1Connection, JoinHandle<Option<TcpStream>>) {
     let (mut conn, upstream) = connection().await;
-    conn.send_head(head, b"", true).await.unwrap();
+    send_head(&mut conn, head, b"", true).await.unwrap();
     let upstream = script(upstream, vec![response.to_vec()], Duration::ZERO, close);
     (conn, upstream)
+}
+
+/// Sends `head` as the relay sends a client's head: its target and its fields as they are.
+async fn send_head(
+    conn: &mut H1Connection,
+    head: &RequestHeader,
+    body: &[u8],
+    complete: bool,
+) -> pingora::Result<()> {
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    conn.send_head(&head.method, target, &head.headers, body, complete)
+        .await
 }
 
 fn get() -> RequestHeader {
@@ -203,7 +215,9 @@ async fn request_head_and_complete_body_leave_in_one_segment() {
         let mut conn = H1Connection::new(stream);
         let before = data_segments_sent(fd);
         let head = request("POST", "/v1/chat?x=1", &[("host", "up"), framing]);
-        conn.send_head(&head, body.as_bytes(), true).await.unwrap();
+        send_head(&mut conn, &head, body.as_bytes(), true)
+            .await
+            .unwrap();
         let (name, value) = framing;
         let head = format!("POST /v1/chat?x=1 HTTP/1.1\r\nhost: up\r\n{name}: {value}\r\n\r\n");
         assert_eq!(read_once(&mut upstream).await, format!("{head}{wire}"));
@@ -223,7 +237,7 @@ async fn streamed_request_bodies_are_framed_piece_by_piece() {
         (("content-length", "8"), "abcdefgh"),
     ] {
         let (mut conn, mut upstream) = connection().await;
-        conn.send_head(&request("PUT", "/", &[framing]), b"ab", false)
+        send_head(&mut conn, &request("PUT", "/", &[framing]), b"ab", false)
             .await
             .unwrap();
         conn.send_body(b"c").await.unwrap();
@@ -259,7 +273,7 @@ async fn content_length_response_is_read_and_reusable() {
 async fn chunked_response_in(pieces: Vec<Vec<u8>>, pause: Duration) {
     assert_eq!(pieces.concat(), CHUNKED.as_bytes());
     let (mut conn, upstream) = connection().await;
-    conn.send_head(&get(), b"", true).await.unwrap();
+    send_head(&mut conn, &get(), b"", true).await.unwrap();
     let _upstream = script(upstream, pieces, pause, false);
     assert_eq!(within(conn.read_head()).await.unwrap().status, 200);
     let body = read_all(&mut conn).await.unwrap();
@@ -284,7 +298,7 @@ async fn chunked_response_one_byte_at_a_time() {
 #[tokio::test]
 async fn until_close_body_ends_with_the_connection() {
     let (mut conn, upstream) = connection().await;
-    conn.send_head(&get(), b"", true).await.unwrap();
+    send_head(&mut conn, &get(), b"", true).await.unwrap();
     let response = pieces("HTTP/1.1 200 OK\r\n\r\nfirst |second |third");
     let _upstream = script(upstream, response, Duration::from_millis(5), true);
     assert_eq!(within(conn.read_head()).await.unwrap().status, 200);
@@ -300,7 +314,7 @@ async fn continue_then_final_head() {
     for response in [pieces(response), vec![pieces(response).concat()]] {
         let (mut conn, upstream) = connection().await;
         let head = request("POST", "/", &[("expect", "100-continue")]);
-        conn.send_head(&head, b"", true).await.unwrap();
+        send_head(&mut conn, &head, b"", true).await.unwrap();
         let _upstream = script(upstream, response, Duration::from_millis(10), false);
         assert_eq!(within(conn.read_head()).await.unwrap().status, 100);
         assert_eq!(within(conn.read_head()).await.unwrap().status, 200);
@@ -399,7 +413,7 @@ async fn malformed_chunk_after_data_is_an_error_on_the_next_read() {
 #[tokio::test]
 async fn cancelled_read_body_loses_nothing() {
     let (mut conn, mut upstream) = connection().await;
-    conn.send_head(&get(), b"", true).await.unwrap();
+    send_head(&mut conn, &get(), b"", true).await.unwrap();
     // Half a size line is already buffered when the read is cancelled.
     let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1";
     upstream.write_all(head.as_bytes()).await.unwrap();
@@ -420,7 +434,7 @@ async fn cancelled_read_body_loses_nothing() {
 #[tokio::test]
 async fn read_body_cancelled_over_and_over_stays_byte_exact() {
     let (mut conn, upstream) = connection().await;
-    conn.send_head(&get(), b"", true).await.unwrap();
+    send_head(&mut conn, &get(), b"", true).await.unwrap();
     let framing = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
     let body = format!("{framing}1A\r\n{ALPHABET}\r\n3\r\nxyz\r\n0\r\n\r\n");
     let pieces = body.bytes().map(|b| vec![b]).collect();
@@ -454,7 +468,7 @@ async fn raw_bytes_after_switching_protocols() {
         "/",
         &[("upgrade", "websocket"), ("connection", "upgrade")],
     );
-    conn.send_head(&head, b"", true).await.unwrap();
+    send_head(&mut conn, &head, b"", true).await.unwrap();
     upstream
         .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\nEARLY")
         .await
@@ -507,7 +521,7 @@ async fn a_reusable_connection_carries_the_next_request_from_the_pool() {
     let pool = IdlePool::new(4);
     let (mut conn, mut upstream) = connection().await;
     for round in 0..2 {
-        conn.send_head(&get(), b"", true).await.unwrap();
+        send_head(&mut conn, &get(), b"", true).await.unwrap();
         let request = read_once(&mut upstream).await;
         assert!(
             request.starts_with("GET /v1/models HTTP/1.1\r\n"),

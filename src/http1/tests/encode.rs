@@ -1,21 +1,46 @@
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use crate::http1::{encode_chunk, encode_chunk_size, encode_request_head, LAST_CHUNK};
+use crate::http1::{
+    encode_chunk, encode_chunk_size, encode_request_head, RequestHeadFacts, LAST_CHUNK,
+};
 
 #[test]
-fn request_head_is_exact_and_reserved_once() {
+fn request_head_is_exact() {
     let mut headers = HeaderMap::new();
     headers.insert("Host", HeaderValue::from_static("api.example.com"));
     headers.append("X-Multi", HeaderValue::from_static("a"));
     headers.append("X-Multi", HeaderValue::from_static("b"));
     headers.insert("Content-Length", HeaderValue::from_static("2"));
     let mut out = BytesMut::new();
-    encode_request_head(&Method::POST, "/v1/chat?x=1", &headers, &mut out);
+    let facts = encode_request_head(&Method::POST, "/v1/chat?x=1", &headers, &mut out);
     let expected = "POST /v1/chat?x=1 HTTP/1.1\r\nhost: api.example.com\r\n\
                     x-multi: a\r\nx-multi: b\r\ncontent-length: 2\r\n\r\n";
     assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
-    assert_eq!(out.capacity(), expected.len(), "exact reservation");
+    assert_eq!(facts, RequestHeadFacts::default());
+}
+
+#[test]
+fn request_head_facts_come_from_the_fields_written() {
+    let te = HeaderName::from_static("transfer-encoding");
+    let connection = HeaderName::from_static("connection");
+    let facts = |fields: &[(&HeaderName, &str)]| {
+        let values: Vec<_> = fields
+            .iter()
+            .map(|(n, v)| (*n, HeaderValue::from_str(v).unwrap()))
+            .collect();
+        encode_request_head(
+            &Method::POST,
+            "/",
+            values.iter().map(|(n, v)| (*n, v)),
+            &mut BytesMut::new(),
+        )
+    };
+    assert!(facts(&[(&te, "Chunked")]).chunked_body);
+    assert!(!facts(&[(&te, "gzip")]).chunked_body);
+    assert!(facts(&[(&connection, "upgrade, Close")]).close_requested);
+    assert!(!facts(&[(&connection, "closed")]).close_requested);
+    assert_eq!(facts(&[]), RequestHeadFacts::default());
 }
 
 #[test]
