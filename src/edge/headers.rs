@@ -2,7 +2,7 @@
 //! upstream's `Host` and configured headers, request body framing, and the stream response
 //! headers that stop intermediaries and browsers from buffering.
 
-use crate::http1::ResponseHead;
+use crate::http1::{is_named, Fields, ResponseHead};
 use crate::route::UpstreamSpec;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -25,20 +25,29 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authenticate",
 ];
 
-fn is_hop_by_hop(name: &HeaderName, connection_tokens: &[String]) -> bool {
-    HOP_BY_HOP.contains(&name.as_str()) || connection_tokens.iter().any(|t| t == name.as_str())
+/// `name` in any case (an upstream's names come as it sent them).
+fn is_hop_by_hop(name: &[u8], connection_tokens: &[String]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+        || connection_tokens
+            .iter()
+            .any(|token| name.eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Header names the `Connection` header lists: hop-by-hop as well.
-fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+/// Header names the `Connection` header lists (`values`: its values): hop-by-hop as well.
+fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect()
+}
+
+/// The values of `name` in a map, as bytes.
+pub fn values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    headers.get_all(name).into_iter().map(HeaderValue::as_bytes)
 }
 
 /// How the request body is framed towards the upstream.
@@ -93,7 +102,7 @@ impl UpstreamRequest<'_> {
         let mut head = UpstreamHead {
             method: client.method.clone(),
             target,
-            connection_tokens: connection_tokens(&client.headers),
+            connection_tokens: connection_tokens(values(&client.headers, &header::CONNECTION)),
             stream: self.stream,
             strip_client_key: self.strip_client_key,
             set: SetFields::with_capacity(5 + self.upstream.headers.len()),
@@ -171,6 +180,11 @@ impl SetFields {
         self.0.iter().any(|(set, _)| set == name)
     }
 
+    /// [`SetFields::has`] for a name as an upstream sent it.
+    fn has_sent(&self, name: &[u8]) -> bool {
+        self.0.iter().any(|(set, _)| is_named(name, set))
+    }
+
     fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         self.0.iter().map(|(name, value)| (name, value))
     }
@@ -204,7 +218,7 @@ impl UpstreamHead {
     }
 
     fn keeps(&self, name: &HeaderName) -> bool {
-        !(is_hop_by_hop(name, &self.connection_tokens)
+        !(is_hop_by_hop(name.as_str().as_bytes(), &self.connection_tokens)
             || name == header::HOST
             || name == header::CONTENT_LENGTH
             || (self.stream && name == header::ACCEPT_ENCODING)
@@ -254,20 +268,20 @@ pub fn client_response(
     let ResponseHead {
         status,
         reason,
-        headers: upstream_headers,
+        fields: upstream_fields,
         ..
     } = upstream;
-    let tokens = connection_tokens(&upstream_headers);
+    let tokens = connection_tokens(upstream_fields.get_all(&header::CONNECTION));
     // An HTTP/2 upstream may leave a plain body unframed; the client still needs to know where
     // it ends without losing its connection.
-    let framed = upstream_headers.contains_key(header::CONTENT_LENGTH)
-        || upstream_headers.contains_key(header::TRANSFER_ENCODING);
+    let framed = upstream_fields.contains(&header::CONTENT_LENGTH)
+        || upstream_fields.contains(&header::TRANSFER_ENCODING);
     let has_body = !(status.as_u16() < 200 || status == 204 || status == 304);
     let needs_chunked = shape == ResponseShape::Plain && !framed && has_body;
     let mut head = ClientHead {
         status,
         reason,
-        upstream: upstream_headers,
+        upstream: upstream_fields,
         shape,
         connection_tokens: tokens,
         set: SetFields::with_capacity(4 + extra.len()),
@@ -286,8 +300,10 @@ pub fn client_response(
             );
         }
         ResponseShape::Upgrade => {
-            if let Some(upgrade) = head.upstream.get(header::UPGRADE) {
-                head.set.push(header::UPGRADE, upgrade.clone());
+            if let Some(upgrade) = head.upstream.get(&header::UPGRADE) {
+                let upgrade = HeaderValue::from_bytes(upgrade)
+                    .or_err(InvalidHTTPHeader, "invalid Upgrade value")?;
+                head.set.push(header::UPGRADE, upgrade);
             }
             head.set
                 .push(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -307,14 +323,14 @@ pub fn client_response(
 }
 
 /// The response head for the client, as what Sluice changes about the upstream's: the upstream's
-/// fields it keeps stay in the upstream's map until the head is written, and are written from
-/// there (an HTTP/1.1 stream) or moved into Pingora's head (any other response).
+/// fields it keeps are written from the upstream's bytes (an HTTP/1.1 stream) or copied into
+/// Pingora's head (any other response).
 #[derive(Debug)]
 pub struct ClientHead {
     pub status: http::StatusCode,
     /// The upstream's reason phrase, when it is not the status code's own.
     pub reason: Option<String>,
-    upstream: HeaderMap,
+    upstream: Fields,
     shape: ResponseShape,
     /// Names the upstream's `Connection` header lists: hop-by-hop, not sent.
     connection_tokens: Vec<String>,
@@ -322,13 +338,17 @@ pub struct ClientHead {
 }
 
 impl ClientHead {
-    /// The fields sent to the client: the upstream's that are kept, in their order, then
-    /// Sluice's.
-    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    /// The fields sent to the client: the upstream's that are kept, in their order and with
+    /// their names as the upstream sent them, then Sluice's.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let set = self
+            .set
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
         self.upstream
             .iter()
             .filter(|(name, _)| keeps(self.shape, &self.connection_tokens, &self.set, name))
-            .chain(self.set.iter())
+            .chain(set)
     }
 
     /// A field Sluice sets, in place of the upstream's of that name (`Date` on a head Sluice
@@ -339,79 +359,58 @@ impl ClientHead {
 
     /// The body goes out chunked.
     pub fn is_chunked(&self) -> bool {
-        self.fields().any(|(name, value)| {
-            name == header::TRANSFER_ENCODING && value.as_bytes().eq_ignore_ascii_case(b"chunked")
-        })
+        let chunked = |(name, value): (&[u8], &[u8])| {
+            is_named(name, &header::TRANSFER_ENCODING) && value.eq_ignore_ascii_case(b"chunked")
+        };
+        // Sluice's own fields first: a stream's head always sets it, and they are few.
+        let set = self
+            .set
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        set.into_iter().any(chunked) || self.fields().any(chunked)
     }
 
-    /// The head as Pingora's session writes it. The upstream's names and values move into it
-    /// rather than being cloned: Pingora keeps the client's head for as long as the response
-    /// lasts, and a cloned custom name or value would hold an extra shared allocation each (~40
-    /// of them behind a provider's head) in every open stream.
+    /// The head as Pingora's session writes it: the kept fields are copied out of the
+    /// upstream's bytes, each its own allocation, so that the head Pingora keeps for as long as
+    /// the response lasts does not hold the upstream's whole head too.
     pub fn into_response_header(self) -> Result<ResponseHeader> {
-        let ClientHead {
-            status,
-            reason,
-            upstream,
-            shape,
-            connection_tokens,
-            set,
-        } = self;
-        let mut headers = HeaderMap::with_capacity(upstream.len() + set.0.len());
-        // The map yields each name once, with its first value; the name's other values follow
-        // without it.
-        let mut current: Option<header::OccupiedEntry<'_, HeaderValue>> = None;
-        for (name, value) in upstream {
-            let Some(name) = name else {
-                if let Some(entry) = current.as_mut() {
-                    entry.append(value);
-                }
-                continue;
-            };
-            current = None;
-            if keeps(shape, &connection_tokens, &set, &name) {
-                // Always vacant (the map yields each name once); appending would be right anyway.
-                current = Some(match headers.entry(name) {
-                    header::Entry::Occupied(mut entry) => {
-                        entry.append(value);
-                        entry
-                    }
-                    header::Entry::Vacant(entry) => entry.insert_entry(value),
-                });
-            }
+        let mut headers = HeaderMap::with_capacity(self.upstream.len() + self.set.0.len());
+        for (name, value) in self
+            .upstream
+            .iter()
+            .filter(|(name, _)| keeps(self.shape, &self.connection_tokens, &self.set, name))
+        {
+            let name = HeaderName::from_bytes(name).or_err(InvalidHTTPHeader, "header name")?;
+            let value = HeaderValue::from_bytes(value).or_err(InvalidHTTPHeader, "header value")?;
+            headers.append(name, value);
         }
-        for (name, value) in set.0 {
+        for (name, value) in self.set.0 {
             headers.insert(name, value);
         }
-        let mut head = response_head(status, headers);
-        head.set_reason_phrase(reason.as_deref())?;
+        let mut head = response_head(self.status, headers);
+        head.set_reason_phrase(self.reason.as_deref())?;
         Ok(head)
     }
 }
 
-/// Whether the upstream's field `name` is passed on to the client.
-fn keeps(
-    shape: ResponseShape,
-    connection_tokens: &[String],
-    set: &SetFields,
-    name: &HeaderName,
-) -> bool {
+/// Whether the upstream's field `name` (as it sent it) is passed on to the client.
+fn keeps(shape: ResponseShape, connection_tokens: &[String], set: &SetFields, name: &[u8]) -> bool {
     let kept = match shape {
         ResponseShape::Stream => {
             !is_hop_by_hop(name, connection_tokens)
-                && name != header::CONTENT_LENGTH
-                && name != header::CONTENT_ENCODING
-                && name != header::CACHE_CONTROL
+                && !is_named(name, &header::CONTENT_LENGTH)
+                && !is_named(name, &header::CONTENT_ENCODING)
+                && !is_named(name, &header::CACHE_CONTROL)
         }
         // The client's framing follows the upstream's: a chunked body stays chunked.
         ResponseShape::Plain => {
-            name == header::TRANSFER_ENCODING || !is_hop_by_hop(name, connection_tokens)
+            is_named(name, &header::TRANSFER_ENCODING) || !is_hop_by_hop(name, connection_tokens)
         }
         ResponseShape::Upgrade => {
-            !is_hop_by_hop(name, connection_tokens) && name != header::CONTENT_LENGTH
+            !is_hop_by_hop(name, connection_tokens) && !is_named(name, &header::CONTENT_LENGTH)
         }
     };
-    kept && !set.has(name)
+    kept && !set.has_sent(name)
 }
 
 /// A Pingora response head holding `headers` as they are. Pingora's own builder renders each
@@ -430,18 +429,17 @@ pub fn response_head(status: http::StatusCode, headers: HeaderMap) -> ResponseHe
 pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_11
         && req.method == http::Method::GET
-        && asks_for_websocket(&req.headers)
-        && connection_tokens(&req.headers)
+        && asks_for_websocket(values(&req.headers, &header::UPGRADE))
+        && connection_tokens(values(&req.headers, &header::CONNECTION))
             .iter()
             .any(|t| t == "upgrade")
 }
 
-/// The request names `websocket` in its `Upgrade` header, whatever its version and method.
-pub fn asks_for_websocket(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+/// `websocket` is named in `upgrade`, the values of an `Upgrade` header (a request's, whatever
+/// its version and method, or a `101` response's).
+pub fn asks_for_websocket<'a>(upgrade: impl Iterator<Item = &'a [u8]>) -> bool {
+    upgrade
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .any(|t| {
             t.trim()
@@ -477,15 +475,11 @@ mod tests {
 
     /// An upstream response head as Sluice's HTTP/1.1 client parses it.
     fn upstream_head(status: u16, headers: &[(&'static str, &'static str)]) -> ResponseHead {
-        let mut map = HeaderMap::new();
-        for (name, value) in headers {
-            map.append(*name, HeaderValue::from_static(value));
-        }
         ResponseHead {
             status: http::StatusCode::from_u16(status).unwrap(),
             version: http::Version::HTTP_11,
             reason: None,
-            headers: map,
+            fields: Fields::from_pairs(headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))),
         }
     }
 
@@ -636,7 +630,7 @@ mod tests {
     }
 
     /// The head `head` writes to the client through Pingora's session; checked to carry the same
-    /// status and fields, in the same order, as the bytes Sluice writes on an HTTP/1.1 stream.
+    /// status and fields as the bytes Sluice writes on an HTTP/1.1 stream.
     fn written(head: ClientHead) -> ResponseHeader {
         let mut bytes = bytes::BytesMut::new();
         crate::http1::encode_response_head(
@@ -651,14 +645,61 @@ mod tests {
         let pingora = head.into_response_header().unwrap();
         assert_eq!(h1.code, Some(pingora.status.as_u16()));
         assert_eq!(h1.reason, pingora.get_reason_phrase());
-        let h1_fields: Vec<_> = h1.headers.iter().map(|h| (h.name, h.value)).collect();
-        let pingora_fields: Vec<_> = pingora
+        // A map holds a name's values together; the bytes keep the upstream's order. Each
+        // name's values are in the same order in both.
+        let mut h1_fields: Vec<_> = h1
             .headers
             .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .map(|h| (h.name.to_ascii_lowercase(), h.value))
             .collect();
+        h1_fields.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut pingora_fields: Vec<_> = pingora
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes()))
+            .collect();
+        pingora_fields.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(h1_fields, pingora_fields);
         pingora
+    }
+
+    #[test]
+    fn upstream_names_are_matched_in_any_case_and_passed_on_as_sent() {
+        let up = upstream_head(
+            200,
+            &[
+                ("Content-Type", "text/event-stream"),
+                ("Content-Length", "5"),
+                ("Connection", "X-Secret"),
+                ("X-Secret", "1"),
+                ("Cache-Control", "max-age=5"),
+                ("X-Request-ID", "upstream"),
+                ("X-Kept", "yes"),
+            ],
+        );
+        let head = client_response(up, ResponseShape::Stream, "rid", &[]).unwrap();
+        let sent: Vec<_> = head
+            .fields()
+            .map(|(n, v)| {
+                (
+                    std::str::from_utf8(n).unwrap(),
+                    std::str::from_utf8(v).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("Content-Type", "text/event-stream"),
+                ("X-Kept", "yes"),
+                ("x-request-id", "rid"),
+                ("cache-control", "no-cache"),
+                ("x-accel-buffering", "no"),
+                ("transfer-encoding", "chunked"),
+            ]
+        );
+        let resp = written(head);
+        assert_eq!(resp.headers.get_all("cache-control").iter().count(), 1);
     }
 
     #[test]

@@ -254,7 +254,7 @@ async fn open<'d>(
     if upstream_head.status == http::StatusCode::SWITCHING_PROTOCOLS {
         // Only a WebSocket handshake may switch protocols, and only to WebSocket: anything else
         // would let the client and the upstream talk past Sluice's request handling.
-        if websocket && asks_for_websocket(&upstream_head.headers) {
+        if websocket && asks_for_websocket(upstream_head.fields.get_all(&http::header::UPGRADE)) {
             return Err(websocket::run(route, up, upstream_head, down, ctx).await);
         }
         let error = upstream_failed(
@@ -266,9 +266,8 @@ async fn open<'d>(
     }
     let kind = StreamKind::of_content_type(
         upstream_head
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes())
+            .fields
+            .get(&http::header::CONTENT_TYPE)
             .unwrap_or_default(),
     );
     let decoder = kind.and_then(|_| decoder_for(&upstream_head));
@@ -634,19 +633,18 @@ impl Drop for StreamGuard {
 /// A stream the upstream compressed although not asked to: decoded so that the client gets plain
 /// events or lines (gzip has no per-event flush).
 fn decoder_for(upstream_head: &ResponseHead) -> Option<Box<ResponseCompressionCtx>> {
-    let encoding = upstream_head.headers.get(http::header::CONTENT_ENCODING)?;
-    if encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
+    let encoding = upstream_head.fields.get(&http::header::CONTENT_ENCODING)?;
+    if encoding.eq_ignore_ascii_case(b"identity") {
         return None;
     }
     let mut ctx = ResponseCompressionCtx::new(0, true, false);
     let identity_only = RequestHeader::build("GET", b"/", None).ok()?;
     ctx.request_filter(&identity_only);
-    // Pingora decides from the encoding alone. A copy of its value, not a clone: a clone would
-    // make the upstream's value (which moves into the client's head) hold a shared allocation.
+    // Pingora decides from the encoding alone.
     let mut headers = http::HeaderMap::with_capacity(1);
     headers.insert(
         http::header::CONTENT_ENCODING,
-        http::HeaderValue::from_bytes(encoding.as_bytes()).ok()?,
+        http::HeaderValue::from_bytes(encoding).ok()?,
     );
     let mut head = response_head(upstream_head.status, headers);
     ctx.response_header_filter(&mut head, false);

@@ -61,11 +61,12 @@ pub fn encode_request_head<'f>(
 
 /// Writes a response's status line, header fields and the blank line that ends its head, for a
 /// response Sluice writes on a client connection itself. `reason` defaults to the status code's
-/// own phrase. Names go out lowercase, as in [`encode_request_head`].
+/// own phrase. The fields are names and values as bytes, written as given: most are an
+/// upstream's, passed on as it sent them.
 pub fn encode_response_head<'f>(
     status: StatusCode,
     reason: Option<&str>,
-    fields: impl IntoIterator<Item = (&'f HeaderName, &'f HeaderValue)>,
+    fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>,
     out: &mut BytesMut,
 ) {
     let reason = reason.or(status.canonical_reason()).unwrap_or("");
@@ -79,9 +80,9 @@ pub fn encode_response_head<'f>(
     out.put_slice(reason.as_bytes());
     out.put_slice(b"\r\n");
     for (name, value) in fields {
-        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(name);
         out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
+        out.put_slice(value);
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"\r\n");

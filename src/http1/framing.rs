@@ -1,9 +1,9 @@
 //! Where a response body ends (RFC 9112 §6.3) and whether the connection outlives it.
 
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, StatusCode, Version};
+use http::{HeaderName, StatusCode, Version};
 
-use super::{Http1Error, ResponseHead};
+use super::{Fields, Http1Error, ResponseHead};
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub fn response_framing(
     {
         return Ok(BodyFraming::Empty);
     }
-    if head.headers.contains_key(TRANSFER_ENCODING) {
+    if head.fields.contains(&TRANSFER_ENCODING) {
         if head.version == Version::HTTP_10 {
             // §6.1: framing of an HTTP/1.0 message with Transfer-Encoding is faulty; the
             // upstream may or may not have chunked it, and guessing would corrupt the body.
@@ -45,9 +45,9 @@ pub fn response_framing(
                 "HTTP/1.0 response with Transfer-Encoding".into(),
             ));
         }
-        return transfer_encoding_framing(&head.headers);
+        return transfer_encoding_framing(&head.fields);
     }
-    match content_length(&head.headers)? {
+    match content_length(&head.fields)? {
         Some(n) => Ok(BodyFraming::Length(n)),
         None => Ok(BodyFraming::UntilClose),
     }
@@ -62,19 +62,18 @@ pub fn response_framing(
 pub fn keeps_alive(head: &ResponseHead, framing: &BodyFraming) -> bool {
     if *framing == BodyFraming::UntilClose
         || head.status == StatusCode::SWITCHING_PROTOCOLS
-        || (head.headers.contains_key(TRANSFER_ENCODING)
-            && head.headers.contains_key(CONTENT_LENGTH))
-        || has_token(&head.headers, &CONNECTION, b"close")
+        || (head.fields.contains(&TRANSFER_ENCODING) && head.fields.contains(&CONTENT_LENGTH))
+        || has_token(&head.fields, &CONNECTION, b"close")
     {
         return false;
     }
     match head.version {
         Version::HTTP_11 => true,
-        _ => has_token(&head.headers, &CONNECTION, b"keep-alive"),
+        _ => has_token(&head.fields, &CONNECTION, b"keep-alive"),
     }
 }
 
-fn transfer_encoding_framing(headers: &HeaderMap) -> Result<BodyFraming, Http1Error> {
+fn transfer_encoding_framing(headers: &Fields) -> Result<BodyFraming, Http1Error> {
     let mut last: Option<&[u8]> = None;
     let mut chunked = 0usize;
     for coding in list_elements(headers, &TRANSFER_ENCODING) {
@@ -107,14 +106,14 @@ fn transfer_encoding_framing(headers: &HeaderMap) -> Result<BodyFraming, Http1Er
 
 /// The agreed `Content-Length`, if any. Repeated values (`5, 5`, or two headers saying 5) are
 /// accepted, as RFC 9110 §8.6 allows, since some servers and proxies duplicate the header.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Http1Error> {
+fn content_length(headers: &Fields) -> Result<Option<u64>, Http1Error> {
     let mut agreed: Option<u64> = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for element in value.as_bytes().split(|&b| b == b',') {
+    for value in headers.get_all(&CONTENT_LENGTH) {
+        for element in value.split(|&b| b == b',') {
             let n = parse_decimal(trim_ows(element)).ok_or_else(|| {
                 Http1Error::InvalidFraming(format!(
                     "invalid Content-Length {:?}",
-                    String::from_utf8_lossy(value.as_bytes())
+                    String::from_utf8_lossy(value)
                 ))
             })?;
             match agreed {
@@ -141,20 +140,19 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
+fn has_token(headers: &Fields, name: &HeaderName, token: &[u8]) -> bool {
     list_elements(headers, name).any(|element| element.eq_ignore_ascii_case(token))
 }
 
 /// The non-empty elements of a comma-separated list header, across all its field lines, with
 /// optional whitespace trimmed (RFC 9110 §5.6.1: empty elements are ignored).
 fn list_elements<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
+    headers: &'a Fields,
+    name: &'a HeaderName,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .get_all(name)
-        .into_iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .flat_map(|value| value.split(|&b| b == b','))
         .map(trim_ows)
         .filter(|element| !element.is_empty())
 }

@@ -27,7 +27,7 @@ pub use encode::{
     LAST_CHUNK,
 };
 pub use framing::{keeps_alive, response_framing, BodyFraming};
-pub use head::{parse_response_head, ResponseHead, MAX_HEADERS};
+pub use head::{is_named, parse_response_head, Fields, ResponseHead, MAX_HEADERS};
 
 /// Why a response could not be read. The messages are plain sentences because they end up in a
 /// 502 body and in logs, read by people who never saw the bytes.

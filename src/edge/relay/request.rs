@@ -2,7 +2,7 @@
 //! body over its limit, a path that could climb out of the route), the body read ahead of
 //! forwarding, and the sending itself.
 
-use crate::edge::headers::{asks_for_websocket, BodyFraming, UpstreamHead};
+use crate::edge::headers::{asks_for_websocket, values, BodyFraming, UpstreamHead};
 use crate::edge::upstream::UpstreamConn;
 use crate::provider::{ProxyError, ProxyErrorKind};
 use crate::route::Route;
@@ -35,7 +35,7 @@ pub fn check_head(route: &Route, down: &ServerSession) -> Result<(), ProxyError>
             format!("the request path is refused: {why}"),
         ));
     }
-    if down.is_http2() && asks_for_websocket(&req.headers) {
+    if down.is_http2() && asks_for_websocket(values(&req.headers, &http::header::UPGRADE)) {
         return Err(ProxyError::new(
             ProxyErrorKind::BadRequest,
             "WebSocket is only relayed over HTTP/1.1 (HTTP/2 extended CONNECT is not supported)",

@@ -3,7 +3,7 @@
 
 use super::h1::H1Connection;
 use crate::edge::headers::UpstreamHead;
-use crate::http1::ResponseHead;
+use crate::http1::{Fields, ResponseHead};
 use bytes::Bytes;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
@@ -97,11 +97,15 @@ impl UpstreamConn {
                         .map(str::to_owned);
                     // `version` may be HTTP/2 here, unlike from Sluice's parser: nothing past this
                     // point reads it.
+                    let fields = head
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
                     ResponseHead {
                         status: head.status,
                         version: head.version,
                         reason,
-                        headers: head.headers.clone(),
+                        fields: Fields::from_pairs(fields),
                     }
                 }
             };
