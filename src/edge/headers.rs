@@ -10,26 +10,31 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType::InvalidHTTPHeader, OrErr, Result};
 use std::net::IpAddr;
 
-/// Removed in both directions, with every header the `Connection` header names. The last two are
-/// meant for a proxy (RFC 9110 §11.7): a client's proxy credentials are not the upstream's, and
-/// an upstream's proxy challenge is not for the client.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
-/// `name` in any case (an upstream's names come as it sent them).
+/// Removed in both directions, with every header the `Connection` header names (`name` in any
+/// case: an upstream's names come as it sent them). The last two are meant for a proxy (RFC
+/// 9110 §11.7): a client's proxy credentials are not the upstream's, and an upstream's proxy
+/// challenge is not for the client.
 fn is_hop_by_hop(name: &[u8], connection_tokens: &[String]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+    // Lowered on the stack and matched at once: this runs for every field of every head.
+    let mut lower = [0u8; "proxy-authorization".len()];
+    let listed = name.len() <= lower.len() && {
+        let lower = &mut lower[..name.len()];
+        lower.copy_from_slice(name);
+        lower.make_ascii_lowercase();
+        matches!(
+            &*lower,
+            b"connection"
+                | b"keep-alive"
+                | b"proxy-connection"
+                | b"te"
+                | b"trailer"
+                | b"transfer-encoding"
+                | b"upgrade"
+                | b"proxy-authorization"
+                | b"proxy-authenticate"
+        )
+    };
+    listed
         || connection_tokens
             .iter()
             .any(|token| name.eq_ignore_ascii_case(token.as_bytes()))

@@ -73,23 +73,37 @@ impl Fields {
         self.spans.iter().map(|span| {
             (
                 &self.raw[span.name_start as usize..span.name_end as usize],
-                &self.raw[span.value_start as usize..span.value_end as usize],
+                self.value_at(span),
             )
         })
     }
 
     /// The values of every field named `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter()
-            .filter(move |(sent, _)| is_named(sent, name))
-            .map(|(_, value)| value)
+        let name = name.as_str().as_bytes();
+        self.spans
+            .iter()
+            .filter(move |span| self.is_named_at(span, name))
+            .map(|span| self.value_at(span))
     }
 
     /// The first value of `name`.
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
-        self.iter()
-            .find(|(sent, _)| is_named(sent, name))
-            .map(|(_, value)| value)
+        let name = name.as_str().as_bytes();
+        self.spans
+            .iter()
+            .find(|span| self.is_named_at(span, name))
+            .map(|span| self.value_at(span))
+    }
+
+    /// Lengths first: most fields are ruled out without reading their names.
+    fn is_named_at(&self, span: &FieldSpan, name: &[u8]) -> bool {
+        (span.name_end - span.name_start) as usize == name.len()
+            && self.raw[span.name_start as usize..span.name_end as usize].eq_ignore_ascii_case(name)
+    }
+
+    fn value_at(&self, span: &FieldSpan) -> &[u8] {
+        &self.raw[span.value_start as usize..span.value_end as usize]
     }
 
     pub fn contains(&self, name: &HeaderName) -> bool {
