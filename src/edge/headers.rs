@@ -8,36 +8,40 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType::InvalidHTTPHeader, OrErr, Result};
+use std::borrow::Cow;
 use std::net::IpAddr;
 
-/// Removed in both directions, with every header the `Connection` header names (`name` in any
-/// case: an upstream's names come as it sent them). The last two are meant for a proxy (RFC
-/// 9110 §11.7): a client's proxy credentials are not the upstream's, and an upstream's proxy
-/// challenge is not for the client.
+/// Removed in both directions, with every header the `Connection` header names (`name` in lower
+/// case). The last two are meant for a proxy (RFC 9110 §11.7): a client's proxy credentials are
+/// not the upstream's, and an upstream's proxy challenge is not for the client.
 fn is_hop_by_hop(name: &[u8], connection_tokens: &[String]) -> bool {
-    // Lowered on the stack and matched at once: this runs for every field of every head.
-    let mut lower = [0u8; "proxy-authorization".len()];
-    let listed = name.len() <= lower.len() && {
-        let lower = &mut lower[..name.len()];
-        lower.copy_from_slice(name);
-        lower.make_ascii_lowercase();
-        matches!(
-            &*lower,
-            b"connection"
-                | b"keep-alive"
-                | b"proxy-connection"
-                | b"te"
-                | b"trailer"
-                | b"transfer-encoding"
-                | b"upgrade"
-                | b"proxy-authorization"
-                | b"proxy-authenticate"
-        )
-    };
-    listed
-        || connection_tokens
-            .iter()
-            .any(|token| name.eq_ignore_ascii_case(token.as_bytes()))
+    matches!(
+        name,
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
+            | b"proxy-authorization"
+            | b"proxy-authenticate"
+    ) || connection_tokens
+        .iter()
+        .any(|token| token.as_bytes() == name)
+}
+
+/// `name` in lower case, on the stack when it fits: an upstream's names come as it sent them,
+/// and every field of a head is checked against a dozen names, each then one plain compare.
+fn lowered<'b>(name: &[u8], buf: &'b mut [u8; 64]) -> Cow<'b, [u8]> {
+    match buf.get_mut(..name.len()) {
+        Some(lower) => {
+            lower.copy_from_slice(name);
+            lower.make_ascii_lowercase();
+            Cow::Borrowed(lower)
+        }
+        None => Cow::Owned(name.to_ascii_lowercase()),
+    }
 }
 
 /// Header names the `Connection` header lists (`values`: its values): hop-by-hop as well.
@@ -185,9 +189,11 @@ impl SetFields {
         self.0.iter().any(|(set, _)| set == name)
     }
 
-    /// [`SetFields::has`] for a name as an upstream sent it.
-    fn has_sent(&self, name: &[u8]) -> bool {
-        self.0.iter().any(|(set, _)| is_named(name, set))
+    /// [`SetFields::has`] for a name in lower case.
+    fn has_lowered(&self, name: &[u8]) -> bool {
+        self.0
+            .iter()
+            .any(|(set, _)| set.as_str().as_bytes() == name)
     }
 
     fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
@@ -400,22 +406,25 @@ impl ClientHead {
 
 /// Whether the upstream's field `name` (as it sent it) is passed on to the client.
 fn keeps(shape: ResponseShape, connection_tokens: &[String], set: &SetFields, name: &[u8]) -> bool {
+    let mut buf = [0u8; 64];
+    let name = &*lowered(name, &mut buf);
     let kept = match shape {
         ResponseShape::Stream => {
             !is_hop_by_hop(name, connection_tokens)
-                && !is_named(name, &header::CONTENT_LENGTH)
-                && !is_named(name, &header::CONTENT_ENCODING)
-                && !is_named(name, &header::CACHE_CONTROL)
+                && !matches!(
+                    name,
+                    b"content-length" | b"content-encoding" | b"cache-control"
+                )
         }
         // The client's framing follows the upstream's: a chunked body stays chunked.
         ResponseShape::Plain => {
-            is_named(name, &header::TRANSFER_ENCODING) || !is_hop_by_hop(name, connection_tokens)
+            name == b"transfer-encoding" || !is_hop_by_hop(name, connection_tokens)
         }
         ResponseShape::Upgrade => {
-            !is_hop_by_hop(name, connection_tokens) && !is_named(name, &header::CONTENT_LENGTH)
+            !is_hop_by_hop(name, connection_tokens) && name != b"content-length"
         }
     };
-    kept && !set.has_sent(name)
+    kept && !set.has_lowered(name)
 }
 
 /// A Pingora response head holding `headers` as they are. Pingora's own builder renders each
