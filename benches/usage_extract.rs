@@ -5,9 +5,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use sluice::sse::StreamMembers;
-use sluice::usage::extract::{
-    extractor_for, is_usage_only_chunk, AutoExtractor, StreamFormat, UsageExtractor,
-};
+use sluice::usage::extract::{extractor_for, AutoExtractor, StreamFormat, UsageExtractor};
 use sluice::usage::include_usage::{ensure_include_usage, IncludeUsage};
 
 type Event = (Vec<u8>, Vec<u8>);
@@ -157,12 +155,23 @@ fn bench(c: &mut Criterion) {
             auto.facts().events
         })
     });
-    group.bench_function("is_usage_only_chunk_200B", |b| {
+    group.finish();
+
+    // A short answer (role chunk, 3 deltas, finish, usage, `[DONE]`), asking after each event
+    // whether it is the usage-only chunk as the inspector does when it removes it: the model,
+    // the finish reason and the usage are read from 3 of its 7 events.
+    let mut group = c.benchmark_group("usage_extract_stream");
+    let short = openai_chat(3);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("openai_chat_short_stream", |b| {
         b.iter(|| {
-            black_box(chat)
-                .iter()
-                .filter(|(_, data)| is_usage_only_chunk(data))
-                .count()
+            let mut extractor = extractor_for(StreamFormat::OpenaiChat);
+            let mut usage_only = 0;
+            for (event_type, data) in black_box(&short) {
+                extractor.on_event(event_type, data);
+                usage_only += usize::from(extractor.usage_only());
+            }
+            (usage_only, extractor.facts().usage)
         })
     });
     group.finish();

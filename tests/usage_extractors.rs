@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use sluice::provider::Provider;
 use sluice::usage::extract::{
-    extractor_for, is_usage_only_chunk, AutoExtractor, StreamFormat, UsageExtractor,
+    extractor_for, AutoExtractor, OpenaiChatExtractor, StreamFormat, UsageExtractor,
 };
 use sluice::usage::record::StreamFacts;
 
@@ -219,8 +219,13 @@ fn auto_detection_from_paths() {
 fn only_the_usage_chunk_is_usage_only() {
     for fixture in fixtures() {
         let events = split_events(&fixture.stream);
+        // The OpenAI extractor over every provider's stream: only an OpenAI usage chunk counts.
+        let mut extractor = OpenaiChatExtractor::new();
         let usage_only: Vec<usize> = (0..events.len())
-            .filter(|&i| is_usage_only_chunk(&events[i].1))
+            .filter(|&i| {
+                extractor.on_event(&events[i].0, &events[i].1);
+                extractor.usage_only()
+            })
             .collect();
         let chunked = matches!(
             fixture.format,
@@ -391,7 +396,7 @@ proptest! {
         for (event_type, data) in &events {
             extractor.on_event(event_type, data);
             auto.on_event(event_type, data);
-            let _ = is_usage_only_chunk(data);
+            let _ = (extractor.usage_only(), auto.usage_only());
         }
         prop_assert_eq!(extractor.facts().events, events.len() as u64);
         prop_assert_eq!(auto.facts().events, events.len() as u64);

@@ -12,7 +12,7 @@
 //!   it, and the body's end comes later still.
 
 use crate::sse::SseParser;
-use crate::usage::extract::{is_usage_only_chunk, UsageExtractor};
+use crate::usage::extract::UsageExtractor;
 use crate::usage::record::StreamFacts;
 use bytes::{Bytes, BytesMut};
 
@@ -65,7 +65,7 @@ impl StreamInspector {
             if hold_from.is_some() {
                 return;
             }
-            if options.strip_usage_chunk && is_usage_only_chunk(&event.data) {
+            if options.strip_usage_chunk && extractor.usage_only() {
                 cuts.push((start, end));
                 *stripped += 1;
             } else if options.hold_final_frame && !was_final && extractor.facts().end_marker_seen {

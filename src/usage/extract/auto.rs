@@ -68,6 +68,10 @@ impl UsageExtractor for AutoExtractor {
             State::Detected(_, inner) => inner.facts(),
         }
     }
+
+    fn usage_only(&self) -> bool {
+        matches!(&self.state, State::Detected(_, inner) if inner.usage_only())
+    }
 }
 
 #[cfg(test)]

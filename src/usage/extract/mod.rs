@@ -21,7 +21,7 @@ pub use anthropic::AnthropicExtractor;
 pub use auto::AutoExtractor;
 pub use format::StreamFormat;
 pub use gemini::GeminiExtractor;
-pub use openai_chat::{is_usage_only_chunk, OpenaiChatExtractor};
+pub use openai_chat::OpenaiChatExtractor;
 pub use openai_responses::ResponsesExtractor;
 
 use crate::usage::record::StreamFacts;
@@ -33,6 +33,13 @@ pub trait UsageExtractor: Send {
 
     /// What the events so far showed.
     fn facts(&self) -> &StreamFacts;
+
+    /// The last event was OpenAI's usage-only chunk (`"choices": []` and a non-null `usage`),
+    /// which the proxy removes when the client did not ask for usage itself. Told by the parse
+    /// that read its figures, so that the chunk is not parsed twice.
+    fn usage_only(&self) -> bool {
+        false
+    }
 }
 
 /// Reads nothing: for `usage.inspect: false`, where records carry outcomes and timings only.

@@ -4,15 +4,16 @@
 //! `stream_options.include_usage`, then `data: [DONE]`. A mid-stream error is a
 //! `{"error":{...}}` payload (the SDKs also accept it under `event: error`).
 //!
-//! Hot path: an ordinary delta chunk costs three substring scans and no parse.
+//! Hot path: an ordinary delta chunk costs three substring scans and no parse, and the model
+//! is read from the first chunk by a walk of its top-level keys; only the finish chunk, the usage
+//! chunk and errors are parsed, once each.
 
 use std::sync::LazyLock;
 
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::common::{parse, ErrorBody};
-use super::scan::Needle;
+use super::scan::{top_level_str, Needle};
 use super::UsageExtractor;
 use crate::usage::record::{StreamFacts, Usage};
 
@@ -29,6 +30,8 @@ const MODEL_PARSES: u8 = 3;
 pub struct OpenaiChatExtractor {
     facts: StreamFacts,
     model_parses: u8,
+    /// The last event was the usage-only chunk.
+    usage_only: bool,
 }
 
 impl OpenaiChatExtractor {
@@ -40,6 +43,7 @@ impl OpenaiChatExtractor {
         OpenaiChatExtractor {
             facts,
             model_parses: 0,
+            usage_only: false,
         }
     }
 
@@ -61,6 +65,9 @@ impl OpenaiChatExtractor {
         if let Some(model) = chunk.model.filter(|m| !m.is_empty()) {
             self.facts.model = Some(model);
         }
+        // A last content chunk that happens to carry usage too is not usage-only.
+        self.usage_only =
+            chunk.usage.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty);
         // With several choices the last one to finish names the reason.
         let choices = chunk.choices.unwrap_or_default().into_iter();
         if let Some(reason) = choices.rev().find_map(|c| c.finish_reason) {
@@ -83,10 +90,20 @@ impl OpenaiChatExtractor {
 impl UsageExtractor for OpenaiChatExtractor {
     fn on_event(&mut self, event_type: &[u8], data: &[u8]) {
         self.facts.events += 1;
+        self.usage_only = false;
         let data = data.trim_ascii();
         if data == b"[DONE]" {
             self.facts.end_marker_seen = true;
-        } else if self.wants_parse(event_type, data) {
+            return;
+        }
+        if self.facts.model.is_none() {
+            // Read without a parse when it can be: the first chunk usually has nothing else.
+            let model = top_level_str(data, b"\"model\"").and_then(|m| std::str::from_utf8(m).ok());
+            if let Some(model) = model.filter(|m| !m.is_empty()) {
+                self.facts.model = Some(model.to_owned());
+            }
+        }
+        if self.wants_parse(event_type, data) {
             self.read(data);
         }
     }
@@ -94,24 +111,10 @@ impl UsageExtractor for OpenaiChatExtractor {
     fn facts(&self) -> &StreamFacts {
         &self.facts
     }
-}
 
-/// True for the chunk that carries only the usage (`"choices": []` and a non-null `usage`), which
-/// the proxy removes when the client did not ask for usage itself. Everything else is false,
-/// including a last content chunk that happens to carry usage too.
-pub fn is_usage_only_chunk(data: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Shape {
-        choices: Option<Vec<IgnoredAny>>,
-        usage: Option<IgnoredAny>,
+    fn usage_only(&self) -> bool {
+        self.usage_only
     }
-    if !USAGE.has_non_null_value(data) {
-        return false;
-    }
-    matches!(
-        serde_json::from_slice::<Shape>(data.trim_ascii()),
-        Ok(Shape { choices: Some(choices), usage: Some(_) }) if choices.is_empty()
-    )
 }
 
 #[derive(Deserialize)]
@@ -268,23 +271,41 @@ mod tests {
         assert_eq!(usage.total_tokens, None);
     }
 
+    /// Whether the extractor takes `data`, after the stream's first chunk, for the usage-only
+    /// chunk.
+    fn usage_only(data: &[u8]) -> bool {
+        let mut x = OpenaiChatExtractor::new();
+        x.on_event(b"message", FIRST);
+        assert!(!x.usage_only());
+        x.on_event(b"message", data);
+        x.usage_only()
+    }
+
     #[test]
     fn usage_only_chunk() {
-        assert!(is_usage_only_chunk(br#"{"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#));
-        assert!(is_usage_only_chunk(
+        assert!(usage_only(br#"{"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#));
+        assert!(usage_only(
             b"{\n \"choices\" : [ ],\n \"usage\" : {\"prompt_tokens\": 1}\n}"
         ));
-        assert!(!is_usage_only_chunk(
+        assert!(!usage_only(
             br#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1}}"#
         ));
-        assert!(!is_usage_only_chunk(
+        assert!(!usage_only(
             br#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#
         ));
-        assert!(!is_usage_only_chunk(br#"{"choices":[],"usage":null}"#));
-        assert!(!is_usage_only_chunk(br#"{"usage":{"prompt_tokens":1}}"#));
-        assert!(!is_usage_only_chunk(
-            br#"{"choices":[],"usage":{"prompt_tokens":1}"#
-        ));
-        assert!(!is_usage_only_chunk(b"[DONE]"));
+        assert!(!usage_only(br#"{"choices":[],"usage":null}"#));
+        assert!(!usage_only(br#"{"usage":{"prompt_tokens":1}}"#));
+        // Cut short: not JSON, so passed on as it came.
+        assert!(!usage_only(br#"{"choices":[],"usage":{"prompt_tokens":1}"#));
+        assert!(!usage_only(b"[DONE]"));
+    }
+
+    #[test]
+    fn usage_only_is_about_the_last_event() {
+        let mut x = OpenaiChatExtractor::new();
+        x.on_event(b"message", br#"{"choices":[],"usage":{"prompt_tokens":1}}"#);
+        assert!(x.usage_only());
+        x.on_event(b"message", b"[DONE]");
+        assert!(!x.usage_only());
     }
 }

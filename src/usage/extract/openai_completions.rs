@@ -6,7 +6,7 @@
 
 #[cfg(test)]
 mod tests {
-    use crate::usage::extract::{extractor_for, is_usage_only_chunk, StreamFormat};
+    use crate::usage::extract::{extractor_for, StreamFormat};
 
     #[test]
     fn text_completion_chunks() {
@@ -17,14 +17,16 @@ mod tests {
             br#"{"id":"cmpl-1","object":"text_completion","created":1690759702,"choices":[],"model":"gpt-3.5-turbo-instruct","usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#,
             b"[DONE]",
         ];
+        let mut usage_only = Vec::new();
         for data in events {
             x.on_event(b"message", data);
+            usage_only.push(x.usage_only());
         }
         let facts = x.facts();
         assert_eq!(facts.model.as_deref(), Some("gpt-3.5-turbo-instruct"));
         assert_eq!(facts.finish_reason.as_deref(), Some("length"));
         assert_eq!(facts.usage.unwrap().total_tokens, Some(12));
         assert!(facts.end_marker_seen);
-        assert!(is_usage_only_chunk(events[2]));
+        assert_eq!(usage_only, [false, false, true, false]);
     }
 }

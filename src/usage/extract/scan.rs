@@ -71,9 +71,181 @@ pub(crate) fn leading_type(data: &[u8]) -> Option<&[u8]> {
     (rest[end] == b'"').then_some(&rest[..end])
 }
 
+/// The value of `key` (quoted, e.g. `"model"`) in the top-level object of `data`, when it is a
+/// string without escapes: what a parse would read, for the cost of walking the bytes before it.
+/// `None` when the key is not a top-level one, its value is not such a string, or the bytes
+/// stop being well-formed JSON on the way: the caller then parses.
+pub(crate) fn top_level_str<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut rest = skip_ws(data).strip_prefix(b"{")?;
+    loop {
+        rest = skip_ws(rest);
+        let (name, after) = split_string(rest)?;
+        rest = skip_ws(skip_ws(after).strip_prefix(b":")?);
+        if name == &key[1..key.len() - 1] {
+            let value = rest.strip_prefix(b"\"")?;
+            let end = memchr::memchr2(b'"', b'\\', value)?;
+            return (value[end] == b'"').then_some(&value[..end]);
+        }
+        rest = skip_ws(skip_value(rest)?);
+        rest = rest.strip_prefix(b",")?;
+    }
+}
+
+/// A JSON string at the start of `bytes`: its raw contents (escapes left as they are) and what
+/// follows it.
+fn split_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let body = bytes.strip_prefix(b"\"")?;
+    let mut at = 0;
+    loop {
+        at += memchr::memchr2(b'"', b'\\', &body[at..])?;
+        if body[at] == b'"' {
+            return Some((&body[..at], &body[at + 1..]));
+        }
+        // An escape: the next byte is part of it, whatever it is.
+        at += 2;
+        if at > body.len() {
+            return None;
+        }
+    }
+}
+
+/// What follows the JSON value at the start of `bytes` (a string, an object or array with all
+/// it holds, or a scalar up to its delimiter).
+fn skip_value(bytes: &[u8]) -> Option<&[u8]> {
+    match bytes.first()? {
+        b'"' => split_string(bytes).map(|(_, after)| after),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut rest = bytes;
+            loop {
+                let at = rest
+                    .iter()
+                    .position(|b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']'))?;
+                match rest[at] {
+                    b'"' => rest = split_string(&rest[at..])?.1,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        rest = &rest[at + 1..];
+                    }
+                    _ => {
+                        depth -= 1;
+                        rest = &rest[at + 1..];
+                        if depth == 0 {
+                            return Some(rest);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            let end = bytes
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))?;
+            (end > 0).then_some(&bytes[end..])
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const MODEL: &[u8] = b"\"model\"";
+
+    #[test]
+    fn top_level_string_values() {
+        assert_eq!(
+            top_level_str(
+                br#"{"id":"c","object":"chunk","created":1,"model":"gpt-4o","choices":[]}"#,
+                MODEL
+            ),
+            Some(&b"gpt-4o"[..])
+        );
+        assert_eq!(
+            top_level_str(b"{\n \"model\" :\t\"m\" }", MODEL),
+            Some(&b"m"[..])
+        );
+        assert_eq!(top_level_str(br#"{"model":""}"#, MODEL), Some(&b""[..]));
+        // Nested keys of that name are not the top-level one.
+        assert_eq!(
+            top_level_str(
+                br#"{"meta":{"model":"inner","x":[{"model":"a"}]},"model":"outer"}"#,
+                MODEL
+            ),
+            Some(&b"outer"[..])
+        );
+        assert_eq!(top_level_str(br#"{"meta":{"model":"inner"}}"#, MODEL), None);
+        // Strings holding quotes, braces and the key itself are skipped whole.
+        assert_eq!(
+            top_level_str(br#"{"c":"a \"model\": \"x\" } { [","model":"m"}"#, MODEL),
+            Some(&b"m"[..])
+        );
+        assert_eq!(
+            top_level_str(br#"{"c":"ends in \\","model":"m"}"#, MODEL),
+            Some(&b"m"[..])
+        );
+    }
+
+    #[test]
+    fn anything_else_is_left_to_the_parse() {
+        for data in [
+            &br#"{"model":null}"#[..],
+            br#"{"model":5}"#,
+            br#"{"model":"gpt\u002d4"}"#,
+            br#"{"model":"unterminated"#,
+            br#"{"a":1 "model":"m"}"#,
+            br#"{"a":{"b":1,"model":"m"}"#,
+            br#"["model","m"]"#,
+            b"[DONE]",
+            b"",
+        ] {
+            assert_eq!(
+                top_level_str(data, MODEL),
+                None,
+                "{}",
+                String::from_utf8_lossy(data)
+            );
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z\"\\\\{}\\[\\]:, ]{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::vec(("(model|id|[a-z]{1,3})", inner), 0..4)
+                    .prop_map(|fields| { serde_json::Value::Object(fields.into_iter().collect()) }),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever the scan answers is what a parse reads (pretty-printed or not).
+        #[test]
+        fn agrees_with_the_parse(
+            fields in prop::collection::vec(("(model|id|[a-z]{1,3})", json_value()), 0..5),
+            pretty in any::<bool>(),
+        ) {
+            let object = serde_json::Value::Object(fields.into_iter().collect());
+            let data = if pretty {
+                serde_json::to_vec_pretty(&object).unwrap()
+            } else {
+                serde_json::to_vec(&object).unwrap()
+            };
+            let parsed = object.get("model").and_then(|m| m.as_str());
+            match top_level_str(&data, MODEL) {
+                Some(found) => prop_assert_eq!(Some(found), parsed.map(str::as_bytes)),
+                // Only a string with escapes (or no string at all) is left to the parse.
+                None => prop_assert!(parsed.is_none_or(|m| m.contains(['"', '\\']))),
+            }
+        }
+    }
 
     #[test]
     fn non_null_values_with_any_spacing() {
