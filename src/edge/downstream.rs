@@ -175,8 +175,7 @@ impl H1Stream {
             http::header::CONNECTION,
             http::HeaderValue::from_static(connection),
         );
-        let mut out = BytesMut::with_capacity(1024);
-        http1::encode_response_head(head.status, head.reason.as_deref(), head.fields(), &mut out);
+        let out = head.encode();
         // The head is gone before the first event: nothing of it stays with the stream.
         drop(head);
         self.write_all(&out, "writing response header").await

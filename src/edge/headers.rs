@@ -2,8 +2,9 @@
 //! upstream's `Host` and configured headers, request body framing, and the stream response
 //! headers that stop intermediaries and browsers from buffering.
 
-use crate::http1::{is_named, Fields, ResponseHead};
+use crate::http1::{self, is_named, Fields, ResponseHead};
 use crate::route::UpstreamSpec;
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -362,6 +363,31 @@ impl ClientHead {
             .chain(set)
     }
 
+    /// The head as bytes, for an HTTP/1.1 stream Sluice writes itself: [`Self::fields`] written
+    /// by [`http1::encode_response_head`], with the upstream's kept fields copied from its bytes.
+    pub fn encode(&self) -> BytesMut {
+        let set = || {
+            self.set
+                .iter()
+                .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        };
+        let set_len: usize = set()
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum();
+        // The upstream's status line and dropped fields leave room for Sluice's status line.
+        let mut out = BytesMut::with_capacity(self.upstream.raw_len() + set_len + 64);
+        http1::encode_status_line(self.status, self.reason.as_deref(), &mut out);
+        self.upstream.write_lines(
+            |name| keeps(self.shape, &self.connection_tokens, &self.set, name),
+            &mut out,
+        );
+        for (name, value) in set() {
+            http1::encode_field(name, value, &mut out);
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
     /// A field Sluice sets, in place of the upstream's of that name (`Date` on a head Sluice
     /// writes itself).
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
@@ -646,13 +672,15 @@ mod tests {
     /// The head `head` writes to the client through Pingora's session; checked to carry the same
     /// status and fields as the bytes Sluice writes on an HTTP/1.1 stream.
     fn written(head: ClientHead) -> ResponseHeader {
-        let mut bytes = bytes::BytesMut::new();
+        let bytes = head.encode();
+        let mut by_field = bytes::BytesMut::new();
         crate::http1::encode_response_head(
             head.status,
             head.reason.as_deref(),
             head.fields(),
-            &mut bytes,
+            &mut by_field,
         );
+        assert_eq!(bytes, by_field);
         let mut parsed = [httparse::EMPTY_HEADER; 32];
         let mut h1 = httparse::Response::new(&mut parsed);
         assert!(h1.parse(&bytes).unwrap().is_complete());

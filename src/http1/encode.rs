@@ -69,6 +69,16 @@ pub fn encode_response_head<'f>(
     fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>,
     out: &mut BytesMut,
 ) {
+    encode_status_line(status, reason, out);
+    for (name, value) in fields {
+        encode_field(name, value, out);
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// Writes a response's status line: the start of [`encode_response_head`], for a caller that
+/// writes the fields its own way.
+pub fn encode_status_line(status: StatusCode, reason: Option<&str>, out: &mut BytesMut) {
     let reason = reason.or(status.canonical_reason()).unwrap_or("");
     debug_assert!(
         !reason.bytes().any(|b| b == b'\r' || b == b'\n'),
@@ -79,12 +89,13 @@ pub fn encode_response_head<'f>(
     out.put_u8(b' ');
     out.put_slice(reason.as_bytes());
     out.put_slice(b"\r\n");
-    for (name, value) in fields {
-        out.put_slice(name);
-        out.put_slice(b": ");
-        out.put_slice(value);
-        out.put_slice(b"\r\n");
-    }
+}
+
+/// Writes one header field (`name: value\r\n`).
+pub fn encode_field(name: &[u8], value: &[u8], out: &mut BytesMut) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
     out.put_slice(b"\r\n");
 }
 

@@ -2,7 +2,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, StatusCode, Version};
 
 use super::Http1Error;
@@ -108,6 +108,42 @@ impl Fields {
 
     pub fn contains(&self, name: &HeaderName) -> bool {
         self.get(name).is_some()
+    }
+
+    /// Writes `name: value\r\n` for every field whose name (as sent) `keep` takes, in order,
+    /// as [`super::encode_field`] would. A field that came written that way (one space after
+    /// the colon, CRLF after the value) is copied from the head's bytes as it is, and a run of
+    /// such fields next to each other in one copy: a provider's head is mostly kept, so this is
+    /// a few copies instead of four per field.
+    pub fn write_lines(&self, mut keep: impl FnMut(&[u8]) -> bool, out: &mut BytesMut) {
+        // The bytes of the run being gathered, as a range of `raw`.
+        let mut run = 0..0;
+        for span in &self.spans {
+            let name = &self.raw[span.name_start as usize..span.name_end as usize];
+            if !keep(name) {
+                continue;
+            }
+            let (name_end, value_end) = (span.name_end as usize, span.value_end as usize);
+            let as_written = self.raw.get(name_end..span.value_start as usize) == Some(b": ")
+                && self.raw.get(value_end..value_end + 2) == Some(b"\r\n");
+            if as_written && run.end == span.name_start as usize && !run.is_empty() {
+                run.end = value_end + 2;
+                continue;
+            }
+            out.put_slice(&self.raw[run]);
+            if as_written {
+                run = span.name_start as usize..value_end + 2;
+            } else {
+                run = 0..0;
+                super::encode_field(name, self.value_at(span), out);
+            }
+        }
+        out.put_slice(&self.raw[run]);
+    }
+
+    /// Bytes of the head the fields were read from (an upper bound of what they take written).
+    pub fn raw_len(&self) -> usize {
+        self.raw.len()
     }
 
     pub fn len(&self) -> usize {

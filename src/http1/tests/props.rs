@@ -230,3 +230,63 @@ proptest! {
         }
     }
 }
+
+/// One header line as an upstream may write it: the spacing around the value and the line end
+/// vary (`None`: as Sluice writes it).
+fn field_line() -> impl Strategy<
+    Value = (
+        String,
+        String,
+        Option<(&'static str, &'static str, &'static str)>,
+    ),
+> {
+    (
+        "[A-Za-z][A-Za-z0-9-]{0,12}",
+        "[!-~]([ -~]{0,20}[!-~])?",
+        prop_oneof![
+            Just(None),
+            Just(Some(("", "", "\r\n"))),
+            Just(Some(("  ", "", "\r\n"))),
+            Just(Some((" ", " \t", "\r\n"))),
+            Just(Some((" ", "", "\n"))),
+        ],
+    )
+}
+
+proptest! {
+    /// Whatever the head's spacing and whichever fields are kept, the copied lines are the
+    /// bytes `encode_field` writes for those fields.
+    #[test]
+    fn kept_lines_are_what_encode_field_writes(
+        lines in prop::collection::vec(field_line(), 0..24),
+        kept in prop::collection::vec(any::<bool>(), 24),
+    ) {
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for (name, value, spacing) in &lines {
+            let (before, after, end) = spacing.unwrap_or((" ", "", "\r\n"));
+            head.push_str(&format!("{name}:{before}{value}{after}{end}"));
+        }
+        head.push_str("\r\n");
+        let (parsed, _) = crate::http1::parse_response_head(head.as_bytes(), 1 << 20)
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = lines.iter().map(|(name, ..)| name.as_str()).collect();
+        let mut expected = BytesMut::new();
+        for (i, (name, value)) in parsed.fields.iter().enumerate() {
+            prop_assert_eq!(name, names[i].as_bytes());
+            if kept[i] {
+                crate::http1::encode_field(name, value, &mut expected);
+            }
+        }
+        let mut index = 0;
+        let mut written = BytesMut::new();
+        parsed.fields.write_lines(
+            |_| {
+                index += 1;
+                kept[index - 1]
+            },
+            &mut written,
+        );
+        prop_assert_eq!(written, expected);
+    }
+}
