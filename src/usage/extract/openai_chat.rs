@@ -23,7 +23,7 @@ static USAGE: LazyLock<Needle> = LazyLock::new(|| Needle::new(b"\"usage\""));
 // servers. Text never matches (its quotes arrive escaped), so this stays rare.
 static ERROR: LazyLock<Needle> = LazyLock::new(|| Needle::new(b"\"error\""));
 
-/// A server that never names the model would otherwise have every chunk parsed.
+/// A server that never names the model would otherwise have every chunk scanned and parsed.
 const MODEL_PARSES: u8 = 3;
 
 #[derive(Debug, Default)]
@@ -47,8 +47,13 @@ impl OpenaiChatExtractor {
         }
     }
 
+    /// The model is still to be read, and the stream has not yet shown it never names one.
+    fn wants_model(&self) -> bool {
+        self.facts.model.is_none() && self.model_parses < MODEL_PARSES
+    }
+
     fn wants_parse(&self, event_type: &[u8], data: &[u8]) -> bool {
-        (self.facts.model.is_none() && self.model_parses < MODEL_PARSES)
+        self.wants_model()
             || event_type == b"error"
             || FINISH_REASON.has_non_null_value(data)
             || USAGE.has_non_null_value(data)
@@ -96,7 +101,7 @@ impl UsageExtractor for OpenaiChatExtractor {
             self.facts.end_marker_seen = true;
             return;
         }
-        if self.facts.model.is_none() {
+        if self.wants_model() {
             // Read without a parse when it can be: the first chunk usually has nothing else.
             let model = top_level_str(data, b"\"model\"").and_then(|m| std::str::from_utf8(m).ok());
             if let Some(model) = model.filter(|m| !m.is_empty()) {
@@ -298,6 +303,21 @@ mod tests {
         // Cut short: not JSON, so passed on as it came.
         assert!(!usage_only(br#"{"choices":[],"usage":{"prompt_tokens":1}"#));
         assert!(!usage_only(b"[DONE]"));
+    }
+
+    #[test]
+    fn a_stream_that_never_names_the_model_stops_being_read_for_it() {
+        let nameless = br#"{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#;
+        let mut x = OpenaiChatExtractor::new();
+        for _ in 0..MODEL_PARSES {
+            x.on_event(b"message", nameless);
+        }
+        // Neither scanned nor parsed any more: ordinary chunks cost the three needle checks.
+        x.on_event(
+            b"message",
+            br#"{"model":"late","choices":[{"delta":{},"finish_reason":null}]}"#,
+        );
+        assert_eq!(x.facts().model, None);
     }
 
     #[test]
