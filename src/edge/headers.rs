@@ -363,8 +363,8 @@ impl ClientHead {
             .chain(set)
     }
 
-    /// The head as bytes, for an HTTP/1.1 stream Sluice writes itself: [`Self::fields`] written
-    /// by [`http1::encode_response_head`], with the upstream's kept fields copied from its bytes.
+    /// The head as bytes, for an HTTP/1.1 stream Sluice writes itself: the status line and
+    /// [`Self::fields`], the upstream's kept fields copied from its bytes as it sent them.
     pub fn encode(&self) -> BytesMut {
         let set = || {
             self.set

@@ -59,10 +59,11 @@ pub fn encode_request_head<'f>(
     facts
 }
 
-/// Writes a response's status line, header fields and the blank line that ends its head, for a
-/// response Sluice writes on a client connection itself. `reason` defaults to the status code's
-/// own phrase. The fields are names and values as bytes, written as given: most are an
-/// upstream's, passed on as it sent them.
+/// Writes a response's status line, header fields and the blank line that ends its head, field by
+/// field. Test-only: a stream's head is written by `ClientHead::encode` (status line, the
+/// upstream's kept lines copied from its bytes, Sluice's fields), and this is the reference it is
+/// checked against.
+#[cfg(test)]
 pub fn encode_response_head<'f>(
     status: StatusCode,
     reason: Option<&str>,
@@ -76,8 +77,7 @@ pub fn encode_response_head<'f>(
     out.put_slice(b"\r\n");
 }
 
-/// Writes a response's status line: the start of [`encode_response_head`], for a caller that
-/// writes the fields its own way.
+/// Writes a response's status line. `reason` defaults to the status code's own phrase.
 pub fn encode_status_line(status: StatusCode, reason: Option<&str>, out: &mut BytesMut) {
     let reason = reason.or(status.canonical_reason()).unwrap_or("");
     debug_assert!(

@@ -22,9 +22,11 @@ mod head;
 mod tests;
 
 pub use body::BodyDecoder;
+#[cfg(test)]
+pub use encode::encode_response_head;
 pub use encode::{
-    encode_chunk, encode_chunk_size, encode_field, encode_request_head, encode_response_head,
-    encode_status_line, RequestHeadFacts, LAST_CHUNK,
+    encode_chunk, encode_chunk_size, encode_field, encode_request_head, encode_status_line,
+    RequestHeadFacts, LAST_CHUNK,
 };
 pub use framing::{keeps_alive, response_framing, BodyFraming};
 pub use head::{is_named, parse_response_head, Fields, ResponseHead, MAX_HEADERS};

@@ -103,7 +103,7 @@ impl UsageExtractor for OpenaiChatExtractor {
         }
         if self.wants_model() {
             // Read without a parse when it can be: the first chunk usually has nothing else.
-            let model = top_level_str(data, b"\"model\"").and_then(|m| std::str::from_utf8(m).ok());
+            let model = top_level_str(data, b"model").and_then(|m| std::str::from_utf8(m).ok());
             if let Some(model) = model.filter(|m| !m.is_empty()) {
                 self.facts.model = Some(model.to_owned());
             }

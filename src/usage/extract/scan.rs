@@ -63,32 +63,38 @@ fn skip_ws(bytes: &[u8]) -> &[u8] {
 /// (`{"type":"message_start",...}`, or with spaces). `None` when the first key is another one or
 /// the value holds an escape: the caller then falls back to a parse.
 pub(crate) fn leading_type(data: &[u8]) -> Option<&[u8]> {
-    let rest = skip_ws(data).strip_prefix(b"{")?;
-    let rest = skip_ws(rest).strip_prefix(b"\"type\"")?;
-    let rest = skip_ws(rest).strip_prefix(b":")?;
-    let rest = skip_ws(rest).strip_prefix(b"\"")?;
-    let end = memchr::memchr2(b'"', b'\\', rest)?;
-    (rest[end] == b'"').then_some(&rest[..end])
+    let (key, value) = first_member(skip_ws(data).strip_prefix(b"{")?)?;
+    (key == b"type").then(|| plain_string(value)).flatten()
 }
 
-/// The value of `key` (quoted, e.g. `"model"`) in the top-level object of `data`, when it is a
-/// string without escapes: what a parse would read, for the cost of walking the bytes before it.
+/// The value of `key` (e.g. `model`) in the top-level object of `data`, when it is a string
+/// without escapes: what a parse would read, for the cost of walking the bytes before it.
 /// `None` when the key is not a top-level one, its value is not such a string, or the bytes
 /// stop being well-formed JSON on the way: the caller then parses.
 pub(crate) fn top_level_str<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let mut rest = skip_ws(data).strip_prefix(b"{")?;
     loop {
-        rest = skip_ws(rest);
-        let (name, after) = split_string(rest)?;
-        rest = skip_ws(skip_ws(after).strip_prefix(b":")?);
-        if name == &key[1..key.len() - 1] {
-            let value = rest.strip_prefix(b"\"")?;
-            let end = memchr::memchr2(b'"', b'\\', value)?;
-            return (value[end] == b'"').then_some(&value[..end]);
+        let (name, value) = first_member(rest)?;
+        if name == key {
+            return plain_string(value);
         }
-        rest = skip_ws(skip_value(rest)?);
-        rest = rest.strip_prefix(b",")?;
+        rest = skip_ws(skip_value(value)?).strip_prefix(b",")?;
     }
+}
+
+/// The key of the object member at the start of `bytes` (escapes left as they are) and what
+/// follows its colon: the value, and the rest.
+fn first_member(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (key, after) = split_string(skip_ws(bytes))?;
+    Some((key, skip_ws(skip_ws(after).strip_prefix(b":")?)))
+}
+
+/// The JSON string at the start of `bytes` when it holds no escape (what a parse would read,
+/// byte for byte); `None` otherwise.
+fn plain_string(bytes: &[u8]) -> Option<&[u8]> {
+    let body = bytes.strip_prefix(b"\"")?;
+    let end = memchr::memchr2(b'"', b'\\', body)?;
+    (body[end] == b'"').then_some(&body[..end])
 }
 
 /// A JSON string at the start of `bytes`: its raw contents (escapes left as they are) and what
@@ -151,7 +157,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const MODEL: &[u8] = b"\"model\"";
+    const MODEL: &[u8] = b"model";
 
     #[test]
     fn top_level_string_values() {
