@@ -8,26 +8,28 @@
 //!
 //! It starts, all on 127.0.0.1: an upstream written for the harness (OpenAI-style SSE, each
 //! event its own write, stamped with its send time), Sluice (`target/release/sluice`, built when
-//! missing or stale) with usage inspection on and off and with per-user limits counted locally
-//! and in Redis (first byte only), nginx and HAProxy when installed (skipped,
+//! missing or stale) with usage inspection on and off, with the ledger's `async` durability
+//! and with per-user limits counted locally and in Redis (those three first byte only), nginx and HAProxy when installed (skipped,
 //! and said so, otherwise), and a client holding many streams. Scenarios, interleaved by round so
 //! that machine drift hits every target alike:
 //!
 //! - latency: 1,000 streams × 20 events/s → delivery delay over direct, p50 / p99 / p99.9
 //! - throughput: 64 streams as fast as the upstream writes → events/s, proxy CPU s per M events
-//! - first byte: fresh connection per stream → added time to first byte p50 / p99
+//! - first byte: fresh connection per stream → added time to first byte p50 / p99, proxy CPU
+//!   per stream
 //! - memory: up to 9,000 idle streams → proxy RSS per stream; then every client leaves at once
 //!   → upstream streams closed within 100 ms / 1 s
 //!
 //! Scale: `SLUICE_LOAD_ROUNDS` (3), `SLUICE_LOAD_SECONDS` (4, the measured window per round),
 //! `SLUICE_LOAD_STREAMS` (1000), `SLUICE_LOAD_RATE` (20 events/s), `SLUICE_LOAD_RAMP_SECONDS`
 //! (1), `SLUICE_LOAD_THROUGHPUT_STREAMS` (64), `SLUICE_LOAD_MEMORY_STREAMS` (9000, lowered to
-//! what the descriptor limit allows), `SLUICE_LOAD_FIRST_BYTE` (300). Selection:
-//! `SLUICE_LOAD_TARGETS=direct,sluice,sluice-baseline,sluice-noinspect,sluice-limits-local,sluice-limits-redis,nginx,haproxy`,
+//! what the descriptor limit allows), `SLUICE_LOAD_FIRST_BYTE` (300),
+//! `SLUICE_LOAD_FIRST_BYTE_IDLE_MS` (0: fresh streams back to back; N: N ms of quiet before
+//! each, a stream's start from an idle machine). Selection:
+//! `SLUICE_LOAD_TARGETS=direct,sluice,sluice-baseline,sluice-noinspect,sluice-async,sluice-limits-local,sluice-limits-redis,nginx,haproxy`,
 //! `SLUICE_LOAD_SCENARIOS=latency,throughput,first_byte,memory`. `SLUICE_LOAD_OUT` (results
 //! directory), `SLUICE_LOAD_KEEP=1` (keep the proxies' temp dirs and logs),
-//! `SLUICE_LOAD_TIMEOUT_S` (watchdog for the whole run), `SLUICE_LOAD_DURABILITY=async` (Sluice's
-//! ledger without the durable end, to see what that costs), `SLUICE_LOAD_PIN=1` (the harness on
+//! `SLUICE_LOAD_TIMEOUT_S` (watchdog for the whole run), `SLUICE_LOAD_PIN=1` (the harness on
 //! one CPU, every proxy on the others: no target shares its cores with the load),
 //! `SLUICE_LOAD_HEAD=minimal` (the upstream answers with a three-field head, as in runs before
 //! 2026-12-05, instead of the 25 fields a provider sends), `SLUICE_LOAD_REQUEST=minimal` (the

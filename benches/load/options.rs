@@ -45,6 +45,10 @@ pub struct Options {
     /// Asked for; the harness lowers it to what the descriptor limit allows.
     pub memory_streams: usize,
     pub first_byte_streams: usize,
+    /// First byte: milliseconds of quiet before each fresh stream (0: back to back). From quiet,
+    /// every process on the path has been asleep long enough for this VM's vCPUs to halt, so
+    /// what a stream's start costs in wake-ups shows apart from what the previous stream left.
+    pub first_byte_idle_ms: u64,
     /// Memory: pause after the last stream opened, before reading RSS.
     pub settle_seconds: f64,
     /// Memory: pause after a proxy was restarted and warmed up, before opening streams.
@@ -139,6 +143,7 @@ impl Options {
             throughput_streams: env_usize("SLUICE_LOAD_THROUGHPUT_STREAMS", tp).min(10_000),
             memory_streams: env_usize("SLUICE_LOAD_MEMORY_STREAMS", memory).min(100_000),
             first_byte_streams: env_usize("SLUICE_LOAD_FIRST_BYTE", first).min(100_000),
+            first_byte_idle_ms: env_usize("SLUICE_LOAD_FIRST_BYTE_IDLE_MS", 0).min(1000) as u64,
             settle_seconds: settle,
             restart_pause_seconds: restart_pause,
             close_wait_seconds: close_wait,

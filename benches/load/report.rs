@@ -76,6 +76,8 @@ pub struct Summary {
     pub ttfb_p50_by_round: Vec<Option<u64>>,
     pub first_event: Option<[u64; 2]>,
     pub first_byte_samples: usize,
+    /// The proxy's CPU time per fresh stream, mean over the rounds' streams.
+    pub cpu_us_per_fresh_stream: Option<f64>,
     pub kib_per_stream: Option<f64>,
     pub memory_streams: Option<usize>,
     pub closed_100ms: Option<usize>,
@@ -124,6 +126,16 @@ pub fn summarize(t: &TargetResults) -> Summary {
             .flat_map(|r| r.first_event_ns.iter().copied()),
     );
     s.first_byte_samples = ttfb.len();
+    let measured: Vec<(f64, usize)> = t
+        .first_byte
+        .iter()
+        .filter_map(|r| Some((r.cpu_ns_per_stream?, r.ttfb_ns.len())))
+        .collect();
+    let streams: usize = measured.iter().map(|&(_, n)| n).sum();
+    if streams > 0 {
+        let ns: f64 = measured.iter().map(|&(per, n)| per * n as f64).sum();
+        s.cpu_us_per_fresh_stream = Some(ns / streams as f64 / 1e3);
+    }
     s.ttfb_p50_by_round = t
         .first_byte
         .iter()
@@ -390,9 +402,18 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
         &rows,
     ));
 
-    out.push_str(
-        "\nFirst byte: fresh connection per stream (from connect to first byte / first event)\n",
-    );
+    let idle_ms = results
+        .iter()
+        .find_map(|t| Some(t.first_byte.first()?.idle_ms))
+        .unwrap_or(0);
+    let pace = if idle_ms > 0 {
+        format!("{idle_ms} ms of quiet before each")
+    } else {
+        "back to back".into()
+    };
+    out.push_str(&format!(
+        "\nFirst byte: fresh connection per stream, {pace} (from connect to first byte / first event)\n"
+    ));
     let rows: Vec<Vec<String>> = summaries
         .iter()
         .map(|(name, s)| {
@@ -408,6 +429,7 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
                 added(b(1), d_fb(1)),
                 added(e(0), d_fe(0)),
                 added(e(1), d_fe(1)),
+                opt(s.cpu_us_per_fresh_stream.map(|c| format!("{c:.0} µs"))),
             ]
         })
         .collect();
@@ -422,6 +444,7 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
             "added p99",
             "added 1st event p50",
             "added 1st event p99",
+            "proxy CPU / stream",
         ],
         &rows,
     ));
@@ -591,6 +614,7 @@ fn first_byte_json(runs: &[FirstByteRun], s: &Summary, direct: &Summary) -> Valu
         "first_event_p99_us": pct(s.first_event, 1).map(|v| v as f64 / 1e3),
         "added_first_event_p50_us": added_us(pct(s.first_event, 0), pct(direct.first_event, 0)),
         "added_first_event_p99_us": added_us(pct(s.first_event, 1), pct(direct.first_event, 1)),
+        "proxy_cpu_us_per_stream": s.cpu_us_per_fresh_stream,
         "errors": runs.iter().map(|r| r.errors.count).sum::<u64>(),
         // On 2 cores a proxy alternates between stretches where it runs beside the harness and
         // stretches where it shares a core with it: the medians in order show which is which.

@@ -53,6 +53,7 @@ pub fn write_json(
             "throughput_streams": options.throughput_streams,
             "memory_streams": memory_streams,
             "first_byte_streams": options.first_byte_streams,
+            "first_byte_idle_ms": options.first_byte_idle_ms,
             "event_bytes": upstream::event_size(),
             "upstream_head": options.head.name(),
             "upstream_head_bytes": options.head.bytes().len(),

@@ -70,6 +70,11 @@ pub struct FirstByteRun {
     pub ttfb_ns: Vec<u64>,
     /// From starting to connect until the first content event was complete.
     pub first_event_ns: Vec<u64>,
+    /// The proxy's CPU time over the run, per stream that completed (none for direct): the
+    /// work a fresh request costs, head to last byte, which the first byte waits on in part.
+    pub cpu_ns_per_stream: Option<f64>,
+    /// Quiet before each stream, ms (`first_byte_idle_ms`).
+    pub idle_ms: u64,
     pub errors: Errors,
 }
 
@@ -278,8 +283,9 @@ pub async fn throughput(target: &Target, upstream: &Upstream, options: &Options)
     out
 }
 
-/// Fresh streams one after another, each on a new connection: time to the first byte and to
-/// the first event.
+/// Fresh streams one after another (back to back, or after `first_byte_idle_ms` of quiet), each
+/// on a new connection: time to the first byte and to the first event, and the proxy's CPU time
+/// per stream.
 pub async fn first_byte(target: &Target, upstream: &Upstream, options: &Options) -> FirstByteRun {
     let run = upstream.new_run();
     let spec = StreamSpec {
@@ -290,13 +296,21 @@ pub async fn first_byte(target: &Target, upstream: &Upstream, options: &Options)
         run,
         sid: 0,
     };
-    let mut out = FirstByteRun::default();
+    let mut out = FirstByteRun {
+        idle_ms: options.first_byte_idle_ms,
+        ..FirstByteRun::default()
+    };
+    let pids = target.pids();
+    let cpu_before = procfs::cpu_ns(&pids);
     let deadline = now_ns() + 120 * SEC;
     for _ in 0..options.first_byte_streams {
         if now_ns() > deadline {
             out.errors
                 .add("scenario took over 120 s; stopped early".into());
             break;
+        }
+        if options.first_byte_idle_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(options.first_byte_idle_ms)).await;
         }
         let started = now_ns();
         let mut first_event = None;
@@ -334,6 +348,10 @@ pub async fn first_byte(target: &Target, upstream: &Upstream, options: &Options)
             (Ok(_), None) => out.errors.add("no content event".into()),
             (Err(e), _) => out.errors.add(e),
         }
+    }
+    if target.is_proxy() && !out.ttfb_ns.is_empty() {
+        let spent = procfs::cpu_ns(&pids).saturating_sub(cpu_before);
+        out.cpu_ns_per_stream = Some(spent as f64 / out.ttfb_ns.len() as f64);
     }
     out
 }

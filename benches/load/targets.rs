@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     Direct,
     /// `baseline`: the build named by `SLUICE_LOAD_BASELINE` instead of the tree's.
+    /// `durable_end: false`: the ledger's `async` durability (a stream's end does not wait for
+    /// its record's fsync), to see what the default `before_end` costs a stream.
     Sluice {
         inspect: bool,
         limits: Limits,
         baseline: bool,
+        durable_end: bool,
     },
     Nginx,
     Haproxy,
@@ -38,6 +41,9 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Sluice { baseline: true, .. } => "sluice-baseline",
+            Kind::Sluice {
+                durable_end: false, ..
+            } => "sluice-async",
             Kind::Sluice {
                 inspect: true,
                 limits: Limits::Off,
@@ -61,11 +67,12 @@ impl Kind {
         }
     }
 
-    pub fn all() -> [Kind; 8] {
+    pub fn all() -> [Kind; 9] {
         let sluice = |inspect, limits| Kind::Sluice {
             inspect,
             limits,
             baseline: false,
+            durable_end: true,
         };
         [
             Kind::Direct,
@@ -74,8 +81,15 @@ impl Kind {
                 inspect: true,
                 limits: Limits::Off,
                 baseline: true,
+                durable_end: true,
             },
             sluice(false, Limits::Off),
+            Kind::Sluice {
+                inspect: true,
+                limits: Limits::Off,
+                baseline: false,
+                durable_end: false,
+            },
             sluice(true, Limits::Local),
             sluice(true, Limits::Redis),
             Kind::Nginx,
@@ -83,13 +97,16 @@ impl Kind {
         ]
     }
 
-    /// The limits variants exist to measure a stream's start: they run the first-byte scenario
-    /// only.
+    /// The limits and durability variants exist to measure a stream's start and what a fresh
+    /// stream costs: they run the first-byte scenario only.
     pub fn runs(self, scenario: Scenario) -> bool {
         match self {
             Kind::Sluice {
                 limits: Limits::Local | Limits::Redis,
                 ..
+            }
+            | Kind::Sluice {
+                durable_end: false, ..
             } => scenario == Scenario::FirstByte,
             _ => true,
         }
@@ -223,7 +240,10 @@ impl Target {
         let (group, admin) = match self.kind {
             Kind::Direct => return Ok(()),
             Kind::Sluice {
-                inspect, limits, ..
+                inspect,
+                limits,
+                durable_end,
+                ..
             } => {
                 let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?)
                     .parse()
@@ -232,7 +252,15 @@ impl Target {
                 let limits = limits_config(limits, self.redis.as_ref().map(|r| r.1));
                 write(
                     &conf,
-                    &sluice_config(addr, admin, launch.upstream, &dir, inspect, &limits),
+                    &sluice_config(
+                        addr,
+                        admin,
+                        launch.upstream,
+                        &dir,
+                        inspect,
+                        durable_end,
+                        &limits,
+                    ),
                 )?;
                 let conf = conf.to_string_lossy().into_owned();
                 let group = Group::spawn(&program, &["-c", &conf], &dir, &stem, &[])?;
@@ -464,15 +492,11 @@ fn sluice_config(
     upstream: SocketAddr,
     dir: &Path,
     inspect: bool,
+    durable_end: bool,
     limits: &str,
 ) -> String {
     let dir = dir.display();
-    // `before_end` is the default and what is measured; `async` is there to see what the
-    // durable end costs (SLUICE_LOAD_DURABILITY=async).
-    let durability = match std::env::var("SLUICE_LOAD_DURABILITY").as_deref() {
-        Ok("async") => "async",
-        _ => "before_end",
-    };
+    let durability = if durable_end { "before_end" } else { "async" };
     // Heartbeat off: the harness upstream never goes quiet mid-stream except in the memory
     // scenario, where a heartbeat would only add traffic to what is measured. Idle timeout
     // longer than any held stream.
