@@ -156,12 +156,16 @@ pub async fn relay(
     }
 }
 
-/// Writes body bytes to the client, noting the first byte's time and the bytes sent.
-pub async fn write(
-    down: &mut Downstream<'_>,
+/// Writes body bytes to the client, noting the first byte's time and the bytes sent (when
+/// called: the caller awaits the write at once).
+///
+/// Not an `async fn`: one would keep its own copy of `data` beside the write's, in the state
+/// that every open stream has room for.
+pub fn write<'a, 'd>(
+    down: &'a mut Downstream<'d>,
     ctx: &mut RequestCtx,
     data: Bytes,
-) -> pingora::Result<()> {
+) -> impl std::future::Future<Output = pingora::Result<()>> + use<'a, 'd> {
     if ctx.first_byte.is_none() {
         let now = Instant::now();
         ctx.first_byte = Some(now);
@@ -173,7 +177,7 @@ pub async fn write(
         }
     }
     ctx.bytes_sent += data.len() as u64;
-    down.write(data).await
+    down.write(data)
 }
 
 /// Most bytes gathered into one client write.

@@ -12,6 +12,7 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, UniqueID,
     UniqueIDType,
 };
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -77,18 +78,45 @@ pub async fn connect_socket(
 
 /// Writes `data` whole and flushes it (a TLS stream sends its records on flush); `what` names
 /// the write in the error.
-pub async fn write_flushed(
-    stream: &mut pingora::protocols::Stream,
-    data: &[u8],
+///
+/// A future of its own rather than `write_all` then `flush` in an `async fn`: every open stream's
+/// state has room for its body write, and those nested futures take 120 bytes, this one 48.
+pub fn write_flushed<'a>(
+    stream: &'a mut pingora::protocols::Stream,
+    data: &'a [u8],
     what: &'static str,
-) -> pingora::Result<()> {
-    let written = async {
-        stream.write_all(data).await?;
-        stream.flush().await
-    };
-    written
-        .await
-        .map_err(|e| pingora::Error::because(pingora::ErrorType::WriteError, what, e))
+) -> WriteFlushed<'a> {
+    WriteFlushed { stream, data, what }
+}
+
+/// See [`write_flushed`].
+pub struct WriteFlushed<'a> {
+    stream: &'a mut pingora::protocols::Stream,
+    /// What is still to be written.
+    data: &'a [u8],
+    what: &'static str,
+}
+
+impl Future for WriteFlushed<'_> {
+    type Output = pingora::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let written = loop {
+            if this.data.is_empty() {
+                break Pin::new(&mut *this.stream).poll_flush(cx);
+            }
+            match Pin::new(&mut *this.stream).poll_write(cx, this.data) {
+                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => this.data = &this.data[n..],
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        written.map(|r| {
+            r.map_err(|e| pingora::Error::because(pingora::ErrorType::WriteError, this.what, e))
+        })
+    }
 }
 
 impl AsyncRead for Tcp {
@@ -188,6 +216,50 @@ mod tests {
             .downcast_ref::<Tcp>()
             .expect("Sluice's own type");
         assert!(tcp.socket.nodelay().unwrap());
+    }
+
+    async fn socket_pair() -> (pingora::protocols::Stream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap());
+        let (ours, accepted) = tokio::join!(ours, listener.accept());
+        (Tcp::stream(ours.unwrap()), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_flushed_write_carries_every_byte_through_a_full_send_buffer() {
+        use tokio::io::AsyncReadExt;
+        let (mut ours, mut theirs) = socket_pair().await;
+        // Far more than the socket buffers hold: the write is cut into parts and waits for
+        // the reader between them.
+        let data: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut got = Vec::new();
+            theirs.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        write_flushed(&mut ours, &data, "writing a test body")
+            .await
+            .unwrap();
+        write_flushed(&mut ours, b"", "writing nothing")
+            .await
+            .unwrap();
+        drop(ours);
+        assert!(reader.await.unwrap() == data, "the bytes arrived changed");
+    }
+
+    #[tokio::test]
+    async fn a_flushed_write_to_a_gone_peer_names_what_it_was_writing() {
+        let (mut ours, theirs) = socket_pair().await;
+        // A closed socket answers the segments that reach it with a reset: a write that goes on
+        // fails.
+        drop(theirs);
+        let data = vec![b'x'; 16 << 20];
+        let error = write_flushed(&mut ours, &data, "writing a test body")
+            .await
+            .unwrap_err();
+        assert_eq!(error.etype(), &pingora::ErrorType::WriteError);
+        assert!(error.to_string().contains("writing a test body"), "{error}");
     }
 
     #[tokio::test]
