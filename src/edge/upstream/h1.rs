@@ -238,7 +238,9 @@ impl H1Connection {
 
     /// Drops the allocation behind an emptied `pending` (the pieces split off it keep theirs).
     fn release_pending_if_empty(&mut self) {
-        if self.pending.is_empty() && self.pending.capacity() > 0 {
+        // By emptiness, not capacity: once a piece is split off the end of a read sized to its
+        // bytes, the empty rest has no capacity yet still shares (and keeps) that read's buffer.
+        if self.pending.is_empty() {
             self.pending = BytesMut::new();
         }
     }

@@ -272,6 +272,31 @@ async fn content_length_response_is_read_and_reusable() {
     assert!(conn.reusable());
 }
 
+/// A stream left idle after a piece keeps none of the buffer that piece was read into: the
+/// piece given out is the buffer's only owner, so it is freed once relayed. (An empty remainder
+/// of a read sized to its bytes, kept in the connection, held each idle stream's last read:
+/// ~260 bytes per open stream.)
+#[tokio::test]
+async fn a_piece_given_out_is_the_only_owner_of_its_buffer() {
+    let (mut conn, upstream) = connection().await;
+    send_head(&mut conn, &get(), b"", true).await.unwrap();
+    // The head with the first piece (one read), then a second piece on its own.
+    let pieces = vec![
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+        b"6\r\n world\r\n".to_vec(),
+    ];
+    let _upstream = script(upstream, pieces, SETTLE, false);
+    assert_eq!(within(conn.read_head()).await.unwrap().status, 200);
+    for want in [&b"hello"[..], b" world"] {
+        let piece = within(conn.read_body()).await.unwrap().unwrap();
+        assert_eq!(piece, want);
+        assert!(
+            piece.is_unique(),
+            "the connection still holds {want:?}'s buffer"
+        );
+    }
+}
+
 /// `CHUNKED` written in `pieces` with pauses: the body comes out whole and the connection
 /// stays reusable.
 async fn chunked_response_in(pieces: Vec<Vec<u8>>, pause: Duration) {
