@@ -250,17 +250,26 @@ async fn serve(
     // as in flight (the process waits for it) until that request has been answered.
     let mut first_request = Some(first_request);
     loop {
-        let read = timer::timeout(
-            Duration::from_secs(KEEPALIVE_SECONDS),
-            first_bytes(&mut stream),
-        );
-        // Biased: bytes already here are served even once shutdown has begun. An idle kept-alive
-        // connection is closed when the service shuts down (or after KEEPALIVE_SECONDS without a
-        // request); a fresh one still gets its first request's grace.
-        let first_bytes = tokio::select! {
-            biased;
-            read = read => read,
-            _ = closing_time(&mut shutdown, first_request.is_some()) => return,
+        let fresh = first_request.is_some();
+        // Boxed: the wait's timers (~400 bytes) would otherwise size this task's state, which
+        // every open stream keeps while its request is served; one allocation per request.
+        let wait = Box::pin(async {
+            let read = timer::timeout(
+                Duration::from_secs(KEEPALIVE_SECONDS),
+                first_bytes(&mut stream),
+            );
+            // Biased: bytes already here are served even once shutdown has begun. An idle
+            // kept-alive connection is closed when the service shuts down (or after
+            // KEEPALIVE_SECONDS without a request); a fresh one still gets its first request's
+            // grace.
+            tokio::select! {
+                biased;
+                read = read => Some(read),
+                _ = closing_time(&mut shutdown, fresh) => None,
+            }
+        });
+        let Some(first_bytes) = wait.await else {
+            return;
         };
         // Counted until answered: a fresh connection from its accept, a kept-alive one from its
         // request's first bytes (the rest of its head still gets the grace at shutdown).
