@@ -14,9 +14,47 @@ use crate::http1;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::http::RequestHeader;
+use pingora::protocols::http::server::ReusableHttpStream;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
+use std::future::Future;
+use std::pin::Pin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A request's Pingora session, boxed, until an HTTP/1.1 stream takes the connection out of it
+/// (`Downstream::start`) and frees it: the session is ~680 bytes, and its slot in the request's
+/// state would otherwise stay there, unused, for the whole stream. One allocation per request.
+pub struct RequestSession(Option<Box<ServerSession>>);
+
+impl RequestSession {
+    pub fn new(session: ServerSession) -> Self {
+        RequestSession(Some(Box::new(session)))
+    }
+
+    /// The session. Only `serve_request` reaches it after the response head went out, and it
+    /// asks [`RequestSession::handed`] first.
+    pub fn get(&mut self) -> &mut ServerSession {
+        self.0
+            .as_deref_mut()
+            .expect("the session is read only before an HTTP/1.1 stream takes its connection")
+    }
+
+    /// An HTTP/1.1 stream took the connection: the session is gone.
+    pub fn handed(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Pingora's end of the response on the session, boxed: that future is ~3.7 KiB, and only
+    /// an ending request runs it.
+    pub fn finish(
+        self,
+    ) -> Pin<Box<impl Future<Output = pingora::Result<Option<ReusableHttpStream>>>>> {
+        let session = self
+            .0
+            .expect("the session is finished only when no HTTP/1.1 stream took its connection");
+        Box::pin(session.finish())
+    }
+}
 
 /// The client side of a response whose head is out.
 pub enum Downstream<'a> {
@@ -39,25 +77,28 @@ impl<'a> Downstream<'a> {
     /// HTTP/1.1 request whose body has been read leaves Pingora's session here; any other
     /// response keeps it.
     pub async fn start(
-        down: &'a mut ServerSession,
+        session: &'a mut RequestSession,
         head: ClientHead,
         stream: bool,
     ) -> pingora::Result<Downstream<'a>> {
-        if !(stream && sluice_writes(down, &head)) {
+        if !(stream && sluice_writes(session.get(), &head)) {
+            let down = session.get();
             let head = head.into_response_header()?;
             down.write_response_header(Box::new(head)).await?;
             release_request_fields(down);
             return Ok(Downstream::Session(down));
         }
+        let down = session.get();
         let reuse = down
             .as_http1()
             .is_some_and(|s| s.will_keepalive())
             .then(|| HttpPersistentSettings::for_session(down));
-        // A placeholder that allocates nothing (Pingora's `()` session): nothing reads `down`
-        // again for this request but `serve_request`, which sees `Finish::Handed`.
-        let ServerSession::H1(mut session) =
-            std::mem::replace(down, ServerSession::Custom(Box::new(())))
-        else {
+        // Nothing reads the session again for this request but `serve_request`, which sees
+        // `Finish::Handed`.
+        let Some(boxed) = session.0.take() else {
+            unreachable!("sluice_writes read the session");
+        };
+        let ServerSession::H1(mut v1) = *boxed else {
             unreachable!("sluice_writes checked the session is HTTP/1.x");
         };
         let (stream, reuse) = match reuse {
@@ -65,8 +106,8 @@ impl<'a> Downstream<'a> {
                 // `reuse` is Pingora's only way to learn whether the client sent bytes past its
                 // request (a pipelined request): with pipelining on, it returns them rather than
                 // refusing reuse. The connection is not reused then, as Pingora would not.
-                session.set_pipelining_enabled(true);
-                match session.reuse().await? {
+                v1.set_pipelining_enabled(true);
+                match v1.reuse().await? {
                     Some(reusable) => match reusable.into_parts() {
                         (stream, None) => (stream, Some(settings)),
                         (stream, Some(_pipelined)) => (stream, None),
@@ -79,7 +120,7 @@ impl<'a> Downstream<'a> {
                     }
                 }
             }
-            None => (session.into_inner(), None),
+            None => (v1.into_inner(), None),
         };
         let mut h1 = H1Stream { stream, reuse };
         h1.write_head(head).await?;

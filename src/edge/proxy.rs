@@ -4,6 +4,7 @@
 //! does everything those phases would do.
 
 use super::admission;
+use super::downstream::RequestSession;
 use super::drain;
 use super::relay;
 use super::responses::{respond_error, respond_refusal, Finish};
@@ -60,7 +61,8 @@ impl SluiceProxy {
 
     /// Answers one request that Pingora has read the head of; `Finish::Close` when the client
     /// connection cannot be reused.
-    async fn answer(&self, down: &mut ServerSession, ctx: &mut RequestCtx) -> Finish {
+    async fn answer(&self, session: &mut RequestSession, ctx: &mut RequestCtx) -> Finish {
+        let down = session.get();
         ctx.method = Some(down.req_header().method.clone());
         ctx.path = down.req_header().uri.path().to_string();
         if down.req_header().method == http::Method::CONNECT {
@@ -87,7 +89,7 @@ impl SluiceProxy {
                             &self.usage,
                             &self.limiter,
                             route,
-                            down,
+                            session,
                             ctx,
                         )
                         .await
@@ -164,11 +166,12 @@ impl SluiceProxy {
     /// keep a ~400-byte Pingora `SocketDigest` per connection to carry it.
     ///
     /// A plain fn returning a boxed `async move` block, not an `async fn`: an async fn (and
-    /// `async_trait`) rebinds each by-value argument inside its state, and every open stream's
-    /// state would then keep two 680-byte sessions. Here the block uses the session it captured.
+    /// `async_trait`) keeps each by-value argument in its state for as long as it runs, and every
+    /// open stream's state would then keep a 680-byte session. The block captures the session
+    /// boxed (`RequestSession`), which an HTTP/1.1 stream frees once it has the connection.
     pub(super) fn serve_request<'app, 'watch, 'fut>(
         self: &'app Arc<Self>,
-        mut down: ServerSession,
+        down: ServerSession,
         client_addr: Option<SocketAddr>,
         shutdown: &'watch ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'fut>>
@@ -176,7 +179,9 @@ impl SluiceProxy {
         'app: 'fut,
         'watch: 'fut,
     {
+        let mut session = RequestSession::new(down);
         Box::pin(async move {
+            let down = session.get();
             let mut shutdown = shutdown.clone();
             let read = tokio::select! {
                 // Biased: a request already buffered is answered even when shutdown has begun.
@@ -200,7 +205,7 @@ impl SluiceProxy {
                                 None => "malformed request head".to_string(),
                             },
                         );
-                        respond_error(&mut down, &mut ctx, &error).await;
+                        respond_error(down, &mut ctx, &error).await;
                         self.record(&mut ctx).await;
                     }
                     down.shutdown().await;
@@ -210,7 +215,7 @@ impl SluiceProxy {
             if *shutdown.borrow() {
                 down.set_keepalive(None);
             }
-            let finish = self.answer(&mut down, &mut ctx).await;
+            let finish = self.answer(&mut session, &mut ctx).await;
             self.record(&mut ctx).await;
             let no_orderly_end =
                 ctx.outcome == Some(StreamOutcome::ClientDisconnect) || ctx.write_cut;
@@ -223,18 +228,20 @@ impl SluiceProxy {
                 return None;
             }
             match finish {
-                // The connection left the session for the response (`Downstream::H1`): `down` is a
-                // placeholder, and a response that failed there has had its connection dropped.
+                // The connection left the session for the response (`Downstream::H1`), and a
+                // response that failed there has had its connection dropped.
                 Finish::Handed(reused) => return reused,
-                _ if down.is_custom() => return None,
-                // `finish` then shuts the connection down in order (FIN, or END_STREAM on h2).
-                Finish::Close => down.set_keepalive(None),
-                Finish::Clean => {}
+                _ if session.handed() => return None,
+                _ => {}
             }
-            let settings = HttpPersistentSettings::for_session(&down);
-            // Boxed: Pingora's `finish` future (~3.7 KiB) would otherwise size the state that every
-            // open stream keeps, though only an ending request runs it.
-            Box::pin(down.finish())
+            let down = session.get();
+            if let Finish::Close = finish {
+                // `finish` then shuts the connection down in order (FIN, or END_STREAM on h2).
+                down.set_keepalive(None);
+            }
+            let settings = HttpPersistentSettings::for_session(down);
+            session
+                .finish()
                 .await
                 .ok()
                 .flatten()

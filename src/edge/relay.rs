@@ -15,7 +15,7 @@ mod request;
 mod websocket;
 
 use super::admission;
-use super::downstream::Downstream;
+use super::downstream::{Downstream, RequestSession};
 use super::drain;
 use super::headers::{
     asks_for_websocket, client_response, is_websocket_upgrade, response_head, ResponseShape,
@@ -56,7 +56,7 @@ pub async fn handle(
     usage: &UsageSink,
     limiter: &Limiter,
     route: &Arc<Route>,
-    down: &mut ServerSession,
+    session: &mut RequestSession,
     ctx: &mut RequestCtx,
 ) -> Finish {
     // Boxed: everything before the body relay (admission, connect, request, heads, WebSocket)
@@ -67,7 +67,7 @@ pub async fn handle(
         kind,
         mut decoder,
         strip_usage_chunk,
-    } = match Box::pin(open(upstreams, usage, limiter, route, down, ctx)).await {
+    } = match Box::pin(open(upstreams, usage, limiter, route, session, ctx)).await {
         Ok(opened) => opened,
         Err(finish) => return finish,
     };
@@ -127,9 +127,11 @@ async fn open<'d>(
     usage: &UsageSink,
     limiter: &Limiter,
     route: &Arc<Route>,
-    down: &'d mut ServerSession,
+    session: &'d mut RequestSession,
     ctx: &mut RequestCtx,
 ) -> Result<Opened<'d>, Finish> {
+    // The session until the response head: `Downstream::start` takes it then.
+    let down = session.get();
     if let Err(error) = request::check_head(route, down) {
         let body_coming = !request::expects_continue(down.req_header());
         return Err(refuse(down, ctx, &error, body_coming).await);
@@ -286,7 +288,7 @@ async fn open<'d>(
     ctx.status = client_head.status.as_u16();
     // The access log's `stream`: event streams and JSON lines alike.
     ctx.event_stream = kind.is_some();
-    let Ok(down) = Downstream::start(down, client_head, kind.is_some()).await else {
+    let Ok(down) = Downstream::start(session, client_head, kind.is_some()).await else {
         ctx.outcome = Some(StreamOutcome::ClientDisconnect);
         return Err(Finish::Close);
     };
