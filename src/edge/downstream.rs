@@ -93,8 +93,8 @@ impl<'a> Downstream<'a> {
             .as_http1()
             .is_some_and(|s| s.will_keepalive())
             .then(|| HttpPersistentSettings::for_session(down));
-        // Nothing reads the session again for this request but `serve_request`, which sees
-        // `Finish::Handed`.
+        // Nothing reads the session again for this request but `serve_request`, which asks
+        // `RequestSession::handed` first.
         let Some(boxed) = session.0.take() else {
             unreachable!("sluice_writes read the session");
         };
@@ -166,7 +166,8 @@ impl<'a> Downstream<'a> {
             Downstream::Session(ServerSession::H2(session)) => {
                 let _ = session.read_body_or_idle(true).await;
             }
-            // A plain body or an HTTP/1.0 client: one allocation per relayed chunk.
+            // A response Sluice does not write itself (a plain body, HTTP/1.0, `HEAD`, 204 / 304,
+            // a request body still coming): one allocation per turn of the relay's loop.
             Downstream::Session(session) => {
                 let _ = Box::pin(session.read_body_or_idle(true)).await;
             }

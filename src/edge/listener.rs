@@ -251,7 +251,7 @@ async fn serve(
     let mut first_request = Some(first_request);
     loop {
         let fresh = first_request.is_some();
-        // Boxed: the wait's timers (~400 bytes) would otherwise size this task's state, which
+        // Boxed: the wait's timers (~310 bytes) would otherwise size this task's state, which
         // every open stream keeps while its request is served; one allocation per request.
         let wait = Box::pin(async {
             let read = timer::timeout(

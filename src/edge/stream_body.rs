@@ -156,8 +156,8 @@ pub async fn relay(
     }
 }
 
-/// Writes body bytes to the client, noting the first byte's time and the bytes sent (when
-/// called: the caller awaits the write at once).
+/// Writes body bytes to the client, noting the first byte's time and the bytes sent when
+/// called: callers await the write at once, or poll it first (`biased` in the relay's select).
 ///
 /// Not an `async fn`: one would keep its own copy of `data` beside the write's, in the state
 /// that every open stream has room for.
