@@ -323,6 +323,35 @@ async fn falls_back_when_redis_dies_and_recovers_when_it_returns() {
     );
 }
 
+/// Admissions go out on the admitting thread's own connection. One that Redis closed (as a
+/// Redis with `timeout` set drops idle clients) is replaced on the next admission, which still
+/// counts in Redis: no fallback, no looser limits.
+#[tokio::test]
+async fn an_admission_connection_closed_by_redis_is_replaced_without_falling_back() {
+    let server = RedisServer::start();
+    // A long lease: no renewal (an EVALSHA of its own) runs during the test.
+    let (l, recorder) = limiter_with(&server, Duration::from_secs(60));
+    let limits = per_user(5);
+    let _a = l.admit(&stream("alice", "k", &limits)).await.unwrap();
+
+    let clients = server.command("CLIENT LIST");
+    let admitting: Vec<&str> = clients
+        .lines()
+        .filter(|line| line.contains(" cmd=evalsha "))
+        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next())
+        .collect();
+    assert_eq!(admitting.len(), 1, "{clients}");
+    assert_eq!(
+        server.command(&format!("CLIENT KILL ID {}", admitting[0])),
+        ":1\r\n"
+    );
+
+    let _b = l.admit(&stream("alice", "k", &limits)).await.unwrap();
+    assert_eq!(l.snapshot().backend, "redis");
+    assert!(!recorder.saw_fallback(true));
+    assert_eq!(int(&server, "ZCARD sluice:u:alice"), 2);
+}
+
 #[tokio::test]
 async fn a_frozen_redis_costs_one_timeout_then_nothing() {
     let server = RedisServer::start();

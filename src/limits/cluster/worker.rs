@@ -3,7 +3,6 @@
 use super::{Cluster, Msg, Release, BATCH, FALLBACK, MAX_PENDING_RELEASES, PROBE_EVERY, UP};
 use log::warn;
 use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -128,30 +127,13 @@ impl Worker {
         }
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection, String> {
-        let timeout = self.cluster.settings.timeout;
-        let config = AsyncConnectionConfig::new().set_connection_timeout(timeout);
-        let connecting = self
-            .cluster
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
-        match tokio::time::timeout(timeout, connecting).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(format!("connect: {e}")),
-            Err(_) => Err(format!(
-                "connect: no answer within {} ms",
-                timeout.as_millis()
-            )),
-        }
-    }
-
     /// Gets a connection that answers, loads the scripts, renews every held lease, sends the
     /// queued releases, and only then lets admissions use Redis again. False if any step fails.
     async fn recover(&mut self, first: bool) -> bool {
         let conn = match self.cluster.connection() {
             Some(conn) if self.ping(conn.clone()).await.is_ok() => conn,
             _ => {
-                let Ok(conn) = self.connect().await else {
+                let Ok(conn) = self.cluster.connect().await else {
                     return false;
                 };
                 if self.ping(conn.clone()).await.is_err() {
