@@ -24,8 +24,9 @@
 //! admission crossed to the limiter's thread and back, two cross-thread wake-ups that cost more
 //! than the Redis round trip itself (first byte with limits in Redis: +284 against +91 µs
 //! counted locally, load harness). A thread's connection is dropped for a fresh one when Redis
-//! was found failing since it was made (`epoch`), and once when a call on it finds it closed
-//! (a Redis that drops idle clients) before the limiter falls back.
+//! was found failing since it was made (`epoch`), when the thread runs another runtime, and once
+//! when a call on it finds it closed (a Redis that drops idle clients) before the limiter falls
+//! back; connect, call and that retry share one `timeout`.
 //!
 //! Everything else runs on the thread `sluice-limits`, on its own single-threaded runtime (the
 //! shared connection's driver too, so that connection lives as long as the limiter, whichever
@@ -65,10 +66,20 @@ use tokio::sync::mpsc;
 use worker::Worker;
 
 thread_local! {
-    /// This thread's connection for admissions: the limiter it belongs to (`Cluster::id`), the
-    /// `epoch` it was made in, and the connection.
-    static ADMIT_CONN: RefCell<Option<(u64, u64, MultiplexedConnection)>> =
+    /// This thread's connection for admissions and what it was made for.
+    static ADMIT_CONN: RefCell<Option<(AdmitConnKey, MultiplexedConnection)>> =
         const { RefCell::new(None) };
+}
+
+/// A thread's admission connection is used again only by the same limiter (`Cluster::id`), in
+/// the same `epoch`, on the runtime whose task drives it (a thread may run several runtimes one
+/// after the other, or park one and drive another: a connection whose driver is not polled
+/// would only time out).
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct AdmitConnKey {
+    cluster: u64,
+    epoch: u64,
+    runtime: tokio::runtime::Id,
 }
 
 /// Tells limiters apart in the threads' caches (a reload makes a new one; tests make many).
@@ -244,34 +255,48 @@ impl Cluster {
 
     /// This thread's connection for admissions, and whether it was made before this call.
     async fn admit_connection(&self) -> Result<(MultiplexedConnection, bool), String> {
-        let epoch = self.epoch.load(Ordering::Acquire);
+        let key = AdmitConnKey {
+            cluster: self.id,
+            epoch: self.epoch.load(Ordering::Acquire),
+            runtime: tokio::runtime::Handle::current().id(),
+        };
         let cached = ADMIT_CONN.with(|cell| match &*cell.borrow() {
-            Some((id, made_in, conn)) if *id == self.id && *made_in == epoch => Some(conn.clone()),
+            Some((made_for, conn)) if *made_for == key => Some(conn.clone()),
             _ => None,
         });
         if let Some(conn) = cached {
             return Ok((conn, true));
         }
         let conn = self.connect().await?;
-        ADMIT_CONN.with(|cell| *cell.borrow_mut() = Some((self.id, epoch, conn.clone())));
+        ADMIT_CONN.with(|cell| *cell.borrow_mut() = Some((key, conn.clone())));
         Ok((conn, false))
     }
 
-    /// The admission script's answer, on this thread's connection.
+    /// The admission script's answer, on this thread's connection, all within one `timeout`.
     async fn invoke_admit(&self, call: &redis::ScriptInvocation<'_>) -> Result<Vec<i64>, String> {
-        let (mut conn, cached) = self.admit_connection().await?;
-        match self.timed_call("admit", call.invoke_async(&mut conn)).await {
-            Ok(reply) => Ok(reply),
-            // Closed since this thread made it (a Redis that drops idle clients): once more on a
-            // fresh one before falling back.
-            Err(CallFailure { lost: true, .. }) if cached => {
-                ADMIT_CONN.with(|cell| *cell.borrow_mut() = None);
-                let (mut conn, _) = self.admit_connection().await?;
-                self.timed_call("admit", call.invoke_async(&mut conn))
-                    .await
-                    .map_err(|f| f.message)
+        let attempts = async {
+            let (mut conn, cached) = self.admit_connection().await?;
+            match self.timed_call("admit", call.invoke_async(&mut conn)).await {
+                Ok(reply) => Ok(reply),
+                // Closed since this thread made it (a Redis that drops idle clients): once more
+                // on a fresh one before falling back, unless another admission already found
+                // Redis failing. Sent twice, the script admits a stream once (ADMIT_LUA).
+                Err(CallFailure { lost: true, .. }) if cached && self.is_up() => {
+                    ADMIT_CONN.with(|cell| *cell.borrow_mut() = None);
+                    let (mut conn, _) = self.admit_connection().await?;
+                    self.timed_call("admit", call.invoke_async(&mut conn))
+                        .await
+                        .map_err(|f| f.message)
+                }
+                Err(failure) => Err(failure.message),
             }
-            Err(failure) => Err(failure.message),
+        };
+        match tokio::time::timeout(self.settings.timeout, attempts).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "admit: no answer within {} ms",
+                self.settings.timeout.as_millis()
+            )),
         }
     }
 

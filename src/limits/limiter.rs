@@ -18,8 +18,9 @@ struct Shared {
 /// counters. Dropping the last clone (or [`Limiter::shutdown`]) stops the Redis thread, which
 /// may block for a few Redis timeouts while it sends the queued releases.
 ///
-/// `admit` may be called from any tokio runtime (with its time driver enabled): the Redis
-/// connection is driven by the limiter's own thread, not by the caller's runtime.
+/// `admit` may be called from any tokio runtime with its time and I/O drivers enabled: with
+/// Redis, each admitting thread's connection is driven by a task of the caller's runtime; the
+/// renewals, releases and probe are driven by the limiter's own thread.
 #[derive(Clone)]
 pub struct Limiter {
     inner: Arc<Inner>,
@@ -91,7 +92,8 @@ impl Limiter {
     /// Admits `claim` or says which limit refuses it. A refusal takes nothing.
     ///
     /// With Redis up, a claim that needs it (an identified stream, or a rate-limited user)
-    /// costs one round trip, bounded by the Redis `timeout`; past it, or on any error, the
+    /// costs one round trip (and a connect on a thread's first admission), bounded by the Redis
+    /// `timeout`; past it, or on any error, the
     /// limiter falls back and decides on this instance's counters. Anonymous claims and
     /// non-stream claims without a rate limit never touch Redis.
     pub async fn admit(&self, claim: &Claim<'_>) -> Result<Admission, Rejection> {

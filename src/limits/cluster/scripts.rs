@@ -8,6 +8,10 @@ use crate::limits::bucket::TICKS_PER_TOKEN;
 /// stream (1/0), has user (1/0), has key (1/0).
 /// Returns {0, user streams, key streams} (counts after admission, -1 when not counted),
 /// {1} user streams full, {2} key streams full, {3, ms until a token} rate.
+///
+/// A stream already holding its lease is admitted again without change: an admission sent a
+/// second time (its connection broke after Redis ran it, before the answer came) takes no
+/// second token and is not refused by its own lease.
 pub(crate) const ADMIT_LUA: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -21,6 +25,15 @@ local stream = ARGV[6] == '1'
 local has_user = ARGV[7] == '1'
 local has_key = ARGV[8] == '1'
 local users, keys = -1, -1
+if stream and (has_user or has_key) then
+  local held = (has_user and redis.call('ZSCORE', KEYS[1], member))
+    or (has_key and redis.call('ZSCORE', KEYS[2], member))
+  if held then
+    if has_user then users = redis.call('ZCARD', KEYS[1]) end
+    if has_key then keys = redis.call('ZCARD', KEYS[2]) end
+    return {0, users, keys}
+  end
+end
 if stream and has_user then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   users = redis.call('ZCARD', KEYS[1])
