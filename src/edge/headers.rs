@@ -16,21 +16,28 @@ use std::net::IpAddr;
 /// case). The last two are meant for a proxy (RFC 9110 §11.7): a client's proxy credentials are
 /// not the upstream's, and an upstream's proxy challenge is not for the client.
 fn is_hop_by_hop(name: &[u8], connection_tokens: &[String]) -> bool {
-    matches!(
-        name,
-        b"connection"
-            | b"keep-alive"
-            | b"proxy-connection"
-            | b"te"
-            | b"trailer"
-            | b"transfer-encoding"
-            | b"upgrade"
-            | b"proxy-authorization"
-            | b"proxy-authenticate"
-    ) || connection_tokens
-        .iter()
-        .any(|token| token.as_bytes() == name)
+    HOP_BY_HOP.contains(&name)
+        || connection_tokens
+            .iter()
+            .any(|token| token.as_bytes() == name)
 }
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1, and the `Proxy-*` ones a proxy consumes), in lower case.
+const HOP_BY_HOP: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-authorization",
+    b"proxy-authenticate",
+];
+
+/// An upstream's fields a stream's head does not carry: Sluice frames it (chunked), never
+/// compresses it, and sets its own caching.
+const STREAM_DROPPED: [&[u8]; 3] = [b"content-length", b"content-encoding", b"cache-control"];
 
 /// `name` in lower case, on the stack when it fits: an upstream's names come as it sent them,
 /// and every field of a head is checked against a dozen names, each then one plain compare.
@@ -357,10 +364,35 @@ impl ClientHead {
             .set
             .iter()
             .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        let kept = self.kept();
         self.upstream
             .iter()
-            .filter(|(name, _)| keeps(self.shape, &self.connection_tokens, &self.set, name))
+            .filter(move |(name, _)| kept(name))
             .chain(set)
+    }
+
+    /// Whether the client gets an upstream field, by its name as sent.
+    ///
+    /// A name whose length no dropped name has is kept at once: most of a provider's head,
+    /// which `keeps` would each lower and compare with a dozen names (~250 instructions a
+    /// field).
+    fn kept(&self) -> impl Fn(&[u8]) -> bool + '_ {
+        let shape_dropped: &[&[u8]] = match self.shape {
+            ResponseShape::Stream => &STREAM_DROPPED,
+            ResponseShape::Upgrade => &[b"content-length"],
+            ResponseShape::Plain => &[],
+        };
+        let lengths = NameLengths::of(
+            HOP_BY_HOP
+                .iter()
+                .chain(shape_dropped)
+                .copied()
+                .chain(self.connection_tokens.iter().map(|t| t.as_bytes()))
+                .chain(self.set.iter().map(|(name, _)| name.as_str().as_bytes())),
+        );
+        move |name| {
+            !lengths.may_match(name) || keeps(self.shape, &self.connection_tokens, &self.set, name)
+        }
     }
 
     /// The head as bytes, for an HTTP/1.1 stream Sluice writes itself: the status line and
@@ -377,10 +409,7 @@ impl ClientHead {
         // The upstream's status line and dropped fields leave room for Sluice's status line.
         let mut out = BytesMut::with_capacity(self.upstream.raw_len() + set_len + 64);
         http1::encode_status_line(self.status, self.reason.as_deref(), &mut out);
-        self.upstream.write_lines(
-            |name| keeps(self.shape, &self.connection_tokens, &self.set, name),
-            &mut out,
-        );
+        self.upstream.write_lines(self.kept(), &mut out);
         for (name, value) in set() {
             http1::encode_field(name, value, &mut out);
         }
@@ -412,14 +441,14 @@ impl ClientHead {
     /// the response lasts does not hold the upstream's whole head too.
     pub fn into_response_header(self) -> Result<ResponseHeader> {
         let mut headers = HeaderMap::with_capacity(self.upstream.len() + self.set.0.len());
-        for (name, value) in self
-            .upstream
-            .iter()
-            .filter(|(name, _)| keeps(self.shape, &self.connection_tokens, &self.set, name))
         {
-            let name = HeaderName::from_bytes(name).or_err(InvalidHTTPHeader, "header name")?;
-            let value = HeaderValue::from_bytes(value).or_err(InvalidHTTPHeader, "header value")?;
-            headers.append(name, value);
+            let kept = self.kept();
+            for (name, value) in self.upstream.iter().filter(|(name, _)| kept(name)) {
+                let name = HeaderName::from_bytes(name).or_err(InvalidHTTPHeader, "header name")?;
+                let value =
+                    HeaderValue::from_bytes(value).or_err(InvalidHTTPHeader, "header value")?;
+                headers.append(name, value);
+            }
         }
         for (name, value) in self.set.0 {
             headers.insert(name, value);
@@ -436,11 +465,7 @@ fn keeps(shape: ResponseShape, connection_tokens: &[String], set: &SetFields, na
     let name = &*lowered(name, &mut buf);
     let kept = match shape {
         ResponseShape::Stream => {
-            !is_hop_by_hop(name, connection_tokens)
-                && !matches!(
-                    name,
-                    b"content-length" | b"content-encoding" | b"cache-control"
-                )
+            !is_hop_by_hop(name, connection_tokens) && !STREAM_DROPPED.contains(&name)
         }
         // The client's framing follows the upstream's: a chunked body stays chunked.
         ResponseShape::Plain => {
@@ -451,6 +476,26 @@ fn keeps(shape: ResponseShape, connection_tokens: &[String], set: &SetFields, na
         }
     };
     kept && !set.has_lowered(name)
+}
+
+/// The lengths of a set of names (below 64 bytes), to rule out a name that cannot be one of them
+/// without comparing it: names compare in lower case, which keeps their length.
+#[derive(Clone, Copy)]
+struct NameLengths(u64);
+
+impl NameLengths {
+    fn of<'a>(names: impl Iterator<Item = &'a [u8]>) -> Self {
+        NameLengths(names.fold(0, |mask, name| mask | Self::bit(name)))
+    }
+
+    /// The name's bit; none for a name of 64 bytes or more, which `may_match` always lets by.
+    fn bit(name: &[u8]) -> u64 {
+        1u64.checked_shl(name.len() as u32).unwrap_or(0)
+    }
+
+    fn may_match(self, name: &[u8]) -> bool {
+        name.len() >= 64 || self.0 & Self::bit(name) != 0
+    }
 }
 
 /// A Pingora response head holding `headers` as they are. Pingora's own builder renders each
@@ -987,5 +1032,79 @@ mod tests {
         let mut old = build("GET", &ws);
         old.set_version(http::Version::HTTP_10);
         assert!(!is_websocket_upgrade(&old));
+    }
+
+    mod kept_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Names the filter must not let by unseen: what any shape drops, the names Sluice sets,
+        /// and the tokens of the head's `Connection` field.
+        const CANDIDATES: [&str; 18] = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "content-length",
+            "content-encoding",
+            "cache-control",
+            "x-request-id",
+            "x-accel-buffering",
+            "x-sluice-test-hop-token",
+            "x-ratelimit-limit-streams",
+            "content-type",
+            "date",
+        ];
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (prop::sample::select(CANDIDATES.to_vec()), any::<u64>()).prop_map(|(n, case)| {
+                    n.chars()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            if case >> (i % 64) & 1 == 1 {
+                                c.to_ascii_uppercase()
+                            } else {
+                                c
+                            }
+                        })
+                        .collect()
+                }),
+                "[a-zA-Z0-9-]{1,80}",
+            ]
+        }
+
+        proptest! {
+            /// The length filter answers as `keeps` does, for every shape.
+            #[test]
+            fn kept_answers_as_keeps(
+                shape in prop::sample::select(vec![
+                    ResponseShape::Stream,
+                    ResponseShape::Plain,
+                    ResponseShape::Upgrade,
+                ]),
+                name in name(),
+            ) {
+                let up = upstream_head(200, &[
+                    ("Connection", "X-Sluice-Test-Hop-Token, keep-alive"),
+                    ("Content-Type", "text/event-stream"),
+                    ("Upgrade", "websocket"),
+                ]);
+                let extra = [(
+                    HeaderName::from_static("x-ratelimit-limit-streams"),
+                    HeaderValue::from_static("4"),
+                )];
+                let head = client_response(up, shape, "rid", &extra).unwrap();
+                prop_assert_eq!(
+                    head.kept()(name.as_bytes()),
+                    keeps(head.shape, &head.connection_tokens, &head.set, name.as_bytes())
+                );
+            }
+        }
     }
 }
