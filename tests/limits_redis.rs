@@ -81,6 +81,22 @@ fn per_user(n: u32) -> StreamLimits {
     }
 }
 
+/// The ids of the clients connected to `server`, but for the one asking.
+fn other_clients(server: &RedisServer) -> Vec<String> {
+    server
+        .command("CLIENT LIST")
+        .lines()
+        .filter(|line| !line.contains(" cmd=client|list "))
+        .filter_map(|line| {
+            line.split("id=")
+                .nth(1)?
+                .split(' ')
+                .next()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// An integer reply of a command on `server`.
 fn int(server: &RedisServer, command: &str) -> i64 {
     let reply = server.command(command);
@@ -350,6 +366,44 @@ async fn an_admission_connection_closed_by_redis_is_replaced_without_falling_bac
     assert_eq!(l.snapshot().backend, "redis");
     assert!(!recorder.saw_fallback(true));
     assert_eq!(int(&server, "ZCARD sluice:u:alice"), 2);
+}
+
+/// A thread's admission connection left unused for a lease's life is replaced at its next use
+/// (a NAT on the way may have dropped the idle flow without a word): the old one is closed, and
+/// the admission still counts in Redis.
+#[tokio::test]
+async fn an_idle_admission_connection_is_replaced() {
+    let server = RedisServer::start();
+    let (l, recorder) = limiter_with(&server, Duration::from_secs(3));
+    let limits = per_user(5);
+    // The limiter's shared connection (renewals, probe) is there before any admission.
+    let shared = other_clients(&server);
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    let admitting = |server: &RedisServer| -> Vec<String> {
+        let mut ids = other_clients(server);
+        ids.retain(|id| !shared.contains(id));
+        ids
+    };
+    let _a = l.admit(&stream("alice", "k", &limits)).await.unwrap();
+    let first = admitting(&server);
+    assert_eq!(first.len(), 1);
+    let _b = l.admit(&stream("alice", "k", &limits)).await.unwrap();
+    assert_eq!(admitting(&server), first, "used again while fresh");
+
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let _c = l.admit(&stream("alice", "k", &limits)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let now = admitting(&server);
+            now.len() == 1 && now != first
+        })
+        .await,
+        "{:?} against {first:?}",
+        admitting(&server)
+    );
+    assert_eq!(l.snapshot().backend, "redis");
+    assert!(!recorder.saw_fallback(true));
+    assert_eq!(int(&server, "ZCARD sluice:u:alice"), 3);
 }
 
 #[tokio::test]

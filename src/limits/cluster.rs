@@ -24,9 +24,10 @@
 //! admission crossed to the limiter's thread and back, two cross-thread wake-ups that cost more
 //! than the Redis round trip itself (first byte with limits in Redis: +284 against +91 µs
 //! counted locally, load harness). A thread's connection is dropped for a fresh one when Redis
-//! was found failing since it was made (`epoch`), when the thread runs another runtime, and once
-//! when a call on it finds it closed (a Redis that drops idle clients) before the limiter falls
-//! back; connect, call and that retry share one `timeout`.
+//! was found failing since it was made (`epoch`), when the thread runs another runtime, when it
+//! has not been used for `lease_ttl`, and once when a call on it finds it closed (a Redis that
+//! drops idle clients) before the limiter falls back; connect, call and that retry share one
+//! `timeout`.
 //!
 //! Everything else runs on the thread `sluice-limits`, on its own single-threaded runtime (the
 //! shared connection's driver too, so that connection lives as long as the limiter, whichever
@@ -66,8 +67,8 @@ use tokio::sync::mpsc;
 use worker::Worker;
 
 thread_local! {
-    /// This thread's connection for admissions and what it was made for.
-    static ADMIT_CONN: RefCell<Option<(AdmitConnKey, MultiplexedConnection)>> =
+    /// This thread's connection for admissions, what it was made for, and when it was last used.
+    static ADMIT_CONN: RefCell<Option<(AdmitConnKey, MultiplexedConnection, Instant)>> =
         const { RefCell::new(None) };
 }
 
@@ -260,15 +261,24 @@ impl Cluster {
             epoch: self.epoch.load(Ordering::Acquire),
             runtime: tokio::runtime::Handle::current().id(),
         };
-        let cached = ADMIT_CONN.with(|cell| match &*cell.borrow() {
-            Some((made_for, conn)) if *made_for == key => Some(conn.clone()),
+        let now = Instant::now();
+        // Unused for a lease's life, it is replaced: unlike the shared connection (pinged every
+        // second), nothing else keeps it busy, and a NAT or load balancer on the way may have
+        // dropped the idle flow without a word, which would cost the next admission a timeout
+        // and the limiter a fallback.
+        let cached = ADMIT_CONN.with(|cell| match &mut *cell.borrow_mut() {
+            Some((made_for, conn, used)) if *made_for == key => {
+                let fresh = now.duration_since(*used) < self.settings.lease_ttl;
+                *used = now;
+                fresh.then(|| conn.clone())
+            }
             _ => None,
         });
         if let Some(conn) = cached {
             return Ok((conn, true));
         }
         let conn = self.connect().await?;
-        ADMIT_CONN.with(|cell| *cell.borrow_mut() = Some((key, conn.clone())));
+        ADMIT_CONN.with(|cell| *cell.borrow_mut() = Some((key, conn.clone(), now)));
         Ok((conn, false))
     }
 
