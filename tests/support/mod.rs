@@ -19,11 +19,7 @@ pub use client::Client;
 pub use upstream::{Step, Upstream};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    redis::free_port()
 }
 
 pub fn sluice_bin() -> &'static str {

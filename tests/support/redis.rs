@@ -161,10 +161,27 @@ fn ping(port: u16) -> bool {
     matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port nothing listens on, for a server a test starts.
+///
+/// Not the kernel's `bind(0)`: the port it hands out is free again once that listener closes,
+/// and two tests running side by side were given the same one (one test's Sluice then answered
+/// another's requests on its admin listener). Ports come from this test process's own counter
+/// instead, below the kernel's ephemeral range (so no client socket takes one meanwhile), each
+/// checked free. The start is spread by process id, for a server of an earlier test binary
+/// still on its way out. Here rather than in `mod.rs` because some tests include this file
+/// alone; `mod.rs` uses this one, so a process has one counter.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(97);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + start.wrapping_add(n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
