@@ -35,9 +35,17 @@ const HOP_BY_HOP: [&[u8]; 9] = [
     b"proxy-authenticate",
 ];
 
-/// An upstream's fields a stream's head does not carry: Sluice frames it (chunked), never
-/// compresses it, and sets its own caching.
-const STREAM_DROPPED: [&[u8]; 3] = [b"content-length", b"content-encoding", b"cache-control"];
+/// The upstream's end-to-end fields a head of this shape drops (besides the hop-by-hop ones,
+/// and those Sluice sets itself).
+fn shape_dropped(shape: ResponseShape) -> &'static [&'static [u8]] {
+    match shape {
+        // Sluice frames a stream (chunked), never compresses it, and sets its own caching.
+        ResponseShape::Stream => &[b"content-length", b"content-encoding", b"cache-control"],
+        // A `101` has no body.
+        ResponseShape::Upgrade => &[b"content-length"],
+        ResponseShape::Plain => &[],
+    }
+}
 
 /// `name` in lower case, on the stack when it fits: an upstream's names come as it sent them,
 /// and every field of a head is checked against a dozen names, each then one plain compare.
@@ -377,15 +385,10 @@ impl ClientHead {
     /// which `keeps` would each lower and compare with a dozen names (~250 instructions a
     /// field).
     fn kept(&self) -> impl Fn(&[u8]) -> bool + '_ {
-        let shape_dropped: &[&[u8]] = match self.shape {
-            ResponseShape::Stream => &STREAM_DROPPED,
-            ResponseShape::Upgrade => &[b"content-length"],
-            ResponseShape::Plain => &[],
-        };
         let lengths = NameLengths::of(
             HOP_BY_HOP
                 .iter()
-                .chain(shape_dropped)
+                .chain(shape_dropped(self.shape))
                 .copied()
                 .chain(self.connection_tokens.iter().map(|t| t.as_bytes()))
                 .chain(self.set.iter().map(|(name, _)| name.as_str().as_bytes())),
@@ -464,16 +467,9 @@ fn keeps(shape: ResponseShape, connection_tokens: &[String], set: &SetFields, na
     let mut buf = [0u8; 64];
     let name = &*lowered(name, &mut buf);
     let kept = match shape {
-        ResponseShape::Stream => {
-            !is_hop_by_hop(name, connection_tokens) && !STREAM_DROPPED.contains(&name)
-        }
         // The client's framing follows the upstream's: a chunked body stays chunked.
-        ResponseShape::Plain => {
-            name == b"transfer-encoding" || !is_hop_by_hop(name, connection_tokens)
-        }
-        ResponseShape::Upgrade => {
-            !is_hop_by_hop(name, connection_tokens) && name != b"content-length"
-        }
+        ResponseShape::Plain if name == b"transfer-encoding" => true,
+        _ => !is_hop_by_hop(name, connection_tokens) && !shape_dropped(shape).contains(&name),
     };
     kept && !set.has_lowered(name)
 }
