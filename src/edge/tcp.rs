@@ -205,6 +205,16 @@ impl GetSocketDigest for Tcp {
 #[async_trait]
 impl Peek for Tcp {}
 
+/// Sluice's end (as its plain connections are) and the other end of one loopback TCP
+/// connection, for tests of what goes over it.
+#[cfg(test)]
+pub(crate) async fn socket_pair() -> (pingora::protocols::Stream, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ours = TcpStream::connect(listener.local_addr().unwrap());
+    let (ours, accepted) = tokio::join!(ours, listener.accept());
+    (Tcp::stream(ours.unwrap()), accepted.unwrap().0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,13 +229,6 @@ mod tests {
             .downcast_ref::<Tcp>()
             .expect("Sluice's own type");
         assert!(tcp.socket.nodelay().unwrap());
-    }
-
-    async fn socket_pair() -> (pingora::protocols::Stream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ours = TcpStream::connect(listener.local_addr().unwrap());
-        let (ours, accepted) = tokio::join!(ours, listener.accept());
-        (Tcp::stream(ours.unwrap()), accepted.unwrap().0)
     }
 
     #[tokio::test]

@@ -3,13 +3,14 @@
 
 use super::h1::H1Connection;
 use super::pool::IdlePool;
+use crate::edge::tcp::socket_pair;
 use http::HeaderName;
 use pingora::http::RequestHeader;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::Stream;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
@@ -17,17 +18,6 @@ use tokio::time::{sleep, timeout};
 const WAIT: Duration = Duration::from_secs(5);
 /// Long enough for loopback bytes (and FINs) to arrive and the runtime to notice them.
 const SETTLE: Duration = Duration::from_millis(50);
-
-/// Sluice's end (as its plain upstream connections are, `tcp.rs`) and the fake upstream's end of
-/// one TCP connection.
-async fn socket_pair() -> (Stream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (upstream, _) = listener.accept().await.unwrap();
-    (crate::edge::tcp::Tcp::stream(client), upstream)
-}
 
 async fn connection() -> (H1Connection, TcpStream) {
     let (stream, upstream) = socket_pair().await;
