@@ -255,7 +255,10 @@ impl Cluster {
     }
 
     /// This thread's connection for admissions, and whether it was made before this call.
-    async fn admit_connection(&self) -> Result<(MultiplexedConnection, bool), String> {
+    async fn admit_connection(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(MultiplexedConnection, bool), String> {
         let key = AdmitConnKey {
             cluster: self.id,
             epoch: self.epoch.load(Ordering::Acquire),
@@ -277,47 +280,46 @@ impl Cluster {
         if let Some(conn) = cached {
             return Ok((conn, true));
         }
-        let conn = self.connect().await?;
+        let conn = self.connect(deadline).await?;
         ADMIT_CONN.with(|cell| *cell.borrow_mut() = Some((key, conn.clone(), now)));
         Ok((conn, false))
     }
 
-    /// The admission script's answer, on this thread's connection, all within one `timeout`.
+    /// The admission script's answer, on this thread's connection, all within one `timeout`
+    /// (connect, call and retry share one deadline, and every call is reported to the observer).
     async fn invoke_admit(&self, call: &redis::ScriptInvocation<'_>) -> Result<Vec<i64>, String> {
-        let attempts = async {
-            let (mut conn, cached) = self.admit_connection().await?;
-            match self.timed_call("admit", call.invoke_async(&mut conn)).await {
-                Ok(reply) => Ok(reply),
-                // Closed since this thread made it (a Redis that drops idle clients): once more
-                // on a fresh one before falling back, unless another admission already found
-                // Redis failing. Sent twice, the script admits a stream once (ADMIT_LUA).
-                Err(CallFailure { lost: true, .. }) if cached && self.is_up() => {
-                    ADMIT_CONN.with(|cell| *cell.borrow_mut() = None);
-                    let (mut conn, _) = self.admit_connection().await?;
-                    self.timed_call("admit", call.invoke_async(&mut conn))
-                        .await
-                        .map_err(|f| f.message)
-                }
-                Err(failure) => Err(failure.message),
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        let (mut conn, cached) = self.admit_connection(deadline).await?;
+        match self
+            .timed_call("admit", deadline, call.invoke_async(&mut conn))
+            .await
+        {
+            Ok(reply) => Ok(reply),
+            // Closed since this thread made it (a Redis that drops idle clients): once more on a
+            // fresh one before falling back, unless another admission already found Redis
+            // failing. Sent twice, the script admits a stream once (ADMIT_LUA).
+            Err(CallFailure { lost: true, .. }) if cached && self.is_up() => {
+                ADMIT_CONN.with(|cell| *cell.borrow_mut() = None);
+                let (mut conn, _) = self.admit_connection(deadline).await?;
+                self.timed_call("admit", deadline, call.invoke_async(&mut conn))
+                    .await
+                    .map_err(|f| f.message)
             }
-        };
-        match tokio::time::timeout(self.settings.timeout, attempts).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "admit: no answer within {} ms",
-                self.settings.timeout.as_millis()
-            )),
+            Err(failure) => Err(failure.message),
         }
     }
 
-    /// A new connection to Redis, its driver a task of the calling runtime.
-    pub(super) async fn connect(&self) -> Result<MultiplexedConnection, String> {
+    /// A new connection to Redis by `deadline`, its driver a task of the calling runtime.
+    pub(super) async fn connect(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<MultiplexedConnection, String> {
         let timeout = self.settings.timeout;
         let config = redis::AsyncConnectionConfig::new().set_connection_timeout(timeout);
         let connecting = self
             .client
             .get_multiplexed_async_connection_with_config(&config);
-        match tokio::time::timeout(timeout, connecting).await {
+        match tokio::time::timeout_at(deadline, connecting).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(format!("connect: {e}")),
             Err(_) => Err(format!(
@@ -441,17 +443,22 @@ impl Cluster {
         op: &'static str,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, String> {
-        self.timed_call(op, call).await.map_err(|f| f.message)
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        self.timed_call(op, deadline, call)
+            .await
+            .map_err(|f| f.message)
     }
 
-    /// [`Cluster::timed`], telling a connection found closed from other failures.
+    /// [`Cluster::timed`] until `deadline`, telling a connection found closed from other
+    /// failures.
     async fn timed_call<T>(
         &self,
         op: &'static str,
+        deadline: tokio::time::Instant,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, CallFailure> {
         let start = Instant::now();
-        let result = tokio::time::timeout(self.settings.timeout, call).await;
+        let result = tokio::time::timeout_at(deadline, call).await;
         let seconds = start.elapsed().as_secs_f64();
         let result = match result {
             Ok(Ok(value)) => Ok(value),

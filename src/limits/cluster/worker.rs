@@ -133,7 +133,8 @@ impl Worker {
         let conn = match self.cluster.connection() {
             Some(conn) if self.ping(conn.clone()).await.is_ok() => conn,
             _ => {
-                let Ok(conn) = self.cluster.connect().await else {
+                let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
+                let Ok(conn) = self.cluster.connect(deadline).await else {
                     return false;
                 };
                 if self.ping(conn.clone()).await.is_err() {
