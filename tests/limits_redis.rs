@@ -97,6 +97,13 @@ fn other_clients(server: &RedisServer) -> Vec<String> {
         .collect()
 }
 
+/// The ids of the clients connected to `server` that are not in `before` (nor the one asking).
+fn clients_besides(server: &RedisServer, before: &[String]) -> Vec<String> {
+    let mut ids = other_clients(server);
+    ids.retain(|id| !before.contains(id));
+    ids
+}
+
 /// An integer reply of a command on `server`.
 fn int(server: &RedisServer, command: &str) -> i64 {
     let reply = server.command(command);
@@ -351,8 +358,7 @@ async fn an_admission_connection_closed_by_redis_is_replaced_without_falling_bac
     let shared = other_clients(&server);
     let _a = l.admit(&stream("alice", "k", &limits)).await.unwrap();
 
-    let mut admitting = other_clients(&server);
-    admitting.retain(|id| !shared.contains(id));
+    let admitting = clients_besides(&server, &shared);
     assert_eq!(admitting.len(), 1, "{admitting:?} besides {shared:?}");
     assert_eq!(
         server.command(&format!("CLIENT KILL ID {}", admitting[0])),
@@ -376,11 +382,7 @@ async fn an_idle_admission_connection_is_replaced() {
     // The limiter's shared connection (renewals, probe) is there before any admission.
     let shared = other_clients(&server);
     assert_eq!(shared.len(), 1, "{shared:?}");
-    let admitting = |server: &RedisServer| -> Vec<String> {
-        let mut ids = other_clients(server);
-        ids.retain(|id| !shared.contains(id));
-        ids
-    };
+    let admitting = |server: &RedisServer| clients_besides(server, &shared);
     let _a = l.admit(&stream("alice", "k", &limits)).await.unwrap();
     let first = admitting(&server);
     assert_eq!(first.len(), 1);
