@@ -400,11 +400,28 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
+/// A loopback port for a server the harness starts, from its own counter below the ephemeral
+/// range (32768 up), each checked free. Not `bind(0)`: a port the kernel hands out and the
+/// harness closes is ephemeral, so one of the thousands of client and upstream connections a
+/// scenario opens can take it before the proxy binds it. Below the tests' range (20000 up), so
+/// a run beside the test suite does not race it either.
 pub fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(97);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + start.wrapping_add(n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(format!(
+        "no free loopback port in {FIRST}..{}",
+        FIRST + SPAN
+    ))
 }
 
 /// The admin address of the current Sluice config (it changes with every restart).
