@@ -188,9 +188,10 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
         if binary.stale { " — STALE" } else { "" }
     );
     println!(
-        "load: {} CPUs, kernel {}, load average {loadavg_start}, descriptors {soft}/{hard}",
+        "load: {} CPUs, kernel {}, CPU idle {}, load average {loadavg_start}, descriptors {soft}/{hard}",
         nproc(),
-        procfs::kernel()
+        procfs::kernel(),
+        procfs::cpu_idle()
     );
 
     let mut targets: Vec<Target> = Vec::new();

@@ -169,7 +169,7 @@ fn caption(results: &Value) -> Caption {
     let m = &results["machine"];
     let cpu = text(&m["cpu"]);
     let machine = format!(
-        "{} cores{}, {:.0} GiB, Linux {}; load average {} at start, {} at the end (the run alone makes about 2)",
+        "{} cores{}, {:.0} GiB, Linux {}{}; load average {} at start, {} at the end (the run alone makes about 2)",
         m["nproc"].as_u64().unwrap_or(0),
         if cpu.is_empty() {
             String::new()
@@ -178,6 +178,10 @@ fn caption(results: &Value) -> Caption {
         },
         m["mem_total_mib"].as_f64().unwrap_or(0.0) / 1024.0,
         text(&m["kernel"]),
+        match text(&m["cpu_idle"]) {
+            idle if idle.is_empty() => String::new(),
+            idle => format!(", CPU idle: {idle}"),
+        },
         first(&m["loadavg_start"]),
         first(&m["loadavg_end"]),
     );

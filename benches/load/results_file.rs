@@ -38,6 +38,7 @@ pub fn write_json(
             "nproc": nproc(),
             "kernel": procfs::kernel(),
             "cpu": procfs::cpu_model(),
+            "cpu_idle": procfs::cpu_idle(),
             "mem_total_mib": procfs::mem_total_kib() / 1024,
             "loadavg_start": loadavg_start,
             "loadavg_end": loadavg_end,
