@@ -12,3 +12,5 @@ cargo test --locked --all-targets
 # seconds; nginx/HAProxy only when installed; results to target/load-smoke/): fails on any error.
 cargo bench --locked --no-run
 cargo bench --locked --bench load -- --smoke
+# Once more with TLS from the client to every proxy (SLUICE_LOAD_TLS), so that path cannot rot.
+SLUICE_LOAD_TLS=1 cargo bench --locked --bench load -- --smoke

@@ -5,9 +5,14 @@ use crate::clock::now_ns;
 use crate::http1::{ChunkedDecoder, Framing, SseItem, SseScanner};
 use crate::upstream::StreamSpec;
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 const MAX_HEAD: usize = 64 * 1024;
 /// No response takes more reads than this (every read returns at least one byte).
@@ -87,8 +92,61 @@ struct Body {
     done_seen: bool,
 }
 
+/// Where the client connects, and whether over TLS (`SLUICE_LOAD_TLS`, proxies only).
+#[derive(Clone)]
+pub struct Dial {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsConnector>,
+}
+
+/// A connection to a target: plain, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read and not yet decoded.
     raw: Vec<u8>,
     /// When the last read returned: the arrival time of everything it brought.
@@ -97,17 +155,40 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub async fn connect(addr: SocketAddr) -> Result<Conn, String> {
-        let stream = TcpStream::connect(addr)
+    /// Connects (and completes the TLS handshake, when `dial` asks for TLS).
+    pub async fn connect(dial: &Dial) -> Result<Conn, String> {
+        let addr = dial.addr;
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let stream = match &dial.tls {
+            None => Stream::Plain(tcp),
+            Some(connector) => Stream::Tls(Box::new(
+                crate::tls::handshake(connector, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?,
+            )),
+        };
         Ok(Conn {
             stream,
             raw: Vec::with_capacity(16 * 1024),
             read_ns: 0,
             body: None,
         })
+    }
+
+    /// The TLS version and cipher suite negotiated, `None` on a plain connection.
+    pub fn tls_parameters(&self) -> Option<String> {
+        let Stream::Tls(tls) = &self.stream else {
+            return None;
+        };
+        let (_, session) = tls.get_ref();
+        Some(format!(
+            "{:?} {:?}",
+            session.protocol_version()?,
+            session.negotiated_cipher_suite()?.suite()
+        ))
     }
 
     /// Sends a stream request for `spec` (the upstream reads the query; proxies see a streaming
@@ -123,7 +204,9 @@ impl Conn {
         self.stream
             .write_all(request.as_bytes())
             .await
-            .map_err(|e| format!("send: {e}"))
+            .map_err(|e| format!("send: {e}"))?;
+        // TLS may hold back records the socket did not take at once (plain: a no-op).
+        self.stream.flush().await.map_err(|e| format!("send: {e}"))
     }
 
     async fn read_more(&mut self) -> Result<usize, String> {

@@ -64,6 +64,7 @@ mod results_file;
 mod scenarios;
 mod sluice_bin;
 mod targets;
+mod tls;
 mod upstream;
 
 use options::{Options, Scenario};
@@ -143,6 +144,11 @@ fn main() -> ExitCode {
             }
         }
     }
+    if options.tls {
+        println!(
+            "load: TLS: the client talks TLS 1.3 to every proxy (full handshake per connection, no resumption); direct stays plain"
+        );
+    }
     lifecycle::start_watchdog(&options);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -178,6 +184,7 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
         sluice: binary.path.clone(),
         baseline: std::env::var_os("SLUICE_LOAD_BASELINE").map(std::path::PathBuf::from),
         nofile: soft,
+        tls: options.tls.then(|| std::sync::Arc::new(tls::Tls::new())),
     };
     println!(
         "load: {} mode, {} rounds; sluice: {} ({}){}",
@@ -204,7 +211,7 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
                 continue;
             }
         }
-        let target = match Target::start(kind, &launch) {
+        let mut target = match Target::start(kind, &launch) {
             Ok(target) => target,
             Err(e) => {
                 println!("load: {name}: SKIPPED: {e}");
@@ -212,8 +219,12 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
                 continue;
             }
         };
-        match scenarios::warm_up(target.addr, &upstream, 16, options.request).await {
+        match scenarios::warm_up(&target.dial(), &upstream, 16, options.request).await {
             Ok(()) => {
+                // What the client negotiated with it, so that a TLS run is seen to be fair.
+                if let Some(tls) = scenarios::tls_parameters(&target.dial()).await {
+                    target.version = format!("{}; {tls}", target.version);
+                }
                 println!("load: {name}: {} on {}", target.version, target.addr);
                 targets.push(target);
             }
@@ -428,7 +439,8 @@ async fn run_one(
                     results.memory.push(r);
                     return format!("restart failed: {e}");
                 }
-                if let Err(e) = scenarios::warm_up(target.addr, upstream, 4, options.request).await
+                if let Err(e) =
+                    scenarios::warm_up(&target.dial(), upstream, 4, options.request).await
                 {
                     eprintln!("load: {} warm-up after restart: {e}", target.kind.name());
                 }

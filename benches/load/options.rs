@@ -61,6 +61,8 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// `SLUICE_LOAD_PIN=1`: the harness on one CPU, the proxies on the others (`placement.rs`).
     pub pin: bool,
+    /// `SLUICE_LOAD_TLS=1`: the client talks TLS to every proxy (`tls.rs`).
+    pub tls: bool,
     /// `SLUICE_LOAD_HEAD=minimal`: the upstream's three-field head of runs before 2026-12-05
     /// instead of a provider's.
     pub head: HeadKind,
@@ -151,6 +153,7 @@ impl Options {
             scenarios,
             out_dir,
             pin: env_flag("SLUICE_LOAD_PIN"),
+            tls: env_flag("SLUICE_LOAD_TLS"),
             head: match std::env::var("SLUICE_LOAD_HEAD").as_deref() {
                 Ok("minimal") => HeadKind::Minimal,
                 _ => HeadKind::Provider,

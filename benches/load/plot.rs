@@ -190,7 +190,7 @@ fn caption(results: &Value) -> Caption {
     let rounds = o["rounds"].as_u64().unwrap_or(0);
     let commit = text(&results["sluice_binary"]["git_commit"]);
     let setup = format!(
-        "{}{} streams × {} events/s, {} round{} × {} s window per target{}. \
+        "{}{} streams × {} events/s{}, {} round{} × {} s window per target{}. \
          direct = the harness upstream with no proxy: the harness's own share of every delay.",
         if results["smoke"].as_bool() == Some(true) {
             "SMOKE RUN (tiny, not a measurement). "
@@ -199,6 +199,11 @@ fn caption(results: &Value) -> Caption {
         },
         number(&o["latency_streams"]),
         number(&o["rate_events_per_s"]),
+        if o["client_tls"].as_bool() == Some(true) {
+            ", TLS from the client to each proxy (direct plain)"
+        } else {
+            ""
+        },
         rounds,
         if rounds == 1 { "" } else { "s" },
         number(&o["seconds"]),

@@ -59,6 +59,7 @@ pub fn write_json(
             "upstream_head": options.head.name(),
             "upstream_head_bytes": options.head.bytes().len(),
             "client_request": options.request.name(),
+            "client_tls": options.tls,
             "scenarios": options.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "pinned": crate::placement::current().map(|p| json!({
                 "harness_cpus": crate::placement::describe(&p.harness),

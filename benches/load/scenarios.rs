@@ -1,14 +1,13 @@
 //! The four scenarios. Each runs once against one target and returns raw figures; `report`
 //! pools the rounds and compares targets. Every scenario is bounded in streams and in time.
 
-use crate::client::{Conn, Item, RequestKind};
+use crate::client::{Conn, Dial, Item, RequestKind};
 use crate::clock::{instant_of, now_ns, MS, SEC};
 use crate::histogram::Histogram;
 use crate::options::Options;
 use crate::procfs;
 use crate::targets::Target;
 use crate::upstream::{StreamSpec, Upstream};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::timeout;
@@ -162,7 +161,7 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
     let window_end = window_start + (options.seconds * SEC as f64) as u64;
     let lifetime = window_end + 50 * MS - start;
     let limit = Duration::from_nanos(lifetime + ramp_ns) + Duration::from_secs(30);
-    let addr = target.addr;
+    let dial = target.dial();
     // One histogram for every stream (a lock per event costs nanoseconds, taken after the
     // arrival time was read).
     let delays = Arc::new(Mutex::new(Histogram::default()));
@@ -178,12 +177,13 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
                 run,
                 sid: i as u64,
             };
+            let dial = dial.clone();
             tokio::spawn(async move {
                 tokio::time::sleep_until(instant_of(at).into()).await;
                 let mut slow = Vec::new();
                 let mut received = 0;
                 let result = timeout(limit, async {
-                    let mut conn = Conn::connect(addr).await?;
+                    let mut conn = Conn::connect(&dial).await?;
                     conn.send(&spec, request).await?;
                     read_stream(&mut conn, |sent, recv| {
                         received += 1;
@@ -244,13 +244,14 @@ pub async fn throughput(target: &Target, upstream: &Upstream, options: &Options)
         sid: 0,
     };
     let limit = Duration::from_secs_f64(options.seconds) + Duration::from_secs(60);
-    let addr = target.addr;
+    let dial = target.dial();
     let tasks: Vec<_> = (0..n)
         .map(|_| {
+            let dial = dial.clone();
             tokio::spawn(async move {
                 let mut received = 0u64;
                 let result = timeout(limit, async {
-                    let mut conn = Conn::connect(addr).await?;
+                    let mut conn = Conn::connect(&dial).await?;
                     conn.send(&spec, request).await?;
                     read_stream(&mut conn, |_, _| received += 1).await
                 })
@@ -287,6 +288,7 @@ pub async fn throughput(target: &Target, upstream: &Upstream, options: &Options)
 /// on a new connection: time to the first byte and to the first event, and the proxy's CPU time
 /// per stream.
 pub async fn first_byte(target: &Target, upstream: &Upstream, options: &Options) -> FirstByteRun {
+    let dial = target.dial();
     let run = upstream.new_run();
     let spec = StreamSpec {
         events: 3,
@@ -315,7 +317,7 @@ pub async fn first_byte(target: &Target, upstream: &Upstream, options: &Options)
         let started = now_ns();
         let mut first_event = None;
         let result = timeout(Duration::from_secs(10), async {
-            let mut conn = Conn::connect(target.addr).await?;
+            let mut conn = Conn::connect(&dial).await?;
             conn.send(&spec, options.request).await?;
             let head = conn.read_head().await?;
             if head.status != 200 {
@@ -385,7 +387,7 @@ pub async fn memory(
     // Opening thousands of connections at once overflows listen backlogs (and a dropped SYN
     // costs a 1 s retransmit): keep a bounded number of opens in flight.
     let gate = Arc::new(tokio::sync::Semaphore::new(128));
-    let addr = target.addr;
+    let dial = target.dial();
     let started = now_ns();
     let tasks: Vec<_> = (0..streams)
         .map(|sid| {
@@ -394,10 +396,11 @@ pub async fn memory(
                 sid: sid as u64,
                 ..spec
             };
+            let dial = dial.clone();
             tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
                 timeout(Duration::from_secs(30), async {
-                    let mut conn = Conn::connect(addr).await?;
+                    let mut conn = Conn::connect(&dial).await?;
                     conn.send(&spec, request).await?;
                     let head = conn.read_head().await?;
                     if head.status != 200 {
@@ -489,9 +492,20 @@ pub async fn memory(
     out
 }
 
+/// The TLS version and cipher suite a target agrees on with the client (`None`: plain, or the
+/// connection failed, which the warm-up reports).
+pub async fn tls_parameters(dial: &Dial) -> Option<String> {
+    dial.tls.as_ref()?;
+    let conn = timeout(Duration::from_secs(10), Conn::connect(dial))
+        .await
+        .ok()?
+        .ok()?;
+    conn.tls_parameters()
+}
+
 /// A few short streams, to see that a target works and to warm it up (pools, lazy state).
 pub async fn warm_up(
-    addr: SocketAddr,
+    dial: &Dial,
     upstream: &Upstream,
     streams: usize,
     request: RequestKind,
@@ -506,9 +520,10 @@ pub async fn warm_up(
     };
     let tasks: Vec<_> = (0..streams)
         .map(|_| {
+            let dial = dial.clone();
             tokio::spawn(async move {
                 timeout(Duration::from_secs(10), async {
-                    let mut conn = Conn::connect(addr).await?;
+                    let mut conn = Conn::connect(&dial).await?;
                     let mut events = 0;
                     conn.send(&spec, request).await?;
                     read_stream(&mut conn, |_, _| events += 1).await?;

@@ -2,14 +2,18 @@
 //! inspection on and off, another build of Sluice to compare with (`SLUICE_LOAD_BASELINE`), and
 //! nginx and HAProxy configured as an operator would for SSE.
 
+use crate::client::Dial;
 use crate::options::Scenario;
 use crate::process::{find_program, output, Group, TempDir};
 use crate::procfs;
+use crate::tls::{Files, Tls};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_rustls::TlsConnector;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -123,6 +127,8 @@ pub struct Launch {
     pub baseline: Option<PathBuf>,
     /// The descriptor limit the proxies inherit (the harness raised its own soft limit).
     pub nofile: u64,
+    /// `SLUICE_LOAD_TLS=1`: the proxies terminate TLS for the client.
+    pub tls: Option<Arc<Tls>>,
 }
 
 pub struct Target {
@@ -135,6 +141,8 @@ pub struct Target {
     redis: Option<(Group, SocketAddr)>,
     dir: Option<TempDir>,
     lifetimes: u32,
+    /// The client's TLS for a proxy (`SLUICE_LOAD_TLS`); `direct` is always plain.
+    tls: Option<TlsConnector>,
     /// What each finished process left behind (Sluice's metrics, error-log lines).
     pub diagnostics: Vec<Value>,
 }
@@ -191,10 +199,23 @@ impl Target {
             redis,
             dir,
             lifetimes: 0,
+            tls: launch
+                .tls
+                .as_ref()
+                .filter(|_| kind != Kind::Direct)
+                .map(|t| t.connector()),
             diagnostics: Vec::new(),
         };
         target.spawn(launch)?;
         Ok(target)
+    }
+
+    /// How the client reaches the target now.
+    pub fn dial(&self) -> Dial {
+        Dial {
+            addr: self.addr,
+            tls: self.tls.clone(),
+        }
     }
 
     pub fn is_proxy(&self) -> bool {
@@ -232,6 +253,10 @@ impl Target {
             return Ok(());
         };
         let dir = dir.path.clone();
+        let tls = match &launch.tls {
+            Some(tls) if self.kind != Kind::Direct => Some(tls.write(&dir)?),
+            _ => None,
+        };
         self.lifetimes += 1;
         let stem = format!("{}-{}", self.kind.name(), self.lifetimes);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?)
@@ -253,7 +278,7 @@ impl Target {
                 write(
                     &conf,
                     &sluice_config(
-                        addr,
+                        &sluice_listen(addr, tls.as_ref()),
                         admin,
                         launch.upstream,
                         &dir,
@@ -270,7 +295,7 @@ impl Target {
                 let conf = dir.join("nginx.conf");
                 write(
                     &conf,
-                    &nginx_config(addr, launch.upstream, &dir, launch.nofile),
+                    &nginx_config(addr, launch.upstream, &dir, launch.nofile, tls.as_ref()),
                 )?;
                 let prefix = format!("{}/", dir.display());
                 let conf = conf.to_string_lossy().into_owned();
@@ -282,7 +307,7 @@ impl Target {
                 let conf = dir.join("haproxy.cfg");
                 write(
                     &conf,
-                    &haproxy_config(addr, launch.upstream, &dir, launch.nofile),
+                    &haproxy_config(addr, launch.upstream, &dir, launch.nofile, tls.as_ref()),
                 )?;
                 let conf = conf.to_string_lossy().into_owned();
                 (
@@ -503,8 +528,20 @@ limits:
     )
 }
 
+/// Sluice's `listen:` section: one listener, terminating TLS when the run asks for it.
+fn sluice_listen(addr: SocketAddr, tls: Option<&Files>) -> String {
+    let tls = tls.map_or(String::new(), |f| {
+        format!(
+            "    tls:\n      cert: {}\n      key: {}\n",
+            f.cert.display(),
+            f.key.display()
+        )
+    });
+    format!("listen:\n  - addr: {addr}\n{tls}")
+}
+
 fn sluice_config(
-    addr: SocketAddr,
+    listen: &str,
     admin: SocketAddr,
     upstream: SocketAddr,
     dir: &Path,
@@ -518,9 +555,7 @@ fn sluice_config(
     // scenario, where a heartbeat would only add traffic to what is measured. Idle timeout
     // longer than any held stream.
     format!(
-        "listen:
-  - addr: {addr}
-admin: {admin}
+        "{listen}admin: {admin}
 server:
   threads: 2
   grace_period: 1s
@@ -546,8 +581,25 @@ usage:
     )
 }
 
-fn nginx_config(addr: SocketAddr, upstream: SocketAddr, dir: &Path, nofile: u64) -> String {
+fn nginx_config(
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    dir: &Path,
+    nofile: u64,
+    tls: Option<&Files>,
+) -> String {
     let dir = dir.display();
+    // No session cache or tickets: the client never resumes.
+    let (ssl, tls) = tls.map_or((String::new(), String::new()), |f| {
+        (
+            " ssl".to_string(),
+            format!(
+                "            ssl_certificate {};\n            ssl_certificate_key {};\n            ssl_protocols TLSv1.2 TLSv1.3;\n            ssl_session_tickets off;\n",
+                f.cert.display(),
+                f.key.display()
+            ),
+        )
+    });
     // A proxied stream holds two connections in one worker, and the kernel may hand most new
     // connections to one worker: let each take (almost) the whole descriptor limit.
     let worker_connections = nofile.saturating_sub(100).max(1024);
@@ -579,8 +631,8 @@ http {{
     }}
 
     server {{
-        listen {addr} backlog=4096;
-        location / {{
+        listen {addr}{ssl} backlog=4096;
+{tls}        location / {{
             proxy_pass http://llm;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
@@ -597,8 +649,17 @@ http {{
     )
 }
 
-fn haproxy_config(addr: SocketAddr, upstream: SocketAddr, dir: &Path, nofile: u64) -> String {
+fn haproxy_config(
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    dir: &Path,
+    nofile: u64,
+    tls: Option<&Files>,
+) -> String {
     let dir = dir.display();
+    let tls = tls.map_or(String::new(), |f| {
+        format!(" ssl crt {} alpn http/1.1", f.combined.display())
+    });
     // Two descriptors per proxied stream, and some headroom for listeners and the pool.
     let maxconn = (nofile.saturating_sub(200) / 2).max(512);
     format!(
@@ -618,7 +679,7 @@ defaults
     timeout http-keep-alive 60s
 
 frontend llm_in
-    bind {addr}
+    bind {addr}{tls}
     maxconn {maxconn}
     default_backend llm
 

@@ -1,0 +1,83 @@
+//! `SLUICE_LOAD_TLS=1`: every proxy terminates TLS for the harness client, as an edge proxy
+//! does, so each scenario also weighs the handshake (first byte), record encryption (latency,
+//! throughput) and a TLS session's state (memory). The upstream stays plain HTTP, and so does
+//! `direct`: figures added over direct include what TLS costs.
+//!
+//! One certificate authority and one ECDSA P-256 leaf for `localhost` / `127.0.0.1` per run
+//! (rcgen, the tests' own `TestCa`). The client offers only `http/1.1` and never resumes a
+//! session, so every fresh stream is a full TLS 1.3 handshake (X25519, ECDSA) with every proxy.
+
+#[path = "../../tests/support/tls.rs"]
+mod test_tls;
+
+use rustls::pki_types::ServerName;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// The name the client asks for and checks the certificate against.
+const SERVER_NAME: &str = "localhost";
+
+pub struct Tls {
+    leaf: test_tls::Leaf,
+    connector: TlsConnector,
+}
+
+/// A target's copy of the certificate and key.
+pub struct Files {
+    /// The leaf and its CA, PEM.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Chain and key in one PEM (HAProxy's `crt`).
+    pub combined: PathBuf,
+}
+
+impl Tls {
+    pub fn new() -> Tls {
+        let ca = test_tls::TestCa::new("Sluice load harness CA");
+        let leaf = ca.leaf(&[SERVER_NAME, "127.0.0.1"]);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("rustls protocol versions")
+            .with_root_certificates(ca.roots())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        Tls {
+            leaf,
+            connector: TlsConnector::from(Arc::new(config)),
+        }
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<Files, String> {
+        let files = Files {
+            cert: dir.join("tls.pem"),
+            key: dir.join("tls.key"),
+            combined: dir.join("tls-combined.pem"),
+        };
+        let combined = format!("{}{}", self.leaf.cert_pem, self.leaf.key_pem);
+        for (path, text) in [
+            (&files.cert, self.leaf.cert_pem.as_str()),
+            (&files.key, self.leaf.key_pem.as_str()),
+            (&files.combined, combined.as_str()),
+        ] {
+            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(files)
+    }
+
+    pub fn connector(&self) -> TlsConnector {
+        self.connector.clone()
+    }
+}
+
+pub async fn handshake(
+    connector: &TlsConnector,
+    tcp: TcpStream,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let name = ServerName::try_from(SERVER_NAME).expect("a valid server name");
+    connector.connect(name, tcp).await
+}
