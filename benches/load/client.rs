@@ -178,16 +178,18 @@ impl Conn {
         })
     }
 
-    /// The TLS version and cipher suite negotiated, `None` on a plain connection.
+    /// The TLS version, cipher suite and ALPN protocol negotiated, `None` on a plain connection.
     pub fn tls_parameters(&self) -> Option<String> {
         let Stream::Tls(tls) = &self.stream else {
             return None;
         };
         let (_, session) = tls.get_ref();
+        let alpn = session.alpn_protocol().unwrap_or(b"no ALPN");
         Some(format!(
-            "{:?} {:?}",
+            "{:?} {:?} {}",
             session.protocol_version()?,
-            session.negotiated_cipher_suite()?.suite()
+            session.negotiated_cipher_suite()?.suite(),
+            String::from_utf8_lossy(alpn)
         ))
     }
 

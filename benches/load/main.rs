@@ -33,7 +33,9 @@
 //! one CPU, every proxy on the others: no target shares its cores with the load),
 //! `SLUICE_LOAD_HEAD=minimal` (the upstream answers with a three-field head, as in runs before
 //! 2026-12-05, instead of the 25 fields a provider sends), `SLUICE_LOAD_REQUEST=minimal` (the
-//! client sends three header fields, as in runs before then, instead of an SDK's 15).
+//! client sends three header fields, as in runs before then, instead of an SDK's 15),
+//! `SLUICE_LOAD_TLS=1` (the client talks TLS 1.3 to every proxy, a full handshake per
+//! connection; direct stays plain, so added figures include TLS).
 //! `SLUICE_LOAD_BASELINE=PATH` adds `sluice-baseline`: another `sluice` binary (say, a build of
 //! the main branch) run next to the tree's in the same interleaved rounds, the way to tell a
 //! change's effect from machine noise.
@@ -57,6 +59,8 @@ mod lifecycle;
 mod options;
 mod placement;
 mod plot;
+#[path = "../../tests/support/ports.rs"]
+mod ports;
 mod process;
 mod procfs;
 mod report;
@@ -421,12 +425,21 @@ async fn run_one(
             // Every proxy's pooled upstream connections hold descriptors of this process:
             // closed, so that the streams get them (the proxies open fresh ones as needed).
             upstream.close_idle();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            // The descriptors this process has left, in case something else holds some.
-            let room = procfs::open_fds()
-                .map(|open| (launch.nofile.saturating_sub(open as u64 + 300) / 2) as usize)
-                .unwrap_or(usize::MAX);
-            let memory_streams = memory_streams.min(room);
+            // The descriptors this process has left, in case something else holds some. The
+            // closes take a moment to come through (the upstream's tasks, a proxy closing its
+            // side): wait up to a second for room, so that a round is not run with fewer streams.
+            let room = || {
+                procfs::open_fds()
+                    .map(|open| (launch.nofile.saturating_sub(open as u64 + 300) / 2) as usize)
+                    .unwrap_or(usize::MAX)
+            };
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if room() >= memory_streams {
+                    break;
+                }
+            }
+            let memory_streams = memory_streams.min(room());
             // A fresh process: RSS grown and kept by earlier scenarios would hide the cost.
             if target.is_proxy() {
                 if let Err(e) = target.restart(launch) {

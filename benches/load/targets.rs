@@ -9,7 +9,7 @@ use crate::procfs;
 use crate::tls::{Files, Tls};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -254,8 +254,8 @@ impl Target {
         };
         let dir = dir.path.clone();
         let tls = match &launch.tls {
-            Some(tls) if self.kind != Kind::Direct => Some(tls.write(&dir)?),
-            _ => None,
+            Some(tls) => Some(tls.write(&dir)?),
+            None => None,
         };
         self.lifetimes += 1;
         let stem = format!("{}-{}", self.kind.name(), self.lifetimes);
@@ -425,28 +425,15 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
-/// A loopback port for a server the harness starts, from its own counter below the ephemeral
-/// range (32768 up), each checked free. Not `bind(0)`: a port the kernel hands out and the
-/// harness closes is ephemeral, so one of the thousands of client and upstream connections a
-/// scenario opens can take it before the proxy binds it. Below the tests' range (20000 up), so
-/// a run beside the test suite does not race it either.
+/// A loopback port for a proxy the harness starts (`ports.rs`: this process's counter, below
+/// the ephemeral range, so none of the thousands of client and upstream connections a scenario
+/// opens can take it before the proxy binds it). Below the tests' range (20000 up), so a run
+/// beside the test suite does not race it either.
 pub fn free_port() -> Result<u16, String> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 10_000;
-    const SPAN: u32 = 10_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(97);
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (FIRST + start.wrapping_add(n) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(format!(
-        "no free loopback port in {FIRST}..{}",
-        FIRST + SPAN
-    ))
+    const FIRST: u16 = 10_000;
+    const SPAN: u16 = 10_000;
+    crate::ports::free_port_in(FIRST, SPAN)
+        .ok_or_else(|| format!("no free loopback port in {FIRST}..{}", FIRST + SPAN))
 }
 
 /// The admin address of the current Sluice config (it changes with every restart).
@@ -589,12 +576,13 @@ fn nginx_config(
     tls: Option<&Files>,
 ) -> String {
     let dir = dir.display();
-    // No session cache or tickets: the client never resumes.
+    // nginx's own TLS defaults (session tickets on), but for the protocols: TLS 1.3 is in its
+    // default list only from 1.23.4, and an operator of 1.22 adds it.
     let (ssl, tls) = tls.map_or((String::new(), String::new()), |f| {
         (
             " ssl".to_string(),
             format!(
-                "            ssl_certificate {};\n            ssl_certificate_key {};\n            ssl_protocols TLSv1.2 TLSv1.3;\n            ssl_session_tickets off;\n",
+                "        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n",
                 f.cert.display(),
                 f.key.display()
             ),

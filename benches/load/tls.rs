@@ -4,8 +4,10 @@
 //! `direct`: figures added over direct include what TLS costs.
 //!
 //! One certificate authority and one ECDSA P-256 leaf for `localhost` / `127.0.0.1` per run
-//! (rcgen, the tests' own `TestCa`). The client offers only `http/1.1` and never resumes a
-//! session, so every fresh stream is a full TLS 1.3 handshake (X25519, ECDSA) with every proxy.
+//! (rcgen, the tests' own `TestCa`). The client offers only TLS 1.3 and `http/1.1` and never
+//! resumes a session, so every fresh stream is a full handshake (X25519, ECDSA) with every
+//! proxy. Each proxy otherwise keeps its own TLS defaults (session tickets, cipher order), as
+//! an operator who only adds a certificate would have it.
 
 #[path = "../../tests/support/tls.rs"]
 mod test_tls;
@@ -38,13 +40,7 @@ impl Tls {
     pub fn new() -> Tls {
         let ca = test_tls::TestCa::new("Sluice load harness CA");
         let leaf = ca.leaf(&[SERVER_NAME, "127.0.0.1"]);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("rustls protocol versions")
-            .with_root_certificates(ca.roots())
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut config = test_tls::client_config(&ca, &[&rustls::version::TLS13], &[b"http/1.1"]);
         config.resumption = rustls::client::Resumption::disabled();
         Tls {
             leaf,
@@ -53,20 +49,15 @@ impl Tls {
     }
 
     pub fn write(&self, dir: &Path) -> Result<Files, String> {
-        let files = Files {
-            cert: dir.join("tls.pem"),
-            key: dir.join("tls.key"),
-            combined: dir.join("tls-combined.pem"),
-        };
-        let combined = format!("{}{}", self.leaf.cert_pem, self.leaf.key_pem);
-        for (path, text) in [
-            (&files.cert, self.leaf.cert_pem.as_str()),
-            (&files.key, self.leaf.key_pem.as_str()),
-            (&files.combined, combined.as_str()),
-        ] {
-            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-        Ok(files)
+        let (cert, key) = self.leaf.write(dir, "tls");
+        let combined = dir.join("tls-combined.pem");
+        let text = format!("{}{}", self.leaf.cert_pem, self.leaf.key_pem);
+        std::fs::write(&combined, text).map_err(|e| format!("{}: {e}", combined.display()))?;
+        Ok(Files {
+            cert,
+            key,
+            combined,
+        })
     }
 
     pub fn connector(&self) -> TlsConnector {

@@ -202,13 +202,11 @@ async fn serve_tls(
     // Pingora's HTTP/2 server sends its GOAWAY when it sees shutdown begin: it gets a watch that
     // the handshake's race below has not already seen change.
     let session_shutdown = shutdown.clone();
-    // Boxed: a handshake's state is large (kilobytes) and would otherwise stay in the task for
-    // as long as the connection lives. A client still in its handshake when shutdown begins gets
-    // the same grace as one that has not sent its first request yet.
-    //
-    // The stream is boxed as soon as it is made, inside a block: a local holding it by value
-    // would keep its storage (~3.6 KB) in this task's state for the connection's whole life,
-    // even once moved out (rustc keeps a moved-from local's slot until its scope ends).
+    // The handshake and the stream it makes are boxed, the stream inside a block: either held
+    // by value would keep its kilobytes in this task's state for the connection's whole life
+    // (rustc keeps a moved-from local's slot until its scope ends). A client still in its
+    // handshake when shutdown begins gets the same grace as one that has not sent its first
+    // request yet.
     let mut stream = {
         let handshake = tokio::select! {
             biased;

@@ -4,9 +4,12 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "ports.rs"]
+mod ports;
 
 const REDIS_SERVER: &str = "redis-server";
 
@@ -161,27 +164,12 @@ fn ping(port: u16) -> bool {
     matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
-/// A loopback port nothing listens on, for a server a test starts.
-///
-/// Not the kernel's `bind(0)`: the port it hands out is free again once that listener closes,
-/// and two tests running side by side were given the same one (one test's Sluice then answered
-/// another's requests on its admin listener). Ports come from this test process's own counter
-/// instead, below the kernel's ephemeral range (so no client socket takes one meanwhile), each
-/// checked free. The start is spread by process id, for a server of an earlier test binary
-/// still on its way out. Here rather than in `mod.rs` because some tests include this file
-/// alone; `mod.rs` uses this one, so a process has one counter.
+/// A free loopback port for a test's server (`ports.rs`: this process's counter, below the
+/// ephemeral range). Here rather than in `mod.rs` because some tests include this file alone;
+/// `mod.rs` uses this one, so a process has one counter.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(97);
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (FIRST + start.wrapping_add(n) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    ports::free_port_in(FIRST, SPAN)
+        .unwrap_or_else(|| panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN))
 }

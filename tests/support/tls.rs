@@ -93,6 +93,21 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A client config that trusts `ca` and offers `versions` and `alpn`.
+pub fn client_config(
+    ca: &TestCa,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
 /// What a TLS client saw of the server.
 pub struct Handshake {
     pub stream: TlsStream<TcpStream>,
@@ -114,12 +129,7 @@ pub async fn try_connect(
     sni: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<Handshake> {
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(ca.roots())
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let config = client_config(ca, rustls::DEFAULT_VERSIONS, alpn);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
