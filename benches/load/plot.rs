@@ -178,9 +178,13 @@ fn caption(results: &Value) -> Caption {
         },
         m["mem_total_mib"].as_f64().unwrap_or(0.0) / 1024.0,
         text(&m["kernel"]),
+        // Short: the line has the image's width.
         match text(&m["cpu_idle"]) {
             idle if idle.is_empty() => String::new(),
-            idle => format!(", CPU idle: {idle}"),
+            idle => match idle.strip_prefix("haltpoll, guest_halt_poll_ns ") {
+                Some(ns) => format!(", halt poll {ns} ns"),
+                None => format!(", idle {idle}"),
+            },
         },
         first(&m["loadavg_start"]),
         first(&m["loadavg_end"]),
@@ -200,7 +204,7 @@ fn caption(results: &Value) -> Caption {
         number(&o["latency_streams"]),
         number(&o["rate_events_per_s"]),
         if o["client_tls"].as_bool() == Some(true) {
-            ", TLS from the client to each proxy (direct plain)"
+            ", over TLS (direct plain)"
         } else {
             ""
         },
