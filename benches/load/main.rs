@@ -17,17 +17,19 @@
 //! - throughput: 64 streams as fast as the upstream writes → events/s, proxy CPU s per M events
 //! - first byte: fresh connection per stream → added time to first byte p50 / p99, proxy CPU
 //!   per stream
+//! - leave: 1,000 flowing streams whose clients leave one by one (one a millisecond), each in
+//!   the middle of its stream → upstream streams closed within 100 ms / 1 s of their own client
 //! - memory: up to 9,000 idle streams → proxy RSS per stream; then every client leaves at once
 //!   → upstream streams closed within 100 ms / 1 s
 //!
 //! Scale: `SLUICE_LOAD_ROUNDS` (3), `SLUICE_LOAD_SECONDS` (4, the measured window per round),
 //! `SLUICE_LOAD_STREAMS` (1000), `SLUICE_LOAD_RATE` (20 events/s), `SLUICE_LOAD_RAMP_SECONDS`
 //! (1), `SLUICE_LOAD_THROUGHPUT_STREAMS` (64), `SLUICE_LOAD_MEMORY_STREAMS` (9000, lowered to
-//! what the descriptor limit allows), `SLUICE_LOAD_FIRST_BYTE` (300),
+//! what the descriptor limit allows), `SLUICE_LOAD_FIRST_BYTE` (300), `SLUICE_LOAD_LEAVE_STREAMS` (1000),
 //! `SLUICE_LOAD_FIRST_BYTE_IDLE_MS` (0: fresh streams back to back; N: N ms of quiet before
 //! each, a stream's start from an idle machine). Selection:
 //! `SLUICE_LOAD_TARGETS=direct,sluice,sluice-baseline,sluice-noinspect,sluice-async,sluice-limits-local,sluice-limits-redis,nginx,haproxy`,
-//! `SLUICE_LOAD_SCENARIOS=latency,throughput,first_byte,memory`. `SLUICE_LOAD_OUT` (results
+//! `SLUICE_LOAD_SCENARIOS=latency,throughput,first_byte,leave,memory`. `SLUICE_LOAD_OUT` (results
 //! directory), `SLUICE_LOAD_KEEP=1` (keep the proxies' temp dirs and logs),
 //! `SLUICE_LOAD_TIMEOUT_S` (watchdog for the whole run), `SLUICE_LOAD_PIN=1` (the harness on
 //! one CPU, every proxy on the others: no target shares its cores with the load),
@@ -419,6 +421,19 @@ async fn run_one(
                 errors(r.errors.count, &r.errors.first)
             );
             results.first_byte.push(r);
+            line
+        }
+        Scenario::Leave => {
+            let r = scenarios::leave(target, upstream, options).await;
+            let line = format!(
+                "{} of {} clients left mid-stream, upstream closed ≤100 ms {} ≤1 s {}{}",
+                r.left,
+                r.streams,
+                r.closed_100ms,
+                r.closed_1s,
+                errors(r.errors.count, &r.errors.first)
+            );
+            results.leave.push(r);
             line
         }
         Scenario::Memory => {

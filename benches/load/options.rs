@@ -9,14 +9,16 @@ pub enum Scenario {
     Latency,
     Throughput,
     FirstByte,
+    Leave,
     Memory,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Latency,
         Scenario::Throughput,
         Scenario::FirstByte,
+        Scenario::Leave,
         Scenario::Memory,
     ];
 
@@ -25,6 +27,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Throughput => "throughput",
             Scenario::FirstByte => "first_byte",
+            Scenario::Leave => "leave",
             Scenario::Memory => "memory",
         }
     }
@@ -45,6 +48,8 @@ pub struct Options {
     /// Asked for; the harness lowers it to what the descriptor limit allows.
     pub memory_streams: usize,
     pub first_byte_streams: usize,
+    /// Leave: streams whose clients leave mid-stream, one by one over the ramp.
+    pub leave_streams: usize,
     /// First byte: milliseconds of quiet before each fresh stream (0: back to back). From quiet,
     /// every process on the path has been asleep long enough for this VM's vCPUs to halt, so
     /// what a stream's start costs in wake-ups shows apart from what the previous stream left.
@@ -145,6 +150,7 @@ impl Options {
             throughput_streams: env_usize("SLUICE_LOAD_THROUGHPUT_STREAMS", tp).min(10_000),
             memory_streams: env_usize("SLUICE_LOAD_MEMORY_STREAMS", memory).min(100_000),
             first_byte_streams: env_usize("SLUICE_LOAD_FIRST_BYTE", first).min(100_000),
+            leave_streams: env_usize("SLUICE_LOAD_LEAVE_STREAMS", streams).min(5_000),
             first_byte_idle_ms: env_usize("SLUICE_LOAD_FIRST_BYTE_IDLE_MS", 0).min(1000) as u64,
             settle_seconds: settle,
             restart_pause_seconds: restart_pause,

@@ -4,7 +4,9 @@
 //! difference of distributions: direct carries the harness's own cost, the rest is the proxy's).
 
 use crate::histogram::Histogram;
-use crate::scenarios::{Errors, EventCount, FirstByteRun, LatencyRun, MemoryRun, ThroughputRun};
+use crate::scenarios::{
+    Errors, EventCount, FirstByteRun, LatencyRun, LeaveRun, MemoryRun, ThroughputRun,
+};
 use serde_json::{json, Value};
 
 #[derive(Default)]
@@ -14,6 +16,7 @@ pub struct TargetResults {
     pub latency: Vec<LatencyRun>,
     pub throughput: Vec<ThroughputRun>,
     pub first_byte: Vec<FirstByteRun>,
+    pub leave: Vec<LeaveRun>,
     pub memory: Vec<MemoryRun>,
     pub diagnostics: Vec<Value>,
 }
@@ -86,6 +89,12 @@ pub struct Summary {
     pub close_delay: Option<[u64; 2]>,
     /// The slowest round's time from the first client leaving to the last upstream close.
     pub last_close: Option<u64>,
+    /// Leave (clients leaving mid-stream): streams whose client left, and of those the
+    /// upstream closed within 100 ms / 1 s, worst round; close delay p50 / p99 pooled.
+    pub leave_streams: Option<usize>,
+    pub leave_closed_100ms: Option<usize>,
+    pub leave_closed_1s: Option<usize>,
+    pub leave_close_delay: Option<[u64; 2]>,
     pub errors: u64,
     pub first_error: Option<String>,
     /// Events the upstream wrote minus those the client received (should be 0).
@@ -169,12 +178,24 @@ pub fn summarize(t: &TargetResults) -> Summary {
         s.close_delay = Some([a, b]);
     }
     s.last_close = t.memory.iter().filter_map(|r| r.last_close_ns).max();
+    s.leave_streams = t.leave.iter().map(|r| r.left).min();
+    s.leave_closed_100ms = t.leave.iter().map(|r| r.closed_100ms).min();
+    s.leave_closed_1s = t.leave.iter().map(|r| r.closed_1s).min();
+    let close = sorted(
+        t.leave
+            .iter()
+            .flat_map(|r| r.close_delays_ns.iter().copied()),
+    );
+    if let (Some(a), Some(b)) = (percentile(&close, 0.5), percentile(&close, 0.99)) {
+        s.leave_close_delay = Some([a, b]);
+    }
     let (errors, first) = errors_of(
         t.latency
             .iter()
             .map(|r| &r.errors)
             .chain(t.throughput.iter().map(|r| &r.errors))
             .chain(t.first_byte.iter().map(|r| &r.errors))
+            .chain(t.leave.iter().map(|r| &r.errors))
             .chain(t.memory.iter().map(|r| &r.errors)),
     );
     s.errors = errors;
@@ -449,6 +470,36 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
         &rows,
     ));
 
+    out.push_str("\nLeave: flowing streams whose clients leave one by one, mid-stream\n");
+    let rows: Vec<Vec<String>> = summaries
+        .iter()
+        .map(|(name, s)| {
+            let of = |n: Option<usize>| match (n, s.leave_streams) {
+                (Some(n), Some(total)) => format!("{n}/{total}"),
+                _ => "—".into(),
+            };
+            vec![
+                name.clone(),
+                opt(s.leave_streams),
+                of(s.leave_closed_100ms),
+                of(s.leave_closed_1s),
+                opt(s.leave_close_delay.map(|c| us(c[0]))),
+                opt(s.leave_close_delay.map(|c| us(c[1]))),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "target",
+            "clients left",
+            "upstream closed ≤100 ms",
+            "≤1 s",
+            "close p50",
+            "close p99",
+        ],
+        &rows,
+    ));
+
     out.push_str("\nMemory: open idle streams, then every client leaves at once\n");
     let rows: Vec<Vec<String>> = results
         .iter()
@@ -502,10 +553,15 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
             let l = |i: usize| s.latency.map(|l| l[i]);
             let b = |i: usize| s.ttfb.map(|l| l[i]);
             let per_cpu_s = s.cpu_s_per_million.filter(|c| *c > 0.0).map(|c| 1e6 / c);
-            let closed = match (s.closed_100ms, s.memory_streams) {
+            let of = |n: Option<usize>, total: Option<usize>| match (n, total) {
                 (Some(n), Some(total)) => format!("{n}/{total}"),
                 _ => "—".into(),
             };
+            let closed = format!(
+                "{} · {}",
+                of(s.closed_100ms, s.memory_streams),
+                of(s.leave_closed_100ms, s.leave_streams)
+            );
             vec![
                 name.clone(),
                 format!("{} / {}", added(l(0), d_lat(0)), added(l(1), d_lat(1))),
@@ -526,7 +582,7 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
             "CPU s/M ev",
             "ev / CPU s",
             "KiB/stream",
-            "closed ≤100ms",
+            "closed ≤100ms idle · flowing",
             "added TTFB p50 / p99",
             "errors",
             "lost events",
@@ -630,6 +686,23 @@ fn first_byte_json(runs: &[FirstByteRun], s: &Summary, direct: &Summary) -> Valu
     })
 }
 
+fn leave_json(runs: &[LeaveRun], s: &Summary) -> Value {
+    json!({
+        "closed_within_100ms_worst": s.leave_closed_100ms,
+        "closed_within_1s_worst": s.leave_closed_1s,
+        "close_delay_p50_us": s.leave_close_delay.map(|c| c[0] as f64 / 1e3),
+        "close_delay_p99_us": s.leave_close_delay.map(|c| c[1] as f64 / 1e3),
+        "rounds": runs.iter().map(|r| json!({
+            "streams": r.streams,
+            "left": r.left,
+            "closed_within_100ms": r.closed_100ms,
+            "closed_within_1s": r.closed_1s,
+            "errors": r.errors.count,
+            "first_error": r.errors.first,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 fn memory_json(runs: &[MemoryRun], s: &Summary) -> Value {
     json!({
         "kib_per_stream_median": s.kib_per_stream,
@@ -674,6 +747,7 @@ pub fn targets_json(results: &[TargetResults]) -> Value {
                 "latency": latency_json(&t.latency, &s, &direct),
                 "throughput": throughput_json(&t.throughput, &s),
                 "first_byte": first_byte_json(&t.first_byte, &s, &direct),
+                "leave": leave_json(&t.leave, &s),
                 "memory": memory_json(&t.memory, &s),
                 "errors": s.errors,
                 "first_error": s.first_error,

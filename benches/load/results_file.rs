@@ -54,6 +54,7 @@ pub fn write_json(
             "throughput_streams": options.throughput_streams,
             "memory_streams": memory_streams,
             "first_byte_streams": options.first_byte_streams,
+            "leave_streams": options.leave_streams,
             "first_byte_idle_ms": options.first_byte_idle_ms,
             "event_bytes": upstream::event_size(),
             "upstream_head": options.head.name(),

@@ -1,4 +1,4 @@
-//! The four scenarios. Each runs once against one target and returns raw figures; `report`
+//! The five scenarios. Each runs once against one target and returns raw figures; `report`
 //! pools the rounds and compares targets. Every scenario is bounded in streams and in time.
 
 use crate::client::{Conn, Dial, Item, RequestKind};
@@ -8,6 +8,7 @@ use crate::options::Options;
 use crate::procfs;
 use crate::targets::Target;
 use crate::upstream::{StreamSpec, Upstream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::timeout;
@@ -74,6 +75,20 @@ pub struct FirstByteRun {
     pub cpu_ns_per_stream: Option<f64>,
     /// Quiet before each stream, ms (`first_byte_idle_ms`).
     pub idle_ms: u64,
+    pub errors: Errors,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LeaveRun {
+    pub streams: usize,
+    /// Streams whose client left in the middle of the stream (the others failed first).
+    pub left: usize,
+    /// Upstream streams the upstream saw closed within 100 ms / 1 s of their own client
+    /// leaving.
+    pub closed_100ms: usize,
+    pub closed_1s: usize,
+    /// Per closed stream: upstream close − its client's close.
+    pub close_delays_ns: Vec<u64>,
     pub errors: Errors,
 }
 
@@ -448,40 +463,166 @@ pub async fn memory(
         drop(conn);
         client_closed[sid] = now_ns();
     }
-    let all_left = now_ns();
-    let expected = out.opened;
+    let closed = closes_after(upstream, run, out.opened, now_ns(), options).await;
+    out.leave_cpu_s = cpu().zip(cpu_before_leave).map(|(b, a)| b - a);
+    out.close_delays_ns = close_delays(&closed, &client_closed);
+    (out.closed_100ms, out.closed_1s) = closed_within(&out.close_delays_ns);
+    out.last_close_ns = closed.iter().map(|&(_, at)| at.saturating_sub(left)).max();
+    out.upstream_open = [open_before, open_during, upstream.open_connections()];
+    end_leftovers(upstream, run).await;
+    out
+}
+
+/// Streams whose clients leave one by one in the middle of a stream: once `n` streams are all
+/// flowing at the latency scenario's rate, each client closes its connection at its own time,
+/// spread over the ramp (1,000 over a second), and the upstream reports how soon its side of
+/// each was closed, timed from that stream's own client's close. The memory scenario's mass
+/// departure of idle streams is the other half of "closed when its client leaves, idle or not".
+pub async fn leave(target: &Target, upstream: &Upstream, options: &Options) -> LeaveRun {
+    let n = options.leave_streams;
+    let request = options.request;
+    let run = upstream.new_run();
+    let interval_us = (1e6 / options.rate).max(1.0) as u64;
+    let spread_ns = (options.ramp_seconds * SEC as f64) as u64;
+    // Streams that would outlive the scenario: none ends by itself before its client leaves.
+    let lifetime_ns = 60 * SEC;
+    let spec = StreamSpec {
+        events: lifetime_ns / (interval_us * 1000) + 2,
+        interval_us,
+        until_ns: now_ns() + lifetime_ns,
+        hold_ms: 0,
+        run,
+        sid: 0,
+    };
+    let dial = target.dial();
+    let gate = Arc::new(tokio::sync::Semaphore::new(128));
+    let flowing = Arc::new(AtomicUsize::new(0));
+    // When the first client leaves; the others follow at their own times after it.
+    let (go_tx, go_rx) = tokio::sync::watch::channel(None::<u64>);
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (dial, gate, flowing, mut go) =
+                (dial.clone(), gate.clone(), flowing.clone(), go_rx.clone());
+            let spec = StreamSpec {
+                sid: i as u64,
+                ..spec
+            };
+            tokio::spawn(async move {
+                let opened = timeout(Duration::from_secs(30), async {
+                    let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
+                    let mut conn = Conn::connect(&dial).await?;
+                    conn.send(&spec, request).await?;
+                    let head = conn.read_head().await?;
+                    if head.status != 200 {
+                        return Err(format!("status {}", head.status));
+                    }
+                    match conn.next().await? {
+                        Item::Event { .. } => Ok(conn),
+                        other => Err(format!("expected the first event, got {other:?}")),
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| Err("opening the stream timed out".into()));
+                let mut conn = opened?;
+                flowing.fetch_add(1, Ordering::Relaxed);
+                let ended = || {
+                    Err::<(usize, u64), String>("the stream ended before its client left".into())
+                };
+                // Reading on (the stream flows) until this client's time to leave.
+                let leave_at = loop {
+                    tokio::select! {
+                        go = go.wait_for(Option::is_some) => match *go.map_err(|e| e.to_string())? {
+                            Some(first) => break first + spread_ns * i as u64 / n as u64,
+                            None => continue,
+                        },
+                        item = conn.next() => if let Item::End { .. } = item? { return ended() },
+                    }
+                };
+                let until = instant_of(leave_at);
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until.into()) => break,
+                        item = conn.next() => if let Item::End { .. } = item? { return ended() },
+                    }
+                }
+                drop(conn);
+                Ok((i, now_ns()))
+            })
+        })
+        .collect();
+    let mut out = LeaveRun {
+        streams: n,
+        ..LeaveRun::default()
+    };
+    // Every stream flowing (or failed) before the first client leaves; bounded by the opens'
+    // own timeout.
+    let deadline = now_ns() + 35 * SEC;
+    while flowing.load(Ordering::Relaxed) + tasks.iter().filter(|t| t.is_finished()).count() < n
+        && now_ns() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first_leave = now_ns() + 100 * MS;
+    let _ = go_tx.send(Some(first_leave));
+    let mut client_closed = vec![0u64; n];
+    for task in tasks {
+        match task.await {
+            Ok(Ok((sid, at))) => {
+                client_closed[sid] = at;
+                out.left += 1;
+            }
+            Ok(Err(e)) => out.errors.add(e),
+            Err(e) => out.errors.add(format!("task: {e}")),
+        }
+    }
+    let closed = closes_after(upstream, run, out.left, now_ns(), options).await;
+    out.close_delays_ns = close_delays(&closed, &client_closed);
+    (out.closed_100ms, out.closed_1s) = closed_within(&out.close_delays_ns);
+    end_leftovers(upstream, run).await;
+    out
+}
+
+/// The upstream's closes of a run's streams, once `expected` have come or the close wait after
+/// `last_client_close` is over.
+async fn closes_after(
+    upstream: &Upstream,
+    run: u64,
+    expected: usize,
+    last_client_close: u64,
+    options: &Options,
+) -> Vec<(u64, u64)> {
     let close_wait = (options.close_wait_seconds * SEC as f64) as u64;
     for _ in 0..300 {
         let log = upstream.run_log(run);
-        if log.closed_at.len() >= expected || now_ns() > all_left + close_wait {
+        if log.closed_at.len() >= expected || now_ns() > last_client_close + close_wait {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let closed = upstream.run_log(run).closed_at;
-    out.leave_cpu_s = cpu().zip(cpu_before_leave).map(|(b, a)| b - a);
-    out.close_delays_ns = closed
+    upstream.run_log(run).closed_at
+}
+
+/// Per stream the upstream saw closed: its close − its own client's close (`client_closed` by
+/// stream number, 0 for a client that never left).
+fn close_delays(closed: &[(u64, u64)], client_closed: &[u64]) -> Vec<u64> {
+    closed
         .iter()
         .filter_map(|&(sid, at)| {
             let client = *client_closed.get(usize::try_from(sid).ok()?)?;
             (client > 0).then(|| at.saturating_sub(client))
         })
-        .collect();
-    out.closed_100ms = out
-        .close_delays_ns
-        .iter()
-        .filter(|&&d| d <= 100 * MS)
-        .count();
-    out.closed_1s = out
-        .close_delays_ns
-        .iter()
-        .filter(|&&d| d <= 1000 * MS)
-        .count();
-    out.last_close_ns = closed.iter().map(|&(_, at)| at.saturating_sub(left)).max();
-    out.upstream_open = [open_before, open_during, upstream.open_connections()];
+        .collect()
+}
 
-    // Streams a proxy left open are ended from the upstream side, so the next target starts
-    // with the descriptors back.
+/// How many close delays are within 100 ms, and within 1 s.
+fn closed_within(delays: &[u64]) -> (usize, usize) {
+    let within = |limit: u64| delays.iter().filter(|&&d| d <= limit).count();
+    (within(100 * MS), within(1000 * MS))
+}
+
+/// Streams a proxy left open are ended from the upstream side, so the next target starts with
+/// the descriptors back.
+async fn end_leftovers(upstream: &Upstream, run: u64) {
     upstream.abort_through(run);
     for _ in 0..1000 {
         if upstream.run_log(run).active == 0 {
@@ -489,7 +630,6 @@ pub async fn memory(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    out
 }
 
 /// The TLS version and cipher suite a target agrees on with the client (`None`: plain, or the
