@@ -14,3 +14,5 @@ cargo bench --locked --no-run
 cargo bench --locked --bench load -- --smoke
 # Once more with TLS from the client to every proxy (SLUICE_LOAD_TLS), so that path cannot rot.
 SLUICE_LOAD_TLS=1 cargo bench --locked --bench load -- --smoke
+# And with HTTP/2 (h2c) from the client to every proxy (SLUICE_LOAD_H2).
+SLUICE_LOAD_H2=1 cargo bench --locked --bench load -- --smoke

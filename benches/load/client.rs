@@ -92,11 +92,100 @@ struct Body {
     done_seen: bool,
 }
 
-/// Where the client connects, and whether over TLS (`SLUICE_LOAD_TLS`, proxies only).
+impl Body {
+    fn new(framing: Framing) -> Body {
+        Body {
+            framing,
+            decoder: ChunkedDecoder::default(),
+            scanner: SseScanner::default(),
+            decoded: Vec::with_capacity(16 * 1024),
+            queue: VecDeque::new(),
+            finished: framing == Framing::Length(0),
+            done_seen: false,
+        }
+    }
+}
+
+impl H2Stream {
+    /// The stream request as HTTP/2 carries it: the same fields, less those HTTP/2 forbids
+    /// (`Connection` and the like), `Host` as the authority.
+    async fn send(&mut self, spec: &StreamSpec, kind: RequestKind) -> Result<(), String> {
+        let mut request = http::Request::post(format!(
+            "http://127.0.0.1/v1/chat/completions?{}",
+            spec.query()
+        ));
+        for line in kind.fields().split("\r\n").filter(|l| !l.is_empty()) {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if !name.eq_ignore_ascii_case("connection") {
+                request = request.header(name.trim(), value.trim());
+            }
+        }
+        let request = request
+            .header("content-length", BODY.len())
+            .body(())
+            .map_err(|e| format!("request: {e}"))?;
+        let mut sender = self
+            .sender
+            .clone()
+            .ready()
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let (response, mut body) = sender
+            .send_request(request, false)
+            .map_err(|e| format!("send: {e}"))?;
+        body.send_data(bytes::Bytes::from_static(BODY.as_bytes()), true)
+            .map_err(|e| format!("send: {e}"))?;
+        self.response = Some(response);
+        self.body = None;
+        Ok(())
+    }
+
+    async fn read_head(&mut self) -> Result<u16, String> {
+        let response = self.response.take().ok_or("no request in progress")?;
+        let response = response.await.map_err(|e| format!("response: {e}"))?;
+        let status = response.status().as_u16();
+        self.body = Some(response.into_body());
+        Ok(status)
+    }
+
+    /// The next DATA frame's bytes appended to `raw`; 0 at the end of the stream.
+    async fn read_data(&mut self, raw: &mut Vec<u8>) -> Result<usize, String> {
+        let body = self.body.as_mut().ok_or("no response in progress")?;
+        match body.data().await {
+            None => Ok(0),
+            Some(Err(e)) => Err(format!("read: {e}")),
+            Some(Ok(data)) => {
+                // Read is consumed: the window opens again for the next frames.
+                let _ = body.flow_control().release_capacity(data.len());
+                raw.extend_from_slice(&data);
+                Ok(data.len())
+            }
+        }
+    }
+}
+
+/// Where the client connects, whether over TLS (`SLUICE_LOAD_TLS`) and in HTTP/2
+/// (`SLUICE_LOAD_H2`; proxies only, the harness upstream speaks HTTP/1.1).
 #[derive(Clone)]
 pub struct Dial {
     pub addr: SocketAddr,
     pub tls: Option<TlsConnector>,
+    pub h2: bool,
+}
+
+/// An HTTP/2 connection carrying one stream, as a browser tab's fetch does: the request's
+/// response head, then its body's DATA frames.
+struct H2Stream {
+    sender: h2::client::SendRequest<bytes::Bytes>,
+    response: Option<h2::client::ResponseFuture>,
+    body: Option<h2::RecvStream>,
+}
+
+enum Transport {
+    Http1(Stream),
+    Http2(Box<H2Stream>),
 }
 
 /// A connection to a target: plain, or TLS over it.
@@ -146,7 +235,9 @@ impl AsyncWrite for Stream {
 }
 
 pub struct Conn {
-    stream: Stream,
+    transport: Transport,
+    /// What TLS negotiated (version, suite, ALPN), `None` on a plain connection.
+    tls_parameters: Option<String>,
     /// Bytes read and not yet decoded.
     raw: Vec<u8>,
     /// When the last read returned: the arrival time of everything it brought.
@@ -162,16 +253,43 @@ impl Conn {
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let stream = match &dial.tls {
-            None => Stream::Plain(tcp),
-            Some(connector) => Stream::Tls(Box::new(
-                crate::tls::handshake(connector, tcp)
+        let (stream, tls_parameters) = match &dial.tls {
+            None => (Stream::Plain(tcp), None),
+            Some(connector) => {
+                let tls = crate::tls::handshake(connector, tcp)
                     .await
-                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?,
-            )),
+                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+                let (_, session) = tls.get_ref();
+                let alpn = session.alpn_protocol().unwrap_or(b"no ALPN");
+                let version = session
+                    .protocol_version()
+                    .map_or("?".into(), |v| format!("{v:?}"));
+                let suite = session
+                    .negotiated_cipher_suite()
+                    .map_or("?".into(), |s| format!("{:?}", s.suite()));
+                let parameters = format!("{version} {suite} {}", String::from_utf8_lossy(alpn));
+                (Stream::Tls(Box::new(tls)), Some(parameters))
+            }
+        };
+        let transport = if dial.h2 {
+            let (sender, connection) = h2::client::handshake(stream)
+                .await
+                .map_err(|e| format!("HTTP/2 handshake with {addr}: {e}"))?;
+            // The connection's I/O runs on its own task, ended when the last handle is dropped.
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Transport::Http2(Box::new(H2Stream {
+                sender,
+                response: None,
+                body: None,
+            }))
+        } else {
+            Transport::Http1(stream)
         };
         Ok(Conn {
-            stream,
+            transport,
+            tls_parameters,
             raw: Vec::with_capacity(16 * 1024),
             read_ns: 0,
             body: None,
@@ -180,50 +298,58 @@ impl Conn {
 
     /// The TLS version, cipher suite and ALPN protocol negotiated, `None` on a plain connection.
     pub fn tls_parameters(&self) -> Option<String> {
-        let Stream::Tls(tls) = &self.stream else {
-            return None;
-        };
-        let (_, session) = tls.get_ref();
-        let alpn = session.alpn_protocol().unwrap_or(b"no ALPN");
-        Some(format!(
-            "{:?} {:?} {}",
-            session.protocol_version()?,
-            session.negotiated_cipher_suite()?.suite(),
-            String::from_utf8_lossy(alpn)
-        ))
+        self.tls_parameters.clone()
     }
 
     /// Sends a stream request for `spec` (the upstream reads the query; proxies see a streaming
     /// chat-completions request with `kind`'s header fields).
     pub async fn send(&mut self, spec: &StreamSpec, kind: RequestKind) -> Result<(), String> {
+        self.body = None;
+        let stream = match &mut self.transport {
+            Transport::Http1(stream) => stream,
+            Transport::Http2(h2) => return h2.send(spec, kind).await,
+        };
         let request = format!(
             "POST /v1/chat/completions?{} HTTP/1.1\r\nHost: 127.0.0.1\r\n{}Content-Length: {}\r\n\r\n{BODY}",
             spec.query(),
             kind.fields(),
             BODY.len()
         );
-        self.body = None;
-        self.stream
+        stream
             .write_all(request.as_bytes())
             .await
             .map_err(|e| format!("send: {e}"))?;
         // TLS may hold back records the socket did not take at once (plain: a no-op).
-        self.stream.flush().await.map_err(|e| format!("send: {e}"))
+        stream.flush().await.map_err(|e| format!("send: {e}"))
     }
 
     async fn read_more(&mut self) -> Result<usize, String> {
-        self.raw.reserve(64 * 1024);
-        let n = self
-            .stream
-            .read_buf(&mut self.raw)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
+        let n = match &mut self.transport {
+            Transport::Http1(stream) => {
+                self.raw.reserve(64 * 1024);
+                stream
+                    .read_buf(&mut self.raw)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?
+            }
+            Transport::Http2(h2) => h2.read_data(&mut self.raw).await?,
+        };
         self.read_ns = now_ns();
         Ok(n)
     }
 
     /// Reads the response head; the body is then read with [`Conn::next`].
     pub async fn read_head(&mut self) -> Result<Head, String> {
+        if let Transport::Http2(h2) = &mut self.transport {
+            let status = h2.read_head().await?;
+            self.read_ns = now_ns();
+            // A DATA frame per write; the end of the stream ends the body.
+            self.body = Some(Body::new(Framing::UntilClose));
+            return Ok(Head {
+                status,
+                first_byte_ns: self.read_ns,
+            });
+        }
         let mut first_byte_ns = if self.raw.is_empty() {
             None
         } else {
@@ -238,15 +364,7 @@ impl Conn {
                         let status = response.code.unwrap_or(0);
                         let framing = Framing::from_headers(response.headers, true);
                         self.raw.drain(..len);
-                        self.body = Some(Body {
-                            framing,
-                            decoder: ChunkedDecoder::default(),
-                            scanner: SseScanner::default(),
-                            decoded: Vec::with_capacity(16 * 1024),
-                            queue: VecDeque::new(),
-                            finished: framing == Framing::Length(0),
-                            done_seen: false,
-                        });
+                        self.body = Some(Body::new(framing));
                         return Ok(Head {
                             status,
                             first_byte_ns: first_byte_ns.unwrap_or(self.read_ns),

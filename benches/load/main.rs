@@ -37,7 +37,9 @@
 //! 2026-12-05, instead of the 25 fields a provider sends), `SLUICE_LOAD_REQUEST=minimal` (the
 //! client sends three header fields, as in runs before then, instead of an SDK's 15),
 //! `SLUICE_LOAD_TLS=1` (the client talks TLS 1.3 to every proxy, a full handshake per
-//! connection; direct stays plain, so added figures include TLS).
+//! connection; direct stays plain, so added figures include TLS), `SLUICE_LOAD_H2=1` (the
+//! client talks HTTP/2 to every proxy, one stream per connection, as a browser tab's fetch;
+//! h2c with prior knowledge, or `h2` by ALPN with TLS; direct stays HTTP/1.1).
 //! `SLUICE_LOAD_BASELINE=PATH` adds `sluice-baseline`: another `sluice` binary (say, a build of
 //! the main branch) run next to the tree's in the same interleaved rounds, the way to tell a
 //! change's effect from machine noise.
@@ -150,6 +152,12 @@ fn main() -> ExitCode {
             }
         }
     }
+    if options.h2 {
+        println!(
+            "load: HTTP/2: the client talks HTTP/2 to every proxy, one stream per connection ({}); direct stays HTTP/1.1",
+            if options.tls { "h2 by ALPN" } else { "h2c, prior knowledge" }
+        );
+    }
     if options.tls {
         println!(
             "load: TLS: the client talks TLS 1.3 to every proxy (full handshake per connection, no resumption); direct stays plain"
@@ -190,7 +198,10 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
         sluice: binary.path.clone(),
         baseline: std::env::var_os("SLUICE_LOAD_BASELINE").map(std::path::PathBuf::from),
         nofile: soft,
-        tls: options.tls.then(|| std::sync::Arc::new(tls::Tls::new())),
+        tls: options
+            .tls
+            .then(|| std::sync::Arc::new(tls::Tls::new(options.h2))),
+        h2: options.h2,
     };
     println!(
         "load: {} mode, {} rounds; sluice: {} ({}){}",

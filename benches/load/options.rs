@@ -68,6 +68,9 @@ pub struct Options {
     pub pin: bool,
     /// `SLUICE_LOAD_TLS=1`: the client talks TLS to every proxy (`tls.rs`).
     pub tls: bool,
+    /// `SLUICE_LOAD_H2=1`: the client talks HTTP/2 to every proxy, one stream per connection
+    /// (h2c with prior knowledge, or `h2` by ALPN with `SLUICE_LOAD_TLS`).
+    pub h2: bool,
     /// `SLUICE_LOAD_HEAD=minimal`: the upstream's three-field head of runs before 2026-12-05
     /// instead of a provider's.
     pub head: HeadKind,
@@ -160,6 +163,7 @@ impl Options {
             out_dir,
             pin: env_flag("SLUICE_LOAD_PIN"),
             tls: env_flag("SLUICE_LOAD_TLS"),
+            h2: env_flag("SLUICE_LOAD_H2"),
             head: match std::env::var("SLUICE_LOAD_HEAD").as_deref() {
                 Ok("minimal") => HeadKind::Minimal,
                 _ => HeadKind::Provider,

@@ -203,10 +203,14 @@ fn caption(results: &Value) -> Caption {
         },
         number(&o["latency_streams"]),
         number(&o["rate_events_per_s"]),
-        if o["client_tls"].as_bool() == Some(true) {
-            ", over TLS (direct plain)"
-        } else {
-            ""
+        match (
+            o["client_tls"].as_bool() == Some(true),
+            o["client_h2"].as_bool() == Some(true),
+        ) {
+            (true, true) => ", HTTP/2 over TLS (direct HTTP/1.1)",
+            (true, false) => ", over TLS (direct plain)",
+            (false, true) => ", HTTP/2 h2c (direct HTTP/1.1)",
+            (false, false) => "",
         },
         rounds,
         if rounds == 1 { "" } else { "s" },

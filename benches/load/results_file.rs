@@ -61,6 +61,7 @@ pub fn write_json(
             "upstream_head_bytes": options.head.bytes().len(),
             "client_request": options.request.name(),
             "client_tls": options.tls,
+            "client_h2": options.h2,
             "scenarios": options.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "pinned": crate::placement::current().map(|p| json!({
                 "harness_cpus": crate::placement::describe(&p.harness),

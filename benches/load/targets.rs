@@ -129,6 +129,8 @@ pub struct Launch {
     pub nofile: u64,
     /// `SLUICE_LOAD_TLS=1`: the proxies terminate TLS for the client.
     pub tls: Option<Arc<Tls>>,
+    /// `SLUICE_LOAD_H2=1`: the proxies take HTTP/2 from the client.
+    pub h2: bool,
 }
 
 pub struct Target {
@@ -143,6 +145,8 @@ pub struct Target {
     lifetimes: u32,
     /// The client's TLS for a proxy (`SLUICE_LOAD_TLS`); `direct` is always plain.
     tls: Option<TlsConnector>,
+    /// The client talks HTTP/2 to it (`SLUICE_LOAD_H2`); `direct` always HTTP/1.1.
+    h2: bool,
     /// What each finished process left behind (Sluice's metrics, error-log lines).
     pub diagnostics: Vec<Value>,
 }
@@ -204,6 +208,7 @@ impl Target {
                 .as_ref()
                 .filter(|_| kind != Kind::Direct)
                 .map(|t| t.connector()),
+            h2: launch.h2 && kind != Kind::Direct,
             diagnostics: Vec::new(),
         };
         target.spawn(launch)?;
@@ -215,6 +220,7 @@ impl Target {
         Dial {
             addr: self.addr,
             tls: self.tls.clone(),
+            h2: self.h2,
         }
     }
 
@@ -278,7 +284,7 @@ impl Target {
                 write(
                     &conf,
                     &sluice_config(
-                        &sluice_listen(addr, tls.as_ref()),
+                        &sluice_listen(addr, tls.as_ref(), launch.h2),
                         admin,
                         launch.upstream,
                         &dir,
@@ -295,7 +301,12 @@ impl Target {
                 let conf = dir.join("nginx.conf");
                 write(
                     &conf,
-                    &nginx_config(addr, launch.upstream, &dir, launch.nofile, tls.as_ref()),
+                    &nginx_config(
+                        &nginx_listen(addr, tls.as_ref(), launch.h2),
+                        launch.upstream,
+                        &dir,
+                        launch.nofile,
+                    ),
                 )?;
                 let prefix = format!("{}/", dir.display());
                 let conf = conf.to_string_lossy().into_owned();
@@ -307,7 +318,12 @@ impl Target {
                 let conf = dir.join("haproxy.cfg");
                 write(
                     &conf,
-                    &haproxy_config(addr, launch.upstream, &dir, launch.nofile, tls.as_ref()),
+                    &haproxy_config(
+                        &haproxy_bind(addr, tls.as_ref(), launch.h2),
+                        launch.upstream,
+                        &dir,
+                        launch.nofile,
+                    ),
                 )?;
                 let conf = conf.to_string_lossy().into_owned();
                 (
@@ -516,15 +532,51 @@ limits:
 }
 
 /// Sluice's `listen:` section: one listener, terminating TLS when the run asks for it.
-fn sluice_listen(addr: SocketAddr, tls: Option<&Files>) -> String {
+/// Sluice's `listen:` section: one listener, terminating TLS when the run asks for it, taking
+/// cleartext HTTP/2 when asked for without TLS (with TLS, `h2` comes by ALPN).
+fn sluice_listen(addr: SocketAddr, tls: Option<&Files>, h2: bool) -> String {
+    let extra = match (tls, h2) {
+        (Some(f), _) => format!(
+            "    tls:\n      cert: {}\n      key: {}\n",
+            f.cert.display(),
+            f.key.display()
+        ),
+        (None, true) => "    h2c: true\n".to_string(),
+        (None, false) => String::new(),
+    };
+    format!("listen:\n  - addr: {addr}\n{extra}")
+}
+
+/// nginx's `listen` and TLS lines. nginx's own TLS defaults (session tickets on), but for the
+/// protocols: TLS 1.3 is in its default list only from 1.23.4, and an operator of 1.22 adds it.
+fn nginx_listen(addr: SocketAddr, tls: Option<&Files>, h2: bool) -> String {
+    let params = format!(
+        "{}{}",
+        if tls.is_some() { " ssl" } else { "" },
+        if h2 { " http2" } else { "" }
+    );
     let tls = tls.map_or(String::new(), |f| {
         format!(
-            "    tls:\n      cert: {}\n      key: {}\n",
+            "        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n",
             f.cert.display(),
             f.key.display()
         )
     });
-    format!("listen:\n  - addr: {addr}\n{tls}")
+    format!("        listen {addr}{params} backlog=4096;\n{tls}")
+}
+
+/// HAProxy's `bind` line: TLS with the run's certificate, HTTP/2 by ALPN or, in cleartext, with
+/// prior knowledge.
+fn haproxy_bind(addr: SocketAddr, tls: Option<&Files>, h2: bool) -> String {
+    match (tls, h2) {
+        (Some(f), h2) => format!(
+            "bind {addr} ssl crt {} alpn {}",
+            f.combined.display(),
+            if h2 { "h2,http/1.1" } else { "http/1.1" }
+        ),
+        (None, true) => format!("bind {addr} proto h2"),
+        (None, false) => format!("bind {addr}"),
+    }
 }
 
 fn sluice_config(
@@ -568,26 +620,8 @@ usage:
     )
 }
 
-fn nginx_config(
-    addr: SocketAddr,
-    upstream: SocketAddr,
-    dir: &Path,
-    nofile: u64,
-    tls: Option<&Files>,
-) -> String {
+fn nginx_config(listen: &str, upstream: SocketAddr, dir: &Path, nofile: u64) -> String {
     let dir = dir.display();
-    // nginx's own TLS defaults (session tickets on), but for the protocols: TLS 1.3 is in its
-    // default list only from 1.23.4, and an operator of 1.22 adds it.
-    let (ssl, tls) = tls.map_or((String::new(), String::new()), |f| {
-        (
-            " ssl".to_string(),
-            format!(
-                "        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n",
-                f.cert.display(),
-                f.key.display()
-            ),
-        )
-    });
     // A proxied stream holds two connections in one worker, and the kernel may hand most new
     // connections to one worker: let each take (almost) the whole descriptor limit.
     let worker_connections = nofile.saturating_sub(100).max(1024);
@@ -619,8 +653,7 @@ http {{
     }}
 
     server {{
-        listen {addr}{ssl} backlog=4096;
-{tls}        location / {{
+{listen}        location / {{
             proxy_pass http://llm;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
@@ -637,17 +670,8 @@ http {{
     )
 }
 
-fn haproxy_config(
-    addr: SocketAddr,
-    upstream: SocketAddr,
-    dir: &Path,
-    nofile: u64,
-    tls: Option<&Files>,
-) -> String {
+fn haproxy_config(bind: &str, upstream: SocketAddr, dir: &Path, nofile: u64) -> String {
     let dir = dir.display();
-    let tls = tls.map_or(String::new(), |f| {
-        format!(" ssl crt {} alpn http/1.1", f.combined.display())
-    });
     // Two descriptors per proxied stream, and some headroom for listeners and the pool.
     let maxconn = (nofile.saturating_sub(200) / 2).max(512);
     format!(
@@ -667,7 +691,7 @@ defaults
     timeout http-keep-alive 60s
 
 frontend llm_in
-    bind {addr}{tls}
+    {bind}
     maxconn {maxconn}
     default_backend llm
 

@@ -4,7 +4,8 @@
 //! `direct`: figures added over direct include what TLS costs.
 //!
 //! One certificate authority and one ECDSA P-256 leaf for `localhost` / `127.0.0.1` per run
-//! (rcgen, the tests' own `TestCa`). The client offers only TLS 1.3 and `http/1.1` and never
+//! (rcgen, the tests' own `TestCa`). The client offers only TLS 1.3 and `http/1.1` (`h2` with
+//! `SLUICE_LOAD_H2`) and never
 //! resumes a session, so every fresh stream is a full handshake (X25519, ECDSA) with every
 //! proxy. Each proxy otherwise keeps its own TLS defaults (session tickets, cipher order), as
 //! an operator who only adds a certificate would have it.
@@ -37,10 +38,12 @@ pub struct Files {
 }
 
 impl Tls {
-    pub fn new() -> Tls {
+    /// `h2`: the client offers `h2` by ALPN instead of `http/1.1`.
+    pub fn new(h2: bool) -> Tls {
         let ca = test_tls::TestCa::new("Sluice load harness CA");
         let leaf = ca.leaf(&[SERVER_NAME, "127.0.0.1"]);
-        let mut config = test_tls::client_config(&ca, &[&rustls::version::TLS13], &[b"http/1.1"]);
+        let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+        let mut config = test_tls::client_config(&ca, &[&rustls::version::TLS13], &[alpn]);
         config.resumption = rustls::client::Resumption::disabled();
         Tls {
             leaf,
