@@ -414,20 +414,7 @@ pub async fn memory(
             let dial = dial.clone();
             tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
-                timeout(Duration::from_secs(30), async {
-                    let mut conn = Conn::connect(&dial).await?;
-                    conn.send(&spec, request).await?;
-                    let head = conn.read_head().await?;
-                    if head.status != 200 {
-                        return Err(format!("status {}", head.status));
-                    }
-                    match conn.next().await? {
-                        Item::Event { .. } => Ok((sid, conn)),
-                        other => Err(format!("expected the first event, got {other:?}")),
-                    }
-                })
-                .await
-                .unwrap_or_else(|_| Err("opening the stream timed out".into()))
+                Ok((sid, open_to_first_event(&dial, &spec, request).await?))
             })
         })
         .collect();
@@ -508,22 +495,9 @@ pub async fn leave(target: &Target, upstream: &Upstream, options: &Options) -> L
                 ..spec
             };
             tokio::spawn(async move {
-                let opened = timeout(Duration::from_secs(30), async {
-                    let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
-                    let mut conn = Conn::connect(&dial).await?;
-                    conn.send(&spec, request).await?;
-                    let head = conn.read_head().await?;
-                    if head.status != 200 {
-                        return Err(format!("status {}", head.status));
-                    }
-                    match conn.next().await? {
-                        Item::Event { .. } => Ok(conn),
-                        other => Err(format!("expected the first event, got {other:?}")),
-                    }
-                })
-                .await
-                .unwrap_or_else(|_| Err("opening the stream timed out".into()));
-                let mut conn = opened?;
+                let permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
+                let mut conn = open_to_first_event(&dial, &spec, request).await?;
+                drop(permit);
                 flowing.fetch_add(1, Ordering::Relaxed);
                 let ended = || {
                     Err::<(usize, u64), String>("the stream ended before its client left".into())
@@ -580,6 +554,28 @@ pub async fn leave(target: &Target, upstream: &Upstream, options: &Options) -> L
     (out.closed_100ms, out.closed_1s) = closed_within(&out.close_delays_ns);
     end_leftovers(upstream, run).await;
     out
+}
+
+/// A stream opened up to its first event (30 s at most).
+async fn open_to_first_event(
+    dial: &Dial,
+    spec: &StreamSpec,
+    request: RequestKind,
+) -> Result<Conn, String> {
+    timeout(Duration::from_secs(30), async {
+        let mut conn = Conn::connect(dial).await?;
+        conn.send(spec, request).await?;
+        let head = conn.read_head().await?;
+        if head.status != 200 {
+            return Err(format!("status {}", head.status));
+        }
+        match conn.next().await? {
+            Item::Event { .. } => Ok(conn),
+            other => Err(format!("expected the first event, got {other:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("opening the stream timed out".into()))
 }
 
 /// The upstream's closes of a run's streams, once `expected` have come or the close wait after
