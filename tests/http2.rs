@@ -180,3 +180,92 @@ fn each_http2_stream_takes_its_own_slot() {
     });
     assert_eq!(upstream.requests().len(), 2);
 }
+
+/// An h2c listener takes HTTP/1.1 as well: a client that does not open with the HTTP/2 preface
+/// is served over HTTP/1.1, one that does over HTTP/2, also when its preface comes in two writes.
+#[test]
+fn an_h2c_listener_serves_http1_and_a_preface_in_two_writes() {
+    let upstream = anthropic_upstream();
+    let sluice = Sluice::start_h2c(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\n",
+        upstream.url()
+    ));
+    let mut client = support::Client::connect(sluice.addr);
+    client.send(
+        "POST",
+        "/v1/messages",
+        &[("content-type", "application/json")],
+        br#"{"stream":true}"#,
+    );
+    let response = client.read_response();
+    assert_eq!(response.status, 200);
+    let body = String::from_utf8(response.body).unwrap();
+    assert!(body.contains("message_stop"), "{body}");
+
+    runtime().block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        // The first half of the preface, then a pause: the h2 client writes the rest.
+        tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (mut client, connection) = h2::client::handshake(Rest(tcp, 16)).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let (response, mut send) = client.send_request(request(false), false).unwrap();
+        send.send_data(Bytes::from_static(br#"{"stream":true}"#), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut all = Vec::new();
+        while let Some(chunk) = body.data().await {
+            all.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(String::from_utf8_lossy(&all).contains("message_stop"));
+    });
+}
+
+/// A stream whose first `n` bytes written were sent already: the h2 client's preface goes out
+/// without them.
+struct Rest(tokio::net::TcpStream, usize);
+
+impl tokio::io::AsyncRead for Rest {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Rest {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let skip = self.1.min(data.len());
+        if skip > 0 {
+            self.1 -= skip;
+            return std::task::Poll::Ready(Ok(skip));
+        }
+        std::pin::Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}

@@ -5,8 +5,9 @@
 //! (3.9 KiB, HTTP/2 handling included): 12.7 KiB per open connection, copied four times into
 //! and out of the task on every new connection. Here a connection's task holds only the boxed
 //! request future; a TLS handshake is boxed and gone once done. A TLS client that chooses h2 by
-//! ALPN is handed to Pingora's HTTP/2 server (`ServerApp::process_new`); h2c listeners stay on
-//! Pingora's service (`mod.rs`).
+//! ALPN, or a cleartext client on an h2c listener that opens with the HTTP/2 preface, is handed
+//! to Pingora's HTTP/2 server (`ServerApp::process_new`); HTTP/1.1 on an h2c listener is served
+//! here like on any other.
 //!
 //! Listening sockets go through Pingora's fd table, like its own listeners, so a graceful
 //! upgrade (`sluice -u` + SIGQUIT) hands them over with the others.
@@ -21,7 +22,7 @@ use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::listeners::ALPN;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{GetSocketDigest, SocketDigest, Ssl};
+use pingora::protocols::{SocketDigest, Ssl};
 use pingora::server::{ListenFds, ShutdownWatch};
 use std::mem::MaybeUninit;
 use std::net::ToSocketAddrs;
@@ -47,12 +48,17 @@ pub struct Listeners {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub app: Arc<SluiceProxy>,
+    /// The same proxy with Pingora's h2c server option, for h2c clients: Pingora's HTTP/2
+    /// server takes a cleartext stream only with it.
+    pub h2c_app: Arc<SluiceProxy>,
 }
 
 /// One listening address, and its TLS settings when it has any.
 pub struct Endpoint {
     pub addr: String,
     pub tls: Option<Arc<Acceptor>>,
+    /// Cleartext HTTP/2 with prior knowledge is taken too (`listen[].h2c`; never with TLS).
+    pub h2c: bool,
 }
 
 #[async_trait]
@@ -64,15 +70,20 @@ impl pingora::services::Service for Listeners {
         _listeners_per_fd: usize,
     ) {
         let mut loops = Vec::new();
-        for Endpoint { addr, tls } in &self.endpoints {
+        for Endpoint { addr, tls, h2c } in &self.endpoints {
             let listener = match listen(addr, fds.as_ref()) {
                 Ok(listener) => listener,
                 // As Pingora's own listeners do: a server that cannot listen does not run.
                 Err(e) => panic!("cannot listen on {addr}: {e}"),
             };
+            let kind = match (tls, h2c) {
+                (Some(tls), _) => Kind::Tls(tls.clone()),
+                (None, true) => Kind::H2c(self.h2c_app.clone()),
+                (None, false) => Kind::Plain,
+            };
             loops.push(tokio::spawn(accept_loop(
                 listener,
-                tls.clone(),
+                kind,
                 self.app.clone(),
                 shutdown.clone(),
             )));
@@ -139,9 +150,17 @@ fn bound_socket(addr: &str) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
+/// What a listener's connections speak first.
+enum Kind {
+    Plain,
+    Tls(Arc<Acceptor>),
+    /// HTTP/1.1, or HTTP/2 with prior knowledge for this app.
+    H2c(Arc<SluiceProxy>),
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<Arc<Acceptor>>,
+    kind: Kind,
     app: Arc<SluiceProxy>,
     mut shutdown: ShutdownWatch,
 ) {
@@ -173,10 +192,20 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         // Counted from the accept, not from the task's first poll.
         let first_request = drain::InFlight::start();
-        match &tls {
-            None => tokio::spawn(serve(Tcp::stream(tcp), peer, app, shutdown, first_request)),
-            Some(tls) => tokio::spawn(serve_tls(
+        match &kind {
+            Kind::Plain => {
+                tokio::spawn(serve(Tcp::stream(tcp), peer, app, shutdown, first_request))
+            }
+            Kind::Tls(tls) => tokio::spawn(serve_tls(
                 tls.clone(),
+                tcp,
+                peer,
+                app,
+                shutdown,
+                first_request,
+            )),
+            Kind::H2c(h2c_app) => tokio::spawn(serve_h2c(
+                h2c_app.clone(),
                 tcp,
                 peer,
                 app,
@@ -207,7 +236,7 @@ async fn serve_tls(
     // (rustc keeps a moved-from local's slot until its scope ends). A client still in its
     // handshake when shutdown begins gets the same grace as one that has not sent its first
     // request yet.
-    let mut stream = {
+    let stream = {
         let handshake = tokio::select! {
             biased;
             done = Box::pin(timer::timeout(HANDSHAKE_TIMEOUT, tls.tls_handshake(Tcp::new(tcp)))) => done,
@@ -221,25 +250,113 @@ async fn serve_tls(
         }
     };
     if stream.selected_alpn_proto() == Some(ALPN::H2) {
-        // Pingora's HTTP/2 server reads the client's address from the socket digest.
-        let digest = SocketDigest::from_raw_fd(fd);
-        let _ = digest.peer_addr.set(Some(peer.into()));
-        stream.set_socket_digest(digest);
-        let session = app.process_new(stream, &session_shutdown);
-        tokio::pin!(session);
-        // Its requests count themselves (`RequestCtx`) once read; until then the connection is
-        // counted here, as a fresh HTTP/1.1 one is, for the grace its first request gets.
-        let mut first_request = Some(first_request);
-        loop {
-            tokio::select! {
-                _ = &mut session => return,
-                _ = drain::request_arrival_over(&mut shutdown), if first_request.is_some() => {
-                    first_request = None;
-                }
+        return serve_h2(
+            app,
+            stream,
+            fd,
+            peer,
+            shutdown,
+            session_shutdown,
+            first_request,
+        )
+        .await;
+    }
+    serve(stream, peer, app, shutdown, first_request).await
+}
+
+/// A client connection on an h2c listener: HTTP/2 when it opens with the preface (prior
+/// knowledge), HTTP/1.1 otherwise. The preface is peeked, not read, so either server reads the
+/// connection from its first byte.
+async fn serve_h2c(
+    h2c_app: Arc<SluiceProxy>,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    app: Arc<SluiceProxy>,
+    mut shutdown: ShutdownWatch,
+    first_request: drain::InFlight,
+) {
+    let fd = tcp.as_raw_fd();
+    // As for TLS: the HTTP/2 server gets a watch the race below has not seen change.
+    let session_shutdown = shutdown.clone();
+    let h2 = tokio::select! {
+        biased;
+        h2 = timer::timeout(
+            Duration::from_secs(KEEPALIVE_SECONDS),
+            opens_with_h2_preface(&tcp),
+        ) => h2,
+        _ = drain::request_arrival_over(&mut shutdown) => return,
+    };
+    match h2 {
+        Ok(Ok(true)) => {
+            let stream: pingora::protocols::Stream = Box::new(Tcp::new(tcp));
+            serve_h2(
+                h2c_app,
+                stream,
+                fd,
+                peer,
+                shutdown,
+                session_shutdown,
+                first_request,
+            )
+            .await
+        }
+        Ok(Ok(false)) => serve(Tcp::stream(tcp), peer, app, shutdown, first_request).await,
+        // A read error, or nothing sent for KEEPALIVE_SECONDS: closed as an idle HTTP/1.1
+        // connection would be.
+        _ => {}
+    }
+}
+
+/// The HTTP/2 client preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client's first bytes are the HTTP/2 preface; `false` as soon as they differ (or
+/// the client closes).
+async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    // Peeking returns at once while bytes wait: a preface cut in two (rare: it is 24 bytes) is
+    // looked at again after a millisecond, a bounded number of times.
+    for _ in 0..1000 {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(false)
+}
+
+/// An HTTP/2 connection, in Pingora's HTTP/2 server. `session_shutdown` is the watch that
+/// server sends its GOAWAY on; `shutdown` counts the connection for its first request's grace.
+async fn serve_h2(
+    app: Arc<SluiceProxy>,
+    mut stream: pingora::protocols::Stream,
+    fd: RawFd,
+    peer: std::net::SocketAddr,
+    mut shutdown: ShutdownWatch,
+    session_shutdown: ShutdownWatch,
+    first_request: drain::InFlight,
+) {
+    // Pingora's HTTP/2 server reads the client's address from the socket digest.
+    let digest = SocketDigest::from_raw_fd(fd);
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    let session = app.process_new(stream, &session_shutdown);
+    tokio::pin!(session);
+    // Its requests count themselves (`RequestCtx`) once read; until then the connection is
+    // counted here, as a fresh HTTP/1.1 one is, for the grace its first request gets.
+    let mut first_request = Some(first_request);
+    loop {
+        tokio::select! {
+            _ = &mut session => return,
+            _ = drain::request_arrival_over(&mut shutdown), if first_request.is_some() => {
+                first_request = None;
             }
         }
     }
-    serve(stream, peer, app, shutdown, first_request).await
 }
 
 /// One client connection: requests one after the other while it is kept alive.

@@ -25,8 +25,6 @@ use crate::provider::Provider;
 use crate::route::{Router, Scheme};
 use crate::sse::StreamOutcome;
 use crate::telemetry::METRICS;
-use pingora::listeners::ListenerConfig;
-use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -198,28 +196,11 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     }
     let reloader = reloader::Reloader { items: reloadables };
     server.add_service(background_service("reloader", reloader));
-    // HTTP/1.1 listeners, plain and TLS, are Sluice's own (`listener.rs`: less memory per
-    // connection); a TLS client that chooses h2 by ALPN is handed to Pingora's HTTP/2 server from
-    // there. h2c listeners (Pingora sets HTTP/2 cleartext per service) are a Pingora service
-    // sharing the proxy's routes, upstream pool and ledger.
+    // Every client listener is Sluice's own (`listener.rs`: less memory per connection); a TLS
+    // client that chooses h2 by ALPN, or an h2c listener's client that opens with the HTTP/2
+    // preface, is handed to Pingora's HTTP/2 server from there.
     let mut endpoints = Vec::new();
-    let mut h2c_options = HttpServerOptions::default();
-    h2c_options.h2c = true;
-    let mut h2c_service = Service::new(
-        "sluice proxy (h2c)".to_string(),
-        proxy.with_options(h2c_options),
-    );
     for (i, listener) in config.listen.iter().enumerate() {
-        if listener.h2c {
-            // No L4 write buffer: every write (response head, each event) goes straight to the
-            // socket, so nothing waits for a flush. No L4 read buffer either: Pingora reads heads
-            // and bodies into buffers of its own, and 64 KiB per client connection is memory.
-            h2c_service.add_listener(
-                ListenerConfig::tcp(listener.addr.as_str())
-                    .l4_buffer(L4BufferSettings::default().read(0).write(0)),
-            );
-            continue;
-        }
         // TLS listeners offer h2 and http/1.1 by ALPN (validation keeps them off h2c).
         let tls = tls_listeners
             .settings(i)?
@@ -227,16 +208,17 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         endpoints.push(listener::Endpoint {
             addr: listener.addr.clone(),
             tls,
+            h2c: listener.h2c,
         });
     }
-    if config.listen.iter().any(|l| l.h2c) {
-        server.add_service(h2c_service);
-    }
+    let mut h2c_options = HttpServerOptions::default();
+    h2c_options.h2c = true;
     if !endpoints.is_empty() {
         server.add_service(listener::Listeners {
             name: "sluice proxy".to_string(),
             endpoints,
             app: Arc::new(proxy.with_options(HttpServerOptions::default())),
+            h2c_app: Arc::new(proxy.with_options(h2c_options)),
         });
     }
 
