@@ -16,8 +16,15 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn h2_client(sluice: &Sluice) -> h2::client::SendRequest<Bytes> {
-    let tcp = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    h2_over(tokio::net::TcpStream::connect(sluice.addr).await.unwrap()).await
+}
+
+/// An HTTP/2 client on `io`, its connection driven by a task of its own.
+async fn h2_over<T>(io: T) -> h2::client::SendRequest<Bytes>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -209,10 +216,7 @@ fn an_h2c_listener_serves_http1_and_a_preface_in_two_writes() {
         // The first half of the preface, then a pause: the h2 client writes the rest.
         tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let (mut client, connection) = h2::client::handshake(Rest(tcp, 16)).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let mut client = h2_over(Rest(tcp, 16)).await;
         let (response, mut send) = client.send_request(request(false), false).unwrap();
         send.send_data(Bytes::from_static(br#"{"stream":true}"#), true)
             .unwrap();

@@ -51,8 +51,8 @@ pub async fn request_arrival_over(shutdown: &mut ShutdownWatch) {
 }
 
 /// Requests being handled by this process (each HTTP/2 stream is one), connections of Sluice's
-/// own listeners from their accept until their first request is answered (a TLS client that
-/// chose h2: until its first request's grace is over), and those accept loops themselves
+/// own listeners from their accept until their first request is answered (an HTTP/2 client, by
+/// ALPN or h2c preface: until its first request's grace is over), and those accept loops themselves
 /// (so that nothing accepted goes uncounted): the process leaves when none is left.
 static REQUESTS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Set once the grace period is over: every stream still running ends now.

@@ -1,4 +1,4 @@
-//! Client listeners for HTTP/1.1, plain and TLS, accepted by Sluice itself.
+//! Client listeners, plain, TLS and h2c, accepted by Sluice itself.
 //!
 //! Pingora's listening service spawns each connection as a task whose future also holds the TLS
 //! handshake future (8.8 KiB, even on plain TCP), and then boxes `ServerApp::process_new`
@@ -184,8 +184,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        // Sluice's own socket type (`tcp.rs`), with no `SocketDigest` (but for a TLS client that
-        // Pingora's HTTP/2 server takes over): the peer's address goes along by itself, and
+        // Sluice's own socket type (`tcp.rs`), with no `SocketDigest` (but for an HTTP/2 client,
+        // TLS or h2c, that Pingora's HTTP/2 server takes over): the peer's address goes along by itself, and
         // nothing else reads the digest. So `ServerSession::client_addr()` is `None` on
         // HTTP/1.1: the address is `RequestCtx::client_addr`.
         let app = app.clone();
@@ -310,13 +310,13 @@ async fn serve_h2c(
 /// The HTTP/2 client preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether the client's first bytes are the HTTP/2 preface; `false` as soon as they differ (or
-/// the client closes).
+/// Whether the client's first bytes are the HTTP/2 preface; `false` as soon as they differ, when
+/// the client closes, or when a partial preface is not completed within about a second.
 async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<bool> {
     let mut buf = [0u8; H2_PREFACE.len()];
-    // Peeking returns at once while bytes wait: a preface cut in two (rare: it is 24 bytes) is
-    // looked at again after a millisecond, a bounded number of times.
-    for _ in 0..1000 {
+    // Peeking returns at once while bytes wait, so a preface cut in two (rare: it is 24 bytes)
+    // is looked at again after a pause that doubles: 1 ms to 512 ms, ten looks in all.
+    for pause_ms in (0..10).map(|i| 1u64 << i) {
         let n = tcp.peek(&mut buf).await?;
         if n == 0 || buf[..n] != H2_PREFACE[..n] {
             return Ok(false);
@@ -324,7 +324,7 @@ async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<b
         if n == H2_PREFACE.len() {
             return Ok(true);
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
     }
     Ok(false)
 }

@@ -211,9 +211,9 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
             h2c: listener.h2c,
         });
     }
-    let mut h2c_options = HttpServerOptions::default();
-    h2c_options.h2c = true;
     if !endpoints.is_empty() {
+        let mut h2c_options = HttpServerOptions::default();
+        h2c_options.h2c = true;
         server.add_service(listener::Listeners {
             name: "sluice proxy".to_string(),
             endpoints,

@@ -51,7 +51,7 @@ impl SluiceProxy {
         }
     }
 
-    /// The same proxy for a listener service of its own (h2c or not).
+    /// The same proxy with other server options (Pingora's h2c switch for h2c clients).
     pub fn with_options(&self, options: HttpServerOptions) -> Self {
         SluiceProxy {
             options,
@@ -252,7 +252,8 @@ impl SluiceProxy {
 
 #[async_trait]
 impl HttpServerApp for SluiceProxy {
-    /// Pingora's entry (h2 over TLS, h2c listeners): the peer's address comes from the session.
+    /// Pingora's entry (HTTP/2 clients, by ALPN or h2c preface): the peer's address comes from
+    /// the session.
     fn process_new_http<'life0, 'life1, 'async_trait>(
         self: &'life0 Arc<Self>,
         down: ServerSession,
