@@ -24,6 +24,7 @@ use pingora::listeners::ALPN;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{SocketDigest, Ssl};
 use pingora::server::{ListenFds, ShutdownWatch};
+use std::future::Future;
 use std::mem::MaybeUninit;
 use std::net::ToSocketAddrs;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
@@ -227,20 +228,19 @@ async fn serve_tls(
     mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    let fd = tcp.as_raw_fd();
     // Pingora's HTTP/2 server sends its GOAWAY when it sees shutdown begin: it gets a watch that
     // the handshake's race below has not already seen change.
     let session_shutdown = shutdown.clone();
     // The handshake and the stream it makes are boxed, the stream inside a block: either held
     // by value would keep its kilobytes in this task's state for the connection's whole life
-    // (rustc keeps a moved-from local's slot until its scope ends). A client still in its
-    // handshake when shutdown begins gets the same grace as one that has not sent its first
-    // request yet.
+    // (rustc keeps a moved-from local's slot until its scope ends).
     let stream = {
-        let handshake = tokio::select! {
-            biased;
-            done = Box::pin(timer::timeout(HANDSHAKE_TIMEOUT, tls.tls_handshake(Tcp::new(tcp)))) => done,
-            _ = drain::request_arrival_over(&mut shutdown) => return,
+        let handshake = Box::pin(timer::timeout(
+            HANDSHAKE_TIMEOUT,
+            tls.tls_handshake(Tcp::new(tcp)),
+        ));
+        let Some(handshake) = unless_grace_over(&mut shutdown, handshake).await else {
+            return;
         };
         match handshake {
             Ok(Ok(stream)) => Box::new(stream),
@@ -250,18 +250,20 @@ async fn serve_tls(
         }
     };
     if stream.selected_alpn_proto() == Some(ALPN::H2) {
-        return serve_h2(
-            app,
-            stream,
-            fd,
-            peer,
-            shutdown,
-            session_shutdown,
-            first_request,
-        )
-        .await;
+        return serve_h2(app, stream, peer, shutdown, session_shutdown, first_request).await;
     }
     serve(stream, peer, app, shutdown, first_request).await
+}
+
+/// `work`, unless the grace for a connection's first request ends first (`None`): a client
+/// still in its TLS handshake, or not yet through its first bytes, when shutdown begins gets the
+/// same grace as one that has not sent its first request.
+async fn unless_grace_over<F: Future>(shutdown: &mut ShutdownWatch, work: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        done = work => Some(done),
+        _ = drain::request_arrival_over(shutdown) => None,
+    }
 }
 
 /// A client connection on an h2c listener: HTTP/2 when it opens with the preface (prior
@@ -275,24 +277,21 @@ async fn serve_h2c(
     mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    let fd = tcp.as_raw_fd();
     // As for TLS: the HTTP/2 server gets a watch the race below has not seen change.
     let session_shutdown = shutdown.clone();
-    let h2 = tokio::select! {
-        biased;
-        h2 = timer::timeout(
-            Duration::from_secs(KEEPALIVE_SECONDS),
-            opens_with_h2_preface(&tcp),
-        ) => h2,
-        _ = drain::request_arrival_over(&mut shutdown) => return,
+    let preface = timer::timeout(
+        Duration::from_secs(KEEPALIVE_SECONDS),
+        opens_with_h2_preface(&tcp),
+    );
+    let Some(h2) = unless_grace_over(&mut shutdown, preface).await else {
+        return;
     };
     match h2 {
         Ok(Ok(true)) => {
-            let stream: pingora::protocols::Stream = Box::new(Tcp::new(tcp));
+            let stream = Tcp::stream(tcp);
             serve_h2(
                 h2c_app,
                 stream,
-                fd,
                 peer,
                 shutdown,
                 session_shutdown,
@@ -334,14 +333,14 @@ async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<b
 async fn serve_h2(
     app: Arc<SluiceProxy>,
     mut stream: pingora::protocols::Stream,
-    fd: RawFd,
     peer: std::net::SocketAddr,
     mut shutdown: ShutdownWatch,
     session_shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    // Pingora's HTTP/2 server reads the client's address from the socket digest.
-    let digest = SocketDigest::from_raw_fd(fd);
+    // Pingora's HTTP/2 server reads the client's address from the socket digest (`id` is the
+    // socket's descriptor, under TLS too).
+    let digest = SocketDigest::from_raw_fd(stream.id() as RawFd);
     let _ = digest.peer_addr.set(Some(peer.into()));
     stream.set_socket_digest(digest);
     let session = app.process_new(stream, &session_shutdown);
