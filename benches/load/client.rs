@@ -5,14 +5,12 @@ use crate::clock::now_ns;
 use crate::http1::{ChunkedDecoder, Framing, SseItem, SseScanner};
 use crate::upstream::StreamSpec;
 use std::collections::VecDeque;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 const MAX_HEAD: usize = 64 * 1024;
 /// No response takes more reads than this (every read returns at least one byte).
@@ -188,51 +186,8 @@ enum Transport {
     Http2(Box<H2Stream>),
 }
 
-/// A connection to a target: plain, or TLS over it.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A connection to a target: plain, or TLS over it (boxed: a TLS session is large).
+type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 pub struct Conn {
     transport: Transport,
@@ -254,7 +209,7 @@ impl Conn {
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let (stream, tls_parameters) = match &dial.tls {
-            None => (Stream::Plain(tcp), None),
+            None => (Either::Left(tcp), None),
             Some(connector) => {
                 let tls = crate::tls::handshake(connector, tcp)
                     .await
@@ -268,7 +223,7 @@ impl Conn {
                     .negotiated_cipher_suite()
                     .map_or("?".into(), |s| format!("{:?}", s.suite()));
                 let parameters = format!("{version} {suite} {}", String::from_utf8_lossy(alpn));
-                (Stream::Tls(Box::new(tls)), Some(parameters))
+                (Either::Right(Box::new(tls)), Some(parameters))
             }
         };
         let transport = if dial.h2 {
