@@ -440,8 +440,8 @@ async fn run_one(
                 "{} of {} clients left mid-stream, upstream closed ≤100 ms {} ≤1 s {}{}",
                 r.left,
                 r.streams,
-                r.closed_100ms,
-                r.closed_1s,
+                r.closes.within_100ms,
+                r.closes.within_1s,
                 errors(r.errors.count, &r.errors.first)
             );
             results.leave.push(r);
@@ -492,8 +492,8 @@ async fn run_one(
                 r.asked,
                 r.open_s,
                 r.kib_per_stream().map(|k| format!("{k:.1}")).unwrap_or_else(|| "—".into()),
-                r.closed_100ms,
-                r.closed_1s,
+                r.closes.within_100ms,
+                r.closes.within_1s,
                 errors(r.errors.count, &r.errors.first)
             );
             results.memory.push(r);

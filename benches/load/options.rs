@@ -117,6 +117,11 @@ pub fn smoke_requested(args: &[String]) -> bool {
 }
 
 impl Options {
+    /// Between two events of a stream at `rate` (latency and leave scenarios).
+    pub fn event_interval_us(&self) -> u64 {
+        (1e6 / self.rate).max(1.0) as u64
+    }
+
     pub fn from_env(smoke: bool) -> Options {
         // Smoke: every scenario and target once, tiny, in a few seconds (CI runs it).
         let (rounds, seconds, ramp, streams, tp, memory, first, settle) = if smoke {

@@ -5,7 +5,7 @@
 
 use crate::histogram::Histogram;
 use crate::scenarios::{
-    Errors, EventCount, FirstByteRun, LatencyRun, LeaveRun, MemoryRun, ThroughputRun,
+    Closes, Errors, EventCount, FirstByteRun, LatencyRun, LeaveRun, MemoryRun, ThroughputRun,
 };
 use serde_json::{json, Value};
 
@@ -63,6 +63,62 @@ fn events_of<'a>(runs: impl Iterator<Item = &'a EventCount>) -> EventCount {
     })
 }
 
+/// How soon upstreams were closed after their clients left, over a scenario's rounds.
+#[derive(Debug, Default, Clone)]
+pub struct CloseSummary {
+    /// Streams whose client left, and of those closed within 100 ms / 1 s: the worst round (a
+    /// proxy that sometimes leaves streams open should show it).
+    pub streams: Option<usize>,
+    pub within_100ms: Option<usize>,
+    pub within_1s: Option<usize>,
+    /// Close delay (upstream close − its client's close), p50 and p99 pooled over rounds.
+    pub delay: Option<[u64; 2]>,
+}
+
+impl CloseSummary {
+    /// From each round's streams whose client left, and their closes.
+    fn of<'a>(rounds: impl Iterator<Item = (usize, &'a Closes)> + Clone) -> CloseSummary {
+        let delays = sorted(
+            rounds
+                .clone()
+                .flat_map(|(_, c)| c.delays_ns.iter().copied()),
+        );
+        CloseSummary {
+            streams: rounds.clone().map(|(n, _)| n).min(),
+            within_100ms: rounds.clone().map(|(_, c)| c.within_100ms).min(),
+            within_1s: rounds.map(|(_, c)| c.within_1s).min(),
+            delay: percentile(&delays, 0.5)
+                .zip(percentile(&delays, 0.99))
+                .map(|(a, b)| [a, b]),
+        }
+    }
+
+    /// `n` of the streams, as `n/streams`.
+    fn share(&self, n: Option<usize>) -> String {
+        match (n, self.streams) {
+            (Some(n), Some(total)) => format!("{n}/{total}"),
+            _ => "—".into(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "closed_within_100ms_worst": self.within_100ms,
+            "closed_within_1s_worst": self.within_1s,
+            "close_delay_p50_us": self.delay.map(|c| c[0] as f64 / 1e3),
+            "close_delay_p99_us": self.delay.map(|c| c[1] as f64 / 1e3),
+        })
+    }
+}
+
+/// `a`'s fields with `b`'s added (both JSON objects).
+fn merged(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
 /// Pooled figures of one target.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
@@ -83,18 +139,12 @@ pub struct Summary {
     pub cpu_us_per_fresh_stream: Option<f64>,
     pub kib_per_stream: Option<f64>,
     pub memory_streams: Option<usize>,
-    pub closed_100ms: Option<usize>,
-    pub closed_1s: Option<usize>,
-    /// Close delay (upstream close − its client's close), p50 and p99 pooled over rounds.
-    pub close_delay: Option<[u64; 2]>,
+    /// Memory: the idle streams' clients all leaving at once.
+    pub idle_closes: CloseSummary,
     /// The slowest round's time from the first client leaving to the last upstream close.
     pub last_close: Option<u64>,
-    /// Leave (clients leaving mid-stream): streams whose client left, and of those the
-    /// upstream closed within 100 ms / 1 s, worst round; close delay p50 / p99 pooled.
-    pub leave_streams: Option<usize>,
-    pub leave_closed_100ms: Option<usize>,
-    pub leave_closed_1s: Option<usize>,
-    pub leave_close_delay: Option<[u64; 2]>,
+    /// Leave: clients leaving flowing streams one by one.
+    pub flowing_closes: CloseSummary,
     pub errors: u64,
     pub first_error: Option<String>,
     /// Events the upstream wrote minus those the client received (should be 0).
@@ -166,29 +216,9 @@ pub fn summarize(t: &TargetResults) -> Summary {
             .collect(),
     );
     s.memory_streams = t.memory.iter().map(|r| r.opened).min();
-    // The worst round: a proxy that sometimes leaves streams open should show it.
-    s.closed_100ms = t.memory.iter().map(|r| r.closed_100ms).min();
-    s.closed_1s = t.memory.iter().map(|r| r.closed_1s).min();
-    let close = sorted(
-        t.memory
-            .iter()
-            .flat_map(|r| r.close_delays_ns.iter().copied()),
-    );
-    if let (Some(a), Some(b)) = (percentile(&close, 0.5), percentile(&close, 0.99)) {
-        s.close_delay = Some([a, b]);
-    }
+    s.idle_closes = CloseSummary::of(t.memory.iter().map(|r| (r.opened, &r.closes)));
     s.last_close = t.memory.iter().filter_map(|r| r.last_close_ns).max();
-    s.leave_streams = t.leave.iter().map(|r| r.left).min();
-    s.leave_closed_100ms = t.leave.iter().map(|r| r.closed_100ms).min();
-    s.leave_closed_1s = t.leave.iter().map(|r| r.closed_1s).min();
-    let close = sorted(
-        t.leave
-            .iter()
-            .flat_map(|r| r.close_delays_ns.iter().copied()),
-    );
-    if let (Some(a), Some(b)) = (percentile(&close, 0.5), percentile(&close, 0.99)) {
-        s.leave_close_delay = Some([a, b]);
-    }
+    s.flowing_closes = CloseSummary::of(t.leave.iter().map(|r| (r.left, &r.closes)));
     let (errors, first) = errors_of(
         t.latency
             .iter()
@@ -474,17 +504,14 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
     let rows: Vec<Vec<String>> = summaries
         .iter()
         .map(|(name, s)| {
-            let of = |n: Option<usize>| match (n, s.leave_streams) {
-                (Some(n), Some(total)) => format!("{n}/{total}"),
-                _ => "—".into(),
-            };
+            let c = &s.flowing_closes;
             vec![
                 name.clone(),
-                opt(s.leave_streams),
-                of(s.leave_closed_100ms),
-                of(s.leave_closed_1s),
-                opt(s.leave_close_delay.map(|c| us(c[0]))),
-                opt(s.leave_close_delay.map(|c| us(c[1]))),
+                opt(c.streams),
+                c.share(c.within_100ms),
+                c.share(c.within_1s),
+                opt(c.delay.map(|d| us(d[0]))),
+                opt(c.delay.map(|d| us(d[1]))),
             ]
         })
         .collect();
@@ -507,21 +534,17 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
         .map(|(t, (name, s))| {
             let before = t.memory.iter().filter_map(|r| r.rss_before_kib).min();
             let after = t.memory.iter().filter_map(|r| r.rss_after_kib).max();
-            let streams = s.memory_streams;
-            let of = |n: Option<usize>| match (n, streams) {
-                (Some(n), Some(total)) => format!("{n}/{total}"),
-                _ => "—".into(),
-            };
+            let c = &s.idle_closes;
             vec![
                 name.clone(),
-                opt(streams),
+                opt(s.memory_streams),
                 opt(before.map(|k| format!("{:.1}", k as f64 / 1024.0))),
                 opt(after.map(|k| format!("{:.1}", k as f64 / 1024.0))),
                 fixed(s.kib_per_stream, 1),
-                of(s.closed_100ms),
-                of(s.closed_1s),
-                opt(s.close_delay.map(|c| us(c[0]))),
-                opt(s.close_delay.map(|c| us(c[1]))),
+                c.share(c.within_100ms),
+                c.share(c.within_1s),
+                opt(c.delay.map(|d| us(d[0]))),
+                opt(c.delay.map(|d| us(d[1]))),
                 opt(s.last_close.map(us)),
             ]
         })
@@ -553,14 +576,11 @@ pub fn tables(results: &[TargetResults], skipped: &[(String, String)]) -> String
             let l = |i: usize| s.latency.map(|l| l[i]);
             let b = |i: usize| s.ttfb.map(|l| l[i]);
             let per_cpu_s = s.cpu_s_per_million.filter(|c| *c > 0.0).map(|c| 1e6 / c);
-            let of = |n: Option<usize>, total: Option<usize>| match (n, total) {
-                (Some(n), Some(total)) => format!("{n}/{total}"),
-                _ => "—".into(),
-            };
+            let (idle, flowing) = (&s.idle_closes, &s.flowing_closes);
             let closed = format!(
                 "{} · {}",
-                of(s.closed_100ms, s.memory_streams),
-                of(s.leave_closed_100ms, s.leave_streams)
+                idle.share(idle.within_100ms),
+                flowing.share(flowing.within_100ms)
             );
             vec![
                 name.clone(),
@@ -687,29 +707,22 @@ fn first_byte_json(runs: &[FirstByteRun], s: &Summary, direct: &Summary) -> Valu
 }
 
 fn leave_json(runs: &[LeaveRun], s: &Summary) -> Value {
-    json!({
-        "closed_within_100ms_worst": s.leave_closed_100ms,
-        "closed_within_1s_worst": s.leave_closed_1s,
-        "close_delay_p50_us": s.leave_close_delay.map(|c| c[0] as f64 / 1e3),
-        "close_delay_p99_us": s.leave_close_delay.map(|c| c[1] as f64 / 1e3),
+    let rounds = json!({
         "rounds": runs.iter().map(|r| json!({
             "streams": r.streams,
             "left": r.left,
-            "closed_within_100ms": r.closed_100ms,
-            "closed_within_1s": r.closed_1s,
+            "closed_within_100ms": r.closes.within_100ms,
+            "closed_within_1s": r.closes.within_1s,
             "errors": r.errors.count,
             "first_error": r.errors.first,
         })).collect::<Vec<_>>(),
-    })
+    });
+    merged(s.flowing_closes.json(), rounds)
 }
 
 fn memory_json(runs: &[MemoryRun], s: &Summary) -> Value {
-    json!({
+    let rest = json!({
         "kib_per_stream_median": s.kib_per_stream,
-        "closed_within_100ms_worst": s.closed_100ms,
-        "closed_within_1s_worst": s.closed_1s,
-        "close_delay_p50_us": s.close_delay.map(|c| c[0] as f64 / 1e3),
-        "close_delay_p99_us": s.close_delay.map(|c| c[1] as f64 / 1e3),
         "last_close_after_first_leave_ms": s.last_close.map(|v| v as f64 / 1e6),
         "rounds": runs.iter().map(|r| json!({
             "asked": r.asked,
@@ -718,8 +731,8 @@ fn memory_json(runs: &[MemoryRun], s: &Summary) -> Value {
             "rss_before_kib": r.rss_before_kib,
             "rss_after_kib": r.rss_after_kib,
             "kib_per_stream": r.kib_per_stream(),
-            "closed_within_100ms": r.closed_100ms,
-            "closed_within_1s": r.closed_1s,
+            "closed_within_100ms": r.closes.within_100ms,
+            "closed_within_1s": r.closes.within_1s,
             "last_close_after_first_leave_ms": r.last_close_ns.map(|v| v as f64 / 1e6),
             "proxy_cpu_s_opening": r.open_cpu_s,
             "proxy_cpu_s_leaving": r.leave_cpu_s,
@@ -728,7 +741,8 @@ fn memory_json(runs: &[MemoryRun], s: &Summary) -> Value {
             "errors": r.errors.count,
             "first_error": r.errors.first,
         })).collect::<Vec<_>>(),
-    })
+    });
+    merged(s.idle_closes.json(), rest)
 }
 
 pub fn targets_json(results: &[TargetResults]) -> Value {

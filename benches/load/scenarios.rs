@@ -78,17 +78,43 @@ pub struct FirstByteRun {
     pub errors: Errors,
 }
 
+/// How soon the upstream saw its side of each stream closed after that stream's own client
+/// closed its connection.
+#[derive(Debug, Default, Clone)]
+pub struct Closes {
+    /// Streams closed within 100 ms / 1 s.
+    pub within_100ms: usize,
+    pub within_1s: usize,
+    /// Per closed stream: upstream close − its client's close.
+    pub delays_ns: Vec<u64>,
+}
+
+impl Closes {
+    /// From the upstream's `(stream, close time)` and each stream's client close (`0` for a
+    /// client that never left).
+    fn of(closed: &[(u64, u64)], client_closed: &[u64]) -> Closes {
+        let delays_ns: Vec<u64> = closed
+            .iter()
+            .filter_map(|&(sid, at)| {
+                let client = *client_closed.get(usize::try_from(sid).ok()?)?;
+                (client > 0).then(|| at.saturating_sub(client))
+            })
+            .collect();
+        let within = |limit: u64| delays_ns.iter().filter(|&&d| d <= limit).count();
+        Closes {
+            within_100ms: within(100 * MS),
+            within_1s: within(1000 * MS),
+            delays_ns,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct LeaveRun {
     pub streams: usize,
     /// Streams whose client left in the middle of the stream (the others failed first).
     pub left: usize,
-    /// Upstream streams the upstream saw closed within 100 ms / 1 s of their own client
-    /// leaving.
-    pub closed_100ms: usize,
-    pub closed_1s: usize,
-    /// Per closed stream: upstream close − its client's close.
-    pub close_delays_ns: Vec<u64>,
+    pub closes: Closes,
     pub errors: Errors,
 }
 
@@ -100,12 +126,7 @@ pub struct MemoryRun {
     pub open_s: f64,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
-    /// Upstream streams the upstream saw closed within 100 ms / 1 s of their own client
-    /// closing its connection.
-    pub closed_100ms: usize,
-    pub closed_1s: usize,
-    /// Per closed stream: upstream close − its client's close.
-    pub close_delays_ns: Vec<u64>,
+    pub closes: Closes,
     /// From the first client's close to the last upstream close seen.
     pub last_close_ns: Option<u64>,
     /// Proxy CPU seconds spent opening the streams, and handling the leave (until the closes
@@ -167,7 +188,7 @@ pub async fn latency(target: &Target, upstream: &Upstream, options: &Options) ->
     let n = options.latency_streams;
     let request = options.request;
     let run = upstream.new_run();
-    let interval_us = (1e6 / options.rate).max(1.0) as u64;
+    let interval_us = options.event_interval_us();
     let ramp_ns = (options.ramp_seconds * SEC as f64) as u64;
     let start = now_ns() + 20 * MS;
     // The last stream to start gets a moment to settle before the window opens (100 ms; less
@@ -452,8 +473,7 @@ pub async fn memory(
     }
     let closed = closes_after(upstream, run, out.opened, now_ns(), options).await;
     out.leave_cpu_s = cpu().zip(cpu_before_leave).map(|(b, a)| b - a);
-    out.close_delays_ns = close_delays(&closed, &client_closed);
-    (out.closed_100ms, out.closed_1s) = closed_within(&out.close_delays_ns);
+    out.closes = Closes::of(&closed, &client_closed);
     out.last_close_ns = closed.iter().map(|&(_, at)| at.saturating_sub(left)).max();
     out.upstream_open = [open_before, open_during, upstream.open_connections()];
     end_leftovers(upstream, run).await;
@@ -469,7 +489,7 @@ pub async fn leave(target: &Target, upstream: &Upstream, options: &Options) -> L
     let n = options.leave_streams;
     let request = options.request;
     let run = upstream.new_run();
-    let interval_us = (1e6 / options.rate).max(1.0) as u64;
+    let interval_us = options.event_interval_us();
     let spread_ns = (options.ramp_seconds * SEC as f64) as u64;
     // Streams that would outlive the scenario: none ends by itself before its client leaves.
     let lifetime_ns = 60 * SEC;
@@ -499,24 +519,22 @@ pub async fn leave(target: &Target, upstream: &Upstream, options: &Options) -> L
                 let mut conn = open_to_first_event(&dial, &spec, request).await?;
                 drop(permit);
                 flowing.fetch_add(1, Ordering::Relaxed);
-                let ended = || {
-                    Err::<(usize, u64), String>("the stream ended before its client left".into())
+                // This client's time to leave: its place after the first one's.
+                let leave = async {
+                    let first = go.wait_for(Option::is_some).await.map(|g| g.unwrap_or(0));
+                    let first = first.map_err(|e| e.to_string())?;
+                    let at = instant_of(first + spread_ns * i as u64 / n as u64);
+                    tokio::time::sleep_until(at.into()).await;
+                    Ok::<(), String>(())
                 };
-                // Reading on (the stream flows) until this client's time to leave.
-                let leave_at = loop {
-                    tokio::select! {
-                        go = go.wait_for(Option::is_some) => match *go.map_err(|e| e.to_string())? {
-                            Some(first) => break first + spread_ns * i as u64 / n as u64,
-                            None => continue,
-                        },
-                        item = conn.next() => if let Item::End { .. } = item? { return ended() },
-                    }
-                };
-                let until = instant_of(leave_at);
+                tokio::pin!(leave);
+                // Reading on (the stream flows) until then.
                 loop {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(until.into()) => break,
-                        item = conn.next() => if let Item::End { .. } = item? { return ended() },
+                        left = &mut leave => break left?,
+                        item = conn.next() => if let Item::End { .. } = item? {
+                            return Err("the stream ended before its client left".into());
+                        },
                     }
                 }
                 drop(conn);
@@ -550,8 +568,7 @@ pub async fn leave(target: &Target, upstream: &Upstream, options: &Options) -> L
         }
     }
     let closed = closes_after(upstream, run, out.left, now_ns(), options).await;
-    out.close_delays_ns = close_delays(&closed, &client_closed);
-    (out.closed_100ms, out.closed_1s) = closed_within(&out.close_delays_ns);
+    out.closes = Closes::of(&closed, &client_closed);
     end_leftovers(upstream, run).await;
     out
 }
@@ -596,24 +613,6 @@ async fn closes_after(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     upstream.run_log(run).closed_at
-}
-
-/// Per stream the upstream saw closed: its close − its own client's close (`client_closed` by
-/// stream number, 0 for a client that never left).
-fn close_delays(closed: &[(u64, u64)], client_closed: &[u64]) -> Vec<u64> {
-    closed
-        .iter()
-        .filter_map(|&(sid, at)| {
-            let client = *client_closed.get(usize::try_from(sid).ok()?)?;
-            (client > 0).then(|| at.saturating_sub(client))
-        })
-        .collect()
-}
-
-/// How many close delays are within 100 ms, and within 1 s.
-fn closed_within(delays: &[u64]) -> (usize, usize) {
-    let within = |limit: u64| delays.iter().filter(|&&d| d <= limit).count();
-    (within(100 * MS), within(1000 * MS))
 }
 
 /// Streams a proxy left open are ended from the upstream side, so the next target starts with
