@@ -194,6 +194,7 @@ impl Target {
             } => Some(start_redis(dir.as_ref().expect("a proxy has a directory"))?),
             _ => None,
         };
+        let proxy = kind != Kind::Direct;
         let mut target = Target {
             kind,
             addr: launch.upstream,
@@ -203,12 +204,9 @@ impl Target {
             redis,
             dir,
             lifetimes: 0,
-            tls: launch
-                .tls
-                .as_ref()
-                .filter(|_| kind != Kind::Direct)
-                .map(|t| t.connector()),
-            h2: launch.h2 && kind != Kind::Direct,
+            // Direct is the harness upstream: plain HTTP/1.1 whatever the run asks of proxies.
+            tls: launch.tls.as_ref().filter(|_| proxy).map(|t| t.connector()),
+            h2: launch.h2 && proxy,
             diagnostics: Vec::new(),
         };
         target.spawn(launch)?;
@@ -259,10 +257,7 @@ impl Target {
             return Ok(());
         };
         let dir = dir.path.clone();
-        let tls = match &launch.tls {
-            Some(tls) => Some(tls.write(&dir)?),
-            None => None,
-        };
+        let tls = launch.tls.as_ref().map(|t| t.write(&dir)).transpose()?;
         self.lifetimes += 1;
         let stem = format!("{}-{}", self.kind.name(), self.lifetimes);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?)
