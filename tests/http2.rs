@@ -188,6 +188,82 @@ fn each_http2_stream_takes_its_own_slot() {
     assert_eq!(upstream.requests().len(), 2);
 }
 
+/// At SIGTERM an HTTP/2 client is sent a GOAWAY: the streams it has open are served to their
+/// end (every event, a usage record each), a stream it opens afterwards is not, and the process
+/// leaves once the open streams have ended.
+#[test]
+fn sigterm_sends_goaway_and_serves_open_streams_to_their_end() {
+    const EVENTS: usize = 20;
+    let upstream = Upstream::start(|_| {
+        let mut steps = vec![Step::sse_head()];
+        for i in 0..EVENTS {
+            steps.push(Step::chunk(format!("data: {{\"i\":{i}}}\n\n")));
+            steps.push(Step::sleep_ms(50));
+        }
+        steps.push(Step::chunk("data: [DONE]\n\n"));
+        steps.push(Step::End);
+        steps
+    });
+    let mut sluice = Sluice::start_h2c(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n    usage_comment: false\n",
+        upstream.url()
+    ));
+    let signalled = runtime().block_on(async {
+        let client = h2_client(&sluice).await;
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let mut client = client.clone().ready().await.unwrap();
+            let (response, mut send) = client.send_request(request(false), false).unwrap();
+            send.send_data(Bytes::from_static(br#"{"model":"m","stream":true}"#), true)
+                .unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), 200);
+            bodies.push(response.into_body());
+        }
+        sluice.signal("TERM");
+        let signalled = Instant::now();
+        let readers: Vec<_> = bodies
+            .into_iter()
+            .map(|mut body| {
+                tokio::spawn(async move {
+                    let mut text = Vec::new();
+                    while let Some(data) = body.data().await {
+                        let data = data.unwrap();
+                        body.flow_control().release_capacity(data.len()).unwrap();
+                        text.extend_from_slice(&data);
+                    }
+                    String::from_utf8(text).unwrap()
+                })
+            })
+            .collect();
+        // The GOAWAY has arrived well before the open streams end (a second).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let late = match client.clone().ready().await {
+            Ok(mut client) => match client.send_request(request(false), true) {
+                Ok((response, _)) => response.await.map(|r| r.status()).ok(),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        assert_eq!(late, None, "a stream opened after the GOAWAY was served");
+        for reader in readers {
+            let text = reader.await.unwrap();
+            assert_eq!(text.matches("data: {\"i\":").count(), EVENTS, "{text}");
+            assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        }
+        signalled
+    });
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exit took {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(sluice.ledger().len(), 2);
+    assert_eq!(upstream.requests().len(), 2);
+}
+
 /// An h2c listener takes HTTP/1.1 as well: a client that does not open with the HTTP/2 preface
 /// is served over HTTP/1.1, one that does over HTTP/2, also when its preface comes in two writes.
 #[test]

@@ -5,24 +5,23 @@
 //! (3.9 KiB, HTTP/2 handling included): 12.7 KiB per open connection, copied four times into
 //! and out of the task on every new connection. Here a connection's task holds only the boxed
 //! request future; a TLS handshake is boxed and gone once done. A TLS client that chooses h2 by
-//! ALPN, or a cleartext client on an h2c listener that opens with the HTTP/2 preface, is handed
-//! to Pingora's HTTP/2 server (`ServerApp::process_new`); HTTP/1.1 on an h2c listener is served
-//! here like on any other.
+//! ALPN, or a cleartext client on an h2c listener that opens with the HTTP/2 preface, is served
+//! over HTTP/2 (`h2_server.rs`); HTTP/1.1 on an h2c listener is served here like on any other.
 //!
 //! Listening sockets go through Pingora's fd table, like its own listeners, so a graceful
 //! upgrade (`sluice -u` + SIGQUIT) hands them over with the others.
 
 use super::drain;
+use super::h2_server;
 use super::proxy::SluiceProxy;
 use super::tcp::Tcp;
 use super::timer;
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::listeners::ALPN;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{SocketDigest, Ssl};
+use pingora::protocols::Ssl;
 use pingora::server::{ListenFds, ShutdownWatch};
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -49,9 +48,6 @@ pub struct Listeners {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub app: Arc<SluiceProxy>,
-    /// The same proxy with Pingora's h2c server option, for h2c clients: Pingora's HTTP/2
-    /// server takes a cleartext stream only with it.
-    pub h2c_app: Arc<SluiceProxy>,
 }
 
 /// One listening address, and its TLS settings when it has any.
@@ -79,7 +75,7 @@ impl pingora::services::Service for Listeners {
             };
             let kind = match (tls, h2c) {
                 (Some(tls), _) => Kind::Tls(tls.clone()),
-                (None, true) => Kind::H2c(self.h2c_app.clone()),
+                (None, true) => Kind::H2c,
                 (None, false) => Kind::Plain,
             };
             loops.push(tokio::spawn(accept_loop(
@@ -155,8 +151,8 @@ fn bound_socket(addr: &str) -> std::io::Result<TcpSocket> {
 enum Kind {
     Plain,
     Tls(Arc<Acceptor>),
-    /// HTTP/1.1, or HTTP/2 with prior knowledge for this app.
-    H2c(Arc<SluiceProxy>),
+    /// HTTP/1.1, or HTTP/2 with prior knowledge.
+    H2c,
 }
 
 async fn accept_loop(
@@ -185,10 +181,9 @@ async fn accept_loop(
                 continue;
             }
         };
-        // Sluice's own socket type (`tcp.rs`), with no `SocketDigest` (but for an HTTP/2 client,
-        // TLS or h2c, that Pingora's HTTP/2 server takes over): the peer's address goes along by itself, and
-        // nothing else reads the digest. So `ServerSession::client_addr()` is `None` on
-        // HTTP/1.1: the address is `RequestCtx::client_addr`.
+        // Sluice's own socket type (`tcp.rs`), with no `SocketDigest`: the peer's address goes
+        // along by itself, and nothing else reads the digest. So `ServerSession::client_addr()`
+        // is `None`: the address is `RequestCtx::client_addr`.
         let app = app.clone();
         let shutdown = shutdown.clone();
         // Counted from the accept, not from the task's first poll.
@@ -205,14 +200,7 @@ async fn accept_loop(
                 shutdown,
                 first_request,
             )),
-            Kind::H2c(h2c_app) => tokio::spawn(serve_h2c(
-                h2c_app.clone(),
-                tcp,
-                peer,
-                app,
-                shutdown,
-                first_request,
-            )),
+            Kind::H2c => tokio::spawn(serve_h2c(tcp, peer, app, shutdown, first_request)),
         };
     }
     // Listening stops at shutdown; after a hand-over the next process has its own copy of the
@@ -228,7 +216,7 @@ async fn serve_tls(
     mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    // Pingora's HTTP/2 server sends its GOAWAY when it sees shutdown begin: it gets a watch that
+    // An HTTP/2 connection sends its GOAWAY when it sees shutdown begin: it gets a watch that
     // the handshake's race below has not already seen change.
     let session_shutdown = shutdown.clone();
     // The handshake and the stream it makes are boxed, the stream inside a block: either held
@@ -270,14 +258,13 @@ async fn unless_grace_over<F: Future>(shutdown: &mut ShutdownWatch, work: F) -> 
 /// knowledge), HTTP/1.1 otherwise. The preface is peeked, not read, so either server reads the
 /// connection from its first byte.
 async fn serve_h2c(
-    h2c_app: Arc<SluiceProxy>,
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     app: Arc<SluiceProxy>,
     mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    // As for TLS: the HTTP/2 server gets a watch the race below has not seen change.
+    // As for TLS: the HTTP/2 connection gets a watch the race below has not seen change.
     let session_shutdown = shutdown.clone();
     let preface = timer::timeout(
         Duration::from_secs(KEEPALIVE_SECONDS),
@@ -289,15 +276,7 @@ async fn serve_h2c(
     match h2 {
         Ok(Ok(true)) => {
             let stream = Tcp::stream(tcp);
-            serve_h2(
-                h2c_app,
-                stream,
-                peer,
-                shutdown,
-                session_shutdown,
-                first_request,
-            )
-            .await
+            serve_h2(app, stream, peer, shutdown, session_shutdown, first_request).await
         }
         Ok(Ok(false)) => serve(Tcp::stream(tcp), peer, app, shutdown, first_request).await,
         // A read error, or nothing sent for KEEPALIVE_SECONDS: closed as an idle HTTP/1.1
@@ -328,22 +307,17 @@ async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<b
     Ok(false)
 }
 
-/// An HTTP/2 connection, in Pingora's HTTP/2 server. `session_shutdown` is the watch that
-/// server sends its GOAWAY on; `shutdown` counts the connection for its first request's grace.
+/// An HTTP/2 connection (`h2_server.rs`). `session_shutdown` is the watch its GOAWAY is sent
+/// on; `shutdown` counts the connection for its first request's grace.
 async fn serve_h2(
     app: Arc<SluiceProxy>,
-    mut stream: pingora::protocols::Stream,
+    stream: pingora::protocols::Stream,
     peer: std::net::SocketAddr,
     mut shutdown: ShutdownWatch,
     session_shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    // Pingora's HTTP/2 server reads the client's address from the socket digest (`id` is the
-    // socket's descriptor, under TLS too).
-    let digest = SocketDigest::from_raw_fd(stream.id() as RawFd);
-    let _ = digest.peer_addr.set(Some(peer.into()));
-    stream.set_socket_digest(digest);
-    let session = app.process_new(stream, &session_shutdown);
+    let session = h2_server::serve(app, stream, peer, session_shutdown);
     tokio::pin!(session);
     // Its requests count themselves (`RequestCtx`) once read; until then the connection is
     // counted here, as a fresh HTTP/1.1 one is, for the grace its first request gets.

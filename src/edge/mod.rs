@@ -6,6 +6,7 @@ mod admission;
 mod demo_service;
 mod downstream;
 mod drain;
+mod h2_server;
 mod headers;
 mod listener;
 mod proxy;
@@ -32,7 +33,6 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pingora::apps::HttpServerOptions;
 pub use proxy::SluiceProxy;
 
 /// What one request did, filled in along its path and read by the logging phase.
@@ -198,7 +198,7 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     server.add_service(background_service("reloader", reloader));
     // Every client listener is Sluice's own (`listener.rs`: less memory per connection); a TLS
     // client that chooses h2 by ALPN, or an h2c listener's client that opens with the HTTP/2
-    // preface, is handed to Pingora's HTTP/2 server from there.
+    // preface, is served over HTTP/2 from there (`h2_server.rs`).
     let mut endpoints = Vec::new();
     for (i, listener) in config.listen.iter().enumerate() {
         // TLS listeners offer h2 and http/1.1 by ALPN (validation keeps them off h2c).
@@ -212,13 +212,10 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         });
     }
     if !endpoints.is_empty() {
-        let mut h2c_options = HttpServerOptions::default();
-        h2c_options.h2c = true;
         server.add_service(listener::Listeners {
             name: "sluice proxy".to_string(),
             endpoints,
-            app: Arc::new(proxy.with_options(HttpServerOptions::default())),
-            h2c_app: Arc::new(proxy.with_options(h2c_options)),
+            app: Arc::new(proxy),
         });
     }
 

@@ -16,8 +16,7 @@ use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Router;
 use crate::sse::StreamOutcome;
 use crate::telemetry::{rfc3339_now, AccessRecord, METRICS};
-use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use std::future::Future;
@@ -25,14 +24,12 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// Cheap to clone: every listener service shares the same routes, upstream pool and ledger.
-#[derive(Clone)]
+/// One for all client listeners: the routes, the upstream pools, the ledger and the limits.
 pub struct SluiceProxy {
-    router: Arc<Router>,
+    router: Router,
     upstreams: Arc<Upstreams>,
-    usage: Arc<UsageSink>,
+    usage: UsageSink,
     limiter: Limiter,
-    options: HttpServerOptions,
 }
 
 impl SluiceProxy {
@@ -43,19 +40,10 @@ impl SluiceProxy {
         limiter: Limiter,
     ) -> Self {
         SluiceProxy {
-            router: Arc::new(router),
+            router,
             upstreams,
-            usage: Arc::new(usage),
+            usage,
             limiter,
-            options: HttpServerOptions::default(),
-        }
-    }
-
-    /// The same proxy with other server options (Pingora's h2c switch for h2c clients).
-    pub fn with_options(&self, options: HttpServerOptions) -> Self {
-        SluiceProxy {
-            options,
-            ..self.clone()
         }
     }
 
@@ -247,28 +235,5 @@ impl SluiceProxy {
                 .flatten()
                 .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
         })
-    }
-}
-
-#[async_trait]
-impl HttpServerApp for SluiceProxy {
-    /// Pingora's entry (HTTP/2 clients, by ALPN or h2c preface): the peer's address comes from
-    /// the session.
-    fn process_new_http<'life0, 'life1, 'async_trait>(
-        self: &'life0 Arc<Self>,
-        down: ServerSession,
-        shutdown: &'life1 ShutdownWatch,
-    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        let client_addr = down.client_addr().and_then(|a| a.as_inet()).copied();
-        self.serve_request(down, client_addr, shutdown)
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        Some(&self.options)
     }
 }

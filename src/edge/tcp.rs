@@ -25,17 +25,11 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub struct Tcp {
     socket: TcpStream,
-    /// Only for a client that Pingora's HTTP/2 server takes over: it finds the client's address
-    /// there.
-    digest: Option<Arc<SocketDigest>>,
 }
 
 impl Tcp {
     pub fn new(socket: TcpStream) -> Tcp {
-        Tcp {
-            socket,
-            digest: None,
-        }
+        Tcp { socket }
     }
 
     /// A connection for Pingora's sessions (`pingora::protocols::Stream`).
@@ -192,13 +186,10 @@ impl GetProxyDigest for Tcp {
     }
 }
 
+/// None: each request is given the client's address by Sluice's accept loop.
 impl GetSocketDigest for Tcp {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.digest.clone()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.digest = Some(Arc::new(digest));
+        None
     }
 }
 
