@@ -9,15 +9,26 @@
 //! connection's send happen in one turn of one task. One connection's streams share a thread,
 //! as one connection's requests do in nginx or over HTTP/1.1.
 
+use super::drain;
+use super::listener::{HANDSHAKE_TIMEOUT, KEEPALIVE_SECONDS};
 use super::proxy::SluiceProxy;
+use super::timer;
+use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
 use once_cell::sync::Lazy;
 use pingora::protocols::http::v2::server::{self, H2Accept, HttpSession};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// Streams a client may have refused at acceptance (a forbidden byte in the target, conflicting
 /// `Content-Length`, a bad `:authority`) before its connection is closed: Pingora's own budget
@@ -31,63 +42,156 @@ static NO_DIGEST: Lazy<Arc<Digest>> = Lazy::new(|| Arc::new(Digest::default()));
 
 /// Serves one HTTP/2 connection until it closes, and every stream it opened until that stream
 /// has ended (and recorded its usage). At shutdown the client is sent a GOAWAY; streams already
-/// open are served to their end.
+/// open are served to their end. A connection with no stream open is closed after
+/// `KEEPALIVE_SECONDS`, as an idle HTTP/1.1 one is.
 pub(super) async fn serve(
     app: Arc<SluiceProxy>,
     stream: Stream,
     peer: SocketAddr,
     mut shutdown: ShutdownWatch,
 ) {
-    let mut conn = match server::handshake(stream, None).await {
-        Ok(conn) => conn,
+    let mut conn = match timer::timeout(HANDSHAKE_TIMEOUT, server::handshake(stream, None)).await {
+        Ok(Ok(conn)) => conn,
         // As Pingora's HTTP/2 server logs it.
-        Err(e) => return log::error!("H2 handshake error {e}"),
+        Ok(Err(e)) => return log::error!("H2 handshake error from {peer}: {e}"),
+        Err(_) => return log::error!("H2 handshake timeout from {peer}"),
     };
-    // Each request watches shutdown for itself; this one sends the GOAWAY.
-    let session_shutdown = shutdown.clone();
+    // Each request watches shutdown for itself.
+    let request_shutdown = shutdown.clone();
+    let goaway = drain::shutdown_begun(&mut shutdown);
+    tokio::pin!(goaway);
+    let mut goaway_sent = false;
     let mut streams = FuturesUnordered::new();
     let mut malformed = 0;
-    let mut goaway_sent = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed(), if !goaway_sent => {
-                // Accepting goes on: streams the client opened before it saw the GOAWAY are
-                // still served, and the connection ends once they have.
-                conn.graceful_shutdown();
-                goaway_sent = true;
-            }
-            // Streams before the connection: what they wrote is then sent in the same turn.
-            Some(()) = streams.next(), if !streams.is_empty() => {}
-            // Accepting is what drives the connection (reads frames, sends what streams wrote).
-            accepted = HttpSession::from_h2_conn(&mut conn, NO_DIGEST.clone()) => match accepted {
-                Ok(Some(H2Accept::Session(session))) => {
-                    let request =
-                        app.serve_request(ServerSession::new_http2(session), Some(peer), &session_shutdown);
-                    // An HTTP/2 stream never hands a connection back.
-                    streams.push(async move {
-                        request.await;
-                    });
+    SelfWakesPollAgain::new(async {
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut goaway, if !goaway_sent => {
+                    // Accepting goes on: streams the client opened before it saw the GOAWAY are
+                    // still served, and the connection ends once they have.
+                    conn.graceful_shutdown();
+                    goaway_sent = true;
                 }
-                // Already answered or reset by Pingora; the connection goes on, within a budget.
-                Ok(Some(H2Accept::Rejected)) => {
-                    malformed += 1;
-                    if malformed > MALFORMED_STREAMS_PER_CONNECTION {
-                        log::debug!("{peer}: too many malformed HTTP/2 streams, closing");
-                        break;
+                // Streams before the connection: what they wrote is then sent in the same turn.
+                Some(()) = streams.next() => {}
+                // Accepting is what drives the connection (reads frames, sends what streams
+                // wrote).
+                accepted = HttpSession::from_h2_conn(&mut conn, NO_DIGEST.clone()) => {
+                    match accepted {
+                        Ok(Some(H2Accept::Session(session))) => {
+                            let session = ServerSession::new_http2(session);
+                            let request = app.serve_request(session, Some(peer), &request_shutdown);
+                            streams.push(isolated(request, peer));
+                        }
+                        // Already answered or reset by Pingora; the connection goes on, within a
+                        // budget (Pingora's count and level).
+                        Ok(Some(H2Accept::Rejected)) => {
+                            malformed += 1;
+                            if malformed >= MALFORMED_STREAMS_PER_CONNECTION {
+                                log::warn!("{peer}: too many malformed HTTP/2 streams, closing");
+                                return;
+                            }
+                        }
+                        // The client closed the connection (cleanly or not), or broke the
+                        // protocol.
+                        Ok(None) => return,
+                        Err(e) => return log::debug!("{peer}: HTTP/2 connection ended: {e}"),
                     }
                 }
-                // The client closed the connection (cleanly or not), or broke the protocol.
-                Ok(None) => break,
-                Err(e) => {
-                    log::debug!("{peer}: HTTP/2 connection ended: {e}");
-                    break;
+                // Re-armed whenever a stream starts or ends: the time since the last one ended.
+                () = timer::sleep(Duration::from_secs(KEEPALIVE_SECONDS)), if streams.is_empty() => {
+                    return;
                 }
-            },
+            }
         }
-    }
+    })
+    .await;
     // Dropping the connection fails what its streams still wait for (a write, a reset), so each
     // ends through its own path: its slot released, its usage recorded.
     drop(conn);
     while streams.next().await.is_some() {}
+}
+
+/// One stream's request, its panic caught as a task per stream would have it: the other streams
+/// of the connection go on.
+async fn isolated<F: Future>(request: F, peer: SocketAddr) {
+    if AssertUnwindSafe(request).catch_unwind().await.is_err() {
+        log::error!("{peer}: an HTTP/2 stream's request panicked");
+    }
+}
+
+/// Polls `F` again, within the same poll, when it woke itself while being polled, rather than
+/// leave the wake to tokio.
+///
+/// A stream's write wakes the connection's task, which is the task writing: tokio takes a task
+/// woken during its own poll for one that yields, queues it behind every other and wakes an idle
+/// worker to take it (a futex wake of the other thread for each event a stream sends, seen with
+/// strace). Polled again at once instead, the connection finds nothing more to do. Bounded, so a
+/// future that always wakes itself (one out of tokio's cooperative budget) still yields.
+struct SelfWakesPollAgain<F> {
+    future: Pin<Box<F>>,
+    wake: Arc<Wake>,
+}
+
+/// Polls again at most this many times in one poll.
+const POLLS_AGAIN: usize = 4;
+
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const WOKEN_WHILE_POLLING: u8 = 2;
+
+struct Wake {
+    state: AtomicU8,
+    task: AtomicWaker,
+}
+
+impl ArcWake for Wake {
+    fn wake_by_ref(wake: &Arc<Self>) {
+        // While the future is being polled, a wake (from this thread or another) is left for the
+        // poll to see; otherwise it goes to the task.
+        let polling = wake.state.compare_exchange(
+            POLLING,
+            WOKEN_WHILE_POLLING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if polling == Err(IDLE) {
+            wake.task.wake();
+        }
+    }
+}
+
+impl<F: Future> SelfWakesPollAgain<F> {
+    fn new(future: F) -> Self {
+        SelfWakesPollAgain {
+            future: Box::pin(future),
+            wake: Arc::new(Wake {
+                state: AtomicU8::new(IDLE),
+                task: AtomicWaker::new(),
+            }),
+        }
+    }
+}
+
+impl<F: Future> Future for SelfWakesPollAgain<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        this.wake.task.register(cx.waker());
+        let waker = waker_ref(&this.wake);
+        let mut inner = Context::from_waker(&waker);
+        for _ in 0..=POLLS_AGAIN {
+            this.wake.state.store(POLLING, Ordering::Release);
+            let poll = this.future.as_mut().poll(&mut inner);
+            let woken = this.wake.state.swap(IDLE, Ordering::AcqRel) == WOKEN_WHILE_POLLING;
+            if poll.is_ready() || !woken {
+                return poll;
+            }
+        }
+        // Still waking itself: tokio's turn (the future may be out of its cooperative budget).
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }

@@ -35,12 +35,12 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
 
 /// Kept idle between two requests on one connection, in seconds (Pingora's default).
-const KEEPALIVE_SECONDS: u64 = 60;
+pub(super) const KEEPALIVE_SECONDS: u64 = 60;
 /// Largest first read of a request head (Pingora's initial buffer); the rest of a longer head is
 /// read by Pingora.
 const FIRST_READ: usize = 4096;
 /// Longest a client may take over its TLS handshake (Pingora's value).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pending connections the kernel queues per listener (Pingora's value).
 const BACKLOG: u32 = 65535;
 
@@ -207,7 +207,7 @@ async fn accept_loop(
     // socket, so closing this one stops only this process from accepting.
 }
 
-/// A TLS client connection: the handshake, then HTTP/1.1 here or HTTP/2 in Pingora's server.
+/// A TLS client connection: the handshake, then HTTP/1.1 here or HTTP/2 (`h2_server.rs`).
 async fn serve_tls(
     tls: Arc<Acceptor>,
     tcp: tokio::net::TcpStream,
@@ -216,9 +216,6 @@ async fn serve_tls(
     mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    // An HTTP/2 connection sends its GOAWAY when it sees shutdown begin: it gets a watch that
-    // the handshake's race below has not already seen change.
-    let session_shutdown = shutdown.clone();
     // The handshake and the stream it makes are boxed, the stream inside a block: either held
     // by value would keep its kilobytes in this task's state for the connection's whole life
     // (rustc keeps a moved-from local's slot until its scope ends).
@@ -238,7 +235,7 @@ async fn serve_tls(
         }
     };
     if stream.selected_alpn_proto() == Some(ALPN::H2) {
-        return serve_h2(app, stream, peer, shutdown, session_shutdown, first_request).await;
+        return serve_h2(app, stream, peer, shutdown, first_request).await;
     }
     serve(stream, peer, app, shutdown, first_request).await
 }
@@ -264,8 +261,6 @@ async fn serve_h2c(
     mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    // As for TLS: the HTTP/2 connection gets a watch the race below has not seen change.
-    let session_shutdown = shutdown.clone();
     let preface = timer::timeout(
         Duration::from_secs(KEEPALIVE_SECONDS),
         opens_with_h2_preface(&tcp),
@@ -276,7 +271,7 @@ async fn serve_h2c(
     match h2 {
         Ok(Ok(true)) => {
             let stream = Tcp::stream(tcp);
-            serve_h2(app, stream, peer, shutdown, session_shutdown, first_request).await
+            serve_h2(app, stream, peer, shutdown, first_request).await
         }
         Ok(Ok(false)) => serve(Tcp::stream(tcp), peer, app, shutdown, first_request).await,
         // A read error, or nothing sent for KEEPALIVE_SECONDS: closed as an idle HTTP/1.1
@@ -307,17 +302,15 @@ async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<b
     Ok(false)
 }
 
-/// An HTTP/2 connection (`h2_server.rs`). `session_shutdown` is the watch its GOAWAY is sent
-/// on; `shutdown` counts the connection for its first request's grace.
+/// An HTTP/2 connection (`h2_server.rs`), counted for its first request's grace.
 async fn serve_h2(
     app: Arc<SluiceProxy>,
     stream: pingora::protocols::Stream,
     peer: std::net::SocketAddr,
     mut shutdown: ShutdownWatch,
-    session_shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    let session = h2_server::serve(app, stream, peer, session_shutdown);
+    let session = h2_server::serve(app, stream, peer, shutdown.clone());
     tokio::pin!(session);
     // Its requests count themselves (`RequestCtx`) once read; until then the connection is
     // counted here, as a fresh HTTP/1.1 one is, for the grace its first request gets.

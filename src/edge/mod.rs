@@ -39,8 +39,8 @@ pub use proxy::SluiceProxy;
 pub struct RequestCtx {
     pub started: Instant,
     /// The client's IP address and port, when the connection has one. Read it here, never from
-    /// the session: the HTTP/1.1 connections of Sluice's own listeners (plain or TLS) carry no
-    /// Pingora socket digest, so `ServerSession::client_addr()` is `None` for them.
+    /// the session: Sluice's connections carry no Pingora socket digest, so
+    /// `ServerSession::client_addr()` is `None`.
     pub client_addr: Option<std::net::SocketAddr>,
     /// When the client left, if it did: the request's duration ends there, not after the
     /// bookkeeping that a burst of leaving clients may delay (`relay/disconnect.rs`).

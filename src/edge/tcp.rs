@@ -186,7 +186,7 @@ impl GetProxyDigest for Tcp {
     }
 }
 
-/// None: each request is given the client's address by Sluice's accept loop.
+/// None: Sluice reads no socket digest (a client's address comes from its accept loop).
 impl GetSocketDigest for Tcp {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         None
