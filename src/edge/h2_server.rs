@@ -10,7 +10,7 @@
 //! as one connection's requests do in nginx or over HTTP/1.1.
 
 use super::drain;
-use super::listener::{HANDSHAKE_TIMEOUT, KEEPALIVE_SECONDS};
+use super::listener::{HANDSHAKE_TIMEOUT, KEEPALIVE};
 use super::proxy::SluiceProxy;
 use super::timer;
 use futures_util::future::FutureExt;
@@ -28,7 +28,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 /// Streams a client may have refused at acceptance (a forbidden byte in the target, conflicting
 /// `Content-Length`, a bad `:authority`) before its connection is closed: Pingora's own budget
@@ -42,8 +41,9 @@ static NO_DIGEST: Lazy<Arc<Digest>> = Lazy::new(|| Arc::new(Digest::default()));
 
 /// Serves one HTTP/2 connection until it closes, and every stream it opened until that stream
 /// has ended (and recorded its usage). At shutdown the client is sent a GOAWAY; streams already
-/// open are served to their end. A connection with no stream open is closed after
-/// `KEEPALIVE_SECONDS`, as an idle HTTP/1.1 one is.
+/// open are served to their end. A connection with no stream open for `KEEPALIVE` is sent a
+/// GOAWAY too, as an idle HTTP/1.1 one is closed, and dropped if it is still there `KEEPALIVE`
+/// later.
 pub(super) async fn serve(
     app: Arc<SluiceProxy>,
     stream: Stream,
@@ -52,7 +52,7 @@ pub(super) async fn serve(
 ) {
     let mut conn = match timer::timeout(HANDSHAKE_TIMEOUT, server::handshake(stream, None)).await {
         Ok(Ok(conn)) => conn,
-        // As Pingora's HTTP/2 server logs it.
+        // At Pingora's level, with the peer as Sluice's TLS handshakes log it.
         Ok(Err(e)) => return log::error!("H2 handshake error from {peer}: {e}"),
         Err(_) => return log::error!("H2 handshake timeout from {peer}"),
     };
@@ -99,9 +99,15 @@ pub(super) async fn serve(
                         Err(e) => return log::debug!("{peer}: HTTP/2 connection ended: {e}"),
                     }
                 }
-                // Re-armed whenever a stream starts or ends: the time since the last one ended.
-                () = timer::sleep(Duration::from_secs(KEEPALIVE_SECONDS)), if streams.is_empty() => {
-                    return;
+                // Armed anew each time round the loop with no stream open: from the end of the
+                // last stream (or the GOAWAY, or a refused stream).
+                () = timer::sleep(KEEPALIVE), if streams.is_empty() => {
+                    // In order first, as at shutdown; a client that never answers is dropped.
+                    if goaway_sent {
+                        return;
+                    }
+                    conn.graceful_shutdown();
+                    goaway_sent = true;
                 }
             }
         }
@@ -116,19 +122,27 @@ pub(super) async fn serve(
 /// One stream's request, its panic caught as a task per stream would have it: the other streams
 /// of the connection go on.
 async fn isolated<F: Future>(request: F, peer: SocketAddr) {
-    if AssertUnwindSafe(request).catch_unwind().await.is_err() {
-        log::error!("{peer}: an HTTP/2 stream's request panicked");
+    if let Err(panic) = AssertUnwindSafe(request).catch_unwind().await {
+        let why = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("");
+        log::error!("{peer}: an HTTP/2 stream's request panicked: {why}");
     }
 }
 
 /// Polls `F` again, within the same poll, when it woke itself while being polled, rather than
 /// leave the wake to tokio.
 ///
-/// A stream's write wakes the connection's task, which is the task writing: tokio takes a task
-/// woken during its own poll for one that yields, queues it behind every other and wakes an idle
-/// worker to take it (a futex wake of the other thread for each event a stream sends, seen with
-/// strace). Polled again at once instead, the connection finds nothing more to do. Bounded, so a
-/// future that always wakes itself (one out of tokio's cooperative budget) still yields.
+/// Two wakes of the connection's task come from inside its own poll on every event a stream
+/// sends: the stream's write wakes the task that drives the connection (this one), and
+/// `FuturesUnordered` wakes its task whenever it has polled each of its futures once (its
+/// fairness yield). Tokio takes a task woken during its own poll for one that yields: it queues
+/// it behind every other and wakes an idle worker to take it (a futex wake of the other thread
+/// per event, seen with strace). Polled again at once instead, the connection finds nothing more
+/// to do. Bounded, so a future that keeps waking itself still yields to tokio; tokio's
+/// cooperative budget defers its own wakes past the poll and is not seen here.
 struct SelfWakesPollAgain<F> {
     future: Pin<Box<F>>,
     wake: Arc<Wake>,
@@ -149,13 +163,13 @@ struct Wake {
 impl ArcWake for Wake {
     fn wake_by_ref(wake: &Arc<Self>) {
         // While the future is being polled, a wake (from this thread or another) is left for the
-        // poll to see; otherwise it goes to the task.
-        let polling = wake.state.compare_exchange(
-            POLLING,
-            WOKEN_WHILE_POLLING,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        // poll to see, with a write even when already woken (as tokio's own wakes do) so that
+        // its cause happens before the poll that sees it; otherwise it goes to the task.
+        let polling = wake
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (state != IDLE).then_some(WOKEN_WHILE_POLLING)
+            });
         if polling == Err(IDLE) {
             wake.task.wake();
         }
@@ -179,18 +193,31 @@ impl<F: Future> Future for SelfWakesPollAgain<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
+        // Polling from here: a wake from now on is seen below, not sent to tokio. (Swaps rather
+        // than stores, here and below: reading a wake's write is what makes its cause visible to
+        // the poll that follows.)
+        this.wake.state.swap(POLLING, Ordering::AcqRel);
         this.wake.task.register(cx.waker());
         let waker = waker_ref(&this.wake);
         let mut inner = Context::from_waker(&waker);
         for _ in 0..=POLLS_AGAIN {
-            this.wake.state.store(POLLING, Ordering::Release);
-            let poll = this.future.as_mut().poll(&mut inner);
-            let woken = this.wake.state.swap(IDLE, Ordering::AcqRel) == WOKEN_WHILE_POLLING;
-            if poll.is_ready() || !woken {
-                return poll;
+            if let Poll::Ready(done) = this.future.as_mut().poll(&mut inner) {
+                this.wake.state.store(IDLE, Ordering::Release);
+                return Poll::Ready(done);
             }
+            // Not woken meanwhile: idle until the next wake, which goes to tokio.
+            if this
+                .wake
+                .state
+                .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Poll::Pending;
+            }
+            this.wake.state.swap(POLLING, Ordering::AcqRel);
         }
-        // Still waking itself: tokio's turn (the future may be out of its cooperative budget).
+        // Still waking itself: tokio's turn.
+        this.wake.state.store(IDLE, Ordering::Release);
         cx.waker().wake_by_ref();
         Poll::Pending
     }

@@ -35,11 +35,13 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
 
 /// Kept idle between two requests on one connection, in seconds (Pingora's default).
-pub(super) const KEEPALIVE_SECONDS: u64 = 60;
+const KEEPALIVE_SECONDS: u64 = 60;
+pub(super) const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECONDS);
 /// Largest first read of a request head (Pingora's initial buffer); the rest of a longer head is
 /// read by Pingora.
 const FIRST_READ: usize = 4096;
-/// Longest a client may take over its TLS handshake (Pingora's value).
+/// Longest a client may take over its TLS handshake (Pingora's value), or over its HTTP/2
+/// preface and settings (which Pingora does not bound).
 pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pending connections the kernel queues per listener (Pingora's value).
 const BACKLOG: u32 = 65535;
@@ -261,10 +263,7 @@ async fn serve_h2c(
     mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    let preface = timer::timeout(
-        Duration::from_secs(KEEPALIVE_SECONDS),
-        opens_with_h2_preface(&tcp),
-    );
+    let preface = timer::timeout(KEEPALIVE, opens_with_h2_preface(&tcp));
     let Some(h2) = unless_grace_over(&mut shutdown, preface).await else {
         return;
     };
@@ -341,10 +340,7 @@ async fn serve(
         // Boxed: the wait's timers (~310 bytes) would otherwise size this task's state, which
         // every open stream keeps while its request is served; one allocation per request.
         let wait = Box::pin(async {
-            let read = timer::timeout(
-                Duration::from_secs(KEEPALIVE_SECONDS),
-                first_bytes(&mut stream),
-            );
+            let read = timer::timeout(KEEPALIVE, first_bytes(&mut stream));
             // Biased: bytes already here are served even once shutdown has begun. An idle
             // kept-alive connection is closed when the service shuts down (or after
             // KEEPALIVE_SECONDS without a request); a fresh one still gets its first request's
