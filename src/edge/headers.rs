@@ -442,18 +442,26 @@ impl ClientHead {
     /// The head as Pingora's session writes it: the kept fields are copied out of the
     /// upstream's bytes, each its own allocation, so that the head Pingora keeps for as long as
     /// the response lasts does not hold the upstream's whole head too.
+    ///
+    /// Every value is flagged sensitive, which only HTTP/2 reads: the fields go out without
+    /// being added to the connection's HPACK table, as nginx sends response fields. The h2 crate
+    /// would otherwise keep a copy of the provider's ~25 fields (up to 4 KiB) for the
+    /// connection's life, as often as not for its one response; the flag is its only way to skip
+    /// the table ("never indexed" on the wire).
     pub fn into_response_header(self) -> Result<ResponseHeader> {
         let mut headers = HeaderMap::with_capacity(self.upstream.len() + self.set.0.len());
         {
             let kept = self.kept();
             for (name, value) in self.upstream.iter().filter(|(name, _)| kept(name)) {
                 let name = HeaderName::from_bytes(name).or_err(InvalidHTTPHeader, "header name")?;
-                let value =
+                let mut value =
                     HeaderValue::from_bytes(value).or_err(InvalidHTTPHeader, "header value")?;
+                value.set_sensitive(true);
                 headers.append(name, value);
             }
         }
-        for (name, value) in self.set.0 {
+        for (name, mut value) in self.set.0 {
+            value.set_sensitive(true);
             headers.insert(name, value);
         }
         let mut head = response_head(self.status, headers);
