@@ -83,7 +83,7 @@ impl<'a> Downstream<'a> {
     ) -> pingora::Result<Downstream<'a>> {
         if !(stream && sluice_writes(session.get(), &head)) {
             let down = session.get();
-            let head = head.into_response_header()?;
+            let head = head.into_response_header(down.is_http2())?;
             down.write_response_header(Box::new(head)).await?;
             release_request_fields(down);
             return Ok(Downstream::Session(down));
@@ -139,20 +139,7 @@ impl<'a> Downstream<'a> {
                 http1::encode_chunk(&data, &mut out);
                 super::tcp::write_flushed(&mut h1.stream, &out, "writing body").await
             }
-            // Pingora's writes are boxed: every open stream's state has room for this whole
-            // future, ~150 bytes with them boxed, ~400 with their futures inline (320 bytes for
-            // an HTTP/1.1 session, 424 for HTTP/2). It costs a plain body, an HTTP/1.0 client and
-            // every HTTP/2 client one allocation per write. Each protocol's own write, not
-            // `ServerSession::write_response_body`: that future is sized for Pingora's subrequest
-            // sessions (688 bytes).
-            Downstream::Session(ServerSession::H1(session)) => {
-                Box::pin(session.write_body(&data)).await.map(drop)
-            }
-            Downstream::Session(ServerSession::H2(session)) => {
-                Box::pin(session.write_body(data, false)).await
-            }
-            // Sluice makes no other kind of session.
-            Downstream::Session(other) => Box::pin(other.write_response_body(data, false)).await,
+            Downstream::Session(down) => session_write(down, data).await,
         }
     }
 
@@ -198,14 +185,18 @@ impl<'a> Downstream<'a> {
                 })
     }
 
-    /// Ends the body (with `trailers`, on HTTP/2).
-    pub async fn finish(self, trailers: Option<http::HeaderMap>) -> Finish {
-        let ended = match self {
-            Downstream::H1(h1) => return h1.finish().await,
-            Downstream::Session(down) => match trailers {
-                Some(trailers) => down.write_response_trailers(trailers).await,
-                None => down.finish_body().await.map(drop),
-            },
+    /// Writes `tail` and ends the body (with `trailers`, on HTTP/2).
+    pub async fn finish(self, tail: Bytes, trailers: Option<http::HeaderMap>) -> Finish {
+        let down = match self {
+            Downstream::H1(h1) => return h1.finish(&tail).await,
+            Downstream::Session(down) => down,
+        };
+        if !tail.is_empty() && session_write(down, tail).await.is_err() {
+            return Finish::Close;
+        }
+        let ended = match trailers {
+            Some(trailers) => down.write_response_trailers(trailers).await,
+            None => down.finish_body().await.map(drop),
         };
         if ended.is_ok() {
             Finish::Clean
@@ -237,9 +228,16 @@ impl H1Stream {
         self.write_all(&out, "writing response header").await
     }
 
-    async fn finish(mut self) -> Finish {
+    /// The last chunk (`tail`, when there is one) and the body's end in one write: one segment
+    /// and one wake-up for the client rather than two.
+    async fn finish(mut self, tail: &[u8]) -> Finish {
+        let mut out = BytesMut::with_capacity(tail.len() + 16 + http1::LAST_CHUNK.len());
+        if !tail.is_empty() {
+            http1::encode_chunk(tail, &mut out);
+        }
+        out.extend_from_slice(http1::LAST_CHUNK);
         if self
-            .write_all(http1::LAST_CHUNK, "writing the last chunk")
+            .write_all(&out, "writing the last chunk")
             .await
             .is_err()
         {
@@ -259,6 +257,26 @@ impl H1Stream {
 
     async fn write_all(&mut self, bytes: &[u8], what: &'static str) -> pingora::Result<()> {
         super::tcp::write_flushed(&mut self.stream, bytes, what).await
+    }
+}
+
+/// Body bytes on Pingora's session. Its writes are boxed: every open stream's state has room for
+/// the write's future, ~150 bytes with them boxed, ~400 with their futures inline (320 bytes for
+/// an HTTP/1.1 session, 424 for HTTP/2). It costs a plain body, an HTTP/1.0 client and every
+/// HTTP/2 client one allocation per write. Each protocol's own write, not
+/// `ServerSession::write_response_body`: that future is sized for Pingora's subrequest sessions
+/// (688 bytes).
+fn session_write(
+    down: &mut ServerSession,
+    data: Bytes,
+) -> Pin<Box<dyn Future<Output = pingora::Result<()>> + Send + '_>> {
+    match down {
+        ServerSession::H1(session) => {
+            Box::pin(async move { session.write_body(&data).await.map(drop) })
+        }
+        ServerSession::H2(session) => Box::pin(session.write_body(data, false)),
+        // Sluice makes no other kind of session.
+        other => Box::pin(other.write_response_body(data, false)),
     }
 }
 

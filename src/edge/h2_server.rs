@@ -72,7 +72,7 @@ pub(super) async fn serve(
     let mut goaway_sent = false;
     let mut streams = FuturesUnordered::new();
     let mut malformed = 0;
-    SelfWakesPollAgain::new(async {
+    let served = SelfWakesPollAgain::new(async {
         loop {
             tokio::select! {
                 biased;
@@ -120,8 +120,15 @@ pub(super) async fn serve(
                 }
             }
         }
-    })
-    .await;
+    });
+    // A panic in the connection's own code (accepting, h2) still lets its streams end below,
+    // each recording its usage, as they would have in tasks of their own.
+    if let Err(panic) = AssertUnwindSafe(served).catch_unwind().await {
+        log::error!(
+            "{peer}: an HTTP/2 connection panicked: {}",
+            panic_message(&*panic)
+        );
+    }
     // Dropping the connection fails what its streams still wait for (a write, a reset), so each
     // ends through its own path: its slot released, its usage recorded.
     drop(conn);
@@ -132,13 +139,19 @@ pub(super) async fn serve(
 /// of the connection go on.
 async fn isolated<F: Future>(request: F, peer: SocketAddr) {
     if let Err(panic) = AssertUnwindSafe(request).catch_unwind().await {
-        let why = panic
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("");
-        log::error!("{peer}: an HTTP/2 stream's request panicked: {why}");
+        log::error!(
+            "{peer}: an HTTP/2 stream's request panicked: {}",
+            panic_message(&*panic)
+        );
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("")
 }
 
 /// Polls `F` again, within the same poll, when it woke itself while being polled, rather than

@@ -443,18 +443,20 @@ impl ClientHead {
     /// upstream's bytes, each its own allocation, so that the head Pingora keeps for as long as
     /// the response lasts does not hold the upstream's whole head too.
     ///
-    /// Every value is flagged sensitive, which only HTTP/2 reads: the fields go out without
-    /// being added to the connection's HPACK table, as nginx sends response fields. The h2 crate
-    /// would otherwise keep a copy of the provider's ~25 fields (up to 4 KiB) for the
-    /// connection's life, as often as not for its one response; the flag is its only way to skip
-    /// the table ("never indexed" on the wire).
-    ///
-    /// Pingora keeps the head as long as the response lasts, so the map it gets is a clone: a
-    /// clone's slots are as many as its fields, where the map built here has room for up to
-    /// twice as many (`HeaderMap` grows by powers of two: 48 slots of ~100 bytes for a
-    /// provider's 25 fields). A head without `Date` gets one here, so that Pingora's own
-    /// replaces it rather than adds a field, which would grow the clone again.
-    pub fn into_response_header(self) -> Result<ResponseHeader> {
+    /// For an HTTP/2 session (`http2`), two more things:
+    /// - Every value is flagged sensitive, so the h2 crate sends it without adding it to the
+    ///   connection's HPACK table (its only way to skip the table; "never indexed" on the wire,
+    ///   a form later HTTP/2 hops must keep, where nginx sends "without indexing"). It would
+    ///   otherwise keep a copy of the provider's ~25 fields (up to 4 KiB) for the connection's
+    ///   life, as often as not for one response. Pingora replaces `Date` with its own, unflagged
+    ///   value: that one field is indexed, a new entry each second a response starts, bounded
+    ///   by the table's 4 KiB.
+    /// - The map handed over is a clone: a clone's slots are as many as its fields, where the
+    ///   map built here has room for up to twice as many (`HeaderMap` grows by powers of two: 48
+    ///   slots of ~100 bytes for a provider's 25 fields). A head without `Date` gets one, so that
+    ///   Pingora's replaces it rather than adds a field, which would grow the clone again.
+    ///   (Pingora's HTTP/1.x session adds `Connection` too, so there the clone would grow.)
+    pub fn into_response_header(self, http2: bool) -> Result<ResponseHeader> {
         let mut headers = HeaderMap::with_capacity(self.upstream.len() + self.set.0.len());
         {
             let kept = self.kept();
@@ -462,20 +464,24 @@ impl ClientHead {
                 let name = HeaderName::from_bytes(name).or_err(InvalidHTTPHeader, "header name")?;
                 let mut value =
                     HeaderValue::from_bytes(value).or_err(InvalidHTTPHeader, "header value")?;
-                value.set_sensitive(true);
+                value.set_sensitive(http2);
                 headers.append(name, value);
             }
         }
         for (name, mut value) in self.set.0 {
-            value.set_sensitive(true);
+            value.set_sensitive(http2);
             headers.insert(name, value);
         }
-        if !headers.contains_key(header::DATE) {
-            let mut date = pingora::protocols::http::date::get_cached_date();
-            date.set_sensitive(true);
-            headers.insert(header::DATE, date);
+        if http2 {
+            if !headers.contains_key(header::DATE) {
+                headers.insert(
+                    header::DATE,
+                    pingora::protocols::http::date::get_cached_date(),
+                );
+            }
+            headers = headers.clone();
         }
-        let mut head = response_head(self.status, headers.clone());
+        let mut head = response_head(self.status, headers);
         head.set_reason_phrase(self.reason.as_deref())?;
         Ok(head)
     }
@@ -744,7 +750,7 @@ mod tests {
         let mut parsed = [httparse::EMPTY_HEADER; 32];
         let mut h1 = httparse::Response::new(&mut parsed);
         assert!(h1.parse(&bytes).unwrap().is_complete());
-        let pingora = head.into_response_header().unwrap();
+        let pingora = head.into_response_header(false).unwrap();
         assert_eq!(h1.code, Some(pingora.status.as_u16()));
         assert_eq!(h1.reason, pingora.get_reason_phrase());
         // A map holds a name's values together; the bytes keep the upstream's order. Each
@@ -761,13 +767,48 @@ mod tests {
             .map(|(n, v)| (n.to_string(), v.as_bytes()))
             .collect();
         pingora_fields.sort_by(|a, b| a.0.cmp(&b.0));
-        // The session's head carries Sluice's `Date` (see `into_response_header`); the bytes get
-        // theirs when written (`H1Stream::write_head`).
-        assert_eq!(pingora.headers.get_all(header::DATE).iter().count(), 1);
-        h1_fields.retain(|(name, _)| name != "date");
-        pingora_fields.retain(|(name, _)| name != "date");
         assert_eq!(h1_fields, pingora_fields);
         pingora
+    }
+
+    #[test]
+    fn an_http2_head_is_flagged_never_indexed_and_gets_a_date() {
+        let fields = [
+            ("content-type", "text/event-stream"),
+            ("transfer-encoding", "chunked"),
+            ("x-ratelimit-remaining-tokens", "29999978"),
+        ];
+        let up = upstream_head(200, &fields);
+        let head = client_response(up, ResponseShape::Stream, "rid", &[])
+            .unwrap()
+            .into_response_header(true)
+            .unwrap();
+        assert_eq!(head.headers.get_all(header::DATE).iter().count(), 1);
+        assert_eq!(head.headers["x-request-id"], "rid");
+        // All but `Date`, which Pingora replaces with its own value.
+        assert!(head
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != header::DATE)
+            .all(|(_, value)| value.is_sensitive()));
+        // An upstream's own `Date` is kept, not doubled.
+        let mut dated = fields.to_vec();
+        dated.push(("date", "Sat, 05 Dec 2026 06:40:00 GMT"));
+        let up = upstream_head(200, &dated);
+        let head = client_response(up, ResponseShape::Stream, "rid", &[])
+            .unwrap()
+            .into_response_header(true)
+            .unwrap();
+        let dates: Vec<_> = head.headers.get_all(header::DATE).iter().collect();
+        assert_eq!(dates, ["Sat, 05 Dec 2026 06:40:00 GMT"]);
+        // HTTP/1.x: as built, unflagged, no `Date` added (Pingora's session writes its own).
+        let up = upstream_head(200, &fields);
+        let head = client_response(up, ResponseShape::Stream, "rid", &[])
+            .unwrap()
+            .into_response_header(false)
+            .unwrap();
+        assert!(!head.headers.contains_key(header::DATE));
+        assert!(!head.headers.values().any(HeaderValue::is_sensitive));
     }
 
     #[test]

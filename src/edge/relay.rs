@@ -327,7 +327,7 @@ async fn end_plain(
     // A plain body cut short cannot be ended cleanly: the client sees the connection close, as
     // it would with the upstream itself.
     let finish = match outcome {
-        StreamOutcome::Completed => down.finish(None).await,
+        StreamOutcome::Completed => down.finish(bytes::Bytes::new(), None).await,
         _ => Finish::Close,
     };
     if matches!(finish, Finish::Close) {
@@ -545,10 +545,13 @@ async fn record_stream(
     ctx.usage_record = Some(Box::new(record));
 }
 
+/// Flagged sensitive: figures that change with every response would only fill the HTTP/2
+/// connection's HPACK table (see `ClientHead::into_response_header`).
 fn usage_trailers(record: &UsageRecord) -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     for (name, value) in record.trailers() {
-        if let Ok(value) = http::HeaderValue::from_str(&value) {
+        if let Ok(mut value) = http::HeaderValue::from_str(&value) {
+            value.set_sensitive(true);
             trailers.insert(http::HeaderName::from_static(name), value);
         }
     }

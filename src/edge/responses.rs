@@ -57,15 +57,20 @@ async fn respond_error_with(
         _ => ctx.outcome,
     };
     let body = Bytes::from(error.json_body(ctx.provider));
-    let (Ok(code), Ok(request_id)) = (
+    let (Ok(code), Ok(mut request_id)) = (
         http::StatusCode::from_u16(status),
         http::HeaderValue::from_str(&ctx.request_id),
     ) else {
         return Finish::Close;
     };
+    // Values that change with every response are flagged sensitive: over HTTP/2 they would
+    // only fill the connection's HPACK table (see `ClientHead::into_response_header`).
+    request_id.set_sensitive(true);
     let mut headers = http::HeaderMap::with_capacity(4 + extra_headers.len());
     for (name, value) in extra_headers {
-        headers.insert(name.clone(), value.clone());
+        let mut value = value.clone();
+        value.set_sensitive(true);
+        headers.insert(name.clone(), value);
     }
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -131,15 +136,13 @@ pub async fn write_terminal_line(
 
 /// Writes the last bytes of a stream and its end (with trailers, on HTTP/2).
 pub async fn end_stream(
-    mut down: Downstream<'_>,
+    down: Downstream<'_>,
     ctx: &mut RequestCtx,
     tail: Bytes,
     trailers: Option<http::HeaderMap>,
 ) -> Finish {
-    if !tail.is_empty() && stream_body::write(&mut down, ctx, tail).await.is_err() {
-        return Finish::Close;
-    }
-    down.finish(trailers).await
+    stream_body::note_sent(ctx, tail.len());
+    down.finish(tail, trailers).await
 }
 
 /// The error a stream ended by Sluice reports to its client.

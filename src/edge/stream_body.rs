@@ -166,6 +166,15 @@ pub fn write<'a, 'd>(
     ctx: &mut RequestCtx,
     data: Bytes,
 ) -> impl std::future::Future<Output = pingora::Result<()>> + use<'a, 'd> {
+    note_sent(ctx, data.len());
+    down.write(data)
+}
+
+/// Notes `len` body bytes about to be written: the first byte's time, the bytes sent.
+pub fn note_sent(ctx: &mut RequestCtx, len: usize) {
+    if len == 0 {
+        return;
+    }
     if ctx.first_byte.is_none() {
         let now = Instant::now();
         ctx.first_byte = Some(now);
@@ -176,8 +185,7 @@ pub fn write<'a, 'd>(
                 .observe(now.duration_since(ctx.started).as_secs_f64());
         }
     }
-    ctx.bytes_sent += data.len() as u64;
-    down.write(data)
+    ctx.bytes_sent += len as u64;
 }
 
 /// Most bytes gathered into one client write.

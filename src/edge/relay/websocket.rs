@@ -16,7 +16,7 @@
 use super::StreamGuard;
 use crate::edge::downstream::Downstream;
 use crate::edge::drain;
-use crate::edge::headers::{client_response, ClientHead, ResponseShape};
+use crate::edge::headers::{client_response, ResponseShape};
 use crate::edge::responses::Finish;
 use crate::edge::stream_body::{self, RelayTimer};
 use crate::edge::upstream::{H1Connection, UpstreamConn};
@@ -66,7 +66,7 @@ pub async fn run(
         &ctx.request_id,
         &ctx.limit_headers,
     )
-    .and_then(ClientHead::into_response_header)
+    .and_then(|head| head.into_response_header(false))
     {
         Ok(head) => head,
         Err(_) => return Finish::Close,
