@@ -264,6 +264,78 @@ fn sigterm_sends_goaway_and_serves_open_streams_to_their_end() {
     assert_eq!(upstream.requests().len(), 2);
 }
 
+/// A client that keeps opening malformed streams (here, a `Host` that contradicts `:authority`)
+/// has each one refused with a 400 while its other streams are served, and its connection closed
+/// at the 32nd, as Pingora's own HTTP/2 server would. (Malformed framing the `h2` crate catches
+/// itself, such as two different `Content-Length`s, is reset there and not counted.)
+#[test]
+fn malformed_streams_are_refused_and_too_many_close_the_connection() {
+    let upstream = anthropic_upstream();
+    let sluice = Sluice::start_h2c(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\n",
+        upstream.url()
+    ));
+    fn malformed() -> http::Request<()> {
+        let mut request = request(false);
+        request
+            .headers_mut()
+            .insert("host", http::HeaderValue::from_static("elsewhere.test"));
+        request
+    }
+    runtime().block_on(async {
+        let client = h2_client(&sluice).await;
+        // Sends one request on the connection; `Err` when it was refused (reset, or the
+        // connection gone), else its status.
+        async fn send(
+            client: &h2::client::SendRequest<Bytes>,
+            request: http::Request<()>,
+            body: Option<&'static [u8]>,
+        ) -> Result<u16, String> {
+            let mut client = client.clone().ready().await.map_err(|e| e.to_string())?;
+            let (response, mut send) = client
+                .send_request(request, body.is_none())
+                .map_err(|e| e.to_string())?;
+            if let Some(body) = body {
+                send.send_data(Bytes::from_static(body), true)
+                    .map_err(|e| e.to_string())?;
+            }
+            let response = response.await.map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            while let Some(chunk) = body.data().await {
+                chunk.map_err(|e| e.to_string())?;
+            }
+            Ok(status)
+        }
+        for i in 0..5 {
+            let refused = send(&client, malformed(), None).await;
+            assert_eq!(refused, Ok(400), "malformed stream {i}");
+        }
+        // Its other streams are served.
+        let valid = send(&client, request(false), Some(br#"{"stream":true}"#)).await;
+        assert_eq!(valid, Ok(200));
+        for i in 5..31 {
+            let refused = send(&client, malformed(), None).await;
+            assert_eq!(refused, Ok(400), "malformed stream {i}");
+        }
+        // The 32nd closes the connection (its 400 may not get out first, as with Pingora's loop)
+        // and nothing more is served on it.
+        let last = send(&client, malformed(), None).await;
+        assert_ne!(last, Ok(200));
+        let after = send(&client, request(false), Some(br#"{"stream":true}"#)).await;
+        assert!(
+            after.is_err(),
+            "served after 32 malformed streams: {after:?}"
+        );
+        // A new connection is served as any other.
+        let fresh = h2_client(&sluice).await;
+        let valid = send(&fresh, request(false), Some(br#"{"stream":true}"#)).await;
+        assert_eq!(valid, Ok(200));
+    });
+    // Only the valid streams reached the upstream.
+    assert_eq!(upstream.requests().len(), 2);
+}
+
 /// An h2c listener takes HTTP/1.1 as well: a client that does not open with the HTTP/2 preface
 /// is served over HTTP/1.1, one that does over HTTP/2, also when its preface comes in two writes.
 #[test]
