@@ -444,13 +444,7 @@ impl ClientHead {
     /// the response lasts does not hold the upstream's whole head too.
     ///
     /// For an HTTP/2 session (`http2`), two more things:
-    /// - Every value is flagged sensitive, so the h2 crate sends it without adding it to the
-    ///   connection's HPACK table (its only way to skip the table; "never indexed" on the wire,
-    ///   a form later HTTP/2 hops must keep, where nginx sends "without indexing"). It would
-    ///   otherwise keep a copy of the provider's ~25 fields (up to 4 KiB) for the connection's
-    ///   life, as often as not for one response. Pingora replaces `Date` with its own, unflagged
-    ///   value: that one field is indexed, a new entry each second a response starts, bounded
-    ///   by the table's 4 KiB.
+    /// - The fields are [`never_indexed`].
     /// - The map handed over is a clone: a clone's slots are as many as its fields, where the
     ///   map built here has room for up to twice as many (`HeaderMap` grows by powers of two: 48
     ///   slots of ~100 bytes for a provider's 25 fields). A head without `Date` gets one, so that
@@ -462,17 +456,16 @@ impl ClientHead {
             let kept = self.kept();
             for (name, value) in self.upstream.iter().filter(|(name, _)| kept(name)) {
                 let name = HeaderName::from_bytes(name).or_err(InvalidHTTPHeader, "header name")?;
-                let mut value =
+                let value =
                     HeaderValue::from_bytes(value).or_err(InvalidHTTPHeader, "header value")?;
-                value.set_sensitive(http2);
                 headers.append(name, value);
             }
         }
-        for (name, mut value) in self.set.0 {
-            value.set_sensitive(http2);
+        for (name, value) in self.set.0 {
             headers.insert(name, value);
         }
         if http2 {
+            never_indexed(&mut headers);
             if !headers.contains_key(header::DATE) {
                 headers.insert(
                     header::DATE,
@@ -516,6 +509,20 @@ impl NameLengths {
 
     fn may_match(self, name: &[u8]) -> bool {
         name.len() >= 64 || self.0 & Self::bit(name) != 0
+    }
+}
+
+/// Flags every value sensitive, so that over HTTP/2 the h2 crate sends it without adding it to
+/// the connection's HPACK table (its only way to skip the table; "never indexed" on the wire, a
+/// form later HTTP/2 hops must keep, where nginx sends "without indexing"). The table would
+/// otherwise keep a copy of a provider's ~25 response fields (up to 4 KiB) for the connection's
+/// life, as often as not for one response, and fill with values that change with every response
+/// (request ids, usage figures). HTTP/1.x ignores the flag. Pingora replaces `Date` with its own,
+/// unflagged value: that one field is indexed, a new entry each second a response starts, bounded
+/// by the table's 4 KiB.
+pub fn never_indexed(headers: &mut HeaderMap) {
+    for value in headers.values_mut() {
+        value.set_sensitive(true);
     }
 }
 

@@ -18,8 +18,8 @@ use super::admission;
 use super::downstream::{Downstream, RequestSession};
 use super::drain;
 use super::headers::{
-    asks_for_websocket, client_response, is_websocket_upgrade, response_head, ResponseShape,
-    UpstreamRequest,
+    asks_for_websocket, client_response, is_websocket_upgrade, never_indexed, response_head,
+    ResponseShape, UpstreamRequest,
 };
 use super::responses::{
     end_error, end_stream, respond_error, respond_refusal, shutting_down, write_terminal_event,
@@ -545,16 +545,14 @@ async fn record_stream(
     ctx.usage_record = Some(Box::new(record));
 }
 
-/// Flagged sensitive: figures that change with every response would only fill the HTTP/2
-/// connection's HPACK table (see `ClientHead::into_response_header`).
 fn usage_trailers(record: &UsageRecord) -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     for (name, value) in record.trailers() {
-        if let Ok(mut value) = http::HeaderValue::from_str(&value) {
-            value.set_sensitive(true);
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
             trailers.insert(http::HeaderName::from_static(name), value);
         }
     }
+    never_indexed(&mut trailers);
     trailers
 }
 

@@ -3,7 +3,7 @@
 
 use super::admission::Refusal;
 use super::downstream::Downstream;
-use super::headers::response_head;
+use super::headers::{never_indexed, response_head};
 use super::stream_body;
 use super::RequestCtx;
 use crate::provider::{ProxyError, ProxyErrorKind};
@@ -57,20 +57,15 @@ async fn respond_error_with(
         _ => ctx.outcome,
     };
     let body = Bytes::from(error.json_body(ctx.provider));
-    let (Ok(code), Ok(mut request_id)) = (
+    let (Ok(code), Ok(request_id)) = (
         http::StatusCode::from_u16(status),
         http::HeaderValue::from_str(&ctx.request_id),
     ) else {
         return Finish::Close;
     };
-    // Values that change with every response are flagged sensitive: over HTTP/2 they would
-    // only fill the connection's HPACK table (see `ClientHead::into_response_header`).
-    request_id.set_sensitive(true);
     let mut headers = http::HeaderMap::with_capacity(4 + extra_headers.len());
     for (name, value) in extra_headers {
-        let mut value = value.clone();
-        value.set_sensitive(true);
-        headers.insert(name.clone(), value);
+        headers.insert(name.clone(), value.clone());
     }
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -85,6 +80,7 @@ async fn respond_error_with(
         http::HeaderValue::from_static("no-store"),
     );
     headers.insert(crate::request_id::HEADER, request_id);
+    never_indexed(&mut headers);
     let head = response_head(code, headers);
     // The request body may be unread (e.g. no route): the connection cannot be reused then.
     let body_done = down.is_body_done();
