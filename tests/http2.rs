@@ -6,6 +6,7 @@ mod support;
 
 use bytes::Bytes;
 use std::time::{Duration, Instant};
+use support::h2::{h2_over, read_body};
 use support::{Sluice, Step, Upstream};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -19,16 +20,13 @@ async fn h2_client(sluice: &Sluice) -> h2::client::SendRequest<Bytes> {
     h2_over(tokio::net::TcpStream::connect(sluice.addr).await.unwrap()).await
 }
 
-/// An HTTP/2 client on `io`, its connection driven by a task of its own.
-async fn h2_over<T>(io: T) -> h2::client::SendRequest<Bytes>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (client, connection) = h2::client::handshake(io).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+/// Sluice on an h2c listener, with one route (`/`, `route` its further keys) to `upstream`; `rest`
+/// are further top-level keys.
+fn h2c_routed_to(upstream: &Upstream, route: &str, rest: &str) -> Sluice {
+    Sluice::start_h2c(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n{route}{rest}",
+        upstream.url()
+    ))
 }
 
 fn anthropic_upstream() -> Upstream {
@@ -59,10 +57,7 @@ fn request(te_trailers: bool) -> http::Request<()> {
 #[test]
 fn usage_trailers_on_http2_and_concurrent_streams() {
     let upstream = anthropic_upstream();
-    let sluice = Sluice::start_h2c(&format!(
-        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\n",
-        upstream.url()
-    ));
+    let sluice = h2c_routed_to(&upstream, "    provider: anthropic\n", "");
     runtime().block_on(async {
         let client = h2_client(&sluice).await;
         let mut tasks = Vec::new();
@@ -77,14 +72,9 @@ fn usage_trailers_on_http2_and_concurrent_streams() {
                 .unwrap();
                 let response = response.await.unwrap();
                 assert_eq!(response.status(), 200);
-                let mut body = response.into_body();
-                let mut text = Vec::new();
-                while let Some(data) = body.data().await {
-                    let data = data.unwrap();
-                    body.flow_control().release_capacity(data.len()).unwrap();
-                    text.extend_from_slice(&data);
-                }
-                let trailers = body.trailers().await.unwrap();
+                let mut stream = response.into_body();
+                let text = read_body(&mut stream).await;
+                let trailers = stream.trailers().await.unwrap();
                 (i, String::from_utf8(text).unwrap(), trailers)
             }));
         }
@@ -115,10 +105,7 @@ fn reset_stream_aborts_its_upstream_promptly() {
             Step::Hold,
         ]
     });
-    let sluice = Sluice::start_h2c(&format!(
-        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    heartbeat: off\n",
-        upstream.url()
-    ));
+    let sluice = h2c_routed_to(&upstream, "    heartbeat: off\n", "");
     let left = runtime().block_on(async {
         let mut client = h2_client(&sluice).await;
         let (response, mut send) = client.send_request(request(false), false).unwrap();
@@ -155,10 +142,11 @@ fn each_http2_stream_takes_its_own_slot() {
             Step::Hold,
         ]
     });
-    let sluice = Sluice::start_h2c(&format!(
-        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\nauth: {{ mode: passthrough }}\nlimits: {{ per_user_streams: 2 }}\n",
-        upstream.url()
-    ));
+    let sluice = h2c_routed_to(
+        &upstream,
+        "    provider: anthropic\n",
+        "auth: { mode: passthrough }\nlimits: { per_user_streams: 2 }\n",
+    );
     runtime().block_on(async {
         let client = h2_client(&sluice).await;
         let mut statuses = Vec::new();
@@ -204,10 +192,11 @@ fn sigterm_sends_goaway_and_serves_open_streams_to_their_end() {
         steps.push(Step::End);
         steps
     });
-    let mut sluice = Sluice::start_h2c(&format!(
-        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n    usage_comment: false\n",
-        upstream.url()
-    ));
+    let mut sluice = h2c_routed_to(
+        &upstream,
+        "    provider: openai\n    usage_comment: false\n",
+        "",
+    );
     let signalled = runtime().block_on(async {
         let client = h2_client(&sluice).await;
         let mut bodies = Vec::new();
@@ -224,16 +213,10 @@ fn sigterm_sends_goaway_and_serves_open_streams_to_their_end() {
         let signalled = Instant::now();
         let readers: Vec<_> = bodies
             .into_iter()
-            .map(|mut body| {
-                tokio::spawn(async move {
-                    let mut text = Vec::new();
-                    while let Some(data) = body.data().await {
-                        let data = data.unwrap();
-                        body.flow_control().release_capacity(data.len()).unwrap();
-                        text.extend_from_slice(&data);
-                    }
-                    String::from_utf8(text).unwrap()
-                })
+            .map(|mut stream| {
+                tokio::spawn(
+                    async move { String::from_utf8(read_body(&mut stream).await).unwrap() },
+                )
             })
             .collect();
         // The GOAWAY has arrived well before the open streams end (a second).
@@ -271,10 +254,7 @@ fn sigterm_sends_goaway_and_serves_open_streams_to_their_end() {
 #[test]
 fn malformed_streams_are_refused_and_too_many_close_the_connection() {
     let upstream = anthropic_upstream();
-    let sluice = Sluice::start_h2c(&format!(
-        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\n",
-        upstream.url()
-    ));
+    let sluice = h2c_routed_to(&upstream, "    provider: anthropic\n", "");
     fn malformed() -> http::Request<()> {
         let mut request = request(false);
         request
@@ -341,10 +321,7 @@ fn malformed_streams_are_refused_and_too_many_close_the_connection() {
 #[test]
 fn an_h2c_listener_serves_http1_and_a_preface_in_two_writes() {
     let upstream = anthropic_upstream();
-    let sluice = Sluice::start_h2c(&format!(
-        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\n",
-        upstream.url()
-    ));
+    let sluice = h2c_routed_to(&upstream, "    provider: anthropic\n", "");
     let mut client = support::Client::connect(sluice.addr);
     client.send(
         "POST",
@@ -370,11 +347,7 @@ fn an_h2c_listener_serves_http1_and_a_preface_in_two_writes() {
             .unwrap();
         let response = response.await.unwrap();
         assert_eq!(response.status(), 200);
-        let mut body = response.into_body();
-        let mut all = Vec::new();
-        while let Some(chunk) = body.data().await {
-            all.extend_from_slice(&chunk.unwrap());
-        }
+        let all = read_body(&mut response.into_body()).await;
         assert!(String::from_utf8_lossy(&all).contains("message_stop"));
     });
 }

@@ -157,7 +157,7 @@ fn http1_and_http2_by_alpn() {
         let both: &[&[u8]] = &[b"h2", b"http/1.1"];
         let handshake = tls_support::connect(sluice.addr, &ca, "edge.test", both).await;
         assert_eq!(handshake.alpn.as_deref(), Some(&b"h2"[..]));
-        let mut client = tls_support::h2_over(handshake.stream).await;
+        let mut client = support::h2::h2_over(handshake.stream).await;
         let (status, frames) = h2_exchange(&mut client, "/v1/x", b"{}").await;
         assert_eq!((status, joined(&frames).as_str()), (200, r#"{"ok":true}"#));
 
@@ -237,7 +237,7 @@ fn event_stream_over_h2_over_tls_arrives_event_by_event() {
     let (sluice, ca) = edge_sluice(&upstream, "");
     let frames = runtime().block_on(async {
         let handshake = tls_support::connect(sluice.addr, &ca, "edge.test", &[b"h2"]).await;
-        let mut client = tls_support::h2_over(handshake.stream).await;
+        let mut client = support::h2::h2_over(handshake.stream).await;
         let (status, frames) = h2_exchange(&mut client, "/v1/x", br#"{"stream":true}"#).await;
         assert_eq!(status, 200);
         frames
@@ -258,7 +258,7 @@ fn reset_stream_over_tls_aborts_its_upstream() {
     let (sluice, ca) = edge_sluice(&upstream, "    heartbeat: off\n");
     let left = runtime().block_on(async {
         let handshake = tls_support::connect(sluice.addr, &ca, "edge.test", &[b"h2"]).await;
-        let mut client = tls_support::h2_over(handshake.stream).await;
+        let mut client = support::h2::h2_over(handshake.stream).await;
         let (request, body) = post("/v1/x", br#"{"stream":true}"#);
         let (response, mut send) = client.send_request(request, false).unwrap();
         send.send_data(body, true).unwrap();
@@ -317,7 +317,7 @@ fn certificates_reload_without_dropping_connections() {
     runtime().block_on(async {
         let handshake = tls_support::connect(sluice.addr, &ca, "edge.test", &[b"h2"]).await;
         assert!(handshake.leaf == first.der);
-        let mut client = tls_support::h2_over(handshake.stream).await;
+        let mut client = support::h2::h2_over(handshake.stream).await;
         let (request, body) = post("/v1/x", br#"{"stream":true}"#);
         let (response, mut send) = client.send_request(request, false).unwrap();
         send.send_data(body, true).unwrap();

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod h2;
 pub mod redis;
 pub mod tls;
 pub mod upstream;

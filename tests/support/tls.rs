@@ -141,15 +141,6 @@ pub async fn try_connect(
     Ok(Handshake { stream, alpn, leaf })
 }
 
-/// An HTTP/2 client over an established TLS connection.
-pub async fn h2_over(stream: TlsStream<TcpStream>) -> h2::client::SendRequest<Bytes> {
-    let (client, connection) = h2::client::handshake(stream).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
-
 /// One HTTP/1.1 request over TLS with `Connection: close`; returns (status, head, body).
 pub async fn h1_request(
     stream: &mut TlsStream<TcpStream>,
