@@ -167,10 +167,12 @@ fn sigterm_leaves_as_soon_as_the_last_stream_ends() {
     assert_eq!(sluice.ledger().len(), 1);
 }
 
-/// A connection accepted before SIGTERM whose request arrives just after it is answered, not
-/// closed unasked (its client would see an empty response), and the process waits for it.
+/// A connection made before SIGTERM whose request arrives just after it is answered, not closed
+/// or reset unasked (its client would see an empty response), and the process waits for it.
+/// With deferred accept the kernel hands the connection over only with its request, after the
+/// signal: the listener accepts through the request's grace.
 #[test]
-fn a_connection_accepted_before_sigterm_gets_its_request_answered() {
+fn a_connection_made_before_sigterm_gets_its_request_answered() {
     let upstream = upstream();
     let mut sluice = start_routed_to(&upstream, "");
     let mut stream = TcpStream::connect(sluice.addr).unwrap();
@@ -179,7 +181,7 @@ fn a_connection_accepted_before_sigterm_gets_its_request_answered() {
         .unwrap();
     // A client that connects and never asks anything: it gets the same grace, no more.
     let _silent = TcpStream::connect(sluice.addr).unwrap();
-    // Accepted (the kernel has it, and the accept loop runs at once), nothing sent yet.
+    // Connected, nothing sent yet.
     std::thread::sleep(Duration::from_millis(200));
     let signaled = Instant::now();
     sluice.signal("TERM");

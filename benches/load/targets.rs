@@ -542,8 +542,9 @@ fn sluice_listen(addr: SocketAddr, tls: Option<&Files>, h2: bool) -> String {
     format!("listen:\n  - addr: {addr}\n{extra}")
 }
 
-/// nginx's `listen` and TLS lines. nginx's own TLS defaults (session tickets on), but for the
-/// protocols: TLS 1.3 is in its default list only from 1.23.4, and an operator of 1.22 adds it.
+/// nginx's `listen` and TLS lines. `deferred`: the kernel's deferred accept, which Sluice's
+/// listeners use. nginx's own TLS defaults (session tickets on), but for the protocols: TLS 1.3
+/// is in its default list only from 1.23.4, and an operator of 1.22 adds it.
 fn nginx_listen(addr: SocketAddr, tls: Option<&Files>, h2: bool) -> String {
     let params = format!(
         "{}{}",
@@ -557,21 +558,22 @@ fn nginx_listen(addr: SocketAddr, tls: Option<&Files>, h2: bool) -> String {
             f.key.display()
         )
     });
-    format!("        listen {addr}{params} backlog=4096;\n{tls}")
+    format!("        listen {addr}{params} backlog=4096 deferred;\n{tls}")
 }
 
 /// HAProxy's `bind` line: TLS with the run's certificate, HTTP/2 by ALPN or, in cleartext, with
-/// prior knowledge.
+/// prior knowledge; `defer-accept`, the kernel's deferred accept, as Sluice's listeners have.
 fn haproxy_bind(addr: SocketAddr, tls: Option<&Files>, h2: bool) -> String {
-    match (tls, h2) {
+    let protocol = match (tls, h2) {
         (Some(f), h2) => format!(
-            "bind {addr} ssl crt {} alpn {}",
+            " ssl crt {} alpn {}",
             f.combined.display(),
             if h2 { "h2,http/1.1" } else { "http/1.1" }
         ),
-        (None, true) => format!("bind {addr} proto h2"),
-        (None, false) => format!("bind {addr}"),
-    }
+        (None, true) => " proto h2".to_string(),
+        (None, false) => String::new(),
+    };
+    format!("bind {addr}{protocol} defer-accept")
 }
 
 fn sluice_config(
