@@ -16,16 +16,29 @@ n=${2:-1000}
 command -v valgrind >/dev/null || { echo "callgrind_streams: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 [ -x "$bin" ] || { echo "callgrind_streams: no binary at $bin (cargo build --release)" >&2; exit 1; }
 out=$(mktemp -d /tmp/sluice-callgrind.XXXXXX)
-# The harness runs a baseline binary as given: this wrapper puts it under callgrind.
+# The harness runs a baseline binary as given: this wrapper puts it under callgrind. Valgrind
+# runs in a session of its own and gets the harness's TERM from the wrapper: the harness KILLs
+# the proxy's process group 100 ms after its TERM, and Sluice leaves only once its listeners'
+# first-request grace (1 s) is over, so callgrind would never write its file in the group.
 cat > "$out/sluice" <<WRAP
 #!/bin/sh
-exec valgrind --tool=callgrind --callgrind-out-file=$out/cg.\$CG_STREAMS.%p $bin "\$@"
+setsid valgrind --tool=callgrind --callgrind-out-file=$out/cg.\$CG_STREAMS.%p $bin "\$@" &
+child=\$!
+trap 'kill -TERM \$child' TERM
+wait \$child
+trap - TERM
+wait \$child
 WRAP
 chmod +x "$out/sluice"
 total() {
-    # The proxy's own file (the harness also runs `--version` under the wrapper).
+    # The proxy's own file (the harness also runs `--version` under the wrapper), once callgrind
+    # has finished it (the proxy outlives the harness's run by its 1 s of shutdown).
     local file
-    file=$(grep -l '^cmd: .* -c ' "$out"/cg."$1".* | head -1)
+    for _ in $(seq 100); do
+        file=$(grep -l '^cmd: .* -c ' "$out"/cg."$1".* 2>/dev/null | head -1 || true)
+        [ -n "$file" ] && grep -q '^totals:' "$file" && break
+        sleep 0.1
+    done
     echo "$file $(grep -m1 '^summary:' "$file" | cut -d' ' -f2)"
 }
 for streams in "$n" $((2 * n)); do
