@@ -83,9 +83,13 @@ impl<'a> Downstream<'a> {
     ) -> pingora::Result<Downstream<'a>> {
         if !(stream && sluice_writes(session.get(), &head)) {
             let down = session.get();
-            let head = head.into_response_header(down.is_http2())?;
+            let http2 = down.is_http2();
+            let head = head.into_response_header(http2)?;
             down.write_response_header(Box::new(head)).await?;
             release_request_fields(down);
+            if http2 {
+                super::h2_server::send_now().await;
+            }
             return Ok(Downstream::Session(down));
         }
         let down = session.get();
@@ -274,7 +278,11 @@ fn session_write(
         ServerSession::H1(session) => {
             Box::pin(async move { session.write_body(&data).await.map(drop) })
         }
-        ServerSession::H2(session) => Box::pin(session.write_body(data, false)),
+        ServerSession::H2(session) => Box::pin(async move {
+            session.write_body(data, false).await?;
+            super::h2_server::send_now().await;
+            Ok(())
+        }),
         // Sluice makes no other kind of session.
         other => Box::pin(other.write_response_body(data, false)),
     }

@@ -135,6 +135,27 @@ pub(super) async fn serve(
     while streams.next().await.is_some() {}
 }
 
+/// Lets the connection send what a stream has just written before the stream goes on.
+///
+/// An HTTP/2 stream's writes only queue frames: the connection sends them when its task next
+/// drives it, which is once the stream futures have all yielded. A stream whose upstream sent a
+/// burst (a head and its events in one read, as a fast provider or a cached answer does) would
+/// otherwise run to its end, inspector, usage record and all, before its first frame left. Its
+/// own wake is seen by `SelfWakesPollAgain`, so this costs a turn of the connection's loop, not a
+/// trip through tokio.
+pub(super) async fn send_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
 /// One stream's request, its panic caught as a task per stream would have it: the other streams
 /// of the connection go on.
 async fn isolated<F: Future>(request: F, peer: SocketAddr) {
