@@ -129,6 +129,14 @@ pub struct ServerSettings {
     /// Largest request head (request line and headers, in bytes) forwarded upstream; a larger
     /// one gets `431`. Pingora itself refuses heads over 1 MiB (or over 256 headers) with `400`.
     pub max_request_header: usize,
+    /// How long a client connection may stay without a request: an HTTP/1.1 one between
+    /// requests (or before its first), an HTTP/2 one with no stream open (then a GOAWAY, and it
+    /// is dropped if still there as long again). Also bounds each read of a request head.
+    #[serde(with = "duration")]
+    pub keepalive_timeout: Duration,
+    /// Longest client TLS handshake, and longest wait for an HTTP/2 client's preface.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -140,6 +148,8 @@ impl Default for ServerSettings {
             pid_file: "/tmp/sluice.pid".into(),
             upgrade_sock: "/tmp/sluice_upgrade.sock".into(),
             max_request_header: 64 * 1024,
+            keepalive_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(60),
         }
     }
 }

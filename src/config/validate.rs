@@ -5,6 +5,7 @@ use super::{AuthSettings, Config, ConfigError, LimitsBackend, Listener, Upstream
 use crate::auth::AuthMode;
 use crate::route::{Scheme, UpstreamTarget};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Headers that frame a message or manage its connection: Sluice sets them per request, and a
 /// configured value would desynchronise it from the upstream.
@@ -159,6 +160,18 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.server.threads == 0 {
         return Err(invalid("server.threads", "must be at least 1"));
     }
+    // Whole seconds: Pingora takes the keep-alive in seconds, and 0 would mean no limit at all
+    // on a request head's reads.
+    let keepalive = config.server.keepalive_timeout;
+    if keepalive < Duration::from_secs(1) || keepalive.subsec_nanos() != 0 {
+        return Err(invalid(
+            "server.keepalive_timeout",
+            "must be a whole number of seconds, at least 1s",
+        ));
+    }
+    if config.server.handshake_timeout.is_zero() {
+        return Err(invalid("server.handshake_timeout", "must be more than 0"));
+    }
     if !(1024..=1024 * 1024).contains(&config.server.max_request_header) {
         return Err(invalid(
             "server.max_request_header",
@@ -294,6 +307,26 @@ mod tests {
             );
             assert!(err.contains("cannot be configured"), "{err}");
         }
+    }
+
+    #[test]
+    fn client_timeouts_are_checked() {
+        let config = |server: &str| {
+            format!("listen: [{{addr: 127.0.0.1:8080}}]\nserver: {{{server}}}\nupstreams: {{u: {{url: http://x}}}}\nroutes: [{{path_prefix: /, upstream: u}}]\n")
+        };
+        for bad in ["500ms", "1500ms"] {
+            let err = error_of(&config(&format!("keepalive_timeout: {bad}")));
+            assert!(
+                err.contains("server.keepalive_timeout") && err.contains("whole number of seconds"),
+                "{err}"
+            );
+        }
+        let err = error_of(&config("handshake_timeout: 0s"));
+        assert!(err.contains("server.handshake_timeout"), "{err}");
+        let ok = Config::from_yaml(&config("keepalive_timeout: 75s, handshake_timeout: 10s"));
+        let ok = ok.unwrap();
+        assert_eq!(ok.server.keepalive_timeout.as_secs(), 75);
+        assert_eq!(ok.server.handshake_timeout.as_secs(), 10);
     }
 
     #[test]

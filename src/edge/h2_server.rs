@@ -10,7 +10,6 @@
 //! as one connection's requests do in nginx or over HTTP/1.1.
 
 use super::drain;
-use super::listener::{HANDSHAKE_TIMEOUT, KEEPALIVE};
 use super::proxy::SluiceProxy;
 use super::timer;
 use futures_util::future::FutureExt;
@@ -41,9 +40,9 @@ static NO_DIGEST: Lazy<Arc<Digest>> = Lazy::new(|| Arc::new(Digest::default()));
 
 /// Serves one HTTP/2 connection until it closes, and every stream it opened until that stream
 /// has ended (and recorded its usage). At shutdown the client is sent a GOAWAY; streams already
-/// open are served to their end. A connection with no stream open for `KEEPALIVE` is sent a
-/// GOAWAY too, as an idle HTTP/1.1 one is closed, and dropped if it is still there `KEEPALIVE`
-/// later.
+/// open are served to their end. A connection with no stream open for the keep-alive
+/// (`server.keepalive_timeout`) is sent a GOAWAY too, as an idle HTTP/1.1 one is closed, and
+/// dropped if it is still there as long again.
 pub(super) async fn serve(
     app: Arc<SluiceProxy>,
     stream: Stream,
@@ -55,7 +54,7 @@ pub(super) async fn serve(
     // future was 7,680 bytes so, 1,648 boxed).
     let mut conn = {
         let handshake = Box::pin(timer::timeout(
-            HANDSHAKE_TIMEOUT,
+            app.timeouts.handshake,
             server::handshake(stream, None),
         ));
         match handshake.await {
@@ -110,7 +109,7 @@ pub(super) async fn serve(
                 }
                 // Armed anew each time round the loop with no stream open: from the end of the
                 // last stream (or the GOAWAY, or a refused stream).
-                () = timer::sleep(KEEPALIVE), if streams.is_empty() => {
+                () = timer::sleep(app.timeouts.keepalive), if streams.is_empty() => {
                     // In order first, as at shutdown; a client that never answers is dropped.
                     if goaway_sent {
                         return;

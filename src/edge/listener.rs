@@ -34,17 +34,22 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
 
-/// Kept idle between two requests on one connection, in seconds (Pingora's default).
-const KEEPALIVE_SECONDS: u64 = 60;
-pub(super) const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECONDS);
 /// Largest first read of a request head (Pingora's initial buffer); the rest of a longer head is
 /// read by Pingora.
 const FIRST_READ: usize = 4096;
-/// Longest a client may take over its TLS handshake (Pingora's value), or over its HTTP/2
-/// preface and settings (which Pingora does not bound).
-pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pending connections the kernel queues per listener (Pingora's value).
 const BACKLOG: u32 = 65535;
+
+/// How long client connections may wait.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionTimeouts {
+    /// Kept without a request: an HTTP/1.1 connection between requests (or before its first),
+    /// an HTTP/2 one with no stream open (`server.keepalive_timeout`, whole seconds).
+    pub keepalive: Duration,
+    /// Longest client TLS handshake, or wait for an HTTP/2 client's preface
+    /// (`server.handshake_timeout`; Pingora bounds neither by default but the TLS one, at 60 s).
+    pub handshake: Duration,
+}
 
 pub struct Listeners {
     pub name: String,
@@ -256,7 +261,7 @@ async fn serve_tls(
     // (rustc keeps a moved-from local's slot until its scope ends).
     let stream = {
         let handshake = Box::pin(timer::timeout(
-            HANDSHAKE_TIMEOUT,
+            app.timeouts.handshake,
             tls.tls_handshake(Tcp::new(tcp)),
         ));
         let Some(handshake) = unless_grace_over(&mut shutdown, handshake).await else {
@@ -296,7 +301,7 @@ async fn serve_h2c(
     mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    let preface = timer::timeout(KEEPALIVE, opens_with_h2_preface(&tcp));
+    let preface = timer::timeout(app.timeouts.keepalive, opens_with_h2_preface(&tcp));
     let Some(h2) = unless_grace_over(&mut shutdown, preface).await else {
         return;
     };
@@ -306,7 +311,7 @@ async fn serve_h2c(
             serve_h2(app, stream, peer, shutdown, first_request).await
         }
         Ok(Ok(false)) => serve(Tcp::stream(tcp), peer, app, shutdown, first_request).await,
-        // A read error, or nothing sent for KEEPALIVE_SECONDS: closed as an idle HTTP/1.1
+        // A read error, or nothing sent for the keep-alive: closed as an idle HTTP/1.1
         // connection would be.
         _ => {}
     }
@@ -373,10 +378,10 @@ async fn serve(
         // Boxed: the wait's timers (~310 bytes) would otherwise size this task's state, which
         // every open stream keeps while its request is served; one allocation per request.
         let wait = Box::pin(async {
-            let read = timer::timeout(KEEPALIVE, first_bytes(&mut stream));
+            let read = timer::timeout(app.timeouts.keepalive, first_bytes(&mut stream));
             // Biased: bytes already here are served even once shutdown has begun. An idle
             // kept-alive connection is closed when the service shuts down (or after
-            // KEEPALIVE_SECONDS without a request); a fresh one still gets its first request's
+            // the keep-alive without a request); a fresh one still gets its first request's
             // grace.
             tokio::select! {
                 biased;
@@ -395,7 +400,8 @@ async fn serve(
             // Closed by the client, a read error, or idle too long.
             _ => return,
         };
-        let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE_SECONDS);
+        // Whole seconds (validated), as Pingora takes them.
+        let keepalive = (!*shutdown.borrow()).then_some(app.timeouts.keepalive.as_secs());
         let session = request_session(stream, prefix, keepalive);
         let Some(reused) = app.serve_request(session, Some(peer), &shutdown).await else {
             return;

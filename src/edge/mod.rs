@@ -183,7 +183,11 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         upstream::PoolSweeper(upstreams.clone()),
     ));
     let usage_ledger = usage.ledger().cloned();
-    let proxy = SluiceProxy::new(router, upstreams, usage, limiter.clone());
+    let timeouts = listener::ConnectionTimeouts {
+        keepalive: config.server.keepalive_timeout,
+        handshake: config.server.handshake_timeout,
+    };
+    let proxy = SluiceProxy::new(router, upstreams, usage, limiter.clone(), timeouts);
     let tls_listeners = tls::TlsListeners::load(config)?;
     let mut reloadables = tls_listeners.reloadables();
     reloadables.extend(

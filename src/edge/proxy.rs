@@ -6,6 +6,7 @@
 use super::admission;
 use super::downstream::RequestSession;
 use super::drain;
+use super::listener::ConnectionTimeouts;
 use super::relay;
 use super::responses::{respond_error, respond_refusal, Finish};
 use super::upstream::Upstreams;
@@ -30,6 +31,9 @@ pub struct SluiceProxy {
     upstreams: Arc<Upstreams>,
     usage: UsageSink,
     limiter: Limiter,
+    /// Read by the listeners and HTTP/2 connections: here, every connection's task reaches them
+    /// through the `Arc` it holds anyway, rather than keep its own copy.
+    pub(super) timeouts: ConnectionTimeouts,
 }
 
 impl SluiceProxy {
@@ -38,12 +42,14 @@ impl SluiceProxy {
         upstreams: Arc<Upstreams>,
         usage: UsageSink,
         limiter: Limiter,
+        timeouts: ConnectionTimeouts,
     ) -> Self {
         SluiceProxy {
             router,
             upstreams,
             usage,
             limiter,
+            timeouts,
         }
     }
 
