@@ -47,6 +47,20 @@ fn start(listener_keys: &str, upstream: &Upstream, dir: TempDir) -> Sluice {
     Sluice::start_with_config(&yaml, addr, admin, dir)
 }
 
+/// [`start`] with a TLS listener, its certificate for `edge.test` from a fresh CA (returned, for
+/// clients to trust).
+fn start_tls(upstream: &Upstream) -> (Sluice, TestCa) {
+    let ca = TestCa::new("sluice test ca");
+    let dir = TempDir::new();
+    let (cert, key) = ca.leaf(&["edge.test"]).write(&dir.path, "edge");
+    let tls = format!(
+        "    tls:\n      cert: {}\n      key: {}\n",
+        cert.display(),
+        key.display()
+    );
+    (start(&tls, upstream, dir), ca)
+}
+
 fn stream_request(client: &mut Client) {
     client.post_json("/v1/chat/completions", r#"{"model":"m","stream":true}"#);
     assert_eq!(client.read_head().status, 200);
@@ -100,15 +114,7 @@ fn an_idle_http2_connection_is_sent_a_goaway() {
 #[test]
 fn a_tls_handshake_that_does_not_finish_is_cut() {
     let upstream = upstream();
-    let ca = TestCa::new("sluice test ca");
-    let dir = TempDir::new();
-    let (cert, key) = ca.leaf(&["edge.test"]).write(&dir.path, "edge");
-    let tls = format!(
-        "    tls:\n      cert: {}\n      key: {}\n",
-        cert.display(),
-        key.display()
-    );
-    let sluice = start(&tls, &upstream, dir);
+    let (sluice, _ca) = start_tls(&upstream);
     // The start of a TLS record, and nothing more.
     let mut client = Client::connect(sluice.addr);
     client.send_raw(&[0x16, 0x03, 0x01]);
@@ -121,15 +127,7 @@ fn a_tls_handshake_that_does_not_finish_is_cut() {
 #[test]
 fn an_http2_client_over_tls_that_sends_no_preface_is_cut() {
     let upstream = upstream();
-    let ca = TestCa::new("sluice test ca");
-    let dir = TempDir::new();
-    let (cert, key) = ca.leaf(&["edge.test"]).write(&dir.path, "edge");
-    let tls = format!(
-        "    tls:\n      cert: {}\n      key: {}\n",
-        cert.display(),
-        key.display()
-    );
-    let sluice = start(&tls, &upstream, dir);
+    let (sluice, ca) = start_tls(&upstream);
     runtime().block_on(async {
         use tokio::io::AsyncReadExt;
         let mut handshake = tls_support::connect(sluice.addr, &ca, "edge.test", &[b"h2"]).await;
