@@ -30,6 +30,9 @@ trap - TERM
 wait \$child
 WRAP
 chmod +x "$out/sluice"
+# Valgrind is out of the harness's process group: if the harness is stopped before it sends TERM
+# (Ctrl-C, its watchdog), nothing else would stop the proxy under valgrind.
+trap 'pkill -TERM -f -- "--callgrind-out-file=$out/" 2>/dev/null || true' EXIT
 total() {
     # The proxy's own file (the harness also runs `--version` under the wrapper), once callgrind
     # has finished it (the proxy outlives the harness's run by its 1 s of shutdown).
@@ -39,6 +42,10 @@ total() {
         [ -n "$file" ] && grep -q '^totals:' "$file" && break
         sleep 0.1
     done
+    if [ -z "$file" ] || ! grep -q '^totals:' "$file"; then
+        echo "callgrind_streams: callgrind's file for $1 streams was not finished within 10 s ($out)" >&2
+        exit 1
+    fi
     echo "$file $(grep -m1 '^summary:' "$file" | cut -d' ' -f2)"
 }
 for streams in "$n" $((2 * n)); do

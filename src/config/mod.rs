@@ -116,7 +116,8 @@ pub struct Listener {
 pub struct ServerSettings {
     /// Worker threads of the proxy service.
     pub threads: usize,
-    /// How long in-flight streams may run on after SIGTERM/SIGQUIT.
+    /// How long in-flight streams may run on after SIGTERM/SIGQUIT; at least the second a
+    /// request already on its way gets to arrive.
     #[serde(with = "duration")]
     pub grace_period: Duration,
     /// How long the runtimes get to stop after the grace period.
@@ -134,7 +135,9 @@ pub struct ServerSettings {
     /// is dropped if still there as long again). Also bounds each read of a request head.
     #[serde(with = "duration")]
     pub keepalive_timeout: Duration,
-    /// Longest client TLS handshake, and longest wait for an HTTP/2 client's preface.
+    /// Longest client TLS handshake, and longest wait for an HTTP/2 client's preface once its
+    /// connection is up (after TLS with `h2` by ALPN; on an h2c listener, once its first bytes
+    /// came, which the keep-alive bounds).
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
 }

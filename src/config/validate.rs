@@ -160,6 +160,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.server.threads == 0 {
         return Err(invalid("server.threads", "must be at least 1"));
     }
+    // A request already on its way at shutdown gets a second to arrive (`drain`), and the
+    // cleartext listeners accept for that second: a shorter grace would end the streams of the
+    // requests it lets in as they start.
+    if config.server.grace_period < Duration::from_secs(1) {
+        return Err(invalid("server.grace_period", "must be at least 1s"));
+    }
     // Whole seconds: Pingora takes the keep-alive in seconds, and 0 would mean no limit at all
     // on a request head's reads.
     let keepalive = config.server.keepalive_timeout;
@@ -323,6 +329,8 @@ mod tests {
         }
         let err = error_of(&config("handshake_timeout: 0s"));
         assert!(err.contains("server.handshake_timeout"), "{err}");
+        let err = error_of(&config("grace_period: 500ms"));
+        assert!(err.contains("server.grace_period"), "{err}");
         let ok = Config::from_yaml(&config("keepalive_timeout: 75s, handshake_timeout: 10s"));
         let ok = ok.unwrap();
         assert_eq!(ok.server.keepalive_timeout.as_secs(), 75);

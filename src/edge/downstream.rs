@@ -278,11 +278,7 @@ fn session_write(
         ServerSession::H1(session) => {
             Box::pin(async move { session.write_body(&data).await.map(drop) })
         }
-        ServerSession::H2(session) => Box::pin(async move {
-            session.write_body(data, false).await?;
-            super::h2_server::send_now().await;
-            Ok(())
-        }),
+        ServerSession::H2(session) => Box::pin(session.write_body(data, false)),
         // Sluice makes no other kind of session.
         other => Box::pin(other.write_response_body(data, false)),
     }

@@ -30,8 +30,8 @@ pub fn runtime_grace_seconds(grace_period: Duration) -> u64 {
 
 /// How long, once shutdown has begun, a request already on its way gets to arrive: the rest of a
 /// head, or the first request of a connection made before the shutdown (its client sent it, or
-/// is about to; closing the connection would refuse it). The listeners accept for this long too:
-/// the kernel hands a connection over only with its first bytes (deferred accept).
+/// is about to; closing the connection would refuse it). The cleartext listeners accept for this
+/// long too: the kernel hands a connection over only with its first bytes (deferred accept).
 const REQUEST_ARRIVAL_GRACE: Duration = Duration::from_secs(1);
 
 /// When this process first saw its shutdown begin: every request's arrival grace counts from

@@ -134,14 +134,18 @@ pub(super) async fn serve(
     while streams.next().await.is_some() {}
 }
 
-/// Lets the connection send what a stream has just written before the stream goes on.
+/// Lets the connection send a stream's response head before the stream goes on.
 ///
 /// An HTTP/2 stream's writes only queue frames: the connection sends them when its task next
 /// drives it, which is once the stream futures have all yielded. A stream whose upstream sent a
 /// burst (a head and its events in one read, as a fast provider or a cached answer does) would
 /// otherwise run to its end, inspector, usage record and all, before its first frame left. Its
 /// own wake is seen by `SelfWakesPollAgain`, so this costs a turn of the connection's loop, not a
-/// trip through tokio.
+/// trip through tokio. Once per stream, for its head only: `FuturesUnordered` gives up its poll
+/// after two of its futures woke themselves, and `SelfWakesPollAgain` after a few polls, so a
+/// yield after every write would split one flush of many busy streams into many, and send the
+/// connection's task through tokio again. Not where a write races the end of the grace period
+/// (`stream_body`): a yield there could lose that race after the frame was queued.
 pub(super) async fn send_now() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {

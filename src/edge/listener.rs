@@ -40,14 +40,12 @@ const FIRST_READ: usize = 4096;
 /// Pending connections the kernel queues per listener (Pingora's value).
 const BACKLOG: u32 = 65535;
 
-/// How long client connections may wait.
+/// How long client connections may wait (what each bounds: `config::ServerSettings`).
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionTimeouts {
-    /// Kept without a request: an HTTP/1.1 connection between requests (or before its first),
-    /// an HTTP/2 one with no stream open (`server.keepalive_timeout`, whole seconds).
+    /// `server.keepalive_timeout` (whole seconds, as validated).
     pub keepalive: Duration,
-    /// Longest client TLS handshake, or wait for an HTTP/2 client's preface
-    /// (`server.handshake_timeout`; Pingora bounds neither by default but the TLS one, at 60 s).
+    /// `server.handshake_timeout`.
     pub handshake: Duration,
 }
 
@@ -121,7 +119,7 @@ fn listen(addr: &str, fds: Option<&ListenFds>) -> std::io::Result<TcpListener> {
         None => bound_socket(addr)?,
     };
     socket.set_nodelay(true)?;
-    defer_accept(&socket)?;
+    defer_accept(&socket, addr);
     // On an inherited socket, listening again only sets the backlog.
     let listener = socket.listen(BACKLOG)?;
     if let (None, Some(fds)) = (inherited, fds) {
@@ -138,9 +136,12 @@ fn listen(addr: &str, fds: Option<&ListenFds>) -> std::io::Result<TcpListener> {
 /// first byte on the benchmark machine, see the README's benchmarks). A client that sends
 /// nothing is accepted anyway after about this long (the kernel's next SYN-ACK), then waits as
 /// any idle connection does.
+#[cfg(target_os = "linux")]
 const DEFER_ACCEPT_SECONDS: libc::c_int = 1;
 
-fn defer_accept(socket: &TcpSocket) -> std::io::Result<()> {
+/// Only a saving: a listener the kernel refuses it to (or a system without it) works without.
+#[cfg(target_os = "linux")]
+fn defer_accept(socket: &TcpSocket, addr: &str) {
     // SAFETY: `socket` owns a valid descriptor, and the option's value is a c_int that outlives
     // the call.
     let rc = unsafe {
@@ -153,10 +154,13 @@ fn defer_accept(socket: &TcpSocket) -> std::io::Result<()> {
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error());
+        let e = std::io::Error::last_os_error();
+        log::warn!("{addr}: no deferred accept (TCP_DEFER_ACCEPT): {e}");
     }
-    Ok(())
 }
+
+#[cfg(not(target_os = "linux"))]
+fn defer_accept(_socket: &TcpSocket, _addr: &str) {}
 
 /// A listening socket the previous process handed over.
 fn inherited_socket(fd: RawFd) -> std::io::Result<TcpSocket> {
@@ -201,14 +205,11 @@ async fn accept_loop(
     // count.
     let _accepting = drain::InFlight::start();
     loop {
-        // Accepting goes on for the first request's grace after shutdown begins: with deferred
-        // accept a client that connected before the signal is handed over only when its request
-        // arrives, and it is owed an answer as when it was accepted at once. Biased: accepting
-        // stops when the grace is over even with connections waiting (one left in the backlog
-        // goes to the next process, or is refused with the socket).
+        // Biased: once accepting is over nothing more is taken, even with connections waiting
+        // (one left in the backlog goes to the next process, or is refused with the socket).
         let accepted = tokio::select! {
             biased;
-            _ = drain::request_arrival_over(&mut shutdown) => break,
+            () = accepting_over(&kind, &mut shutdown) => break,
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
@@ -242,9 +243,22 @@ async fn accept_loop(
             Kind::H2c => tokio::spawn(serve_h2c(tcp, peer, app, shutdown, first_request)),
         };
     }
-    // Listening stops once the first request's grace is over; after a hand-over the next process
-    // has its own copy of the socket (accepting on it meanwhile too), so closing this one stops
-    // only this process from accepting.
+    // After a hand-over the next process has its own copy of the socket (accepting on it
+    // meanwhile too), so closing this one stops only this process from accepting.
+}
+
+/// When a listener stops accepting once shutdown has begun. A cleartext listener goes on for the
+/// first request's grace: with deferred accept a client that connected before the signal (a
+/// browser's preconnect, a pool's spare connection) is handed over only when its request comes,
+/// and it is owed an answer as when it was accepted at once. A TLS listener stops at once, as it
+/// did before deferred accept: a TLS client speaks first as soon as it connects, so one that
+/// connected before the signal has been handed over already, and one accepted later would have
+/// only what is left of the grace for its handshake.
+async fn accepting_over(kind: &Kind, shutdown: &mut ShutdownWatch) {
+    match kind {
+        Kind::Tls(_) => drain::shutdown_begun(shutdown).await,
+        Kind::Plain | Kind::H2c => drain::request_arrival_over(shutdown).await,
+    }
 }
 
 /// A TLS client connection: the handshake, then HTTP/1.1 here or HTTP/2 (`h2_server.rs`).
@@ -461,6 +475,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_connection_is_handed_over_with_its_first_bytes_or_after_a_second_of_silence() {
         let listener = listen("127.0.0.1:0", None).unwrap();
