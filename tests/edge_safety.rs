@@ -205,8 +205,8 @@ fn oversized_request_heads_never_reach_the_upstream() {
     assert_eq!(response.status, 200);
     assert_eq!(upstream.requests().len(), 1);
 
-    // Over Pingora's own limits (1 MiB head, 256 headers): a bare 400 and a closed connection,
-    // or a reset while the client is still writing. Nothing is forwarded, nothing crashes.
+    // Over Pingora's own limits (1 MiB head, 256 headers): a 400 and a closed connection, or a
+    // reset while the client is still writing. Nothing is forwarded, nothing crashes.
     let huge = format!(
         "GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\nX-Huge: {}\r\n\r\n",
         "a".repeat(2 * 1024 * 1024)
@@ -511,4 +511,84 @@ fn a_stdout_nobody_reads_never_stalls_requests_and_every_line_reaches_it() {
         assert_eq!(record["status"], 200);
         assert_eq!(record["path"], expected.as_str(), "lines in request order");
     }
+}
+
+/// A request head that cannot be parsed (too many fields, a folded line, a space in a name, a
+/// control byte in a value) gets a 400 JSON error and a closed connection, and neither the
+/// answer nor the logs repeat the head: Pingora's error for it carries the raw head, a client's
+/// key included. Nothing reaches the upstream and the connection's task does not panic.
+#[test]
+fn unreadable_request_heads_get_a_400_json_error_that_repeats_nothing() {
+    let upstream = ok_upstream();
+    let dir = TempDir::new();
+    let stdout = dir.path.join("stdout.log");
+    let stderr = dir.path.join("stderr.log");
+    let mut sluice = Sluice::start_with_output(
+        &one_route(&upstream, ""),
+        Stdio::from(std::fs::File::create(&stdout).unwrap()),
+        Stdio::from(std::fs::File::create(&stderr).unwrap()),
+    );
+    let secret = "sk-secret-in-a-bad-head";
+    let start =
+        format!("GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\nAuthorization: Bearer {secret}\r\n");
+    let many: String = (0..300).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+    let heads = [
+        format!("{start}{many}\r\n"),
+        format!("{start}X-Folded: a\r\n b\r\n\r\n"),
+        format!("{start}Bad Name: x\r\n\r\n"),
+        format!("{start}X-Control: a\x01b\r\n\r\n"),
+    ];
+    for head in &heads {
+        let mut stream = TcpStream::connect(sluice.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        // Read to the end: the connection is closed after the answer.
+        stream.read_to_end(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        let body = &answer[answer.find("\r\n\r\n").expect("a whole head") + 4..];
+        let json: Value = serde_json::from_str(body).expect("a JSON error body");
+        let message = json["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("malformed request head"), "{body}");
+        assert!(
+            !answer.contains(secret),
+            "the answer repeats the head: {answer}"
+        );
+    }
+    assert!(upstream.requests().is_empty(), "a bad head was forwarded");
+    let response = raw(&sluice, "GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\n\r\n");
+    assert_eq!(response.status, 200, "Sluice still serves");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = std::fs::read_to_string(&stdout).unwrap();
+        if log.lines().count() > heads.len() || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    sluice.kill();
+    let refused = log
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("an access-log line is JSON"))
+        .filter(|record| record["status"] == 400)
+        .count();
+    assert_eq!(
+        refused,
+        heads.len(),
+        "one access-log line per bad head:\n{log}"
+    );
+    assert!(
+        !log.contains(secret),
+        "the access log repeats a head:\n{log}"
+    );
+    let errors = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!errors.contains("panicked"), "{errors}");
+    assert!(
+        !errors.contains(secret),
+        "the error log repeats a head:\n{errors}"
+    );
 }

@@ -8,7 +8,7 @@ use super::downstream::RequestSession;
 use super::drain;
 use super::listener::ConnectionTimeouts;
 use super::relay;
-use super::responses::{respond_error, respond_refusal, Finish};
+use super::responses::{respond_error, respond_refusal, respond_to_unreadable_head, Finish};
 use super::upstream::Upstreams;
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
@@ -194,12 +194,9 @@ impl SluiceProxy {
                     if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) {
                         let error = ProxyError::new(
                             ProxyErrorKind::BadRequest,
-                            match &e.context {
-                                Some(why) => format!("malformed request head: {why}"),
-                                None => "malformed request head".to_string(),
-                            },
+                            unreadable_head_message(&e),
                         );
-                        respond_error(down, &mut ctx, &error).await;
+                        respond_to_unreadable_head(down, &mut ctx, &error).await;
                         self.record(&mut ctx).await;
                     }
                     down.shutdown().await;
@@ -241,5 +238,18 @@ impl SluiceProxy {
                 .flatten()
                 .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
         })
+    }
+}
+
+/// What a client is told (and the access log keeps) of a request head Pingora refused. Where the
+/// head could not be parsed, Pingora's context is the head itself, up to 2 KiB of it, keys
+/// included, and the reason is its cause (httparse's: "invalid header name", "too many
+/// headers"…); a head refused once parsed (an ambiguous authority, conflicting lengths) has its
+/// reason as the context and no cause.
+fn unreadable_head_message(e: &pingora::Error) -> String {
+    match (&e.cause, &e.context) {
+        (Some(cause), _) => format!("malformed request head: {cause}"),
+        (None, Some(why)) => format!("malformed request head: {why}"),
+        (None, None) => "malformed request head".to_string(),
     }
 }

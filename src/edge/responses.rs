@@ -30,7 +30,8 @@ pub async fn respond_error(
     ctx: &mut RequestCtx,
     error: &ProxyError,
 ) -> Finish {
-    respond_error_with(down, ctx, error, &[]).await
+    let body_done = down.is_body_done();
+    respond_error_with(down, ctx, error, &[], body_done).await
 }
 
 /// A 401 or 429, with its `Retry-After` and rate-limit headers.
@@ -39,14 +40,29 @@ pub async fn respond_refusal(
     ctx: &mut RequestCtx,
     refusal: &Refusal,
 ) -> Finish {
-    respond_error_with(down, ctx, &refusal.error, &refusal.headers).await
+    let body_done = down.is_body_done();
+    respond_error_with(down, ctx, &refusal.error, &refusal.headers, body_done).await
 }
 
+/// A `400` for a request head Pingora refused. Its session may hold no request at all (a head
+/// it could not parse), and asking it about that request's body panics (`is_body_done`): the
+/// connection is closed after this answer anyway.
+pub async fn respond_to_unreadable_head(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    error: &ProxyError,
+) -> Finish {
+    respond_error_with(down, ctx, error, &[], false).await
+}
+
+/// `body_done`: the request body has been read, so the connection may be reused (it may be
+/// unread, e.g. with no route, and the connection is then closed).
 async fn respond_error_with(
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
     error: &ProxyError,
     extra_headers: &[(http::HeaderName, http::HeaderValue)],
+    body_done: bool,
 ) -> Finish {
     let status = error.kind.status();
     ctx.status = status;
@@ -82,8 +98,6 @@ async fn respond_error_with(
     headers.insert(crate::request_id::HEADER, request_id);
     never_indexed(&mut headers);
     let head = response_head(code, headers);
-    // The request body may be unread (e.g. no route): the connection cannot be reused then.
-    let body_done = down.is_body_done();
     let written = down.write_response_header(Box::new(head)).await.is_ok()
         && down.write_response_body(body, true).await.is_ok();
     if written && body_done {
