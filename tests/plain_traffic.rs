@@ -20,6 +20,12 @@ fn echo_upstream() -> Upstream {
             head.extend_from_slice(body);
             vec![Step::Raw(head)]
         }
+        "/v1/chat/completions" => vec![
+            Step::sse_head(),
+            Step::chunk("data: {\"i\":0}\n\n"),
+            Step::chunk("data: [DONE]\n\n"),
+            Step::End,
+        ],
         "/chunked-json" => vec![
             Step::Raw(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -147,6 +153,48 @@ fn chunked_request_body_and_chunked_response() {
     let response = client.read_response();
     assert_eq!(response.header("transfer-encoding"), Some("chunked"));
     assert_eq!(response.text(), "{\"a\":1}");
+}
+
+/// An HTTP/1.0 client cannot take a chunked body (RFC 9112 §6.1): a chunked upstream body and
+/// an event stream reach it as they are, without `Transfer-Encoding`, ended by the close of the
+/// connection, even when it asked to keep it.
+#[test]
+fn an_http1_0_client_gets_bodies_without_chunked_framing() {
+    use std::io::{Read, Write};
+    let upstream = echo_upstream();
+    let sluice = sluice_for(&upstream);
+    let stream_body = r#"{"model":"m","stream":true}"#;
+    let exchanges = [
+        (
+            "GET /chunked-json HTTP/1.0\r\nhost: x\r\nconnection: keep-alive\r\n\r\n".to_string(),
+            "{\"a\":1}",
+        ),
+        (
+            format!(
+                "POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\nconnection: keep-alive\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{stream_body}",
+                stream_body.len()
+            ),
+            "data: {\"i\":0}\n\ndata: [DONE]\n\n",
+        ),
+    ];
+    for (request, expected) in exchanges {
+        let mut stream = std::net::TcpStream::connect(sluice.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = Vec::new();
+        // To the end: the body ends with the connection.
+        stream.read_to_end(&mut response).unwrap();
+        let response = String::from_utf8(response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        // The stream may carry Sluice's usage comment after the provider's last event.
+        assert!(body.starts_with(expected), "{request}: {body:?}");
+    }
 }
 
 #[test]

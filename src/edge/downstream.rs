@@ -83,6 +83,13 @@ impl<'a> Downstream<'a> {
     ) -> pingora::Result<Downstream<'a>> {
         if !(stream && sluice_writes(session.get(), &head)) {
             let down = session.get();
+            let mut head = head;
+            if down.as_http1().is_some() && down.req_header().version < http::Version::HTTP_11 {
+                // An HTTP/1.0 client takes no chunked body: it gets the body as it is, up to the
+                // connection's close.
+                head.close_delimited();
+                down.set_keepalive(None);
+            }
             let http2 = down.is_http2();
             let head = head.into_response_header(http2)?;
             down.write_response_header(Box::new(head)).await?;

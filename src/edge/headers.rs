@@ -205,6 +205,10 @@ impl SetFields {
         self.0.iter().any(|(set, _)| set == name)
     }
 
+    fn remove(&mut self, name: &HeaderName) {
+        self.0.retain(|(set, _)| set != name);
+    }
+
     /// [`SetFields::has`] for a name in lower case.
     fn has_lowered(&self, name: &[u8]) -> bool {
         self.0
@@ -312,6 +316,7 @@ pub fn client_response(
         shape,
         connection_tokens: tokens,
         set: SetFields::with_capacity(4 + extra.len()),
+        close_delimited: false,
     };
     head.set
         .push(crate::request_id::HEADER, header_value(request_id)?);
@@ -362,9 +367,20 @@ pub struct ClientHead {
     /// Names the upstream's `Connection` header lists: hop-by-hop, not sent.
     connection_tokens: Vec<String>,
     set: SetFields,
+    /// The client cannot take a chunked body (HTTP/1.0): no `Transfer-Encoding` is sent, and a
+    /// body without a length ends with the connection.
+    close_delimited: bool,
 }
 
 impl ClientHead {
+    /// For a client that cannot take a chunked body (HTTP/1.0, RFC 9112 §6.1): the head loses
+    /// its `Transfer-Encoding` (Sluice's own or the upstream's), so a body without a length is
+    /// written as it is and ends when the connection closes.
+    pub fn close_delimited(&mut self) {
+        self.close_delimited = true;
+        self.set.remove(&header::TRANSFER_ENCODING);
+    }
+
     /// The fields sent to the client: the upstream's that are kept, in their order and with
     /// their names as the upstream sent them, then Sluice's.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
@@ -394,6 +410,9 @@ impl ClientHead {
                 .chain(self.set.iter().map(|(name, _)| name.as_str().as_bytes())),
         );
         move |name| {
+            if self.close_delimited && name.eq_ignore_ascii_case(b"transfer-encoding") {
+                return false;
+            }
             !lengths.may_match(name) || keeps(self.shape, &self.connection_tokens, &self.set, name)
         }
     }
@@ -740,6 +759,36 @@ mod tests {
         });
         assert_eq!(req.headers["transfer-encoding"], "chunked");
         assert_eq!(req.headers["accept-encoding"], "gzip, br");
+    }
+
+    #[test]
+    fn a_close_delimited_head_has_no_transfer_encoding() {
+        for (shape, fields) in [
+            (
+                ResponseShape::Stream,
+                &[("Content-Type", "text/event-stream")][..],
+            ),
+            (
+                ResponseShape::Plain,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Transfer-Encoding", "chunked"),
+                ][..],
+            ),
+        ] {
+            let mut head = client_response(upstream_head(200, fields), shape, "rid", &[]).unwrap();
+            assert!(head.is_chunked(), "{shape:?}");
+            head.close_delimited();
+            assert!(!head.is_chunked(), "{shape:?}");
+            assert!(
+                !head
+                    .fields()
+                    .any(|(name, _)| name.eq_ignore_ascii_case(b"transfer-encoding")),
+                "{shape:?}"
+            );
+            let response = head.into_response_header(false).unwrap();
+            assert!(!response.headers.contains_key(header::TRANSFER_ENCODING));
+        }
     }
 
     /// The head `head` writes to the client through Pingora's session; checked to carry the same
