@@ -1,6 +1,7 @@
 //! Client connections that wait too long are closed, with `server.keepalive_timeout` and
-//! `server.handshake_timeout` set to a second: an idle HTTP/1.1 connection, an idle HTTP/2 one
-//! (sent a GOAWAY first), a TLS handshake or an HTTP/2 preface that does not come. With the
+//! `server.handshake_timeout` set to a second: an idle HTTP/1.1 connection, a request head that
+//! keeps trickling in, an idle HTTP/2 one (sent a GOAWAY first), a TLS handshake or an HTTP/2
+//! preface that does not come. With the
 //! defaults (60 s) none of them would be closed within these tests' waits.
 
 mod support;
@@ -81,6 +82,34 @@ fn an_idle_http1_connection_is_closed_after_the_keepalive_timeout() {
     // deferred accept lets it through, then waits out the keep-alive).
     let mut silent = Client::connect(sluice.addr);
     assert!(silent.closed_within(CLOSED_WITHIN), "a silent client kept");
+}
+
+#[test]
+fn a_request_head_that_keeps_trickling_in_is_cut_after_the_keepalive() {
+    use std::io::Write;
+    let upstream = upstream();
+    let sluice = start("", &upstream, TempDir::new());
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(b"GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\n");
+    let mut writer = client.stream().try_clone().unwrap();
+    let started = std::time::Instant::now();
+    // A field every 300 ms, each well within the keep-alive of the one before.
+    let closed = loop {
+        if started.elapsed() > CLOSED_WITHIN {
+            break false;
+        }
+        if client.closed_within(Duration::from_millis(300)) {
+            break true;
+        }
+        if writer.write_all(b"X-Slow: a\r\n").is_err() {
+            break true;
+        }
+    };
+    assert!(
+        closed,
+        "a head still arriving after {CLOSED_WITHIN:?} was kept"
+    );
+    assert!(upstream.requests().is_empty());
 }
 
 #[test]

@@ -132,7 +132,8 @@ pub struct ServerSettings {
     pub max_request_header: usize,
     /// How long a client connection may stay without a request: an HTTP/1.1 one between
     /// requests (or before its first), an HTTP/2 one with no stream open (then a GOAWAY, and it
-    /// is dropped if still there as long again). Also bounds each read of a request head.
+    /// is dropped if still there as long again). Also how long a request head may take to arrive
+    /// once begun.
     #[serde(with = "duration")]
     pub keepalive_timeout: Duration,
     /// Longest client TLS handshake, and longest wait for an HTTP/2 client's preface once its

@@ -9,6 +9,7 @@ use super::drain;
 use super::listener::ConnectionTimeouts;
 use super::relay;
 use super::responses::{respond_error, respond_refusal, respond_to_unreadable_head, Finish};
+use super::timer;
 use super::upstream::Upstreams;
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
@@ -177,10 +178,16 @@ impl SluiceProxy {
         Box::pin(async move {
             let down = session.get();
             let mut shutdown = shutdown.clone();
+            // The whole head within the keep-alive: Pingora bounds each read only, so a client
+            // sending a byte now and then would hold the connection for as long as it liked.
+            let head = timer::timeout(self.timeouts.keepalive, down.read_request());
             let read = tokio::select! {
                 // Biased: a request already buffered is answered even when shutdown has begun.
                 biased;
-                read = down.read_request() => read,
+                read = head => match read {
+                    Ok(read) => read,
+                    Err(timer::Elapsed) => return None,
+                },
                 // A connection still waiting for (the rest of) a request is closed once shutdown
                 // has begun and the request's grace is over.
                 _ = drain::request_arrival_over(&mut shutdown) => return None,
