@@ -537,6 +537,8 @@ fn unreadable_request_heads_get_a_400_json_error_that_repeats_nothing() {
         format!("{start}X-Folded: a\r\n b\r\n\r\n"),
         format!("{start}Bad Name: x\r\n\r\n"),
         format!("{start}X-Control: a\x01b\r\n\r\n"),
+        // A target httparse takes and no URI can be made of, its key in the query (Gemini's).
+        format!("GET /v1/x?key={secret}&q=< HTTP/1.1\r\nHost: sluice.test\r\n\r\n"),
     ];
     for head in &heads {
         let mut stream = TcpStream::connect(sluice.addr).unwrap();

@@ -157,7 +157,7 @@ fn chunked_request_body_and_chunked_response() {
 
 /// An HTTP/1.0 client cannot take a chunked body (RFC 9112 §6.1): a chunked upstream body and
 /// an event stream reach it as they are, without `Transfer-Encoding`, ended by the close of the
-/// connection, even when it asked to keep it.
+/// connection, even when it asked to keep it; a sized body is kept alive as asked.
 #[test]
 fn an_http1_0_client_gets_bodies_without_chunked_framing() {
     use std::io::{Read, Write};
@@ -194,6 +194,20 @@ fn an_http1_0_client_gets_bodies_without_chunked_framing() {
         assert!(head.contains("connection: close"), "{head}");
         // The stream may carry Sluice's usage comment after the provider's last event.
         assert!(body.starts_with(expected), "{request}: {body:?}");
+    }
+    // A sized body keeps its length, and the keep-alive the client asked for.
+    let mut client = Client::connect(sluice.addr);
+    for _ in 0..2 {
+        client.send_raw(b"GET /v1/models HTTP/1.0\r\nhost: x\r\nconnection: keep-alive\r\n\r\n");
+        let response = client.read_response();
+        assert_eq!(response.status, 200);
+        assert!(response.header("content-length").is_some());
+        assert_eq!(response.header("transfer-encoding"), None);
+        assert!(
+            response.text().contains("/v1/models"),
+            "{}",
+            response.text()
+        );
     }
 }
 

@@ -84,9 +84,12 @@ impl<'a> Downstream<'a> {
         if !(stream && sluice_writes(session.get(), &head)) {
             let down = session.get();
             let mut head = head;
-            if down.as_http1().is_some() && down.req_header().version < http::Version::HTTP_11 {
+            if head.is_chunked()
+                && down.as_http1().is_some()
+                && down.req_header().version < http::Version::HTTP_11
+            {
                 // An HTTP/1.0 client takes no chunked body: it gets the body as it is, up to the
-                // connection's close.
+                // connection's close (a sized body keeps its length and the keep-alive).
                 head.close_delimited();
                 down.set_keepalive(None);
             }

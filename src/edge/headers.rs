@@ -374,8 +374,9 @@ pub struct ClientHead {
 
 impl ClientHead {
     /// For a client that cannot take a chunked body (HTTP/1.0, RFC 9112 §6.1): the head loses
-    /// its `Transfer-Encoding` (Sluice's own or the upstream's), so a body without a length is
-    /// written as it is and ends when the connection closes.
+    /// its `Transfer-Encoding` (Sluice's own or the upstream's), and any `Content-Length` an
+    /// upstream sent beside it (which the chunked framing overrode), so the body is written as
+    /// it is and ends when the connection closes.
     pub fn close_delimited(&mut self) {
         self.close_delimited = true;
         self.set.remove(&header::TRANSFER_ENCODING);
@@ -410,7 +411,10 @@ impl ClientHead {
                 .chain(self.set.iter().map(|(name, _)| name.as_str().as_bytes())),
         );
         move |name| {
-            if self.close_delimited && name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if self.close_delimited
+                && (name.eq_ignore_ascii_case(b"transfer-encoding")
+                    || name.eq_ignore_ascii_case(b"content-length"))
+            {
                 return false;
             }
             !lengths.may_match(name) || keeps(self.shape, &self.connection_tokens, &self.set, name)
@@ -775,6 +779,11 @@ mod tests {
                     ("Transfer-Encoding", "chunked"),
                 ][..],
             ),
+            // Both framings from a careless upstream: the chunked one was the body's.
+            (
+                ResponseShape::Plain,
+                &[("Transfer-Encoding", "chunked"), ("Content-Length", "5")][..],
+            ),
         ] {
             let mut head = client_response(upstream_head(200, fields), shape, "rid", &[]).unwrap();
             assert!(head.is_chunked(), "{shape:?}");
@@ -788,6 +797,7 @@ mod tests {
             );
             let response = head.into_response_header(false).unwrap();
             assert!(!response.headers.contains_key(header::TRANSFER_ENCODING));
+            assert!(!response.headers.contains_key(header::CONTENT_LENGTH));
         }
     }
 

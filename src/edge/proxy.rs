@@ -248,15 +248,14 @@ impl SluiceProxy {
     }
 }
 
-/// What a client is told (and the access log keeps) of a request head Pingora refused. Where the
-/// head could not be parsed, Pingora's context is the head itself, up to 2 KiB of it, keys
-/// included, and the reason is its cause (httparse's: "invalid header name", "too many
-/// headers"…); a head refused once parsed (an ambiguous authority, conflicting lengths) has its
-/// reason as the context and no cause.
+/// What a client is told (and the access log keeps) of a request head Pingora refused: the
+/// error's cause when it has one (httparse's "invalid header name", "too many headers"…, the
+/// `http` crate's "invalid uri character"), never its context. Pingora's context can be the
+/// request itself: up to 2 KiB of a head it could not parse, keys included, or a whole target
+/// it could not build a URI from (`?key=…` and all).
 fn unreadable_head_message(e: &pingora::Error) -> String {
-    match (&e.cause, &e.context) {
-        (Some(cause), _) => format!("malformed request head: {cause}"),
-        (None, Some(why)) => format!("malformed request head: {why}"),
-        (None, None) => "malformed request head".to_string(),
+    match &e.cause {
+        Some(cause) => format!("malformed request head: {cause}"),
+        None => "malformed request head".to_string(),
     }
 }

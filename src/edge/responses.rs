@@ -46,12 +46,13 @@ pub async fn respond_refusal(
 
 /// A `400` for a request head Pingora refused. Its session may hold no request at all (a head
 /// it could not parse), and asking it about that request's body panics (`is_body_done`): the
-/// connection is closed after this answer anyway.
+/// connection is closed after this answer, which says so.
 pub async fn respond_to_unreadable_head(
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
     error: &ProxyError,
 ) -> Finish {
+    down.set_keepalive(None);
     respond_error_with(down, ctx, error, &[], false).await
 }
 
