@@ -514,9 +514,11 @@ fn a_stdout_nobody_reads_never_stalls_requests_and_every_line_reaches_it() {
 }
 
 /// A request head that cannot be parsed (too many fields, a folded line, a space in a name, a
-/// control byte in a value) gets a 400 JSON error and a closed connection, and neither the
-/// answer nor the logs repeat the head: Pingora's error for it carries the raw head, a client's
-/// key included. Nothing reaches the upstream and the connection's task does not panic.
+/// control byte in a value, a target no URI can be made of) or is refused once parsed (lengths
+/// that disagree) gets a 400 JSON error with an id of its own and a closed connection, and
+/// neither the answer nor the logs repeat the request: Pingora's error for it can carry the raw
+/// head or target, a client's key included. Nothing reaches the upstream and the connection's
+/// task does not panic.
 #[test]
 fn unreadable_request_heads_get_a_400_json_error_that_repeats_nothing() {
     let upstream = ok_upstream();
@@ -537,6 +539,8 @@ fn unreadable_request_heads_get_a_400_json_error_that_repeats_nothing() {
         format!("{start}X-Folded: a\r\n b\r\n\r\n"),
         format!("{start}Bad Name: x\r\n\r\n"),
         format!("{start}X-Control: a\x01b\r\n\r\n"),
+        // Parsed, then refused: two lengths that disagree.
+        format!("{start}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
         // A target httparse takes and no URI can be made of, its key in the query (Gemini's).
         format!("GET /v1/x?key={secret}&q=< HTTP/1.1\r\nHost: sluice.test\r\n\r\n"),
     ];
@@ -551,6 +555,13 @@ fn unreadable_request_heads_get_a_400_json_error_that_repeats_nothing() {
         stream.read_to_end(&mut answer).unwrap();
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        let head = answer[..answer.find("\r\n\r\n").expect("a whole head")].to_ascii_lowercase();
+        let request_id = head
+            .lines()
+            .find_map(|line| line.strip_prefix("x-request-id:"))
+            .map(str::trim);
+        assert!(request_id.is_some_and(|id| id.len() == 32), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
         let body = &answer[answer.find("\r\n\r\n").expect("a whole head") + 4..];
         let json: Value = serde_json::from_str(body).expect("a JSON error body");
         let message = json["error"]["message"].as_str().unwrap_or_default();

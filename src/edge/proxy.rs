@@ -199,6 +199,9 @@ impl SluiceProxy {
                 Ok(false) => return None,
                 Err(e) => {
                     if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) {
+                        // An id of its own for the answer and the access log: a client's, if it
+                        // sent one, is in the head that was not read.
+                        ctx.request_id = crate::request_id::generate();
                         let error = ProxyError::new(
                             ProxyErrorKind::BadRequest,
                             unreadable_head_message(&e),
