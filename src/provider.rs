@@ -80,6 +80,8 @@ pub enum ProxyErrorKind {
     HeadersTooLarge,
     /// A method Sluice does not proxy (`CONNECT`).
     MethodNotAllowed,
+    /// A request framing Sluice does not decode (a transfer coding other than `chunked`).
+    NotImplemented,
     /// Sluice is shutting down and the grace period for running requests is over.
     ShuttingDown,
 }
@@ -94,6 +96,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::PayloadTooLarge => 413,
             ProxyErrorKind::HeadersTooLarge => 431,
             ProxyErrorKind::MethodNotAllowed => 405,
+            ProxyErrorKind::NotImplemented => 501,
             ProxyErrorKind::ShuttingDown => 503,
             ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => 502,
             ProxyErrorKind::UpstreamTimeout
@@ -117,6 +120,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::PayloadTooLarge => "request_too_large",
             ProxyErrorKind::HeadersTooLarge => "request_header_too_large",
             ProxyErrorKind::MethodNotAllowed => "method_not_allowed",
+            ProxyErrorKind::NotImplemented => "not_implemented",
             ProxyErrorKind::ShuttingDown => "server_shutting_down",
         }
     }
@@ -130,9 +134,9 @@ impl ProxyErrorKind {
                 ProxyErrorKind::Unauthorized => "authentication_error",
                 ProxyErrorKind::RateLimited => "rate_limit_error",
                 ProxyErrorKind::PayloadTooLarge => "request_too_large",
-                ProxyErrorKind::HeadersTooLarge | ProxyErrorKind::MethodNotAllowed => {
-                    "invalid_request_error"
-                }
+                ProxyErrorKind::HeadersTooLarge
+                | ProxyErrorKind::MethodNotAllowed
+                | ProxyErrorKind::NotImplemented => "invalid_request_error",
                 ProxyErrorKind::UpstreamUnavailable
                 | ProxyErrorKind::UpstreamBroken
                 | ProxyErrorKind::ShuttingDown => "api_error",
@@ -144,6 +148,7 @@ impl ProxyErrorKind {
                 | ProxyErrorKind::PayloadTooLarge
                 | ProxyErrorKind::HeadersTooLarge
                 | ProxyErrorKind::MethodNotAllowed => "INVALID_ARGUMENT",
+                ProxyErrorKind::NotImplemented => "UNIMPLEMENTED",
                 ProxyErrorKind::Unauthorized => "UNAUTHENTICATED",
                 ProxyErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
                 ProxyErrorKind::UpstreamUnavailable
@@ -157,7 +162,8 @@ impl ProxyErrorKind {
                 | ProxyErrorKind::Unauthorized
                 | ProxyErrorKind::PayloadTooLarge
                 | ProxyErrorKind::HeadersTooLarge
-                | ProxyErrorKind::MethodNotAllowed => "invalid_request_error",
+                | ProxyErrorKind::MethodNotAllowed
+                | ProxyErrorKind::NotImplemented => "invalid_request_error",
                 // What OpenAI itself sends for a request-rate limit.
                 ProxyErrorKind::RateLimited => "requests",
                 _ => "server_error",

@@ -605,3 +605,28 @@ fn unreadable_request_heads_get_a_400_json_error_that_repeats_nothing() {
         "the error log repeats a head:\n{errors}"
     );
 }
+
+/// A request body in a transfer coding besides `chunked` (`gzip, chunked`) gets a JSON 501:
+/// Pingora would take off the chunked framing only, and the body would reach the upstream still
+/// gzipped, with nothing to say so.
+#[test]
+fn a_request_body_in_another_transfer_coding_gets_a_501() {
+    let upstream = ok_upstream();
+    let sluice = start("", &one_route(&upstream, "    provider: anthropic\n"));
+    let response = raw(
+        &sluice,
+        "POST /v1/messages HTTP/1.1\r\nHost: sluice.test\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n",
+    );
+    assert_eq!(response.status, 501, "{}", response.text());
+    let error: Value = response.json();
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+    assert!(upstream.requests().is_empty());
+    // Chunked alone is taken as before.
+    let response = raw(
+        &sluice,
+        "POST /v1/messages HTTP/1.1\r\nHost: sluice.test\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(upstream.requests().len(), 1);
+}

@@ -2,7 +2,7 @@
 //! body over its limit, a path that could climb out of the route), the body read ahead of
 //! forwarding, and the sending itself.
 
-use crate::edge::headers::{asks_for_websocket, values, BodyFraming, UpstreamHead};
+use crate::edge::headers::{asks_for_websocket, only_chunked, values, BodyFraming, UpstreamHead};
 use crate::edge::upstream::UpstreamConn;
 use crate::provider::{ProxyError, ProxyErrorKind};
 use crate::route::Route;
@@ -16,7 +16,7 @@ use std::time::Duration;
 /// uninspected.
 pub const INSPECT_BODY_LIMIT: usize = 1024 * 1024;
 
-/// The refusals that need only the request head: `431`, `400`, `413`.
+/// The refusals that need only the request head: `431`, `400`, `501`, `413`.
 pub fn check_head(route: &Route, down: &ServerSession) -> Result<(), ProxyError> {
     let req = down.req_header();
     let size = head_size(req);
@@ -39,6 +39,15 @@ pub fn check_head(route: &Route, down: &ServerSession) -> Result<(), ProxyError>
         return Err(ProxyError::new(
             ProxyErrorKind::BadRequest,
             "WebSocket is only relayed over HTTP/1.1 (HTTP/2 extended CONNECT is not supported)",
+        ));
+    }
+    // Pingora takes a body whose last transfer coding is `chunked` and takes off only that one;
+    // forwarded with a length, the rest (`gzip, chunked`) would reach the upstream still coded
+    // and unannounced (RFC 9112 §6.1: 501 for a coding not understood).
+    if !only_chunked(values(&req.headers, &http::header::TRANSFER_ENCODING)) {
+        return Err(ProxyError::new(
+            ProxyErrorKind::NotImplemented,
+            "only the chunked transfer coding is accepted on a request body",
         ));
     }
     if let Some(declared) = declared_length(req) {
