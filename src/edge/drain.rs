@@ -1,7 +1,8 @@
 //! Leaving cleanly: after SIGTERM (or SIGQUIT, once the listening sockets went to the new
 //! process) the requests still running finish, then the usage ledger is flushed and the
 //! limiter's Redis slots are handed back, and the process exits at once — not at the end of
-//! Pingora's grace period, which only bounds how long the running requests may take.
+//! Pingora's grace period, which only bounds how long the running requests may take (at the
+//! soonest 1 s after the signal: the cleartext listeners accept for a request's arrival grace).
 //!
 //! Streams still running when the grace period is over are ended by Sluice, not cut by the
 //! runtime stopping: each gets its terminal error event (or WebSocket Close frame) and its usage
