@@ -231,6 +231,37 @@ fn assert_paced(sent: &[Instant], frames: &[(Instant, Bytes)]) {
     }
 }
 
+/// At SIGTERM a TLS listener stops accepting at once, unlike a cleartext one (a TLS client
+/// speaks as soon as it connects, so one that connected before the signal has been accepted
+/// already; one accepted later would have only what is left of the arrival grace for its
+/// handshake), while the stream already running is carried to its end.
+#[test]
+fn at_sigterm_a_tls_listener_stops_accepting_and_its_streams_run_to_their_end() {
+    let upstream = paced_events();
+    let (sluice, ca) = edge_sluice(&upstream, "");
+    runtime().block_on(async {
+        let mut running = tls_support::connect(sluice.addr, &ca, "edge.test", &[b"http/1.1"]).await;
+        let stream = tls_support::h1_request(&mut running.stream, "POST", "/v1/x", b"{}");
+        let late = async {
+            // The stream is under way (its events come 150 ms apart).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            sluice.signal("TERM");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let connect = tls_support::try_connect(sluice.addr, &ca, "edge.test", &[b"http/1.1"]);
+            // Refused, reset or left unanswered: anything but a handshake.
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), connect).await,
+                Ok(Ok(_))
+            )
+        };
+        let ((status, _, body), accepted_late) = tokio::join!(stream, late);
+        assert!(!accepted_late, "a TLS client was accepted after SIGTERM");
+        assert_eq!(status, 200);
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(body.matches("data: {\"i\":").count(), 5, "{body}");
+    });
+}
+
 #[test]
 fn event_stream_over_h2_over_tls_arrives_event_by_event() {
     let upstream = paced_events();
