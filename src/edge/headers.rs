@@ -585,20 +585,6 @@ pub fn asks_for_websocket<'a>(upgrade: impl Iterator<Item = &'a [u8]>) -> bool {
         })
 }
 
-/// Whether the `Transfer-Encoding` values `te` name no transfer coding but one `chunked` (or
-/// none at all): the only coding Sluice takes off a request body, Pingora taking off just the
-/// last one.
-pub fn only_chunked<'a>(te: impl Iterator<Item = &'a [u8]>) -> bool {
-    let mut codings = te
-        .flat_map(|v| v.split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty());
-    match codings.next() {
-        None => true,
-        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,19 +763,6 @@ mod tests {
         });
         assert_eq!(req.headers["transfer-encoding"], "chunked");
         assert_eq!(req.headers["accept-encoding"], "gzip, br");
-    }
-
-    #[test]
-    fn only_a_single_chunked_coding_is_taken() {
-        let only = |values: &[&str]| only_chunked(values.iter().map(|v| v.as_bytes()));
-        assert!(only(&[]));
-        assert!(only(&["chunked"]));
-        assert!(only(&[" Chunked "]));
-        assert!(!only(&["gzip, chunked"]));
-        assert!(!only(&["gzip", "chunked"]));
-        assert!(!only(&["chunked, chunked"]));
-        assert!(!only(&["identity"]));
-        assert!(!only(&["deflate"]));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Where a response body ends (RFC 9112 §6.3) and whether the connection outlives it.
+//! Where a response body ends (RFC 9112 §6.3) and whether the connection outlives it; which
+//! request transfer codings can be taken off.
 
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderName, StatusCode, Version};
@@ -144,14 +145,32 @@ fn has_token(headers: &Fields, name: &HeaderName, token: &[u8]) -> bool {
     list_elements(headers, name).any(|element| element.eq_ignore_ascii_case(token))
 }
 
+/// Whether a request's `Transfer-Encoding` field values name one `chunked` and no other coding,
+/// or no coding at all: the only transfer coding a proxy that forwards a body with a length of
+/// its own can take off (RFC 9112 §6.1: a server answers a coding it does not understand with
+/// `501`). Chunked twice is refused as for a response (§7.1).
+pub fn only_chunked<'a>(values: impl Iterator<Item = &'a [u8]> + 'a) -> bool {
+    let mut codings = elements(values);
+    match codings.next() {
+        None => true,
+        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
+    }
+}
+
 /// The non-empty elements of a comma-separated list header, across all its field lines, with
 /// optional whitespace trimmed (RFC 9110 §5.6.1: empty elements are ignored).
 fn list_elements<'a>(
     headers: &'a Fields,
     name: &'a HeaderName,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
-    headers
-        .get_all(name)
+    elements(headers.get_all(name))
+}
+
+/// [`list_elements`] of field values however they are held.
+fn elements<'a>(
+    values: impl Iterator<Item = &'a [u8]> + 'a,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    values
         .flat_map(|value| value.split(|&b| b == b','))
         .map(trim_ows)
         .filter(|element| !element.is_empty())

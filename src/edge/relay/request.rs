@@ -2,7 +2,7 @@
 //! body over its limit, a path that could climb out of the route), the body read ahead of
 //! forwarding, and the sending itself.
 
-use crate::edge::headers::{asks_for_websocket, only_chunked, values, BodyFraming, UpstreamHead};
+use crate::edge::headers::{asks_for_websocket, values, BodyFraming, UpstreamHead};
 use crate::edge::upstream::UpstreamConn;
 use crate::provider::{ProxyError, ProxyErrorKind};
 use crate::route::Route;
@@ -44,7 +44,7 @@ pub fn check_head(route: &Route, down: &ServerSession) -> Result<(), ProxyError>
     // Pingora takes a body whose last transfer coding is `chunked` and takes off only that one;
     // forwarded with a length, the rest (`gzip, chunked`) would reach the upstream still coded
     // and unannounced (RFC 9112 §6.1: 501 for a coding not understood).
-    if !only_chunked(values(&req.headers, &http::header::TRANSFER_ENCODING)) {
+    if !crate::http1::only_chunked(values(&req.headers, &http::header::TRANSFER_ENCODING)) {
         return Err(ProxyError::new(
             ProxyErrorKind::NotImplemented,
             "only the chunked transfer coding is accepted on a request body",

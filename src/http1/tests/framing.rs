@@ -1,5 +1,5 @@
 use super::head;
-use crate::http1::{keeps_alive, response_framing, BodyFraming, Http1Error};
+use crate::http1::{keeps_alive, only_chunked, response_framing, BodyFraming, Http1Error};
 
 use BodyFraming::{Chunked, Empty, Length, UntilClose};
 
@@ -228,4 +228,17 @@ fn keep_alive_after_a_head_request() {
     let head = h(OK11, &[]);
     let framing = response_framing(&head, true).unwrap();
     assert!(keeps_alive(&head, &framing));
+}
+
+#[test]
+fn only_a_single_chunked_coding_is_taken() {
+    let only = |values: &[&str]| only_chunked(values.iter().map(|v| v.as_bytes()));
+    assert!(only(&[]));
+    assert!(only(&["chunked"]));
+    assert!(only(&[" Chunked "]));
+    assert!(!only(&["gzip, chunked"]));
+    assert!(!only(&["gzip", "chunked"]));
+    assert!(!only(&["chunked, chunked"]));
+    assert!(!only(&["identity"]));
+    assert!(!only(&["deflate"]));
 }
