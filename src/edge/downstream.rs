@@ -78,16 +78,12 @@ impl<'a> Downstream<'a> {
     /// response keeps it.
     pub async fn start(
         session: &'a mut RequestSession,
-        head: ClientHead,
+        mut head: ClientHead,
         stream: bool,
     ) -> pingora::Result<Downstream<'a>> {
         if !(stream && sluice_writes(session.get(), &head)) {
             let down = session.get();
-            let mut head = head;
-            if head.is_chunked()
-                && down.as_http1().is_some()
-                && down.req_header().version < http::Version::HTTP_11
-            {
+            if head.is_chunked() && down.req_header().version < http::Version::HTTP_11 {
                 // An HTTP/1.0 client takes no chunked body: it gets the body as it is, up to the
                 // connection's close (a sized body keeps its length and the keep-alive).
                 head.close_delimited();

@@ -47,6 +47,16 @@ fn shape_dropped(shape: ResponseShape) -> &'static [&'static [u8]] {
     }
 }
 
+/// The upstream's framing fields a close-delimited head drops: the chunked framing Sluice takes
+/// off, and a `Content-Length` sent beside it (which that framing overrode).
+fn framing_dropped(close_delimited: bool) -> &'static [&'static [u8]] {
+    if close_delimited {
+        &[b"transfer-encoding", b"content-length"]
+    } else {
+        &[]
+    }
+}
+
 /// `name` in lower case, on the stack when it fits: an upstream's names come as it sent them,
 /// and every field of a head is checked against a dozen names, each then one plain compare.
 fn lowered<'b>(name: &[u8], buf: &'b mut [u8; 64]) -> Cow<'b, [u8]> {
@@ -406,19 +416,29 @@ impl ClientHead {
             HOP_BY_HOP
                 .iter()
                 .chain(shape_dropped(self.shape))
+                .chain(framing_dropped(self.close_delimited))
                 .copied()
                 .chain(self.connection_tokens.iter().map(|t| t.as_bytes()))
                 .chain(self.set.iter().map(|(name, _)| name.as_str().as_bytes())),
         );
-        move |name| {
-            if self.close_delimited
-                && (name.eq_ignore_ascii_case(b"transfer-encoding")
-                    || name.eq_ignore_ascii_case(b"content-length"))
-            {
-                return false;
+        move |name| !lengths.may_match(name) || self.keeps(name)
+    }
+
+    /// Whether the upstream's field `name` (as it sent it) is passed on to the client: what
+    /// [`Self::kept`] asks for a name it cannot rule out by length.
+    fn keeps(&self, name: &[u8]) -> bool {
+        let mut buf = [0u8; 64];
+        let name = &*lowered(name, &mut buf);
+        let kept = match self.shape {
+            _ if framing_dropped(self.close_delimited).contains(&name) => false,
+            // The client's framing follows the upstream's: a chunked body stays chunked.
+            ResponseShape::Plain if name == b"transfer-encoding" => true,
+            _ => {
+                !is_hop_by_hop(name, &self.connection_tokens)
+                    && !shape_dropped(self.shape).contains(&name)
             }
-            !lengths.may_match(name) || keeps(self.shape, &self.connection_tokens, &self.set, name)
-        }
+        };
+        kept && !self.set.has_lowered(name)
     }
 
     /// The head as bytes, for an HTTP/1.1 stream Sluice writes itself: the status line and
@@ -501,18 +521,6 @@ impl ClientHead {
         head.set_reason_phrase(self.reason.as_deref())?;
         Ok(head)
     }
-}
-
-/// Whether the upstream's field `name` (as it sent it) is passed on to the client.
-fn keeps(shape: ResponseShape, connection_tokens: &[String], set: &SetFields, name: &[u8]) -> bool {
-    let mut buf = [0u8; 64];
-    let name = &*lowered(name, &mut buf);
-    let kept = match shape {
-        // The client's framing follows the upstream's: a chunked body stays chunked.
-        ResponseShape::Plain if name == b"transfer-encoding" => true,
-        _ => !is_hop_by_hop(name, connection_tokens) && !shape_dropped(shape).contains(&name),
-    };
-    kept && !set.has_lowered(name)
 }
 
 /// The lengths of a set of names (below 64 bytes), to rule out a name that cannot be one of them
@@ -1207,7 +1215,7 @@ mod tests {
         }
 
         proptest! {
-            /// The length filter answers as `keeps` does, for every shape.
+            /// The length filter answers as `keeps` does, for every shape, close-delimited or not.
             #[test]
             fn kept_answers_as_keeps(
                 shape in prop::sample::select(vec![
@@ -1216,6 +1224,7 @@ mod tests {
                     ResponseShape::Upgrade,
                 ]),
                 name in name(),
+                close_delimited in any::<bool>(),
             ) {
                 let up = upstream_head(200, &[
                     ("Connection", "X-Sluice-Test-Hop-Token, keep-alive"),
@@ -1226,10 +1235,13 @@ mod tests {
                     HeaderName::from_static("x-ratelimit-limit-streams"),
                     HeaderValue::from_static("4"),
                 )];
-                let head = client_response(up, shape, "rid", &extra).unwrap();
+                let mut head = client_response(up, shape, "rid", &extra).unwrap();
+                if close_delimited {
+                    head.close_delimited();
+                }
                 prop_assert_eq!(
                     head.kept()(name.as_bytes()),
-                    keeps(head.shape, &head.connection_tokens, &head.set, name.as_bytes())
+                    head.keeps(name.as_bytes())
                 );
             }
         }
