@@ -38,6 +38,19 @@ fn one_route(upstream: &Upstream, route: &str) -> String {
     )
 }
 
+/// The access log written to `path` once it has `lines` lines (written as each request ends),
+/// or as it is after 5 s.
+fn access_log_lines(path: &std::path::Path, lines: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap();
+        if log.lines().count() >= lines || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends a hand-made request head on a new connection and reads the response.
 fn raw(sluice: &Sluice, head: &str) -> support::client::Response {
     let mut client = Client::connect(sluice.addr);
@@ -398,14 +411,7 @@ fn client_keys_never_appear_in_the_access_log() {
         sent += 1;
     }
     // The access log is written as each request ends.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let log = loop {
-        let log = std::fs::read_to_string(&stdout).unwrap();
-        if log.lines().count() >= sent || Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let log = access_log_lines(&stdout, sent);
     sluice.kill();
     assert_eq!(
         log.lines().count(),
@@ -545,15 +551,8 @@ fn unreadable_request_heads_get_a_400_json_error_that_repeats_nothing() {
         format!("GET /v1/x?key={secret}&q=< HTTP/1.1\r\nHost: sluice.test\r\n\r\n"),
     ];
     for head in &heads {
-        let mut stream = TcpStream::connect(sluice.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        stream.write_all(head.as_bytes()).unwrap();
-        let mut answer = Vec::new();
         // Read to the end: the connection is closed after the answer.
-        stream.read_to_end(&mut answer).unwrap();
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = support::client::exchange_until_closed(sluice.addr, head.as_bytes());
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
         let head = answer[..answer.find("\r\n\r\n").expect("a whole head")].to_ascii_lowercase();
         let request_id = head
@@ -575,14 +574,7 @@ fn unreadable_request_heads_get_a_400_json_error_that_repeats_nothing() {
     let response = raw(&sluice, "GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\n\r\n");
     assert_eq!(response.status, 200, "Sluice still serves");
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let log = loop {
-        let log = std::fs::read_to_string(&stdout).unwrap();
-        if log.lines().count() > heads.len() || Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let log = access_log_lines(&stdout, heads.len() + 1);
     sluice.kill();
     let refused = log
         .lines()

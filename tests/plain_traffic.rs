@@ -160,7 +160,6 @@ fn chunked_request_body_and_chunked_response() {
 /// connection, even when it asked to keep it; a sized body is kept alive as asked.
 #[test]
 fn an_http1_0_client_gets_bodies_without_chunked_framing() {
-    use std::io::{Read, Write};
     let upstream = echo_upstream();
     let sluice = sluice_for(&upstream);
     let stream_body = r#"{"model":"m","stream":true}"#;
@@ -178,15 +177,8 @@ fn an_http1_0_client_gets_bodies_without_chunked_framing() {
         ),
     ];
     for (request, expected) in exchanges {
-        let mut stream = std::net::TcpStream::connect(sluice.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = Vec::new();
         // To the end: the body ends with the connection.
-        stream.read_to_end(&mut response).unwrap();
-        let response = String::from_utf8(response).unwrap();
+        let response = support::client::exchange_until_closed(sluice.addr, request.as_bytes());
         let (head, body) = response.split_once("\r\n\r\n").unwrap();
         let head = head.to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 200"), "{head}");

@@ -180,3 +180,19 @@ impl Client {
         matches!(self.reader.read(&mut byte), Ok(0))
     }
 }
+
+/// Writes `request` on a new connection and reads everything the server sends until it closes
+/// the connection (at most 10 s), the framing left as it came: for answers whose connection
+/// ends with them (a refused head, a close-delimited body).
+pub fn exchange_until_closed(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("the server closed the connection");
+    String::from_utf8_lossy(&answer).into_owned()
+}
