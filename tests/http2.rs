@@ -352,6 +352,53 @@ fn an_h2c_listener_serves_http1_and_a_preface_in_two_writes() {
     });
 }
 
+/// The server's first frames may wait for a request that came with the client's preface, never
+/// for one that has not: a client that sends its preface and SETTINGS, then waits for the
+/// server's before it sends anything more, gets the server's SETTINGS and the acknowledgement of
+/// its own.
+#[test]
+fn a_client_that_waits_for_the_servers_settings_gets_them() {
+    let upstream = anthropic_upstream();
+    let sluice = h2c_routed_to(&upstream, "    provider: anthropic\n", "");
+    runtime().block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+        // The preface and an empty SETTINGS frame, in one write.
+        let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        opening.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        tcp.write_all(&opening).await.unwrap();
+        // Frames as (type, flags), until the server has sent its SETTINGS and an ACK.
+        let mut frames = Vec::new();
+        let mut seen = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut buf = [0u8; 1024];
+            while !(frames.contains(&(4, 0)) && frames.contains(&(4, 1))) {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed; frames so far {frames:?}");
+                seen.extend_from_slice(&buf[..n]);
+                while seen.len() >= 9 {
+                    let len = u32::from_be_bytes([0, seen[0], seen[1], seen[2]]) as usize;
+                    if seen.len() < 9 + len {
+                        break;
+                    }
+                    frames.push((seen[3], seen[4]));
+                    seen.drain(..9 + len);
+                }
+            }
+        })
+        .await;
+        assert!(
+            read.is_ok(),
+            "the server's SETTINGS held back: frames {frames:?}"
+        );
+        assert_eq!(
+            frames[0],
+            (4, 0),
+            "the server's first frame is its SETTINGS"
+        );
+    });
+}
+
 /// A stream whose first `n` bytes written were sent already: the h2 client's preface goes out
 /// without them.
 struct Rest(tokio::net::TcpStream, usize);

@@ -10,8 +10,10 @@
 //! as one connection's requests do in nginx or over HTTP/1.1.
 
 use super::drain;
+use super::h2_io;
 use super::proxy::SluiceProxy;
 use super::timer;
+use bytes::BytesMut;
 use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
@@ -42,13 +44,17 @@ static NO_DIGEST: Lazy<Arc<Digest>> = Lazy::new(|| Arc::new(Digest::default()));
 /// has ended (and recorded its usage). At shutdown the client is sent a GOAWAY; streams already
 /// open are served to their end. A connection with no stream open for the keep-alive
 /// (`server.keepalive_timeout`) is sent a GOAWAY too, as an idle HTTP/1.1 one is closed, and
-/// dropped if it is still there as long again.
+/// dropped if it is still there as long again. `read_already`: the connection's first bytes, when
+/// they have been read to tell HTTP/2 from HTTP/1.1 (h2c).
 pub(super) async fn serve(
     app: Arc<SluiceProxy>,
     stream: Stream,
+    read_already: BytesMut,
     peer: SocketAddr,
     mut shutdown: ShutdownWatch,
 ) {
+    // The server's first frames wait for the first request to go upstream (`h2_io`).
+    let (stream, first_flight) = h2_io::wrap(stream, read_already);
     // The handshake boxed, inside a block: held by value, its 3 KB (and the result's) would stay
     // in this future's state beside the connection's for the connection's whole life (the
     // future was 7,680 bytes so, 1,648 boxed).
@@ -64,6 +70,7 @@ pub(super) async fn serve(
             Err(_) => return log::error!("H2 handshake timeout from {peer}"),
         }
     };
+    first_flight.handshake_done();
     // Each request watches shutdown for itself.
     let request_shutdown = shutdown.clone();
     let goaway = drain::shutdown_begun(&mut shutdown);
@@ -71,7 +78,8 @@ pub(super) async fn serve(
     let mut goaway_sent = false;
     let mut streams = FuturesUnordered::new();
     let mut malformed = 0;
-    let served = SelfWakesPollAgain::new(async {
+    let mut accepted_one = false;
+    let connection = Box::pin(async {
         loop {
             tokio::select! {
                 biased;
@@ -91,6 +99,7 @@ pub(super) async fn serve(
                             let session = ServerSession::new_http2(session);
                             let request = app.serve_request(session, Some(peer), &request_shutdown);
                             streams.push(isolated(request, peer));
+                            accepted_one = true;
                         }
                         // Already answered or reset by Pingora; the connection goes on, within a
                         // budget (Pingora's count and level).
@@ -117,9 +126,20 @@ pub(super) async fn serve(
                     conn.graceful_shutdown();
                     goaway_sent = true;
                 }
+                // Last, so reached only when everything above has to wait (the first request, if
+                // accepted, has gone as far as it can, its upstream write included): the next
+                // turn's accept sends what the connection held.
+                () = std::future::ready(()), if first_flight.is_held() => {
+                    if accepted_one {
+                        first_flight.first_request_started();
+                    } else {
+                        first_flight.release();
+                    }
+                }
             }
         }
     });
+    let served = SelfWakesPollAgain::new(first_flight.held_while_busy(connection));
     // A panic in the connection's own code (accepting, h2) still lets its streams end below,
     // each recording its usage, as they would have in tasks of their own.
     if let Err(panic) = AssertUnwindSafe(served).catch_unwind().await {
@@ -190,7 +210,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 /// to do. Bounded, so a future that keeps waking itself still yields to tokio; tokio's
 /// cooperative budget defers its own wakes past the poll and is not seen here.
 struct SelfWakesPollAgain<F> {
-    future: Pin<Box<F>>,
+    future: F,
     wake: Arc<Wake>,
 }
 
@@ -222,10 +242,10 @@ impl ArcWake for Wake {
     }
 }
 
-impl<F: Future> SelfWakesPollAgain<F> {
+impl<F: Future + Unpin> SelfWakesPollAgain<F> {
     fn new(future: F) -> Self {
         SelfWakesPollAgain {
-            future: Box::pin(future),
+            future,
             wake: Arc::new(Wake {
                 state: AtomicU8::new(IDLE),
                 task: AtomicWaker::new(),
@@ -234,7 +254,7 @@ impl<F: Future> SelfWakesPollAgain<F> {
     }
 }
 
-impl<F: Future> Future for SelfWakesPollAgain<F> {
+impl<F: Future + Unpin> Future for SelfWakesPollAgain<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -247,7 +267,7 @@ impl<F: Future> Future for SelfWakesPollAgain<F> {
         let waker = waker_ref(&this.wake);
         let mut inner = Context::from_waker(&waker);
         for _ in 0..=POLLS_AGAIN {
-            if let Poll::Ready(done) = this.future.as_mut().poll(&mut inner) {
+            if let Poll::Ready(done) = Pin::new(&mut this.future).poll(&mut inner) {
                 this.wake.state.store(IDLE, Ordering::Release);
                 return Poll::Ready(done);
             }

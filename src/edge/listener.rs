@@ -229,9 +229,14 @@ async fn accept_loop(
         // Counted from the accept, not from the task's first poll.
         let first_request = drain::InFlight::start();
         match &kind {
-            Kind::Plain => {
-                tokio::spawn(serve(Tcp::stream(tcp), peer, app, shutdown, first_request))
-            }
+            Kind::Plain => tokio::spawn(serve(
+                Tcp::stream(tcp),
+                None,
+                peer,
+                app,
+                shutdown,
+                first_request,
+            )),
             Kind::Tls(tls) => tokio::spawn(serve_tls(
                 tls.clone(),
                 tcp,
@@ -289,9 +294,9 @@ async fn serve_tls(
         }
     };
     if stream.selected_alpn_proto() == Some(ALPN::H2) {
-        return serve_h2(app, stream, peer, shutdown, first_request).await;
+        return serve_h2(app, stream, BytesMut::new(), peer, shutdown, first_request).await;
     }
-    serve(stream, peer, app, shutdown, first_request).await
+    serve(stream, None, peer, app, shutdown, first_request).await
 }
 
 /// `work`, unless the grace for a connection's first request ends first (`None`): a client
@@ -306,27 +311,29 @@ async fn unless_grace_over<F: Future>(shutdown: &mut ShutdownWatch, work: F) -> 
 }
 
 /// A client connection on an h2c listener: HTTP/2 when it opens with the preface (prior
-/// knowledge), HTTP/1.1 otherwise. The preface is peeked, not read, so either server reads the
-/// connection from its first byte.
+/// knowledge), HTTP/1.1 otherwise. Either server is handed the bytes read to tell them apart.
 async fn serve_h2c(
-    tcp: tokio::net::TcpStream,
+    mut tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     app: Arc<SluiceProxy>,
     mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    let preface = timer::timeout(app.timeouts.keepalive, opens_with_h2_preface(&tcp));
-    let Some(h2) = unless_grace_over(&mut shutdown, preface).await else {
+    let opening = timer::timeout(app.timeouts.keepalive, read_opening(&mut tcp));
+    let Some(opening) = unless_grace_over(&mut shutdown, opening).await else {
         return;
     };
-    match h2 {
-        Ok(Ok(true)) => {
+    match opening {
+        Ok(Ok(Opening::Http2(read))) => {
             let stream = Tcp::stream(tcp);
-            serve_h2(app, stream, peer, shutdown, first_request).await
+            serve_h2(app, stream, read, peer, shutdown, first_request).await
         }
-        Ok(Ok(false)) => serve(Tcp::stream(tcp), peer, app, shutdown, first_request).await,
-        // A read error, or nothing sent for the keep-alive: closed as an idle HTTP/1.1
-        // connection would be.
+        Ok(Ok(Opening::Http1(read))) => {
+            let stream = Tcp::stream(tcp);
+            serve(stream, Some(read), peer, app, shutdown, first_request).await
+        }
+        // A read error, or nothing (or half a preface) sent for the keep-alive: closed as an
+        // idle HTTP/1.1 connection would be.
         _ => {}
     }
 }
@@ -334,34 +341,48 @@ async fn serve_h2c(
 /// The HTTP/2 client preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether the client's first bytes are the HTTP/2 preface; `false` as soon as they differ, when
-/// the client closes, or when a partial preface is not completed within about a second.
-async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    // Peeking returns at once while bytes wait, so a preface cut in two (rare: it is 24 bytes)
-    // is looked at again after a pause that doubles: 1 ms to 512 ms, ten looks in all.
-    for pause_ms in (0..10).map(|i| 1u64 << i) {
-        let n = tcp.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
+/// What a client on an h2c listener opened with, and the bytes read to tell.
+enum Opening {
+    Http2(BytesMut),
+    /// Empty when the client closed without sending anything.
+    Http1(BytesMut),
+}
+
+/// Reads a connection's first bytes until they are the HTTP/2 preface or cannot be: as soon as
+/// they differ from it, or the client closes. A preface cut short (rare: it is 24 bytes) is
+/// waited for.
+async fn read_opening(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Opening> {
+    let mut opening = BytesMut::new();
+    loop {
+        let read = first_bytes(tcp).await?;
+        if read.is_empty() {
+            return Ok(Opening::Http1(opening));
         }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
+        if opening.is_empty() {
+            opening = read;
+        } else {
+            opening.extend_from_slice(&read);
         }
-        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        let seen = opening.len().min(H2_PREFACE.len());
+        if opening[..seen] != H2_PREFACE[..seen] {
+            return Ok(Opening::Http1(opening));
+        }
+        if seen == H2_PREFACE.len() {
+            return Ok(Opening::Http2(opening));
+        }
     }
-    Ok(false)
 }
 
 /// An HTTP/2 connection (`h2_server.rs`), counted for its first request's grace.
 async fn serve_h2(
     app: Arc<SluiceProxy>,
     stream: pingora::protocols::Stream,
+    read_already: BytesMut,
     peer: std::net::SocketAddr,
     mut shutdown: ShutdownWatch,
     first_request: drain::InFlight,
 ) {
-    let session = h2_server::serve(app, stream, peer, shutdown.clone());
+    let session = h2_server::serve(app, stream, read_already, peer, shutdown.clone());
     tokio::pin!(session);
     // Its requests count themselves (`RequestCtx`) once read; until then the connection is
     // counted here, as a fresh HTTP/1.1 one is, for the grace its first request gets.
@@ -377,8 +398,10 @@ async fn serve_h2(
 }
 
 /// One client connection: requests one after the other while it is kept alive.
+/// `opening`: the connection's first bytes, when they have been read already (h2c).
 async fn serve(
     mut stream: pingora::protocols::Stream,
+    mut opening: Option<BytesMut>,
     peer: std::net::SocketAddr,
     app: Arc<SluiceProxy>,
     mut shutdown: ShutdownWatch,
@@ -389,27 +412,34 @@ async fn serve(
     let mut first_request = Some(first_request);
     loop {
         let fresh = first_request.is_some();
-        // Boxed: the wait's timers (~310 bytes) would otherwise size this task's state, which
-        // every open stream keeps while its request is served; one allocation per request.
-        let wait = Box::pin(async {
-            let read = timer::timeout(app.timeouts.keepalive, first_bytes(&mut stream));
-            // Biased: bytes already here are served even once shutdown has begun. An idle
-            // kept-alive connection is closed when the service shuts down (or after
-            // the keep-alive without a request); a fresh one still gets its first request's
-            // grace.
-            tokio::select! {
-                biased;
-                read = read => Some(read),
-                _ = closing_time(&mut shutdown, fresh) => None,
+        let read = match opening.take() {
+            Some(read) => Ok(Ok(read)),
+            None => {
+                // Boxed: the wait's timers (~310 bytes) would otherwise size this task's state,
+                // which every open stream keeps while its request is served; one allocation per
+                // request.
+                let wait = Box::pin(async {
+                    let read = timer::timeout(app.timeouts.keepalive, first_bytes(&mut stream));
+                    // Biased: bytes already here are served even once shutdown has begun. An
+                    // idle kept-alive connection is closed when the service shuts down (or after
+                    // the keep-alive without a request); a fresh one still gets its first
+                    // request's grace.
+                    tokio::select! {
+                        biased;
+                        read = read => Some(read),
+                        _ = closing_time(&mut shutdown, fresh) => None,
+                    }
+                });
+                match wait.await {
+                    Some(read) => read,
+                    None => return,
+                }
             }
-        });
-        let Some(first_bytes) = wait.await else {
-            return;
         };
         // Counted until answered: a fresh connection from its accept, a kept-alive one from its
         // request's first bytes (the rest of its head still gets the grace at shutdown).
         let _answering = first_request.take().unwrap_or_else(drain::InFlight::start);
-        let prefix = match first_bytes {
+        let prefix = match read {
             Ok(Ok(prefix)) if !prefix.is_empty() => prefix,
             // Closed by the client, a read error, or idle too long.
             _ => return,
@@ -459,7 +489,7 @@ fn request_session(
 /// (header values point into it) and would start one at 4 KiB; a stream request's head is a few
 /// hundred bytes, so reading it first here saves ~3.5 KiB per open stream. Pingora parses this as
 /// the start of the request and reads the rest itself when the head is longer.
-async fn first_bytes(stream: &mut pingora::protocols::Stream) -> std::io::Result<BytesMut> {
+async fn first_bytes<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<BytesMut> {
     std::future::poll_fn(|cx| {
         // On the stack of this poll only: an idle connection's future holds no buffer.
         let mut space = [MaybeUninit::<u8>::uninit(); FIRST_READ];

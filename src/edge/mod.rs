@@ -6,6 +6,7 @@ mod admission;
 mod demo_service;
 mod downstream;
 mod drain;
+mod h2_io;
 mod h2_server;
 mod headers;
 mod listener;
