@@ -275,10 +275,7 @@ async fn run(options: Options, binary: sluice_bin::SluiceBinary) -> Result<(), S
         .collect();
     let started = std::time::Instant::now();
     for round in 0..options.rounds as usize {
-        // Rotate the order each round, so no target always runs first (or right after another).
-        let order: Vec<usize> = (0..targets.len())
-            .map(|i| (i + round) % targets.len())
-            .collect();
+        let order = round_order(targets.len(), round);
         for &scenario in &options.scenarios {
             for &i in &order {
                 let target = &mut targets[i];
@@ -506,4 +503,37 @@ pub fn nproc() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// The order `n` targets run in, round `round`: rows of a Williams design (row `q`:
+/// 0, 1, n−1, 2, n−2, … shifted by `q`), each row once as it is and once reversed, so that both a
+/// target's place and the target run just before it change from round to round.
+///
+/// A run leaves the machine busy for a while after it (a proxy's deferred work, the kernel's), and
+/// the target run right after it pays for that. Rotating one order, as the harness did before,
+/// keeps every target's predecessor the same in every round: in first-byte runs of 5 targets the
+/// Sluice build run right after `sluice` came out 15–35 µs slower whichever build it was (two
+/// builds swapped between the `sluice` and `sluice-baseline` slots, 2026-12-07).
+fn round_order(n: usize, round: usize) -> Vec<usize> {
+    let row = round / 2;
+    let mut order: Vec<usize> = (0..n)
+        .map(|j| {
+            // 0, 1, n−1, 2, n−2, …
+            let base = if j % 2 == 1 {
+                j.div_ceil(2)
+            } else {
+                (n - j / 2) % n
+            };
+            (base + row) % n
+        })
+        .collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    debug_assert!({
+        let mut seen = order.clone();
+        seen.sort_unstable();
+        seen == (0..n).collect::<Vec<_>>()
+    });
+    order
 }
