@@ -26,6 +26,15 @@ fn echo_upstream() -> Upstream {
             Step::chunk("data: [DONE]\n\n"),
             Step::End,
         ],
+        "/v1/slow" => vec![
+            Step::sse_head(),
+            Step::chunk("data: {\"i\":0}\n\n"),
+            Step::Sleep(Duration::from_millis(300)),
+            Step::chunk("data: {\"i\":1}\n\n"),
+            Step::Sleep(Duration::from_millis(300)),
+            Step::chunk("data: [DONE]\n\n"),
+            Step::End,
+        ],
         "/chunked-json" => vec![
             Step::Raw(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -201,6 +210,47 @@ fn an_http1_0_client_gets_bodies_without_chunked_framing() {
             response.text()
         );
     }
+}
+
+/// A client may send its next request before the response to the last one has ended (RFC 9112
+/// §9.3.2), or a stray empty line after a body: neither is the client leaving. Requests sent
+/// together are answered in order on the one connection, and a stream goes on to its end while
+/// the client's next request waits for it.
+#[test]
+fn pipelined_requests_are_answered_in_order_and_a_stream_goes_on_meanwhile() {
+    let upstream = echo_upstream();
+    let sluice = sluice_for(&upstream);
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(
+        b"GET /v1/first HTTP/1.1\r\nhost: x\r\n\r\nGET /v1/second HTTP/1.1\r\nhost: x\r\n\r\n",
+    );
+    for path in ["/v1/first", "/v1/second"] {
+        let response = client.read_response();
+        assert_eq!(response.status, 200);
+        assert!(response.text().contains(path), "{}", response.text());
+    }
+
+    client.post_json("/v1/slow", r#"{"model":"m","stream":true}"#);
+    let head = client.read_head();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("connection"), Some("keep-alive"));
+    let first = client.read_chunk().expect("a first event");
+    // Mid-stream: an empty line, then the next request.
+    client.send_raw(b"\r\nGET /v1/after HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut body = first.data;
+    body.extend(client.read_chunks().into_iter().flat_map(|c| c.data));
+    let body = String::from_utf8(body).unwrap();
+    assert!(
+        body.starts_with("data: {\"i\":0}\n\ndata: {\"i\":1}\n\ndata: [DONE]\n\n"),
+        "{body:?}"
+    );
+    let after = client.read_response();
+    assert_eq!(after.status, 200);
+    assert!(after.text().contains("/v1/after"), "{}", after.text());
+    sluice.wait_metric(
+        "sluice_streams_finished_total{outcome=\"completed\",route=\"/v1/\"}",
+        1.0,
+    );
 }
 
 #[test]

@@ -9,10 +9,10 @@
 //! HTTP/1.0, `HEAD`, errors, WebSocket) stays on Pingora's session.
 
 use super::headers::ClientHead;
-use super::responses::Finish;
+use super::responses::{Finish, KeptAlive};
 use crate::http1;
 use bytes::{Bytes, BytesMut};
-use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora::apps::HttpPersistentSettings;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::server::ReusableHttpStream;
 use pingora::protocols::http::ServerSession;
@@ -70,7 +70,14 @@ pub struct H1Stream {
     /// The connection's settings for its next request; `None` when it closes after this
     /// response (the head said `Connection: close`).
     reuse: Option<HttpPersistentSettings>,
+    /// What the client sent after its request (the next request, pipelined; a stray empty
+    /// line), kept for the connection's next request. Not allocated unless bytes come.
+    read_ahead: Vec<u8>,
 }
+
+/// Most bytes of a client's next request read while a stream goes out: beyond it the client is
+/// no longer read (so no longer watched for leaving) until the stream has ended.
+const READ_AHEAD_LIMIT: usize = 64 * 1024;
 
 impl<'a> Downstream<'a> {
     /// Writes the response head and returns where its body goes. A stream (`stream`) to an
@@ -108,20 +115,19 @@ impl<'a> Downstream<'a> {
         let Some(boxed) = session.0.take() else {
             unreachable!("sluice_writes read the session");
         };
-        let ServerSession::H1(mut v1) = *boxed else {
+        let ServerSession::H1(v1) = *boxed else {
             unreachable!("sluice_writes checked the session is HTTP/1.x");
         };
-        let (stream, reuse) = match reuse {
+        let (stream, reuse, read_ahead) = match reuse {
             Some(settings) => {
-                // `reuse` is Pingora's only way to learn whether the client sent bytes past its
-                // request (a pipelined request): with pipelining on, it returns them rather than
-                // refusing reuse. The connection is not reused then, as Pingora would not.
-                v1.set_pipelining_enabled(true);
+                // `reuse` hands over the bytes the client sent past its request (a pipelined
+                // request: sessions have pipelining on), which the next request starts from.
                 match v1.reuse().await? {
-                    Some(reusable) => match reusable.into_parts() {
-                        (stream, None) => (stream, Some(settings)),
-                        (stream, Some(_pipelined)) => (stream, None),
-                    },
+                    Some(reusable) => {
+                        let (stream, read_ahead) = reusable.into_parts();
+                        let read_ahead = read_ahead.map(Vec::from).unwrap_or_default();
+                        (stream, Some(settings), read_ahead)
+                    }
                     None => {
                         return pingora::Error::e_explain(
                             pingora::ErrorType::WriteError,
@@ -130,9 +136,13 @@ impl<'a> Downstream<'a> {
                     }
                 }
             }
-            None => (v1.into_inner(), None),
+            None => (v1.into_inner(), None, Vec::new()),
         };
-        let mut h1 = H1Stream { stream, reuse };
+        let mut h1 = H1Stream {
+            stream,
+            reuse,
+            read_ahead,
+        };
         h1.write_head(head).await?;
         Ok(Downstream::H1(h1))
     }
@@ -153,9 +163,11 @@ impl<'a> Downstream<'a> {
         }
     }
 
-    /// Returns once the client has closed its side of the connection (or sent bytes it had no
-    /// reason to send, which ends the response too). Cancel-safe: the relay polls it beside the
-    /// upstream read and drops it whenever something else happens first.
+    /// Returns once the client has closed its side of the connection (or the connection failed).
+    /// Bytes it sends meanwhile are the start of its next request (RFC 9112 §9.3.2 lets a client
+    /// send it before this response ends), not a sign of leaving: they are kept for that request
+    /// (Pingora's session stashes them, and stops reading). Cancel-safe: the relay polls it beside
+    /// the upstream read and drops it whenever something else happens first.
     pub async fn client_gone(&mut self) {
         match self {
             // HTTP/2's own wait (64 bytes) rather than the session's, which is sized for an
@@ -168,10 +180,19 @@ impl<'a> Downstream<'a> {
             Downstream::Session(session) => {
                 let _ = Box::pin(session.read_body_or_idle(true)).await;
             }
-            Downstream::H1(h1) => {
-                // One byte, as Pingora's own probe: anything read ends the response.
-                let _ = h1.stream.read(&mut [0u8; 1]).await;
-            }
+            Downstream::H1(h1) => loop {
+                let room = READ_AHEAD_LIMIT.saturating_sub(h1.read_ahead.len());
+                if room == 0 {
+                    return std::future::pending().await;
+                }
+                let mut buf = [0u8; 512];
+                let take = room.min(buf.len());
+                match h1.stream.read(&mut buf[..take]).await {
+                    Ok(0) | Err(_) => return,
+                    // Kept in the same poll as the read: a cancelled wait loses nothing.
+                    Ok(n) => h1.read_ahead.extend_from_slice(&buf[..n]),
+                }
+            },
         }
     }
 
@@ -254,9 +275,10 @@ impl H1Stream {
             return Finish::Close;
         }
         match self.reuse {
-            Some(settings) => {
-                Finish::Handed(Some(ReusedHttpStream::new(self.stream, Some(settings))))
-            }
+            Some(_) => Finish::Handed(Some(KeptAlive {
+                stream: self.stream,
+                read_ahead: BytesMut::from(&self.read_ahead[..]),
+            })),
             None => {
                 // An orderly close (FIN after the last chunk), as Pingora's session would.
                 let _ = self.stream.shutdown().await;

@@ -447,12 +447,14 @@ async fn serve(
         // Whole seconds (validated), as Pingora takes them.
         let keepalive = (!*shutdown.borrow()).then_some(app.timeouts.keepalive.as_secs());
         let session = request_session(stream, prefix, keepalive);
-        let Some(reused) = app.serve_request(session, Some(peer), &shutdown).await else {
+        let Some(kept) = app.serve_request(session, Some(peer), &shutdown).await else {
             return;
         };
-        // Pipelining stays off (Pingora's default), so a reused stream never carries bytes of
-        // the next request: it is read here like the first one.
-        (stream, _) = reused.consume();
+        stream = kept.stream;
+        // A request the client sent before the response ended (pipelined) is not waited for.
+        if !kept.read_ahead.is_empty() {
+            opening = Some(kept.read_ahead);
+        }
     }
 }
 
@@ -478,6 +480,9 @@ fn request_session(
 ) -> ServerSession {
     let mut http1 = pingora::protocols::http::v1::server::HttpSession::new(stream);
     http1.set_pipelined_prefix(prefix);
+    // Bytes of the next request read with this one's body or while its response goes out are
+    // handed back at its end (RFC 9112 §9.3.2), not a reason to close the connection.
+    http1.set_pipelining_enabled(true);
     let mut session = ServerSession::H1(http1);
     session.set_keepalive(keepalive);
     session

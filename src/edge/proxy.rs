@@ -8,7 +8,9 @@ use super::downstream::RequestSession;
 use super::drain;
 use super::listener::ConnectionTimeouts;
 use super::relay;
-use super::responses::{respond_error, respond_refusal, respond_to_unreadable_head, Finish};
+use super::responses::{
+    respond_error, respond_refusal, respond_to_unreadable_head, Finish, KeptAlive,
+};
 use super::timer;
 use super::upstream::Upstreams;
 use super::usage_sink::UsageSink;
@@ -18,7 +20,6 @@ use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Router;
 use crate::sse::StreamOutcome;
 use crate::telemetry::{rfc3339_now, AccessRecord, METRICS};
-use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use std::future::Future;
@@ -169,7 +170,7 @@ impl SluiceProxy {
         down: ServerSession,
         client_addr: Option<SocketAddr>,
         shutdown: &'watch ShutdownWatch,
-    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'fut>>
+    ) -> Pin<Box<dyn Future<Output = Option<KeptAlive>> + Send + 'fut>>
     where
         'app: 'fut,
         'watch: 'fut,
@@ -240,13 +241,11 @@ impl SluiceProxy {
                 // `finish` then shuts the connection down in order (FIN, or END_STREAM on h2).
                 down.set_keepalive(None);
             }
-            let settings = HttpPersistentSettings::for_session(down);
-            session
-                .finish()
-                .await
-                .ok()
-                .flatten()
-                .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+            let (stream, read_ahead) = session.finish().await.ok().flatten()?.into_parts();
+            Some(KeptAlive {
+                stream,
+                read_ahead: read_ahead.unwrap_or_default(),
+            })
         })
     }
 }

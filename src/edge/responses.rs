@@ -21,7 +21,14 @@ pub enum Finish {
     /// The response ended properly on a connection out of Pingora's session
     /// ([`Downstream::H1`]): the connection back when it may carry another request, `None` when
     /// it was closed.
-    Handed(Option<pingora::apps::ReusedHttpStream>),
+    Handed(Option<KeptAlive>),
+}
+
+/// A client connection kept alive after a response, with what the client already sent of its
+/// next request (pipelined, RFC 9112 §9.3.2: read while the response went out).
+pub struct KeptAlive {
+    pub stream: pingora::protocols::Stream,
+    pub read_ahead: BytesMut,
 }
 
 /// A JSON error response in the route's provider format; only possible before the response head.
