@@ -76,6 +76,8 @@ pub enum ProxyErrorKind {
     RateLimited,
     /// The request body is larger than the route's `max_request_body`.
     PayloadTooLarge,
+    /// The client stopped sending its request body (`server.request_body_timeout`).
+    RequestTimeout,
     /// The request head is larger than `server.max_request_header`.
     HeadersTooLarge,
     /// A method Sluice does not proxy (`CONNECT`).
@@ -94,6 +96,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::Unauthorized => 401,
             ProxyErrorKind::RateLimited => 429,
             ProxyErrorKind::PayloadTooLarge => 413,
+            ProxyErrorKind::RequestTimeout => 408,
             ProxyErrorKind::HeadersTooLarge => 431,
             ProxyErrorKind::MethodNotAllowed => 405,
             ProxyErrorKind::NotImplemented => 501,
@@ -118,6 +121,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::Unauthorized => "invalid_api_key",
             ProxyErrorKind::RateLimited => "rate_limit_exceeded",
             ProxyErrorKind::PayloadTooLarge => "request_too_large",
+            ProxyErrorKind::RequestTimeout => "request_timeout",
             ProxyErrorKind::HeadersTooLarge => "request_header_too_large",
             ProxyErrorKind::MethodNotAllowed => "method_not_allowed",
             ProxyErrorKind::NotImplemented => "not_implemented",
@@ -161,6 +165,7 @@ impl ProxyErrorKind {
                 ProxyErrorKind::BadRequest
                 | ProxyErrorKind::Unauthorized
                 | ProxyErrorKind::PayloadTooLarge
+                | ProxyErrorKind::RequestTimeout
                 | ProxyErrorKind::HeadersTooLarge
                 | ProxyErrorKind::MethodNotAllowed
                 | ProxyErrorKind::NotImplemented => "invalid_request_error",

@@ -622,3 +622,41 @@ fn a_request_body_in_another_transfer_coding_gets_a_501() {
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(upstream.requests().len(), 1);
 }
+
+/// A request body that stops coming gets a `408` once `server.request_body_timeout` has passed,
+/// and one whose chunked framing is broken a `400`; after either the connection is closed, since
+/// where the next request would begin cannot be known. Neither answer repeats what was sent.
+#[test]
+fn a_request_body_that_stops_or_breaks_gets_a_json_error_and_a_closed_connection() {
+    let upstream = ok_upstream();
+    let sluice = start(
+        "  request_body_timeout: 1s\n",
+        &one_route(&upstream, "    provider: openai\n"),
+    );
+    let mut client = Client::connect(sluice.addr);
+    let started = Instant::now();
+    client.send_raw(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":",
+    );
+    let response = client.read_response();
+    assert_eq!(response.status, 408, "{}", response.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let json: Value = response.json();
+    assert_eq!(json["error"]["code"], "request_timeout", "{json}");
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(client.closed_within(Duration::from_secs(2)));
+
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz-secret\r\n{}\r\n0\r\n\r\nGET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n",
+    );
+    let response = client.read_response();
+    assert_eq!(response.status, 400, "{}", response.text());
+    let text = response.text();
+    assert!(text.contains("chunked encoding is malformed"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+    assert_eq!(response.header("connection"), Some("close"));
+    // The request behind the broken body is not served: the connection just ends.
+    assert!(client.closed_within(Duration::from_secs(2)));
+    assert!(upstream.requests().is_empty());
+}

@@ -399,6 +399,38 @@ fn a_client_that_waits_for_the_servers_settings_gets_them() {
     });
 }
 
+/// An HTTP/2 request body that stops coming is answered `408` once `server.request_body_timeout`
+/// has passed, as over HTTP/1.1: a stream never bounded otherwise would hold its slot forever.
+#[test]
+fn an_http2_request_body_that_stops_coming_gets_a_408() {
+    let upstream = anthropic_upstream();
+    // Right after the support's own `server:` keys.
+    let sluice = Sluice::start_h2c(&format!(
+        "  request_body_timeout: 1s\nupstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\n",
+        upstream.url()
+    ));
+    runtime().block_on(async {
+        let mut client = h2_client(&sluice).await;
+        let started = Instant::now();
+        let (response, mut send) = client.send_request(request(false), false).unwrap();
+        send.send_data(Bytes::from_static(br#"{"model":"#), false)
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("no answer to a stalled body")
+            .unwrap();
+        assert_eq!(response.status(), 408);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let body = read_body(&mut response.into_body()).await;
+        let body = String::from_utf8(body).unwrap();
+        assert!(
+            body.contains("request_body_timeout") || body.contains("request body"),
+            "{body}"
+        );
+    });
+    assert!(upstream.requests().is_empty());
+}
+
 /// A stream whose first `n` bytes written were sent already: the h2 client's preface goes out
 /// without them.
 struct Rest(tokio::net::TcpStream, usize);

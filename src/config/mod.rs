@@ -141,6 +141,10 @@ pub struct ServerSettings {
     /// came, which the keep-alive bounds).
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
+    /// Longest wait for the next part of a request body (nginx's `client_body_timeout`): a client
+    /// that stops sending it gets `408` and its connection closed.
+    #[serde(with = "duration")]
+    pub request_body_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -154,6 +158,7 @@ impl Default for ServerSettings {
             max_request_header: 64 * 1024,
             keepalive_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(60),
+            request_body_timeout: Duration::from_secs(60),
         }
     }
 }

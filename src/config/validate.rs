@@ -178,6 +178,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.server.handshake_timeout.is_zero() {
         return Err(invalid("server.handshake_timeout", "must be more than 0"));
     }
+    if config.server.request_body_timeout.is_zero() {
+        return Err(invalid(
+            "server.request_body_timeout",
+            "must be more than 0",
+        ));
+    }
     if !(1024..=1024 * 1024).contains(&config.server.max_request_header) {
         return Err(invalid(
             "server.max_request_header",
@@ -329,6 +335,8 @@ mod tests {
         }
         let err = error_of(&config("handshake_timeout: 0s"));
         assert!(err.contains("server.handshake_timeout"), "{err}");
+        let err = error_of(&config("request_body_timeout: 0s"));
+        assert!(err.contains("server.request_body_timeout"), "{err}");
         let err = error_of(&config("grace_period: 500ms"));
         assert!(err.contains("server.grace_period"), "{err}");
         let ok = Config::from_yaml(&config("keepalive_timeout: 75s, handshake_timeout: 10s"));

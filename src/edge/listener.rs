@@ -47,6 +47,8 @@ pub struct ConnectionTimeouts {
     pub keepalive: Duration,
     /// `server.handshake_timeout`.
     pub handshake: Duration,
+    /// `server.request_body_timeout`.
+    pub request_body: Duration,
 }
 
 pub struct Listeners {

@@ -187,6 +187,7 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     let timeouts = listener::ConnectionTimeouts {
         keepalive: config.server.keepalive_timeout,
         handshake: config.server.handshake_timeout,
+        request_body: config.server.request_body_timeout,
     };
     let proxy = SluiceProxy::new(router, upstreams, usage, limiter.clone(), timeouts);
     let tls_listeners = tls::TlsListeners::load(config)?;

@@ -87,6 +87,7 @@ impl SluiceProxy {
                             route,
                             session,
                             ctx,
+                            self.timeouts.request_body,
                         )
                         .await
                     }

@@ -58,6 +58,7 @@ pub async fn handle(
     route: &Arc<Route>,
     session: &mut RequestSession,
     ctx: &mut RequestCtx,
+    body_timeout: Duration,
 ) -> Finish {
     // Boxed: everything before the body relay (admission, connect, request, heads, WebSocket)
     // would otherwise size the future that each open stream keeps for its whole life.
@@ -67,7 +68,17 @@ pub async fn handle(
         kind,
         mut decoder,
         strip_usage_chunk,
-    } = match Box::pin(open(upstreams, usage, limiter, route, session, ctx)).await {
+    } = match Box::pin(open(
+        upstreams,
+        usage,
+        limiter,
+        route,
+        session,
+        ctx,
+        body_timeout,
+    ))
+    .await
+    {
         Ok(opened) => opened,
         Err(finish) => return finish,
     };
@@ -107,6 +118,47 @@ pub async fn handle(
     }
 }
 
+/// The answer to a request whose body did not get upstream whole. `upstream_has_part`: some of
+/// it was sent, so the connection is closed whatever happens here (dropping the upstream
+/// connection, the caller's part, aborts the request there).
+async fn body_error(
+    down: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    failure: BodyError,
+    body_timeout: Duration,
+    upstream_has_part: bool,
+) -> Finish {
+    let finish = match failure {
+        BodyError::TooLarge => refuse(down, ctx, &request::too_large(route), true).await,
+        BodyError::Upstream(e) => {
+            let detail = format!("failed while sending the request: {e}");
+            respond_error(down, ctx, &upstream_failed(route, "request", &detail)).await
+        }
+        // Where the body stopped, or where its framing broke, the next request cannot be told
+        // to begin: the connection is closed after the answer.
+        BodyError::TimedOut => {
+            down.set_keepalive(None);
+            let error = ProxyError::new(
+                ProxyErrorKind::RequestTimeout,
+                format!("no part of the request body came for {body_timeout:?}"),
+            );
+            respond_error(down, ctx, &error).await
+        }
+        BodyError::Client(e) => {
+            down.set_keepalive(None);
+            let error =
+                ProxyError::new(ProxyErrorKind::BadRequest, request::body_error_message(&e));
+            respond_error(down, ctx, &error).await
+        }
+    };
+    if upstream_has_part {
+        Finish::Close
+    } else {
+        finish
+    }
+}
+
 /// An upstream response whose head went to the client: what the body relay needs.
 struct Opened<'d> {
     up: UpstreamConn,
@@ -129,6 +181,7 @@ async fn open<'d>(
     route: &Arc<Route>,
     session: &'d mut RequestSession,
     ctx: &mut RequestCtx,
+    body_timeout: Duration,
 ) -> Result<Opened<'d>, Finish> {
     // The session until the response head: `Downstream::start` takes it then.
     let down = session.get();
@@ -140,18 +193,12 @@ async fn open<'d>(
         ctx.outcome = Some(StreamOutcome::ClientDisconnect);
         return Err(Finish::Close);
     }
-    let mut body = match request::read_body_prefix(down, route.max_request_body).await {
+    // HTTP/1.1: each read of the body within the timeout (Pingora's own bound, 60 s otherwise).
+    down.set_read_timeout(Some(body_timeout));
+    let mut body = match request::read_body_prefix(down, route.max_request_body, body_timeout).await
+    {
         Ok(body) => body,
-        Err(BodyError::TooLarge) => {
-            return Err(refuse(down, ctx, &request::too_large(route), true).await);
-        }
-        Err(BodyError::Read(e)) => {
-            let error = ProxyError::new(
-                ProxyErrorKind::BadRequest,
-                format!("could not read the request body: {e}"),
-            );
-            return Err(respond_error(down, ctx, &error).await);
-        }
+        Err(e) => return Err(body_error(down, ctx, route, e, body_timeout, false).await),
     };
     let websocket = is_websocket_upgrade(down.req_header());
     if websocket && !body.is_empty() {
@@ -201,23 +248,20 @@ async fn open<'d>(
         Ok(connected) => connected,
         Err(error) => return Err(respond_error(down, ctx, &error).await),
     };
-    match request::send_request(&mut up, &head, body, down, route.max_request_body).await {
-        Ok(()) => {}
-        Err(BodyError::TooLarge) => {
-            // Part of the body is upstream already: dropping the connection aborts the request
-            // there. The client gets a 413 if it still reads, and its connection is closed.
-            drop(up);
-            refuse(down, ctx, &request::too_large(route), true).await;
-            return Err(Finish::Close);
-        }
-        Err(BodyError::Read(e)) => {
-            let error = upstream_failed(
-                route,
-                "request",
-                &format!("failed while sending the request: {e}"),
-            );
-            return Err(respond_error(down, ctx, &error).await);
-        }
+    let sent = request::send_request(
+        &mut up,
+        &head,
+        body,
+        down,
+        route.max_request_body,
+        body_timeout,
+    )
+    .await;
+    if let Err(e) = sent {
+        // Part of the body may be upstream already: dropping the connection aborts the request
+        // there.
+        drop(up);
+        return Err(body_error(down, ctx, route, e, body_timeout, true).await);
     }
 
     let head_wait = route.policy.idle_timeout.unwrap_or(Duration::MAX);

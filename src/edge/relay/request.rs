@@ -3,10 +3,11 @@
 //! forwarding, and the sending itself.
 
 use crate::edge::headers::{asks_for_websocket, values, BodyFraming, UpstreamHead};
+use crate::edge::timer;
 use crate::edge::upstream::UpstreamConn;
 use crate::provider::{ProxyError, ProxyErrorKind};
 use crate::route::Route;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use std::time::Duration;
@@ -177,8 +178,43 @@ pub struct BodyPrefix {
 }
 
 pub enum BodyError {
-    Read(pingora::BError),
+    /// The client's body could not be read (its framing is broken, its stream failed).
+    Client(pingora::BError),
+    /// No part of the body came for `server.request_body_timeout`.
+    TimedOut,
+    /// Sending it upstream failed.
+    Upstream(pingora::BError),
     TooLarge,
+}
+
+/// What a client is told of a body that could not be read: what went wrong, never Pingora's
+/// context (which may quote what the client sent).
+pub fn body_error_message(e: &pingora::Error) -> &'static str {
+    match e.etype() {
+        pingora::ErrorType::Custom("InvalidChunk") => {
+            "the request body's chunked encoding is malformed"
+        }
+        pingora::ErrorType::ConnectionClosed => {
+            "the connection closed before the request body ended"
+        }
+        _ => "the request body could not be read",
+    }
+}
+
+/// The next part of the request body, waited for at most `wait`: an HTTP/2 stream's reads have
+/// no bound of their own (HTTP/1.1's are bounded by the session's read timeout, set to the same).
+async fn next_body_part(
+    down: &mut ServerSession,
+    wait: Duration,
+) -> Result<Option<Bytes>, BodyError> {
+    match timer::timeout(wait, down.read_request_body()).await {
+        Ok(Ok(part)) => Ok(part),
+        Ok(Err(e)) if matches!(e.etype(), pingora::ErrorType::ReadTimedout) => {
+            Err(BodyError::TimedOut)
+        }
+        Ok(Err(e)) => Err(BodyError::Client(e)),
+        Err(timer::Elapsed) => Err(BodyError::TimedOut),
+    }
 }
 
 impl BodyPrefix {
@@ -206,11 +242,15 @@ impl BodyPrefix {
 }
 
 /// Reads the body up to [`INSPECT_BODY_LIMIT`] (whole if it is no larger); one that grows past
-/// `max` is refused here, before anything went upstream.
-pub async fn read_body_prefix(down: &mut ServerSession, max: u64) -> Result<BodyPrefix, BodyError> {
+/// `max` is refused here, before anything went upstream. `wait`: longest wait for each part.
+pub async fn read_body_prefix(
+    down: &mut ServerSession,
+    max: u64,
+    wait: Duration,
+) -> Result<BodyPrefix, BodyError> {
     let mut prefix = BytesMut::new();
     while prefix.len() < INSPECT_BODY_LIMIT {
-        match down.read_request_body().await.map_err(BodyError::Read)? {
+        match next_body_part(down, wait).await? {
             Some(chunk) => {
                 prefix.extend_from_slice(&chunk);
                 if prefix.len() as u64 > max {
@@ -240,23 +280,24 @@ pub async fn send_request(
     body: BodyPrefix,
     down: &mut ServerSession,
     max: u64,
+    wait: Duration,
 ) -> Result<(), BodyError> {
     let mut sent = body.prefix.len() as u64;
     let client = &down.req_header().headers;
     up.send_head(head, client, body.prefix.freeze(), body.complete)
         .await
-        .map_err(BodyError::Read)?;
+        .map_err(BodyError::Upstream)?;
     if body.complete {
         return Ok(());
     }
-    while let Some(chunk) = down.read_request_body().await.map_err(BodyError::Read)? {
+    while let Some(chunk) = next_body_part(down, wait).await? {
         sent += chunk.len() as u64;
         if sent > max {
             return Err(BodyError::TooLarge);
         }
-        up.send_body(chunk).await.map_err(BodyError::Read)?;
+        up.send_body(chunk).await.map_err(BodyError::Upstream)?;
     }
-    up.finish_body().await.map_err(BodyError::Read)
+    up.finish_body().await.map_err(BodyError::Upstream)
 }
 
 #[cfg(test)]
