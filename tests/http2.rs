@@ -431,6 +431,38 @@ fn an_http2_request_body_that_stops_coming_gets_a_408() {
     assert!(upstream.requests().is_empty());
 }
 
+/// A request body sent in many small DATA frames, as a client writing each piece of its body as
+/// it makes it does, is read like any other: the `h2` crate's default budget for small frames
+/// (32 KiB of framing overhead) closed the whole connection with `ENHANCE_YOUR_CALM` after a few
+/// hundred of them.
+#[test]
+fn a_body_in_many_small_data_frames_is_read() {
+    let upstream = anthropic_upstream();
+    let sluice = h2c_routed_to(&upstream, "    provider: anthropic\n", "");
+    runtime().block_on(async {
+        let mut client = h2_client(&sluice).await;
+        let (response, mut send) = client.send_request(request(false), false).unwrap();
+        // 60 KiB (within the stream's first window, so all of it may come in one burst) in
+        // 100-byte frames: a JSON object with one long string.
+        let mut body = br#"{"model":"claude","stream":true,"pad":""#.to_vec();
+        body.resize(60 * 1024 - 2, b'x');
+        body.extend_from_slice(br#""}"#);
+        let pieces: Vec<Bytes> = body.chunks(100).map(Bytes::copy_from_slice).collect();
+        let last = pieces.len() - 1;
+        for (i, piece) in pieces.into_iter().enumerate() {
+            send.send_data(piece, i == last).unwrap();
+        }
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("no answer")
+            .expect("the connection was closed");
+        assert_eq!(response.status(), 200);
+        let all = read_body(&mut response.into_body()).await;
+        assert!(String::from_utf8_lossy(&all).contains("message_stop"));
+    });
+    assert_eq!(upstream.requests()[0].body.len(), 60 * 1024);
+}
+
 /// A stream whose first `n` bytes written were sent already: the h2 client's preface goes out
 /// without them.
 struct Rest(tokio::net::TcpStream, usize);

@@ -40,6 +40,22 @@ const MALFORMED_STREAMS_PER_CONNECTION: usize = 32;
 /// one empty digest rather than allocate its own.
 static NO_DIGEST: Lazy<Arc<Digest>> = Lazy::new(|| Arc::new(Digest::default()));
 
+/// What the `h2` crate may buffer of a client's small DATA frames (under 256 bytes each, charged
+/// by their framing overhead) before it closes the connection with `ENHANCE_YOUR_CALM`. Its
+/// default, half the connection window (32 KiB), closed connections whose client wrote a body in
+/// pieces of ~100 bytes faster than they were read (a body made as it is sent): a whole window
+/// of 100-byte frames is ~102 KiB of overhead. The bound per connection stays, four times the
+/// default.
+const DATA_FRAME_BUDGET: usize = 128 * 1024;
+
+/// Pingora's HTTP/2 settings (its concurrent-stream and header-list limits) with Sluice's budget
+/// for small DATA frames.
+fn h2_options() -> server::H2Options {
+    let mut options = server::default_h2_options();
+    options.data_frame_budget(DATA_FRAME_BUDGET);
+    options
+}
+
 /// Serves one HTTP/2 connection until it closes, and every stream it opened until that stream
 /// has ended (and recorded its usage). At shutdown the client is sent a GOAWAY; streams already
 /// open are served to their end. A connection with no stream open for the keep-alive
@@ -61,7 +77,7 @@ pub(super) async fn serve(
     let mut conn = {
         let handshake = Box::pin(timer::timeout(
             app.timeouts.handshake,
-            server::handshake(stream, None),
+            server::handshake(stream, Some(h2_options())),
         ));
         match handshake.await {
             Ok(Ok(conn)) => conn,
