@@ -73,7 +73,8 @@ fn requests_naming_other_hosts_reach_only_the_configured_upstream_or_are_refused
         format!("GET /v1/x HTTP/1.1\r\nHost: {elsewhere}\r\nX-Forwarded-Host: {elsewhere}\r\n\r\n"),
         format!("GET /v1/x@{elsewhere}/y HTTP/1.1\r\nHost: sluice.test\r\n\r\n"),
         "GET /v1//x HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
-        "GET /v1/x HTTP/1.1\r\n\r\n".to_string(),
+        // HTTP/1.0 needs no Host.
+        "GET /v1/x HTTP/1.0\r\n\r\n".to_string(),
         // In origin form this is a path, not an authority.
         format!("GET //{elsewhere}/v1/x HTTP/1.1\r\nHost: sluice.test\r\n\r\n"),
     ];
@@ -110,6 +111,9 @@ fn requests_naming_other_hosts_reach_only_the_configured_upstream_or_are_refused
         "GET /v1/%2E%2E%2Fadmin HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
         "GET /v1/..%2f..%2fadmin HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
         "GET /v1/./x HTTP/1.1\r\nHost: sluice.test\r\n\r\n".to_string(),
+        // RFC 9112 §3.2: an HTTP/1.1 request with no Host, or a Host that is not one.
+        "GET /v1/x HTTP/1.1\r\n\r\n".to_string(),
+        "GET /v1/x HTTP/1.1\r\nHost: a b/c\r\n\r\n".to_string(),
     ];
     for head in &refused {
         let response = raw(&sluice, head);

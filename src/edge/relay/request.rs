@@ -30,6 +30,9 @@ pub fn check_head(route: &Route, down: &ServerSession) -> Result<(), ProxyError>
             ),
         ));
     }
+    if !down.is_http2() {
+        check_host(req)?;
+    }
     if let Some(why) = unsafe_path(req.uri.path()) {
         return Err(ProxyError::new(
             ProxyErrorKind::BadRequest,
@@ -67,6 +70,62 @@ pub fn too_large(route: &Route) -> ProxyError {
             route.max_request_body
         ),
     )
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or one whose `Host` is not a host (and
+/// port), gets a `400` (two `Host` fields are refused while the head is read).
+fn check_host(req: &RequestHeader) -> Result<(), ProxyError> {
+    match req.headers.get(http::header::HOST) {
+        None if req.version == http::Version::HTTP_11 => Err(ProxyError::new(
+            ProxyErrorKind::BadRequest,
+            "an HTTP/1.1 request must have a Host header",
+        )),
+        Some(host) if !valid_host(host.as_bytes()) => Err(ProxyError::new(
+            ProxyErrorKind::BadRequest,
+            "the Host header is not a host name or address (with an optional port)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2–3.2.3): a bracketed IPv6 address, or a name or IPv4
+/// address of unreserved, percent-encoded and sub-delimiter characters; empty is allowed (a
+/// target URI without authority).
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &value[1..end];
+                if literal.is_empty()
+                    || !literal
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+                {
+                    return false;
+                }
+                (&value[..=end], &value[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &value[value.len()..]),
+        },
+    };
+    let name_ok = host.first() == Some(&b'[')
+        || host.iter().enumerate().all(|(i, &b)| {
+            b.is_ascii_alphanumeric()
+                || b"-._~!$&'()*+,;=".contains(&b)
+                || (b == b'%'
+                    && host.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && host.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        });
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    name_ok && port_ok
 }
 
 /// The request line and headers, counted as they are on the wire (HTTP/1.1 framing).
@@ -334,6 +393,44 @@ mod tests {
             "/v1/models/gemini:streamGenerateContent",
         ] {
             assert!(unsafe_path(path).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn host_headers_are_hosts_with_an_optional_port() {
+        for host in [
+            "api.example.com",
+            "api.example.com:8443",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "my_host",
+            "xn--bcher-kva.example",
+            "h%41st",
+            "",
+            "host:",
+        ] {
+            assert!(valid_host(host.as_bytes()), "{host:?}");
+        }
+        for host in [
+            "a b",
+            "a/b",
+            "a b/c",
+            "host:80x",
+            "host:80:90",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[zz::1]",
+            "user@host",
+            "h%4",
+            "h%zz",
+            "a?b",
+            "a#b",
+        ] {
+            assert!(!valid_host(host.as_bytes()), "{host:?}");
         }
     }
 
