@@ -80,6 +80,8 @@ pub enum ProxyErrorKind {
     RequestTimeout,
     /// The request head is larger than `server.max_request_header`.
     HeadersTooLarge,
+    /// The request target is longer than a URI can be here (65,534 bytes).
+    UriTooLong,
     /// A method Sluice does not proxy (`CONNECT`).
     MethodNotAllowed,
     /// A request framing Sluice does not decode (a transfer coding other than `chunked`).
@@ -98,6 +100,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::PayloadTooLarge => 413,
             ProxyErrorKind::RequestTimeout => 408,
             ProxyErrorKind::HeadersTooLarge => 431,
+            ProxyErrorKind::UriTooLong => 414,
             ProxyErrorKind::MethodNotAllowed => 405,
             ProxyErrorKind::NotImplemented => 501,
             ProxyErrorKind::ShuttingDown => 503,
@@ -123,6 +126,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::PayloadTooLarge => "request_too_large",
             ProxyErrorKind::RequestTimeout => "request_timeout",
             ProxyErrorKind::HeadersTooLarge => "request_header_too_large",
+            ProxyErrorKind::UriTooLong => "uri_too_long",
             ProxyErrorKind::MethodNotAllowed => "method_not_allowed",
             ProxyErrorKind::NotImplemented => "not_implemented",
             ProxyErrorKind::ShuttingDown => "server_shutting_down",
@@ -139,6 +143,7 @@ impl ProxyErrorKind {
                 ProxyErrorKind::RateLimited => "rate_limit_error",
                 ProxyErrorKind::PayloadTooLarge => "request_too_large",
                 ProxyErrorKind::HeadersTooLarge
+                | ProxyErrorKind::UriTooLong
                 | ProxyErrorKind::MethodNotAllowed
                 | ProxyErrorKind::NotImplemented => "invalid_request_error",
                 ProxyErrorKind::UpstreamUnavailable
@@ -151,6 +156,7 @@ impl ProxyErrorKind {
                 ProxyErrorKind::BadRequest
                 | ProxyErrorKind::PayloadTooLarge
                 | ProxyErrorKind::HeadersTooLarge
+                | ProxyErrorKind::UriTooLong
                 | ProxyErrorKind::MethodNotAllowed => "INVALID_ARGUMENT",
                 ProxyErrorKind::NotImplemented => "UNIMPLEMENTED",
                 ProxyErrorKind::Unauthorized => "UNAUTHENTICATED",
@@ -167,6 +173,7 @@ impl ProxyErrorKind {
                 | ProxyErrorKind::PayloadTooLarge
                 | ProxyErrorKind::RequestTimeout
                 | ProxyErrorKind::HeadersTooLarge
+                | ProxyErrorKind::UriTooLong
                 | ProxyErrorKind::MethodNotAllowed
                 | ProxyErrorKind::NotImplemented => "invalid_request_error",
                 // What OpenAI itself sends for a request-rate limit.

@@ -204,10 +204,7 @@ impl SluiceProxy {
                         // An id of its own for the answer and the access log: a client's, if it
                         // sent one, is in the head that was not read.
                         ctx.request_id = crate::request_id::generate();
-                        let error = ProxyError::new(
-                            ProxyErrorKind::BadRequest,
-                            unreadable_head_message(&e),
-                        );
+                        let error = unreadable_head_error(&e);
                         respond_to_unreadable_head(down, &mut ctx, &error).await;
                         self.record(&mut ctx).await;
                     }
@@ -255,10 +252,36 @@ impl SluiceProxy {
 /// error's cause when it has one (httparse's "invalid header name", "too many headers"…, the
 /// `http` crate's "invalid uri character"), never its context. Pingora's context can be the
 /// request itself: up to 2 KiB of a head it could not parse, keys included, or a whole target
-/// it could not build a URI from (`?key=…` and all).
-fn unreadable_head_message(e: &pingora::Error) -> String {
-    match &e.cause {
-        Some(cause) => format!("malformed request head: {cause}"),
-        None => "malformed request head".to_string(),
+/// it could not build a URI from (`?key=…` and all), which is only measured.
+fn unreadable_head_error(e: &pingora::Error) -> ProxyError {
+    if let Some(cause) = &e.cause {
+        return ProxyError::new(
+            ProxyErrorKind::BadRequest,
+            format!("malformed request head: {cause}"),
+        );
+    }
+    let target = e
+        .context
+        .as_ref()
+        .and_then(|context| context.as_str().strip_prefix(INVALID_URI));
+    match target {
+        Some(target) if target.len() > MAX_TARGET => ProxyError::new(
+            ProxyErrorKind::UriTooLong,
+            format!(
+                "the request target is {} bytes, over the longest taken ({MAX_TARGET})",
+                target.len()
+            ),
+        ),
+        Some(_) => ProxyError::new(
+            ProxyErrorKind::BadRequest,
+            "the request target is not a valid URI",
+        ),
+        None => ProxyError::new(ProxyErrorKind::BadRequest, "malformed request head"),
     }
 }
+
+/// How Pingora's context begins for a target it could make no URI of (`pingora-http`), followed
+/// by the target.
+const INVALID_URI: &str = "invalid uri ";
+/// The longest URI the `http` crate takes.
+const MAX_TARGET: usize = u16::MAX as usize - 1;
