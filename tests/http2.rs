@@ -396,6 +396,30 @@ fn a_client_that_waits_for_the_servers_settings_gets_them() {
             (4, 0),
             "the server's first frame is its SETTINGS"
         );
+        // Still before any request: a PING (a client's liveness check) is answered at once.
+        tcp.write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+            .await
+            .unwrap();
+        let pong = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                while seen.len() >= 9 {
+                    let len = u32::from_be_bytes([0, seen[0], seen[1], seen[2]]) as usize;
+                    if seen.len() < 9 + len {
+                        break;
+                    }
+                    if (seen[3], seen[4]) == (6, 1) {
+                        return;
+                    }
+                    seen.drain(..9 + len);
+                }
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the PING's answer");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(pong.is_ok(), "the PING's answer held back");
     });
 }
 

@@ -144,8 +144,16 @@ pub(super) async fn serve(
                 }
                 // Last, so reached only when everything above has to wait (the first request, if
                 // accepted, has gone as far as it can, its upstream write included): the next
-                // turn's accept sends what the connection held.
-                () = std::future::ready(()), if first_flight.is_held() => {
+                // turn's accept sends what the connection held. Asked at each poll, not with a
+                // branch condition: that is read once per `select!`, and the hold begins again
+                // at each poll of the task (`held_while_busy`).
+                () = std::future::poll_fn(|_| {
+                    if first_flight.is_held() {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                }) => {
                     if accepted_one {
                         first_flight.first_request_started();
                     } else {
