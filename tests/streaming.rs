@@ -534,6 +534,47 @@ fn one_event_stream(client: &mut Client, extra: &[(&str, &str)]) -> support::cli
     response
 }
 
+/// Once shutdown has begun a connection carries no further request: one pipelined behind a
+/// stream is not sent upstream (it could be after the grace period), and the connection closes
+/// once the stream, which runs to its end, has ended.
+#[test]
+fn after_sigterm_a_request_pipelined_behind_a_stream_is_not_served() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::chunk(event(0)),
+            Step::Sleep(Duration::from_millis(500)),
+            Step::chunk(event(1)),
+            Step::End,
+        ]
+    });
+    let sluice = sluice_for(&upstream, "");
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: sluice.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{STREAM_REQUEST}",
+        STREAM_REQUEST.len()
+    );
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(request.as_bytes());
+    let head = client.read_head();
+    assert_eq!(head.status, 200);
+    let first = client.read_chunk().expect("a first event");
+    sluice.signal("TERM");
+    std::thread::sleep(Duration::from_millis(100));
+    client.send_raw(request.as_bytes());
+    let mut body = first.data;
+    body.extend(client.read_chunks().into_iter().flat_map(|c| c.data));
+    assert_eq!(body, format!("{}{}", event(0), event(1)).as_bytes());
+    assert!(
+        client.closed_within(Duration::from_secs(3)),
+        "the connection was kept"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the pipelined request went upstream"
+    );
+}
+
 /// A request pipelined behind a stream request (RFC 9112 §9.3.2) is served once the stream has
 /// ended, on the same connection, and the stream's connection is kept for it.
 #[test]

@@ -12,14 +12,15 @@ use super::headers::ClientHead;
 use super::responses::{Finish, KeptAlive};
 use crate::http1;
 use bytes::{Bytes, BytesMut};
-use pingora::apps::HttpPersistentSettings;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::server::ReusableHttpStream;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 /// A request's Pingora session, boxed, until an HTTP/1.1 stream takes the connection out of it
 /// (`Downstream::start`) and frees it: the session is ~680 bytes, and its slot in the request's
@@ -67,12 +68,12 @@ pub enum Downstream<'a> {
 /// An HTTP/1.1 connection out of Pingora's session, carrying a chunked response.
 pub struct H1Stream {
     stream: Stream,
-    /// The connection's settings for its next request; `None` when it closes after this
-    /// response (the head said `Connection: close`).
-    reuse: Option<HttpPersistentSettings>,
+    /// Whether the connection carries another request after this response (the head says
+    /// `Connection: keep-alive`, else `close`).
+    keep_alive: bool,
     /// What the client sent after its request (the next request, pipelined; a stray empty
     /// line), kept for the connection's next request. Not allocated unless bytes come.
-    read_ahead: Vec<u8>,
+    read_ahead: BytesMut,
 }
 
 /// Most bytes of a client's next request read while a stream goes out: beyond it the client is
@@ -106,10 +107,7 @@ impl<'a> Downstream<'a> {
             return Ok(Downstream::Session(down));
         }
         let down = session.get();
-        let reuse = down
-            .as_http1()
-            .is_some_and(|s| s.will_keepalive())
-            .then(|| HttpPersistentSettings::for_session(down));
+        let keep_alive = down.as_http1().is_some_and(|s| s.will_keepalive());
         // Nothing reads the session again for this request but `serve_request`, which asks
         // `RequestSession::handed` first.
         let Some(boxed) = session.0.take() else {
@@ -118,29 +116,27 @@ impl<'a> Downstream<'a> {
         let ServerSession::H1(v1) = *boxed else {
             unreachable!("sluice_writes checked the session is HTTP/1.x");
         };
-        let (stream, reuse, read_ahead) = match reuse {
-            Some(settings) => {
-                // `reuse` hands over the bytes the client sent past its request (a pipelined
-                // request: sessions have pipelining on), which the next request starts from.
-                match v1.reuse().await? {
-                    Some(reusable) => {
-                        let (stream, read_ahead) = reusable.into_parts();
-                        let read_ahead = read_ahead.map(Vec::from).unwrap_or_default();
-                        (stream, Some(settings), read_ahead)
-                    }
-                    None => {
-                        return pingora::Error::e_explain(
-                            pingora::ErrorType::WriteError,
-                            "the client connection could not be taken for the response",
-                        )
-                    }
+        let (stream, read_ahead) = if keep_alive {
+            // `reuse` hands over the bytes the client sent past its request (a pipelined
+            // request: sessions have pipelining on), which the next request starts from.
+            match v1.reuse().await? {
+                Some(reusable) => {
+                    let (stream, read_ahead) = reusable.into_parts();
+                    (stream, read_ahead.unwrap_or_default())
+                }
+                None => {
+                    return pingora::Error::e_explain(
+                        pingora::ErrorType::WriteError,
+                        "the client connection could not be taken for the response",
+                    )
                 }
             }
-            None => (v1.into_inner(), None, Vec::new()),
+        } else {
+            (v1.into_inner(), BytesMut::new())
         };
         let mut h1 = H1Stream {
             stream,
-            reuse,
+            keep_alive,
             read_ahead,
         };
         h1.write_head(head).await?;
@@ -175,24 +171,38 @@ impl<'a> Downstream<'a> {
             Downstream::Session(ServerSession::H2(session)) => {
                 let _ = session.read_body_or_idle(true).await;
             }
-            // A response Sluice does not write itself (a plain body, HTTP/1.0, `HEAD`, 204 / 304,
-            // a request body still coming): one allocation per turn of the relay's loop.
+            // A response Sluice does not write itself (a plain body, HTTP/1.0, `HEAD`, 204 /
+            // 304): one allocation per turn of the relay's loop.
             Downstream::Session(session) => {
-                let _ = Box::pin(session.read_body_or_idle(true)).await;
-            }
-            Downstream::H1(h1) => loop {
-                let room = READ_AHEAD_LIMIT.saturating_sub(h1.read_ahead.len());
-                if room == 0 {
+                if !session.is_body_done() {
+                    // Not reached: a response head goes out only once the whole request body
+                    // was read. Probed now, body bytes would be kept as the start of the next
+                    // request (pipelining is on), and the connection's framing lost.
                     return std::future::pending().await;
                 }
-                let mut buf = [0u8; 512];
-                let take = room.min(buf.len());
-                match h1.stream.read(&mut buf[..take]).await {
-                    Ok(0) | Err(_) => return,
-                    // Kept in the same poll as the read: a cancelled wait loses nothing.
-                    Ok(n) => h1.read_ahead.extend_from_slice(&buf[..n]),
-                }
-            },
+                let _ = Box::pin(session.read_body_or_idle(true)).await;
+            }
+            Downstream::H1(h1) => {
+                std::future::poll_fn(|cx| loop {
+                    let room = READ_AHEAD_LIMIT.saturating_sub(h1.read_ahead.len());
+                    if room == 0 {
+                        // Not read any more (never ready: the relay's other waits go on).
+                        return Poll::Pending;
+                    }
+                    // On the stack of this poll only: a wait kept in every open stream's state
+                    // holds no buffer.
+                    let mut space = [MaybeUninit::<u8>::uninit(); 512];
+                    let mut buf = ReadBuf::uninit(&mut space[..room.min(512)]);
+                    match Pin::new(&mut h1.stream).poll_read(cx, &mut buf) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(_)) => return Poll::Ready(()),
+                        Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(()),
+                        // Kept in the poll that read them: a dropped wait loses nothing.
+                        Poll::Ready(Ok(())) => h1.read_ahead.extend_from_slice(buf.filled()),
+                    }
+                })
+                .await
+            }
         }
     }
 
@@ -244,7 +254,7 @@ impl H1Stream {
             http::header::DATE,
             pingora::protocols::http::date::get_cached_date(),
         );
-        let connection = if self.reuse.is_some() {
+        let connection = if self.keep_alive {
             "keep-alive"
         } else {
             "close"
@@ -274,17 +284,15 @@ impl H1Stream {
         {
             return Finish::Close;
         }
-        match self.reuse {
-            Some(_) => Finish::Handed(Some(KeptAlive {
+        if self.keep_alive {
+            return Finish::Handed(Some(KeptAlive {
                 stream: self.stream,
-                read_ahead: BytesMut::from(&self.read_ahead[..]),
-            })),
-            None => {
-                // An orderly close (FIN after the last chunk), as Pingora's session would.
-                let _ = self.stream.shutdown().await;
-                Finish::Handed(None)
-            }
+                read_ahead: self.read_ahead,
+            }));
         }
+        // An orderly close (FIN after the last chunk), as Pingora's session would.
+        let _ = self.stream.shutdown().await;
+        Finish::Handed(None)
     }
 
     async fn write_all(&mut self, bytes: &[u8], what: &'static str) -> pingora::Result<()> {

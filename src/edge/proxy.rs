@@ -74,6 +74,11 @@ impl SluiceProxy {
                 .get(crate::request_id::HEADER)
                 .map(|v| v.as_bytes()),
         );
+        if !down.is_http2() {
+            if let Err(error) = relay::check_host(down.req_header()) {
+                return respond_error(down, ctx, &error).await;
+            }
+        }
         match self.router.route(&ctx.path) {
             Some(route) => {
                 ctx.route = Some(route.clone());
@@ -216,6 +221,9 @@ impl SluiceProxy {
                 down.set_keepalive(None);
             }
             let finish = self.answer(&mut session, &mut ctx).await;
+            // Once shutdown has begun a connection carries no further request, not even one the
+            // client pipelined behind this one (it would go upstream after the grace).
+            let closing = *shutdown.borrow();
             self.record(&mut ctx).await;
             let no_orderly_end =
                 ctx.outcome == Some(StreamOutcome::ClientDisconnect) || ctx.write_cut;
@@ -230,12 +238,12 @@ impl SluiceProxy {
             match finish {
                 // The connection left the session for the response (`Downstream::H1`), and a
                 // response that failed there has had its connection dropped.
-                Finish::Handed(reused) => return reused,
+                Finish::Handed(kept) => return kept.filter(|_| !closing),
                 _ if session.handed() => return None,
                 _ => {}
             }
             let down = session.get();
-            if let Finish::Close = finish {
+            if closing || matches!(finish, Finish::Close) {
                 // `finish` then shuts the connection down in order (FIN, or END_STREAM on h2).
                 down.set_keepalive(None);
             }

@@ -30,9 +30,6 @@ pub fn check_head(route: &Route, down: &ServerSession) -> Result<(), ProxyError>
             ),
         ));
     }
-    if !down.is_http2() {
-        check_host(req)?;
-    }
     if let Some(why) = unsafe_path(req.uri.path()) {
         return Err(ProxyError::new(
             ProxyErrorKind::BadRequest,
@@ -73,8 +70,9 @@ pub fn too_large(route: &Route) -> ProxyError {
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or one whose `Host` is not a host (and
-/// port), gets a `400` (two `Host` fields are refused while the head is read).
-fn check_host(req: &RequestHeader) -> Result<(), ProxyError> {
+/// port), gets a `400` (two `Host` fields are refused while the head is read). Asked of every
+/// HTTP/1.x request before it is routed.
+pub fn check_host(req: &RequestHeader) -> Result<(), ProxyError> {
     match req.headers.get(http::header::HOST) {
         None if req.version == http::Version::HTTP_11 => Err(ProxyError::new(
             ProxyErrorKind::BadRequest,
