@@ -151,3 +151,50 @@ fn default_config_streams_demo_tokens() {
     assert_eq!(record["usage_source"], "provider");
     assert_eq!(record["model"], "demo");
 }
+
+/// An address to listen on that another process holds stops Sluice at start, with the address
+/// named and a failing exit status, after waiting a moment for it as nginx does: it ran with its
+/// admin listener answering health checks and no proxy listener at all.
+#[test]
+fn a_listen_address_in_use_stops_sluice_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = TempDir::new();
+    let config = dir.path.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: [{{addr: {addr}}}]\nadmin: 127.0.0.1:{admin}\nserver:\n  pid_file: {pid}\n  upgrade_sock: {sock}\nupstreams: {{u: {{url: http://127.0.0.1:9}}}}\nroutes:\n  - path_prefix: /\n    upstream: u\n",
+            admin = support::free_port(),
+            pid = dir.path.join("sluice.pid").display(),
+            sock = dir.path.join("upgrade.sock").display(),
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(support::sluice_bin())
+        .arg("-c")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("still running with its address taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    drop(taken);
+}

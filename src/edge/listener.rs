@@ -77,8 +77,15 @@ impl pingora::services::Service for Listeners {
         for Endpoint { addr, tls, h2c } in &self.endpoints {
             let listener = match listen(addr, fds.as_ref()) {
                 Ok(listener) => listener,
-                // As Pingora's own listeners do: a server that cannot listen does not run.
-                Err(e) => panic!("cannot listen on {addr}: {e}"),
+                // A server that cannot listen does not run. A panic here would end only this
+                // service's task: the process would go on with its admin listener answering
+                // health checks and nothing else. (`check_addresses` has refused to start on an
+                // address in use; this is one taken since, or a new one at an upgrade.)
+                Err(e) => {
+                    log::error!("cannot listen on {addr}: {e}");
+                    eprintln!("sluice: cannot listen on {addr}: {e}");
+                    std::process::exit(1);
+                }
             };
             let kind = match (tls, h2c) {
                 (Some(tls), _) => Kind::Tls(tls.clone()),
@@ -109,6 +116,28 @@ impl pingora::services::Service for Listeners {
     fn listen_addresses(&self) -> Option<Vec<String>> {
         Some(self.endpoints.iter().map(|e| e.addr.clone()).collect())
     }
+}
+
+/// Refuses to start when an address to listen on is taken: bound and let go again, each waited
+/// for as nginx does (an old process in its shutdown may still hold it for a moment: five tries,
+/// half a second apart), so that the error comes at once and from `sluice` itself, before
+/// anything runs. Not at an upgrade: the sockets are the old process's then.
+pub fn check_addresses<'a>(addrs: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    const TRIES: usize = 5;
+    const PAUSE: Duration = Duration::from_millis(500);
+    for addr in addrs {
+        for attempt in 1..=TRIES {
+            match bound_socket(addr) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < TRIES => {
+                    eprintln!("sluice: {addr} is in use; trying again ({attempt}/{TRIES})");
+                    std::thread::sleep(PAUSE);
+                }
+                Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The listening socket for `addr`: inherited from the previous process in an upgrade, else

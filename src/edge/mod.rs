@@ -129,6 +129,10 @@ pub struct RunOptions {
 /// Builds the Pingora server for a validated config: proxy listeners, admin listener, and the
 /// demo upstream when a route uses it.
 pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, String> {
+    if !options.upgrade {
+        let addrs = config.listen.iter().map(|l| l.addr.as_str());
+        listener::check_addresses(addrs.chain(config.admin.as_deref()))?;
+    }
     let mut conf = ServerConf {
         threads: config.server.threads,
         grace_period_seconds: Some(drain::runtime_grace_seconds(config.server.grace_period)),
