@@ -244,6 +244,8 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{e}");
+                    // No process of this PID serves: a PID file left behind would say one does.
+                    let _ = std::fs::remove_file(pid_file);
                     return ExitCode::FAILURE;
                 }
             };

@@ -196,5 +196,9 @@ fn a_listen_address_in_use_stops_sluice_at_start() {
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
     );
+    assert!(
+        !dir.path.join("sluice.pid").exists(),
+        "a PID file was left behind"
+    );
     drop(taken);
 }
