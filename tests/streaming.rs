@@ -190,6 +190,38 @@ fn idle_timeout_ends_stream_with_openai_error_event() {
     assert!(response.status > 0);
 }
 
+/// When Sluice strips the usage chunk it asked for, an event left half-sent by an upstream that
+/// then goes quiet is held whole (a client cannot act on half an event): the idle timeout's
+/// error event follows the last whole event, with no empty event before it, and the half-sent
+/// one never reaches the client.
+#[test]
+fn an_event_held_half_sent_in_strip_mode_is_not_closed_with_an_empty_event() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::chunk(event(0)),
+            Step::chunk("data: {\"partial"),
+            Step::Hold,
+        ]
+    });
+    // include_usage on (the default): Sluice asks for the usage chunk and strips it.
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n    usage_comment: false\n    idle_timeout: 300ms\n    heartbeat: off\n",
+        upstream.url()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    let body = String::from_utf8(client.read_response().body).unwrap();
+    let rest = body
+        .strip_prefix(event(0).as_str())
+        .unwrap_or_else(|| panic!("{body:?}"));
+    assert!(rest.starts_with("data: {\"error\""), "{rest:?}");
+    assert!(!body.contains("partial"), "{body:?}");
+    // The record counts what the client got of the upstream's bytes.
+    let record = &sluice.wait_ledger(1)[0];
+    assert_eq!(record["bytes"], event(0).len(), "{record}");
+}
+
 #[test]
 fn idle_timeout_anthropic_and_plain_event_formats() {
     for (provider, path) in [("anthropic", "/v1/messages"), ("none", "/events")] {

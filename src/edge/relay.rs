@@ -497,6 +497,9 @@ fn relay_event_stream<'a>(
             }
             ctx.outcome = Some(outcome);
             guard.outcome = outcome;
+            // Asked before a partial event held in strip mode is dropped: the client saw none of
+            // it, so an error event needs no blank line to close it.
+            let at_boundary = inspector.client_at_event_boundary();
             if outcome != StreamOutcome::Completed {
                 inspector.discard_partial();
             }
@@ -520,7 +523,6 @@ fn relay_event_stream<'a>(
                 _ if ctx.write_cut => Finish::Close,
                 ended => {
                     let error = end_error(ended, route);
-                    let at_boundary = inspector.client_at_event_boundary();
                     write_terminal_event(down, ctx, &error, at_boundary).await
                 }
             }
