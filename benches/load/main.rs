@@ -506,8 +506,11 @@ pub fn nproc() -> usize {
 }
 
 /// The order `n` targets run in, round `round`: rows of a Williams design (row `q`:
-/// 0, 1, n−1, 2, n−2, … shifted by `q`), each row once as it is and once reversed, so that both a
-/// target's place and the target run just before it change from round to round.
+/// 0, 1, n−1, 2, n−2, … shifted by `q`), even rounds row `round / 2` as it is, odd rounds a row
+/// further on reversed, so that both a target's place and the target run just before it change
+/// from round to round (balanced only over 2n rounds; a skipped target breaks it a little). The
+/// reversed row is `max(2, n / 2)` rows on so that no round starts with the target the round
+/// before ended with (for n ≥ 3).
 ///
 /// A run leaves the machine busy for a while after it (a proxy's deferred work, the kernel's), and
 /// the target run right after it pays for that. Rotating one order, as the harness did before,
@@ -515,7 +518,11 @@ pub fn nproc() -> usize {
 /// Sluice build run right after `sluice` came out 15–35 µs slower whichever build it was (two
 /// builds swapped between the `sluice` and `sluice-baseline` slots, 2026-12-07).
 fn round_order(n: usize, round: usize) -> Vec<usize> {
-    let row = round / 2;
+    let row = if round.is_multiple_of(2) {
+        round / 2
+    } else {
+        round / 2 + (n / 2).max(2)
+    };
     let mut order: Vec<usize> = (0..n)
         .map(|j| {
             // 0, 1, n−1, 2, n−2, …

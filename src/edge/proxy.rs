@@ -275,10 +275,8 @@ fn unreadable_head_error(e: &pingora::Error) -> ProxyError {
     match target {
         Some(target) if target.len() > MAX_TARGET => ProxyError::new(
             ProxyErrorKind::UriTooLong,
-            format!(
-                "the request target is {} bytes, over the longest taken ({MAX_TARGET})",
-                target.len()
-            ),
+            // At least: a target that is not UTF-8 is in the context with its bad bytes replaced.
+            format!("the request target is over the longest taken ({MAX_TARGET} bytes)"),
         ),
         Some(_) => ProxyError::new(
             ProxyErrorKind::BadRequest,
