@@ -44,6 +44,11 @@ impl FrameTracker {
         }
     }
 
+    /// True once this side has sent its Close frame (it ends its half of the session in order).
+    pub fn closed(&self) -> bool {
+        self.close_sent
+    }
+
     /// True when a frame of Sluice's own may be written now: between two frames, and the side
     /// has not closed.
     pub fn may_send_close(&self) -> bool {

@@ -181,6 +181,15 @@ async fn serve(mut stream: tokio::net::TcpStream, log: Arc<Mutex<WsLog>>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         return;
     }
+    if path.starts_with("/close-and-wait") {
+        // Starts the closing handshake, then keeps its connection open: the client closes first.
+        let _ = writer
+            .write_all(&encode(CLOSE, &1000u16.to_be_bytes(), None))
+            .await;
+        while matches!(reader.read_buf(&mut buf).await, Ok(n) if n > 0) {}
+        log.lock().unwrap().closed.push(Instant::now());
+        return;
+    }
     if path.starts_with("/push") {
         // A message every 50 ms without any client input, then a close (`/push-forever`: no
         // end).
@@ -606,6 +615,24 @@ fn an_upstream_gone_without_a_close_frame_is_a_1014_for_the_client() {
         Some((CLOSE, close_payload(1014, "upstream closed the connection")))
     );
     assert!(client.ends_within(Duration::from_secs(1)));
+    let records = sluice.wait_ledger(1);
+    assert_eq!(records[0]["outcome"], "upstream_error", "{}", records[0]);
+}
+
+/// A closing handshake the upstream began and the client answered is the session's orderly end,
+/// whichever side then closes its connection first.
+#[test]
+fn a_closing_handshake_begun_by_the_upstream_is_a_completed_session() {
+    let upstream = WsUpstream::start();
+    let sluice = sluice_for(&upstream, "", "");
+    let (mut client, head) = WsClient::connect(&sluice, "/close-and-wait");
+    assert_eq!(head.status, 101);
+    assert_eq!(client.recv(), Some((TEXT, b"hello".to_vec())));
+    assert_eq!(client.recv(), Some((CLOSE, 1000u16.to_be_bytes().to_vec())));
+    client.send(CLOSE, &1000u16.to_be_bytes());
+    drop(client);
+    let records = sluice.wait_ledger(1);
+    assert_eq!(records[0]["outcome"], "completed", "{}", records[0]);
 }
 
 #[test]

@@ -133,7 +133,16 @@ async fn copy_both_ways(
                     tick = timer.due(&clock) => return ended_by(tick),
                 }
             }
-            Event::Upstream(Ok(None)) => return StreamOutcome::Completed,
+            // After its Close frame, the upstream's end is the session's orderly end (RFC 6455
+            // §7.1.1: the server closes the TCP connection first); without one it failed.
+            Event::Upstream(Ok(None)) if framing.to_client.closed() => {
+                return StreamOutcome::Completed
+            }
+            Event::Upstream(Ok(None)) => {
+                ctx.error = Some("the upstream closed the connection without a Close frame".into());
+                METRICS.upstream_failed(&route.upstream.name, "body");
+                return StreamOutcome::UpstreamError;
+            }
             Event::Upstream(Err(e)) => {
                 ctx.error = Some(format!("upstream WebSocket read: {e}"));
                 METRICS.upstream_failed(&route.upstream.name, "body");
@@ -154,6 +163,12 @@ async fn copy_both_ways(
                         return StreamOutcome::UpstreamError;
                     }
                 }
+            }
+            // Both Close frames passed: the closing handshake is over, whoever closes first.
+            Event::Client(Ok(None) | Err(_))
+                if framing.to_client.closed() && framing.to_upstream.closed() =>
+            {
+                return StreamOutcome::Completed
             }
             Event::Client(Ok(None) | Err(_)) => return StreamOutcome::ClientDisconnect,
             // No heartbeats on a WebSocket (the clock was made without them).
