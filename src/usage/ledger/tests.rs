@@ -287,6 +287,30 @@ async fn reopen_after_external_rename_loses_nothing() {
     assert_eq!(all, expected, "lost or duplicated across the reopen");
 }
 
+/// A file renamed under the ledger (another process rotating the same path, as both do during an
+/// upgrade; logrotate before its SIGHUP) is left behind at the next batch: records go to the path.
+#[tokio::test]
+async fn a_file_renamed_under_the_ledger_is_followed_without_a_reopen() {
+    let dir = TestDir::new("follow");
+    let (path, old) = (dir.file("usage.jsonl"), dir.file("usage.jsonl.1"));
+    let ledger = open(&path);
+    for n in 0..10 {
+        ledger.append_durable(record(n)).await.unwrap();
+    }
+    fs::rename(&path, &old).unwrap();
+    for n in 10..20 {
+        ledger.append_durable(record(n)).await.unwrap();
+    }
+    // Removed outright: a new file at the path, not writes into the removed one.
+    fs::remove_file(&path).unwrap();
+    for n in 20..30 {
+        ledger.append_durable(record(n)).await.unwrap();
+    }
+    ledger.shutdown().unwrap();
+    assert_eq!(seqs(&old), (0..10).collect::<Vec<_>>());
+    assert_eq!(seqs(&path), (20..30).collect::<Vec<_>>());
+}
+
 /// 99-byte records: 100 bytes a line, so ten lines fill a 1000-byte file exactly.
 fn sized_record(n: u64) -> Vec<u8> {
     let head = format!(r#"{{"seq":{n},"pad":""#);

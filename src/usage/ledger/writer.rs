@@ -125,8 +125,16 @@ impl Writer {
         }
     }
 
-    /// Between batches: open the path anew if asked, rotate if the next record would not fit.
+    /// Between batches: open the path anew if asked or if the open file is no longer at it,
+    /// rotate if the next record would not fit.
     fn maintain_file(&mut self, next_len: usize) {
+        // Renamed or removed by someone else: another Sluice rotating the same ledger (during an
+        // upgrade both processes write it, and the old one's file would be shifted along and, past
+        // `keep`, deleted under its writes), or logrotate before its SIGHUP. Records go to the
+        // path, never to a file that is no longer there.
+        if !self.reopen_pending && !self.file.is_at(&self.config.path) {
+            self.reopen_pending = true;
+        }
         if self.reopen_pending {
             self.reopen();
         }
