@@ -108,14 +108,18 @@ impl BackgroundService for Drain {
         let deadline = Instant::now() + self.grace_period;
         let waiting = REQUESTS_IN_FLIGHT.load(Ordering::Acquire);
         if waiting > 0 {
-            log::warn!("shutting down: waiting for {waiting} requests and new connections");
+            // Requests, connections still owed their first answer and listeners in their
+            // arrival grace all count: not a number of streams.
+            log::warn!("shutting down: waiting for {waiting} requests, connections and listeners");
         }
         while REQUESTS_IN_FLIGHT.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut left = REQUESTS_IN_FLIGHT.load(Ordering::Acquire);
         if left > 0 {
-            log::warn!("grace period over with {left} requests still running: ending them");
+            log::warn!(
+                "grace period over with {left} requests and connections still running: ending them"
+            );
             end_grace();
             let deadline = Instant::now() + LAST_WORDS;
             while REQUESTS_IN_FLIGHT.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
