@@ -487,6 +487,43 @@ fn a_body_in_many_small_data_frames_is_read() {
     assert_eq!(upstream.requests()[0].body.len(), 60 * 1024);
 }
 
+/// A plain body the upstream cuts short is cut short for the client too: its stream is reset,
+/// not ended as if it were whole (`END_STREAM`), which a client given no length could not tell
+/// from a whole body.
+#[test]
+fn a_plain_body_cut_short_by_the_upstream_resets_the_stream() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::chunked_head("application/json"),
+            Step::chunk("{\"partial\":"),
+            Step::Sleep(Duration::from_millis(50)),
+            Step::Close,
+        ]
+    });
+    let sluice = h2c_routed_to(&upstream, "", "");
+    runtime().block_on(async {
+        let mut client = h2_client(&sluice).await;
+        let get = http::Request::get("http://sluice.test/v1/models")
+            .body(())
+            .unwrap();
+        let (response, _send) = client.send_request(get, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        let end = loop {
+            match body.data().await {
+                Some(Ok(data)) => got.extend_from_slice(&data),
+                Some(Err(e)) => break Some(e),
+                None => break None,
+            }
+        };
+        assert_eq!(got, b"{\"partial\":");
+        let reset = end.expect("the cut body ended as if whole");
+        assert_eq!(reset.reason(), Some(h2::Reason::INTERNAL_ERROR), "{reset}");
+    });
+}
+
 /// A stream whose first `n` bytes written were sent already: the h2 client's preface goes out
 /// without them.
 struct Rest(tokio::net::TcpStream, usize);

@@ -375,3 +375,37 @@ fn pooled_connections_the_upstream_closed_or_that_expired_are_not_reused() {
         "closed after {idle:?}"
     );
 }
+
+/// A chunked plain body the upstream cuts short reaches the client cut short: its connection
+/// closes without the last chunk, which would tell the client it had the whole body.
+#[test]
+fn a_plain_body_cut_short_by_the_upstream_ends_without_its_last_chunk() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::chunked_head("application/json"),
+            Step::chunk("{\"partial\":"),
+            Step::sleep_ms(50),
+            Step::Close,
+        ]
+    });
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n",
+        upstream.url()
+    ));
+    let answer = support::client::exchange_until_closed(
+        sluice.addr,
+        b"GET /v1/models HTTP/1.1\r\nHost: sluice.test\r\n\r\n",
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    // The size line in either case (Pingora writes `B`).
+    assert!(
+        body.eq_ignore_ascii_case("b\r\n{\"partial\":\r\n"),
+        "{answer}"
+    );
+}

@@ -1,12 +1,13 @@
 //! Where a response body goes once its head is out: Pingora's session, or, for an HTTP/1.1
-//! stream, the client connection itself.
+//! stream, the client connection itself, or, on HTTP/2, the `h2` crate's send half of the stream.
 //!
-//! Pingora's HTTP/1.1 session keeps the response head it wrote until the response ends, with no
-//! way to free it: a provider's head (~28 fields) is a `HeaderMap` of ~6.5 KiB, about half of
-//! what an idle stream costs. Sluice writes a stream's head itself, drops it, and writes the
-//! chunks and the last chunk on the connection; the session (with its request head and buffers)
-//! is dropped as soon as the connection is out of it. Everything else (HTTP/2, plain bodies,
-//! HTTP/1.0, `HEAD`, errors, WebSocket) stays on Pingora's session.
+//! Pingora's sessions keep the response head they wrote until the response ends, with no way to
+//! free it: a provider's head (~28 fields) is a `HeaderMap` of ~6.5 KiB on HTTP/1.1 (~3 KiB as
+//! HTTP/2's session keeps it), a large share of what an idle stream costs. Sluice writes an
+//! HTTP/1.1 stream's head itself, drops it, and writes the chunks and the last chunk on the
+//! connection; an HTTP/2 response's head goes out through the session, which is then dropped
+//! with everything it kept, the stream's send half taken out of it. Everything else (plain
+//! bodies, HTTP/1.0, `HEAD`, errors, WebSocket over HTTP/1.1) stays on Pingora's session.
 
 use super::headers::ClientHead;
 use super::responses::{Finish, KeptAlive};
@@ -35,12 +36,13 @@ impl RequestSession {
     /// The session. Only `serve_request` reaches it after the response head went out, and it
     /// asks [`RequestSession::handed`] first.
     pub fn get(&mut self) -> &mut ServerSession {
-        self.0
-            .as_deref_mut()
-            .expect("the session is read only before an HTTP/1.1 stream takes its connection")
+        self.0.as_deref_mut().expect(
+            "the session is read only before a response takes its connection or stream out of it",
+        )
     }
 
-    /// An HTTP/1.1 stream took the connection: the session is gone.
+    /// An HTTP/1.1 stream took the connection, or an HTTP/2 response its stream: the session is
+    /// gone.
     pub fn handed(&self) -> bool {
         self.0.is_none()
     }
@@ -63,6 +65,8 @@ pub enum Downstream<'a> {
     Session(&'a mut ServerSession),
     /// Sluice writes a chunked HTTP/1.1 body on the connection.
     H1(H1Stream),
+    /// Sluice writes an HTTP/2 body on the stream's send half.
+    H2(H2Stream),
 }
 
 /// An HTTP/1.1 connection out of Pingora's session, carrying a chunked response.
@@ -74,6 +78,16 @@ pub struct H1Stream {
     /// What the client sent after its request (the next request, pipelined; a stray empty
     /// line), kept for the connection's next request. Not allocated unless bytes come.
     read_ahead: BytesMut,
+}
+
+/// An HTTP/2 response out of Pingora's session: the send half of its stream is all its body
+/// needs. The stream stays open while this holds it (the `h2` crate resets a stream only once
+/// nothing refers to it); dropped before its end, it is reset (`CANCEL`), as a dropped session's
+/// would be.
+pub struct H2Stream {
+    body: h2::SendStream<Bytes>,
+    /// The client sent `TE: trailers`: the usage figures may go out as trailers.
+    wants_trailers: bool,
 }
 
 /// Most bytes of a client's next request read while a stream goes out: beyond it the client is
@@ -100,10 +114,14 @@ impl<'a> Downstream<'a> {
             let http2 = down.is_http2();
             let head = head.into_response_header(http2)?;
             down.write_response_header(Box::new(head)).await?;
-            release_request_fields(down);
             if http2 {
                 super::h2_server::send_now().await;
+                if let Some(h2) = H2Stream::take(session) {
+                    return Ok(Downstream::H2(h2));
+                }
             }
+            let down = session.get();
+            release_request_fields(down);
             return Ok(Downstream::Session(down));
         }
         let down = session.get();
@@ -155,6 +173,7 @@ impl<'a> Downstream<'a> {
                 http1::encode_chunk(&data, &mut out);
                 super::tcp::write_flushed(&mut h1.stream, &out, "writing body").await
             }
+            Downstream::H2(h2) => h2.write(data, false).await,
             Downstream::Session(down) => session_write(down, data).await,
         }
     }
@@ -166,6 +185,10 @@ impl<'a> Downstream<'a> {
     /// the upstream read and drops it whenever something else happens first.
     pub async fn client_gone(&mut self) {
         match self {
+            // Resolves when the client resets the stream or the connection ends.
+            Downstream::H2(h2) => {
+                let _ = std::future::poll_fn(|cx| h2.body.poll_reset(cx)).await;
+            }
             // HTTP/2's own wait (64 bytes) rather than the session's, which is sized for an
             // HTTP/1.1 session's (256 bytes, boxed below): a stream keeps one in its state.
             Downstream::Session(ServerSession::H2(session)) => {
@@ -209,27 +232,32 @@ impl<'a> Downstream<'a> {
     /// Whether the usage figures go out as trailers: HTTP/2 clients that sent `TE: trailers`
     /// (Pingora writes no HTTP/1.1 trailers).
     pub fn wants_trailers(&self) -> bool {
-        let Downstream::Session(down) = self else {
-            return false;
-        };
-        down.is_http2()
-            && down
-                .req_header()
-                .headers
-                .get_all(http::header::TE)
-                .iter()
-                .any(|v| {
-                    v.to_str().is_ok_and(|v| {
-                        v.split(',')
-                            .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-                    })
-                })
+        match self {
+            Downstream::H2(h2) => h2.wants_trailers,
+            Downstream::Session(down) => down.is_http2() && te_trailers(down.req_header()),
+            Downstream::H1(_) => false,
+        }
+    }
+
+    /// Ends a response that could not be completed so that the client cannot take it for whole:
+    /// an HTTP/1.1 connection is closed (FIN) without the last chunk, an HTTP/2 stream reset
+    /// (`INTERNAL_ERROR`, as Pingora's session does when given up).
+    pub async fn cut(self) -> Finish {
+        match self {
+            Downstream::H1(mut h1) => {
+                let _ = h1.stream.shutdown().await;
+            }
+            Downstream::H2(mut h2) => h2.body.send_reset(h2::Reason::INTERNAL_ERROR),
+            Downstream::Session(down) => down.shutdown().await,
+        }
+        Finish::Cut
     }
 
     /// Writes `tail` and ends the body (with `trailers`, on HTTP/2).
     pub async fn finish(self, tail: Bytes, trailers: Option<http::HeaderMap>) -> Finish {
         let down = match self {
             Downstream::H1(h1) => return h1.finish(&tail).await,
+            Downstream::H2(h2) => return h2.finish(tail, trailers).await,
             Downstream::Session(down) => down,
         };
         if !tail.is_empty() && session_write(down, tail).await.is_err() {
@@ -298,6 +326,75 @@ impl H1Stream {
     async fn write_all(&mut self, bytes: &[u8], what: &'static str) -> pingora::Result<()> {
         super::tcp::write_flushed(&mut self.stream, bytes, what).await
     }
+}
+
+impl H2Stream {
+    /// Takes an HTTP/2 response whose head is out, and whose request body has been read, out of
+    /// its session, and drops the session: the response head it kept, what is left of the
+    /// request's, its buffers. `None` (the session stays) for any other.
+    fn take(session: &mut RequestSession) -> Option<H2Stream> {
+        let ServerSession::H2(down) = session.0.as_deref_mut()? else {
+            return None;
+        };
+        // The request body's receiving half goes with the session: nothing of it may be left.
+        if !down.is_body_done() {
+            return None;
+        }
+        let wants_trailers = te_trailers(down.req_header());
+        let body = down.take_response_body_writer()?;
+        session.0 = None;
+        Some(H2Stream {
+            body,
+            wants_trailers,
+        })
+    }
+
+    /// Pingora's own HTTP/2 body write (waits for the client's flow-control window, in pieces as
+    /// it opens), boxed for the reason `session_write` gives.
+    fn write(
+        &mut self,
+        data: Bytes,
+        end: bool,
+    ) -> Pin<Box<dyn Future<Output = pingora::Result<()>> + Send + '_>> {
+        Box::pin(async move {
+            pingora::protocols::http::v2::write_body(&mut self.body, data, end, None)
+                .await
+                .map_err(|e| e.into_down())
+        })
+    }
+
+    /// `tail` and the end of the stream in one DATA frame, or `tail` and then the trailers.
+    async fn finish(mut self, tail: Bytes, trailers: Option<http::HeaderMap>) -> Finish {
+        let ended = match trailers {
+            None => self.write(tail, true).await,
+            Some(trailers) => {
+                if !tail.is_empty() && self.write(tail, false).await.is_err() {
+                    return Finish::Close;
+                }
+                self.body.send_trailers(trailers).map_err(|e| {
+                    pingora::Error::because(
+                        pingora::ErrorType::WriteError,
+                        "writing HTTP/2 trailers",
+                        e,
+                    )
+                })
+            }
+        };
+        match ended {
+            Ok(()) => Finish::Handed(None),
+            Err(_) => Finish::Close,
+        }
+    }
+}
+
+/// Whether a request's `TE` says it takes trailers.
+fn te_trailers(req: &RequestHeader) -> bool {
+    req.headers.get_all(http::header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    })
 }
 
 /// Body bytes on Pingora's session. Its writes are boxed: every open stream's state has room for

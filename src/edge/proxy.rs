@@ -111,7 +111,7 @@ impl SluiceProxy {
     }
 
     /// Writes the usage record a stream request may still owe, the metrics and the access log.
-    /// Not from the session: an HTTP/1.1 stream's has left it by now (`Downstream::H1`).
+    /// Not from the session: a stream's has left it by now (`Downstream::H1`, `Downstream::H2`).
     async fn record(&self, ctx: &mut RequestCtx) {
         // Event streams wrote their record before their end; a stream request that never got
         // one (an error before the head, a non-stream answer) is recorded here.
@@ -225,14 +225,16 @@ impl SluiceProxy {
             // client pipelined behind this one (it would go upstream after the grace).
             let closing = *shutdown.borrow();
             self.record(&mut ctx).await;
-            let no_orderly_end =
-                ctx.outcome == Some(StreamOutcome::ClientDisconnect) || ctx.write_cut;
+            let no_orderly_end = ctx.outcome == Some(StreamOutcome::ClientDisconnect)
+                || ctx.write_cut
+                || matches!(finish, Finish::Cut);
             // The request's slot and in-flight count end here, not when the connection does.
             drop(ctx);
             if no_orderly_end {
-                // Nobody reads an orderly end (a last chunk, a FIN after it), or a write was cut
-                // midway: dropping the session closes the socket without writing, which also counts
-                // when thousands of clients leave at once.
+                // Nobody reads an orderly end (a last chunk, a FIN after it), a write was cut
+                // midway, or the response was cut and must not be ended: dropping the session
+                // closes the socket without writing, which also counts when thousands of clients
+                // leave at once.
                 return None;
             }
             match finish {

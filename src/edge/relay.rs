@@ -369,13 +369,13 @@ async fn end_plain(
     down: Downstream<'_>,
     ctx: &mut RequestCtx,
 ) -> Finish {
-    // A plain body cut short cannot be ended cleanly: the client sees the connection close, as
-    // it would with the upstream itself.
+    // A plain body cut short cannot be ended cleanly: the client sees it cut, as it would with
+    // the upstream itself.
     let finish = match outcome {
         StreamOutcome::Completed => down.finish(bytes::Bytes::new(), None).await,
-        _ => Finish::Close,
+        _ => down.cut().await,
     };
-    if matches!(finish, Finish::Close) {
+    if matches!(finish, Finish::Close | Finish::Cut) {
         close_upstream(up, outcome, ctx).await;
     } else {
         upstreams

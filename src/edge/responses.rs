@@ -16,11 +16,16 @@ use pingora::protocols::http::ServerSession;
 pub enum Finish {
     /// The response ended properly; the client connection may be reused.
     Clean,
-    /// The client connection must be closed (client gone, or a truncated plain body).
+    /// The client connection must be closed (client gone, a refused request whose body was not
+    /// read).
     Close,
-    /// The response ended properly on a connection out of Pingora's session
-    /// ([`Downstream::H1`]): the connection back when it may carry another request, `None` when
-    /// it was closed.
+    /// The response could not be completed (a plain body the upstream cut short) and was ended so
+    /// that the client sees it incomplete: its connection closed without a last chunk (HTTP/1.1),
+    /// its stream reset (HTTP/2). Nothing more may be written for it.
+    Cut,
+    /// The response ended properly out of Pingora's session: on an HTTP/1.1 connection
+    /// ([`Downstream::H1`]), the connection back when it may carry another request, `None` when
+    /// it was closed; on an HTTP/2 stream ([`Downstream::H2`]), `None`.
     Handed(Option<KeptAlive>),
 }
 
