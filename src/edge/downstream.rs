@@ -6,8 +6,8 @@
 //! HTTP/2's session keeps it), a large share of what an idle stream costs. Sluice writes an
 //! HTTP/1.1 stream's head itself, drops it, and writes the chunks and the last chunk on the
 //! connection; an HTTP/2 response's head goes out through the session, which is then dropped
-//! with everything it kept, the stream's send half taken out of it. Everything else (plain
-//! bodies, HTTP/1.0, `HEAD`, errors, WebSocket over HTTP/1.1) stays on Pingora's session.
+//! with everything it kept, the stream's send half taken out of it. Everything else (HTTP/1.x
+//! plain bodies, HTTP/1.0, `HEAD`; errors; WebSocket) stays on Pingora's session.
 
 use super::headers::ClientHead;
 use super::responses::{Finish, KeptAlive};
@@ -23,9 +23,10 @@ use std::pin::Pin;
 use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
-/// A request's Pingora session, boxed, until an HTTP/1.1 stream takes the connection out of it
-/// (`Downstream::start`) and frees it: the session is ~680 bytes, and its slot in the request's
-/// state would otherwise stay there, unused, for the whole stream. One allocation per request.
+/// A request's Pingora session, boxed, until an HTTP/1.1 stream takes the connection out of it,
+/// or an HTTP/2 response its stream (`Downstream::start`), and frees it: the session is ~680
+/// bytes, and its slot in the request's state would otherwise stay there, unused, for the whole
+/// stream. One allocation per request.
 pub struct RequestSession(Option<Box<ServerSession>>);
 
 impl RequestSession {
@@ -54,7 +55,7 @@ impl RequestSession {
     ) -> Pin<Box<impl Future<Output = pingora::Result<Option<ReusableHttpStream>>>>> {
         let session = self
             .0
-            .expect("the session is finished only when no HTTP/1.1 stream took its connection");
+            .expect("the session is finished only when no response took it apart");
         Box::pin(session.finish())
     }
 }
@@ -96,8 +97,8 @@ const READ_AHEAD_LIMIT: usize = 64 * 1024;
 
 impl<'a> Downstream<'a> {
     /// Writes the response head and returns where its body goes. A stream (`stream`) to an
-    /// HTTP/1.1 request whose body has been read leaves Pingora's session here; any other
-    /// response keeps it.
+    /// HTTP/1.1 request, and any HTTP/2 response, whose request body has been read leaves
+    /// Pingora's session here; any other response keeps it.
     pub async fn start(
         session: &'a mut RequestSession,
         mut head: ClientHead,
@@ -239,16 +240,18 @@ impl<'a> Downstream<'a> {
         }
     }
 
-    /// Ends a response that could not be completed so that the client cannot take it for whole:
-    /// an HTTP/1.1 connection is closed (FIN) without the last chunk, an HTTP/2 stream reset
-    /// (`INTERNAL_ERROR`, as Pingora's session does when given up).
-    pub async fn cut(self) -> Finish {
+    /// Leaves a response that could not be completed unended, so that the client cannot take it
+    /// for whole: an HTTP/2 stream is reset here (`INTERNAL_ERROR`, as Pingora's session does
+    /// when given up); an HTTP/1.x connection is dropped with the session or stream, without a
+    /// last chunk and without TLS's `close_notify`, and without waiting on a client that may have
+    /// stopped reading. A close-delimited body (an HTTP/1.0 client) has no way to say it was cut
+    /// over plain TCP: its connection closes as a whole one's does.
+    pub fn cut(self) -> Finish {
         match self {
-            Downstream::H1(mut h1) => {
-                let _ = h1.stream.shutdown().await;
-            }
             Downstream::H2(mut h2) => h2.body.send_reset(h2::Reason::INTERNAL_ERROR),
-            Downstream::Session(down) => down.shutdown().await,
+            // Synchronous: a reset is only queued.
+            Downstream::Session(ServerSession::H2(down)) => down.shutdown(),
+            Downstream::H1(_) | Downstream::Session(_) => {}
         }
         Finish::Cut
     }
@@ -418,7 +421,8 @@ fn session_write(
 }
 
 /// Frees the request's header fields once a response head went out on Pingora's session (an
-/// HTTP/2 stream, a plain body): a session keeps its request head until the response ends, and
+/// HTTP/1.x plain body, `HEAD`, an HTTP/1.0 client; an HTTP/2 response whose request body is done
+/// left the session whole): a session keeps its request head until the response ends, and
 /// an SDK's head (~17 fields: `x-stainless-*`, a long `authorization`) costs a map of ~2.5 KiB
 /// in every open stream, two on HTTP/1.1 (Pingora also keeps each name's original case). Nothing
 /// reads the fields after the response head but `wants_trailers` (`te`, which stays); the access

@@ -170,7 +170,8 @@ impl SluiceProxy {
     /// A plain fn returning a boxed `async move` block, not an `async fn`: an async fn (and
     /// `async_trait`) keeps each by-value argument in its state for as long as it runs, and every
     /// open stream's state would then keep a 680-byte session. The block captures the session
-    /// boxed (`RequestSession`), which an HTTP/1.1 stream frees once it has the connection.
+    /// boxed (`RequestSession`), which an HTTP/1.1 stream frees once it has the connection (an
+    /// HTTP/2 response once it has its stream).
     pub(super) fn serve_request<'app, 'watch, 'fut>(
         self: &'app Arc<Self>,
         down: ServerSession,
@@ -238,8 +239,9 @@ impl SluiceProxy {
                 return None;
             }
             match finish {
-                // The connection left the session for the response (`Downstream::H1`), and a
-                // response that failed there has had its connection dropped.
+                // The connection (`Downstream::H1`) or the HTTP/2 stream (`Downstream::H2`) left
+                // the session for the response, and a response that failed there has had its
+                // connection dropped or its stream reset.
                 Finish::Handed(kept) => return kept.filter(|_| !closing),
                 _ if session.handed() => return None,
                 _ => {}

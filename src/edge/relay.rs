@@ -369,11 +369,13 @@ async fn end_plain(
     down: Downstream<'_>,
     ctx: &mut RequestCtx,
 ) -> Finish {
-    // A plain body cut short cannot be ended cleanly: the client sees it cut, as it would with
-    // the upstream itself.
+    // A plain body cut short cannot be ended cleanly: it is left unended, as the upstream left
+    // it. A client that left or stopped reading is written nothing more.
     let finish = match outcome {
         StreamOutcome::Completed => down.finish(bytes::Bytes::new(), None).await,
-        _ => down.cut().await,
+        StreamOutcome::ClientDisconnect => Finish::Cut,
+        _ if ctx.write_cut => Finish::Cut,
+        _ => down.cut(),
     };
     if matches!(finish, Finish::Close | Finish::Cut) {
         close_upstream(up, outcome, ctx).await;

@@ -16,12 +16,13 @@ use pingora::protocols::http::ServerSession;
 pub enum Finish {
     /// The response ended properly; the client connection may be reused.
     Clean,
-    /// The client connection must be closed (client gone, a refused request whose body was not
-    /// read).
+    /// The client connection must be closed once the response is over (a refused request whose
+    /// body was not read, a WebSocket session's end) or at once (client gone, a write cut, a
+    /// failed end).
     Close,
-    /// The response could not be completed (a plain body the upstream cut short) and was ended so
-    /// that the client sees it incomplete: its connection closed without a last chunk (HTTP/1.1),
-    /// its stream reset (HTTP/2). Nothing more may be written for it.
+    /// A plain body that could not be completed (cut short by the upstream, or its client gone),
+    /// left unended (`Downstream::cut`): nothing more is written for it, no last chunk, no
+    /// `END_STREAM`; its connection is dropped or its HTTP/2 stream reset.
     Cut,
     /// The response ended properly out of Pingora's session: on an HTTP/1.1 connection
     /// ([`Downstream::H1`]), the connection back when it may carry another request, `None` when
