@@ -402,8 +402,18 @@ async fn run_one(
             let cpu = r
                 .cpu_s
                 .map(|c| {
+                    let by_process = if r.cpu_s_by_process.len() > 1 {
+                        let each: Vec<String> = r
+                            .cpu_s_by_process
+                            .iter()
+                            .map(|c| format!("{c:.2}"))
+                            .collect();
+                        format!(" ({})", each.join(" + "))
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        ", proxy CPU {c:.2} s = {:.2} s/M events",
+                        ", proxy CPU {c:.2} s{by_process} = {:.2} s/M events",
                         c / r.events.received.max(1) as f64 * 1e6
                     )
                 })

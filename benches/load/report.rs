@@ -671,6 +671,7 @@ fn throughput_json(runs: &[ThroughputRun], s: &Summary) -> Value {
             "events_sent": r.events.sent,
             "events_received": r.events.received,
             "cpu_s": r.cpu_s,
+            "cpu_s_by_process": r.cpu_s_by_process,
             "errors": r.errors.count,
             "first_error": r.errors.first,
         })).collect::<Vec<_>>(),

@@ -61,6 +61,9 @@ pub struct ThroughputRun {
     pub elapsed_s: f64,
     /// CPU seconds of the proxy's processes over the run (none for direct).
     pub cpu_s: Option<f64>,
+    /// The same, process by process, busiest first, for a proxy of several processes (nginx's
+    /// and HAProxy's workers): how a run spread its streams over them moves the total.
+    pub cpu_s_by_process: Vec<f64>,
     pub errors: Errors,
 }
 
@@ -270,6 +273,7 @@ pub async fn throughput(target: &Target, upstream: &Upstream, options: &Options)
     let run = upstream.new_run();
     let pids = target.pids();
     let cpu_before = procfs::cpu_seconds(&pids);
+    let by_process_before: Vec<f64> = pids.iter().map(|&p| procfs::cpu_seconds(&[p])).collect();
     let start = now_ns();
     let spec = StreamSpec {
         events: 50_000_000,
@@ -315,6 +319,15 @@ pub async fn throughput(target: &Target, upstream: &Upstream, options: &Options)
     out.elapsed_s = (now_ns() - start) as f64 / SEC as f64;
     if target.is_proxy() {
         out.cpu_s = Some(procfs::cpu_seconds(&pids) - cpu_before);
+        if pids.len() > 1 {
+            out.cpu_s_by_process = pids
+                .iter()
+                .zip(&by_process_before)
+                .map(|(&p, before)| procfs::cpu_seconds(&[p]) - before)
+                .filter(|&c| c > 0.0)
+                .collect();
+            out.cpu_s_by_process.sort_by(|a, b| b.total_cmp(a));
+        }
     }
     out.events.sent = settled(upstream, run).await.events_sent;
     out

@@ -526,7 +526,6 @@ limits:
     )
 }
 
-/// Sluice's `listen:` section: one listener, terminating TLS when the run asks for it.
 /// Sluice's `listen:` section: one listener, terminating TLS when the run asks for it, taking
 /// cleartext HTTP/2 when asked for without TLS (with TLS, `h2` comes by ALPN).
 fn sluice_listen(addr: SocketAddr, tls: Option<&Files>, h2: bool) -> String {
