@@ -409,3 +409,43 @@ fn a_plain_body_cut_short_by_the_upstream_ends_without_its_last_chunk() {
         "{answer}"
     );
 }
+
+/// An upstream's framing the client could read otherwise than Sluice did is not passed on: a
+/// `Content-Length` beside chunked framing is dropped (the chunked framing is the body's), and a
+/// body in a transfer coding Sluice does not take off (`gzip, chunked`) gets a 502.
+#[test]
+fn upstream_framing_a_client_could_misread_is_not_passed_on() {
+    let upstream = Upstream::start(|req| {
+        let coding = if req.path == "/gzip" {
+            "gzip, chunked"
+        } else {
+            "chunked"
+        };
+        vec![
+            Step::Raw(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: {coding}\r\nContent-Length: 5\r\n\r\n"
+                )
+                .into_bytes(),
+            ),
+            Step::chunk("hello world"),
+            Step::End,
+        ]
+    });
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n",
+        upstream.url()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    let response = client.get("/both");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-length"), None);
+    assert_eq!(response.text(), "hello world");
+    let response = client.get("/gzip");
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert!(
+        response.text().contains("transfer coding"),
+        "{}",
+        response.text()
+    );
+}

@@ -47,13 +47,14 @@ fn shape_dropped(shape: ResponseShape) -> &'static [&'static [u8]] {
     }
 }
 
-/// The upstream's framing fields a close-delimited head drops: the chunked framing Sluice takes
-/// off, and a `Content-Length` sent beside it (which that framing overrode).
-fn framing_dropped(close_delimited: bool) -> &'static [&'static [u8]] {
-    if close_delimited {
-        &[b"transfer-encoding", b"content-length"]
-    } else {
-        &[]
+/// The upstream's framing fields a head drops: for a close-delimited body, the chunked framing
+/// Sluice takes off; and a `Content-Length` that is not the body's length (`length_void`: sent
+/// beside `Transfer-Encoding`, which overrides it, or on a status that has no body).
+fn framing_dropped(close_delimited: bool, length_void: bool) -> &'static [&'static [u8]] {
+    match (close_delimited, length_void) {
+        (true, _) => &[b"transfer-encoding", b"content-length"],
+        (false, true) => &[b"content-length"],
+        (false, false) => &[],
     }
 }
 
@@ -313,11 +314,26 @@ pub fn client_response(
         ..
     } = upstream;
     let tokens = connection_tokens(upstream_fields.get_all(&header::CONNECTION));
+    // Sluice takes `chunked` off an upstream's body and nothing else: a body still in another
+    // transfer coding (`gzip, chunked`) would reach an HTTP/2 or HTTP/1.0 client, or the usage
+    // inspector, with nothing left to say how it is coded (nginx answers it with a 502 too).
+    if !http1::only_chunked(upstream_fields.get_all(&header::TRANSFER_ENCODING)) {
+        return pingora::Error::e_explain(
+            InvalidHTTPHeader,
+            "the upstream's body is in a transfer coding other than chunked",
+        );
+    }
     // An HTTP/2 upstream may leave a plain body unframed; the client still needs to know where
     // it ends without losing its connection.
     let framed = upstream_fields.contains(&header::CONTENT_LENGTH)
         || upstream_fields.contains(&header::TRANSFER_ENCODING);
     let has_body = !(status.as_u16() < 200 || status == 204 || status == 304);
+    // A `Content-Length` beside `Transfer-Encoding` is not the body's length (RFC 9112 §6.3),
+    // and a next hop that went by it would split the response; a 1xx or 204 has no body to
+    // measure (RFC 9110 §8.6).
+    let length_void = upstream_fields.contains(&header::TRANSFER_ENCODING)
+        || status.is_informational()
+        || status == 204;
     let needs_chunked = shape == ResponseShape::Plain && !framed && has_body;
     let mut head = ClientHead {
         status,
@@ -327,6 +343,7 @@ pub fn client_response(
         connection_tokens: tokens,
         set: SetFields::with_capacity(4 + extra.len()),
         close_delimited: false,
+        length_void,
     };
     head.set
         .push(crate::request_id::HEADER, header_value(request_id)?);
@@ -380,6 +397,8 @@ pub struct ClientHead {
     /// The client cannot take a chunked body (HTTP/1.0): no `Transfer-Encoding` is sent, and a
     /// body without a length ends with the connection.
     close_delimited: bool,
+    /// The upstream's `Content-Length`, if any, is not its body's length: not passed on.
+    length_void: bool,
 }
 
 impl ClientHead {
@@ -416,7 +435,7 @@ impl ClientHead {
             HOP_BY_HOP
                 .iter()
                 .chain(shape_dropped(self.shape))
-                .chain(framing_dropped(self.close_delimited))
+                .chain(framing_dropped(self.close_delimited, self.length_void))
                 .copied()
                 .chain(self.connection_tokens.iter().map(|t| t.as_bytes()))
                 .chain(self.set.iter().map(|(name, _)| name.as_str().as_bytes())),
@@ -430,7 +449,7 @@ impl ClientHead {
         let mut buf = [0u8; 64];
         let name = &*lowered(name, &mut buf);
         let kept = match self.shape {
-            _ if framing_dropped(self.close_delimited).contains(&name) => false,
+            _ if framing_dropped(self.close_delimited, self.length_void).contains(&name) => false,
             // The client's framing follows the upstream's: a chunked body stays chunked.
             ResponseShape::Plain if name == b"transfer-encoding" => true,
             _ => {
@@ -807,6 +826,51 @@ mod tests {
             assert!(!response.headers.contains_key(header::TRANSFER_ENCODING));
             assert!(!response.headers.contains_key(header::CONTENT_LENGTH));
         }
+    }
+
+    #[test]
+    fn a_content_length_that_is_not_the_bodys_is_not_passed_on() {
+        let has_length = |head: &ClientHead| {
+            head.fields()
+                .any(|(name, _)| name.eq_ignore_ascii_case(b"content-length"))
+        };
+        // Beside chunked framing (which wins, RFC 9112 §6.3): a next hop that went by the length
+        // would split the response.
+        let both = &[("Transfer-Encoding", "chunked"), ("Content-Length", "5")][..];
+        let head =
+            client_response(upstream_head(200, both), ResponseShape::Plain, "r", &[]).unwrap();
+        assert!(head.is_chunked());
+        assert!(!has_length(&head));
+        assert!(!head
+            .into_response_header(true)
+            .unwrap()
+            .headers
+            .contains_key(header::CONTENT_LENGTH));
+        // On a status without a body.
+        let sized = &[("Content-Length", "5")][..];
+        let no_content = client_response(upstream_head(204, sized), ResponseShape::Plain, "r", &[]);
+        assert!(!has_length(&no_content.unwrap()));
+        // Kept where it is the length (and on a 304, where it is the selected representation's).
+        for status in [200, 304] {
+            let head =
+                client_response(upstream_head(status, sized), ResponseShape::Plain, "r", &[]);
+            assert!(has_length(&head.unwrap()), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_body_in_a_transfer_coding_besides_chunked_is_refused() {
+        for coding in ["gzip, chunked", "gzip", "chunked, chunked"] {
+            for shape in [ResponseShape::Plain, ResponseShape::Stream] {
+                let fields = &[("Transfer-Encoding", coding)][..];
+                let head = client_response(upstream_head(200, fields), shape, "r", &[]);
+                assert!(head.is_err(), "{coding} {shape:?}");
+            }
+        }
+        let fields = &[("Transfer-Encoding", "Chunked")][..];
+        assert!(
+            client_response(upstream_head(200, fields), ResponseShape::Plain, "r", &[]).is_ok()
+        );
     }
 
     /// The head `head` writes to the client through Pingora's session; checked to carry the same
