@@ -677,3 +677,98 @@ fn a_request_body_that_stops_or_breaks_gets_a_json_error_and_a_closed_connection
     assert!(client.closed_within(Duration::from_secs(2)));
     assert!(upstream.requests().is_empty());
 }
+
+/// A raw upstream that answers `413` as soon as it has a request's head, without reading its
+/// body: then closes after a moment (`close`), or keeps the connection and reads nothing more.
+fn early_answering_upstream(close: bool) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A small receive buffer, so that an upstream that reads nothing stops Sluice's writes soon.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let size: libc::c_int = 4096;
+    // SAFETY: a valid socket and an int option of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let connection = if close { "close" } else { "keep-alive" };
+                let _ = stream.write_all(format!("HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: 17\r\nconnection: {connection}\r\n\r\n{{\"error\":\"big!!\"}}").as_bytes());
+                if close {
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+                    let _ = stream.read(&mut [0u8; 65536]);
+                } else {
+                    std::thread::sleep(Duration::from_secs(20));
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that answers before it has the whole request body (a `413` for an upload, as
+/// servers do) is heard: its answer reaches the client, whether it then closed its connection
+/// (Sluice's next write fails) or just stopped reading (Sluice's writes stall for
+/// `server.request_body_timeout`), and the client's unread body does not reset the connection
+/// under the answer. Before, the first got a 502 and the second hung for good, holding its slot.
+#[test]
+fn an_upstream_answer_that_comes_before_the_whole_body_reaches_the_client() {
+    for close in [true, false] {
+        let upstream = early_answering_upstream(close);
+        let sluice = start(
+            "  request_body_timeout: 1s\n",
+            &format!(
+                "upstreams:\n  up:\n    url: http://{upstream}\nroutes:\n  - path_prefix: /\n    upstream: up\n"
+            ),
+        );
+        let mut client = TcpStream::connect(sluice.addr).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        // Chunked and 8 MiB: streamed upstream past its first MiB, within the body limit.
+        client
+            .write_all(b"POST /v1/files HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .unwrap();
+        let mut writer = client.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let block = [b'x'; 65536];
+            for _ in 0..128 {
+                let mut piece = format!("{:x}\r\n", block.len()).into_bytes();
+                piece.extend_from_slice(&block);
+                piece.extend_from_slice(b"\r\n");
+                if writer.write_all(&piece).is_err() {
+                    return;
+                }
+            }
+            let _ = writer.write_all(b"0\r\n\r\n");
+        });
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "close {close}: {answer}"
+        );
+        assert!(
+            answer.ends_with("{\"error\":\"big!!\"}"),
+            "close {close}: {answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+}

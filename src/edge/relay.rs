@@ -83,40 +83,42 @@ pub async fn handle(
         Ok(opened) => opened,
         Err(finish) => return finish,
     };
-    let Some(kind) = kind else {
+    let finish = match kind {
         // Boxed: a plain body's relay would otherwise add its own slots to every stream's state.
-        return Box::pin(relay_plain(upstreams, route, up, down, ctx)).await;
-    };
-    let upstream = Connection {
-        upstreams,
-        conn: up,
-    };
-    match kind {
-        StreamKind::EventStream => {
+        None => Box::pin(relay_plain(upstreams, route, up, down, ctx)).await,
+        Some(StreamKind::EventStream) => {
+            let upstream = Connection {
+                upstreams,
+                conn: up,
+            };
+            let decoder = decoder.as_deref_mut();
             relay_event_stream(
                 route,
                 usage,
                 upstream,
                 down,
                 ctx,
-                decoder.as_deref_mut(),
+                decoder,
                 strip_usage_chunk,
             )
             .await
         }
-        StreamKind::JsonLines | StreamKind::JsonSeq => {
-            relay_json_lines(
-                route,
-                usage,
-                upstream,
-                down,
-                ctx,
-                decoder.as_deref_mut(),
-                kind,
-            )
-            .await
+        Some(kind @ (StreamKind::JsonLines | StreamKind::JsonSeq)) => {
+            let upstream = Connection {
+                upstreams,
+                conn: up,
+            };
+            let decoder = decoder.as_deref_mut();
+            relay_json_lines(route, usage, upstream, down, ctx, decoder, kind).await
         }
+    };
+    if matches!(finish, Finish::Clean) && !session.handed() {
+        // An answer that went out before the client's whole body was read (an upstream's early
+        // answer): what the client still sends is read and dropped for a moment first, or
+        // closing the connection with it unread would reset it under the answer.
+        request::discard_unread_body(session.get(), true).await;
     }
+    finish
 }
 
 /// The answer to a request whose body did not get upstream whole. `upstream_has_part`: some of
@@ -135,6 +137,17 @@ async fn body_error(
         BodyError::Upstream(e) => {
             let detail = format!("failed while sending the request: {e}");
             respond_error(down, ctx, &upstream_failed(route, "request", &detail)).await
+        }
+        BodyError::UpstreamStalled => {
+            METRICS.upstream_failed(&route.upstream.name, "request");
+            let error = ProxyError::new(
+                ProxyErrorKind::UpstreamTimeout,
+                format!(
+                    "upstream {} took none of the request body for {body_timeout:?}",
+                    route.upstream.name
+                ),
+            );
+            respond_error(down, ctx, &error).await
         }
         // Where the body stopped, or where its framing broke, the next request cannot be told
         // to begin: the connection is closed after the answer.
@@ -159,6 +172,10 @@ async fn body_error(
         finish
     }
 }
+
+/// How long an upstream that stopped taking the request body is given to show the answer it
+/// sent early, if it did (it is usually there already).
+const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// An upstream response whose head went to the client: what the body relay needs.
 struct Opened<'d> {
@@ -249,24 +266,53 @@ async fn open<'d>(
         Ok(connected) => connected,
         Err(error) => return Err(respond_error(down, ctx, &error).await),
     };
-    let sent = request::send_request(
-        &mut up,
-        &head,
-        body,
-        down,
-        route.max_request_body,
-        body_timeout,
-    )
-    .await;
-    if let Err(e) = sent {
-        // Part of the body may be upstream already: dropping the connection aborts the request
-        // there.
-        drop(up);
-        return Err(body_error(down, ctx, route, e, body_timeout, true).await);
-    }
+    let sent = tokio::select! {
+        sent = request::send_request(
+            &mut up,
+            &head,
+            body,
+            down,
+            route.max_request_body,
+            body_timeout,
+        ) => sent,
+        _ = drain::grace_over() => {
+            ctx.outcome = Some(StreamOutcome::Shutdown);
+            drop(up);
+            return Err(respond_error(down, ctx, &shutting_down()).await);
+        }
+    };
+    let early_head = match sent {
+        Ok(()) => None,
+        // The upstream stopped taking the body: it may have answered already (a 413 before the
+        // whole upload, as servers do), and that answer is the client's, not a 502.
+        Err(e @ (BodyError::Upstream(_) | BodyError::UpstreamStalled)) => {
+            match timer::timeout(EARLY_ANSWER_WAIT, up.read_final_head()).await {
+                Ok(Ok(head)) => {
+                    // Neither connection is where its framing says: the upstream's request and
+                    // the client's body are both unfinished.
+                    up.forbid_reuse();
+                    down.set_keepalive(None);
+                    Some(head)
+                }
+                _ => {
+                    drop(up);
+                    return Err(body_error(down, ctx, route, e, body_timeout, true).await);
+                }
+            }
+        }
+        Err(e) => {
+            // Part of the body may be upstream already: dropping the connection aborts the
+            // request there.
+            drop(up);
+            return Err(body_error(down, ctx, route, e, body_timeout, true).await);
+        }
+    };
 
     let head_wait = route.policy.idle_timeout.unwrap_or(Duration::MAX);
-    let head = tokio::select! {
+    let head = if let Some(head) = early_head {
+        Ok(head)
+    } else {
+        tokio::select! {
         r = up.read_final_head() => r,
         _ = timer::sleep(head_wait) => {
             let error = ProxyError::new(
@@ -285,6 +331,7 @@ async fn open<'d>(
             ctx.outcome = Some(StreamOutcome::Shutdown);
             drop(up);
             return Err(respond_error(down, ctx, &shutting_down()).await);
+        }
         }
     };
     let upstream_head = match head {

@@ -241,6 +241,9 @@ pub enum BodyError {
     TimedOut,
     /// Sending it upstream failed.
     Upstream(pingora::BError),
+    /// The upstream took none of it for `server.request_body_timeout` (it stopped reading: a
+    /// stalled server, or one that answered early and waits for nothing more).
+    UpstreamStalled,
     TooLarge,
 }
 
@@ -330,7 +333,8 @@ pub async fn read_body_prefix(
 
 /// Writes the request upstream: head and the body read so far together, then the rest of the
 /// body as the client sends it, stopping with [`BodyError::TooLarge`] when it grows past `max`
-/// (the caller then drops the upstream connection, which aborts the request there).
+/// (the caller then drops the upstream connection, which aborts the request there). `wait`:
+/// longest wait for each part from the client, and for the upstream to take each part.
 pub async fn send_request(
     up: &mut UpstreamConn,
     head: &UpstreamHead,
@@ -341,9 +345,8 @@ pub async fn send_request(
 ) -> Result<(), BodyError> {
     let mut sent = body.prefix.len() as u64;
     let client = &down.req_header().headers;
-    up.send_head(head, client, body.prefix.freeze(), body.complete)
-        .await
-        .map_err(BodyError::Upstream)?;
+    let first = up.send_head(head, client, body.prefix.freeze(), body.complete);
+    upstream_took(timer::timeout(wait, first).await)?;
     if body.complete {
         return Ok(());
     }
@@ -352,9 +355,18 @@ pub async fn send_request(
         if sent > max {
             return Err(BodyError::TooLarge);
         }
-        up.send_body(chunk).await.map_err(BodyError::Upstream)?;
+        upstream_took(timer::timeout(wait, up.send_body(chunk)).await)?;
     }
-    up.finish_body().await.map_err(BodyError::Upstream)
+    upstream_took(timer::timeout(wait, up.finish_body()).await)
+}
+
+/// A bounded write to the upstream, as a body error.
+fn upstream_took(written: Result<pingora::Result<()>, timer::Elapsed>) -> Result<(), BodyError> {
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(BodyError::Upstream(e)),
+        Err(timer::Elapsed) => Err(BodyError::UpstreamStalled),
+    }
 }
 
 #[cfg(test)]

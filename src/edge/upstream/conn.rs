@@ -22,11 +22,22 @@ pub struct PingoraConn {
     pub session: HttpSession,
     /// Where it goes back to in Pingora's pool.
     pub peer: HttpPeer,
+    /// False once its request's body will not be sent whole.
+    pub reusable: bool,
 }
 
 impl UpstreamConn {
     pub fn is_http2(&self) -> bool {
         matches!(self, UpstreamConn::Pingora(p) if p.session.as_http2().is_some())
+    }
+
+    /// The request's body will not be sent whole (the upstream answered early): the connection
+    /// does not go back to a pool.
+    pub fn forbid_reuse(&mut self) {
+        match self {
+            UpstreamConn::H1 { conn, .. } => conn.forbid_reuse(),
+            UpstreamConn::Pingora(p) => p.reusable = false,
+        }
     }
 
     /// Sends the request head (`head`, made from the client's head `client`) and the first

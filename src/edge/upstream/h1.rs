@@ -31,6 +31,8 @@ pub struct H1Connection {
     /// The request asked the upstream to close the connection after its response.
     close_requested: bool,
     keep_alive: bool,
+    /// The request's body was not all sent (the upstream answered before it had it all).
+    request_unfinished: bool,
 }
 
 impl H1Connection {
@@ -43,7 +45,13 @@ impl H1Connection {
             head_request: false,
             close_requested: false,
             keep_alive: false,
+            request_unfinished: false,
         }
+    }
+
+    /// The request's body will not be sent whole: the connection cannot carry another request.
+    pub fn forbid_reuse(&mut self) {
+        self.request_unfinished = true;
     }
 
     /// Writes the request head and the first part of its body (all of it when `complete`).
@@ -176,11 +184,12 @@ impl H1Connection {
         self.body.as_ref().is_none_or(BodyDecoder::is_done)
     }
 
-    /// Whether the connection may carry another request: its response ended where its framing
-    /// said, nothing more came, and neither side asked to close.
+    /// Whether the connection may carry another request: its request went whole, its response
+    /// ended where its framing said, nothing more came, and neither side asked to close.
     pub fn reusable(&self) -> bool {
         self.keep_alive
             && !self.close_requested
+            && !self.request_unfinished
             && self.pending.is_empty()
             && self.body.as_ref().is_some_and(|b| b.is_done())
     }

@@ -214,6 +214,7 @@ impl Upstreams {
                 Ok((session, _reused)) => Ok(UpstreamConn::Pingora(Box::new(PingoraConn {
                     session,
                     peer,
+                    reusable: true,
                 }))),
                 Err(e) => Err(failed(e)),
             };
@@ -243,9 +244,13 @@ impl Upstreams {
                 }
             }
             UpstreamConn::Pingora(conn) => {
-                let PingoraConn { session, peer } = *conn;
+                let PingoraConn {
+                    session,
+                    peer,
+                    reusable,
+                } = *conn;
                 // Such a connection came from `connector`, so it is there (else: dropped, closed).
-                if let Some(connector) = &self.connector {
+                if let Some(connector) = self.connector.as_ref().filter(|_| reusable) {
                     // Boxed for the same reason as the connect future.
                     Box::pin(connector.release_http_session(session, &peer, Some(idle))).await;
                 }
