@@ -627,3 +627,30 @@ fn a_stream_request_pipelined_behind_another_is_served_after_it() {
     }
     assert_eq!(upstream.requests().len(), 2);
 }
+
+/// A client that stops reading does not hold its stream: with its write waiting, the route's
+/// `idle_timeout` with nothing taken ends the stream, closes the upstream (the provider stops
+/// generating) and writes the usage record. Before, all of it waited for the client to leave.
+#[test]
+fn a_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
+    let event = format!("data: {{\"pad\":\"{}\"}}\n\n", "x".repeat(64 * 1024));
+    let upstream = Upstream::start(move |_| {
+        // Far more than every buffer on the way holds.
+        let mut steps = vec![Step::sse_head()];
+        steps.extend((0..1024).map(|_| Step::chunk(&event)));
+        steps.push(Step::End);
+        steps
+    });
+    let sluice = sluice_for(&upstream, "    idle_timeout: 1s\n    heartbeat: off\n");
+    let mut client = Client::connect(sluice.addr);
+    let started = Instant::now();
+    client.post_json("/v1/chat/completions", r#"{"model":"m","stream":true}"#);
+    // The client reads nothing more.
+    let records = sluice.wait_ledger(1);
+    assert_eq!(records[0]["outcome"], "idle_timeout", "{}", records[0]);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(
+        upstream.wait_closed(Duration::from_secs(5)).is_some(),
+        "the upstream was left generating"
+    );
+}

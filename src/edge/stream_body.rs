@@ -136,14 +136,35 @@ pub async fn relay(
                 lines.on_sent(&data);
             }
             // A client that stopped reading holds the write: the end of a shutdown's grace
-            // period still ends the stream (its usage record is written; the response, cut
-            // midway, gets nothing more).
-            let written = tokio::select! {
-                biased;
-                written = write(down, ctx, data) => written,
-                _ = &mut grace_over => {
-                    ctx.write_cut = true;
-                    return StreamOutcome::Shutdown;
+            // period, the stream's `max_duration`, and `idle_timeout` with nothing taken (as long
+            // as an upstream silent that long is given) still end the stream, and free its slot
+            // and its upstream (its usage record is written; the response, cut midway, gets
+            // nothing more). Heartbeats are not due while bytes wait to go.
+            let mut written = std::pin::pin!(write(down, ctx, data));
+            let written = loop {
+                let tick = tokio::select! {
+                    biased;
+                    written = &mut written => break written,
+                    _ = &mut grace_over => {
+                        ctx.write_cut = true;
+                        return StreamOutcome::Shutdown;
+                    }
+                    tick = timer.due(&clock) => tick,
+                };
+                match tick {
+                    RelayTick::Heartbeat => clock.on_heartbeat_due(Instant::now()),
+                    // The access log says whose silence it was.
+                    RelayTick::IdleTimeout => {
+                        ctx.write_cut = true;
+                        ctx.error = Some("the client took nothing for the idle timeout".into());
+                        return StreamOutcome::IdleTimeout;
+                    }
+                    RelayTick::MaxDuration => {
+                        ctx.write_cut = true;
+                        ctx.error =
+                            Some("max duration reached while the client took nothing".into());
+                        return StreamOutcome::MaxDuration;
+                    }
                 }
             };
             if written.is_err() {
