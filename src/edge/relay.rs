@@ -115,8 +115,9 @@ pub async fn handle(
     if matches!(finish, Finish::Clean) && !session.handed() {
         // An answer that went out before the client's whole body was read (an upstream's early
         // answer): what the client still sends is read and dropped for a moment first, or
-        // closing the connection with it unread would reset it under the answer.
-        request::discard_unread_body(session.get(), true).await;
+        // closing the connection with it unread would reset it under the answer. Boxed: rare,
+        // and every open stream's state would otherwise have room for it.
+        Box::pin(request::discard_unread_body(session.get(), true)).await;
     }
     finish
 }

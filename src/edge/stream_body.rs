@@ -135,35 +135,23 @@ pub async fn relay(
             if let BodyWatch::Lines(lines) = &mut watch {
                 lines.on_sent(&data);
             }
-            // A client that stopped reading holds the write: the end of a shutdown's grace
-            // period, the stream's `max_duration`, and `idle_timeout` with nothing taken (as long
-            // as an upstream silent that long is given) still end the stream, and free its slot
-            // and its upstream (its usage record is written; the response, cut midway, gets
-            // nothing more). Heartbeats are not due while bytes wait to go.
             let mut written = std::pin::pin!(write(down, ctx, data));
-            let written = loop {
-                let tick = tokio::select! {
-                    biased;
-                    written = &mut written => break written,
-                    _ = &mut grace_over => {
-                        ctx.write_cut = true;
-                        return StreamOutcome::Shutdown;
-                    }
-                    tick = timer.due(&clock) => tick,
-                };
-                match tick {
-                    RelayTick::Heartbeat => clock.on_heartbeat_due(Instant::now()),
-                    // The access log says whose silence it was.
-                    RelayTick::IdleTimeout => {
-                        ctx.write_cut = true;
-                        ctx.error = Some("the client took nothing for the idle timeout".into());
-                        return StreamOutcome::IdleTimeout;
-                    }
-                    RelayTick::MaxDuration => {
-                        ctx.write_cut = true;
-                        ctx.error =
-                            Some("max duration reached while the client took nothing".into());
-                        return StreamOutcome::MaxDuration;
+            let written = match now_or_never(written.as_mut()) {
+                Some(written) => written,
+                // Boxed: only a client slower than its stream waits here, and every open
+                // stream's state would otherwise have room for this wait.
+                None => {
+                    let wait =
+                        wait_for_client(written, grace_over.as_mut(), &mut timer, &mut clock);
+                    match Box::pin(wait).await {
+                        Ok(written) => written,
+                        Err(cut) => {
+                            ctx.write_cut = true;
+                            if let Some(why) = cut.why() {
+                                ctx.error = Some(why.into());
+                            }
+                            return cut.outcome;
+                        }
                     }
                 }
             };
@@ -174,6 +162,57 @@ pub async fn relay(
         if ended {
             return StreamOutcome::Completed;
         }
+    }
+}
+
+/// Why a stream ended while a write to its client waited.
+struct WriteCut {
+    outcome: StreamOutcome,
+}
+
+impl WriteCut {
+    /// For the access log: whose silence it was, when a timeout ended it.
+    fn why(&self) -> Option<&'static str> {
+        match self.outcome {
+            StreamOutcome::IdleTimeout => Some("the client took nothing for the idle timeout"),
+            StreamOutcome::MaxDuration => {
+                Some("max duration reached while the client took nothing")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Waits for a write the client is slow to take. A client that stopped reading holds it: the
+/// end of a shutdown's grace period, the stream's `max_duration`, and `idle_timeout` with nothing
+/// taken (as long as an upstream silent that long is given) still end the stream, which frees
+/// its slot and its upstream (its usage record is written; the response, cut midway, gets
+/// nothing more). Heartbeats are not due while bytes wait to go.
+async fn wait_for_client<W, G>(
+    mut written: Pin<&mut W>,
+    mut grace_over: Pin<&mut G>,
+    timer: &mut RelayTimer,
+    clock: &mut RelayClock,
+) -> Result<W::Output, WriteCut>
+where
+    W: std::future::Future,
+    G: std::future::Future<Output = ()>,
+{
+    loop {
+        let outcome = tokio::select! {
+            biased;
+            written = written.as_mut() => return Ok(written),
+            _ = grace_over.as_mut() => StreamOutcome::Shutdown,
+            tick = timer.due(clock) => match tick {
+                RelayTick::Heartbeat => {
+                    clock.on_heartbeat_due(Instant::now());
+                    continue;
+                }
+                RelayTick::IdleTimeout => StreamOutcome::IdleTimeout,
+                RelayTick::MaxDuration => StreamOutcome::MaxDuration,
+            },
+        };
+        return Err(WriteCut { outcome });
     }
 }
 
