@@ -190,6 +190,16 @@ async fn serve(mut stream: tokio::net::TcpStream, log: Arc<Mutex<WsLog>>) {
         log.lock().unwrap().closed.push(Instant::now());
         return;
     }
+    if path.starts_with("/flood") {
+        // 60 KiB messages as fast as they are taken, forever.
+        tokio::spawn(async move {
+            let frame = encode(TEXT, &[b'x'; 60 * 1024], None);
+            while writer.write_all(&frame).await.is_ok() {}
+        });
+        while matches!(reader.read_buf(&mut buf).await, Ok(n) if n > 0) {}
+        log.lock().unwrap().closed.push(Instant::now());
+        return;
+    }
     if path.starts_with("/push") {
         // A message every 50 ms without any client input, then a close (`/push-forever`: no
         // end).
@@ -690,4 +700,35 @@ fn a_session_still_open_when_the_grace_period_is_over_gets_a_going_away_close() 
     let records = sluice.ledger();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["outcome"], "shutdown");
+}
+
+/// A session whose client stopped reading (Sluice's write to it waits) still ends at the end of
+/// a shutdown's grace period, with its usage record written before the process exits. Before,
+/// the waiting write watched only the clock: the process was stopped under it, without the
+/// record (and, with Redis limits, with its lease left behind).
+#[test]
+fn a_session_whose_client_stopped_reading_still_ends_at_the_grace_period() {
+    let upstream = WsUpstream::start();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = TempDir::new();
+    let yaml = format!(
+        "listen:\n  - addr: {addr}\nadmin: {admin}\nserver:\n  threads: 2\n  grace_period: 1s\n  pid_file: {pid}\n  upgrade_sock: {sock}\nusage:\n  ledger: {ledger}\nupstreams:\n  ws:\n    url: http://{up}\nroutes:\n  - path_prefix: /\n    upstream: ws\n",
+        pid = dir.path.join("sluice.pid").display(),
+        sock = dir.path.join("upgrade.sock").display(),
+        ledger = dir.path.join("usage.jsonl").display(),
+        up = upstream.addr,
+    );
+    let mut sluice = Sluice::start_with_config(&yaml, addr, admin, dir);
+    let (client, head) = WsClient::connect(&sluice, "/flood");
+    assert_eq!(head.status, 101);
+    // The client reads nothing more; the buffers on the way fill up.
+    std::thread::sleep(Duration::from_millis(300));
+    sluice.signal("TERM");
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let records = sluice.ledger();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["outcome"], "shutdown", "{}", records[0]);
+    drop(client);
 }

@@ -125,12 +125,14 @@ async fn copy_both_ways(
                 clock.on_upstream_bytes(Instant::now());
                 series.stream_bytes.inc_by(data.len() as u64);
                 framing.to_client.feed(&data);
-                // A side that stops reading stalls the copy: the clock still ends the session.
+                // A side that stops reading stalls the copy: the clock and the end of a
+                // shutdown's grace still end the session.
                 tokio::select! {
                     written = write_client(down, ctx, data) => if written.is_err() {
                         return StreamOutcome::ClientDisconnect;
                     },
                     tick = timer.due(&clock) => return ended_by(tick),
+                    _ = &mut grace_over => return StreamOutcome::Shutdown,
                 }
             }
             // After its Close frame, the upstream's end is the session's orderly end (RFC 6455
@@ -154,6 +156,7 @@ async fn copy_both_ways(
                 let written = tokio::select! {
                     written = up.write_raw(&data) => written,
                     tick = timer.due(&clock) => return ended_by(tick),
+                    _ = &mut grace_over => return StreamOutcome::Shutdown,
                 };
                 match written {
                     Ok(()) => {}
