@@ -190,6 +190,20 @@ async fn serve(mut stream: tokio::net::TcpStream, log: Arc<Mutex<WsLog>>) {
         log.lock().unwrap().closed.push(Instant::now());
         return;
     }
+    if path.starts_with("/deaf-push") {
+        // A message every 50 ms, and nothing the client sends is ever read.
+        let mut i = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let frame = encode(TEXT, format!("tick {i}").as_bytes(), None);
+            if writer.write_all(&frame).await.is_err() {
+                log.lock().unwrap().closed.push(Instant::now());
+                drop(reader);
+                return;
+            }
+            i += 1;
+        }
+    }
     if path.starts_with("/flood") {
         // 60 KiB messages as fast as they are taken, forever.
         tokio::spawn(async move {
@@ -731,4 +745,39 @@ fn a_session_whose_client_stopped_reading_still_ends_at_the_grace_period() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["outcome"], "shutdown", "{}", records[0]);
     drop(client);
+}
+
+/// The two directions are copied independently: an upstream that reads nothing holds back what
+/// the client sends it, never what it sends the client. Before, Sluice's write to the upstream
+/// waited with both directions stopped, and the client got nothing until the idle timeout.
+#[test]
+fn a_side_that_stops_reading_holds_back_only_what_goes_to_it() {
+    let upstream = WsUpstream::start();
+    let sluice = sluice_for(&upstream, "", "");
+    let (mut client, head) = WsClient::connect(&sluice, "/deaf-push");
+    assert_eq!(head.status, 101);
+    assert_eq!(client.recv(), Some((TEXT, b"hello".to_vec())));
+    // 32 MiB the upstream never reads: the writes stop once the buffers on the way are full.
+    let mut writer = client.stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let frame = encode(BINARY, &vec![0u8; 1 << 20], Some([1, 2, 3, 4]));
+        for _ in 0..32 {
+            if writer.write_all(&frame).is_err() {
+                return;
+            }
+        }
+    });
+    // Messages keep coming long after the client's writes stopped (tick 40 is ~2 s in).
+    let started = Instant::now();
+    loop {
+        let (opcode, payload) = client.recv().expect("the upstream's messages stopped");
+        assert_eq!(opcode, TEXT);
+        let i: u32 = String::from_utf8(payload).unwrap()["tick ".len()..]
+            .parse()
+            .unwrap();
+        if i >= 40 {
+            break;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
 }

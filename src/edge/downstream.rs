@@ -13,6 +13,7 @@ use super::headers::ClientHead;
 use super::responses::{Finish, KeptAlive};
 use crate::http1;
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::server::ReusableHttpStream;
 use pingora::protocols::http::ServerSession;
@@ -40,6 +41,26 @@ impl RequestSession {
         self.0.as_deref_mut().expect(
             "the session is read only before a response takes its connection or stream out of it",
         )
+    }
+
+    /// The client connection of an upgraded session (a WebSocket's, its `101` written), out of
+    /// Pingora's session, with what the client sent past its request head that the session had
+    /// read already (frames sent before the `101` came). `None` for any other session.
+    pub fn take_upgraded(&mut self) -> Option<(Stream, BytesMut)> {
+        let session = self.0.as_deref_mut()?;
+        if !matches!(session, ServerSession::H1(_)) || !session.was_upgraded() {
+            return None;
+        }
+        let mut early = BytesMut::new();
+        // Only what is there now: a read that would wait is dropped, which loses nothing (the
+        // session keeps a read's progress).
+        while let Some(Ok(Some(bytes))) = session.read_request_body().now_or_never() {
+            early.extend_from_slice(&bytes);
+        }
+        let ServerSession::H1(v1) = *self.0.take()? else {
+            unreachable!("checked above");
+        };
+        Some((v1.into_inner(), early))
     }
 
     /// An HTTP/1.1 stream took the connection, or an HTTP/2 response its stream: the session is

@@ -350,7 +350,7 @@ async fn open<'d>(
         // Only a WebSocket handshake may switch protocols, and only to WebSocket: anything else
         // would let the client and the upstream talk past Sluice's request handling.
         if websocket && asks_for_websocket(upstream_head.fields.get_all(&http::header::UPGRADE)) {
-            return Err(websocket::run(route, up, upstream_head, down, ctx).await);
+            return Err(websocket::run(route, up, upstream_head, session, ctx).await);
         }
         let error = upstream_failed(
             route,

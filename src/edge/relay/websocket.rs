@@ -6,32 +6,38 @@
 //! away) to both when Sluice ends the session, to the upstream when the client left, and `1014`
 //! (bad gateway) to the client when the upstream failed or closed without a Close.
 //!
-//! Both ends stay Pingora sessions. Writing a `101` to an upgrade request turns the client
-//! session into a raw pass-through (`ServerSession::was_upgraded`; its request body becomes
-//! "read until close", its response body "write until close"); reading a `101` does the same to
-//! the upstream session's response body, and `maybe_upgrade_body_writer` to its request body.
-//! Each session's reads keep their progress inside the session, so one loop can wait on both
-//! directions and the clock at once and drop the reads that lose the race.
+//! Writing a `101` to an upgrade request turns the client session into a raw pass-through
+//! (`ServerSession::was_upgraded`); then both connections leave their sessions (the client's
+//! with the frames it sent before the `101`, the upstream's with those that came with its
+//! `101`) and each is split in two, so that the two directions are copied independently: a side
+//! that stops reading holds back only what goes to it, never what it sends (as
+//! `tokio::io::copy_bidirectional` does), and the session's clock and the shutdown grace are
+//! watched while either waits.
 
 use super::StreamGuard;
-use crate::edge::downstream::Downstream;
+use crate::edge::downstream::RequestSession;
 use crate::edge::drain;
 use crate::edge::headers::{client_response, ResponseShape};
 use crate::edge::responses::Finish;
 use crate::edge::stream_body::{self, RelayTimer};
-use crate::edge::upstream::{H1Connection, UpstreamConn};
+use crate::edge::upstream::UpstreamConn;
 use crate::edge::RequestCtx;
 use crate::http1::ResponseHead;
 use crate::route::Route;
 use crate::sse::{RelayClock, RelayTick, StreamOutcome};
 use crate::telemetry::METRICS;
 use crate::websocket::{close_frame, FrameTracker, BAD_GATEWAY, GOING_AWAY};
-use bytes::Bytes;
-use pingora::protocols::http::ServerSession;
+use bytes::BytesMut;
+use pingora::protocols::Stream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 /// Longest Sluice waits to write a Close frame of its own (to a side that stopped reading).
 const CLOSE_FRAME_WAIT: Duration = Duration::from_millis(200);
+
+/// Room made for each read of one direction (while it waits, the buffer is its only memory).
+const READ_SIZE: usize = 16 * 1024;
 
 /// Where each direction's frames begin, so that Sluice's Close frames go between two frames.
 #[derive(Default)]
@@ -40,9 +46,18 @@ struct Framing {
     to_upstream: FrameTracker,
 }
 
-enum Event {
-    Upstream(pingora::Result<Option<Bytes>>),
-    Client(pingora::Result<Option<Bytes>>),
+/// How one direction of the copy ended.
+enum Ended {
+    /// Its source closed its connection (or failed to be read).
+    Source(pingora::Result<()>),
+    /// Writing to its destination failed.
+    Destination,
+}
+
+/// How the session ended, before it is told to each side.
+enum SessionEnd {
+    FromUpstream(Ended),
+    FromClient(Ended),
     Tick(RelayTick),
     GraceOver,
 }
@@ -53,10 +68,10 @@ pub async fn run(
     route: &Route,
     up: UpstreamConn,
     upstream_head: ResponseHead,
-    down: &mut ServerSession,
+    session: &mut RequestSession,
     ctx: &mut RequestCtx,
 ) -> Finish {
-    let UpstreamConn::H1 { conn: mut up, .. } = up else {
+    let UpstreamConn::H1 { conn: up, .. } = up else {
         // WebSocket handshakes always go over Sluice's own HTTP/1.1 connections.
         return Finish::Close;
     };
@@ -73,17 +88,33 @@ pub async fn run(
     };
     ctx.status = 101;
     ctx.event_stream = true;
+    let down = session.get();
     if down.write_response_header(Box::new(head)).await.is_err() || !down.was_upgraded() {
         ctx.outcome = Some(StreamOutcome::ClientDisconnect);
         return Finish::Close;
     }
+    let Some((client, client_early)) = session.take_upgraded() else {
+        ctx.outcome = Some(StreamOutcome::ClientDisconnect);
+        return Finish::Close;
+    };
+    let (upstream, upstream_early) = up.into_parts();
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_upstream, mut to_upstream) = tokio::io::split(upstream);
     let mut guard = StreamGuard::new(&route.name);
     let mut framing = Framing::default();
-    let outcome = copy_both_ways(route, &mut up, down, ctx, &mut framing).await;
-    send_close_frames(outcome, &framing, &mut up, down, ctx).await;
-    // The upstream connection is closed now; the client's is closed by Pingora once this
-    // request returns.
-    super::close_upstream(up, outcome, ctx).await;
+    let end = {
+        let ends = Ends {
+            from_upstream: (&mut from_upstream, upstream_early),
+            to_client: &mut to_client,
+            from_client: (&mut from_client, client_early),
+            to_upstream: &mut to_upstream,
+        };
+        copy_both_ways(route, ends, ctx, &mut framing).await
+    };
+    let outcome = outcome_of(end, route, &framing, ctx);
+    send_close_frames(outcome, &framing, &mut to_upstream, &mut to_client).await;
+    // The upstream connection is closed now, the client's when this returns.
+    super::close_upstream((from_upstream, to_upstream), outcome, ctx).await;
     ctx.outcome = Some(outcome);
     guard.outcome = outcome;
     if matches!(
@@ -98,87 +129,168 @@ pub async fn run(
     Finish::Close
 }
 
+type Reader = ReadHalf<Stream>;
+type Writer = WriteHalf<Stream>;
+
+/// Both connections, each split in two, with the bytes each side sent that were read already.
+struct Ends<'a> {
+    from_upstream: (&'a mut Reader, BytesMut),
+    to_client: &'a mut Writer,
+    from_client: (&'a mut Reader, BytesMut),
+    to_upstream: &'a mut Writer,
+}
+
+/// Copies both ways until a side closes or fails, the clock ends the session, or a shutdown's
+/// grace is over.
 async fn copy_both_ways(
     route: &Route,
-    up: &mut H1Connection,
-    down: &mut ServerSession,
+    ends: Ends<'_>,
     ctx: &mut RequestCtx,
     framing: &mut Framing,
-) -> StreamOutcome {
-    // The session's own clock decides when silence is too long, for both directions at once.
-    down.set_read_timeout(None);
-    let mut clock = RelayClock::new(route.policy, Instant::now(), false);
+) -> SessionEnd {
+    let started = Instant::now();
+    // The session's own clock decides when silence is too long, for both directions at once;
+    // each direction notes when it last moved bytes.
+    let mut clock = RelayClock::new(route.policy, started, false);
     let mut timer = RelayTimer::new();
+    let last_moved = AtomicU64::new(0);
     let series = METRICS.for_stream(&route.name);
     // Made once: it waits in a process-wide list, joined and left under a lock.
     let mut grace_over = std::pin::pin!(drain::grace_over());
+    let (from_upstream, upstream_early) = ends.from_upstream;
+    let (from_client, client_early) = ends.from_client;
+    let mut downstream = std::pin::pin!(copy_one_way(
+        from_upstream,
+        upstream_early,
+        ends.to_client,
+        &mut framing.to_client,
+        Moved(&last_moved, started),
+        |n| {
+            series.stream_bytes.inc_by(n as u64);
+            stream_body::note_sent(ctx, n);
+        },
+    ));
+    let mut upstream = std::pin::pin!(copy_one_way(
+        from_client,
+        client_early,
+        ends.to_upstream,
+        &mut framing.to_upstream,
+        Moved(&last_moved, started),
+        |_| {},
+    ));
     loop {
-        let event = tokio::select! {
+        tokio::select! {
             biased;
-            read = up.read_raw() => Event::Upstream(read),
-            read = down.read_request_body() => Event::Client(read),
-            tick = timer.due(&clock) => Event::Tick(tick),
-            _ = &mut grace_over => Event::GraceOver,
-        };
-        match event {
-            Event::Upstream(Ok(Some(data))) => {
-                clock.on_upstream_bytes(Instant::now());
-                series.stream_bytes.inc_by(data.len() as u64);
-                framing.to_client.feed(&data);
-                // A side that stops reading stalls the copy: the clock and the end of a
-                // shutdown's grace still end the session.
-                tokio::select! {
-                    written = write_client(down, ctx, data) => if written.is_err() {
-                        return StreamOutcome::ClientDisconnect;
-                    },
-                    tick = timer.due(&clock) => return ended_by(tick),
-                    _ = &mut grace_over => return StreamOutcome::Shutdown,
+            ended = &mut downstream => return SessionEnd::FromUpstream(ended),
+            ended = &mut upstream => return SessionEnd::FromClient(ended),
+            tick = timer.due(&clock) => {
+                // Due by the bytes either direction moved since.
+                let moved = last_moved.load(Ordering::Relaxed);
+                clock.on_upstream_bytes(started + Duration::from_nanos(moved));
+                let still_due = clock
+                    .next_deadline()
+                    .is_some_and(|(at, _)| at <= Instant::now());
+                match tick {
+                    _ if !still_due => {}
+                    // No heartbeats on a WebSocket (the clock was made without them).
+                    RelayTick::Heartbeat => clock.on_heartbeat_due(Instant::now()),
+                    tick => return SessionEnd::Tick(tick),
                 }
             }
-            // After its Close frame, the upstream's end is the session's orderly end (RFC 6455
-            // §7.1.1: the server closes the TCP connection first); without one it failed.
-            Event::Upstream(Ok(None)) if framing.to_client.closed() => {
-                return StreamOutcome::Completed
-            }
-            Event::Upstream(Ok(None)) => {
-                ctx.error = Some("the upstream closed the connection without a Close frame".into());
-                METRICS.upstream_failed(&route.upstream.name, "body");
-                return StreamOutcome::UpstreamError;
-            }
-            Event::Upstream(Err(e)) => {
-                ctx.error = Some(format!("upstream WebSocket read: {e}"));
-                METRICS.upstream_failed(&route.upstream.name, "body");
-                return StreamOutcome::UpstreamError;
-            }
-            Event::Client(Ok(Some(data))) => {
-                clock.on_upstream_bytes(Instant::now());
-                framing.to_upstream.feed(&data);
-                let written = tokio::select! {
-                    written = up.write_raw(&data) => written,
-                    tick = timer.due(&clock) => return ended_by(tick),
-                    _ = &mut grace_over => return StreamOutcome::Shutdown,
-                };
-                match written {
-                    Ok(()) => {}
-                    Err(_) => {
-                        ctx.error = Some("upstream WebSocket write failed".into());
-                        METRICS.upstream_failed(&route.upstream.name, "request");
-                        return StreamOutcome::UpstreamError;
-                    }
-                }
-            }
-            // Both Close frames passed: the closing handshake is over, whoever closes first.
-            Event::Client(Ok(None) | Err(_))
-                if framing.to_client.closed() && framing.to_upstream.closed() =>
-            {
-                return StreamOutcome::Completed
-            }
-            Event::Client(Ok(None) | Err(_)) => return StreamOutcome::ClientDisconnect,
-            // No heartbeats on a WebSocket (the clock was made without them).
-            Event::Tick(RelayTick::Heartbeat) => clock.on_heartbeat_due(Instant::now()),
-            Event::Tick(tick) => return ended_by(tick),
-            Event::GraceOver => return StreamOutcome::Shutdown,
+            _ = &mut grace_over => return SessionEnd::GraceOver,
         }
+    }
+}
+
+/// Notes when a direction last moved bytes, in nanoseconds since the session started.
+#[derive(Clone, Copy)]
+struct Moved<'a>(&'a AtomicU64, Instant);
+
+impl Moved<'_> {
+    fn now(self) {
+        let since = self.1.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.0.fetch_max(since, Ordering::Relaxed);
+    }
+}
+
+/// One direction: `early` (read before the session began), then everything `from` sends, each
+/// read written to `to` and flushed before the next read.
+async fn copy_one_way(
+    from: &mut Reader,
+    early: BytesMut,
+    to: &mut Writer,
+    framing: &mut FrameTracker,
+    moved: Moved<'_>,
+    mut on_sent: impl FnMut(usize),
+) -> Ended {
+    let mut buf = early;
+    loop {
+        if buf.is_empty() {
+            buf.reserve(READ_SIZE);
+            match from.read_buf(&mut buf).await {
+                Ok(0) => return Ended::Source(Ok(())),
+                Ok(_) => {}
+                Err(e) => {
+                    let e = pingora::Error::because(pingora::ErrorType::ReadError, "reading", e);
+                    return Ended::Source(Err(e));
+                }
+            }
+        }
+        moved.now();
+        framing.feed(&buf);
+        on_sent(buf.len());
+        let sent = async {
+            to.write_all(&buf).await?;
+            to.flush().await
+        };
+        if sent.await.is_err() {
+            return Ended::Destination;
+        }
+        moved.now();
+        buf.clear();
+    }
+}
+
+/// The session's outcome from how it ended, with what the access log says of a failure.
+fn outcome_of(
+    end: SessionEnd,
+    route: &Route,
+    framing: &Framing,
+    ctx: &mut RequestCtx,
+) -> StreamOutcome {
+    let upstream_failed = |ctx: &mut RequestCtx, phase, error: String| {
+        ctx.error = Some(error);
+        METRICS.upstream_failed(&route.upstream.name, phase);
+        StreamOutcome::UpstreamError
+    };
+    match end {
+        // After its Close frame, the upstream's end is the session's orderly end (RFC 6455
+        // §7.1.1: the server closes the TCP connection first); without one it failed.
+        SessionEnd::FromUpstream(Ended::Source(Ok(()))) if framing.to_client.closed() => {
+            StreamOutcome::Completed
+        }
+        SessionEnd::FromUpstream(Ended::Source(Ok(()))) => upstream_failed(
+            ctx,
+            "body",
+            "the upstream closed the connection without a Close frame".into(),
+        ),
+        SessionEnd::FromUpstream(Ended::Source(Err(e))) => {
+            upstream_failed(ctx, "body", format!("upstream WebSocket read: {e}"))
+        }
+        SessionEnd::FromUpstream(Ended::Destination) => StreamOutcome::ClientDisconnect,
+        // Both Close frames passed: the closing handshake is over, whoever closes first.
+        SessionEnd::FromClient(Ended::Source(_))
+            if framing.to_client.closed() && framing.to_upstream.closed() =>
+        {
+            StreamOutcome::Completed
+        }
+        SessionEnd::FromClient(Ended::Source(_)) => StreamOutcome::ClientDisconnect,
+        SessionEnd::FromClient(Ended::Destination) => {
+            upstream_failed(ctx, "request", "upstream WebSocket write failed".into())
+        }
+        SessionEnd::Tick(RelayTick::MaxDuration) => StreamOutcome::MaxDuration,
+        SessionEnd::Tick(_) => StreamOutcome::IdleTimeout,
+        SessionEnd::GraceOver => StreamOutcome::Shutdown,
     }
 }
 
@@ -187,11 +299,10 @@ async fn copy_both_ways(
 async fn send_close_frames(
     outcome: StreamOutcome,
     framing: &Framing,
-    up: &mut H1Connection,
-    down: &mut ServerSession,
-    ctx: &mut RequestCtx,
+    to_upstream: &mut Writer,
+    to_client: &mut Writer,
 ) {
-    let (to_client, to_upstream) = match outcome {
+    let (for_client, for_upstream) = match outcome {
         StreamOutcome::IdleTimeout => (
             Some((GOING_AWAY, "idle timeout")),
             Some((GOING_AWAY, "idle timeout")),
@@ -209,32 +320,25 @@ async fn send_close_frames(
             (Some((BAD_GATEWAY, "upstream closed the connection")), None)
         }
     };
-    if let Some((code, reason)) = to_client.filter(|_| framing.to_client.may_send_close()) {
-        let frame = Bytes::from(close_frame(code, reason, None));
-        let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, write_client(down, ctx, frame)).await;
+    if let Some((code, reason)) = for_client.filter(|_| framing.to_client.may_send_close()) {
+        let frame = close_frame(code, reason, None);
+        send_within(to_client, &frame).await;
     }
-    if let Some((code, reason)) = to_upstream.filter(|_| framing.to_upstream.may_send_close()) {
+    if let Some((code, reason)) = for_upstream.filter(|_| framing.to_upstream.may_send_close()) {
         // Frames to a server are masked, with a key it cannot predict (RFC 6455 §5.3).
         let mut key = [0u8; 4];
         if getrandom::getrandom(&mut key).is_ok() {
-            let frame = close_frame(code, reason, Some(key));
-            let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, up.write_raw(&frame)).await;
+            send_within(to_upstream, &close_frame(code, reason, Some(key))).await;
         }
     }
 }
 
-/// Bytes to the client, through Pingora's session (which reads the client's frames too).
-async fn write_client(
-    down: &mut ServerSession,
-    ctx: &mut RequestCtx,
-    data: Bytes,
-) -> pingora::Result<()> {
-    stream_body::write(&mut Downstream::Session(down), ctx, data).await
-}
-
-fn ended_by(tick: RelayTick) -> StreamOutcome {
-    match tick {
-        RelayTick::MaxDuration => StreamOutcome::MaxDuration,
-        RelayTick::IdleTimeout | RelayTick::Heartbeat => StreamOutcome::IdleTimeout,
-    }
+/// A Close frame of Sluice's own, given up after [`CLOSE_FRAME_WAIT`] (a side that stopped
+/// reading).
+async fn send_within(to: &mut Writer, frame: &[u8]) {
+    let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, async {
+        to.write_all(frame).await?;
+        to.flush().await
+    })
+    .await;
 }

@@ -142,7 +142,7 @@ impl H1Connection {
         if !informational {
             let framing = http1::response_framing(&head, self.head_request).map_err(invalid)?;
             self.keep_alive = http1::keeps_alive(&head, &framing);
-            // After a 101 the bytes belong to the new protocol (`read_raw`).
+            // After a 101 the bytes belong to the new protocol (`into_parts`).
             if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
                 self.body = Some(BodyDecoder::new(framing));
             }
@@ -199,20 +199,10 @@ impl H1Connection {
         self.stream
     }
 
-    /// After a `101 Switching Protocols`: the next bytes from the upstream, as they come; `None`
-    /// when it closed.
-    pub async fn read_raw(&mut self) -> pingora::Result<Option<Bytes>> {
-        if self.pending.is_empty() && self.read_more().await? == 0 {
-            return Ok(None);
-        }
-        let data = self.pending.split().freeze();
-        self.release_pending_if_empty();
-        Ok(Some(data))
-    }
-
-    /// After a `101 Switching Protocols`: bytes for the upstream, unframed.
-    pub async fn write_raw(&mut self, data: &[u8]) -> pingora::Result<()> {
-        self.write(data).await
+    /// The transport and the bytes read past the last head (after a `101`: the other protocol's
+    /// first bytes).
+    pub fn into_parts(self) -> (Stream, BytesMut) {
+        (self.stream, self.pending)
     }
 
     /// Reads what the socket has (waiting for something) into `pending`; 0 at end of stream.

@@ -497,21 +497,19 @@ async fn raw_bytes_after_switching_protocols() {
         .unwrap();
     assert_eq!(within(conn.read_head()).await.unwrap().status, 101);
     assert!(!conn.reusable());
-    assert_eq!(
-        &within(conn.read_raw()).await.unwrap().unwrap()[..],
-        b"EARLY"
-    );
+    let (mut stream, early) = conn.into_parts();
+    assert_eq!(&early[..], b"EARLY");
 
     read_request_head(&mut upstream).await;
-    conn.write_raw(b"ping").await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    stream.flush().await.unwrap();
     assert_eq!(read_exactly(&mut upstream, 4).await, "ping");
     upstream.write_all(b"pong").await.unwrap();
-    assert_eq!(
-        &within(conn.read_raw()).await.unwrap().unwrap()[..],
-        b"pong"
-    );
+    let mut pong = [0u8; 4];
+    within(stream.read_exact(&mut pong)).await.unwrap();
+    assert_eq!(&pong, b"pong");
     drop(upstream);
-    assert_eq!(within(conn.read_raw()).await.unwrap(), None);
+    assert_eq!(within(stream.read(&mut pong)).await.unwrap(), 0);
 }
 
 // ---- Pool ----
