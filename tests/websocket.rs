@@ -781,3 +781,25 @@ fn a_side_that_stops_reading_holds_back_only_what_goes_to_it() {
     }
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+/// Frames a client sends in the same write as its handshake (before the `101` came) reach the
+/// upstream, as do those the upstream sends with its `101` (the greeting).
+#[test]
+fn frames_sent_with_the_handshake_reach_the_other_side() {
+    let upstream = WsUpstream::start();
+    let sluice = sluice_for(&upstream, "", "");
+    let mut stream = TcpStream::connect(sluice.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut first = b"GET /echo HTTP/1.1\r\nHost: sluice.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+    first.extend(encode(TEXT, b"early", Some([9, 8, 7, 6])));
+    stream.write_all(&first).unwrap();
+    let mut client = WsClient {
+        stream,
+        buf: Vec::new(),
+    };
+    assert_eq!(client.read_head().status, 101);
+    assert_eq!(client.recv(), Some((TEXT, b"hello".to_vec())));
+    assert_eq!(client.recv(), Some((TEXT, b"early".to_vec())));
+}

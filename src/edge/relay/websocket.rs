@@ -29,14 +29,17 @@ use crate::telemetry::METRICS;
 use crate::websocket::{close_frame, FrameTracker, BAD_GATEWAY, GOING_AWAY};
 use bytes::BytesMut;
 use pingora::protocols::Stream;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 
 /// Longest Sluice waits to write a Close frame of its own (to a side that stopped reading).
 const CLOSE_FRAME_WAIT: Duration = Duration::from_millis(200);
 
-/// Room made for each read of one direction (while it waits, the buffer is its only memory).
+/// Most bytes one read of one direction takes.
 const READ_SIZE: usize = 16 * 1024;
 
 /// Where each direction's frames begin, so that Sluice's Close frames go between two frames.
@@ -226,8 +229,7 @@ async fn copy_one_way(
     let mut buf = early;
     loop {
         if buf.is_empty() {
-            buf.reserve(READ_SIZE);
-            match from.read_buf(&mut buf).await {
+            match read_some(from, &mut buf).await {
                 Ok(0) => return Ended::Source(Ok(())),
                 Ok(_) => {}
                 Err(e) => {
@@ -247,8 +249,27 @@ async fn copy_one_way(
             return Ended::Destination;
         }
         moved.now();
-        buf.clear();
+        // Nothing kept while the next read waits.
+        buf = BytesMut::new();
     }
+}
+
+/// Reads what `from` has (waiting for something) into `buf`, sized to it; 0 at its end. The
+/// read's room lives on the stack for one poll, so a waiting direction holds no buffer.
+async fn read_some(from: &mut Reader, buf: &mut BytesMut) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut space = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+        let mut read = ReadBuf::uninit(&mut space);
+        match Pin::new(&mut *from).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok(read.filled().len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// The session's outcome from how it ended, with what the access log says of a failure.
