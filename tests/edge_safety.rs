@@ -772,3 +772,27 @@ fn an_upstream_answer_that_comes_before_the_whole_body_reaches_the_client() {
         );
     }
 }
+
+/// A client that closes its connection in the middle of its request body has left: the access
+/// log says `client_disconnect` (beside the 400 nobody read), and a stream request's usage record
+/// too. Before, its outcome was empty.
+#[test]
+fn a_client_that_leaves_mid_body_is_logged_as_gone() {
+    let upstream = ok_upstream();
+    let dir = TempDir::new();
+    let stdout = dir.path.join("access.log");
+    let sluice = Sluice::start_with_output(
+        &one_route(&upstream, "    provider: openai\n"),
+        Stdio::from(std::fs::File::create(&stdout).unwrap()),
+        Stdio::null(),
+    );
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"stream\":true,",
+    );
+    drop(client);
+    let log = access_log_lines(&stdout, 1);
+    let line: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(line["outcome"], "client_disconnect", "{line}");
+    assert!(upstream.requests().is_empty());
+}

@@ -162,6 +162,11 @@ async fn body_error(
         }
         BodyError::Client(e) => {
             down.set_keepalive(None);
+            // A client that closed its connection mid-body left: the access log (and a stream
+            // request's usage record) says so, beside the 400 nobody reads.
+            if matches!(e.etype(), pingora::ErrorType::ConnectionClosed) {
+                ctx.outcome = Some(StreamOutcome::ClientDisconnect);
+            }
             let error =
                 ProxyError::new(ProxyErrorKind::BadRequest, request::body_error_message(&e));
             respond_error(down, ctx, &error).await
