@@ -76,6 +76,20 @@ impl LedgerFile {
         Ok(())
     }
 
+    /// Whether this file has no name left (removed, with its directory or alone): what is
+    /// written to it is lost once it is closed.
+    pub(super) fn is_removed(&self) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            self.file.metadata().is_ok_and(|m| m.nlink() == 0)
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    }
+
     /// Whether `path` still names this file (it may have been renamed under us).
     pub(super) fn is_at(&self, path: &Path) -> bool {
         #[cfg(unix)]

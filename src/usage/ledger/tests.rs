@@ -311,6 +311,26 @@ async fn a_file_renamed_under_the_ledger_is_followed_without_a_reopen() {
     assert_eq!(seqs(&path), (20..30).collect::<Vec<_>>());
 }
 
+/// The ledger's directory removed under it: records are not written into the removed file (and
+/// reported durable, then lost with it); each waiter is told they are not durable, and they are
+/// written once the path opens again.
+#[tokio::test]
+async fn records_wait_while_the_ledger_directory_is_gone() {
+    let dir = TestDir::new("gone");
+    let sub = dir.file("sub");
+    fs::create_dir(&sub).unwrap();
+    let path = sub.join("usage.jsonl");
+    let ledger = open(&path);
+    ledger.append_durable(record(0)).await.unwrap();
+    fs::remove_dir_all(&sub).unwrap();
+    for n in 1..4 {
+        assert!(ledger.append_durable(record(n)).await.is_err(), "{n}");
+    }
+    fs::create_dir(&sub).unwrap();
+    ledger.shutdown().unwrap();
+    assert_eq!(seqs(&path), (1..4).collect::<Vec<_>>());
+}
+
 /// 99-byte records: 100 bytes a line, so ten lines fill a 1000-byte file exactly.
 fn sized_record(n: u64) -> Vec<u8> {
     let head = format!(r#"{{"seq":{n},"pad":""#);

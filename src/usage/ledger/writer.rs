@@ -2,6 +2,7 @@
 //! between batches, and retries failures with backoff.
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
@@ -245,6 +246,19 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<Entry>) -> Result<(), LedgerError> {
+        // The path could not be opened again and the open file is gone from the disk (its
+        // directory removed, say): records written there would be reported durable and lost.
+        // They wait, and are retried, until the path opens.
+        if self.reopen_pending && self.file.is_removed() {
+            let gone = io::Error::new(
+                io::ErrorKind::NotFound,
+                "the ledger file was removed and its path cannot be opened again",
+            );
+            let err = LedgerError::io(&self.config.path, "reopen", gone);
+            self.count_error(&err);
+            self.requeue(batch, &err);
+            return Err(err);
+        }
         self.buf.clear();
         for entry in &batch {
             self.buf.extend_from_slice(&entry.line);
