@@ -654,3 +654,37 @@ fn a_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
         "the upstream was left generating"
     );
 }
+
+/// The usage comment goes after the upstream's last event only when that event was finished: a
+/// stream that ends mid-line reaches the client as the upstream left it, not with the comment
+/// glued on (`data: [DONE]: sluice-usage …`, an event the upstream never finished).
+#[test]
+fn no_usage_comment_after_an_unfinished_last_line() {
+    for ending in ["data: [DONE]", "data: {\"partial", "data: [DONE]\n"] {
+        let upstream = Upstream::start(move |_| {
+            vec![
+                Step::sse_head(),
+                Step::chunk("data: {\"i\":0}\n\n"),
+                Step::chunk(ending),
+                Step::End,
+            ]
+        });
+        let sluice = Sluice::start(&format!(
+            "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n",
+            upstream.url()
+        ));
+        let mut client = Client::connect(sluice.addr);
+        client.post_json("/v1/chat/completions", STREAM_REQUEST);
+        assert_eq!(client.read_head().status, 200);
+        let body: Vec<u8> = client
+            .read_chunks()
+            .into_iter()
+            .flat_map(|c| c.data)
+            .collect();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("data: {{\"i\":0}}\n\n{ending}"),
+            "{ending:?}"
+        );
+    }
+}

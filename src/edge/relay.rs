@@ -568,7 +568,7 @@ fn relay_event_stream<'a>(
                 StreamOutcome::Completed => {
                     let record = ctx.usage_record.as_ref().expect("just set");
                     let mut tail = BytesMut::from(&inspector.take_held()[..]);
-                    if route.usage_comment {
+                    if route.usage_comment && inspector.upstream_at_event_boundary() {
                         tail.extend_from_slice(&record.sse_comment());
                     }
                     let trailers = down.wants_trailers().then(|| usage_trailers(record));

@@ -123,6 +123,14 @@ impl StreamInspector {
         !self.held.is_empty() || self.parser.at_event_boundary()
     }
 
+    /// Everything the upstream sent so far ends between two events (held bytes included): a
+    /// comment after it all is an event of its own, where after an unfinished line it would
+    /// join that line (`data: [DONE]: sluice-usage …`) and make an event the upstream never
+    /// finished.
+    pub fn upstream_at_event_boundary(&self) -> bool {
+        self.parser.at_event_boundary()
+    }
+
     /// The provider's end-of-stream marker has arrived (and, in hold-final mode, its frame is
     /// held).
     pub fn final_reached(&self) -> bool {
