@@ -226,13 +226,22 @@ impl SseParser {
     /// An event's `data` (one `data:` line) and `event` are slices of `chunk`, not copies, when
     /// the whole event lies in it.
     pub fn feed(&mut self, chunk: &Bytes, mut on_event: impl FnMut(SseEvent)) {
-        self.feed_at(chunk, |event, _| on_event(event));
+        self.feed_at(chunk, |event, _, _| on_event(event));
     }
 
-    /// Like [`Self::feed`], and `on_event` also gets where the event ends in `chunk`: the offset
-    /// just past its blank line (a CRLF whose LF is in the next chunk ends at the CR). The
-    /// relay uses it to cut a chunk at event boundaries.
-    pub fn feed_at(&mut self, chunk: &Bytes, mut on_event: impl FnMut(SseEvent, usize)) {
+    /// Like [`Self::feed`], and `on_event` also gets where the event's block begins in `chunk`
+    /// (just past the blank line that ended the block before it, skipped oversized events and
+    /// comment-only blocks included; 0 when it began in an earlier chunk) and where it ends: the
+    /// offset just past its blank line (a CRLF whose LF is in the next chunk ends at the CR).
+    /// Returns where the last block that ended in `chunk` ended. The relay uses these to cut and
+    /// hold a chunk at event boundaries.
+    pub fn feed_at(
+        &mut self,
+        chunk: &Bytes,
+        mut on_event: impl FnMut(SseEvent, usize, usize),
+    ) -> Option<usize> {
+        let mut block_start = 0;
+        let mut last_block_end = None;
         let mut pos = self.skip_bom(chunk);
         if self.after_cr && pos < chunk.len() {
             self.after_cr = false;
@@ -241,7 +250,12 @@ impl SseParser {
         while let Some(end) = find_line_end(chunk, pos) {
             let after =
                 end + 1 + usize::from(chunk[end] == b'\r' && chunk.get(end + 1) == Some(&b'\n'));
-            self.end_line(chunk, pos, end, |event| on_event(event, after));
+            let was_open = self.block_open;
+            self.end_line(chunk, pos, end, |event| on_event(event, block_start, after));
+            if was_open && !self.block_open {
+                block_start = after;
+                last_block_end = Some(after);
+            }
             pos = end + 1;
             if chunk[end] == b'\r' {
                 match chunk.get(pos) {
@@ -253,6 +267,12 @@ impl SseParser {
         }
         self.hold_partial(&chunk[pos..]);
         self.pending.detach();
+        last_block_end
+    }
+
+    /// Inside an event over the size limit, which is being skipped to its end.
+    pub fn in_oversized_event(&self) -> bool {
+        self.skipping
     }
 
     /// Events skipped because they exceeded `max_event_size`.
@@ -514,7 +534,7 @@ mod tests {
         let mut parser = SseParser::new(1 << 20);
         let chunk = Bytes::from_static(b"data: a\n\ndata: b\r\n\r\n: c\n\ndata: d\r\r");
         let mut ends = Vec::new();
-        parser.feed_at(&chunk, |event, end| ends.push((event.data, end)));
+        parser.feed_at(&chunk, |event, _, end| ends.push((event.data, end)));
         assert_eq!(
             ends,
             vec![

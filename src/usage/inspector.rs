@@ -52,31 +52,43 @@ impl StreamInspector {
     /// without a copy).
     pub fn on_chunk(&mut self, chunk: Bytes) -> Bytes {
         let base = self.held.len();
-        let mut last_end = 0;
         let mut cuts: Vec<(usize, usize)> = Vec::new();
         let mut hold_from = self.final_reached.then_some(0);
         let (extractor, options) = (&mut self.extractor, self.options);
         let stripped = &mut self.stripped_chunks;
-        self.parser.feed_at(&chunk, |event, end_in_chunk| {
-            let (start, end) = (last_end, base + end_in_chunk);
-            last_end = end;
-            let was_final = extractor.facts().end_marker_seen;
-            extractor.on_event(event.event_type(), &event.data);
-            if hold_from.is_some() {
-                return;
-            }
-            if options.strip_usage_chunk && extractor.usage_only() {
-                cuts.push((start, end));
-                *stripped += 1;
-            } else if options.hold_final_frame && !was_final && extractor.facts().end_marker_seen {
-                hold_from = Some(start);
-            }
-        });
+        // Offsets in `held ++ chunk`. An event whose block began in an earlier chunk begins at 0:
+        // what is held starts at a block's start (strip mode holds from one).
+        let at = |in_chunk: usize| if in_chunk == 0 { 0 } else { base + in_chunk };
+        let last_block_end = self
+            .parser
+            .feed_at(&chunk, |event, start_in_chunk, end_in_chunk| {
+                let (start, end) = (at(start_in_chunk), base + end_in_chunk);
+                let was_final = extractor.facts().end_marker_seen;
+                extractor.on_event(event.event_type(), &event.data);
+                if hold_from.is_some() {
+                    return;
+                }
+                if options.strip_usage_chunk && extractor.usage_only() {
+                    cuts.push((start, end));
+                    *stripped += 1;
+                } else if options.hold_final_frame
+                    && !was_final
+                    && extractor.facts().end_marker_seen
+                {
+                    hold_from = Some(start);
+                }
+            });
         if let Some(from) = hold_from {
             self.final_reached = true;
             return self.release_until(chunk, from, &cuts, true);
         }
-        if self.options.strip_usage_chunk && !self.parser.at_event_boundary() {
+        // An event over the size limit is not inspected, so it cannot be the usage chunk: it
+        // goes on as it comes, and what was held of it (at most the limit) with it.
+        if self.options.strip_usage_chunk
+            && !self.parser.at_event_boundary()
+            && !self.parser.in_oversized_event()
+        {
+            let last_end = last_block_end.map_or(0, |end| base + end);
             return self.release_until(chunk, last_end, &cuts, true);
         }
         if base == 0 && cuts.is_empty() {
@@ -244,6 +256,38 @@ mod tests {
             assert!(i.final_reached());
             assert!(!i.client_at_event_boundary());
         }
+    }
+
+    #[test]
+    fn strip_mode_holds_no_more_of_an_oversized_event_than_the_limit() {
+        let mut i = StreamInspector::new(
+            extractor_for(StreamFormat::OpenaiChat),
+            InspectorOptions {
+                max_event_size: 1024,
+                strip_usage_chunk: true,
+                hold_final_frame: false,
+            },
+        );
+        let big = format!("data: {}\n\n", "x".repeat(64 * 1024));
+        let stream = format!("{CHUNK}{big}{USAGE}{DONE}");
+        let mut sent = Vec::new();
+        for piece in stream.as_bytes().chunks(100) {
+            sent.extend_from_slice(&i.on_chunk(Bytes::copy_from_slice(piece)));
+            assert!(i.held_len() <= 1024 + 100, "held {}", i.held_len());
+        }
+        sent.extend_from_slice(&i.take_held());
+        let sent = String::from_utf8(sent).unwrap();
+        let expected = format!("{CHUNK}{big}{DONE}");
+        // Not the strings themselves: 64 KiB each.
+        let differ = sent.bytes().zip(expected.bytes()).position(|(a, b)| a != b);
+        assert!(
+            sent == expected,
+            "sent {} bytes, expected {}, first difference at {differ:?}",
+            sent.len(),
+            expected.len()
+        );
+        assert_eq!(i.oversized_events(), 1);
+        assert_eq!(i.stripped_chunks(), 1);
     }
 
     #[test]
