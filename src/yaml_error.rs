@@ -25,6 +25,24 @@ pub(crate) fn describe(
         .strip_prefix("unknown field `")
         .and_then(|r| r.split('`').next())
         .map(str::to_string);
+    // A key given twice: serde_yaml names the mapping and the key; the line is the second one's.
+    let duplicate = message
+        .strip_prefix("duplicate entry with key \"")
+        .and_then(|r| r.strip_suffix('"'))
+        .map(str::to_string);
+    if let (Some(dup), Some(location)) = (&duplicate, inner.location()) {
+        let first = key_line(text, location.line(), dup);
+        let second = first.and_then(|first| key_line(text, first + 1, dup));
+        let path = match key.as_str() {
+            "." => dup.clone(),
+            path => format!("{path}.{dup}"),
+        };
+        let message = match second.or(first) {
+            Some(line) => format!("{dup:?} is given twice in one mapping (line {line})"),
+            None => format!("{dup:?} is given twice in one mapping"),
+        };
+        return (path, message);
+    }
     let last_key = unknown_field.clone().or_else(|| {
         key.rsplit('.')
             .next()

@@ -305,6 +305,11 @@ impl Config {
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
         let text =
             env::interpolate(text, |name| std::env::var(name).ok()).map_err(ConfigError::Env)?;
+        // Read as plain YAML first, which refuses a key given twice in one mapping (two
+        // upstreams of one name): read into the config's maps, the last would silently win.
+        let deserializer = serde_yaml::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize::<_, serde_yaml::Value>(deserializer)
+            .map_err(|err| parse_error(&text, err))?;
         let deserializer = serde_yaml::Deserializer::from_str(&text);
         let config: Config = serde_path_to_error::deserialize(deserializer)
             .map_err(|err| parse_error(&text, err))?;

@@ -150,15 +150,32 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.listen.is_empty() {
         return Err(invalid("listen", "at least one listener is required"));
     }
+    let mut bound: Vec<(SocketAddr, String)> = Vec::new();
     for (i, listener) in config.listen.iter().enumerate() {
-        parse_addr(&listener.addr).map_err(|m| invalid(format!("listen[{i}].addr"), m))?;
+        let key = format!("listen[{i}].addr");
+        let addr = parse_addr(&listener.addr).map_err(|m| invalid(&key, m))?;
         validate_listener_tls(listener, i)?;
+        bound.push((addr, key));
     }
     if let Some(admin) = &config.admin {
-        parse_addr(admin).map_err(|m| invalid("admin", m))?;
+        let addr = parse_addr(admin).map_err(|m| invalid("admin", m))?;
+        bound.push((addr, "admin".into()));
     }
-    if config.server.threads == 0 {
-        return Err(invalid("server.threads", "must be at least 1"));
+    // Two sockets on one address share its connections (SO_REUSEPORT): a client would reach
+    // either at random.
+    for (i, (addr, key)) in bound.iter().enumerate() {
+        if let Some((_, first)) = bound[..i].iter().find(|(other, _)| other == addr) {
+            return Err(invalid(
+                key.as_str(),
+                format!("{addr} is already {first}: each listener needs an address of its own"),
+            ));
+        }
+    }
+    if config.server.threads == 0 || config.server.threads > MAX_THREADS {
+        return Err(invalid(
+            "server.threads",
+            format!("must be from 1 to {MAX_THREADS}"),
+        ));
     }
     // A request already on its way at shutdown gets a second to arrive (`drain`), and the
     // cleartext listeners accept for that second: a shorter grace would end the streams of the
@@ -272,6 +289,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Far more threads than any machine has cores; beyond it a typo (a count of bytes, say) would
+/// abort the start with a failed allocation.
+const MAX_THREADS: usize = 1024;
+
 fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
     addr.parse()
         .map_err(|_| format!("{addr:?} is not an address of the form IP:PORT"))
@@ -300,6 +321,28 @@ mod tests {
         assert!(err.contains("upstreams.u.url"), "{err}");
         let err = error_of("listen: [{addr: localhost}]\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(err.contains("listen[0].addr"), "{err}");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_named_with_its_second_line() {
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nupstreams:\n  u: {url: http://127.0.0.1:9}\n  u: {url: http://127.0.0.1:10}\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(
+            err.contains("upstreams.u") && err.contains("twice") && err.contains("line 4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_and_absurd_thread_counts_are_refused() {
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nadmin: 127.0.0.1:8080\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(
+            err.contains("admin") && err.contains("listen[0].addr"),
+            "{err}"
+        );
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}, {addr: 127.0.0.1:8080}]\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(err.contains("listen[1].addr"), "{err}");
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nserver: {threads: 100000000000}\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(err.contains("server.threads"), "{err}");
     }
 
     #[test]
