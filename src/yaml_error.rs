@@ -70,17 +70,30 @@ pub(crate) fn describe(
     (key, message)
 }
 
-/// The first line at or after `from` (1-based) where `key` is written as a mapping key.
+/// The first line at or after `from` (1-based) where `key` is written as a mapping key (plain
+/// or quoted; not in a comment).
 fn key_line(text: &str, from: usize, key: &str) -> Option<usize> {
-    let pattern = format!("{key}:");
+    let patterns = [
+        format!("{key}:"),
+        format!("\"{key}\":"),
+        format!("'{key}':"),
+    ];
     text.lines()
         .enumerate()
         .skip(from.saturating_sub(1))
         .find(|(_, line)| {
             let line = line.trim_start().trim_start_matches("- ").trim_start();
-            line.starts_with(&pattern)
-                || line.contains(&format!("{{{pattern}"))
-                || line.contains(&format!(" {pattern}"))
+            // A comment that mentions the key is not where it is written.
+            let line = match line.find('#') {
+                Some(0) => return false,
+                Some(at) if line[..at].ends_with(char::is_whitespace) => &line[..at],
+                _ => line,
+            };
+            patterns.iter().any(|pattern| {
+                line.starts_with(pattern.as_str())
+                    || line.contains(&format!("{{{pattern}"))
+                    || line.contains(&format!(" {pattern}"))
+            })
         })
         .map(|(i, _)| i + 1)
 }

@@ -303,6 +303,8 @@ impl Config {
     }
 
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        // An editor's UTF-8 byte order mark is not part of the YAML.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let text =
             env::interpolate(text, |name| std::env::var(name).ok()).map_err(ConfigError::Env)?;
         // Read as plain YAML first, which refuses a key given twice in one mapping (two

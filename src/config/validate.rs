@@ -250,6 +250,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be more than 0 (omit it to never rotate by size)",
         ));
     }
+    if config.usage.rotate_bytes.is_some() && config.usage.keep == 0 {
+        return Err(invalid(
+            "usage.keep",
+            "must be at least 1 with rotate_bytes, or rotation would delete fresh records",
+        ));
+    }
     if config.routes.is_empty() {
         return Err(invalid("routes", "at least one route is required"));
     }
@@ -343,6 +349,27 @@ mod tests {
         assert!(err.contains("listen[1].addr"), "{err}");
         let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nserver: {threads: 100000000000}\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(err.contains("server.threads"), "{err}");
+    }
+
+    #[test]
+    fn a_line_is_found_past_comments_quotes_and_a_byte_order_mark() {
+        let base = "listen: [{addr: 127.0.0.1:8080}]\nupstreams: {u: {url: http://x}}\nroutes:\n";
+        // A comment that mentions the key, above the key.
+        let err = error_of(&format!(
+            "{base}  # note: heartbeat: sometimes\n  - path_prefix: /\n    upstream: u\n    heartbeat: 1x\n"
+        ));
+        assert!(err.contains("(line 7)"), "{err}");
+        // A quoted key.
+        let err = error_of(&format!(
+            "{base}  - path_prefix: /\n    upstream: u\n    \"heartbeat\": 1x\n"
+        ));
+        assert!(err.contains("(line 6)"), "{err}");
+        let config = format!("{}{base}  - {{path_prefix: /, upstream: u}}\n", '\u{feff}');
+        assert!(Config::from_yaml(&config).is_ok());
+        let err = error_of(&format!(
+            "{base}  - {{path_prefix: /, upstream: u}}\nusage: {{rotate_bytes: 1000, keep: 0}}\n"
+        ));
+        assert!(err.contains("usage.keep"), "{err}");
     }
 
     #[test]
