@@ -139,8 +139,16 @@ fn upgrade_with_streams_in_flight_cuts_none_and_refuses_none() {
     assert!(probes.load(Ordering::SeqCst) > 100);
 }
 
+/// SIGINT (Ctrl-C) stops as SIGTERM does: the stream in flight ends and its usage record is on
+/// disk. Pingora's own handling exits at once, and the record was lost.
 #[test]
 fn sigterm_leaves_as_soon_as_the_last_stream_ends() {
+    for signal in ["TERM", "INT"] {
+        sigterm_leaves_with(signal);
+    }
+}
+
+fn sigterm_leaves_with(signal: &str) {
     let upstream = upstream();
     let mut sluice = start_routed_to(&upstream, "");
     // One stream in flight; the grace period is 30 s.
@@ -153,9 +161,9 @@ fn sigterm_leaves_as_soon_as_the_last_stream_ends() {
     );
     assert_eq!(client.read_head().status, 200);
     let started = Instant::now();
-    sluice.signal("TERM");
+    sluice.signal(signal);
     let chunks = client.read_chunks();
-    assert!(chunks.len() >= EVENTS, "the stream was cut at SIGTERM");
+    assert!(chunks.len() >= EVENTS, "the stream was cut at SIG{signal}");
     let status = sluice.wait_exit(Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let took = started.elapsed();
@@ -164,7 +172,7 @@ fn sigterm_leaves_as_soon_as_the_last_stream_ends() {
         "exit took {took:?}"
     );
     // The usage record of the last stream is on disk.
-    assert_eq!(sluice.ledger().len(), 1);
+    assert_eq!(sluice.ledger().len(), 1, "SIG{signal}");
 }
 
 /// A connection made before SIGTERM whose request arrives just after it is answered, not closed

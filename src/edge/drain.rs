@@ -147,3 +147,35 @@ impl BackgroundService for Drain {
         // Requests still running past the grace period: Pingora stops the runtimes now.
     }
 }
+
+/// The signals that stop or hand over the process, for Pingora's server loop: as Pingora's own,
+/// except that SIGINT (Ctrl-C in a terminal) is a graceful stop like SIGTERM. Pingora exits at
+/// once on it, and the running streams' usage records would be lost with them. A second SIGINT
+/// does not cut the grace short (SIGKILL does).
+#[cfg(unix)]
+pub struct StopSignals;
+
+#[cfg(unix)]
+#[async_trait]
+impl pingora::server::ShutdownSignalWatch for StopSignals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use pingora::server::ShutdownSignal;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot watch for stop signals; stopping");
+            return ShutdownSignal::GracefulTerminate;
+        };
+        tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => {
+                log::info!("SIGINT: stopping as on SIGTERM");
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
+}

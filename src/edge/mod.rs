@@ -34,6 +34,8 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Instant;
 
+#[cfg(unix)]
+pub use drain::StopSignals;
 pub use proxy::SluiceProxy;
 
 /// What one request did, filled in along its path and read by the logging phase.
