@@ -70,6 +70,56 @@ pub(crate) fn describe(
     (key, message)
 }
 
+/// The line (1-based) where a key path (`routes[1].upstream`, `server.threads`) is written, as
+/// far as it can be followed in block style: each key after the last line found, each `[i]`
+/// the i-th `- ` item after it (a flow-style sequence, `[...]` on one line, stays on that line).
+/// `None` when not even the first key is found.
+pub(crate) fn path_line(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut at: Option<usize> = None;
+    for segment in path.split('.') {
+        let (name, indices) = match segment.find('[') {
+            Some(i) => (&segment[..i], &segment[i..]),
+            None => (segment, ""),
+        };
+        if !name.is_empty() {
+            let found = key_line(text, at.map_or(1, |line| line + 1), name);
+            match found {
+                Some(line) => at = Some(line),
+                None => return at,
+            }
+        }
+        for index in indices
+            .split(['[', ']'])
+            .filter_map(|i| i.parse::<usize>().ok())
+        {
+            let line = at?;
+            let here = lines.get(line - 1).copied().unwrap_or_default();
+            if here.contains('[') {
+                // A flow-style sequence: its items are on this line.
+                return at;
+            }
+            // The sequence's items are the `- ` lines at its first item's indentation.
+            let indent = |l: &str| l.len() - l.trim_start().len();
+            let item = |l: &str| l.trim_start().starts_with("- ") || l.trim() == "-";
+            let Some(first) = lines.iter().skip(line).find(|l| item(l)) else {
+                return at;
+            };
+            let depth = indent(first);
+            let items = lines
+                .iter()
+                .enumerate()
+                .skip(line)
+                .filter(|(_, l)| item(l) && indent(l) == depth);
+            match items.clone().nth(index) {
+                Some((i, _)) => at = Some(i + 1),
+                None => return at,
+            }
+        }
+    }
+    at
+}
+
 /// The first line at or after `from` (1-based) where `key` is written as a mapping key (plain
 /// or quoted; not in a comment).
 fn key_line(text: &str, from: usize, key: &str) -> Option<usize> {

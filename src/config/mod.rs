@@ -315,7 +315,19 @@ impl Config {
         let deserializer = serde_yaml::Deserializer::from_str(&text);
         let config: Config = serde_path_to_error::deserialize(deserializer)
             .map_err(|err| parse_error(&text, err))?;
-        validate::validate(&config)?;
+        validate::validate(&config).map_err(|err| match err {
+            // The key's line, as a parse error gives it.
+            ConfigError::Invalid { key, message } => {
+                match crate::yaml_error::path_line(&text, &key) {
+                    Some(line) => ConfigError::Invalid {
+                        message: format!("{message} (line {line})"),
+                        key,
+                    },
+                    None => ConfigError::Invalid { key, message },
+                }
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 }

@@ -330,6 +330,17 @@ mod tests {
     }
 
     #[test]
+    fn a_value_refused_after_parsing_is_named_with_its_line() {
+        let err = error_of("listen:\n  - addr: 127.0.0.1:8080\nupstreams:\n  u: {url: http://127.0.0.1:9}\nroutes:\n  - path_prefix: /a\n    upstream: u\n\n  - path_prefix: /b\n    upstream: missing\n");
+        assert!(
+            err.contains("routes[1].upstream") && err.contains("(line 10)"),
+            "{err}"
+        );
+        let err = error_of("listen:\n  - addr: 127.0.0.1:8080\nserver:\n  threads: 0\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(err.contains("(line 4)"), "{err}");
+    }
+
+    #[test]
     fn a_key_given_twice_is_named_with_its_second_line() {
         let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nupstreams:\n  u: {url: http://127.0.0.1:9}\n  u: {url: http://127.0.0.1:10}\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(
