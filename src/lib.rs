@@ -22,4 +22,4 @@ pub mod websocket;
 mod yaml_error;
 
 pub use config::Config;
-pub use edge::{build_server, RunOptions};
+pub use edge::{build_server, run, RunOptions};

@@ -260,11 +260,7 @@ fn main() -> ExitCode {
             if let Some(admin) = &config.admin {
                 eprintln!("admin on http://{admin} (/healthz, /metrics, /limits)");
             }
-            // Pingora's loop with Sluice's signals (SIGINT stops gracefully too).
-            server.run(pingora::server::RunArgs {
-                shutdown_signal: Box::new(sluice::edge::StopSignals),
-            });
-            std::process::exit(0)
+            sluice::run(server)
         }
     }
 }

@@ -66,11 +66,7 @@ fn stream_request(client: &mut Client) {
     client.post_json("/v1/chat/completions", r#"{"model":"m","stream":true}"#);
     assert_eq!(client.read_head().status, 200);
     // The events, not the chunks: how many reads they came in is the network's doing.
-    let body: Vec<u8> = client
-        .read_chunks()
-        .into_iter()
-        .flat_map(|c| c.data)
-        .collect();
+    let body = client.read_chunked_body();
     let body = String::from_utf8_lossy(&body);
     assert!(
         body.starts_with("data: {\"i\":0}\n\ndata: [DONE]\n\n: sluice-usage {"),

@@ -238,7 +238,7 @@ fn pipelined_requests_are_answered_in_order_and_a_stream_goes_on_meanwhile() {
     // Mid-stream: an empty line, then the next request.
     client.send_raw(b"\r\nGET /v1/after HTTP/1.1\r\nhost: x\r\n\r\n");
     let mut body = first.data;
-    body.extend(client.read_chunks().into_iter().flat_map(|c| c.data));
+    body.extend(client.read_chunked_body());
     let body = String::from_utf8(body).unwrap();
     assert!(
         body.starts_with("data: {\"i\":0}\n\ndata: {\"i\":1}\n\ndata: [DONE]\n\n"),

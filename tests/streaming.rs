@@ -161,12 +161,8 @@ fn idle_timeout_ends_stream_with_openai_error_event() {
     assert_eq!(client.read_head().status, 200);
     let first = client.read_chunk().expect("first event");
     assert_eq!(first.data, event(0).as_bytes());
-    let mut rest = Vec::new();
-    while let Some(chunk) = client.read_chunk() {
-        rest.extend(chunk.data);
-    }
-    // read_chunk returned None: the chunked terminator arrived (a clean end, not a cut).
-    let rest = String::from_utf8(rest).unwrap();
+    // read_chunked_body panics on a cut: the chunked terminator arrived (a clean end).
+    let rest = String::from_utf8(client.read_chunked_body()).unwrap();
     let data = rest
         .strip_prefix("data: ")
         .and_then(|r| r.strip_suffix("\n\n"))
@@ -594,7 +590,7 @@ fn after_sigterm_a_request_pipelined_behind_a_stream_is_not_served() {
     std::thread::sleep(Duration::from_millis(100));
     client.send_raw(request.as_bytes());
     let mut body = first.data;
-    body.extend(client.read_chunks().into_iter().flat_map(|c| c.data));
+    body.extend(client.read_chunked_body());
     assert_eq!(body, format!("{}{}", event(0), event(1)).as_bytes());
     assert!(
         client.closed_within(Duration::from_secs(3)),
@@ -676,11 +672,7 @@ fn no_usage_comment_after_an_unfinished_last_line() {
         let mut client = Client::connect(sluice.addr);
         client.post_json("/v1/chat/completions", STREAM_REQUEST);
         assert_eq!(client.read_head().status, 200);
-        let body: Vec<u8> = client
-            .read_chunks()
-            .into_iter()
-            .flat_map(|c| c.data)
-            .collect();
+        let body = client.read_chunked_body();
         assert_eq!(
             String::from_utf8_lossy(&body),
             format!("data: {{\"i\":0}}\n\n{ending}"),

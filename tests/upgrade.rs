@@ -86,11 +86,7 @@ fn upgrade_with_streams_in_flight_cuts_none_and_refuses_none() {
                 let head = client.read_head();
                 assert_eq!(head.status, 200);
                 streaming.fetch_add(1, Ordering::SeqCst);
-                let body: Vec<u8> = client
-                    .read_chunks()
-                    .into_iter()
-                    .flat_map(|c| c.data)
-                    .collect();
+                let body = client.read_chunked_body();
                 let body = String::from_utf8(body).unwrap();
                 assert_eq!(body.matches("data: {\"i\":").count(), EVENTS, "{body}");
                 assert!(body.ends_with("data: [DONE]\n\n"), "{body}");

@@ -672,9 +672,8 @@ fn a_refused_handshake_is_an_ordinary_response() {
     assert_eq!(&client.buf[..len], br#"{"error":"no websocket for you"}"#);
 }
 
-#[test]
-fn a_session_still_open_when_the_grace_period_is_over_gets_a_going_away_close() {
-    let upstream = WsUpstream::start();
+/// Sluice in front of `upstream`, stopped by a signal with a 1 s grace period and a ledger.
+fn sluice_with_a_grace_period(upstream: &WsUpstream) -> Sluice {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = TempDir::new();
@@ -685,7 +684,13 @@ fn a_session_still_open_when_the_grace_period_is_over_gets_a_going_away_close() 
         ledger = dir.path.join("usage.jsonl").display(),
         up = upstream.addr,
     );
-    let mut sluice = Sluice::start_with_config(&yaml, addr, admin, dir);
+    Sluice::start_with_config(&yaml, addr, admin, dir)
+}
+
+#[test]
+fn a_session_still_open_when_the_grace_period_is_over_gets_a_going_away_close() {
+    let upstream = WsUpstream::start();
+    let mut sluice = sluice_with_a_grace_period(&upstream);
     let (mut client, head) = WsClient::connect(&sluice, "/push-forever");
     assert_eq!(head.status, 101);
     let signalled = Instant::now();
@@ -723,17 +728,7 @@ fn a_session_still_open_when_the_grace_period_is_over_gets_a_going_away_close() 
 #[test]
 fn a_session_whose_client_stopped_reading_still_ends_at_the_grace_period() {
     let upstream = WsUpstream::start();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let dir = TempDir::new();
-    let yaml = format!(
-        "listen:\n  - addr: {addr}\nadmin: {admin}\nserver:\n  threads: 2\n  grace_period: 1s\n  pid_file: {pid}\n  upgrade_sock: {sock}\nusage:\n  ledger: {ledger}\nupstreams:\n  ws:\n    url: http://{up}\nroutes:\n  - path_prefix: /\n    upstream: ws\n",
-        pid = dir.path.join("sluice.pid").display(),
-        sock = dir.path.join("upgrade.sock").display(),
-        ledger = dir.path.join("usage.jsonl").display(),
-        up = upstream.addr,
-    );
-    let mut sluice = Sluice::start_with_config(&yaml, addr, admin, dir);
+    let mut sluice = sluice_with_a_grace_period(&upstream);
     let (client, head) = WsClient::connect(&sluice, "/flood");
     assert_eq!(head.status, 101);
     // The client reads nothing more; the buffers on the way fill up.

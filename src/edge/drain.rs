@@ -152,10 +152,8 @@ impl BackgroundService for Drain {
 /// except that SIGINT (Ctrl-C in a terminal) is a graceful stop like SIGTERM. Pingora exits at
 /// once on it, and the running streams' usage records would be lost with them. A second SIGINT
 /// does not cut the grace short (SIGKILL does).
-#[cfg(unix)]
-pub struct StopSignals;
+pub(super) struct StopSignals;
 
-#[cfg(unix)]
 #[async_trait]
 impl pingora::server::ShutdownSignalWatch for StopSignals {
     async fn recv(&self) -> pingora::server::ShutdownSignal {

@@ -34,8 +34,6 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Instant;
 
-#[cfg(unix)]
-pub use drain::StopSignals;
 pub use proxy::SluiceProxy;
 
 /// What one request did, filled in along its path and read by the logging phase.
@@ -126,6 +124,15 @@ impl RequestCtx {
 pub struct RunOptions {
     /// Take over the listening sockets of a running Sluice (graceful upgrade).
     pub upgrade: bool,
+}
+
+/// Runs the server until it is stopped, with Sluice's signals (SIGINT stops gracefully too),
+/// then exits the process.
+pub fn run(server: Server) -> ! {
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(drain::StopSignals),
+    });
+    std::process::exit(0)
 }
 
 /// Builds the Pingora server for a validated config: proxy listeners, admin listener, and the

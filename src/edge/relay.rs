@@ -319,25 +319,25 @@ async fn open<'d>(
         Ok(head)
     } else {
         tokio::select! {
-        r = up.read_final_head() => r,
-        _ = timer::sleep(head_wait) => {
-            let error = ProxyError::new(
-                ProxyErrorKind::UpstreamTimeout,
-                format!("upstream {} sent no response within {head_wait:?}", route.upstream.name),
-            );
-            METRICS.upstream_failed(&route.upstream.name, "response_header");
-            return Err(respond_error(down, ctx, &error).await);
-        }
-        _ = down.read_body_or_idle(true) => {
-            ctx.outcome = Some(StreamOutcome::ClientDisconnect);
-            close_upstream(up, StreamOutcome::ClientDisconnect, ctx).await;
-            return Err(Finish::Close);
-        }
-        _ = drain::grace_over() => {
-            ctx.outcome = Some(StreamOutcome::Shutdown);
-            drop(up);
-            return Err(respond_error(down, ctx, &shutting_down()).await);
-        }
+            r = up.read_final_head() => r,
+            _ = timer::sleep(head_wait) => {
+                let error = ProxyError::new(
+                    ProxyErrorKind::UpstreamTimeout,
+                    format!("upstream {} sent no response within {head_wait:?}", route.upstream.name),
+                );
+                METRICS.upstream_failed(&route.upstream.name, "response_header");
+                return Err(respond_error(down, ctx, &error).await);
+            }
+            _ = down.read_body_or_idle(true) => {
+                ctx.outcome = Some(StreamOutcome::ClientDisconnect);
+                close_upstream(up, StreamOutcome::ClientDisconnect, ctx).await;
+                return Err(Finish::Close);
+            }
+            _ = drain::grace_over() => {
+                ctx.outcome = Some(StreamOutcome::Shutdown);
+                drop(up);
+                return Err(respond_error(down, ctx, &shutting_down()).await);
+            }
         }
     };
     let upstream_head = match head {

@@ -12,6 +12,7 @@ use crate::sse::{LineBoundary, RelayClock, RelayTick, StreamOutcome, HEARTBEAT};
 use crate::telemetry::METRICS;
 use crate::usage::inspector::StreamInspector;
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -136,7 +137,7 @@ pub async fn relay(
                 lines.on_sent(&data);
             }
             let mut written = std::pin::pin!(write(down, ctx, data));
-            let written = match now_or_never(written.as_mut()) {
+            let written = match written.as_mut().now_or_never() {
                 Some(written) => written,
                 // Boxed: only a client slower than its stream waits here, and every open
                 // stream's state would otherwise have room for this wait.
@@ -145,12 +146,19 @@ pub async fn relay(
                         wait_for_client(written, grace_over.as_mut(), &mut timer, &mut clock);
                     match Box::pin(wait).await {
                         Ok(written) => written,
-                        Err(cut) => {
+                        Err(ended) => {
                             ctx.write_cut = true;
-                            if let Some(why) = cut.why() {
-                                ctx.error = Some(why.into());
-                            }
-                            return cut.outcome;
+                            // The access log says whose silence it was.
+                            ctx.error = match ended {
+                                StreamOutcome::IdleTimeout => {
+                                    Some("the client took nothing for the idle timeout".into())
+                                }
+                                StreamOutcome::MaxDuration => Some(
+                                    "max duration reached while the client took nothing".into(),
+                                ),
+                                _ => ctx.error.take(),
+                            };
+                            return ended;
                         }
                     }
                 }
@@ -165,24 +173,6 @@ pub async fn relay(
     }
 }
 
-/// Why a stream ended while a write to its client waited.
-struct WriteCut {
-    outcome: StreamOutcome,
-}
-
-impl WriteCut {
-    /// For the access log: whose silence it was, when a timeout ended it.
-    fn why(&self) -> Option<&'static str> {
-        match self.outcome {
-            StreamOutcome::IdleTimeout => Some("the client took nothing for the idle timeout"),
-            StreamOutcome::MaxDuration => {
-                Some("max duration reached while the client took nothing")
-            }
-            _ => None,
-        }
-    }
-}
-
 /// Waits for a write the client is slow to take. A client that stopped reading holds it: the
 /// end of a shutdown's grace period, the stream's `max_duration`, and `idle_timeout` with nothing
 /// taken (as long as an upstream silent that long is given) still end the stream, which frees
@@ -193,7 +183,7 @@ async fn wait_for_client<W, G>(
     mut grace_over: Pin<&mut G>,
     timer: &mut RelayTimer,
     clock: &mut RelayClock,
-) -> Result<W::Output, WriteCut>
+) -> Result<W::Output, StreamOutcome>
 where
     W: std::future::Future,
     G: std::future::Future<Output = ()>,
@@ -212,7 +202,7 @@ where
                 RelayTick::MaxDuration => StreamOutcome::MaxDuration,
             },
         };
-        return Err(WriteCut { outcome });
+        return Err(outcome);
     }
 }
 
@@ -262,7 +252,9 @@ fn take_ready(
     let mut gathered: Option<BytesMut> = None;
     let mut len = first.len();
     while len < COALESCE_LIMIT && !up.body_done() {
-        match now_or_never(up.read_body()) {
+        // Polled once: body reads keep their progress in the connection, so dropping a pending
+        // read loses nothing.
+        match up.read_body().now_or_never() {
             Some(Ok(Some(next))) => {
                 len += next.len();
                 gathered
@@ -277,17 +269,6 @@ fn take_ready(
         }
     }
     gathered.map(BytesMut::freeze).unwrap_or(first)
-}
-
-/// Polls a future once. Body reads keep their progress in the connection, so dropping a pending
-/// read loses nothing.
-fn now_or_never<F: std::future::Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(output) => Some(output),
-        std::task::Poll::Pending => None,
-    }
 }
 
 fn decode(decoder: Option<&mut ResponseCompressionCtx>, data: Bytes) -> Bytes {

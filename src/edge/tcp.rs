@@ -8,12 +8,14 @@
 //! else. TLS to upstreams stays on Pingora's stream, which its connector builds on.
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, UniqueID,
     UniqueIDType,
 };
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -77,24 +79,55 @@ pub async fn connect_socket(
 /// state has room for its body write, and those nested futures take 120 bytes, this one 40.
 /// Not cancel-safe, as `write_all` is not: dropped midway, part of `data` may be on the wire
 /// already (every caller that can drop it closes the connection next).
-pub fn write_flushed<'a>(
-    stream: &'a mut pingora::protocols::Stream,
+pub fn write_flushed<'a, W: AsyncWrite + Unpin + ?Sized>(
+    stream: &'a mut W,
     data: &'a [u8],
     what: &'static str,
-) -> WriteFlushed<'a> {
+) -> WriteFlushed<'a, W> {
     WriteFlushed { stream, data, what }
 }
 
 /// See [`write_flushed`].
 #[must_use = "futures do nothing unless polled"]
-pub struct WriteFlushed<'a> {
-    stream: &'a mut pingora::protocols::Stream,
+pub struct WriteFlushed<'a, W: ?Sized> {
+    stream: &'a mut W,
     /// What is still to be written.
     data: &'a [u8],
     what: &'static str,
 }
 
-impl Future for WriteFlushed<'_> {
+/// Most bytes one [`read_into`] takes.
+pub const READ_SIZE: usize = 64 * 1024;
+
+/// Reads what `from` has (waiting for something) and appends it to `into`; an empty `into` is
+/// made exactly the size read, so a piece passed on keeps no spare room. 0 at the end of the
+/// stream. The read's room is on the stack for the length of one poll: a read that waits, as
+/// every idle connection's does, holds no buffer.
+pub async fn read_into<R: AsyncRead + Unpin + ?Sized>(
+    from: &mut R,
+    into: &mut BytesMut,
+) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut room = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+        let mut read = ReadBuf::uninit(&mut room);
+        match Pin::new(&mut *from).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                let filled = read.filled();
+                if into.is_empty() {
+                    *into = BytesMut::from(filled);
+                } else {
+                    into.extend_from_slice(filled);
+                }
+                Poll::Ready(Ok(filled.len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+impl<W: AsyncWrite + Unpin + ?Sized> Future for WriteFlushed<'_, W> {
     type Output = pingora::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -151,6 +151,15 @@ impl Client {
         chunks
     }
 
+    /// The rest of a chunked body, its chunks' bytes joined: for tests about the bytes, not
+    /// about how many reads they came in.
+    pub fn read_chunked_body(&mut self) -> Vec<u8> {
+        self.read_chunks()
+            .into_iter()
+            .flat_map(|c| c.data)
+            .collect()
+    }
+
     /// Reads a whole response: head and a sized, chunked or close-delimited body.
     pub fn read_response(&mut self) -> Response {
         let mut response = self.read_head();
@@ -158,11 +167,7 @@ impl Client {
             .header("transfer-encoding")
             .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         if chunked {
-            response.body = self
-                .read_chunks()
-                .into_iter()
-                .flat_map(|c| c.data)
-                .collect();
+            response.body = self.read_chunked_body();
         } else if let Some(len) = response.header("content-length") {
             let mut body = vec![0; len.parse().unwrap()];
             self.reader.read_exact(&mut body).unwrap();

@@ -20,6 +20,7 @@ use crate::edge::drain;
 use crate::edge::headers::{client_response, ResponseShape};
 use crate::edge::responses::Finish;
 use crate::edge::stream_body::{self, RelayTimer};
+use crate::edge::tcp;
 use crate::edge::upstream::UpstreamConn;
 use crate::edge::RequestCtx;
 use crate::http1::ResponseHead;
@@ -29,18 +30,12 @@ use crate::telemetry::METRICS;
 use crate::websocket::{close_frame, FrameTracker, BAD_GATEWAY, GOING_AWAY};
 use bytes::BytesMut;
 use pingora::protocols::Stream;
-use std::mem::MaybeUninit;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 
 /// Longest Sluice waits to write a Close frame of its own (to a side that stopped reading).
 const CLOSE_FRAME_WAIT: Duration = Duration::from_millis(200);
-
-/// Most bytes one read of one direction takes.
-const READ_SIZE: usize = 16 * 1024;
 
 /// Where each direction's frames begin, so that Sluice's Close frames go between two frames.
 #[derive(Default)]
@@ -52,7 +47,7 @@ struct Framing {
 /// How one direction of the copy ended.
 enum Ended {
     /// Its source closed its connection (or failed to be read).
-    Source(pingora::Result<()>),
+    Source(std::io::Result<()>),
     /// Writing to its destination failed.
     Destination,
 }
@@ -229,47 +224,25 @@ async fn copy_one_way(
     let mut buf = early;
     loop {
         if buf.is_empty() {
-            match read_some(from, &mut buf).await {
+            match tcp::read_into(from, &mut buf).await {
                 Ok(0) => return Ended::Source(Ok(())),
                 Ok(_) => {}
-                Err(e) => {
-                    let e = pingora::Error::because(pingora::ErrorType::ReadError, "reading", e);
-                    return Ended::Source(Err(e));
-                }
+                Err(e) => return Ended::Source(Err(e)),
             }
         }
         moved.now();
         framing.feed(&buf);
         on_sent(buf.len());
-        let sent = async {
-            to.write_all(&buf).await?;
-            to.flush().await
-        };
-        if sent.await.is_err() {
+        if tcp::write_flushed(to, &buf, "relaying a WebSocket")
+            .await
+            .is_err()
+        {
             return Ended::Destination;
         }
         moved.now();
         // Nothing kept while the next read waits.
         buf = BytesMut::new();
     }
-}
-
-/// Reads what `from` has (waiting for something) into `buf`, sized to it; 0 at its end. The
-/// read's room lives on the stack for one poll, so a waiting direction holds no buffer.
-async fn read_some(from: &mut Reader, buf: &mut BytesMut) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| {
-        let mut space = [MaybeUninit::<u8>::uninit(); READ_SIZE];
-        let mut read = ReadBuf::uninit(&mut space);
-        match Pin::new(&mut *from).poll_read(cx, &mut read) {
-            Poll::Ready(Ok(())) => {
-                buf.extend_from_slice(read.filled());
-                Poll::Ready(Ok(read.filled().len()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
 }
 
 /// The session's outcome from how it ended, with what the access log says of a failure.
@@ -357,9 +330,6 @@ async fn send_close_frames(
 /// A Close frame of Sluice's own, given up after [`CLOSE_FRAME_WAIT`] (a side that stopped
 /// reading).
 async fn send_within(to: &mut Writer, frame: &[u8]) {
-    let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, async {
-        to.write_all(frame).await?;
-        to.flush().await
-    })
-    .await;
+    let close = tcp::write_flushed(to, frame, "writing a Close frame");
+    let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, close).await;
 }

@@ -1,23 +1,16 @@
 //! Sluice's own HTTP/1.1 upstream connection. The request head and the body read so far leave
 //! in one write (one wake-up of the upstream, not one per piece), and reads go through a buffer
-//! on the stack whose bytes are copied out: an idle stream holds no read buffer at all, where
-//! Pingora's client session keeps a 64 KiB one per connection. The framing rules are in
-//! `crate::http1`.
+//! on the stack whose bytes are copied out (`tcp::read_into`): an idle stream holds no read
+//! buffer at all, where Pingora's client session keeps a 64 KiB one per connection. The framing
+//! rules are in `crate::http1`.
 
 use crate::http1::{self, BodyDecoder, Http1Error};
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::protocols::Stream;
 use pingora::{Error, ErrorType};
-use std::future::poll_fn;
-use std::mem::MaybeUninit;
-use std::pin::Pin;
-use std::task::Poll;
-use tokio::io::{AsyncRead, ReadBuf};
 
 /// Largest response head accepted from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Most bytes one read takes (on the stack, only while the read runs).
-const READ_SIZE: usize = 64 * 1024;
 
 pub struct H1Connection {
     stream: Stream,
@@ -206,33 +199,10 @@ impl H1Connection {
     }
 
     /// Reads what the socket has (waiting for something) into `pending`; 0 at end of stream.
-    /// The buffer lives on the stack for the length of one poll, so a pending read holds none.
     async fn read_more(&mut self) -> pingora::Result<usize> {
-        let stream = &mut self.stream;
-        let pending = &mut self.pending;
-        poll_fn(|cx| {
-            let mut buf = [MaybeUninit::<u8>::uninit(); READ_SIZE];
-            let mut read = ReadBuf::uninit(&mut buf);
-            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) => {
-                    let filled = read.filled();
-                    if pending.is_empty() {
-                        // Exactly the size read: a body piece passed on keeps no spare room.
-                        *pending = BytesMut::from(filled);
-                    } else {
-                        pending.extend_from_slice(filled);
-                    }
-                    Poll::Ready(Ok(filled.len()))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(Error::because(
-                    ErrorType::ReadError,
-                    "reading from upstream",
-                    e,
-                ))),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
+        crate::edge::tcp::read_into(&mut self.stream, &mut self.pending)
+            .await
+            .map_err(|e| Error::because(ErrorType::ReadError, "reading from upstream", e))
     }
 
     /// Drops the allocation behind an emptied `pending` (the pieces split off it keep theirs).
