@@ -467,3 +467,76 @@ fn inspection_off_passes_bytes_and_records_outcomes_only() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An upstream that leaves its body open after the provider's end marker: the stream ends as
+/// completed within a second of the marker, its record written and the marker delivered, rather
+/// than when the idle timeout (20 s here) gives up on the upstream. Before, with
+/// `durability: before_end`, the client did not even see `[DONE]` until then.
+#[test]
+fn a_stream_left_open_after_its_end_marker_ends_soon_after_it() {
+    let upstream = Upstream::start(|_| {
+        let mut steps = chat_events(2);
+        steps.push(Step::chunk("data: [DONE]\n\n"));
+        steps.push(Step::Hold);
+        steps
+    });
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n    idle_timeout: 20s\n    usage_comment: false\n",
+        upstream.url()
+    ));
+    let started = Instant::now();
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", ASKS_FOR_USAGE);
+    let response = client.read_response();
+    let took = started.elapsed();
+    assert!(
+        response.text().ends_with("data: [DONE]\n\n"),
+        "{}",
+        response.text()
+    );
+    assert!(took < Duration::from_secs(10), "ended after {took:?}");
+    let records = sluice.wait_ledger(1);
+    assert_eq!(records[0]["outcome"], "completed");
+    assert_eq!(records[0]["end_marker_seen"], true);
+    // The connection was in the middle of a body: closed, not pooled.
+    assert!(upstream.wait_closed(Duration::from_secs(5)).is_some());
+}
+
+/// What an upstream sends after its end marker is held (until the record is durable) only up
+/// to `max_event_size`: past it the stream ends there, with everything that had arrived, and
+/// what the upstream sends later is not waited for.
+#[test]
+fn bytes_after_the_end_marker_are_held_only_up_to_the_event_size_limit() {
+    let filler = format!(": {}\n\n", "x".repeat(8 * 1024));
+    let sent = filler.clone();
+    let upstream = Upstream::start(move |_| {
+        let mut steps = chat_events(1);
+        steps.push(Step::chunk("data: [DONE]\n\n"));
+        steps.push(Step::chunk(&sent));
+        steps.push(Step::sleep_ms(400));
+        steps.push(Step::chunk("data: after\n\n"));
+        steps.push(Step::Hold);
+        steps
+    });
+    // The final frame is held only with a ledger (`before_end`).
+    let dir = support::TempDir::new();
+    let ledger = dir.path.join("usage.jsonl");
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n    idle_timeout: 20s\n    usage_comment: false\nusage:\n  ledger: {}\n  max_event_size: 4096\n",
+        upstream.url(),
+        ledger.display()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", ASKS_FOR_USAGE);
+    let text = client.read_response().text();
+    assert!(
+        text.ends_with(&format!("data: [DONE]\n\n{filler}")),
+        "the stream should end with the marker and what came with it: {:?}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    // Held until durable: the record is in the file by the time the client has the end.
+    let records = std::fs::read_to_string(&ledger).unwrap();
+    let record: Value = serde_json::from_str(records.lines().next().unwrap()).unwrap();
+    assert_eq!(record["outcome"], "completed");
+    drop(sluice);
+}

@@ -56,10 +56,11 @@ pub async fn relay(
     let mut grace_over = std::pin::pin!(drain::grace_over());
     loop {
         // A sized body that has fully arrived would otherwise wait for a read that never ends.
+        // `None`: the linger after the end marker is over.
         let chunk = if let Some(chunk) = deferred.take() {
-            chunk
+            Some(chunk)
         } else if up.body_done() {
-            Ok(None)
+            Some(Ok(None))
         } else {
             let read = up.read_body();
             tokio::pin!(read);
@@ -74,11 +75,12 @@ pub async fn relay(
                     _ = &mut grace_over => RelayEvent::GraceOver,
                 };
                 match event {
-                    RelayEvent::Chunk(chunk) => break chunk,
+                    RelayEvent::Chunk(chunk) => break Some(chunk),
                     RelayEvent::ClientGone => return StreamOutcome::ClientDisconnect,
                     RelayEvent::GraceOver => return StreamOutcome::Shutdown,
                     RelayEvent::Tick(RelayTick::IdleTimeout) => return StreamOutcome::IdleTimeout,
                     RelayEvent::Tick(RelayTick::MaxDuration) => return StreamOutcome::MaxDuration,
+                    RelayEvent::Tick(RelayTick::EndMarkerLinger) => break None,
                     RelayEvent::Tick(RelayTick::Heartbeat) => {
                         // A half-sent upstream event postpones the heartbeat.
                         let at_boundary = match &watch {
@@ -101,6 +103,9 @@ pub async fn relay(
                     }
                 }
             }
+        };
+        let Some(chunk) = chunk else {
+            return end_after_marker(up, ctx, "stayed open");
         };
         let chunk = match chunk {
             Ok(Some(first)) => Ok(Some(take_ready(up, first, &mut deferred))),
@@ -125,8 +130,16 @@ pub async fn relay(
                     .observe(now.duration_since(previous).as_secs_f64());
             }
         }
+        let mut final_frame_full = false;
         let data = match &mut watch {
-            BodyWatch::Events(inspector) if !data.is_empty() => inspector.on_chunk(data),
+            BodyWatch::Events(inspector) if !data.is_empty() => {
+                let data = inspector.on_chunk(data);
+                if inspector.final_reached() {
+                    clock.on_end_marker(now);
+                    final_frame_full = inspector.final_frame_full();
+                }
+                data
+            }
             _ => data,
         };
         if !data.is_empty() {
@@ -170,7 +183,25 @@ pub async fn relay(
         if ended {
             return StreamOutcome::Completed;
         }
+        if final_frame_full {
+            return end_after_marker(up, ctx, "went on sending");
+        }
+        if clock.linger_expired() {
+            return end_after_marker(up, ctx, "stayed open");
+        }
     }
+}
+
+/// Ends a stream whose upstream did not end its body after the provider's end marker (see
+/// `END_MARKER_LINGER`): the provider's stream is complete, so it ends as completed with what
+/// arrived so far, and the connection, in the middle of a body, is not reused.
+fn end_after_marker(up: &mut UpstreamConn, ctx: &mut RequestCtx, what: &str) -> StreamOutcome {
+    up.forbid_reuse();
+    log::info!(
+        "request {}: upstream {what} after the end of its stream; ended by Sluice",
+        ctx.request_id
+    );
+    StreamOutcome::Completed
 }
 
 /// Waits for a write the client is slow to take. A client that stopped reading holds it: the
@@ -196,6 +227,11 @@ where
             tick = timer.due(clock) => match tick {
                 RelayTick::Heartbeat => {
                     clock.on_heartbeat_due(Instant::now());
+                    continue;
+                }
+                // Bytes of the stream are on their way: it ends once they are out.
+                RelayTick::EndMarkerLinger => {
+                    clock.on_linger_over();
                     continue;
                 }
                 RelayTick::IdleTimeout => StreamOutcome::IdleTimeout,

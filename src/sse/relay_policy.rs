@@ -7,6 +7,12 @@ use std::time::{Duration, Instant};
 /// The SSE comment sent while the upstream is silent.
 pub const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
+/// How long an upstream has, after the provider's end-of-stream marker, to end its body. A
+/// provider ends it at once; one that keeps the connection open (or goes on sending) would
+/// otherwise hold the stream, its slot and, with `durability: before_end`, the marker itself
+/// away from the client until the idle timeout.
+pub const END_MARKER_LINGER: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RelayPolicy {
     pub idle_timeout: Option<Duration>,
@@ -19,6 +25,8 @@ pub enum RelayTick {
     Heartbeat,
     IdleTimeout,
     MaxDuration,
+    /// The upstream's body has not ended within [`END_MARKER_LINGER`] of its end marker.
+    EndMarkerLinger,
 }
 
 /// How a stream ended.
@@ -61,6 +69,19 @@ pub struct RelayClock {
     started: Instant,
     last_upstream: Instant,
     next_heartbeat: Option<Instant>,
+    linger: Linger,
+}
+
+/// The linger after the provider's end marker (an enum, not an `Option` and a flag: every open
+/// stream has a clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    /// No end marker yet.
+    Off,
+    /// The marker came; the upstream's body has until then to end.
+    Until(Instant),
+    /// Over while the stream could not end yet (a write to the client waited).
+    Over,
 }
 
 impl RelayClock {
@@ -75,6 +96,7 @@ impl RelayClock {
             started: now,
             last_upstream: now,
             next_heartbeat: policy.heartbeat.map(|h| now + h),
+            linger: Linger::Off,
         }
     }
 
@@ -88,6 +110,10 @@ impl RelayClock {
                 .idle_timeout
                 .map(|d| (self.last_upstream + d, RelayTick::IdleTimeout)),
             self.next_heartbeat.map(|t| (t, RelayTick::Heartbeat)),
+            match self.linger {
+                Linger::Until(t) => Some((t, RelayTick::EndMarkerLinger)),
+                Linger::Off | Linger::Over => None,
+            },
         ];
         candidates.into_iter().flatten().min_by_key(|(t, _)| *t)
     }
@@ -95,13 +121,43 @@ impl RelayClock {
     /// Bytes arrived from upstream.
     pub fn on_upstream_bytes(&mut self, now: Instant) {
         self.last_upstream = now;
-        self.next_heartbeat = self.policy.heartbeat.map(|h| now + h);
+        self.schedule_heartbeat(now);
     }
 
     /// A heartbeat was sent, or was due while an upstream event was half-sent and so postponed:
     /// either way the next one is a full interval away.
     pub fn on_heartbeat_due(&mut self, now: Instant) {
-        self.next_heartbeat = self.policy.heartbeat.map(|h| now + h);
+        self.schedule_heartbeat(now);
+    }
+
+    /// The provider's end-of-stream marker has arrived: no more heartbeats (the stream is over
+    /// for the client), and the upstream's body has [`END_MARKER_LINGER`] from now to end, bytes
+    /// or not. Only the first call counts: an upstream that keeps sending cannot push it back.
+    pub fn on_end_marker(&mut self, now: Instant) {
+        if !self.end_marker_seen() {
+            self.linger = Linger::Until(now + END_MARKER_LINGER);
+            self.next_heartbeat = None;
+        }
+    }
+
+    pub fn end_marker_seen(&self) -> bool {
+        self.linger != Linger::Off
+    }
+
+    /// The linger came while the stream could not end yet (a write to the client waited): it
+    /// is no deadline any more, only a fact for when the write is done.
+    pub fn on_linger_over(&mut self) {
+        self.linger = Linger::Over;
+    }
+
+    pub fn linger_expired(&self) -> bool {
+        self.linger == Linger::Over
+    }
+
+    fn schedule_heartbeat(&mut self, now: Instant) {
+        if !self.end_marker_seen() {
+            self.next_heartbeat = self.policy.heartbeat.map(|h| now + h);
+        }
     }
 }
 
@@ -152,6 +208,35 @@ mod tests {
             clock.next_deadline(),
             Some((t0 + Duration::from_secs(15), RelayTick::Heartbeat))
         );
+    }
+
+    #[test]
+    fn after_the_end_marker_only_the_linger_and_the_limits_are_left() {
+        let t0 = Instant::now();
+        let mut clock = RelayClock::new(policy(), t0, true);
+        clock.on_end_marker(t0 + Duration::from_secs(2));
+        assert!(clock.end_marker_seen());
+        let over = t0 + Duration::from_secs(2) + END_MARKER_LINGER;
+        assert_eq!(
+            clock.next_deadline(),
+            Some((over, RelayTick::EndMarkerLinger))
+        );
+        // Bytes after the marker neither bring heartbeats back nor push the linger's end.
+        clock.on_upstream_bytes(t0 + Duration::from_millis(2_500));
+        clock.on_end_marker(t0 + Duration::from_millis(2_600));
+        clock.on_heartbeat_due(t0 + Duration::from_millis(2_700));
+        assert_eq!(
+            clock.next_deadline(),
+            Some((over, RelayTick::EndMarkerLinger))
+        );
+        clock.on_linger_over();
+        assert!(clock.linger_expired() && clock.end_marker_seen());
+        assert_eq!(clock.next_deadline().unwrap().1, RelayTick::IdleTimeout);
+        // A limit that comes first still comes first.
+        let mut clock = RelayClock::new(policy(), t0, true);
+        clock.on_upstream_bytes(t0 + Duration::from_millis(99_500));
+        clock.on_end_marker(t0 + Duration::from_millis(99_500));
+        assert_eq!(clock.next_deadline().unwrap().1, RelayTick::MaxDuration);
     }
 
     #[test]

@@ -155,6 +155,13 @@ impl StreamInspector {
         std::mem::take(&mut self.held).freeze()
     }
 
+    /// In hold-final mode, what followed the end marker has reached the size of the largest
+    /// event: an upstream that goes on sending after its stream's end must not be held without
+    /// a bound.
+    pub fn final_frame_full(&self) -> bool {
+        self.final_reached && self.held.len() > self.options.max_event_size
+    }
+
     /// Bytes held back so far.
     pub fn held_len(&self) -> usize {
         self.held.len()
@@ -217,6 +224,38 @@ mod tests {
             String::from_utf8(out).unwrap(),
             String::from_utf8(held.to_vec()).unwrap(),
         )
+    }
+
+    #[test]
+    fn the_final_frame_is_full_past_the_event_size_limit() {
+        let mut holding = StreamInspector::new(
+            extractor_for(StreamFormat::OpenaiChat),
+            InspectorOptions {
+                max_event_size: 64,
+                strip_usage_chunk: false,
+                hold_final_frame: true,
+            },
+        );
+        assert_eq!(holding.on_chunk(Bytes::from(CHUNK)), CHUNK);
+        assert!(holding.on_chunk(Bytes::from(DONE)).is_empty());
+        assert!(!holding.final_frame_full());
+        // Whatever follows the marker is held with it, up to the limit.
+        assert!(holding
+            .on_chunk(Bytes::from(": after\n\n".repeat(5)))
+            .is_empty());
+        assert!(!holding.final_frame_full(), "{}", holding.held_len());
+        assert!(holding.on_chunk(Bytes::from(": after\n\n")).is_empty());
+        assert!(holding.final_frame_full());
+        assert_eq!(
+            holding.take_held(),
+            format!("{DONE}{}", ": after\n\n".repeat(6))
+        );
+        // Without hold-final mode nothing is held, so nothing fills up.
+        let mut passing = inspector(false, false);
+        for chunk in [CHUNK, DONE, &": after\n\n".repeat(100)] {
+            passing.on_chunk(Bytes::from(chunk.to_string()));
+        }
+        assert!(passing.final_reached() && !passing.final_frame_full());
     }
 
     #[test]
