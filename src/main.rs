@@ -76,7 +76,7 @@ enum KeysCommand {
 fn load(path: &Option<PathBuf>) -> Result<Config, String> {
     match path {
         Some(path) => Config::load(path).map_err(|e| format!("{}: {e}", path.display())),
-        None => Ok(Config::embedded_default()),
+        None => Config::embedded_default().map_err(|e| format!("embedded default config: {e}")),
     }
 }
 

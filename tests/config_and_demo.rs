@@ -20,9 +20,23 @@ fn check_accepts_valid_config_and_shipped_configs() {
             files.push(path.display().to_string());
         }
     }
+    let dir = TempDir::new();
     for file in files {
+        // `check` refuses a ledger whose directory is missing (/var/lib/sluice here): the
+        // ledger goes to a directory this test owns.
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("/var/lib/sluice/", &format!("{}/", dir.path.display()))
+            .replace(
+                "/tmp/sluice-usage.jsonl",
+                &format!("{}/usage.jsonl", dir.path.display()),
+            );
+        let copy = dir.path.join("config.yaml");
+        std::fs::write(&copy, text).unwrap();
         let output = std::process::Command::new(support::sluice_bin())
-            .args(["check", "-c", &file])
+            .arg("check")
+            .arg("-c")
+            .arg(&copy)
             .env("OPENAI_API_KEY", "sk-test")
             .env("ANTHROPIC_API_KEY", "sk-ant-test")
             .env("GEMINI_API_KEY", "gm-test")
@@ -67,6 +81,106 @@ fn check_names_the_offending_key() {
     assert!(
         out.contains("line 6"),
         "error does not give the line: {out}"
+    );
+}
+
+/// Runs `sluice check` on `yaml` with `vars` added to the environment.
+fn check_with_env(yaml: &str, vars: &[(&str, &str)]) -> (bool, String) {
+    let dir = TempDir::new();
+    let path = dir.path.join("check.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let output = std::process::Command::new(support::sluice_bin())
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&output.stderr).to_string();
+    text.push_str(&String::from_utf8_lossy(&output.stdout));
+    (output.status.success(), text)
+}
+
+/// An environment value is a value, whatever YAML it looks like; a variable cannot be a key.
+#[test]
+fn check_takes_an_environment_value_as_it_is() {
+    let yaml = "listen: [{addr: 127.0.0.1:18080}]\nupstreams:\n  u:\n    url: ${URL}\n    headers:\n      authorization: Bearer ${KEY}   # ${UNSET_IN_A_COMMENT}\n      x-quoted: \"${KEY}\"\nroutes: [{path_prefix: /, upstream: ${UPSTREAM}}]\n";
+    let vars = [
+        ("URL", "http://127.0.0.1:9"),
+        ("UPSTREAM", "u"),
+        ("KEY", "sk: \"1\" #2 {x} *y"),
+    ];
+    let (ok, out) = check_with_env(yaml, &vars);
+    assert!(ok, "{out}");
+    // A value with a line break is refused as a header value, not read as more YAML.
+    let (ok, out) = check_with_env(yaml, &[vars[0], vars[1], ("KEY", "a\nbogus: 1")]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("upstreams.u.headers.authorization")
+            && out.contains("not a valid header value"),
+        "{out}"
+    );
+    let (ok, out) = check_with_env(
+        &yaml.replace("  u:\n", "  ${NAME}:\n"),
+        &[vars[0], vars[1], vars[2], ("NAME", "u")],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("${NAME}") && out.contains("key") && out.contains("line 3"),
+        "{out}"
+    );
+}
+
+/// `check` refuses a ledger that Sluice could not open at start, naming the key and its line.
+#[test]
+fn check_refuses_a_ledger_sluice_could_not_open() {
+    let dir = TempDir::new();
+    let config = |ledger: &std::path::Path| {
+        format!(
+            "{VALID}usage:\n  durability: async\n  ledger: {}\n",
+            ledger.display()
+        )
+    };
+    let (ok, out) = check_config(&config(&dir.path.join("usage.jsonl")));
+    assert!(ok, "{out}");
+    for (ledger, says) in [
+        (dir.path.clone(), "is a directory"),
+        (dir.path.join("missing/usage.jsonl"), "does not exist"),
+    ] {
+        let (ok, out) = check_config(&config(&ledger));
+        assert!(!ok, "accepted {}", ledger.display());
+        assert!(
+            out.contains("usage.ledger") && out.contains(says) && out.contains("(line 8)"),
+            "{out}"
+        );
+    }
+    // A directory this user may not write to (root may write anywhere: check as `nobody`).
+    let read_only = dir.path.join("read_only");
+    std::fs::create_dir(&read_only).unwrap();
+    let config_file = dir.path.join("check.yaml");
+    std::fs::write(&config_file, config(&read_only.join("usage.jsonl"))).unwrap();
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut command = if root {
+        let mut command = std::process::Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(support::sluice_bin());
+        command
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
+        std::process::Command::new(support::sluice_bin())
+    };
+    let output = command.arg("check").arg("-c").arg(&config_file).output();
+    let Ok(output) = output else {
+        eprintln!("skipped the read-only directory: setpriv is not installed");
+        return;
+    };
+    let out = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{out}");
+    assert!(
+        out.contains("usage.ledger") && out.contains("cannot create") && out.contains("(line 8)"),
+        "{out}"
     );
 }
 

@@ -297,16 +297,24 @@ impl Config {
         Config::from_yaml(&text)
     }
 
-    /// The embedded default config.
-    pub fn embedded_default() -> Config {
-        Config::from_yaml(DEFAULT_CONFIG).expect("the embedded default config is valid")
+    /// The embedded default config. Valid as written, but its ledger file (in `/tmp`) may be
+    /// one this process cannot write.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::from_yaml(DEFAULT_CONFIG)
     }
 
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_with(text, |name| std::env::var(name))
+    }
+
+    /// `from_yaml` with the environment given by `lookup` (tests do not touch the process's).
+    pub(crate) fn from_yaml_with(
+        text: &str,
+        lookup: impl Fn(&str) -> Result<String, std::env::VarError>,
+    ) -> Result<Config, ConfigError> {
         // An editor's UTF-8 byte order mark is not part of the YAML.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let text =
-            env::interpolate(text, |name| std::env::var(name).ok()).map_err(ConfigError::Env)?;
+        let text = env::interpolate(text, lookup)?;
         // Read as plain YAML first, which refuses a key given twice in one mapping (two
         // upstreams of one name): read into the config's maps, the last would silently win.
         let deserializer = serde_yaml::Deserializer::from_str(&text);
@@ -346,7 +354,7 @@ mod tests {
 
     #[test]
     fn embedded_default_is_valid() {
-        let config = Config::embedded_default();
+        let config = Config::embedded_default().unwrap();
         assert!(!config.routes.is_empty());
     }
 
@@ -364,6 +372,188 @@ mod tests {
         let text = format!("{MINIMAL}bogus: 1\n");
         let err = Config::from_yaml(&text).unwrap_err().to_string();
         assert!(err.contains("bogus") && err.contains("line 4"), "{err}");
+    }
+
+    /// Reads `MINIMAL` plus `rest` with `vars` as the whole environment.
+    fn with_env(rest: &str, vars: &[(&str, &str)]) -> Result<Config, String> {
+        with_env_text(&format!("{MINIMAL}{rest}"), vars)
+    }
+
+    fn with_env_text(text: &str, vars: &[(&str, &str)]) -> Result<Config, String> {
+        Config::from_yaml_with(text, |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+                .ok_or(std::env::VarError::NotPresent)
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_environment_value_lands_as_written_whatever_yaml_it_holds() {
+        let values = [
+            "abc #def",
+            "x: y",
+            "a\nb: c",
+            "*alias",
+            "&anchor x",
+            "!tag",
+            "{a: 1}",
+            "[1, 2]",
+            "\"quoted\" tail",
+            "'single'",
+            "it's",
+            r"back\slash\n",
+            "  spaces  ",
+            "",
+            "null",
+            "- item",
+            "-",
+            "|",
+            "> folded",
+            "%TAG",
+            "@at",
+            "`tick",
+            "tab\there",
+            "a\r\nb",
+            "trailing\n",
+            "# all comment",
+            "é ü \u{1F600}",
+            "${NOPE}",
+            "$${NOPE}",
+        ];
+        // `%V%` stands for the value; `upgrade_sock` after it shows the structure held.
+        let forms = [
+            ("server:\n  pid_file: ${V}\n  upgrade_sock: /s\n", "%V%"),
+            (
+                "server:\n  pid_file: pre ${V} post\n  upgrade_sock: /s\n",
+                "pre %V% post",
+            ),
+            (
+                "server:\n  pid_file: \"pre ${V} post\"\n  upgrade_sock: /s\n",
+                "pre %V% post",
+            ),
+            (
+                "server:\n  pid_file: 'pre ${V} post'\n  upgrade_sock: /s\n",
+                "pre %V% post",
+            ),
+            ("server: {pid_file: ${V}, upgrade_sock: /s}\n", "%V%"),
+            (
+                "server:\n  pid_file: |-\n    pre ${V} post\n  upgrade_sock: /s\n",
+                "pre %V% post",
+            ),
+            (
+                "server:\n  pid_file: >-\n    pre ${V}\n    post\n  upgrade_sock: /s\n",
+                "pre %V% post",
+            ),
+            (
+                "server:\n  pid_file: pre ${V}\n    post\n  upgrade_sock: /s\n",
+                "pre %V% post",
+            ),
+            (
+                "server:\n  pid_file: \"pre\n    ${V} post\"\n  upgrade_sock: /s\n",
+                "pre %V% post",
+            ),
+        ];
+        for value in values {
+            for (form, expected) in forms {
+                let config = with_env(form, &[("V", value)])
+                    .unwrap_or_else(|e| panic!("{form:?} with V={value:?}: {e}"));
+                assert_eq!(
+                    config.server.pid_file,
+                    expected.replace("%V%", value),
+                    "{form:?} with V={value:?}"
+                );
+                assert_eq!(
+                    config.server.upgrade_sock, "/s",
+                    "{form:?} with V={value:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_variable_that_makes_a_whole_plain_value_keeps_its_type() {
+        let config = with_env("server:\n  threads: ${T}\n", &[("T", "3")]).unwrap();
+        assert_eq!(config.server.threads, 3);
+        let config = with_env("server: {threads: ${T}}\n", &[("T", "3")]).unwrap();
+        assert_eq!(config.server.threads, 3);
+        // What follows the number is part of the value, not a comment that hides it.
+        let err = with_env("server:\n  threads: ${T}\n", &[("T", "3 # x")]).unwrap_err();
+        assert!(
+            err.contains("server.threads") && err.contains("line 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn comments_never_demand_a_variable_and_content_is_never_a_comment() {
+        for (form, expected) in [
+            ("server:\n  pid_file: it's here # ${NOPE}\n", "it's here"),
+            ("server:\n  pid_file: \"x\\\\\" # ${NOPE}\n", "x\\"),
+            ("server:\n  # pid_file: ${NOPE}\n  pid_file: p\n", "p"),
+            ("server: {pid_file: p} # ${NOPE}\n", "p"),
+            ("server:\n  pid_file: |-\n    # ${V}\n", "# v"),
+            ("server:\n  pid_file: \"a\n    # ${V}\"\n", "a # v"),
+        ] {
+            let config = with_env(form, &[("V", "v")]).unwrap_or_else(|e| panic!("{form:?}: {e}"));
+            assert_eq!(config.server.pid_file, expected, "{form:?}");
+        }
+    }
+
+    #[test]
+    fn a_variable_in_a_key_is_refused_by_name_and_line() {
+        let err = with_env("server:\n  ${NAME}: 3\n", &[("NAME", "threads")]).unwrap_err();
+        assert!(
+            err.contains("${NAME}") && err.contains("key") && err.contains("line 5"),
+            "{err}"
+        );
+        // The escape is a key like any other.
+        let config = with_env_text(
+            "listen: [{addr: 127.0.0.1:8080}]\nupstreams: {$${u}: {url: http://127.0.0.1:9}}\nroutes: [{path_prefix: /, upstream: $${u}}]\n",
+            &[],
+        )
+        .unwrap();
+        assert!(config.upstreams.contains_key("${u}"));
+        assert_eq!(config.routes[0].upstream, "${u}");
+    }
+
+    #[test]
+    fn the_escape_writes_a_literal_even_in_a_flow_mapping() {
+        let config = with_env("server: {pid_file: $${V}, upgrade_sock: a$${V}b}\n", &[]).unwrap();
+        assert_eq!(config.server.pid_file, "${V}");
+        assert_eq!(config.server.upgrade_sock, "a${V}b");
+    }
+
+    #[test]
+    fn lines_stay_right_after_a_value_of_many_lines() {
+        let vars = [("V", "a\nb\nc")];
+        let err = with_env("server:\n  pid_file: \"${V}\"\n  bogus: 1\n", &vars).unwrap_err();
+        assert!(err.contains("bogus") && err.contains("line 6"), "{err}");
+        let err = with_env("server:\n  pid_file: ${V}\n  bogus: 1\n", &vars).unwrap_err();
+        assert!(err.contains("bogus") && err.contains("line 6"), "{err}");
+        let err = with_env(
+            "server:\n  pid_file: first ${V}\n    second\n  bogus: 1\n",
+            &vars,
+        )
+        .unwrap_err();
+        assert!(err.contains("bogus") && err.contains("line 7"), "{err}");
+        let err = with_env("server:\n  pid_file: \"first\n    ${NOPE}\"\n", &vars).unwrap_err();
+        assert!(err.contains("NOPE") && err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn a_value_that_is_not_unicode_is_named_as_such() {
+        let err =
+            Config::from_yaml_with(&format!("{MINIMAL}server: {{pid_file: ${{V}}}}\n"), |_| {
+                Err(std::env::VarError::NotUnicode("\u{fffd}".into()))
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("V") && err.contains("not valid Unicode"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use super::{AuthSettings, Config, ConfigError, LimitsBackend, Listener, Upstream
 use crate::auth::AuthMode;
 use crate::route::{Scheme, UpstreamTarget};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 /// Headers that frame a message or manage its connection: Sluice sets them per request, and a
@@ -256,6 +257,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be at least 1 with rotate_bytes, or rotation would delete fresh records",
         ));
     }
+    if let Some(ledger) = &config.usage.ledger {
+        check_ledger(ledger).map_err(|m| invalid("usage.ledger", m))?;
+    }
     if config.routes.is_empty() {
         return Err(invalid("routes", "at least one route is required"));
     }
@@ -292,6 +296,76 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Refuses what the ledger refuses when it opens the file at start (`LedgerFile::open`: the
+/// directory must exist, the file is opened to read and append, created when missing), without
+/// creating anything: `check` is run where Sluice may never start.
+fn check_ledger(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    if path.as_os_str().is_empty() {
+        return Err(
+            "is empty: name the ledger file, or leave `ledger` out to keep records in metrics \
+             and the access log only"
+                .into(),
+        );
+    }
+    if path.is_dir() || path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        let what = if path.is_dir() { "is" } else { "names" };
+        return Err(format!(
+            "{shown} {what} a directory: name the ledger file, such as {}",
+            path.join("usage.jsonl").display()
+        ));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(if dir.exists() {
+            format!("{} is not a directory", dir.display())
+        } else {
+            format!("directory {} does not exist", dir.display())
+        });
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => may_create_in(dir)
+            .map_err(|err| format!("cannot create {shown}: directory {}: {err}", dir.display())),
+        Err(err) => Err(format!("cannot open {shown}: {err}")),
+    }
+}
+
+/// Whether this process may add a file to `dir`, as the kernel would decide for an `open` that
+/// creates one (permissions, ACLs, a read-only mount).
+#[cfg(unix)]
+fn may_create_in(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `dir` is a NUL-terminated string that outlives the call, which only reads it.
+    let rc = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            dir.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(unix))]
+fn may_create_in(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -424,6 +498,83 @@ mod tests {
         let ok = ok.unwrap();
         assert_eq!(ok.server.keepalive_timeout.as_secs(), 75);
         assert_eq!(ok.server.handshake_timeout.as_secs(), 10);
+    }
+
+    /// `check` refuses a ledger path exactly when the ledger refuses to open it at start, and
+    /// creates nothing.
+    #[cfg(unix)]
+    #[test]
+    fn a_ledger_path_is_refused_by_check_as_the_ledger_refuses_it_at_start() {
+        use crate::usage::ledger::{Ledger, LedgerConfig};
+        use std::fs;
+        use std::os::unix::fs::PermissionsExt;
+        struct Dir(std::path::PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = fs::set_permissions(
+                    self.0.join("read_only"),
+                    fs::Permissions::from_mode(0o700),
+                );
+                let _ = fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir =
+            Dir(std::env::temp_dir().join(format!("sluice-config-ledger-{}", std::process::id())));
+        let _ = fs::remove_dir_all(&dir.0);
+        let d = dir.0.display();
+        fs::create_dir_all(dir.0.join("a_dir")).unwrap();
+        fs::create_dir_all(dir.0.join("read_only")).unwrap();
+        fs::set_permissions(dir.0.join("read_only"), fs::Permissions::from_mode(0o500)).unwrap();
+        fs::write(dir.0.join("a_file"), "").unwrap();
+        fs::write(dir.0.join("existing.jsonl"), "{}\n").unwrap();
+        fs::write(dir.0.join("write_only.jsonl"), "").unwrap();
+        fs::set_permissions(
+            dir.0.join("write_only.jsonl"),
+            fs::Permissions::from_mode(0o200),
+        )
+        .unwrap();
+        // The path, and whether the ledger opens it (None: only when running as root).
+        let cases = [
+            (format!("{d}/usage.jsonl"), Some(true)),
+            (format!("{d}/existing.jsonl"), Some(true)),
+            (format!("{d}/a_dir"), Some(false)),
+            (format!("{d}/a_dir/"), Some(false)),
+            (format!("{d}/not_yet/"), Some(false)),
+            (format!("{d}/missing/usage.jsonl"), Some(false)),
+            (format!("{d}/a_file/usage.jsonl"), Some(false)),
+            (String::new(), Some(false)),
+            (format!("{d}/read_only/usage.jsonl"), None),
+            (format!("{d}/write_only.jsonl"), None),
+        ];
+        for (path, opens) in cases {
+            let checked = Config::from_yaml(&format!(
+                "listen: [{{addr: 127.0.0.1:8080}}]\nupstreams: {{u: {{url: http://x}}}}\nroutes: [{{path_prefix: /, upstream: u}}]\nusage:\n  ledger: \"{path}\"\n"
+            ));
+            if path.ends_with("/usage.jsonl") {
+                assert!(fs::metadata(&path).is_err(), "{path}: check created it");
+            }
+            let opened = Ledger::open(LedgerConfig::new(&path)).map(|ledger| ledger.shutdown());
+            if let Some(opens) = opens {
+                assert_eq!(opened.is_ok(), opens, "{path}: {opened:?}");
+            }
+            match checked {
+                Ok(_) => assert!(
+                    opened.is_ok(),
+                    "{path}: check accepted, start refused: {opened:?}"
+                ),
+                Err(err) => {
+                    let err = err.to_string();
+                    assert!(
+                        opened.is_err(),
+                        "{path}: check refused, start accepted: {err}"
+                    );
+                    assert!(
+                        err.contains("usage.ledger") && err.contains("(line 5)"),
+                        "{path}: {err}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
