@@ -796,3 +796,33 @@ fn a_client_that_leaves_mid_body_is_logged_as_gone() {
     assert_eq!(line["outcome"], "client_disconnect", "{line}");
     assert!(upstream.requests().is_empty());
 }
+
+/// A route is chosen by the path as the upstream will resolve it: percent-encoded letters,
+/// an encoded `/` and repeated slashes do not slip a request past the route (its auth, limits
+/// and provider) that the same path written plainly would take. Before, `/keys/%61dmin` went
+/// through the open `/` route to the upstream's `/keys/admin` with no key checked.
+#[test]
+fn an_encoded_path_takes_the_route_its_plain_spelling_takes() {
+    let upstream = ok_upstream();
+    let dir = TempDir::new();
+    let keys = dir.path.join("keys.yaml");
+    std::fs::write(&keys, "keys: []\n").unwrap();
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {url}\nroutes:\n  - path_prefix: /\n    upstream: up\n  - path_prefix: /keys/admin\n    upstream: up\n    auth: {{ mode: keys, keys_file: {keys} }}\n",
+        url = upstream.url(),
+        keys = keys.display(),
+    ));
+    for path in [
+        "/keys/admin",
+        "/keys/%61dmin",
+        "/keys/adm%69n/x",
+        "/keys%2Fadmin",
+        "/keys//admin",
+        "//keys/admin",
+    ] {
+        let response = Client::connect(sluice.addr).get(path);
+        assert_eq!(response.status, 401, "{path}: {}", response.text());
+    }
+    assert!(upstream.requests().is_empty());
+    assert_eq!(Client::connect(sluice.addr).get("/keys/other").status, 200);
+}

@@ -60,7 +60,8 @@ impl SluiceProxy {
     async fn answer(&self, session: &mut RequestSession, ctx: &mut RequestCtx) -> Finish {
         let down = session.get();
         ctx.method = Some(down.req_header().method.clone());
-        ctx.path = down.req_header().uri.path().to_string();
+        // Routed, logged and read for its provider and format as the upstream will resolve it.
+        ctx.path = crate::route::match_path(down.req_header().uri.path()).into_owned();
         if down.req_header().method == http::Method::CONNECT {
             let error = ProxyError::new(
                 ProxyErrorKind::MethodNotAllowed,

@@ -240,9 +240,8 @@ async fn open<'d>(
         None
     };
     // A WebSocket session is long-lived: it takes a stream slot like any stream.
-    ctx.stream_request =
-        websocket || request_wants_stream(accept, members.as_ref(), req.uri.path());
-    ctx.format = StreamFormat::from_request(route.provider, req.uri.path());
+    ctx.stream_request = websocket || request_wants_stream(accept, members.as_ref(), &ctx.path);
+    ctx.format = StreamFormat::from_request(route.provider, &ctx.path);
     if let Err(refusal) = admission::admit(limiter, route, ctx).await {
         return Err(respond_refusal(down, ctx, &refusal).await);
     }

@@ -139,6 +139,7 @@ impl Router {
         Router { routes }
     }
 
+    /// The route for a path as [`match_path`] gives it.
     pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes
             .iter()
@@ -148,6 +149,43 @@ impl Router {
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.routes.iter()
     }
+}
+
+/// The path a request is routed by: what an upstream resolves it to. Upstream servers decode a
+/// percent-encoded path before they dispatch it (and nginx merges repeated slashes), so a raw
+/// `/v1/%61dmin` or `/v1//admin` reaches the upstream's `/v1/admin`: matched raw, it would miss
+/// the `/v1/admin` route (its auth, limits and provider) and take a looser one. Printable ASCII
+/// is decoded (`/` too); `%`, `?` and `#` stay encoded, as decoding them would change what the
+/// rest of the target means, and so do bytes outside printable ASCII (no route has them).
+pub fn match_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') && !path.contains("//") {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let mut byte = bytes[i];
+        let mut width = 1;
+        if byte == b'%' && i + 2 < bytes.len() {
+            let decoded = (bytes[i + 1] as char)
+                .to_digit(16)
+                .zip((bytes[i + 2] as char).to_digit(16))
+                .map(|(high, low)| (high << 4 | low) as u8);
+            if let Some(decoded) = decoded.filter(|b| (0x21..=0x7e).contains(b)) {
+                if !matches!(decoded, b'%' | b'?' | b'#') {
+                    byte = decoded;
+                    width = 3;
+                }
+            }
+        }
+        if !(byte == b'/' && out.last() == Some(&b'/')) {
+            out.push(byte);
+        }
+        i += width;
+    }
+    // Only ASCII was decoded, and what was not decoded was copied from a `str`.
+    std::borrow::Cow::Owned(String::from_utf8(out).expect("decoded ASCII only"))
 }
 
 #[cfg(test)]
@@ -167,6 +205,34 @@ mod tests {
             router.route("/v1/messages").unwrap().provider,
             Provider::Anthropic
         );
+    }
+
+    #[test]
+    fn paths_are_matched_as_an_upstream_resolves_them() {
+        for (raw, matched) in [
+            ("/v1/chat/completions", "/v1/chat/completions"),
+            ("/v1/%61dmin/x", "/v1/admin/x"),
+            ("/v1/adm%69n", "/v1/admin"),
+            ("/v1/chat/c%6Fmpletions", "/v1/chat/completions"),
+            ("/v1%2Fadmin", "/v1/admin"),
+            ("//v1///admin/", "/v1/admin/"),
+            (
+                "/models/g%3AstreamGenerateContent",
+                "/models/g:streamGenerateContent",
+            ),
+            // What would change the rest of the target, or is not ASCII, stays encoded.
+            ("/a%25%3F%23b", "/a%25%3F%23b"),
+            ("/caf%C3%A9/%20x", "/caf%C3%A9/%20x"),
+            // Not an encoding: left as it is.
+            ("/a%zz/%4", "/a%zz/%4"),
+            ("/é/%", "/é/%"),
+        ] {
+            assert_eq!(match_path(raw), matched, "{raw}");
+        }
+        assert!(matches!(
+            match_path("/v1/chat"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
