@@ -566,3 +566,48 @@ impl tokio::io::AsyncWrite for Rest {
         std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
+
+/// A stream that Sluice ends (here at the idle timeout) still gets the usage trailers a
+/// `TE: trailers` client asked for, after its error event.
+/// Before, only a completed stream had them.
+#[test]
+fn a_stream_ended_by_sluice_still_gets_its_usage_trailers() {
+    let stream = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/anthropic_text.sse"
+    ))
+    .unwrap();
+    // Up to the first text delta: the stream is well under way when the upstream goes silent.
+    let start = stream[..stream.find("event: content_block_delta").unwrap()].to_string();
+    let upstream =
+        Upstream::start(move |_| vec![Step::sse_head(), Step::chunk(&start), Step::Hold]);
+    let sluice = h2c_routed_to(
+        &upstream,
+        "    provider: anthropic\n    idle_timeout: 300ms\n    heartbeat: off\n",
+        "",
+    );
+    runtime().block_on(async {
+        let client = h2_client(&sluice).await;
+        let mut client = client.ready().await.unwrap();
+        let (response, mut send) = client.send_request(request(true), false).unwrap();
+        send.send_data(
+            Bytes::from_static(br#"{"model":"claude","stream":true}"#),
+            true,
+        )
+        .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let text = String::from_utf8(read_body(&mut body).await).unwrap();
+        assert!(text.contains("event: error"), "{text}");
+        let trailers = body
+            .trailers()
+            .await
+            .unwrap()
+            .expect("trailers were asked for");
+        // The provider's figures never came: the trailers say so.
+        assert_eq!(trailers["x-sluice-usage-source"], "none", "{trailers:?}");
+    });
+    let records = sluice.wait_ledger(1);
+    assert_eq!(records[0]["outcome"], "idle_timeout");
+}

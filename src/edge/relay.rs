@@ -577,7 +577,10 @@ fn relay_event_stream<'a>(
                 _ if ctx.write_cut => Finish::Close,
                 ended => {
                     let error = end_error(ended, route);
-                    write_terminal_event(down, ctx, &error, at_boundary).await
+                    // A stream Sluice ends has its usage as well: what was counted until then.
+                    let record = ctx.usage_record.as_ref().expect("just set");
+                    let trailers = down.wants_trailers().then(|| usage_trailers(record));
+                    write_terminal_event(down, ctx, &error, at_boundary, trailers).await
                 }
             }
         })

@@ -122,12 +122,14 @@ async fn respond_error_with(
 }
 
 /// Ends an event stream with an error event the provider's SDK raises, then a proper end of
-/// body. An upstream event left half-sent is closed first, so the error is an event of its own.
+/// body (with `trailers`, on HTTP/2). An upstream event left half-sent is closed first, so the
+/// error is an event of its own.
 pub async fn write_terminal_event(
     down: Downstream<'_>,
     ctx: &mut RequestCtx,
     error: &ProxyError,
     at_event_boundary: bool,
+    trailers: Option<http::HeaderMap>,
 ) -> Finish {
     ctx.error = Some(error.message.clone());
     let mut out = BytesMut::new();
@@ -135,7 +137,7 @@ pub async fn write_terminal_event(
         out.extend_from_slice(b"\n\n");
     }
     out.extend_from_slice(error.sse_event(ctx.provider).as_bytes());
-    end_stream(down, ctx, out.freeze(), None).await
+    end_stream(down, ctx, out.freeze(), trailers).await
 }
 
 /// Ends a JSON-lines stream with a last line of Sluice's own: the error in the provider's JSON
