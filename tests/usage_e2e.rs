@@ -540,3 +540,35 @@ fn bytes_after_the_end_marker_are_held_only_up_to_the_event_size_limit() {
     assert_eq!(record["outcome"], "completed");
     drop(sluice);
 }
+
+#[test]
+fn a_negative_final_output_figure_keeps_the_input_figures() {
+    // The audit's stream: Anthropic's documented stream, its final delta counting -5 tokens.
+    let (stream, _) = fixture("anthropic_text");
+    let text = String::from_utf8(stream).unwrap();
+    let stream = text.replace(r#""output_tokens": 15"#, r#""output_tokens": -5"#);
+    assert_ne!(stream, text);
+    let upstream = fixture_upstream(stream.clone().into_bytes(), 37);
+    let sluice = sluice_for(&upstream, "anthropic");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/messages", r#"{"model":"claude","stream":true}"#);
+    let response = client.read_response();
+    assert!(response.body.starts_with(stream.as_bytes()));
+    let record = &sluice.wait_ledger(1)[0];
+    assert_eq!(record["usage_source"], "provider", "{record}");
+    assert_eq!(record["input_tokens"], 25, "{record}");
+    assert_eq!(record.get("output_tokens"), None, "{record}");
+    assert_eq!(record.get("total_tokens"), None, "{record}");
+    assert_eq!(record["outcome"], "completed");
+    assert_eq!(record["finish_reason"], "end_turn");
+    assert_eq!(record["end_marker_seen"], true);
+    let comment = std::str::from_utf8(&response.body[stream.len()..]).unwrap();
+    let json = comment
+        .strip_prefix(": sluice-usage ")
+        .and_then(|c| c.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("not one usage comment: {comment:?}"));
+    assert_eq!(
+        serde_json::from_str::<Value>(json).unwrap(),
+        comment_of(record)
+    );
+}

@@ -8,9 +8,9 @@
 
 use serde::Deserialize;
 
-use super::common::{event_kind, parse, ErrorEvent};
+use super::common::{event_kind, parse, sum_counts, Count, ErrorEvent, OptionalObject};
 use super::UsageExtractor;
-use crate::usage::record::{sum_present, StreamFacts, Usage};
+use crate::usage::record::{StreamFacts, Usage};
 
 #[derive(Debug, Default)]
 pub struct AnthropicExtractor {
@@ -39,8 +39,13 @@ impl AnthropicExtractor {
         if let Some(model) = message.model {
             self.facts.model = Some(model);
         }
-        if let Some(figures) = message.usage {
-            self.figures.update(figures);
+        // Its output figure is a placeholder: were it kept, a final delta that leaves its own
+        // out (or null) would leave the placeholder standing as the final count.
+        if let Some(figures) = message.usage.0 {
+            self.figures.update(Figures {
+                output_tokens: Count::Absent,
+                ..figures
+            });
         }
     }
 
@@ -51,10 +56,12 @@ impl AnthropicExtractor {
         if let Some(reason) = delta.and_then(|d| d.stop_reason) {
             self.facts.finish_reason = Some(reason);
         }
-        // Only a message_delta states the final output figure; message_start's is a placeholder.
-        if let Some(figures) = usage.filter(|f| f.output_tokens.is_some()) {
+        // A delta's usage is final whatever it holds: one unreadable figure must not cost the
+        // input figures message_start stated. When it leaves every figure unknown, so is the
+        // usage: the earlier delta's figures are not the final ones.
+        if let Some(figures) = usage.0 {
             self.figures.update(figures);
-            self.facts.usage = Some(self.figures.usage());
+            self.facts.usage = self.figures.usage().stated();
         }
     }
 
@@ -94,13 +101,15 @@ struct MessageStart {
 #[derive(Deserialize)]
 struct StartedMessage {
     model: Option<String>,
-    usage: Option<Figures>,
+    #[serde(default)]
+    usage: OptionalObject<Figures>,
 }
 
 #[derive(Deserialize)]
 struct MessageDelta {
     delta: Option<DeltaBody>,
-    usage: Option<Figures>,
+    #[serde(default)]
+    usage: OptionalObject<Figures>,
 }
 
 #[derive(Deserialize)]
@@ -109,35 +118,36 @@ struct DeltaBody {
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(default)]
 struct Figures {
-    input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
+    input_tokens: Count,
+    cache_creation_input_tokens: Count,
+    cache_read_input_tokens: Count,
+    output_tokens: Count,
 }
 
 impl Figures {
     fn update(&mut self, newer: Figures) {
-        self.input_tokens = newer.input_tokens.or(self.input_tokens);
+        self.input_tokens = newer.input_tokens.over(self.input_tokens);
         self.cache_creation_input_tokens = newer
             .cache_creation_input_tokens
-            .or(self.cache_creation_input_tokens);
+            .over(self.cache_creation_input_tokens);
         self.cache_read_input_tokens = newer
             .cache_read_input_tokens
-            .or(self.cache_read_input_tokens);
-        self.output_tokens = newer.output_tokens.or(self.output_tokens);
+            .over(self.cache_read_input_tokens);
+        self.output_tokens = newer.output_tokens.over(self.output_tokens);
     }
 
     fn usage(&self) -> Usage {
         Usage {
-            input_tokens: sum_present(&[
+            input_tokens: sum_counts([
                 self.input_tokens,
                 self.cache_creation_input_tokens,
                 self.cache_read_input_tokens,
             ]),
-            output_tokens: self.output_tokens,
-            cached_input_tokens: self.cache_read_input_tokens,
-            cache_creation_input_tokens: self.cache_creation_input_tokens,
+            output_tokens: self.output_tokens.get(),
+            cached_input_tokens: self.cache_read_input_tokens.get(),
+            cache_creation_input_tokens: self.cache_creation_input_tokens.get(),
             reasoning_tokens: None,
             total_tokens: None,
         }
@@ -223,6 +233,7 @@ mod tests {
                 "message_start",
                 r#"{"type":"message_start","message":{"model":7}}"#,
             ),
+            // Beyond f64: serde_json refuses the document itself, so no figure can be kept.
             (
                 "message_delta",
                 r#"{"type":"message_delta","usage":{"output_tokens":1e400}}"#,
@@ -232,5 +243,148 @@ mod tests {
         assert_eq!(facts.unparsed_events, 3);
         assert_eq!(facts.usage, None);
         assert_eq!(facts.provider_error, None);
+    }
+
+    const START: (&str, &str) = (
+        "message_start",
+        r#"{"type":"message_start","message":{"model":"claude-opus-4-6","usage":{"input_tokens":25,"output_tokens":1}}}"#,
+    );
+
+    /// The stream of the audit: the final delta's output figure is negative.
+    #[test]
+    fn an_unreadable_final_output_figure_keeps_the_input_figures() {
+        let facts = run(&[
+            START,
+            (
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":-5}}"#,
+            ),
+            ("message_stop", r#"{"type":"message_stop"}"#),
+        ]);
+        assert_eq!(facts.usage_source(), "provider");
+        let usage = facts.usage.unwrap();
+        assert_eq!(usage.input_tokens, Some(25));
+        // Unknown, and not message_start's placeholder either.
+        assert_eq!(usage.output_tokens, None);
+        assert_eq!(usage.total_tokens, None);
+        assert_eq!(facts.finish_reason.as_deref(), Some("end_turn"));
+        assert!(facts.end_marker_seen);
+        assert_eq!(facts.unparsed_events, 0);
+    }
+
+    #[test]
+    fn any_output_figure_that_is_not_a_count_is_unknown() {
+        for bad in [
+            "-5",
+            "12.0",
+            "1e3",
+            "18446744073709551616",
+            "99999999999999999999999",
+            r#""15""#,
+            "null",
+            "true",
+            "[15]",
+            r#"{"n":15}"#,
+        ] {
+            let delta = format!(
+                r#"{{"type":"message_delta","delta":{{"stop_reason":"end_turn"}},"usage":{{"output_tokens":{bad}}}}}"#
+            );
+            let facts = run(&[START, ("message_delta", &delta)]);
+            let usage = facts.usage.unwrap_or_else(|| panic!("{bad}: usage lost"));
+            assert_eq!(
+                (usage.input_tokens, usage.output_tokens),
+                (Some(25), None),
+                "{bad}"
+            );
+            assert_eq!(facts.finish_reason.as_deref(), Some("end_turn"), "{bad}");
+            assert_eq!(facts.unparsed_events, 0, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_restated_figure_is_unknown_not_the_older_one() {
+        // The delta restates the input after server-side tool use: 25 is no longer the count.
+        let facts = run(&[
+            START,
+            (
+                "message_delta",
+                r#"{"type":"message_delta","usage":{"output_tokens":40}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","usage":{"input_tokens":-1,"output_tokens":"x"}}"#,
+            ),
+        ]);
+        assert_eq!(facts.usage, None);
+        // A later delta that states the figures again is taken.
+        let facts = run(&[
+            START,
+            (
+                "message_delta",
+                r#"{"type":"message_delta","usage":{"output_tokens":-5}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","usage":{"output_tokens":64}}"#,
+            ),
+        ]);
+        assert_eq!(facts.usage.unwrap().total_tokens, Some(89));
+    }
+
+    #[test]
+    fn an_unreadable_cache_figure_makes_the_input_sum_unknown() {
+        let facts = run(&[
+            (
+                "message_start",
+                r#"{"type":"message_start","message":{"model":"m","usage":{"input_tokens":472,"cache_creation_input_tokens":0,"cache_read_input_tokens":"2048","output_tokens":1}}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","usage":{"output_tokens":7}}"#,
+            ),
+        ]);
+        let usage = facts.usage.unwrap();
+        // 472 alone would bill the cached part as never sent.
+        assert_eq!(usage.input_tokens, None);
+        assert_eq!(usage.cached_input_tokens, None);
+        assert_eq!(usage.cache_creation_input_tokens, Some(0));
+        assert_eq!(usage.output_tokens, Some(7));
+        assert_eq!(facts.model.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn a_usage_of_the_wrong_type_costs_only_the_usage() {
+        let facts = run(&[
+            (
+                "message_start",
+                r#"{"type":"message_start","message":{"model":"m","usage":"n/a"}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":[1]}"#,
+            ),
+        ]);
+        assert_eq!(facts.model.as_deref(), Some("m"));
+        assert_eq!(facts.finish_reason.as_deref(), Some("max_tokens"));
+        assert_eq!(facts.usage, None);
+        assert_eq!(facts.unparsed_events, 0);
+    }
+
+    #[test]
+    fn the_largest_counts_do_not_overflow() {
+        let facts = run(&[
+            (
+                "message_start",
+                r#"{"type":"message_start","message":{"usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":1}}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","usage":{"output_tokens":18446744073709551615}}"#,
+            ),
+        ]);
+        let usage = facts.usage.unwrap();
+        assert_eq!(usage.input_tokens, None);
+        assert_eq!(usage.output_tokens, Some(u64::MAX));
+        assert_eq!(usage.total_tokens, None);
     }
 }

@@ -10,10 +10,10 @@ use std::sync::LazyLock;
 
 use serde::Deserialize;
 
-use super::common::{parse, ErrorBody};
+use super::common::{parse, sum_counts, Count, ErrorBody, OptionalObject};
 use super::scan::Needle;
 use super::UsageExtractor;
-use crate::usage::record::{sum_present, StreamFacts, Usage};
+use crate::usage::record::{StreamFacts, Usage};
 
 static FINISH_REASON: LazyLock<Needle> = LazyLock::new(|| Needle::new(b"\"finishReason\""));
 static BLOCK_REASON: LazyLock<Needle> = LazyLock::new(|| Needle::new(b"\"blockReason\""));
@@ -72,7 +72,7 @@ impl GeminiExtractor {
             self.facts.end_marker_seen = true;
             self.finished = true;
         }
-        let usage = chunk.usage_metadata.filter(|_| self.finished);
+        let usage = chunk.usage_metadata.0.filter(|_| self.finished);
         if let Some(usage) = usage.and_then(|m| m.into_usage().stated()) {
             self.facts.usage = Some(usage);
         }
@@ -100,7 +100,8 @@ impl UsageExtractor for GeminiExtractor {
 #[serde(rename_all = "camelCase")]
 struct Chunk {
     candidates: Option<Vec<Candidate>>,
-    usage_metadata: Option<UsageMetadata>,
+    #[serde(default)]
+    usage_metadata: OptionalObject<UsageMetadata>,
     model_version: Option<String>,
     prompt_feedback: Option<PromptFeedback>,
     error: Option<ErrorBody>,
@@ -118,29 +119,29 @@ struct PromptFeedback {
     block_reason: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 struct UsageMetadata {
-    prompt_token_count: Option<u64>,
-    cached_content_token_count: Option<u64>,
-    candidates_token_count: Option<u64>,
-    thoughts_token_count: Option<u64>,
-    total_token_count: Option<u64>,
+    prompt_token_count: Count,
+    cached_content_token_count: Count,
+    candidates_token_count: Count,
+    thoughts_token_count: Count,
+    total_token_count: Count,
 }
 
 impl UsageMetadata {
     fn into_usage(self) -> Usage {
         Usage {
             // promptTokenCount already includes the cached content.
-            input_tokens: self.prompt_token_count,
+            input_tokens: self.prompt_token_count.get(),
             // Thoughts are counted apart from the candidates but billed as output.
-            output_tokens: sum_present(&[self.candidates_token_count, self.thoughts_token_count]),
-            cached_input_tokens: self.cached_content_token_count,
+            output_tokens: sum_counts([self.candidates_token_count, self.thoughts_token_count]),
+            cached_input_tokens: self.cached_content_token_count.get(),
             cache_creation_input_tokens: None,
-            reasoning_tokens: self.thoughts_token_count,
+            reasoning_tokens: self.thoughts_token_count.get(),
             total_tokens: None,
         }
-        .with_total(self.total_token_count)
+        .with_total(self.total_token_count.get())
     }
 }
 
@@ -214,5 +215,70 @@ mod tests {
         ]);
         assert_eq!(facts.finish_reason.as_deref(), Some("MAX_TOKENS"));
         assert_eq!(facts.usage.unwrap().total_tokens, Some(3));
+    }
+
+    fn finished_with(usage_metadata: &str) -> StreamFacts {
+        let last = format!(
+            r#"{{"candidates": [{{"content": {{"parts": [{{"text": ""}}],"role": "model"}},"finishReason": "STOP","index": 0}}],"usageMetadata": {usage_metadata},"modelVersion": "gemini-2.5-flash"}}"#
+        );
+        run(&[FIRST, last.as_bytes()])
+    }
+
+    #[test]
+    fn a_figure_that_is_not_a_count_is_unknown_and_the_others_are_kept() {
+        for bad in [
+            "-8",
+            "8.0",
+            "8e0",
+            "4294967296000000000000",
+            r#""8""#,
+            "true",
+            "[8]",
+            r#"{"n":8}"#,
+        ] {
+            let facts = finished_with(&format!(
+                r#"{{"promptTokenCount": {bad},"cachedContentTokenCount": {bad},"candidatesTokenCount": 5,"thoughtsTokenCount": 2,"totalTokenCount": {bad}}}"#
+            ));
+            assert!(facts.end_marker_seen, "{bad}");
+            assert_eq!(facts.finish_reason.as_deref(), Some("STOP"), "{bad}");
+            let usage = facts.usage.unwrap_or_else(|| panic!("{bad}: usage lost"));
+            assert_eq!(
+                (
+                    usage.input_tokens,
+                    usage.cached_input_tokens,
+                    usage.total_tokens
+                ),
+                (None, None, None),
+                "{bad}"
+            );
+            assert_eq!(
+                (usage.output_tokens, usage.reasoning_tokens),
+                (Some(7), Some(2)),
+                "{bad}"
+            );
+            assert_eq!(facts.unparsed_events, 0, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_thoughts_figure_makes_the_output_sum_unknown() {
+        let facts = finished_with(
+            r#"{"promptTokenCount": 8,"candidatesTokenCount": 5,"thoughtsTokenCount": -2}"#,
+        );
+        let usage = facts.usage.unwrap();
+        // 5 alone would bill the thinking as never done.
+        assert_eq!((usage.output_tokens, usage.reasoning_tokens), (None, None));
+        assert_eq!((usage.input_tokens, usage.total_tokens), (Some(8), None));
+    }
+
+    #[test]
+    fn a_usage_of_the_wrong_type_costs_only_the_usage() {
+        for usage in [r#""n/a""#, "[]", "12", "false"] {
+            let facts = finished_with(usage);
+            assert!(facts.end_marker_seen, "{usage}");
+            assert_eq!(facts.finish_reason.as_deref(), Some("STOP"), "{usage}");
+            assert_eq!(facts.usage, None, "{usage}");
+            assert_eq!(facts.unparsed_events, 0, "{usage}");
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! runs on the relay's hot path, so each format skips its ordinary delta events with a cheap
 //! check (the event name, or a substring scan) and parses JSON only for the few events that can
 //! carry what it needs. It never fails and never panics: JSON it cannot read is counted in
-//! `StreamFacts::unparsed_events` and skipped.
+//! `StreamFacts::unparsed_events` and skipped. A figure that is not a count (negative,
+//! fractional, beyond `u64`, a string…) is unknown, and so is a sum it is part of; a usage object
+//! of the wrong type is no usage; neither costs the event's other members.
 
 mod anthropic;
 mod auto;
@@ -34,7 +36,7 @@ pub trait UsageExtractor: Send {
     /// What the events so far showed.
     fn facts(&self) -> &StreamFacts;
 
-    /// The last event was OpenAI's usage-only chunk (`"choices": []` and a non-null `usage`),
+    /// The last event was OpenAI's usage-only chunk (`"choices": []` and a `usage` object),
     /// which the proxy removes when the client did not ask for usage itself. Told by the parse
     /// that read its figures, so that the chunk is not parsed twice.
     fn usage_only(&self) -> bool {

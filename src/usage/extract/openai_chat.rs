@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use serde::Deserialize;
 
-use super::common::{parse, ErrorBody};
+use super::common::{parse, Count, ErrorBody, OptionalObject};
 use super::scan::{top_level_str, Needle};
 use super::UsageExtractor;
 use crate::usage::record::{StreamFacts, Usage};
@@ -72,13 +72,13 @@ impl OpenaiChatExtractor {
         }
         // A last content chunk that happens to carry usage too is not usage-only.
         self.usage_only =
-            chunk.usage.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty);
+            chunk.usage.0.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty);
         // With several choices the last one to finish names the reason.
         let choices = chunk.choices.unwrap_or_default().into_iter();
         if let Some(reason) = choices.rev().find_map(|c| c.finish_reason) {
             self.facts.finish_reason = Some(reason);
         }
-        if let Some(usage) = chunk.usage.and_then(|u| u.into_usage().stated()) {
+        if let Some(usage) = chunk.usage.0.and_then(|u| u.into_usage().stated()) {
             self.facts.usage = Some(usage);
         }
         if let Some(error) = chunk.error {
@@ -127,7 +127,8 @@ struct Chunk {
     model: Option<String>,
     object: Option<String>,
     choices: Option<Vec<Choice>>,
-    usage: Option<ChatUsage>,
+    #[serde(default)]
+    usage: OptionalObject<ChatUsage>,
     error: Option<ErrorBody>,
 }
 
@@ -136,38 +137,45 @@ struct Choice {
     finish_reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct ChatUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    total_tokens: Option<u64>,
-    prompt_tokens_details: Option<PromptDetails>,
-    completion_tokens_details: Option<CompletionDetails>,
+    prompt_tokens: Count,
+    completion_tokens: Count,
+    total_tokens: Count,
+    prompt_tokens_details: OptionalObject<PromptDetails>,
+    completion_tokens_details: OptionalObject<CompletionDetails>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct PromptDetails {
-    cached_tokens: Option<u64>,
+    cached_tokens: Count,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct CompletionDetails {
-    reasoning_tokens: Option<u64>,
+    reasoning_tokens: Count,
 }
 
 impl ChatUsage {
     fn into_usage(self) -> Usage {
         Usage {
-            input_tokens: self.prompt_tokens,
-            output_tokens: self.completion_tokens,
-            cached_input_tokens: self.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            input_tokens: self.prompt_tokens.get(),
+            output_tokens: self.completion_tokens.get(),
+            cached_input_tokens: self
+                .prompt_tokens_details
+                .0
+                .and_then(|d| d.cached_tokens.get()),
             cache_creation_input_tokens: None,
             reasoning_tokens: self
                 .completion_tokens_details
-                .and_then(|d| d.reasoning_tokens),
+                .0
+                .and_then(|d| d.reasoning_tokens.get()),
             total_tokens: None,
         }
-        .with_total(self.total_tokens)
+        .with_total(self.total_tokens.get())
     }
 }
 
@@ -262,18 +270,70 @@ mod tests {
     }
 
     #[test]
-    fn hostile_figures_do_not_panic() {
+    fn the_largest_counts_do_not_overflow() {
         let facts = run(&[
             FIRST,
-            br#"{"choices":[],"usage":{"prompt_tokens":18446744073709551616}}"#,
-            br#"{"choices":[],"usage":{"prompt_tokens":-1}}"#,
-            br#"{"choices":[],"usage":{"prompt_tokens":"12"}}"#,
             br#"{"choices":[],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#,
         ]);
-        assert_eq!(facts.unparsed_events, 3);
         let usage = facts.usage.unwrap();
         assert_eq!(usage.input_tokens, Some(u64::MAX));
         assert_eq!(usage.total_tokens, None);
+    }
+
+    #[test]
+    fn a_figure_that_is_not_a_count_is_unknown_and_the_others_are_kept() {
+        for bad in [
+            "-1",
+            "12.0",
+            "1e3",
+            "18446744073709551616",
+            r#""12""#,
+            "true",
+            "[12]",
+            r#"{"n":12}"#,
+        ] {
+            let chunk = format!(
+                r#"{{"choices":[],"usage":{{"prompt_tokens":{bad},"completion_tokens":7,"prompt_tokens_details":{{"cached_tokens":{bad}}},"completion_tokens_details":{{"reasoning_tokens":2}}}}}}"#
+            );
+            let facts = run(&[FIRST, chunk.as_bytes(), b"[DONE]"]);
+            let usage = facts.usage.unwrap_or_else(|| panic!("{bad}: usage lost"));
+            assert_eq!(
+                (usage.input_tokens, usage.cached_input_tokens),
+                (None, None),
+                "{bad}"
+            );
+            assert_eq!(
+                (usage.output_tokens, usage.reasoning_tokens),
+                (Some(7), Some(2)),
+                "{bad}"
+            );
+            // Derived from the figures, one of them unknown: unknown too.
+            assert_eq!(usage.total_tokens, None, "{bad}");
+            assert_eq!(facts.unparsed_events, 0, "{bad}");
+        }
+        // A stated total stands when a part is unreadable.
+        let facts = run(&[
+            FIRST,
+            br#"{"choices":[],"usage":{"prompt_tokens":-9,"completion_tokens":3,"total_tokens":12}}"#,
+        ]);
+        assert_eq!(facts.usage.unwrap().total_tokens, Some(12));
+    }
+
+    #[test]
+    fn a_usage_of_the_wrong_type_costs_only_the_usage() {
+        let facts = run(&[
+            FIRST,
+            br#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":"none","object":"chat.completion.chunk"}"#,
+            br#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":1,"prompt_tokens_details":[],"completion_tokens_details":7}}"#,
+        ]);
+        assert_eq!(facts.finish_reason.as_deref(), Some("stop"));
+        let usage = facts.usage.unwrap();
+        assert_eq!(usage.total_tokens, Some(5));
+        assert_eq!(
+            (usage.cached_input_tokens, usage.reasoning_tokens),
+            (None, None)
+        );
+        assert_eq!(facts.unparsed_events, 0);
     }
 
     /// Whether the extractor takes `data`, after the stream's first chunk, for the usage-only
@@ -299,6 +359,10 @@ mod tests {
             br#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#
         ));
         assert!(!usage_only(br#"{"choices":[],"usage":null}"#));
+        // The chunk Sluice asked for, whatever its figures are worth.
+        assert!(usage_only(
+            br#"{"choices":[],"usage":{"prompt_tokens":"1","completion_tokens":-2}}"#
+        ));
         assert!(!usage_only(br#"{"usage":{"prompt_tokens":1}}"#));
         // Cut short: not JSON, so passed on as it came.
         assert!(!usage_only(br#"{"choices":[],"usage":{"prompt_tokens":1}"#));

@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use super::common::{event_kind, parse, ErrorBody, ErrorEvent};
+use super::common::{event_kind, parse, Count, ErrorBody, ErrorEvent, OptionalObject};
 use super::UsageExtractor;
 use crate::usage::record::{StreamFacts, Usage};
 
@@ -43,7 +43,7 @@ impl ResponsesExtractor {
         if let Some(status) = response.status {
             self.facts.finish_reason = Some(status);
         }
-        if let Some(usage) = response.usage.and_then(|u| u.into_usage().stated()) {
+        if let Some(usage) = response.usage.0.and_then(|u| u.into_usage().stated()) {
             self.facts.usage = Some(usage);
         }
         if let Some(error) = response.error {
@@ -91,40 +91,50 @@ struct LifecycleEvent {
 struct ResponseObject {
     model: Option<String>,
     status: Option<String>,
-    usage: Option<ResponsesUsage>,
+    #[serde(default)]
+    usage: OptionalObject<ResponsesUsage>,
     error: Option<ErrorBody>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct ResponsesUsage {
-    input_tokens: Option<u64>,
-    input_tokens_details: Option<InputDetails>,
-    output_tokens: Option<u64>,
-    output_tokens_details: Option<OutputDetails>,
-    total_tokens: Option<u64>,
+    input_tokens: Count,
+    input_tokens_details: OptionalObject<InputDetails>,
+    output_tokens: Count,
+    output_tokens_details: OptionalObject<OutputDetails>,
+    total_tokens: Count,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct InputDetails {
-    cached_tokens: Option<u64>,
+    cached_tokens: Count,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct OutputDetails {
-    reasoning_tokens: Option<u64>,
+    reasoning_tokens: Count,
 }
 
 impl ResponsesUsage {
     fn into_usage(self) -> Usage {
         Usage {
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
-            cached_input_tokens: self.input_tokens_details.and_then(|d| d.cached_tokens),
+            input_tokens: self.input_tokens.get(),
+            output_tokens: self.output_tokens.get(),
+            cached_input_tokens: self
+                .input_tokens_details
+                .0
+                .and_then(|d| d.cached_tokens.get()),
             cache_creation_input_tokens: None,
-            reasoning_tokens: self.output_tokens_details.and_then(|d| d.reasoning_tokens),
+            reasoning_tokens: self
+                .output_tokens_details
+                .0
+                .and_then(|d| d.reasoning_tokens.get()),
             total_tokens: None,
         }
-        .with_total(self.total_tokens)
+        .with_total(self.total_tokens.get())
     }
 }
 
@@ -179,5 +189,65 @@ mod tests {
             "rate_limit_exceeded"
         );
         assert_eq!(facts.unparsed_events, 0);
+    }
+
+    fn completed(usage: &str) -> StreamFacts {
+        let mut x = ResponsesExtractor::new();
+        let data = format!(
+            r#"{{"type":"response.completed","response":{{"status":"completed","model":"m","usage":{usage}}}}}"#
+        );
+        x.on_event(b"response.completed", data.as_bytes());
+        x.facts().clone()
+    }
+
+    #[test]
+    fn a_figure_that_is_not_a_count_is_unknown_and_the_others_are_kept() {
+        for bad in [
+            "-75",
+            "75.0",
+            "7.5e1",
+            "18446744073709551616",
+            r#""75""#,
+            "false",
+            "[75]",
+            "{}",
+        ] {
+            let facts = completed(&format!(
+                r#"{{"input_tokens":{bad},"input_tokens_details":{{"cached_tokens":{bad}}},"output_tokens":20,"output_tokens_details":{{"reasoning_tokens":4}},"total_tokens":{bad}}}"#
+            ));
+            assert!(facts.end_marker_seen, "{bad}");
+            assert_eq!(facts.finish_reason.as_deref(), Some("completed"), "{bad}");
+            let usage = facts.usage.unwrap_or_else(|| panic!("{bad}: usage lost"));
+            assert_eq!(
+                (
+                    usage.input_tokens,
+                    usage.cached_input_tokens,
+                    usage.total_tokens
+                ),
+                (None, None, None),
+                "{bad}"
+            );
+            assert_eq!(
+                (usage.output_tokens, usage.reasoning_tokens),
+                (Some(20), Some(4)),
+                "{bad}"
+            );
+            assert_eq!(facts.unparsed_events, 0, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_usage_of_the_wrong_type_costs_only_the_usage() {
+        for usage in [r#""n/a""#, "[]", "0", "true"] {
+            let facts = completed(usage);
+            assert!(facts.end_marker_seen, "{usage}");
+            assert_eq!(facts.finish_reason.as_deref(), Some("completed"), "{usage}");
+            assert_eq!(facts.usage, None, "{usage}");
+            assert_eq!(facts.unparsed_events, 0, "{usage}");
+        }
+        let facts = completed(
+            r#"{"input_tokens":10,"input_tokens_details":"x","output_tokens":2,"output_tokens_details":[1]}"#,
+        );
+        assert_eq!(facts.usage.unwrap().total_tokens, Some(12));
     }
 }
