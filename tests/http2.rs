@@ -524,6 +524,176 @@ fn a_plain_body_cut_short_by_the_upstream_resets_the_stream() {
     });
 }
 
+/// Before its first request as after, an HTTP/2 connection with no stream open is sent a GOAWAY
+/// at `server.keepalive_timeout`, and closed as long again later, whatever frames that open no
+/// stream its client sends meanwhile (here a PING or a WINDOW_UPDATE every 250 ms). Before, each
+/// such frame began the keep-alive again until the first request: a client that pinged and
+/// never asked for anything held its connection for ever.
+#[test]
+fn a_client_that_only_pings_is_sent_a_goaway_at_the_keepalive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    #[derive(Debug)]
+    enum Seen {
+        Settings,
+        GoAway(Instant),
+        Closed(Instant),
+    }
+    let upstream = anthropic_upstream();
+    // Right after the support's own `server:` keys.
+    let sluice = Sluice::start_h2c(&format!(
+        "  keepalive_timeout: 1s\nupstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n",
+        upstream.url()
+    ));
+    let (opened, goaway, closed) = runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (mut read, mut write) = tcp.into_split();
+        // The preface and an empty SETTINGS frame.
+        let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        opening.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        write.write_all(&opening).await.unwrap();
+        let opened = Instant::now();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut got = Vec::new();
+            loop {
+                let n = match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                got.extend_from_slice(&buf[..n]);
+                while got.len() >= 9 {
+                    let len = u32::from_be_bytes([0, got[0], got[1], got[2]]) as usize;
+                    if got.len() < 9 + len {
+                        break;
+                    }
+                    match (got[3], got[4]) {
+                        (4, 0) => drop(seen_tx.send(Seen::Settings)),
+                        (7, _) => drop(seen_tx.send(Seen::GoAway(Instant::now()))),
+                        _ => {}
+                    }
+                    got.drain(..9 + len);
+                }
+            }
+            let _ = seen_tx.send(Seen::Closed(Instant::now()));
+        });
+        let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let window_update = [0u8, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut sent = 0usize;
+        let (mut goaway, mut closed) = (None, None);
+        while closed.is_none() && opened.elapsed() < Duration::from_secs(6) {
+            tokio::select! {
+                seen = seen.recv() => match seen {
+                    // Acknowledged, as a client does.
+                    Some(Seen::Settings) => {
+                        let _ = write.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                    }
+                    Some(Seen::GoAway(at)) => goaway = goaway.or(Some(at)),
+                    Some(Seen::Closed(at)) => closed = Some(at),
+                    None => unreachable!(),
+                },
+                _ = tick.tick() => {
+                    let frame: &[u8] = if sent.is_multiple_of(2) { &ping } else { &window_update };
+                    let _ = write.write_all(frame).await;
+                    sent += 1;
+                }
+            }
+        }
+        (opened, goaway, closed)
+    });
+    let goaway = goaway
+        .expect("no GOAWAY in 6 s with a keep-alive of 1 s")
+        .duration_since(opened);
+    assert!(
+        goaway >= Duration::from_millis(900) && goaway < Duration::from_millis(2000),
+        "GOAWAY after {goaway:?}"
+    );
+    let closed = closed.expect("not closed in 6 s").duration_since(opened);
+    assert!(
+        closed >= goaway + Duration::from_millis(900) && closed < Duration::from_millis(3500),
+        "closed after {closed:?} (GOAWAY after {goaway:?})"
+    );
+    assert!(upstream.requests().is_empty());
+}
+
+/// One request on `client` with a header `x-big` of `size` bytes: its status, its
+/// `x-request-id` and its body.
+async fn with_big_header(
+    client: &h2::client::SendRequest<Bytes>,
+    size: usize,
+) -> Result<(u16, Option<String>, String), String> {
+    let mut client = client.clone().ready().await.map_err(|e| e.to_string())?;
+    let mut request = request(false);
+    if size > 0 {
+        let value = http::HeaderValue::from_str(&"a".repeat(size)).unwrap();
+        request.headers_mut().insert("x-big", value);
+    }
+    let (response, mut send) = client
+        .send_request(request, false)
+        .map_err(|e| e.to_string())?;
+    send.send_data(Bytes::from_static(br#"{"stream":true}"#), true)
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let mut body = response.into_body();
+    let mut all = Vec::new();
+    while let Some(data) = body.data().await {
+        let data = data.map_err(|e| e.to_string())?;
+        body.flow_control().release_capacity(data.len()).unwrap();
+        all.extend_from_slice(&data);
+    }
+    Ok((status, request_id, String::from_utf8(all).unwrap()))
+}
+
+/// `server.max_request_header` applies over HTTP/2 as over HTTP/1.1: a head within it is
+/// forwarded, one over it gets Sluice's own `431` (JSON in the route's format, with a request
+/// id), and the connection goes on serving. Before, the `h2` crate's 64 KiB applied whatever the
+/// config said: over it an empty-bodied `431`, and a 200 KB header (a block in more than five
+/// frames) closed the whole connection with `ENHANCE_YOUR_CALM`.
+#[test]
+fn max_request_header_applies_over_http2() {
+    let upstream = anthropic_upstream();
+    for (limit, fits, over) in [(65_536, 60_000, 70_000), (262_144, 200_000, 300_000)] {
+        let sluice = Sluice::start_h2c(&format!(
+            "  max_request_header: {limit}\nupstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\n",
+            upstream.url()
+        ));
+        runtime().block_on(async {
+            let client = h2_client(&sluice).await;
+            let (status, _, body) = with_big_header(&client, fits).await.unwrap();
+            assert_eq!(status, 200, "a {fits}-byte header under {limit}: {body}");
+            assert!(body.contains("message_stop"), "{body}");
+            let (status, request_id, body) = with_big_header(&client, over).await.unwrap();
+            assert_eq!(status, 431, "a {over}-byte header over {limit}: {body}");
+            let error: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("not Sluice's JSON 431 ({e}): {body:?}"));
+            assert_eq!(error["type"], "error", "{body}");
+            assert_eq!(error["error"]["type"], "invalid_request_error", "{body}");
+            assert!(request_id.is_some(), "no x-request-id");
+            // The connection goes on.
+            let (status, _, _) = with_big_header(&client, 0).await.unwrap();
+            assert_eq!(status, 200, "the connection after the 431");
+        });
+    }
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 4);
+    let sizes: Vec<_> = requests
+        .iter()
+        .map(|r| r.header("x-big").map_or(0, str::len))
+        .collect();
+    // The headers within the limit reached the upstream whole; those over it, nothing.
+    assert_eq!(sizes, [60_000, 0, 200_000, 0]);
+}
+
 /// A stream whose first `n` bytes written were sent already: the h2 client's preface goes out
 /// without them.
 struct Rest(tokio::net::TcpStream, usize);

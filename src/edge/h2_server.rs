@@ -48,10 +48,23 @@ static NO_DIGEST: Lazy<Arc<Digest>> = Lazy::new(|| Arc::new(Digest::default()));
 /// default.
 const DATA_FRAME_BUDGET: usize = 128 * 1024;
 
-/// Pingora's HTTP/2 settings (its concurrent-stream and header-list limits) with Sluice's budget
-/// for small DATA frames.
+/// The largest request header list the `h2` crate takes, as HTTP/2 counts one (each field's name
+/// and value, and 32 bytes): the largest `server.max_request_header` (1 MiB), with HTTP/2's 32
+/// bytes for each of the 256 fields an HTTP/1.1 head may have, and room for the pseudo-header
+/// fields. The configured limit itself is Sluice's to apply, as over HTTP/1.1 (which reads any
+/// head up to 1 MiB): a head over it gets Sluice's own `431` in the route's format
+/// (`relay::request::check_head`), its connection going on. Under Pingora's 64 KiB, any larger
+/// head got the crate's `431` with no body whatever `server.max_request_header` said, and one in
+/// more than five frames (~80 KiB) a GOAWAY `ENHANCE_YOUR_CALM` that ended every stream of its
+/// connection. Past this, the crate still refuses the stream (`431`), and closes the connection
+/// for a header block over ~1.3 MiB (its guard against CONTINUATION floods).
+const MAX_HEADER_LIST: u32 = 1024 * 1024 + 256 * 32 + 4096;
+
+/// Pingora's HTTP/2 settings (its concurrent-stream limit) with Sluice's header-list limit and
+/// budget for small DATA frames.
 fn h2_options() -> server::H2Options {
     let mut options = server::default_h2_options();
+    options.max_header_list_size(MAX_HEADER_LIST);
     options.data_frame_budget(DATA_FRAME_BUDGET);
     options
 }
@@ -96,6 +109,16 @@ pub(super) async fn serve(
     let mut malformed = 0;
     let mut accepted_one = false;
     let connection = Box::pin(async {
+        // The keep-alive, counted from when the connection last had no stream open: its start,
+        // the end of its last stream (or a refused one), the GOAWAY. Armed anew at those moments
+        // only, never for a turn of the loop: frames that open no stream (a PING, a
+        // WINDOW_UPDATE, SETTINGS) wake this task, and the first flight's branch below ends the
+        // `select!` at each wake until the first request, so a timer made in the `select!` began
+        // again at every frame, and a client that pinged within the keep-alive and never sent a
+        // request held its connection for ever. (Registered at its first poll: made when a
+        // stream ends, it counts from there.)
+        let idle = timer::sleep(app.timeouts.keepalive);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
                 biased;
@@ -104,9 +127,14 @@ pub(super) async fn serve(
                     // still served, and the connection ends once they have.
                     conn.graceful_shutdown();
                     goaway_sent = true;
+                    idle.set(timer::sleep(app.timeouts.keepalive));
                 }
                 // Streams before the connection: what they wrote is then sent in the same turn.
-                Some(()) = streams.next() => {}
+                Some(()) = streams.next() => {
+                    if streams.is_empty() {
+                        idle.set(timer::sleep(app.timeouts.keepalive));
+                    }
+                }
                 // Accepting is what drives the connection (reads frames, sends what streams
                 // wrote).
                 accepted = HttpSession::from_h2_conn(&mut conn, NO_DIGEST.clone()) => {
@@ -125,6 +153,9 @@ pub(super) async fn serve(
                                 log::warn!("{peer}: too many malformed HTTP/2 streams, closing");
                                 return;
                             }
+                            if streams.is_empty() {
+                                idle.set(timer::sleep(app.timeouts.keepalive));
+                            }
                         }
                         // The client closed the connection (cleanly or not), or broke the
                         // protocol.
@@ -132,15 +163,15 @@ pub(super) async fn serve(
                         Err(e) => return log::debug!("{peer}: HTTP/2 connection ended: {e}"),
                     }
                 }
-                // Armed anew each time round the loop with no stream open: from the end of the
-                // last stream (or the GOAWAY, or a refused stream).
-                () = timer::sleep(app.timeouts.keepalive), if streams.is_empty() => {
+                // Only while no stream is open (see `idle` above).
+                () = &mut idle, if streams.is_empty() => {
                     // In order first, as at shutdown; a client that never answers is dropped.
                     if goaway_sent {
                         return;
                     }
                     conn.graceful_shutdown();
                     goaway_sent = true;
+                    idle.set(timer::sleep(app.timeouts.keepalive));
                 }
                 // Last, so reached only when everything above has to wait (the first request, if
                 // accepted, has gone as far as it can, its upstream write included): the next
