@@ -329,3 +329,47 @@ fn a_client_that_stopped_reading_does_not_keep_its_stream_past_the_grace_period(
     assert_eq!(records[0]["outcome"], "shutdown");
     drop(client);
 }
+
+/// SIGQUIT with no new process waiting for the sockets (one that failed to start, or was never
+/// started) leaves the running process serving. Before, Pingora gave up handing the sockets over
+/// after 5 s and stopped the process anyway, leaving nothing listening.
+#[test]
+fn sigquit_with_no_new_process_to_take_over_keeps_serving() {
+    let upstream = upstream();
+    let mut sluice = start_routed_to(&upstream, "");
+    fresh_request(sluice.addr).unwrap();
+    sluice.signal("QUIT");
+    // Past Pingora's hand-over attempts (5 s), its wait after them (5 s) and the first
+    // request's grace that follows a stop (1 s).
+    assert!(
+        sluice.wait_exit(Duration::from_millis(11_500)).is_none(),
+        "the only Sluice left"
+    );
+    fresh_request(sluice.addr).unwrap();
+}
+
+/// A new process that takes the sockets over but cannot bind an address it adds (in use) serves
+/// the others rather than exiting: the old one has handed over and is leaving. Before, it
+/// exited and nothing was left listening.
+#[test]
+fn an_upgrade_that_cannot_bind_a_new_address_still_serves_the_others() {
+    let upstream = upstream();
+    let mut old = start_routed_to(&upstream, "");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = std::fs::read_to_string(old.config_path()).unwrap();
+    let config = config.replacen(
+        "listen:\n",
+        &format!("listen:\n  - addr: {}\n", taken.local_addr().unwrap()),
+        1,
+    );
+    std::fs::write(old.config_path(), config).unwrap();
+    let mut new = old.start_upgrade();
+    old.signal("QUIT");
+    let status = old.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        new.wait_exit(Duration::from_millis(500)).is_none(),
+        "the new one left"
+    );
+    fresh_request(new.addr).unwrap();
+}

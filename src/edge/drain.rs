@@ -149,10 +149,21 @@ impl BackgroundService for Drain {
 }
 
 /// The signals that stop or hand over the process, for Pingora's server loop: as Pingora's own,
-/// except that SIGINT (Ctrl-C in a terminal) is a graceful stop like SIGTERM. Pingora exits at
-/// once on it, and the running streams' usage records would be lost with them. A second SIGINT
-/// does not cut the grace short (SIGKILL does).
-pub(super) struct StopSignals;
+/// except that
+/// - SIGINT (Ctrl-C in a terminal) is a graceful stop like SIGTERM. Pingora exits at once on it,
+///   and the running streams' usage records would be lost with them. A second SIGINT does not
+///   cut the grace short (SIGKILL does).
+/// - SIGQUIT hands over only to a new process that is there to take the sockets (listening on
+///   `upgrade_sock`, within [`UPGRADE_WAIT`]). Pingora's loop stops the process after a failed
+///   hand-over as after a good one, so a new process that failed to start (or was never
+///   started) left nothing listening.
+pub(super) struct StopSignals {
+    pub upgrade_sock: String,
+}
+
+/// How long SIGQUIT waits for a new process to listen on the upgrade socket (Pingora's old
+/// process retries its hand-over for about as long).
+const UPGRADE_WAIT: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl pingora::server::ShutdownSignalWatch for StopSignals {
@@ -167,13 +178,86 @@ impl pingora::server::ShutdownSignalWatch for StopSignals {
             log::error!("cannot watch for stop signals; stopping");
             return ShutdownSignal::GracefulTerminate;
         };
-        tokio::select! {
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
-            _ = term.recv() => ShutdownSignal::GracefulTerminate,
-            _ = int.recv() => {
-                log::info!("SIGINT: stopping as on SIGTERM");
-                ShutdownSignal::GracefulTerminate
+        loop {
+            tokio::select! {
+                _ = quit.recv() => {
+                    if upgrade_taker_within(&self.upgrade_sock, UPGRADE_WAIT).await {
+                        return ShutdownSignal::GracefulUpgrade;
+                    }
+                    log::error!(
+                        "SIGQUIT: no new process is waiting on {} for the sockets (start it with -u); \
+                         this one goes on serving",
+                        self.upgrade_sock
+                    );
+                }
+                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = int.recv() => {
+                    log::info!("SIGINT: stopping as on SIGTERM");
+                    return ShutdownSignal::GracefulTerminate;
+                }
             }
         }
+    }
+}
+
+/// Whether a process listens on the unix socket `path` within `wait`. Read from the kernel's
+/// table of unix sockets: connecting to find out would be taken for the hand-over itself.
+async fn upgrade_taker_within(path: &str, wait: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    let absolute = std::path::absolute(path).ok();
+    loop {
+        let table = tokio::fs::read_to_string("/proc/net/unix")
+            .await
+            .unwrap_or_default();
+        let found = listening_unix_paths(&table)
+            .any(|p| p == path || absolute.as_deref() == Some(std::path::Path::new(p)));
+        if found {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The paths of the listening sockets in `/proc/net/unix` (`Num RefCount Protocol Flags Type St
+/// Inode Path`; a listening socket has `__SO_ACCEPTCON`, 0x10000, in its flags).
+fn listening_unix_paths(table: &str) -> impl Iterator<Item = &str> {
+    table.lines().skip(1).filter_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+        let path = fields.get(7)?;
+        (flags & 0x10000 != 0).then_some(*path)
+    })
+}
+
+#[cfg(test)]
+mod stop_signal_tests {
+    use super::*;
+
+    #[test]
+    fn listening_sockets_are_read_from_the_kernel_table() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 23041 /run/sluice/upgrade.sock\n\
+            0000000000000000: 00000002 00000000 00000000 0001 03 23042 /run/other.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 23043\n\
+            0000000000000000: 00000002 00000000 00010000 0005 01 23044 @abstract\n";
+        let paths: Vec<&str> = listening_unix_paths(table).collect();
+        assert_eq!(paths, ["/run/sluice/upgrade.sock", "@abstract"]);
+    }
+
+    #[tokio::test]
+    async fn a_listener_on_the_path_is_found_and_none_is_not_invented() {
+        let dir = std::env::temp_dir().join(format!("sluice-upgrade-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("upgrade.sock");
+        let path = path.to_str().unwrap();
+        let _ = std::fs::remove_file(path);
+        assert!(!upgrade_taker_within(path, Duration::from_millis(100)).await);
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        assert!(upgrade_taker_within(path, Duration::from_millis(100)).await);
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

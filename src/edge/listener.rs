@@ -55,6 +55,8 @@ pub struct Listeners {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub app: Arc<SluiceProxy>,
+    /// Started with `-u`: the previous process has handed its sockets over and is leaving.
+    pub upgrade: bool,
 }
 
 /// One listening address, and its TLS settings when it has any.
@@ -77,10 +79,18 @@ impl pingora::services::Service for Listeners {
         for Endpoint { addr, tls, h2c } in &self.endpoints {
             let listener = match listen(addr, fds.as_ref()) {
                 Ok(listener) => listener,
+                // At an upgrade the previous process has handed its sockets over and is leaving:
+                // exiting would leave nothing listening at all, so a new address that cannot
+                // be bound is left out, loudly.
+                Err(e) if self.upgrade => {
+                    log::error!("cannot listen on {addr}: {e}; serving without it");
+                    eprintln!("sluice: cannot listen on {addr}: {e}; serving without it");
+                    continue;
+                }
                 // A server that cannot listen does not run. A panic here would end only this
                 // service's task: the process would go on with its admin listener answering
                 // health checks and nothing else. (`check_addresses` has refused to start on an
-                // address in use; this is one taken since, or a new one at an upgrade.)
+                // address in use; this is one taken since.)
                 Err(e) => {
                     log::error!("cannot listen on {addr}: {e}");
                     eprintln!("sluice: cannot listen on {addr}: {e}");

@@ -129,8 +129,9 @@ pub struct RunOptions {
 /// Runs the server until it is stopped, with Sluice's signals (SIGINT stops gracefully too),
 /// then exits the process.
 pub fn run(server: Server) -> ! {
+    let upgrade_sock = server.configuration.upgrade_sock.clone();
     server.run(pingora::server::RunArgs {
-        shutdown_signal: Box::new(drain::StopSignals),
+        shutdown_signal: Box::new(drain::StopSignals { upgrade_sock }),
     });
     std::process::exit(0)
 }
@@ -235,6 +236,7 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
             name: "sluice proxy".to_string(),
             endpoints,
             app: Arc::new(proxy),
+            upgrade: options.upgrade,
         });
     }
 

@@ -139,6 +139,11 @@ impl Sluice {
         );
     }
 
+    /// The config file it was started with (`start_upgrade` starts the next process on it).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path.join("sluice.yaml")
+    }
+
     /// The usage ledger file (when the config did not set its own).
     pub fn ledger_path(&self) -> PathBuf {
         self.dir.path.join("usage.jsonl")
