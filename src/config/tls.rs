@@ -224,6 +224,9 @@ fn certified_key(
 ) -> Result<CertifiedKey, TlsFileError> {
     let chain = pem_certificates(&pair.cert)
         .map_err(|m| file_error(cert_key, format!("{}: {m}", pair.cert_path.display())))?;
+    if is_encrypted(&pair.key) {
+        return Err(file_error(key_key, ENCRYPTED_KEY));
+    }
     let key = PrivateKeyDer::from_pem_slice(&pair.key).map_err(|e| {
         file_error(
             key_key,
@@ -297,9 +300,30 @@ pub fn check_upstream_sni(name: &str) -> Result<(), String> {
         .map_err(|_| format!("{name:?} is not a valid host name or IP address"))
 }
 
+/// An encrypted key is said to be so: "no key found" or "unsupported key" would send its owner
+/// looking for the wrong problem, and Sluice has no passphrase to open it with.
+const ENCRYPTED_KEY: &str = "the private key is encrypted (no passphrase can be given): write it \
+    unencrypted, e.g. `openssl pkey -in KEY -out KEY.plain`, readable only by Sluice";
+
+/// PKCS#8 `ENCRYPTED PRIVATE KEY`, or a legacy key with `Proc-Type: 4,ENCRYPTED`.
+fn is_encrypted(pem: &[u8]) -> bool {
+    pem.windows(b"ENCRYPTED".len()).any(|w| w == b"ENCRYPTED")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encrypted_key_is_named_as_such() {
+        let pkcs8 =
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIF\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let legacy = b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nMIIF\n-----END RSA PRIVATE KEY-----\n";
+        assert!(is_encrypted(pkcs8) && is_encrypted(legacy));
+        assert!(!is_encrypted(
+            b"-----BEGIN PRIVATE KEY-----\nMIIF\n-----END PRIVATE KEY-----\n"
+        ));
+    }
 
     #[test]
     fn sni_names() {
