@@ -449,3 +449,171 @@ fn upstream_framing_a_client_could_misread_is_not_passed_on() {
         response.text()
     );
 }
+
+/// RFC 9110 §8.6: an upstream's repeated `Content-Length` (`2, 2`, or two fields saying 2) is
+/// read as the one length it is, and a proxy that does so passes that length on once: Node's
+/// HTTP parser (under the OpenAI and Anthropic SDKs) fails on either repeat
+/// (`HPE_INVALID_CONTENT_LENGTH`, `Duplicate Content-Length`).
+#[test]
+fn a_repeated_content_length_reaches_the_client_once() {
+    let upstream = Upstream::start(|req| {
+        let lengths = match req.path.as_str() {
+            "/list" => "Content-Length: 2, 2\r\n",
+            _ => "Content-Length: 2\r\nContent-Length: 2\r\n",
+        };
+        vec![Step::Raw(
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{lengths}\r\nhi")
+                .into_bytes(),
+        )]
+    });
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n",
+        upstream.url()
+    ));
+    for path in ["/list", "/fields"] {
+        // The head as it came, to the end of the connection.
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: sluice.test\r\nConnection: close\r\n\r\n");
+        let answer = support::client::exchange_until_closed(sluice.addr, request.as_bytes());
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let lengths: Vec<_> = head
+            .lines()
+            .filter(|line| line.to_ascii_lowercase().starts_with("content-length:"))
+            .collect();
+        assert_eq!(lengths.len(), 1, "{path}: {head}");
+        assert_eq!(lengths[0].split_once(':').unwrap().1.trim(), "2", "{head}");
+        assert_eq!(body, "hi");
+    }
+    // On a kept-alive connection, one response after the other.
+    let mut client = Client::connect(sluice.addr);
+    for path in ["/list", "/fields", "/list"] {
+        let response = client.get(path);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "hi");
+    }
+}
+
+/// An event stream's answer without a body by its status (an EventSource server's 204 asks the
+/// browser not to reconnect; a 304) is not chunked (RFC 9112 §6.1: no `Transfer-Encoding` on a
+/// 204), and nothing follows its head: the connection's next response comes right after it.
+#[test]
+fn a_bodiless_event_stream_answer_is_not_chunked() {
+    let upstream = Upstream::start(|req| match req.path.as_str() {
+        "/v1/events" => vec![Step::Raw(
+            b"HTTP/1.1 204 No Content\r\ncontent-type: text/event-stream\r\n\r\n".to_vec(),
+        )],
+        "/v1/cached" => vec![Step::Raw(
+            b"HTTP/1.1 304 Not Modified\r\ncontent-type: text/event-stream\r\n\r\n".to_vec(),
+        )],
+        _ => vec![Step::sized(200, "application/json", b"{}")],
+    });
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /v1/\n    upstream: up\n    provider: openai\n",
+        upstream.url()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    for (path, status) in [("/v1/events", 204), ("/v1/cached", 304)] {
+        client.send("GET", path, &[("accept", "text/event-stream")], b"");
+        let head = client.read_head();
+        assert_eq!(head.status, status);
+        assert_eq!(head.header("content-type"), Some("text/event-stream"));
+        assert_eq!(head.header("transfer-encoding"), None, "{path}: {head:?}");
+        assert_eq!(head.header("content-length"), None, "{path}: {head:?}");
+        // No body, no last chunk, no usage comment: the next response's head comes next.
+        let next = client.get("/v1/models");
+        assert_eq!(next.status, 200, "{path}");
+        assert_eq!(next.text(), "{}");
+    }
+}
+
+/// Sluice's 502 messages name the Pingora error they come from with one space between words
+/// (they read `cannot connect to upstream gone:  ConnectError …`,
+/// `failed before its response head:  ConnectionClosed …`, and ` InvalidHTTPHeader …`).
+#[test]
+fn upstream_failures_are_worded_with_single_spaces() {
+    let port = support::free_port();
+    let upstream = Upstream::start(|req| {
+        match req.path.as_str() {
+        "/coded" => vec![
+            Step::Raw(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+                    .to_vec(),
+            ),
+            Step::End,
+        ],
+        _ => vec![Step::Close],
+    }
+    });
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  gone:\n    url: http://127.0.0.1:{port}\n    connect_timeout: 1s\n  rude:\n    url: {}\nroutes:\n  - path_prefix: /gone\n    upstream: gone\n    provider: openai\n  - path_prefix: /\n    upstream: rude\n    provider: openai\n",
+        upstream.url()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    for (path, starts) in [
+        (
+            "/gone",
+            "cannot connect to upstream gone: ConnectError context: ",
+        ),
+        (
+            "/rude",
+            "upstream rude failed before its response head: Upstream ConnectionClosed context: \
+             upstream closed the connection before its response head",
+        ),
+        (
+            "/coded",
+            "Upstream InvalidHTTPHeader context: the upstream's body is in a transfer coding \
+             other than chunked",
+        ),
+    ] {
+        let response = client.get(path);
+        assert_eq!(response.status, 502);
+        let body = response.json();
+        let message = body["error"]["message"].as_str().expect("a message");
+        assert!(message.starts_with(starts), "{message:?}");
+        assert!(!message.contains("  "), "{message:?}");
+    }
+}
+
+/// An upstream that closes idle connections after its `Keep-Alive: timeout=N` (Node's 5 s by
+/// default) races a pool that keeps them longer: a request sent on one as it closes gets a 502.
+/// Pooled, such a connection waits at most N less a margin (half of N up to 2 s, else 1 s), and
+/// one the upstream takes no more requests on (`max=1`) is not pooled at all.
+#[test]
+fn pooled_connections_wait_less_than_the_upstreams_keep_alive_timeout() {
+    let upstream = Upstream::start(|req| {
+        let keep_alive = match req.path.as_str() {
+            "/short" => "timeout=1",
+            "/last" => "timeout=5, max=1",
+            _ => "timeout=5, max=100",
+        };
+        vec![Step::Raw(
+            format!(
+                "HTTP/1.1 200 OK\r\nkeep-alive: {keep_alive}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+            )
+            .into_bytes(),
+        )]
+    });
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n",
+        upstream.url()
+    ));
+    let connections = || upstream.log.lock().unwrap().connections;
+    let mut client = Client::connect(sluice.addr);
+    // `timeout=5`: reused while fresh.
+    for _ in 0..3 {
+        assert_eq!(client.get("/node").status, 200);
+    }
+    assert_eq!(connections(), 1);
+    // `timeout=1`: pooled for half a second, so not reused after 0.8 s (`pool_idle_timeout` is
+    // 60 s).
+    assert_eq!(client.get("/short").status, 200);
+    assert_eq!(connections(), 1);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(client.get("/node").status, 200);
+    assert_eq!(connections(), 2, "reused past the upstream's idle timeout");
+    // `max=1`: the upstream's last request on that connection.
+    assert_eq!(client.get("/last").status, 200);
+    assert_eq!(client.get("/node").status, 200);
+    assert_eq!(connections(), 3, "reused after max=1");
+}

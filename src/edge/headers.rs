@@ -318,10 +318,13 @@ pub fn client_response(
     // transfer coding (`gzip, chunked`) would reach an HTTP/2 or HTTP/1.0 client, or the usage
     // inspector, with nothing left to say how it is coded (nginx answers it with a 502 too).
     if !http1::only_chunked(upstream_fields.get_all(&header::TRANSFER_ENCODING)) {
-        return pingora::Error::e_explain(
+        // From the upstream: worded `Upstream InvalidHTTPHeader context: …` (with the source
+        // unset, Pingora's wording starts with a space, and so did the 502's message).
+        return Err(pingora::Error::explain(
             InvalidHTTPHeader,
             "the upstream's body is in a transfer coding other than chunked",
-        );
+        )
+        .into_up());
     }
     // An HTTP/2 upstream may leave a plain body unframed; the client still needs to know where
     // it ends without losing its connection.
@@ -335,6 +338,11 @@ pub fn client_response(
         || status.is_informational()
         || status == 204;
     let needs_chunked = shape == ResponseShape::Plain && !framed && has_body;
+    // Only a plain head passes the upstream's length on (a stream's and a `101`'s drop it).
+    let length = match shape {
+        ResponseShape::Plain if !length_void => repeated_length(&upstream_fields)?,
+        _ => None,
+    };
     let mut head = ClientHead {
         status,
         reason,
@@ -353,15 +361,20 @@ pub fn client_response(
                 .push(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             head.set
                 .push(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-            head.set.push(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
+            // A 204 or 304 (an EventSource server's "stop reconnecting") has no body to frame,
+            // and must not say `Transfer-Encoding` (RFC 9112 §6.1).
+            if has_body {
+                head.set.push(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
         }
         ResponseShape::Upgrade => {
             if let Some(upgrade) = head.upstream.get(&header::UPGRADE) {
                 let upgrade = HeaderValue::from_bytes(upgrade)
-                    .or_err(InvalidHTTPHeader, "invalid Upgrade value")?;
+                    .or_err(InvalidHTTPHeader, "invalid Upgrade value")
+                    .map_err(|e| e.into_up())?;
                 head.set.push(header::UPGRADE, upgrade);
             }
             head.set
@@ -375,10 +388,32 @@ pub fn client_response(
         }
         ResponseShape::Plain => {}
     }
+    if let Some(length) = length {
+        // In place of the upstream's fields of that name.
+        head.set
+            .push(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     for (name, value) in extra {
         head.set.set(name.clone(), value.clone());
     }
     Ok(head)
+}
+
+/// The one `Content-Length` the client gets in place of the upstream's, when those are repeated
+/// (`2, 2`, or two fields saying 2): RFC 9110 §8.6 lets a recipient take them as the one value,
+/// and a proxy that does so must pass that value on once. Node's parser (under the OpenAI and
+/// Anthropic SDKs) refuses a repeat. `None`: the upstream's pass on as they are (none, or the
+/// common case, a single plain number).
+fn repeated_length(upstream: &Fields) -> Result<Option<u64>> {
+    let mut lengths = upstream.get_all(&header::CONTENT_LENGTH);
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(None),
+        (Some(only), None) if !only.is_empty() && only.iter().all(u8::is_ascii_digit) => Ok(None),
+        // Values that disagree or are no number are refused by the HTTP/1.1 parser already.
+        _ => http1::content_length(upstream)
+            .or_err(InvalidHTTPHeader, "the upstream's Content-Length")
+            .map_err(|e| e.into_up()),
+    }
 }
 
 /// The response head for the client, as what Sluice changes about the upstream's: the upstream's
@@ -1010,6 +1045,94 @@ mod tests {
         }
         let plain = written(client_response(up, ResponseShape::Plain, "rid", &[]).unwrap());
         assert_eq!(plain.headers["content-length"], "100");
+    }
+
+    /// RFC 9110 §8.6: a repeated `Content-Length` that Sluice took as one value goes to the
+    /// client once, as that value (Node's parser refuses `2, 2` and two fields alike). A single
+    /// plain one passes as sent.
+    #[test]
+    fn a_repeated_content_length_goes_on_once() {
+        let repeats: [&[(&'static str, &'static str)]; 4] = [
+            &[("Content-Length", "2, 2")],
+            &[("Content-Length", "2"), ("content-length", "2")],
+            &[("Content-Length", "2,2"), ("Content-Length", "2")],
+            &[("Content-Length", " 2 ")],
+        ];
+        for fields in repeats {
+            let mut fields = fields.to_vec();
+            fields.push(("content-type", "application/json"));
+            let up = upstream_head(200, &fields);
+            let head = client_response(up, ResponseShape::Plain, "rid", &[]).unwrap();
+            let lengths: Vec<_> = head
+                .fields()
+                .filter(|(name, _)| is_named(name, &header::CONTENT_LENGTH))
+                .map(|(_, value)| value.to_vec())
+                .collect();
+            assert_eq!(lengths, [b"2".to_vec()], "{fields:?}");
+            let resp = written(head);
+            let lengths: Vec<_> = resp.headers.get_all("content-length").iter().collect();
+            assert_eq!(lengths, ["2"], "{fields:?}");
+            assert_eq!(resp.headers["content-type"], "application/json");
+        }
+        // As sent, where it is when a single number: in the upstream's order and case.
+        let up = upstream_head(200, &[("Content-Length", "02"), ("x-a", "1")]);
+        let head = client_response(up, ResponseShape::Plain, "rid", &[]).unwrap();
+        let sent: Vec<_> = head
+            .fields()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(sent[0], (b"Content-Length".to_vec(), b"02".to_vec()));
+        // Never where no length goes on: a stream, a 204, beside `Transfer-Encoding`.
+        for (status, shape, fields) in [
+            (
+                200,
+                ResponseShape::Stream,
+                &[("content-length", "2, 2")][..],
+            ),
+            (204, ResponseShape::Plain, &[("content-length", "2, 2")][..]),
+            (
+                200,
+                ResponseShape::Plain,
+                &[("transfer-encoding", "chunked"), ("content-length", "2, 2")][..],
+            ),
+        ] {
+            let head = client_response(upstream_head(status, fields), shape, "rid", &[]).unwrap();
+            let resp = written(head);
+            assert!(
+                !resp.headers.contains_key("content-length"),
+                "{status} {fields:?}"
+            );
+        }
+        // Values that disagree (an HTTP/2 upstream's head; the HTTP/1.1 parser refuses them).
+        let up = upstream_head(200, &[("content-length", "2, 3")]);
+        let error = client_response(up, ResponseShape::Plain, "rid", &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Upstream InvalidHTTPHeader context: the upstream's Content-Length cause: \
+             invalid response body framing from upstream: conflicting Content-Length values 2 and 3"
+        );
+    }
+
+    /// A response without a body by its status (204, 304) gets no `Transfer-Encoding` (RFC 9112
+    /// §6.1), also when it says it is an event stream: an EventSource server's 204 asks the
+    /// browser not to reconnect.
+    #[test]
+    fn a_bodiless_event_stream_is_not_chunked() {
+        for status in [204, 304] {
+            let up = upstream_head(
+                status,
+                &[("content-type", "text/event-stream"), ("x-a", "1")],
+            );
+            let head = client_response(up, ResponseShape::Stream, "rid", &[]).unwrap();
+            assert!(!head.is_chunked(), "{status}");
+            let resp = written(head);
+            assert!(!resp.headers.contains_key("transfer-encoding"), "{status}");
+            assert_eq!(resp.headers["content-type"], "text/event-stream");
+            assert_eq!(resp.headers["x-a"], "1");
+        }
+        let up = upstream_head(200, &[("content-type", "text/event-stream")]);
+        let head = client_response(up, ResponseShape::Stream, "rid", &[]).unwrap();
+        assert!(head.is_chunked());
     }
 
     #[test]

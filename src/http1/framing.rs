@@ -1,6 +1,8 @@
 //! Where a response body ends (RFC 9112 §6.3) and whether the connection outlives it; which
 //! request transfer codings can be taken off.
 
+use std::time::Duration;
+
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderName, StatusCode, Version};
 
@@ -106,8 +108,10 @@ fn transfer_encoding_framing(headers: &Fields) -> Result<BodyFraming, Http1Error
 }
 
 /// The agreed `Content-Length`, if any. Repeated values (`5, 5`, or two headers saying 5) are
-/// accepted, as RFC 9110 §8.6 allows, since some servers and proxies duplicate the header.
-fn content_length(headers: &Fields) -> Result<Option<u64>, Http1Error> {
+/// accepted, as RFC 9110 §8.6 allows, since some servers and proxies duplicate the header; a
+/// proxy that accepts them must pass on that one value, once (a repeat is an error to many
+/// clients: Node's parser, under the OpenAI and Anthropic SDKs, among them).
+pub fn content_length(headers: &Fields) -> Result<Option<u64>, Http1Error> {
     let mut agreed: Option<u64> = None;
     for value in headers.get_all(&CONTENT_LENGTH) {
         for element in value.split(|&b| b == b',') {
@@ -128,6 +132,67 @@ fn content_length(headers: &Fields) -> Result<Option<u64>, Http1Error> {
         }
     }
     Ok(agreed)
+}
+
+/// The `Keep-Alive` field's name (`http` has no constant for it).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// What an upstream's `Keep-Alive` field says about its connection (RFC 2068 §19.7.1.1; sent
+/// with HTTP/1.1 too, by Node's server, Apache and others): `timeout=N`, how many seconds it
+/// keeps the connection open while idle, and `max=N`, how many requests it still takes on it
+/// (servers differ on whether that counts this one: `max=1` is taken as the last). A parameter
+/// that is not a number is ignored; one given twice counts at its smaller value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeepAliveHint {
+    pub timeout: Option<u64>,
+    pub max: Option<u64>,
+}
+
+impl KeepAliveHint {
+    pub fn of(fields: &Fields) -> Self {
+        let mut hint = KeepAliveHint::default();
+        for element in list_elements(fields, &KEEP_ALIVE) {
+            let Some(eq) = element.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            let (name, value) = (trim_ows(&element[..eq]), trim_ows(&element[eq + 1..]));
+            let value = match value {
+                [b'"', inner @ .., b'"'] => inner,
+                _ => value,
+            };
+            let slot = if name.eq_ignore_ascii_case(b"timeout") {
+                &mut hint.timeout
+            } else if name.eq_ignore_ascii_case(b"max") {
+                &mut hint.max
+            } else {
+                continue;
+            };
+            if let Some(n) = parse_decimal(value) {
+                *slot = Some(slot.map_or(n, |m| m.min(n)));
+            }
+        }
+        hint
+    }
+
+    /// Whether the connection may wait for another request at all: not when the upstream takes
+    /// no more requests on it (`max=1`, or `max=0`) or keeps it open for no idle time
+    /// (`timeout=0`).
+    pub fn allows_reuse(&self) -> bool {
+        !(self.max.is_some_and(|max| max <= 1) || self.timeout == Some(0))
+    }
+}
+
+/// How long a connection may wait idle for its next request when its upstream closes idle
+/// connections after `timeout` seconds: a margin short of that, so that a request sent at the
+/// end of the wait is not on its way while the upstream closes the connection (which would cost
+/// that request a 502). The margin is 1 s, or half the timeout when that is 2 s or less; zero
+/// means not at all.
+pub fn idle_within(timeout: u64) -> Duration {
+    if timeout <= 2 {
+        Duration::from_millis(timeout * 500)
+    } else {
+        Duration::from_secs(timeout - 1)
+    }
 }
 
 /// `1*DIGIT` as a u64: no sign, no inner whitespace, no overflow.

@@ -28,7 +28,10 @@ pub use encode::{
     encode_chunk, encode_chunk_size, encode_field, encode_request_head, encode_status_line,
     RequestHeadFacts, LAST_CHUNK,
 };
-pub use framing::{keeps_alive, only_chunked, response_framing, BodyFraming};
+pub use framing::{
+    content_length, idle_within, keeps_alive, only_chunked, response_framing, BodyFraming,
+    KeepAliveHint,
+};
 pub use head::{is_named, parse_response_head, Fields, ResponseHead, MAX_HEADERS};
 
 /// Why a response could not be read. The messages are plain sentences because they end up in a

@@ -2,12 +2,14 @@
 //! client session for upstreams that may speak HTTP/2.
 
 use super::h1::H1Connection;
+use super::upstream_error;
 use crate::edge::headers::UpstreamHead;
 use crate::http1::{Fields, ResponseHead};
 use bytes::Bytes;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 
+/// Its errors are worded as the upstream's (`upstream_error`): a 502's message quotes them.
 pub enum UpstreamConn {
     H1 {
         conn: H1Connection,
@@ -49,7 +51,7 @@ impl UpstreamConn {
         body: Bytes,
         complete: bool,
     ) -> pingora::Result<()> {
-        match self {
+        let sent = match self {
             UpstreamConn::H1 { conn, .. } => {
                 let target = head.target.as_str();
                 let fields = head.fields(client);
@@ -71,22 +73,25 @@ impl UpstreamConn {
                 }
                 Ok(())
             }
-        }
+        };
+        sent.map_err(upstream_error)
     }
 
     /// More of the request body.
     pub async fn send_body(&mut self, data: Bytes) -> pingora::Result<()> {
-        match self {
+        let sent = match self {
             UpstreamConn::H1 { conn, .. } => conn.send_body(&data).await,
             UpstreamConn::Pingora(p) => p.session.write_request_body(data, false).await.map(|_| ()),
-        }
+        };
+        sent.map_err(upstream_error)
     }
 
     pub async fn finish_body(&mut self) -> pingora::Result<()> {
-        match self {
+        let sent = match self {
             UpstreamConn::H1 { conn, .. } => conn.finish_body().await,
             UpstreamConn::Pingora(p) => p.session.finish_request_body().await,
-        }
+        };
+        sent.map_err(upstream_error)
     }
 
     /// The final response head: informational ones (`100 Continue`, `103 Early Hints`) are
@@ -94,9 +99,12 @@ impl UpstreamConn {
     pub async fn read_final_head(&mut self) -> pingora::Result<ResponseHead> {
         loop {
             let head = match self {
-                UpstreamConn::H1 { conn, .. } => conn.read_head().await?,
+                UpstreamConn::H1 { conn, .. } => conn.read_head().await.map_err(upstream_error)?,
                 UpstreamConn::Pingora(p) => {
-                    p.session.read_response_header().await?;
+                    p.session
+                        .read_response_header()
+                        .await
+                        .map_err(upstream_error)?;
                     let head = p
                         .session
                         .response_header()
@@ -135,13 +143,14 @@ impl UpstreamConn {
     /// its HTTP/2 read 96, and ours 56. Any other Pingora session (HTTP/1.1, when an `http2`
     /// upstream declined HTTP/2) is boxed: one allocation per call, pending ones included.
     pub async fn read_body(&mut self) -> pingora::Result<Option<Bytes>> {
-        match self {
+        let read = match self {
             UpstreamConn::H1 { conn, .. } => conn.read_body().await,
             UpstreamConn::Pingora(p) => match &mut p.session {
                 HttpSession::H2(h2) => h2.read_response_body().await,
                 other => Box::pin(other.read_response_body()).await,
             },
-        }
+        };
+        read.map_err(upstream_error)
     }
 
     /// The response body has fully arrived.

@@ -8,6 +8,7 @@ use crate::http1::{self, BodyDecoder, Http1Error};
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::protocols::Stream;
 use pingora::{Error, ErrorType};
+use std::time::Duration;
 
 /// Largest response head accepted from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -24,6 +25,10 @@ pub struct H1Connection {
     /// The request asked the upstream to close the connection after its response.
     close_requested: bool,
     keep_alive: bool,
+    /// The seconds the upstream said (`Keep-Alive: timeout=N`) it keeps the connection open
+    /// while idle, up to `u16::MAX`; 0 when it did not say. (Two bytes, beside the flags: no
+    /// room taken in the state of an open stream.)
+    idle_timeout_hint: u16,
     /// The request's body was not all sent (the upstream answered before it had it all).
     request_unfinished: bool,
 }
@@ -38,6 +43,7 @@ impl H1Connection {
             head_request: false,
             close_requested: false,
             keep_alive: false,
+            idle_timeout_hint: 0,
             request_unfinished: false,
         }
     }
@@ -134,7 +140,12 @@ impl H1Connection {
             head.status.is_informational() && head.status != http::StatusCode::SWITCHING_PROTOCOLS;
         if !informational {
             let framing = http1::response_framing(&head, self.head_request).map_err(invalid)?;
-            self.keep_alive = http1::keeps_alive(&head, &framing);
+            let hint = http1::KeepAliveHint::of(&head.fields);
+            self.keep_alive = http1::keeps_alive(&head, &framing) && hint.allows_reuse();
+            // `timeout=0` has just ruled reuse out: 0 is free to mean "not said".
+            self.idle_timeout_hint = hint
+                .timeout
+                .map_or(0, |secs| secs.min(u64::from(u16::MAX)) as u16);
             // After a 101 the bytes belong to the new protocol (`into_parts`).
             if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
                 self.body = Some(BodyDecoder::new(framing));
@@ -185,6 +196,17 @@ impl H1Connection {
             && !self.request_unfinished
             && self.pending.is_empty()
             && self.body.as_ref().is_some_and(|b| b.is_done())
+    }
+
+    /// How long the connection may wait in the pool: `configured` (the upstream's
+    /// `pool_idle_timeout`), or less when the upstream said it closes idle connections sooner
+    /// (`Keep-Alive: timeout=N`): then far enough short of that for a request sent at the end of
+    /// the wait not to cross the upstream's close.
+    pub fn pool_idle(&self, configured: Duration) -> Duration {
+        match self.idle_timeout_hint {
+            0 => configured,
+            secs => configured.min(http1::idle_within(u64::from(secs))),
+        }
     }
 
     /// The transport, for the pool.

@@ -29,7 +29,7 @@ use pingora::protocols::tls::CaType;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::{HttpPeer, PeerOptions};
 use pingora::utils::tls::{parse_x509, WrappedX509};
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorSource, ErrorType};
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -202,7 +202,7 @@ impl Upstreams {
             METRICS.upstream_failed(&spec.name, "connect");
             ProxyError::new(
                 ProxyErrorKind::UpstreamUnavailable,
-                format!("cannot connect to upstream {}: {}", spec.name, e),
+                format!("cannot connect to upstream {}: {}", spec.name, describe(&e)),
             )
         };
         // `connector` exists whenever an upstream has `http2` (`new` saw every route's).
@@ -235,11 +235,13 @@ impl Upstreams {
         })
     }
 
-    /// Returns a connection whose response ended properly to the pool; any other is closed.
+    /// Returns a connection whose response ended properly to the pool, for `idle` at most (less
+    /// when its upstream said it closes idle connections sooner); any other is closed.
     pub async fn release(&self, conn: UpstreamConn, idle: Duration) {
         match conn {
             UpstreamConn::H1 { conn, pool_key } => {
                 if conn.reusable() {
+                    let idle = conn.pool_idle(idle);
                     self.pool.put(pool_key, conn.into_stream(), idle);
                 }
             }
@@ -262,6 +264,68 @@ impl Upstreams {
     pub fn sweep_idle(&self) {
         self.pool.sweep();
     }
+}
+
+/// A Pingora error as one line: its source (when known), type, context and causes, as Pingora's
+/// own `Display` gives them but one space apart. That one starts with a space when the source is
+/// unset and puts two after `cause:` (`cannot connect to upstream u:  ConnectError …`).
+pub fn describe(e: &Error) -> String {
+    let mut out = String::new();
+    describe_chain(e, None, &mut out);
+    out
+}
+
+/// `e` and its causes into `out`; `previous`: the error `e` is the cause of, whose source and
+/// type are not repeated (as Pingora does).
+fn describe_chain(e: &Error, previous: Option<&Error>, out: &mut String) {
+    if previous.is_none_or(|p| p.esource != e.esource) {
+        push_word(out, e.esource.as_str());
+    }
+    if previous.is_none_or(|p| p.etype != e.etype) {
+        push_word(out, e.etype.as_str());
+    }
+    if let Some(context) = &e.context {
+        push_word(out, "context:");
+        push_word(out, context.as_str());
+    }
+    let Some(cause) = &e.cause else {
+        return;
+    };
+    push_word(out, "cause:");
+    match cause.downcast_ref::<Box<Error>>() {
+        Some(inner) => describe_chain(inner, Some(e), out),
+        None => push_word(out, &cause.to_string()),
+    }
+}
+
+/// `word` after a space, unless it is empty (an unset source) or the first.
+fn push_word(out: &mut String, word: &str) {
+    if word.is_empty() {
+        return;
+    }
+    if !out.is_empty() {
+        out.push(' ');
+    }
+    out.push_str(word);
+}
+
+/// An error of an upstream connection, as the relay words it for a client (`{e}` in a 502's
+/// message): from the upstream (unless its source is known already) and with its causes as text
+/// (see [`describe`]), so that Pingora's `Display` gives it with single spaces.
+pub(crate) fn upstream_error(mut e: Box<Error>) -> Box<Error> {
+    if e.esource == ErrorSource::Unset {
+        e.esource = ErrorSource::Upstream;
+    }
+    if let Some(inner) = e
+        .cause
+        .as_ref()
+        .and_then(|c| c.downcast_ref::<Box<Error>>())
+    {
+        let mut text = String::new();
+        describe_chain(inner, Some(&e), &mut text);
+        e.cause = Some(text.into());
+    }
+    e
 }
 
 /// Sweeps the idle pool every second, until shutdown.
@@ -383,6 +447,55 @@ mod tests {
             ca_file: None,
             http2,
         }
+    }
+
+    /// Pingora's errors as a 502 words them: every part, one space apart. Pingora's own
+    /// `Display` gives ` ConnectError context: … cause:  ConnectTimedout …`.
+    #[test]
+    fn errors_are_described_with_single_spaces() {
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = Error::because(ErrorType::ConnectError, "TCP connect to 127.0.0.1:9", io());
+        let refused = io().to_string();
+        assert_eq!(
+            describe(&e),
+            format!("ConnectError context: TCP connect to 127.0.0.1:9 cause: {refused}")
+        );
+        assert_eq!(
+            describe(&Error::new(ErrorType::ConnectTimedout)),
+            "ConnectTimedout"
+        );
+
+        // A chain: the source and type are not repeated where a cause shares them.
+        let inner = Error::because(ErrorType::ConnectTimedout, "TLS handshake", io());
+        let outer = Error::because(ErrorType::ConnectError, "connecting", inner);
+        let chain =
+            "ConnectError context: connecting cause: ConnectTimedout context: TLS handshake";
+        assert_eq!(describe(&outer), format!("{chain} cause: {refused}"));
+        let mut same = Error::because(ErrorType::ConnectError, "inner", io());
+        same.esource = ErrorSource::Upstream;
+        let mut outer = Error::because(ErrorType::ConnectError, "outer", same);
+        outer.esource = ErrorSource::Upstream;
+        assert_eq!(
+            describe(&outer),
+            format!("Upstream ConnectError context: outer cause: context: inner cause: {refused}")
+        );
+
+        // As the relay words an upstream connection's error (`{e}`).
+        let inner = Error::because(ErrorType::ConnectTimedout, "TLS handshake", io());
+        let e = upstream_error(Error::because(ErrorType::ReadError, "reading", inner));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "Upstream ReadError context: reading cause: ConnectTimedout context: TLS handshake cause: {refused}"
+            )
+        );
+        assert_eq!(e.etype, ErrorType::ReadError);
+        let mut down = Error::explain(ErrorType::WriteError, "writing");
+        down.esource = ErrorSource::Downstream;
+        assert_eq!(
+            upstream_error(down).to_string(),
+            "Downstream WriteError context: writing"
+        );
     }
 
     #[test]

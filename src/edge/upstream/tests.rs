@@ -3,6 +3,7 @@
 
 use super::h1::H1Connection;
 use super::pool::IdlePool;
+use super::UpstreamConn;
 use crate::edge::tcp::socket_pair;
 use http::HeaderName;
 use pingora::http::RequestHeader;
@@ -392,6 +393,88 @@ async fn not_reusable_after_a_request_asking_to_close() {
     within(conn.read_head()).await.unwrap();
     assert_eq!(read_all(&mut conn).await.unwrap(), b"ok");
     assert!(!conn.reusable());
+}
+
+/// `Keep-Alive: max=1` (the last request the upstream takes on the connection) and `timeout=0`
+/// (no idle time at all): the connection does not wait for another request.
+#[tokio::test]
+async fn not_reusable_when_the_upstreams_keep_alive_says_so() {
+    for keep_alive in [
+        "timeout=5, max=1",
+        "max=0",
+        "timeout=0",
+        "timeout=0, max=100",
+    ] {
+        let response =
+            format!("HTTP/1.1 200 OK\r\nkeep-alive: {keep_alive}\r\ncontent-length: 2\r\n\r\nok");
+        let (mut conn, _up) = answered(&get(), response.as_bytes(), false).await;
+        within(conn.read_head()).await.unwrap();
+        assert_eq!(read_all(&mut conn).await.unwrap(), b"ok");
+        assert!(conn.body_done() && !conn.reusable(), "{keep_alive}");
+    }
+}
+
+/// A connection goes back to the pool for less than the upstream's own idle timeout, when it
+/// says it (`Keep-Alive: timeout=N`, Node's 5 s by default): a request sent at the end of a
+/// longer wait would meet the upstream's close, and its client a 502.
+#[tokio::test]
+async fn pool_idle_stays_short_of_the_upstreams_keep_alive_timeout() {
+    let configured = Duration::from_secs(60);
+    let ms = Duration::from_millis;
+    for (keep_alive, idle) in [
+        (None, configured),
+        (Some("timeout=5"), ms(4000)),
+        (Some("timeout=5, max=1000"), ms(4000)),
+        (Some("max=1000"), configured),
+        (Some("timeout=2"), ms(1000)),
+        (Some("timeout=1"), ms(500)),
+        (Some("Timeout=3600"), configured),
+        (Some("timeout=99999999"), configured),
+        (Some("timeout=soon"), configured),
+    ] {
+        let field = keep_alive.map_or(String::new(), |v| format!("keep-alive: {v}\r\n"));
+        let response = format!("HTTP/1.1 200 OK\r\n{field}content-length: 2\r\n\r\nok");
+        let (mut conn, _up) = answered(&get(), response.as_bytes(), false).await;
+        within(conn.read_head()).await.unwrap();
+        assert_eq!(read_all(&mut conn).await.unwrap(), b"ok");
+        assert!(conn.reusable(), "{keep_alive:?}");
+        assert_eq!(conn.pool_idle(configured), idle, "{keep_alive:?}");
+        // Never longer than the upstream's `pool_idle_timeout`.
+        assert_eq!(conn.pool_idle(ms(300)), idle.min(ms(300)), "{keep_alive:?}");
+    }
+}
+
+/// The relay words an upstream connection's errors as `{e}` (a 502's message: `upstream u failed
+/// before its response head: {e}`): one space between words, never two, and nothing lost.
+/// (Pingora's own wording starts with a space when an error's source is unset.)
+#[tokio::test]
+async fn upstream_errors_read_with_single_spaces() {
+    // The upstream closes before its response head.
+    let (mut conn, upstream) = connection().await;
+    send_head(&mut conn, &get(), b"", true).await.unwrap();
+    let mut up = UpstreamConn::H1 { conn, pool_key: 0 };
+    within(script(upstream, Vec::new(), Duration::ZERO, true))
+        .await
+        .unwrap();
+    let error = within(up.read_final_head()).await.unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "Upstream ConnectionClosed context: upstream closed the connection before its response head"
+    );
+
+    // A read that fails, with the I/O error as its cause: the upstream resets the connection
+    // (closes it with the request unread).
+    let (mut conn, upstream) = connection().await;
+    send_head(&mut conn, &get(), b"", true).await.unwrap();
+    let mut up = UpstreamConn::H1 { conn, pool_key: 0 };
+    sleep(SETTLE).await;
+    drop(upstream);
+    let error = within(up.read_final_head()).await.unwrap_err().to_string();
+    assert!(
+        error.starts_with("Upstream ReadError context: reading from upstream cause: "),
+        "{error:?}"
+    );
+    assert!(!error.contains("  ") && !error.ends_with(' '), "{error:?}");
 }
 
 #[tokio::test]

@@ -1,5 +1,9 @@
 use super::head;
-use crate::http1::{keeps_alive, only_chunked, response_framing, BodyFraming, Http1Error};
+use crate::http1::{
+    idle_within, keeps_alive, only_chunked, response_framing, BodyFraming, Http1Error,
+    KeepAliveHint,
+};
+use std::time::Duration;
 
 use BodyFraming::{Chunked, Empty, Length, UntilClose};
 
@@ -241,4 +245,71 @@ fn only_a_single_chunked_coding_is_taken() {
     assert!(!only(&["chunked, chunked"]));
     assert!(!only(&["identity"]));
     assert!(!only(&["deflate"]));
+}
+
+fn hint(headers: &[&str]) -> KeepAliveHint {
+    KeepAliveHint::of(&h(OK11, headers).fields)
+}
+
+#[test]
+fn keep_alive_hints() {
+    let said = |timeout, max| KeepAliveHint { timeout, max };
+    assert_eq!(hint(&[CL]), said(None, None));
+    // Node's server, and Apache's.
+    assert_eq!(hint(&["Keep-Alive: timeout=5"]), said(Some(5), None));
+    assert_eq!(
+        hint(&["Keep-Alive: timeout=5, max=100"]),
+        said(Some(5), Some(100))
+    );
+    assert_eq!(
+        hint(&["keep-alive: MAX=3", "KEEP-ALIVE: Timeout = 7"]),
+        said(Some(7), Some(3))
+    );
+    assert_eq!(hint(&["Keep-Alive: timeout=\"4\""]), said(Some(4), None));
+    // Given twice: the smaller counts.
+    assert_eq!(
+        hint(&["Keep-Alive: timeout=10, timeout=2"]),
+        said(Some(2), None)
+    );
+    // Not numbers, or other parameters: ignored.
+    for value in [
+        "timeout",
+        "timeout=",
+        "timeout=-1",
+        "timeout=1.5",
+        "timeout=5s",
+        "timeout=99999999999999999999",
+        "idle=5",
+        "300",
+    ] {
+        assert_eq!(
+            hint(&[&format!("Keep-Alive: {value}")]),
+            said(None, None),
+            "{value}"
+        );
+    }
+}
+
+#[test]
+fn keep_alive_hints_that_rule_out_reuse() {
+    assert!(hint(&[]).allows_reuse());
+    assert!(hint(&["Keep-Alive: timeout=5, max=100"]).allows_reuse());
+    assert!(hint(&["Keep-Alive: max=2"]).allows_reuse());
+    assert!(hint(&["Keep-Alive: timeout=1"]).allows_reuse());
+    // The last request the upstream takes on the connection, or no idle time at all.
+    assert!(!hint(&["Keep-Alive: timeout=5, max=1"]).allows_reuse());
+    assert!(!hint(&["Keep-Alive: max=0"]).allows_reuse());
+    assert!(!hint(&["Keep-Alive: timeout=0"]).allows_reuse());
+}
+
+#[test]
+fn idle_connections_leave_a_margin_before_the_upstreams_timeout() {
+    let ms = Duration::from_millis;
+    assert_eq!(idle_within(0), Duration::ZERO);
+    assert_eq!(idle_within(1), ms(500));
+    assert_eq!(idle_within(2), ms(1000));
+    assert_eq!(idle_within(3), ms(2000));
+    // Node's default.
+    assert_eq!(idle_within(5), ms(4000));
+    assert_eq!(idle_within(3600), Duration::from_secs(3599));
 }
