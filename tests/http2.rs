@@ -781,3 +781,31 @@ fn a_stream_ended_by_sluice_still_gets_its_usage_trailers() {
     let records = sluice.wait_ledger(1);
     assert_eq!(records[0]["outcome"], "idle_timeout");
 }
+
+/// An event-stream answer with no body (a 204 telling an EventSource to stop reconnecting)
+/// gets no body over HTTP/2. Before, Sluice sent its usage comment after the head as
+/// DATA on a 204, and the client reset the stream (PROTOCOL_ERROR).
+#[test]
+fn a_bodiless_event_stream_answer_ends_with_its_head() {
+    let upstream = Upstream::start(|_| {
+        vec![Step::Raw(
+            b"HTTP/1.1 204 No Content\r\ncontent-type: text/event-stream\r\n\r\n".to_vec(),
+        )]
+    });
+    let sluice = h2c_routed_to(&upstream, "    provider: anthropic\n", "");
+    runtime().block_on(async {
+        let client = h2_client(&sluice).await;
+        let mut client = client.ready().await.unwrap();
+        let (response, mut send) = client.send_request(request(false), false).unwrap();
+        send.send_data(
+            Bytes::from_static(br#"{"model":"claude","stream":true}"#),
+            true,
+        )
+        .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 204);
+        let mut body = response.into_body();
+        assert!(read_body(&mut body).await.is_empty(), "a 204 has no body");
+        assert!(body.trailers().await.is_ok());
+    });
+}

@@ -363,12 +363,21 @@ async fn open<'d>(
         );
         return Err(respond_error(down, ctx, &error).await);
     }
+    // An answer with no body by its status or the request's method (a 204 that tells an
+    // EventSource to stop reconnecting, a 304, a HEAD) is no stream, whatever its type: relayed
+    // as a plain answer, nothing (no usage comment) follows its head.
+    let status = upstream_head.status;
+    let bodiless = ctx.method == Some(http::Method::HEAD)
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
     let kind = StreamKind::of_content_type(
         upstream_head
             .fields
             .get(&http::header::CONTENT_TYPE)
             .unwrap_or_default(),
-    );
+    )
+    .filter(|_| !bodiless);
     let decoder = kind.and_then(|_| decoder_for(&upstream_head));
     let shape = match kind {
         Some(_) => ResponseShape::Stream,
