@@ -55,12 +55,12 @@ pub async fn relay(
     // Made once: it waits in a process-wide list, joined and left under a lock.
     let mut grace_over = std::pin::pin!(drain::grace_over());
     loop {
+        let mut linger_over = false;
         // A sized body that has fully arrived would otherwise wait for a read that never ends.
-        // `None`: the linger after the end marker is over.
         let chunk = if let Some(chunk) = deferred.take() {
-            Some(chunk)
+            chunk
         } else if up.body_done() {
-            Some(Ok(None))
+            Ok(None)
         } else {
             let read = up.read_body();
             tokio::pin!(read);
@@ -75,12 +75,16 @@ pub async fn relay(
                     _ = &mut grace_over => RelayEvent::GraceOver,
                 };
                 match event {
-                    RelayEvent::Chunk(chunk) => break Some(chunk),
+                    RelayEvent::Chunk(chunk) => break chunk,
                     RelayEvent::ClientGone => return StreamOutcome::ClientDisconnect,
                     RelayEvent::GraceOver => return StreamOutcome::Shutdown,
                     RelayEvent::Tick(RelayTick::IdleTimeout) => return StreamOutcome::IdleTimeout,
                     RelayEvent::Tick(RelayTick::MaxDuration) => return StreamOutcome::MaxDuration,
-                    RelayEvent::Tick(RelayTick::EndMarkerLinger) => break None,
+                    // The pending read holds the connection: the stream ends just below.
+                    RelayEvent::Tick(RelayTick::EndMarkerLinger) => {
+                        linger_over = true;
+                        break Ok(None);
+                    }
                     RelayEvent::Tick(RelayTick::Heartbeat) => {
                         // A half-sent upstream event postpones the heartbeat.
                         let at_boundary = match &watch {
@@ -104,9 +108,9 @@ pub async fn relay(
                 }
             }
         };
-        let Some(chunk) = chunk else {
+        if linger_over {
             return end_after_marker(up, ctx, "stayed open");
-        };
+        }
         let chunk = match chunk {
             Ok(Some(first)) => Ok(Some(take_ready(up, first, &mut deferred))),
             other => other,
@@ -130,13 +134,11 @@ pub async fn relay(
                     .observe(now.duration_since(previous).as_secs_f64());
             }
         }
-        let mut final_frame_full = false;
         let data = match &mut watch {
             BodyWatch::Events(inspector) if !data.is_empty() => {
                 let data = inspector.on_chunk(data);
                 if inspector.final_reached() {
                     clock.on_end_marker(now);
-                    final_frame_full = inspector.final_frame_full();
                 }
                 data
             }
@@ -150,8 +152,8 @@ pub async fn relay(
                 lines.on_sent(&data);
             }
             let mut written = std::pin::pin!(write(down, ctx, data));
-            let written = match written.as_mut().now_or_never() {
-                Some(written) => written,
+            let (written, linger_over) = match written.as_mut().now_or_never() {
+                Some(written) => (written, false),
                 // Boxed: only a client slower than its stream waits here, and every open
                 // stream's state would otherwise have room for this wait.
                 None => {
@@ -179,15 +181,15 @@ pub async fn relay(
             if written.is_err() {
                 return StreamOutcome::ClientDisconnect;
             }
+            if linger_over {
+                return end_after_marker(up, ctx, "stayed open");
+            }
         }
         if ended {
             return StreamOutcome::Completed;
         }
-        if final_frame_full {
+        if matches!(&watch, BodyWatch::Events(inspector) if inspector.final_frame_full()) {
             return end_after_marker(up, ctx, "went on sending");
-        }
-        if clock.linger_expired() {
-            return end_after_marker(up, ctx, "stayed open");
         }
     }
 }
@@ -208,21 +210,23 @@ fn end_after_marker(up: &mut UpstreamConn, ctx: &mut RequestCtx, what: &str) -> 
 /// end of a shutdown's grace period, the stream's `max_duration`, and `idle_timeout` with nothing
 /// taken (as long as an upstream silent that long is given) still end the stream, which frees
 /// its slot and its upstream (its usage record is written; the response, cut midway, gets
-/// nothing more). Heartbeats are not due while bytes wait to go.
+/// nothing more). Heartbeats are not due while bytes wait to go. With the write, whether the
+/// linger after the end marker came meanwhile (the stream ends once the write is done).
 async fn wait_for_client<W, G>(
     mut written: Pin<&mut W>,
     mut grace_over: Pin<&mut G>,
     timer: &mut RelayTimer,
     clock: &mut RelayClock,
-) -> Result<W::Output, StreamOutcome>
+) -> Result<(W::Output, bool), StreamOutcome>
 where
     W: std::future::Future,
     G: std::future::Future<Output = ()>,
 {
+    let mut linger_over = false;
     loop {
         let outcome = tokio::select! {
             biased;
-            written = written.as_mut() => return Ok(written),
+            written = written.as_mut() => return Ok((written, linger_over)),
             _ = grace_over.as_mut() => StreamOutcome::Shutdown,
             tick = timer.due(clock) => match tick {
                 RelayTick::Heartbeat => {
@@ -232,6 +236,7 @@ where
                 // Bytes of the stream are on their way: it ends once they are out.
                 RelayTick::EndMarkerLinger => {
                     clock.on_linger_over();
+                    linger_over = true;
                     continue;
                 }
                 RelayTick::IdleTimeout => StreamOutcome::IdleTimeout,

@@ -68,20 +68,10 @@ pub struct RelayClock {
     policy: RelayPolicy,
     started: Instant,
     last_upstream: Instant,
+    /// When the next heartbeat is due; after the provider's end marker (no heartbeats then,
+    /// `policy.heartbeat` is `None`), when the linger is over. One field for both: every open
+    /// stream has a clock.
     next_heartbeat: Option<Instant>,
-    linger: Linger,
-}
-
-/// The linger after the provider's end marker (an enum, not an `Option` and a flag: every open
-/// stream has a clock).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Linger {
-    /// No end marker yet.
-    Off,
-    /// The marker came; the upstream's body has until then to end.
-    Until(Instant),
-    /// Over while the stream could not end yet (a write to the client waited).
-    Over,
 }
 
 impl RelayClock {
@@ -96,12 +86,16 @@ impl RelayClock {
             started: now,
             last_upstream: now,
             next_heartbeat: policy.heartbeat.map(|h| now + h),
-            linger: Linger::Off,
         }
     }
 
     /// The earliest thing that will happen if the upstream stays silent.
     pub fn next_deadline(&self) -> Option<(Instant, RelayTick)> {
+        let next = if self.policy.heartbeat.is_some() {
+            RelayTick::Heartbeat
+        } else {
+            RelayTick::EndMarkerLinger
+        };
         let candidates = [
             self.policy
                 .max_duration
@@ -109,11 +103,7 @@ impl RelayClock {
             self.policy
                 .idle_timeout
                 .map(|d| (self.last_upstream + d, RelayTick::IdleTimeout)),
-            self.next_heartbeat.map(|t| (t, RelayTick::Heartbeat)),
-            match self.linger {
-                Linger::Until(t) => Some((t, RelayTick::EndMarkerLinger)),
-                Linger::Off | Linger::Over => None,
-            },
+            self.next_heartbeat.map(|t| (t, next)),
         ];
         candidates.into_iter().flatten().min_by_key(|(t, _)| *t)
     }
@@ -135,28 +125,25 @@ impl RelayClock {
     /// or not. Only the first call counts: an upstream that keeps sending cannot push it back.
     pub fn on_end_marker(&mut self, now: Instant) {
         if !self.end_marker_seen() {
-            self.linger = Linger::Until(now + END_MARKER_LINGER);
-            self.next_heartbeat = None;
+            self.policy.heartbeat = None;
+            self.next_heartbeat = Some(now + END_MARKER_LINGER);
         }
     }
 
+    /// Until the linger is over ([`Self::on_linger_over`]).
     pub fn end_marker_seen(&self) -> bool {
-        self.linger != Linger::Off
+        self.policy.heartbeat.is_none() && self.next_heartbeat.is_some()
     }
 
-    /// The linger came while the stream could not end yet (a write to the client waited): it
-    /// is no deadline any more, only a fact for when the write is done.
+    /// The linger came while the stream could not end yet (a write to the client waited): no
+    /// deadline any more; the caller ends the stream once the write is done.
     pub fn on_linger_over(&mut self) {
-        self.linger = Linger::Over;
-    }
-
-    pub fn linger_expired(&self) -> bool {
-        self.linger == Linger::Over
+        self.next_heartbeat = None;
     }
 
     fn schedule_heartbeat(&mut self, now: Instant) {
-        if !self.end_marker_seen() {
-            self.next_heartbeat = self.policy.heartbeat.map(|h| now + h);
+        if let Some(interval) = self.policy.heartbeat {
+            self.next_heartbeat = Some(now + interval);
         }
     }
 }
@@ -230,7 +217,6 @@ mod tests {
             Some((over, RelayTick::EndMarkerLinger))
         );
         clock.on_linger_over();
-        assert!(clock.linger_expired() && clock.end_marker_seen());
         assert_eq!(clock.next_deadline().unwrap().1, RelayTick::IdleTimeout);
         // A limit that comes first still comes first.
         let mut clock = RelayClock::new(policy(), t0, true);
