@@ -5,15 +5,20 @@
 
 use super::downstream::Downstream;
 use super::drain;
+use super::timer;
 use super::upstream::UpstreamConn;
 use super::RequestCtx;
 use crate::route::Route;
-use crate::sse::{LineBoundary, RelayClock, RelayTick, StreamOutcome, HEARTBEAT};
+use crate::sse::{
+    LineBoundary, RelayClock, RelayTick, StreamOutcome, END_MARKER_LINGER, HEARTBEAT,
+};
 use crate::telemetry::METRICS;
 use crate::usage::inspector::StreamInspector;
 use bytes::{Bytes, BytesMut};
+use futures_util::future::OptionFuture;
 use futures_util::FutureExt;
 use pingora::protocols::http::compression::ResponseCompressionCtx;
+use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -22,6 +27,8 @@ enum RelayEvent {
     Tick(RelayTick),
     ClientGone,
     GraceOver,
+    /// The upstream did not end its body within `END_MARKER_LINGER` of the end marker.
+    LingerOver,
 }
 
 /// What the relay watches in a body on its way to the client.
@@ -54,6 +61,10 @@ pub async fn relay(
     let mut timer = RelayTimer::new();
     // Made once: it waits in a process-wide list, joined and left under a lock.
     let mut grace_over = std::pin::pin!(drain::grace_over());
+    // Set once the provider's end marker has come. On Pingora's clock (arming it takes no
+    // system call): a tokio timer due sooner than the relay's own would wake the reactor, once
+    // for every stream's end.
+    let mut linger: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     loop {
         let mut linger_over = false;
         // A sized body that has fully arrived would otherwise wait for a read that never ends.
@@ -69,6 +80,10 @@ pub async fn relay(
             loop {
                 let event = tokio::select! {
                     biased;
+                    // First: an upstream that goes on sending after the marker is not waited for.
+                    Some(()) = OptionFuture::from(linger.as_mut()), if linger.is_some() => {
+                        RelayEvent::LingerOver
+                    }
                     chunk = &mut read => RelayEvent::Chunk(chunk),
                     tick = timer.due(&clock) => RelayEvent::Tick(tick),
                     _ = down.client_gone() => RelayEvent::ClientGone,
@@ -76,15 +91,15 @@ pub async fn relay(
                 };
                 match event {
                     RelayEvent::Chunk(chunk) => break chunk,
+                    // The pending read holds the connection: the stream ends just below.
+                    RelayEvent::LingerOver => {
+                        linger_over = true;
+                        break Ok(None);
+                    }
                     RelayEvent::ClientGone => return StreamOutcome::ClientDisconnect,
                     RelayEvent::GraceOver => return StreamOutcome::Shutdown,
                     RelayEvent::Tick(RelayTick::IdleTimeout) => return StreamOutcome::IdleTimeout,
                     RelayEvent::Tick(RelayTick::MaxDuration) => return StreamOutcome::MaxDuration,
-                    // The pending read holds the connection: the stream ends just below.
-                    RelayEvent::Tick(RelayTick::EndMarkerLinger) => {
-                        linger_over = true;
-                        break Ok(None);
-                    }
                     RelayEvent::Tick(RelayTick::Heartbeat) => {
                         // A half-sent upstream event postpones the heartbeat.
                         let at_boundary = match &watch {
@@ -137,8 +152,8 @@ pub async fn relay(
         let data = match &mut watch {
             BodyWatch::Events(inspector) if !data.is_empty() => {
                 let data = inspector.on_chunk(data);
-                if inspector.final_reached() {
-                    clock.on_end_marker(now);
+                if linger.is_none() && inspector.final_reached() {
+                    linger = Some(Box::pin(timer::sleep(END_MARKER_LINGER)));
                 }
                 data
             }
@@ -152,8 +167,8 @@ pub async fn relay(
                 lines.on_sent(&data);
             }
             let mut written = std::pin::pin!(write(down, ctx, data));
-            let (written, linger_over) = match written.as_mut().now_or_never() {
-                Some(written) => (written, false),
+            let written = match written.as_mut().now_or_never() {
+                Some(written) => written,
                 // Boxed: only a client slower than its stream waits here, and every open
                 // stream's state would otherwise have room for this wait.
                 None => {
@@ -181,9 +196,6 @@ pub async fn relay(
             if written.is_err() {
                 return StreamOutcome::ClientDisconnect;
             }
-            if linger_over {
-                return end_after_marker(up, ctx, "stayed open");
-            }
         }
         if ended {
             return StreamOutcome::Completed;
@@ -210,33 +222,25 @@ fn end_after_marker(up: &mut UpstreamConn, ctx: &mut RequestCtx, what: &str) -> 
 /// end of a shutdown's grace period, the stream's `max_duration`, and `idle_timeout` with nothing
 /// taken (as long as an upstream silent that long is given) still end the stream, which frees
 /// its slot and its upstream (its usage record is written; the response, cut midway, gets
-/// nothing more). Heartbeats are not due while bytes wait to go. With the write, whether the
-/// linger after the end marker came meanwhile (the stream ends once the write is done).
+/// nothing more). Heartbeats are not due while bytes wait to go.
 async fn wait_for_client<W, G>(
     mut written: Pin<&mut W>,
     mut grace_over: Pin<&mut G>,
     timer: &mut RelayTimer,
     clock: &mut RelayClock,
-) -> Result<(W::Output, bool), StreamOutcome>
+) -> Result<W::Output, StreamOutcome>
 where
     W: std::future::Future,
     G: std::future::Future<Output = ()>,
 {
-    let mut linger_over = false;
     loop {
         let outcome = tokio::select! {
             biased;
-            written = written.as_mut() => return Ok((written, linger_over)),
+            written = written.as_mut() => return Ok(written),
             _ = grace_over.as_mut() => StreamOutcome::Shutdown,
             tick = timer.due(clock) => match tick {
                 RelayTick::Heartbeat => {
                     clock.on_heartbeat_due(Instant::now());
-                    continue;
-                }
-                // Bytes of the stream are on their way: it ends once they are out.
-                RelayTick::EndMarkerLinger => {
-                    clock.on_linger_over();
-                    linger_over = true;
                     continue;
                 }
                 RelayTick::IdleTimeout => StreamOutcome::IdleTimeout,

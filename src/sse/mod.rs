@@ -8,4 +8,6 @@ mod relay_policy;
 
 pub use detect::{is_event_stream, request_wants_stream, LineBoundary, StreamKind, StreamMembers};
 pub use parser::{SseEvent, SseParser};
-pub use relay_policy::{RelayClock, RelayPolicy, RelayTick, StreamOutcome, HEARTBEAT};
+pub use relay_policy::{
+    RelayClock, RelayPolicy, RelayTick, StreamOutcome, END_MARKER_LINGER, HEARTBEAT,
+};

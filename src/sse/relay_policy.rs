@@ -25,8 +25,6 @@ pub enum RelayTick {
     Heartbeat,
     IdleTimeout,
     MaxDuration,
-    /// The upstream's body has not ended within [`END_MARKER_LINGER`] of its end marker.
-    EndMarkerLinger,
 }
 
 /// How a stream ended.
@@ -68,9 +66,6 @@ pub struct RelayClock {
     policy: RelayPolicy,
     started: Instant,
     last_upstream: Instant,
-    /// When the next heartbeat is due; after the provider's end marker (no heartbeats then,
-    /// `policy.heartbeat` is `None`), when the linger is over. One field for both: every open
-    /// stream has a clock.
     next_heartbeat: Option<Instant>,
 }
 
@@ -91,11 +86,6 @@ impl RelayClock {
 
     /// The earliest thing that will happen if the upstream stays silent.
     pub fn next_deadline(&self) -> Option<(Instant, RelayTick)> {
-        let next = if self.policy.heartbeat.is_some() {
-            RelayTick::Heartbeat
-        } else {
-            RelayTick::EndMarkerLinger
-        };
         let candidates = [
             self.policy
                 .max_duration
@@ -103,7 +93,7 @@ impl RelayClock {
             self.policy
                 .idle_timeout
                 .map(|d| (self.last_upstream + d, RelayTick::IdleTimeout)),
-            self.next_heartbeat.map(|t| (t, next)),
+            self.next_heartbeat.map(|t| (t, RelayTick::Heartbeat)),
         ];
         candidates.into_iter().flatten().min_by_key(|(t, _)| *t)
     }
@@ -111,40 +101,13 @@ impl RelayClock {
     /// Bytes arrived from upstream.
     pub fn on_upstream_bytes(&mut self, now: Instant) {
         self.last_upstream = now;
-        self.schedule_heartbeat(now);
+        self.next_heartbeat = self.policy.heartbeat.map(|h| now + h);
     }
 
     /// A heartbeat was sent, or was due while an upstream event was half-sent and so postponed:
     /// either way the next one is a full interval away.
     pub fn on_heartbeat_due(&mut self, now: Instant) {
-        self.schedule_heartbeat(now);
-    }
-
-    /// The provider's end-of-stream marker has arrived: no more heartbeats (the stream is over
-    /// for the client), and the upstream's body has [`END_MARKER_LINGER`] from now to end, bytes
-    /// or not. Only the first call counts: an upstream that keeps sending cannot push it back.
-    pub fn on_end_marker(&mut self, now: Instant) {
-        if !self.end_marker_seen() {
-            self.policy.heartbeat = None;
-            self.next_heartbeat = Some(now + END_MARKER_LINGER);
-        }
-    }
-
-    /// Until the linger is over ([`Self::on_linger_over`]).
-    pub fn end_marker_seen(&self) -> bool {
-        self.policy.heartbeat.is_none() && self.next_heartbeat.is_some()
-    }
-
-    /// The linger came while the stream could not end yet (a write to the client waited): no
-    /// deadline any more; the caller ends the stream once the write is done.
-    pub fn on_linger_over(&mut self) {
-        self.next_heartbeat = None;
-    }
-
-    fn schedule_heartbeat(&mut self, now: Instant) {
-        if let Some(interval) = self.policy.heartbeat {
-            self.next_heartbeat = Some(now + interval);
-        }
+        self.next_heartbeat = self.policy.heartbeat.map(|h| now + h);
     }
 }
 
@@ -195,34 +158,6 @@ mod tests {
             clock.next_deadline(),
             Some((t0 + Duration::from_secs(15), RelayTick::Heartbeat))
         );
-    }
-
-    #[test]
-    fn after_the_end_marker_only_the_linger_and_the_limits_are_left() {
-        let t0 = Instant::now();
-        let mut clock = RelayClock::new(policy(), t0, true);
-        clock.on_end_marker(t0 + Duration::from_secs(2));
-        assert!(clock.end_marker_seen());
-        let over = t0 + Duration::from_secs(2) + END_MARKER_LINGER;
-        assert_eq!(
-            clock.next_deadline(),
-            Some((over, RelayTick::EndMarkerLinger))
-        );
-        // Bytes after the marker neither bring heartbeats back nor push the linger's end.
-        clock.on_upstream_bytes(t0 + Duration::from_millis(2_500));
-        clock.on_end_marker(t0 + Duration::from_millis(2_600));
-        clock.on_heartbeat_due(t0 + Duration::from_millis(2_700));
-        assert_eq!(
-            clock.next_deadline(),
-            Some((over, RelayTick::EndMarkerLinger))
-        );
-        clock.on_linger_over();
-        assert_eq!(clock.next_deadline().unwrap().1, RelayTick::IdleTimeout);
-        // A limit that comes first still comes first.
-        let mut clock = RelayClock::new(policy(), t0, true);
-        clock.on_upstream_bytes(t0 + Duration::from_millis(99_500));
-        clock.on_end_marker(t0 + Duration::from_millis(99_500));
-        assert_eq!(clock.next_deadline().unwrap().1, RelayTick::MaxDuration);
     }
 
     #[test]
