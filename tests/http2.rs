@@ -809,3 +809,35 @@ fn a_bodiless_event_stream_answer_ends_with_its_head() {
         assert!(body.trailers().await.is_ok());
     });
 }
+
+/// Over HTTP/2 a request has at most 256 header fields, as over HTTP/1.1 (where Pingora's reader
+/// refuses more): a JSON 400, and nothing of it upstream. Before, 1,000 fields went upstream.
+#[test]
+fn a_request_with_too_many_header_fields_is_refused_over_http2() {
+    let upstream = anthropic_upstream();
+    let sluice = h2c_routed_to(&upstream, "    provider: anthropic\n", "");
+    runtime().block_on(async {
+        let client = h2_client(&sluice).await;
+        // (The test upstream reads heads of at most 64 fields.)
+        for (fields, expected) in [(40, 200), (257, 400), (1_000, 400)] {
+            let mut client = client.clone().ready().await.unwrap();
+            let mut request = request(false);
+            for i in 0..fields {
+                request.headers_mut().insert(
+                    format!("x-f{i}").parse::<http::HeaderName>().unwrap(),
+                    "1".parse().unwrap(),
+                );
+            }
+            let (response, mut send) = client.send_request(request, false).unwrap();
+            send.send_data(Bytes::from_static(br#"{"stream":true}"#), true)
+                .unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), expected, "{fields} fields");
+            let text = String::from_utf8(read_body(&mut response.into_body()).await).unwrap();
+            if expected == 400 {
+                assert!(text.contains("header fields"), "{text}");
+            }
+        }
+    });
+    assert_eq!(upstream.requests().len(), 1);
+}

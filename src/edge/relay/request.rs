@@ -17,6 +17,9 @@ use std::time::Duration;
 /// uninspected.
 pub const INSPECT_BODY_LIMIT: usize = 1024 * 1024;
 
+/// Most header fields a request may have: Pingora's HTTP/1.1 limit, kept over HTTP/2.
+const MAX_REQUEST_FIELDS: usize = 256;
+
 /// The refusals that need only the request head: `431`, `400`, `501`, `413`.
 pub fn check_head(route: &Route, down: &ServerSession) -> Result<(), ProxyError> {
     let req = down.req_header();
@@ -28,6 +31,14 @@ pub fn check_head(route: &Route, down: &ServerSession) -> Result<(), ProxyError>
                 "the request head is {size} bytes, over this server's limit of {} bytes",
                 route.max_request_header
             ),
+        ));
+    }
+    // Pingora's HTTP/1.1 reader refuses a head of more fields while reading it; HTTP/2 has no
+    // such bound of its own, so a client could send thousands of small fields upstream.
+    if down.is_http2() && req.headers.len() > MAX_REQUEST_FIELDS {
+        return Err(ProxyError::new(
+            ProxyErrorKind::BadRequest,
+            format!("the request has over {MAX_REQUEST_FIELDS} header fields"),
         ));
     }
     if let Some(why) = unsafe_path(req.uri.path()) {
