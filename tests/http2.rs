@@ -841,3 +841,41 @@ fn a_request_with_too_many_header_fields_is_refused_over_http2() {
     });
     assert_eq!(upstream.requests().len(), 1);
 }
+
+/// An HTTP/2 client that resets its stream in the middle of the request body has left: the
+/// access log says `client_disconnect`, as for an HTTP/1.1 client that closes mid-body. Before,
+/// it was a `400` "the request body could not be read".
+#[test]
+fn a_client_that_resets_mid_body_is_logged_as_gone() {
+    let upstream = anthropic_upstream();
+    let dir = support::TempDir::new();
+    let stdout = dir.path.join("access.log");
+    let sluice = Sluice::start_h2c_with_output(
+        &format!(
+            "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: anthropic\n",
+            upstream.url()
+        ),
+        std::process::Stdio::from(std::fs::File::create(&stdout).unwrap()),
+    );
+    runtime().block_on(async {
+        let client = h2_client(&sluice).await;
+        let mut client = client.ready().await.unwrap();
+        let (_response, mut send) = client.send_request(request(false), false).unwrap();
+        send.send_data(Bytes::from_static(br#"{"model":"claude","#), false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send.send_reset(h2::Reason::CANCEL);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = std::fs::read_to_string(&stdout).unwrap_or_default();
+        if let Some(line) = log.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no access-log line");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(line["outcome"], "client_disconnect", "{line}");
+    assert!(upstream.requests().is_empty());
+}

@@ -125,6 +125,15 @@ pub async fn handle(
 /// The answer to a request whose body did not get upstream whole. `upstream_has_part`: some of
 /// it was sent, so the connection is closed whatever happens here (dropping the upstream
 /// connection, the caller's part, aborts the request there).
+/// Whether a request body failed because its client went away: its HTTP/1.1 connection closed,
+/// or its HTTP/2 stream was reset (or its connection lost) by the client.
+fn client_left(e: &pingora::Error) -> bool {
+    matches!(e.etype(), pingora::ErrorType::ConnectionClosed)
+        || e.root_cause()
+            .downcast_ref::<h2::Error>()
+            .is_some_and(|h2| h2.is_reset() || h2.is_io() || h2.is_go_away())
+}
+
 async fn body_error(
     down: &mut ServerSession,
     ctx: &mut RequestCtx,
@@ -164,7 +173,7 @@ async fn body_error(
             down.set_keepalive(None);
             // A client that closed its connection mid-body left: the access log (and a stream
             // request's usage record) says so, beside the 400 nobody reads.
-            if matches!(e.etype(), pingora::ErrorType::ConnectionClosed) {
+            if client_left(&e) {
                 ctx.outcome = Some(StreamOutcome::ClientDisconnect);
             }
             let error =

@@ -45,10 +45,15 @@ impl Sluice {
 
     /// Like [`Sluice::start`], with HTTP/2 cleartext (prior knowledge) on the listener.
     pub fn start_h2c(routes_and_upstreams: &str) -> Sluice {
+        Sluice::start_h2c_with_output(routes_and_upstreams, Stdio::null())
+    }
+
+    /// Like [`Sluice::start_h2c`], with stdout (the access log) going where given.
+    pub fn start_h2c_with_output(routes_and_upstreams: &str, stdout: Stdio) -> Sluice {
         Sluice::start_with_listener(
             "    h2c: true\n",
             routes_and_upstreams,
-            Stdio::null(),
+            stdout,
             Stdio::null(),
             &[],
         )
