@@ -45,6 +45,21 @@ fn anthropic_upstream() -> Upstream {
     })
 }
 
+/// Sends `request` with a stream request's body on a stream of its own; its response.
+async fn stream_request(
+    client: &h2::client::SendRequest<Bytes>,
+    request: http::Request<()>,
+) -> http::Response<h2::RecvStream> {
+    let mut client = client.clone().ready().await.unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(
+        Bytes::from_static(br#"{"model":"claude","stream":true}"#),
+        true,
+    )
+    .unwrap();
+    response.await.unwrap()
+}
+
 fn request(te_trailers: bool) -> http::Request<()> {
     let mut builder = http::Request::post("http://sluice.test/v1/messages")
         .header("content-type", "application/json");
@@ -758,14 +773,7 @@ fn a_stream_ended_by_sluice_still_gets_its_usage_trailers() {
     );
     runtime().block_on(async {
         let client = h2_client(&sluice).await;
-        let mut client = client.ready().await.unwrap();
-        let (response, mut send) = client.send_request(request(true), false).unwrap();
-        send.send_data(
-            Bytes::from_static(br#"{"model":"claude","stream":true}"#),
-            true,
-        )
-        .unwrap();
-        let response = response.await.unwrap();
+        let response = stream_request(&client, request(true)).await;
         assert_eq!(response.status(), 200);
         let mut body = response.into_body();
         let text = String::from_utf8(read_body(&mut body).await).unwrap();
@@ -795,14 +803,7 @@ fn a_bodiless_event_stream_answer_ends_with_its_head() {
     let sluice = h2c_routed_to(&upstream, "    provider: anthropic\n", "");
     runtime().block_on(async {
         let client = h2_client(&sluice).await;
-        let mut client = client.ready().await.unwrap();
-        let (response, mut send) = client.send_request(request(false), false).unwrap();
-        send.send_data(
-            Bytes::from_static(br#"{"model":"claude","stream":true}"#),
-            true,
-        )
-        .unwrap();
-        let response = response.await.unwrap();
+        let response = stream_request(&client, request(false)).await;
         assert_eq!(response.status(), 204);
         let mut body = response.into_body();
         assert!(read_body(&mut body).await.is_empty(), "a 204 has no body");
@@ -820,7 +821,6 @@ fn a_request_with_too_many_header_fields_is_refused_over_http2() {
         let client = h2_client(&sluice).await;
         // (The test upstream reads heads of at most 64 fields.)
         for (fields, expected) in [(40, 200), (257, 400), (1_000, 400)] {
-            let mut client = client.clone().ready().await.unwrap();
             let mut request = request(false);
             for i in 0..fields {
                 request.headers_mut().insert(
@@ -828,10 +828,7 @@ fn a_request_with_too_many_header_fields_is_refused_over_http2() {
                     "1".parse().unwrap(),
                 );
             }
-            let (response, mut send) = client.send_request(request, false).unwrap();
-            send.send_data(Bytes::from_static(br#"{"stream":true}"#), true)
-                .unwrap();
-            let response = response.await.unwrap();
+            let response = stream_request(&client, request).await;
             assert_eq!(response.status(), expected, "{fields} fields");
             let text = String::from_utf8(read_body(&mut response.into_body()).await).unwrap();
             if expected == 400 {

@@ -199,10 +199,15 @@ mod tests {
     const DONE: &str = "data: [DONE]\n\n";
 
     fn inspector(strip: bool, hold: bool) -> StreamInspector {
+        inspector_limited(1 << 20, strip, hold)
+    }
+
+    /// An OpenAI chat inspector reading events of at most `max_event_size` bytes.
+    fn inspector_limited(max_event_size: usize, strip: bool, hold: bool) -> StreamInspector {
         StreamInspector::new(
             extractor_for(StreamFormat::OpenaiChat),
             InspectorOptions {
-                max_event_size: 1 << 20,
+                max_event_size,
                 strip_usage_chunk: strip,
                 hold_final_frame: hold,
             },
@@ -228,14 +233,7 @@ mod tests {
 
     #[test]
     fn the_final_frame_is_full_past_the_event_size_limit() {
-        let mut holding = StreamInspector::new(
-            extractor_for(StreamFormat::OpenaiChat),
-            InspectorOptions {
-                max_event_size: 64,
-                strip_usage_chunk: false,
-                hold_final_frame: true,
-            },
-        );
+        let mut holding = inspector_limited(64, false, true);
         assert_eq!(holding.on_chunk(Bytes::from(CHUNK)), CHUNK);
         assert!(holding.on_chunk(Bytes::from(DONE)).is_empty());
         assert!(!holding.final_frame_full());
@@ -299,14 +297,7 @@ mod tests {
 
     #[test]
     fn strip_mode_holds_no_more_of_an_oversized_event_than_the_limit() {
-        let mut i = StreamInspector::new(
-            extractor_for(StreamFormat::OpenaiChat),
-            InspectorOptions {
-                max_event_size: 1024,
-                strip_usage_chunk: true,
-                hold_final_frame: false,
-            },
-        );
+        let mut i = inspector_limited(1024, true, false);
         let big = format!("data: {}\n\n", "x".repeat(64 * 1024));
         let stream = format!("{CHUNK}{big}{USAGE}{DONE}");
         let mut sent = Vec::new();

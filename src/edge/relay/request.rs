@@ -154,34 +154,11 @@ pub fn head_size(req: &RequestHeader) -> usize {
 /// raw `\` is read as a separator. An upstream that resolves such a path could serve something
 /// outside the route's prefix or the upstream's base path.
 pub fn unsafe_path(path: &str) -> Option<&'static str> {
-    let bytes = path.as_bytes();
-    let mut normalized = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let byte = match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) if matches!(high << 4 | low, b'.' | b'/' | b'\\') => {
-                    let decoded = high << 4 | low;
-                    i += 3;
-                    normalized.push(if decoded == b'.' { b'.' } else { b'/' });
-                    continue;
-                }
-                _ => b'%',
-            },
-            b'\\' => b'/',
-            other => other,
-        };
-        normalized.push(byte);
-        i += 1;
-    }
-    normalized
-        .split(|&b| b == b'/')
-        .any(|segment| segment == b"." || segment == b"..")
+    // As the upstream resolves the path (`%2e`, `%2f`, `%5c` decoded), with `\` as a separator.
+    crate::route::match_path(path)
+        .split(['/', '\\'])
+        .any(|segment| segment == "." || segment == "..")
         .then_some("it has a `.` or `..` segment (plain or percent-encoded)")
-}
-
-fn hex(digit: u8) -> Option<u8> {
-    (digit as char).to_digit(16).map(|d| d as u8)
 }
 
 fn declared_length(req: &RequestHeader) -> Option<u64> {

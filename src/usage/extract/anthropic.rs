@@ -274,18 +274,10 @@ mod tests {
 
     #[test]
     fn any_output_figure_that_is_not_a_count_is_unknown() {
-        for bad in [
-            "-5",
-            "12.0",
-            "1e3",
-            "18446744073709551616",
-            "99999999999999999999999",
-            r#""15""#,
-            "null",
-            "true",
-            "[15]",
-            r#"{"n":15}"#,
-        ] {
+        for bad in crate::usage::extract::common::NOT_COUNTS
+            .iter()
+            .chain(&["null"])
+        {
             let delta = format!(
                 r#"{{"type":"message_delta","delta":{{"stop_reason":"end_turn"}},"usage":{{"output_tokens":{bad}}}}}"#
             );

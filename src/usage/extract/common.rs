@@ -79,6 +79,24 @@ impl Count {
     }
 }
 
+/// Figures that are not counts, as providers have been seen or could be expected to send them:
+/// the extractors' tests put each where a count goes.
+#[cfg(test)]
+pub(crate) const NOT_COUNTS: &[&str] = &[
+    "-5",
+    "12.0",
+    "1e3",
+    "7.5e1",
+    "18446744073709551616",
+    "99999999999999999999999",
+    r#""15""#,
+    "true",
+    "false",
+    "[15]",
+    r#"{"n":15}"#,
+    "{}",
+];
+
 /// The sum of the counts that are stated; `None` when none is, when one is unreadable (a part
 /// is unknown, so the sum is too) or when the sum overflows.
 pub(crate) fn sum_counts<const N: usize>(parts: [Count; N]) -> Option<u64> {

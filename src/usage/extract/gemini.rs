@@ -226,16 +226,7 @@ mod tests {
 
     #[test]
     fn a_figure_that_is_not_a_count_is_unknown_and_the_others_are_kept() {
-        for bad in [
-            "-8",
-            "8.0",
-            "8e0",
-            "4294967296000000000000",
-            r#""8""#,
-            "true",
-            "[8]",
-            r#"{"n":8}"#,
-        ] {
+        for bad in crate::usage::extract::common::NOT_COUNTS {
             let facts = finished_with(&format!(
                 r#"{{"promptTokenCount": {bad},"cachedContentTokenCount": {bad},"candidatesTokenCount": 5,"thoughtsTokenCount": 2,"totalTokenCount": {bad}}}"#
             ));

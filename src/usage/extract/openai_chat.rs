@@ -282,16 +282,7 @@ mod tests {
 
     #[test]
     fn a_figure_that_is_not_a_count_is_unknown_and_the_others_are_kept() {
-        for bad in [
-            "-1",
-            "12.0",
-            "1e3",
-            "18446744073709551616",
-            r#""12""#,
-            "true",
-            "[12]",
-            r#"{"n":12}"#,
-        ] {
+        for bad in crate::usage::extract::common::NOT_COUNTS {
             let chunk = format!(
                 r#"{{"choices":[],"usage":{{"prompt_tokens":{bad},"completion_tokens":7,"prompt_tokens_details":{{"cached_tokens":{bad}}},"completion_tokens_details":{{"reasoning_tokens":2}}}}}}"#
             );

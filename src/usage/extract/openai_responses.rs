@@ -202,16 +202,7 @@ mod tests {
 
     #[test]
     fn a_figure_that_is_not_a_count_is_unknown_and_the_others_are_kept() {
-        for bad in [
-            "-75",
-            "75.0",
-            "7.5e1",
-            "18446744073709551616",
-            r#""75""#,
-            "false",
-            "[75]",
-            "{}",
-        ] {
+        for bad in crate::usage::extract::common::NOT_COUNTS {
             let facts = completed(&format!(
                 r#"{{"input_tokens":{bad},"input_tokens_details":{{"cached_tokens":{bad}}},"output_tokens":20,"output_tokens_details":{{"reasoning_tokens":4}},"total_tokens":{bad}}}"#
             ));
