@@ -330,7 +330,7 @@ pub fn client_response(
     // it ends without losing its connection.
     let framed = upstream_fields.contains(&header::CONTENT_LENGTH)
         || upstream_fields.contains(&header::TRANSFER_ENCODING);
-    let has_body = !(status.as_u16() < 200 || status == 204 || status == 304);
+    let has_body = crate::http1::status_has_body(status);
     // A `Content-Length` beside `Transfer-Encoding` is not the body's length (RFC 9112 §6.3),
     // and a next hop that went by it would split the response; a 1xx or 204 has no body to
     // measure (RFC 9110 §8.6).

@@ -375,11 +375,8 @@ async fn open<'d>(
     // An answer with no body by its status or the request's method (a 204 that tells an
     // EventSource to stop reconnecting, a 304, a HEAD) is no stream, whatever its type: relayed
     // as a plain answer, nothing (no usage comment) follows its head.
-    let status = upstream_head.status;
     let bodiless = ctx.method == Some(http::Method::HEAD)
-        || status.is_informational()
-        || status == http::StatusCode::NO_CONTENT
-        || status == http::StatusCode::NOT_MODIFIED;
+        || !crate::http1::status_has_body(upstream_head.status);
     let kind = StreamKind::of_content_type(
         upstream_head
             .fields

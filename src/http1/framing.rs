@@ -21,6 +21,14 @@ pub enum BodyFraming {
     UntilClose,
 }
 
+/// Whether a response with this status can have a body at all (RFC 9110 §6.4.1: never a 1xx,
+/// 204 or 304, whatever its fields say).
+pub fn status_has_body(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
 /// Decides the body framing, in the order RFC 9112 §6.3 gives.
 ///
 /// When both `Transfer-Encoding` and `Content-Length` are present the former wins, as the RFC
@@ -32,12 +40,7 @@ pub fn response_framing(
     head: &ResponseHead,
     request_was_head: bool,
 ) -> Result<BodyFraming, Http1Error> {
-    let status = head.status;
-    if request_was_head
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if request_was_head || !status_has_body(head.status) {
         return Ok(BodyFraming::Empty);
     }
     if head.fields.contains(&TRANSFER_ENCODING) {
