@@ -617,3 +617,22 @@ fn pooled_connections_wait_less_than_the_upstreams_keep_alive_timeout() {
     assert_eq!(client.get("/node").status, 200);
     assert_eq!(connections(), 3, "reused after max=1");
 }
+
+/// An upstream named by a host name is looked up once and its connections pooled as any other:
+/// requests on fresh and pooled connections reach it.
+#[test]
+fn an_upstream_named_by_a_host_name_is_reached() {
+    let upstream = Upstream::start(|_| vec![Step::sized(200, "application/json", b"{}")]);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: http://localhost:{}\nroutes:\n  - path_prefix: /\n    upstream: up\n",
+        upstream.addr.port()
+    ));
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(sluice.addr)).collect();
+    for round in 0..3 {
+        for client in &mut clients {
+            let response = client.get("/v1/models");
+            assert_eq!(response.status, 200, "round {round}: {}", response.text());
+        }
+    }
+    assert!(upstream.log.lock().unwrap().connections <= 3);
+}

@@ -180,6 +180,10 @@ pub struct Upstream {
     /// How long an idle pooled connection is kept.
     #[serde(default = "default_pool_idle_timeout", with = "duration")]
     pub pool_idle_timeout: Duration,
+    /// How long a host name's addresses are used before they are looked up again (in the
+    /// background; the old ones serve meanwhile).
+    #[serde(default = "default_dns_refresh", with = "duration")]
+    pub dns_refresh: Duration,
     /// Verify the upstream's TLS certificate (https only). Turning it off is explicit.
     #[serde(default = "default_true")]
     pub tls_verify: bool,
@@ -259,6 +263,9 @@ fn default_tls_handshake_timeout() -> Duration {
 }
 fn default_pool_idle_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_idle_timeout() -> Option<Duration> {
     Some(Duration::from_secs(60))

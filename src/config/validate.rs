@@ -125,6 +125,9 @@ fn validate_upstream_tls(
     if upstream.tls_handshake_timeout.is_zero() {
         return Err(invalid(key("tls_handshake_timeout"), "must be more than 0"));
     }
+    if upstream.dns_refresh < Duration::from_secs(1) {
+        return Err(invalid(key("dns_refresh"), "must be at least 1s"));
+    }
     if let Some(sni) = &upstream.sni {
         tls::check_upstream_sni(sni).map_err(|m| invalid(key("sni"), m))?;
     }
@@ -412,6 +415,15 @@ mod tests {
         );
         let err = error_of("listen:\n  - addr: 127.0.0.1:8080\nserver:\n  threads: 0\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(err.contains("(line 4)"), "{err}");
+    }
+
+    #[test]
+    fn a_dns_refresh_under_a_second_is_named() {
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nupstreams:\n  u:\n    url: http://api.example\n    dns_refresh: 100ms\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(
+            err.contains("upstreams.u.dns_refresh") && err.contains("at least 1s"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -664,6 +664,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             tls_handshake_timeout: Duration::from_secs(1),
             pool_idle_timeout: Duration::from_secs(1),
+            dns_refresh: Duration::from_secs(30),
             tls_verify: true,
             ca_file: None,
             sni: "api.example.com".into(),

@@ -25,6 +25,8 @@ pub struct UpstreamSpec {
     /// TLS handshake (https), after the TCP connect.
     pub tls_handshake_timeout: std::time::Duration,
     pub pool_idle_timeout: std::time::Duration,
+    /// How long a host name's addresses are kept before they are looked up again.
+    pub dns_refresh: std::time::Duration,
     pub tls_verify: bool,
     /// CA bundle to verify an https upstream with; `None`: the system roots.
     pub ca_file: Option<PathBuf>,
@@ -88,6 +90,7 @@ impl Router {
                     connect_timeout: u.connect_timeout,
                     tls_handshake_timeout: u.tls_handshake_timeout,
                     pool_idle_timeout: u.pool_idle_timeout,
+                    dns_refresh: u.dns_refresh,
                     tls_verify: u.tls_verify,
                     ca_file: u.ca_file.clone(),
                     sni: u.sni.clone().unwrap_or_else(|| target.host.clone()),

@@ -7,6 +7,7 @@
 //! TLS, by prior knowledge over cleartext), and pooled HTTP/2 connections carry many streams.
 
 mod conn;
+mod dns;
 mod h1;
 #[cfg(test)]
 #[path = "tests.rs"]
@@ -53,6 +54,9 @@ pub struct Upstreams {
     demo_addr: Option<SocketAddr>,
     /// Connection settings per upstream name, built once.
     peers: HashMap<String, PeerTemplate>,
+    /// The addresses of each upstream named by a host name, per upstream name.
+    hosts: HashMap<String, Arc<dns::HostAddrs>>,
+    lookup: dns::Lookup,
 }
 
 /// Everything about a peer but its address.
@@ -114,7 +118,19 @@ impl Upstreams {
             .then(|| ca_from_der(&webpki_root_certs::TLS_SERVER_ROOT_CERTS[..1], false))
             .transpose()?;
         let mut peers = HashMap::new();
+        let mut hosts = HashMap::new();
+        let lookup = dns::system_lookup();
         for spec in specs {
+            let target = &spec.target;
+            if target.scheme != Scheme::Demo && target.host.parse::<std::net::IpAddr>().is_err() {
+                let host = dns::HostAddrs::new(
+                    &target.host,
+                    target.port,
+                    spec.dns_refresh,
+                    lookup.clone(),
+                );
+                hosts.insert(spec.name.clone(), host);
+            }
             let ca = match (&spec.ca_file, spec.target.is_tls(), spec.tls_verify) {
                 (_, false, _) => None,
                 (Some(path), true, true) => {
@@ -138,47 +154,60 @@ impl Upstreams {
             connector,
             demo_addr,
             peers,
+            hosts,
+            lookup,
         })
     }
 
-    async fn resolve(&self, spec: &UpstreamSpec) -> Result<SocketAddr, ProxyError> {
+    /// The addresses a new connection to `spec` tries, in order.
+    async fn addresses(&self, spec: &UpstreamSpec) -> Result<Addresses, ProxyError> {
         let target = &spec.target;
         if target.scheme == Scheme::Demo {
-            return self.demo_addr.ok_or_else(|| {
+            let demo = self.demo_addr.ok_or_else(|| {
                 ProxyError::new(
                     ProxyErrorKind::UpstreamUnavailable,
                     "demo upstream not running",
                 )
-            });
+            })?;
+            return Ok(Addresses::fixed(demo));
         }
         if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
-            return Ok(SocketAddr::new(ip, target.port));
+            return Ok(Addresses::fixed(SocketAddr::new(ip, target.port)));
         }
-        let unavailable = |detail: String| {
-            ProxyError::new(
+        // Every upstream `new` saw has its entry; any other is looked up for this connection.
+        let host = match self.hosts.get(&spec.name) {
+            Some(host) => host.clone(),
+            None => dns::HostAddrs::new(
+                &target.host,
+                target.port,
+                spec.dns_refresh,
+                self.lookup.clone(),
+            ),
+        };
+        match host.candidates().await {
+            Ok(addrs) => Ok(Addresses {
+                addrs,
+                host: Some(host),
+            }),
+            Err(detail) => Err(ProxyError::new(
                 ProxyErrorKind::UpstreamUnavailable,
                 format!(
                     "cannot resolve upstream {} ({}): {detail}",
                     spec.name, target.host
                 ),
-            )
-        };
-        tokio::net::lookup_host((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .next()
-            .ok_or_else(|| unavailable("no address".into()))
+            )),
+        }
     }
 
     /// A connection to the upstream, reused from the pool when one is idle there (or, over
     /// HTTP/2, when a pooled connection has a free stream). A WebSocket handshake always gets
-    /// an HTTP/1.1 connection, also from an `http2: true` upstream.
+    /// an HTTP/1.1 connection, also from an `http2: true` upstream. A new connection tries the
+    /// upstream's addresses in turn until one connects (`dns.rs`).
     pub async fn connect(
         &self,
         spec: &UpstreamSpec,
         websocket: bool,
     ) -> Result<UpstreamConn, ProxyError> {
-        let addr = self.resolve(spec).await?;
         let made;
         let template = match self.peers.get(&spec.name) {
             Some(template) => template,
@@ -187,8 +216,19 @@ impl Upstreams {
                 &made
             }
         };
-        // Made only when Pingora connects: a pooled HTTP/1.1 connection needs no peer.
-        let peer = |alpn: Option<ALPN>| {
+        let pool_key = template.group_key;
+        let http2 = self.connector.is_some() && spec.http2 && !websocket;
+        if !http2 {
+            if let Some(stream) = self.pool.take(pool_key) {
+                return Ok(UpstreamConn::H1 {
+                    conn: H1Connection::new(stream),
+                    pool_key,
+                });
+            }
+        }
+        let addresses = self.addresses(spec).await?;
+        // Made only when Pingora connects: Sluice makes plain TCP connections itself.
+        let peer = |addr: SocketAddr, alpn: Option<ALPN>| {
             let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.sni.clone());
             peer.group_key = template.group_key;
             peer.options = template.options.clone();
@@ -197,42 +237,65 @@ impl Upstreams {
             }
             peer
         };
-        let pool_key = pool_key(template, addr);
-        let failed = |e: Box<Error>| {
-            METRICS.upstream_failed(&spec.name, "connect");
-            ProxyError::new(
-                ProxyErrorKind::UpstreamUnavailable,
-                format!("cannot connect to upstream {}: {}", spec.name, describe(&e)),
-            )
-        };
-        // `connector` exists whenever an upstream has `http2` (`new` saw every route's).
-        if let Some(connector) = self.connector.as_ref().filter(|_| spec.http2 && !websocket) {
-            let peer = peer(None);
-            // Boxed: Pingora's connect future is large (about 9 KiB) and would otherwise be
-            // part of every request's future for the whole life of its stream.
-            return match Box::pin(connector.get_http_session(&peer)).await {
-                Ok((session, _reused)) => Ok(UpstreamConn::Pingora(Box::new(PingoraConn {
-                    session,
-                    peer,
-                    reusable: true,
-                }))),
-                Err(e) => Err(failed(e)),
+        let mut last_error = None;
+        for &addr in &addresses.addrs {
+            let connected = if let Some(connector) = self.connector.as_ref().filter(|_| http2) {
+                let peer = peer(addr, None);
+                // Boxed: Pingora's connect future is large (about 9 KiB) and would otherwise be
+                // part of every request's future for the whole life of its stream.
+                Box::pin(connector.get_http_session(&peer))
+                    .await
+                    .map(|(session, _reused)| {
+                        UpstreamConn::Pingora(Box::new(PingoraConn {
+                            session,
+                            peer,
+                            reusable: true,
+                        }))
+                    })
+            } else {
+                // Plain TCP is Sluice's own socket type (`tcp.rs`); TLS is Pingora's.
+                let stream = if spec.target.is_tls() {
+                    Box::pin(self.transport.new_stream(&peer(addr, Some(ALPN::H1)))).await
+                } else {
+                    super::tcp::connect(addr, spec.connect_timeout).await
+                };
+                stream.map(|stream| UpstreamConn::H1 {
+                    conn: H1Connection::new(stream),
+                    pool_key,
+                })
             };
+            match connected {
+                Ok(conn) => {
+                    addresses.connected(addr);
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    addresses.connect_failed(addr);
+                    if addresses.addrs.len() > 1 {
+                        log::warn!(
+                            "upstream {}: cannot connect to {addr}: {}",
+                            spec.name,
+                            describe(&e)
+                        );
+                    }
+                    last_error = Some(e);
+                }
+            }
         }
-        let stream = match self.pool.take(pool_key) {
-            Some(stream) => stream,
-            // Plain TCP is Sluice's own socket type (`tcp.rs`); TLS is Pingora's.
-            None if !spec.target.is_tls() => super::tcp::connect(addr, spec.connect_timeout)
-                .await
-                .map_err(failed)?,
-            None => Box::pin(self.transport.new_stream(&peer(Some(ALPN::H1))))
-                .await
-                .map_err(failed)?,
+        METRICS.upstream_failed(&spec.name, "connect");
+        let e = last_error.expect("there is always an address to try");
+        let tried = match addresses.addrs.len() {
+            1 => String::new(),
+            n => format!(" ({n} addresses tried)"),
         };
-        Ok(UpstreamConn::H1 {
-            conn: H1Connection::new(stream),
-            pool_key,
-        })
+        Err(ProxyError::new(
+            ProxyErrorKind::UpstreamUnavailable,
+            format!(
+                "cannot connect to upstream {}{tried}: {}",
+                spec.name,
+                describe(&e)
+            ),
+        ))
     }
 
     /// Returns a connection whose response ended properly to the pool, for `idle` at most (less
@@ -345,13 +408,31 @@ impl pingora::services::background::BackgroundService for PoolSweeper {
     }
 }
 
-/// Connections are shared only within one upstream (its TLS settings and timeouts) and one
-/// address.
-fn pool_key(template: &PeerTemplate, addr: SocketAddr) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    template.group_key.hash(&mut hasher);
-    addr.hash(&mut hasher);
-    hasher.finish()
+/// What a new connection tries, and where to tell how each try went (none for an IP address).
+struct Addresses {
+    addrs: Vec<SocketAddr>,
+    host: Option<Arc<dns::HostAddrs>>,
+}
+
+impl Addresses {
+    fn fixed(addr: SocketAddr) -> Addresses {
+        Addresses {
+            addrs: vec![addr],
+            host: None,
+        }
+    }
+
+    fn connected(&self, addr: SocketAddr) {
+        if let Some(host) = &self.host {
+            host.connected(addr);
+        }
+    }
+
+    fn connect_failed(&self, addr: SocketAddr) {
+        if let Some(host) = &self.host {
+            host.connect_failed(addr);
+        }
+    }
 }
 
 impl PeerTemplate {
@@ -443,6 +524,7 @@ mod tests {
             connect_timeout: Duration::from_secs(3),
             tls_handshake_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(60),
+            dns_refresh: Duration::from_secs(30),
             tls_verify,
             ca_file: None,
             http2,

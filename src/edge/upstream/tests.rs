@@ -720,3 +720,91 @@ async fn a_full_key_closes_its_oldest_connection() {
     assert!(pool.take(1).is_none());
     assert!(pool.take(2).is_some());
 }
+
+// ---- New connections: addresses from the host name ----
+
+/// Upstreams for one upstream `up` named by a host name, whose lookup answers `answer` (and
+/// counts its calls).
+fn upstreams_for_host(
+    answer: Vec<std::net::SocketAddr>,
+) -> (
+    super::Upstreams,
+    std::sync::Arc<crate::route::UpstreamSpec>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let config = crate::config::Config::from_yaml(
+        "listen:\n  - addr: 127.0.0.1:0\nupstreams:\n  up:\n    url: http://api.sluice-test.invalid:9\n    connect_timeout: 1s\n\
+         routes:\n  - path_prefix: /\n    upstream: up\n",
+    )
+    .unwrap();
+    let router = crate::route::Router::from_config(&config, &crate::route::KeysFiles::new());
+    let mut upstreams = super::Upstreams::new(
+        None,
+        &router,
+        &pingora::server::configuration::ServerConf::default(),
+    )
+    .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let lookup: super::dns::Lookup = Arc::new(move |host: &str, port: u16| {
+        assert_eq!((host, port), ("api.sluice-test.invalid", 9));
+        counted.fetch_add(1, Ordering::SeqCst);
+        let answer = answer.clone();
+        Box::pin(async move { Ok(answer) })
+    });
+    let spec = router.routes().next().unwrap().upstream.clone();
+    upstreams.hosts.insert(
+        "up".into(),
+        super::dns::HostAddrs::new(
+            "api.sluice-test.invalid",
+            9,
+            Duration::from_secs(60),
+            lookup,
+        ),
+    );
+    (upstreams, spec, calls)
+}
+
+/// An address nothing listens on (connections to it are refused).
+fn refusing_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn a_new_connection_goes_on_to_the_next_address_when_one_refuses() {
+    let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refusing = refusing_addr();
+    let (upstreams, spec, calls) = upstreams_for_host(vec![refusing, live.local_addr().unwrap()]);
+    for _ in 0..3 {
+        let conn = within(upstreams.connect(&spec, false)).await.unwrap();
+        let (accepted, _) = within(live.accept()).await.unwrap();
+        let super::UpstreamConn::H1 { conn, .. } = conn else {
+            panic!("an HTTP/1.1 connection")
+        };
+        assert_eq!(
+            local_port(&conn.into_stream()),
+            accepted.peer_addr().unwrap().port()
+        );
+    }
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the answer is kept"
+    );
+}
+
+#[tokio::test]
+async fn when_no_address_connects_the_error_says_how_many_were_tried() {
+    let (upstreams, spec, _) = upstreams_for_host(vec![refusing_addr(), refusing_addr()]);
+    let Err(error) = within(upstreams.connect(&spec, false)).await else {
+        panic!("no address connects")
+    };
+    let text = error.message;
+    assert!(
+        text.contains("cannot connect to upstream up (2 addresses tried): ConnectError"),
+        "{text}"
+    );
+}
