@@ -154,32 +154,55 @@ fn check_refuses_a_ledger_sluice_could_not_open() {
             "{out}"
         );
     }
-    // A directory this user may not write to (root may write anywhere: check as `nobody`).
+    // A directory this user may not write to (root may write anywhere: check as `nobody`),
+    // holding a ledger file it may write: opened, but never rotated.
     let read_only = dir.path.join("read_only");
     std::fs::create_dir(&read_only).unwrap();
-    let config_file = dir.path.join("check.yaml");
-    std::fs::write(&config_file, config(&read_only.join("usage.jsonl"))).unwrap();
+    let existing = read_only.join("existing.jsonl");
+    std::fs::write(&existing, "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o666)).unwrap();
     let root = unsafe { libc::geteuid() } == 0;
-    let mut command = if root {
-        let mut command = std::process::Command::new("setpriv");
-        command
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(support::sluice_bin());
-        command
-    } else {
-        use std::os::unix::fs::PermissionsExt;
+    if !root {
         std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
-        std::process::Command::new(support::sluice_bin())
+    }
+    let check_unprivileged = |yaml: String| {
+        let config_file = dir.path.join("check.yaml");
+        std::fs::write(&config_file, yaml).unwrap();
+        let mut command = if root {
+            let mut command = std::process::Command::new("setpriv");
+            command
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(support::sluice_bin());
+            command
+        } else {
+            std::process::Command::new(support::sluice_bin())
+        };
+        let output = command
+            .arg("check")
+            .arg("-c")
+            .arg(&config_file)
+            .output()
+            .ok()?;
+        let out = String::from_utf8_lossy(&output.stderr).into_owned();
+        Some((output.status.success(), out))
     };
-    let output = command.arg("check").arg("-c").arg(&config_file).output();
-    let Ok(output) = output else {
+    let Some((ok, out)) = check_unprivileged(config(&read_only.join("usage.jsonl"))) else {
         eprintln!("skipped the read-only directory: setpriv is not installed");
         return;
     };
-    let out = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{out}");
+    assert!(!ok, "{out}");
     assert!(
         out.contains("usage.ledger") && out.contains("cannot create") && out.contains("(line 8)"),
+        "{out}"
+    );
+    let (ok, out) = check_unprivileged(config(&existing)).unwrap();
+    assert!(ok, "{out}");
+    let rotating = format!("{}  rotate_bytes: 1000000\n", config(&existing));
+    let (ok, out) = check_unprivileged(rotating).unwrap();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("usage.ledger") && out.contains("cannot rotate") && out.contains("(line 8)"),
         "{out}"
     );
 }

@@ -261,7 +261,8 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     if let Some(ledger) = &config.usage.ledger {
-        check_ledger(ledger).map_err(|m| invalid("usage.ledger", m))?;
+        check_ledger(ledger, config.usage.rotate_bytes.is_some())
+            .map_err(|m| invalid("usage.ledger", m))?;
     }
     if config.routes.is_empty() {
         return Err(invalid("routes", "at least one route is required"));
@@ -304,8 +305,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
 
 /// Refuses what the ledger refuses when it opens the file at start (`LedgerFile::open`: the
 /// directory must exist, the file is opened to read and append, created when missing), without
-/// creating anything: `check` is run where Sluice may never start.
-fn check_ledger(path: &Path) -> Result<(), String> {
+/// creating anything: `check` is run where Sluice may never start. With `rotates`, the ledger
+/// also renames files in its directory (`PATH` → `PATH.1`), so the directory must be writable
+/// even when the file exists: else rotation would fail at every batch and the file grow.
+fn check_ledger(path: &Path, rotates: bool) -> Result<(), String> {
     let shown = path.display();
     if path.as_os_str().is_empty() {
         return Err(
@@ -337,6 +340,12 @@ fn check_ledger(path: &Path) -> Result<(), String> {
         .append(true)
         .open(path)
     {
+        Ok(_) if rotates => may_create_in(dir).map_err(|err| {
+            format!(
+                "cannot rotate {shown} (usage.rotate_bytes): directory {}: {err}",
+                dir.display()
+            )
+        }),
         Ok(_) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => may_create_in(dir)
             .map_err(|err| format!("cannot create {shown}: directory {}: {err}", dir.display())),
