@@ -258,7 +258,7 @@ fn main() -> ExitCode {
                 eprintln!("sluice listening on {scheme}://{}", listener.addr);
             }
             if let Some(admin) = &config.admin {
-                eprintln!("admin on http://{admin} (/healthz, /metrics, /limits)");
+                eprintln!("admin on http://{admin} (/healthz, /readyz, /metrics, /limits)");
             }
             sluice::run(server)
         }

@@ -73,6 +73,7 @@ fn upgrade_with_streams_in_flight_cuts_none_and_refuses_none() {
     let probe_failures = std::sync::Mutex::new(Vec::new());
     let probes = AtomicUsize::new(0);
     let addr = old.addr;
+    let admin = old.admin;
     std::thread::scope(|scope| {
         for _ in 0..STREAMS {
             scope.spawn(|| {
@@ -104,6 +105,16 @@ fn upgrade_with_streams_in_flight_cuts_none_and_refuses_none() {
                 probes.fetch_add(1, Ordering::SeqCst);
                 if let Err(e) = fresh_request(addr) {
                     probe_failures.lock().unwrap().push(e);
+                }
+                // Only a process that takes new requests answers its admin address: the old
+                // one stops accepting there once it has handed the sockets over.
+                let ready = Client::connect(admin).get("/readyz");
+                if ready.status != 200 {
+                    probe_failures.lock().unwrap().push(format!(
+                        "/readyz: {} {}",
+                        ready.status,
+                        ready.text()
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -169,6 +180,48 @@ fn sigterm_leaves_with(signal: &str) {
     );
     // The usage record of the last stream is on disk.
     assert_eq!(sluice.ledger().len(), 1, "SIG{signal}");
+}
+
+/// The admin listener stays up through a SIGTERM's drain (Pingora's own closed at the signal):
+/// `/readyz` turns `503 draining` for balancers, `/healthz` stays `200`, and `/metrics` counts
+/// the streams that end during the drain.
+#[test]
+fn the_admin_listener_answers_through_the_drain() {
+    let upstream = upstream();
+    let mut sluice = start_routed_to(&upstream, ", usage_comment: false");
+    let admin_get = |path: &str| {
+        let response = Client::connect(sluice.admin).get(path);
+        (response.status, response.text())
+    };
+    assert_eq!(admin_get("/readyz"), (200, "ready\n".to_string()));
+    let start_stream = || {
+        let mut client = Client::connect(sluice.addr);
+        client.send(
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            br#"{"model":"m","stream":true}"#,
+        );
+        assert_eq!(client.read_head().status, 200);
+        client
+    };
+    let mut first = start_stream();
+    // Half a stream later: the second ends half a stream after the first.
+    std::thread::sleep(Duration::from_millis(EVENTS as u64 * 50));
+    let mut second = start_stream();
+    let completed = r#"sluice_streams_finished_total{outcome="completed",route="/"}"#;
+    assert!(sluice.metrics().contains(&format!("{completed} 0\n")));
+    sluice.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(admin_get("/readyz"), (503, "draining\n".to_string()));
+    assert_eq!(admin_get("/healthz"), (200, "ok\n".to_string()));
+    assert!(first.read_chunks().len() >= EVENTS);
+    // The first stream's end is counted while the second still runs.
+    sluice.wait_metric(completed, 1.0);
+    assert_eq!(admin_get("/readyz").0, 503);
+    assert!(second.read_chunks().len() >= EVENTS);
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
 
 /// A connection made before SIGTERM whose request arrives just after it is answered, not closed

@@ -7,6 +7,9 @@
 //! Streams still running when the grace period is over are ended by Sluice, not cut by the
 //! runtime stopping: each gets its terminal error event (or WebSocket Close frame) and its usage
 //! record (`outcome: shutdown`) before the ledger is flushed.
+//!
+//! The admin listener answers until the process exits (`admin.rs`): `/readyz` reads
+//! [`draining`], and an upgrade's old process stops accepting there once [`handed_over`].
 
 use crate::limits::Limiter;
 use crate::usage::ledger::Ledger;
@@ -38,6 +41,25 @@ const REQUEST_ARRIVAL_GRACE: Duration = Duration::from_secs(1);
 /// When this process first saw its shutdown begin: every request's arrival grace counts from
 /// there, so a client trickling a request in cannot stretch it.
 static SHUTDOWN_SEEN: OnceLock<tokio::time::Instant> = OnceLock::new();
+
+/// Set when SIGQUIT hands the listening sockets over to a new process (before Pingora's shutdown
+/// begins): this process's shutdown is then an upgrade's, not a stop.
+static HANDING_OVER: AtomicBool = AtomicBool::new(false);
+
+/// Resolves once shutdown has begun at an upgrade, the sockets handed over (never otherwise).
+pub async fn handed_over(shutdown: &mut ShutdownWatch) {
+    shutdown_begun(shutdown).await;
+    if !HANDING_OVER.load(Ordering::Acquire) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Whether this process is shutting down (running requests finish, new ones go elsewhere).
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Acquire)
+}
+
+static DRAINING: AtomicBool = AtomicBool::new(false);
 
 /// Resolves once shutdown has begun (never, while the server runs).
 pub async fn shutdown_begun(shutdown: &mut ShutdownWatch) {
@@ -105,6 +127,7 @@ pub struct Drain {
 impl BackgroundService for Drain {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
+        DRAINING.store(true, Ordering::Release);
         let deadline = Instant::now() + self.grace_period;
         let waiting = REQUESTS_IN_FLIGHT.load(Ordering::Acquire);
         if waiting > 0 {
@@ -182,6 +205,7 @@ impl pingora::server::ShutdownSignalWatch for StopSignals {
             tokio::select! {
                 _ = quit.recv() => {
                     if upgrade_taker_within(&self.upgrade_sock, UPGRADE_WAIT).await {
+                        HANDING_OVER.store(true, Ordering::Release);
                         return ShutdownSignal::GracefulUpgrade;
                     }
                     log::error!(

@@ -77,25 +77,8 @@ impl pingora::services::Service for Listeners {
     ) {
         let mut loops = Vec::new();
         for Endpoint { addr, tls, h2c } in &self.endpoints {
-            let listener = match listen(addr, fds.as_ref()) {
-                Ok(listener) => listener,
-                // At an upgrade the previous process has handed its sockets over and is leaving:
-                // exiting would leave nothing listening at all, so a new address that cannot
-                // be bound is left out, loudly.
-                Err(e) if self.upgrade => {
-                    log::error!("cannot listen on {addr}: {e}; serving without it");
-                    eprintln!("sluice: cannot listen on {addr}: {e}; serving without it");
-                    continue;
-                }
-                // A server that cannot listen does not run. A panic here would end only this
-                // service's task: the process would go on with its admin listener answering
-                // health checks and nothing else. (`check_addresses` has refused to start on an
-                // address in use; this is one taken since.)
-                Err(e) => {
-                    log::error!("cannot listen on {addr}: {e}");
-                    eprintln!("sluice: cannot listen on {addr}: {e}");
-                    std::process::exit(1);
-                }
+            let Some(listener) = listen_or_leave(addr, fds.as_ref(), self.upgrade) else {
+                continue;
             };
             let kind = match (tls, h2c) {
                 (Some(tls), _) => Kind::Tls(tls.clone()),
@@ -125,6 +108,32 @@ impl pingora::services::Service for Listeners {
     /// So that an upgrade closes the inherited sockets of addresses no longer configured.
     fn listen_addresses(&self) -> Option<Vec<String>> {
         Some(self.endpoints.iter().map(|e| e.addr.clone()).collect())
+    }
+}
+
+/// The listening socket for `addr`. When it cannot be had, the process exits, except at an
+/// upgrade: the previous process has handed its sockets over and is leaving, and exiting would
+/// leave nothing listening at all, so a new address that cannot be bound is left out, loudly.
+pub(super) fn listen_or_leave(
+    addr: &str,
+    fds: Option<&ListenFds>,
+    upgrade: bool,
+) -> Option<TcpListener> {
+    match listen(addr, fds) {
+        Ok(listener) => Some(listener),
+        Err(e) if upgrade => {
+            log::error!("cannot listen on {addr}: {e}; serving without it");
+            eprintln!("sluice: cannot listen on {addr}: {e}; serving without it");
+            None
+        }
+        // A server that cannot listen does not run. A panic here would end only this service's
+        // task: the process would go on with its other listeners. (`check_addresses` has refused
+        // to start on an address in use; this is one taken since.)
+        Err(e) => {
+            log::error!("cannot listen on {addr}: {e}");
+            eprintln!("sluice: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
     }
 }
 

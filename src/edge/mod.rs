@@ -30,7 +30,6 @@ use crate::telemetry::METRICS;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
-use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -241,13 +240,14 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     }
 
     if let Some(admin) = &config.admin {
-        let admin_app = admin::AdminApp {
-            limiter,
-            per_user_metrics: config.limits.per_user_metrics,
-        };
-        let mut admin_service = Service::new("sluice admin".to_string(), admin_app);
-        admin_service.add_tcp(admin);
-        server.add_service(admin_service);
+        server.add_service(admin::AdminListener {
+            addr: admin.clone(),
+            app: Arc::new(admin::AdminApp {
+                limiter,
+                per_user_metrics: config.limits.per_user_metrics,
+            }),
+            upgrade: options.upgrade,
+        });
     }
     Ok(server)
 }

@@ -253,7 +253,8 @@ impl Sluice {
         String::from_utf8(response.body).unwrap()
     }
 
-    /// The value of one metric series, e.g. `sluice_streams_finished_total{route="/",outcome="completed"}`.
+    /// The value of one metric series, e.g. `sluice_streams_finished_total{outcome="completed",route="/"}`
+    /// (labels in the order `/metrics` writes them; a series not there reads 0).
     pub fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics(), series)
     }
