@@ -164,7 +164,24 @@ impl HostAddrs {
         let mut state = self.lock();
         state.refreshing = false;
         match answer {
-            Ok(addrs) if !addrs.is_empty() => state.store(addrs, now),
+            Ok(addrs) if !addrs.is_empty() => {
+                let before: Vec<SocketAddr> = state.addrs.iter().map(|a| a.addr).collect();
+                state.store(addrs, now);
+                if state
+                    .addrs
+                    .iter()
+                    .map(|a| a.addr)
+                    .ne(before.iter().copied())
+                {
+                    let now_at: Vec<String> =
+                        state.addrs.iter().map(|a| a.addr.to_string()).collect();
+                    log::info!(
+                        "upstream host {} now has the addresses {}",
+                        self.host,
+                        now_at.join(", ")
+                    );
+                }
+            }
             other => {
                 let error = other.err().unwrap_or_else(|| "no address".into());
                 log::warn!(
