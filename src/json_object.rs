@@ -94,6 +94,23 @@ impl JsonObject {
         self
     }
 
+    /// Left out when absent.
+    pub fn addr_if_some(&mut self, key: &'static str, value: Option<SocketAddr>) -> &mut Self {
+        match value {
+            Some(addr) => self.addr_or_null(key, Some(addr)),
+            None => self,
+        }
+    }
+
+    /// An address's text needs no escaping.
+    pub fn ip(&mut self, key: &'static str, value: std::net::IpAddr) -> &mut Self {
+        self.key(key);
+        self.out.push(b'"');
+        crate::addr_text::push_ip(&mut self.out, value);
+        self.out.push(b'"');
+        self
+    }
+
     pub fn u64(&mut self, key: &'static str, value: u64) -> &mut Self {
         self.key(key);
         self.number(value);

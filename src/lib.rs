@@ -5,6 +5,7 @@
 
 mod addr_text;
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod daemon;
 pub mod demo;

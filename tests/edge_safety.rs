@@ -19,6 +19,11 @@ fn ok_upstream() -> Upstream {
 
 /// Sluice with `server_extra` under `server:` and `rest` (upstreams, routes, …) as given.
 fn start(server_extra: &str, rest: &str) -> Sluice {
+    start_logged(server_extra, rest, Stdio::null())
+}
+
+/// Like [`start`], with stdout (the access log) going where given.
+fn start_logged(server_extra: &str, rest: &str, stdout: Stdio) -> Sluice {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = TempDir::new();
@@ -28,7 +33,7 @@ fn start(server_extra: &str, rest: &str) -> Sluice {
         sock = dir.path.join("upgrade.sock").display(),
         ledger = dir.path.join("usage.jsonl").display(),
     );
-    Sluice::start_with_config(&yaml, addr, admin, dir)
+    Sluice::start_with_config_and_output(&yaml, addr, admin, dir, stdout)
 }
 
 fn one_route(upstream: &Upstream, route: &str) -> String {
@@ -825,4 +830,45 @@ fn an_encoded_path_takes_the_route_its_plain_spelling_takes() {
     }
     assert!(upstream.requests().is_empty());
     assert_eq!(Client::connect(sluice.addr).get("/keys/other").status, 200);
+}
+
+/// Behind a trusted proxy (`server.trusted_proxies`), the access log names the client the proxy
+/// forwarded for (the rightmost address in `X-Forwarded-For` that is not itself trusted), and
+/// the proxy as `via`; anything the client wrote further left is ignored. The upstream gets
+/// the list as it came with the peer's address appended, as always. An untrusted peer's list
+/// names nobody.
+#[test]
+fn the_access_log_names_the_client_a_trusted_proxy_forwarded_for() {
+    let upstream = ok_upstream();
+    let run = |server_extra: &str| {
+        let dir = TempDir::new();
+        let stdout = dir.path.join("access.log");
+        let log_file = std::fs::File::create(&stdout).unwrap();
+        let sluice = start_logged(server_extra, &one_route(&upstream, ""), log_file.into());
+        let mut client = Client::connect(sluice.addr);
+        client.send_raw(
+            b"GET /v1/x HTTP/1.1\r\nHost: sluice.test\r\nX-Forwarded-For: 198.51.100.1, 203.0.113.7\r\nX-Forwarded-For: 127.0.0.9\r\n\r\n",
+        );
+        assert_eq!(client.read_response().status, 200);
+        let local = client.stream().local_addr().unwrap();
+        let log = access_log_lines(&stdout, 1);
+        let line: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+        (line, local)
+    };
+    let (line, local) = run("  trusted_proxies: [127.0.0.0/8]\n");
+    assert_eq!(line["client"], "203.0.113.7", "{line}");
+    assert_eq!(line["via"], local.to_string(), "{line}");
+    let (line, local) = run("");
+    assert_eq!(line["client"], local.to_string(), "{line}");
+    assert!(line.get("via").is_none(), "{line}");
+    let requests = upstream.requests();
+    for request in &requests {
+        assert_eq!(
+            request.header("x-forwarded-for"),
+            Some("198.51.100.1, 203.0.113.7, 127.0.0.9, 127.0.0.1"),
+            "{:?}",
+            request.headers
+        );
+    }
+    assert_eq!(requests.len(), 2);
 }

@@ -145,6 +145,9 @@ pub struct ServerSettings {
     /// that stops sending it gets `408` and its connection closed.
     #[serde(with = "duration")]
     pub request_body_timeout: Duration,
+    /// Peers (addresses or ranges such as `10.0.0.0/8`) whose `X-Forwarded-For` names the
+    /// client in the access log: load balancers in front of Sluice.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSettings {
@@ -159,6 +162,7 @@ impl Default for ServerSettings {
             keepalive_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(60),
             request_body_timeout: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -187,6 +187,8 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.server.grace_period < Duration::from_secs(1) {
         return Err(invalid("server.grace_period", "must be at least 1s"));
     }
+    crate::client_ip::TrustedProxies::parse(&config.server.trusted_proxies)
+        .map_err(|(i, e)| invalid(format!("server.trusted_proxies[{i}]"), e))?;
     // Whole seconds: Pingora takes the keep-alive in seconds, and 0 would mean no limit at all
     // on a request head's reads.
     let keepalive = config.server.keepalive_timeout;
@@ -424,6 +426,17 @@ mod tests {
         );
         let err = error_of("listen:\n  - addr: 127.0.0.1:8080\nserver:\n  threads: 0\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(err.contains("(line 4)"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_is_named_with_its_line() {
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nserver:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - 10.0.0.1/8\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(
+            err.contains("server.trusted_proxies[1]")
+                && err.contains("the range is 10.0.0.0/8")
+                && err.contains("(line 5)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub struct UpstreamRequest<'a> {
     pub websocket: bool,
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// nginx's: tells an nginx in front of Sluice not to buffer a stream.
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
@@ -156,7 +156,8 @@ impl UpstreamRequest<'_> {
             .push(crate::request_id::HEADER, header_value(self.request_id)?);
         if let Some(ip) = self.client_ip {
             let mut forwarded = Vec::with_capacity(64);
-            if let Some(prior) = client.headers.get(X_FORWARDED_FOR) {
+            // Every line of the client's list, in order: two lines are one list (RFC 9110 5.3).
+            for prior in client.headers.get_all(X_FORWARDED_FOR) {
                 forwarded.extend_from_slice(prior.as_bytes());
                 forwarded.extend_from_slice(b", ");
             }
@@ -759,6 +760,7 @@ mod tests {
             ("x-request-id", "client-id"),
             ("x-forwarded-for", "192.0.2.7"),
             ("authorization", "Bearer client"),
+            ("x-forwarded-for", "198.51.100.3"),
             ("x-keep", "yes"),
         ] {
             client.append_header(k, v).unwrap();
@@ -775,7 +777,11 @@ mod tests {
         });
         let values = |name: &str| -> Vec<_> { req.headers.get_all(name).iter().collect() };
         assert_eq!(values("x-request-id"), ["rid-4"]);
-        assert_eq!(values("x-forwarded-for"), ["192.0.2.7, 10.0.0.1"]);
+        // Two lines of the client's list are one list.
+        assert_eq!(
+            values("x-forwarded-for"),
+            ["192.0.2.7, 198.51.100.3, 10.0.0.1"]
+        );
         assert_eq!(values("authorization"), ["Bearer provider-key"]);
         assert_eq!(values("x-keep"), ["yes"]);
         assert!(!req.headers.contains_key("content-length"));

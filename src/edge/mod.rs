@@ -42,6 +42,8 @@ pub struct RequestCtx {
     /// the session: Sluice's connections carry no Pingora socket digest, so
     /// `ServerSession::client_addr()` is `None`.
     pub client_addr: Option<std::net::SocketAddr>,
+    /// The client a trusted proxy (`server.trusted_proxies`) forwarded the request for.
+    pub forwarded_client: Option<std::net::IpAddr>,
     /// When the client left, if it did: the request's duration ends there, not after the
     /// bookkeeping that a burst of leaving clients may delay (`relay/disconnect.rs`).
     pub client_left: Option<Instant>,
@@ -92,6 +94,7 @@ impl RequestCtx {
         RequestCtx {
             started: Instant::now(),
             client_addr,
+            forwarded_client: None,
             client_left: None,
             request_id: String::new(),
             method: None,
@@ -202,7 +205,16 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         handshake: config.server.handshake_timeout,
         request_body: config.server.request_body_timeout,
     };
-    let proxy = SluiceProxy::new(router, upstreams, usage, limiter.clone(), timeouts);
+    let trusted_proxies =
+        crate::client_ip::TrustedProxies::parse(&config.server.trusted_proxies).expect("validated");
+    let proxy = SluiceProxy::new(
+        router,
+        upstreams,
+        usage,
+        limiter.clone(),
+        timeouts,
+        trusted_proxies,
+    );
     let tls_listeners = tls::TlsListeners::load(config)?;
     let mut reloadables = tls_listeners.reloadables();
     reloadables.extend(

@@ -6,6 +6,7 @@
 use super::admission;
 use super::downstream::RequestSession;
 use super::drain;
+use super::headers::X_FORWARDED_FOR;
 use super::listener::ConnectionTimeouts;
 use super::relay;
 use super::responses::{
@@ -15,11 +16,12 @@ use super::timer;
 use super::upstream::Upstreams;
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
+use crate::client_ip::TrustedProxies;
 use crate::limits::Limiter;
 use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Router;
 use crate::sse::StreamOutcome;
-use crate::telemetry::{rfc3339_now, AccessRecord, METRICS};
+use crate::telemetry::{rfc3339_now, AccessRecord, Client, METRICS};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use std::future::Future;
@@ -36,6 +38,8 @@ pub struct SluiceProxy {
     /// Read by the listeners and HTTP/2 connections: here, every connection's task reaches them
     /// through the `Arc` it holds anyway, rather than keep its own copy.
     pub(super) timeouts: ConnectionTimeouts,
+    /// `server.trusted_proxies`: peers whose `X-Forwarded-For` names the client.
+    trusted_proxies: TrustedProxies,
 }
 
 impl SluiceProxy {
@@ -45,6 +49,7 @@ impl SluiceProxy {
         usage: UsageSink,
         limiter: Limiter,
         timeouts: ConnectionTimeouts,
+        trusted_proxies: TrustedProxies,
     ) -> Self {
         SluiceProxy {
             router,
@@ -52,6 +57,7 @@ impl SluiceProxy {
             usage,
             limiter,
             timeouts,
+            trusted_proxies,
         }
     }
 
@@ -132,7 +138,11 @@ impl SluiceProxy {
         AccessRecord {
             ts: rfc3339_now(),
             request_id: &ctx.request_id,
-            client: ctx.client_addr,
+            client: match ctx.forwarded_client {
+                Some(ip) => Some(Client::Forwarded(ip)),
+                None => ctx.client_addr.map(Client::Peer),
+            },
+            via: ctx.forwarded_client.and(ctx.client_addr),
             method: ctx.method.as_ref().map_or("", |m| m.as_str()),
             path: &ctx.path,
             route,
@@ -221,6 +231,12 @@ impl SluiceProxy {
             }
             if *shutdown.borrow() {
                 down.set_keepalive(None);
+            }
+            if let (false, Some(peer)) = (self.trusted_proxies.is_empty(), client_addr) {
+                let forwarded_for = down.req_header().headers.get_all(X_FORWARDED_FOR);
+                ctx.forwarded_client = self
+                    .trusted_proxies
+                    .client_of(peer.ip(), forwarded_for.iter().map(|v| v.as_bytes()));
             }
             let finish = self.answer(&mut session, &mut ctx).await;
             // Once shutdown has begun a connection carries no further request, not even one the

@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 pub struct AccessRecord<'a> {
     pub ts: String,
     pub request_id: &'a str,
-    pub client: Option<std::net::SocketAddr>,
+    /// `null` when unknown.
+    pub client: Option<Client>,
+    /// The trusted proxy that forwarded the request, when `client` is the one it named.
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
+    pub via: Option<std::net::SocketAddr>,
     pub method: &'a str,
     pub path: &'a str,
     pub route: &'a str,
@@ -43,6 +47,24 @@ pub struct AccessRecord<'a> {
     pub usage_source: Option<&'static str>,
 }
 
+/// Who sent a request: the connection's peer, or the client a trusted proxy forwarded it for
+/// (`server.trusted_proxies`; its port is not known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Peer(std::net::SocketAddr),
+    Forwarded(std::net::IpAddr),
+}
+
+#[cfg(test)]
+impl Serialize for Client {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Client::Peer(addr) => serializer.collect_str(addr),
+            Client::Forwarded(ip) => serializer.collect_str(ip),
+        }
+    }
+}
+
 impl AccessRecord<'_> {
     pub fn write(&self) {
         let mut line = self.line();
@@ -52,9 +74,13 @@ impl AccessRecord<'_> {
 
     fn line(&self) -> Vec<u8> {
         let mut line = JsonObject::with_capacity(1024);
-        line.str("ts", &self.ts)
-            .str("request_id", self.request_id)
-            .addr_or_null("client", self.client)
+        line.str("ts", &self.ts).str("request_id", self.request_id);
+        match self.client {
+            Some(Client::Forwarded(ip)) => line.ip("client", ip),
+            Some(Client::Peer(addr)) => line.addr_or_null("client", Some(addr)),
+            None => line.addr_or_null("client", None),
+        };
+        line.addr_if_some("via", self.via)
             .str("method", self.method)
             .str("path", self.path)
             .str("route", self.route)
@@ -253,7 +279,8 @@ mod tests {
         fn the_line_is_what_serde_json_writes(
             text in proptest::collection::vec(any::<String>(), 6),
             maybe in proptest::collection::vec(proptest::option::of(any::<String>()), 6),
-            client in proptest::option::of(any::<std::net::SocketAddr>()),
+            peer in proptest::option::of(any::<std::net::SocketAddr>()),
+            forwarded in proptest::option::of(any::<std::net::IpAddr>()),
             status in any::<u16>(),
             stream in any::<bool>(),
             duration_ms in any::<f64>(),
@@ -266,7 +293,8 @@ mod tests {
             let record = AccessRecord {
                 ts: text[0].clone(),
                 request_id: &text[1],
-                client,
+                client: forwarded.map(Client::Forwarded).or(peer.map(Client::Peer)),
+                via: forwarded.and(peer),
                 method: &text[2],
                 path: &text[3],
                 route: &text[4],

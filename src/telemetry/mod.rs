@@ -5,7 +5,7 @@ mod limits_metrics;
 mod metrics;
 mod time;
 
-pub use access_log::AccessRecord;
+pub use access_log::{AccessRecord, Client};
 pub use limits_metrics::LimitsMetrics;
 pub use metrics::{Metrics, StreamSeries, METRICS};
 pub use time::rfc3339_now;

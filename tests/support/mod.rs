@@ -99,7 +99,18 @@ impl Sluice {
         admin: SocketAddr,
         dir: TempDir,
     ) -> Sluice {
-        Sluice::spawn(yaml, addr, admin, dir, (Stdio::null(), Stdio::null()), &[])
+        Sluice::start_with_config_and_output(yaml, addr, admin, dir, Stdio::null())
+    }
+
+    /// Like [`Sluice::start_with_config`], with stdout (the access log) going where given.
+    pub fn start_with_config_and_output(
+        yaml: &str,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        dir: TempDir,
+        stdout: Stdio,
+    ) -> Sluice {
+        Sluice::spawn(yaml, addr, admin, dir, (stdout, Stdio::null()), &[])
     }
 
     fn spawn(
