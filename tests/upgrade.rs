@@ -403,7 +403,8 @@ fn sigquit_with_no_new_process_to_take_over_keeps_serving() {
 
 /// A new process that takes the sockets over but cannot bind an address it adds (in use) serves
 /// the others rather than exiting: the old one has handed over and is leaving. Before, it
-/// exited and nothing was left listening.
+/// exited and nothing was left listening. It tries the address again every second (the old
+/// process may hold it under another spelling until it stops listening), and serves it once free.
 #[test]
 fn an_upgrade_that_cannot_bind_a_new_address_still_serves_the_others() {
     let upstream = upstream();
@@ -425,4 +426,12 @@ fn an_upgrade_that_cannot_bind_a_new_address_still_serves_the_others() {
         "the new one left"
     );
     fresh_request(new.addr).unwrap();
+    // The address is tried again every second: once free, it is served too.
+    let freed = taken.local_addr().unwrap();
+    drop(taken);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = fresh_request(freed) {
+        assert!(Instant::now() < deadline, "{freed} never served: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

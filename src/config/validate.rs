@@ -125,9 +125,6 @@ fn validate_upstream_tls(
     if upstream.tls_handshake_timeout.is_zero() {
         return Err(invalid(key("tls_handshake_timeout"), "must be more than 0"));
     }
-    if upstream.dns_refresh < Duration::from_secs(1) {
-        return Err(invalid(key("dns_refresh"), "must be at least 1s"));
-    }
     if let Some(sni) = &upstream.sni {
         tls::check_upstream_sni(sni).map_err(|m| invalid(key("sni"), m))?;
     }
@@ -217,6 +214,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         let target = crate::route::UpstreamTarget::parse(&upstream.url)
             .map_err(|m| invalid(format!("upstreams.{name}.url"), m))?;
         validate_upstream_tls(name, upstream, &target)?;
+        if upstream.dns_refresh < Duration::from_secs(1) {
+            return Err(invalid(
+                format!("upstreams.{name}.dns_refresh"),
+                "must be at least 1s",
+            ));
+        }
         for header in upstream.headers.keys() {
             http::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
                 invalid(

@@ -74,8 +74,9 @@ impl pingora::services::Service for AdminListener {
         mut shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
-        let Some(listener) = listener::listen_or_leave(&self.addr, fds.as_ref(), self.upgrade)
-        else {
+        let listener =
+            listener::listen_or_leave(&self.addr, fds.as_ref(), self.upgrade, &mut shutdown);
+        let Some(listener) = listener.await else {
             return;
         };
         loop {
@@ -88,13 +89,12 @@ impl pingora::services::Service for AdminListener {
                 Ok((tcp, _)) => {
                     let app = self.app.clone();
                     let shutdown = shutdown.clone();
+                    // Pingora's HTTP/1.1 handling of a `ServeHttp` app, which serves the
+                    // connection's requests one after another while it is kept alive (not once
+                    // shutdown has begun).
                     tokio::spawn(async move {
-                        // Pingora's HTTP/1.1 handling of a `ServeHttp` app, one request after
-                        // another while the connection is kept (not once shutdown has begun).
-                        let mut stream = Some(super::tcp::Tcp::stream(tcp));
-                        while let Some(next) = stream.take() {
-                            stream = app.process_new(next, &shutdown).await;
-                        }
+                        app.process_new(super::tcp::Tcp::stream(tcp), &shutdown)
+                            .await
                     });
                 }
                 Err(e) => {

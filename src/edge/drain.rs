@@ -54,9 +54,11 @@ pub async fn handed_over(shutdown: &mut ShutdownWatch) {
     }
 }
 
-/// Whether this process is shutting down (running requests finish, new ones go elsewhere).
+/// Whether this process is shutting down for good (running requests finish, new ones go
+/// elsewhere). Not at an upgrade: the new process serves the same addresses, and a health
+/// checker's kept-alive connection to the old one must not read it as going away.
 pub fn draining() -> bool {
-    DRAINING.load(Ordering::Acquire)
+    DRAINING.load(Ordering::Acquire) && !HANDING_OVER.load(Ordering::Acquire)
 }
 
 static DRAINING: AtomicBool = AtomicBool::new(false);

@@ -1,4 +1,5 @@
-//! Client listeners, plain, TLS and h2c, accepted by Sluice itself.
+//! Client listeners, plain, TLS and h2c, accepted by Sluice itself (and the listening sockets of
+//! the admin listener, `admin.rs`).
 //!
 //! Pingora's listening service spawns each connection as a task whose future also holds the TLS
 //! handshake future (8.8 KiB, even on plain TCP), and then boxes `ServerApp::process_new`
@@ -77,20 +78,21 @@ impl pingora::services::Service for Listeners {
     ) {
         let mut loops = Vec::new();
         for Endpoint { addr, tls, h2c } in &self.endpoints {
-            let Some(listener) = listen_or_leave(addr, fds.as_ref(), self.upgrade) else {
-                continue;
-            };
             let kind = match (tls, h2c) {
                 (Some(tls), _) => Kind::Tls(tls.clone()),
                 (None, true) => Kind::H2c,
                 (None, false) => Kind::Plain,
             };
-            loops.push(tokio::spawn(accept_loop(
-                listener,
-                kind,
-                self.app.clone(),
-                shutdown.clone(),
-            )));
+            let (addr, fds, upgrade) = (addr.clone(), fds.clone(), self.upgrade);
+            let (app, mut shutdown) = (self.app.clone(), shutdown.clone());
+            // Each address on its own: one still waiting to be had (at an upgrade) holds up
+            // none of the others.
+            loops.push(tokio::spawn(async move {
+                let listener = listen_or_leave(&addr, fds.as_ref(), upgrade, &mut shutdown).await;
+                if let Some(listener) = listener {
+                    accept_loop(listener, kind, app, shutdown).await;
+                }
+            }));
         }
         for accept in loops {
             let _ = accept.await;
@@ -111,28 +113,47 @@ impl pingora::services::Service for Listeners {
     }
 }
 
-/// The listening socket for `addr`. When it cannot be had, the process exits, except at an
-/// upgrade: the previous process has handed its sockets over and is leaving, and exiting would
-/// leave nothing listening at all, so a new address that cannot be bound is left out, loudly.
-pub(super) fn listen_or_leave(
+/// The listening socket for `addr`; `None` when shutdown began before it could be had. When it
+/// cannot be had, the process exits, except at an upgrade: the previous process has handed its
+/// sockets over and is leaving, and exiting would leave nothing listening at all. There an
+/// address it did not hand over may still be its own under another spelling (`localhost:9090`
+/// for `127.0.0.1:9090`) until it stops listening: tried again every second, loudly, while the
+/// other addresses serve.
+pub(super) async fn listen_or_leave(
     addr: &str,
     fds: Option<&ListenFds>,
     upgrade: bool,
+    shutdown: &mut ShutdownWatch,
 ) -> Option<TcpListener> {
-    match listen(addr, fds) {
-        Ok(listener) => Some(listener),
-        Err(e) if upgrade => {
-            log::error!("cannot listen on {addr}: {e}; serving without it");
-            eprintln!("sluice: cannot listen on {addr}: {e}; serving without it");
-            None
-        }
-        // A server that cannot listen does not run. A panic here would end only this service's
-        // task: the process would go on with its other listeners. (`check_addresses` has refused
-        // to start on an address in use; this is one taken since.)
-        Err(e) => {
-            log::error!("cannot listen on {addr}: {e}");
-            eprintln!("sluice: cannot listen on {addr}: {e}");
-            std::process::exit(1);
+    let mut waiting = false;
+    loop {
+        match listen(addr, fds) {
+            Ok(listener) => {
+                if waiting {
+                    log::warn!("listening on {addr} now");
+                }
+                return Some(listener);
+            }
+            Err(e) if upgrade => {
+                if !waiting {
+                    log::error!("cannot listen on {addr}: {e}; serving without it, trying again every second");
+                    eprintln!("sluice: cannot listen on {addr}: {e}; serving without it, trying again every second");
+                    waiting = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = drain::shutdown_begun(shutdown) => return None,
+                }
+            }
+            // A server that cannot listen does not run. A panic here would end only this
+            // service's task: the process would go on with its other listeners.
+            // (`check_addresses` has refused to start on an address in use; this is one taken
+            // since.)
+            Err(e) => {
+                log::error!("cannot listen on {addr}: {e}");
+                eprintln!("sluice: cannot listen on {addr}: {e}");
+                std::process::exit(1);
+            }
         }
     }
 }
@@ -151,6 +172,14 @@ pub fn check_addresses<'a>(addrs: impl IntoIterator<Item = &'a str>) -> Result<(
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < TRIES => {
                     eprintln!("sluice: {addr} is in use; trying again ({attempt}/{TRIES})");
                     std::thread::sleep(PAUSE);
+                }
+                // A Sluice draining after SIGTERM keeps its admin address until it exits.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(format!(
+                        "cannot listen on {addr}: {e} (is a Sluice still running, or draining \
+                         its streams? To replace one, start the new one with -u and send the \
+                         old one SIGQUIT)"
+                    ))
                 }
                 Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
             }

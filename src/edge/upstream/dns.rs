@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,9 @@ pub struct HostAddrs {
     state: Mutex<State>,
     /// Held by the request looking the name up while no answer is kept.
     first_lookup: tokio::sync::Mutex<()>,
+    /// Counts the answers that dropped an address: part of the pool's key, so that connections
+    /// to an address the name no longer has are not reused (a busy pool's never expire).
+    generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -83,7 +87,13 @@ impl HostAddrs {
             lookup,
             state: Mutex::new(State::default()),
             first_lookup: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    /// Changes when an answer drops an address.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// The addresses a new connection should try, in order (at most [`MAX_ATTEMPTS`]), or why
@@ -119,8 +129,7 @@ impl HostAddrs {
                 .is_none_or(|at| now.duration_since(at) >= self.refresh);
             if stale && !state.refreshing {
                 state.refreshing = true;
-                let me = self.clone();
-                tokio::spawn(async move { me.refresh().await });
+                tokio::spawn(self.clone().refresh());
             }
             return Some(Ok(state.pick(now)));
         }
@@ -141,44 +150,58 @@ impl HostAddrs {
         }
     }
 
-    /// A connection to `addr` failed: passed over for a while; when every address is down, the
-    /// name is looked up again by the next connection.
+    /// A connection to `addr` failed: passed over for a while. Counted once per wait: the
+    /// connections that were trying it together fail together, and a second failure in a row is
+    /// one after its wait. When this leaves every address down, the name is looked up again by
+    /// the next connection (once: while all stay down, not on every failure).
     pub fn connect_failed(&self, addr: SocketAddr) {
         let now = Instant::now();
         let mut state = self.lock();
-        if let Some(a) = state.addrs.iter_mut().find(|a| a.addr == addr) {
-            a.fails = a.fails.saturating_add(1);
-            let backoff = FIRST_BACKOFF
-                .saturating_mul(1 << (a.fails - 1).min(16))
-                .min(MAX_BACKOFF);
-            a.down_until = Some(now + backoff);
+        let all_were_down = state.addrs.iter().all(|a| a.is_down(now));
+        let Some(a) = state.addrs.iter_mut().find(|a| a.addr == addr) else {
+            return;
+        };
+        if a.is_down(now) {
+            return;
         }
-        if state.addrs.iter().all(|a| a.is_down(now)) {
+        a.fails = a.fails.saturating_add(1);
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << (a.fails - 1).min(16))
+            .min(MAX_BACKOFF);
+        a.down_until = Some(now + backoff);
+        if !all_were_down && state.addrs.iter().all(|a| a.is_down(now)) {
             state.looked_up = None;
         }
     }
 
-    async fn refresh(&self) {
+    async fn refresh(self: Arc<Self>) {
+        /// Clears `refreshing` however the refresh ends (also dropped, or a panic): else the
+        /// answer would never be refreshed again.
+        struct Done<'a>(&'a HostAddrs);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.lock().refreshing = false;
+            }
+        }
+        let _done = Done(&self);
         let answer = (self.lookup)(&self.host, self.port).await;
         let now = Instant::now();
         let mut state = self.lock();
-        state.refreshing = false;
         match answer {
             Ok(addrs) if !addrs.is_empty() => {
-                let before: Vec<SocketAddr> = state.addrs.iter().map(|a| a.addr).collect();
+                let before = state.sorted_addrs();
                 state.store(addrs, now);
-                if state
-                    .addrs
-                    .iter()
-                    .map(|a| a.addr)
-                    .ne(before.iter().copied())
-                {
-                    let now_at: Vec<String> =
-                        state.addrs.iter().map(|a| a.addr.to_string()).collect();
+                let after = state.sorted_addrs();
+                if before.iter().any(|a| !after.contains(a)) {
+                    self.generation.fetch_add(1, Ordering::Relaxed);
+                }
+                // Compared as sets: round-robin DNS answers in a new order each time.
+                if after != before {
+                    let listed: Vec<String> = after.iter().map(|a| a.to_string()).collect();
                     log::info!(
                         "upstream host {} now has the addresses {}",
                         self.host,
-                        now_at.join(", ")
+                        listed.join(", ")
                     );
                 }
             }
@@ -207,6 +230,12 @@ fn failed(state: &mut State, now: Instant, error: String) -> String {
 }
 
 impl State {
+    fn sorted_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.addrs.iter().map(|a| a.addr).collect();
+        addrs.sort();
+        addrs
+    }
+
     /// A new answer. Addresses it keeps keep their failures (a refresh does not bring a down
     /// address back early); duplicates are dropped.
     fn store(&mut self, answer: Vec<SocketAddr>, now: Instant) {
@@ -416,12 +445,16 @@ mod tests {
             let state = host.lock();
             state.addrs[0].down_until.unwrap() - Instant::now()
         };
+        // Its wait over, it is tried again, and fails again.
+        let wait_over = |host: &HostAddrs| host.lock().addrs[0].down_until = Some(Instant::now());
         f.host.connect_failed(addr(1));
         assert!(down_for(&f.host) <= FIRST_BACKOFF);
         assert!(down_for(&f.host) > FIRST_BACKOFF - Duration::from_secs(1));
+        wait_over(&f.host);
         f.host.connect_failed(addr(1));
         assert!(down_for(&f.host) > 2 * FIRST_BACKOFF - Duration::from_secs(1));
         for _ in 0..40 {
+            wait_over(&f.host);
             f.host.connect_failed(addr(1));
         }
         assert!(down_for(&f.host) <= MAX_BACKOFF);
@@ -441,6 +474,53 @@ mod tests {
         assert_eq!(f.calls.load(Ordering::SeqCst), 2);
         // The new answer: 3 is new and up, 2 keeps its failure.
         assert_eq!(f.host.candidates().await.unwrap(), vec![addr(3), addr(2)]);
+    }
+
+    #[tokio::test]
+    async fn failures_of_connections_tried_together_count_once() {
+        let f = fixture(Ok(vec![addr(1), addr(2)]), Duration::MAX);
+        f.host.candidates().await.unwrap();
+        for _ in 0..10 {
+            f.host.connect_failed(addr(1));
+        }
+        let state = f.host.lock();
+        assert_eq!(state.addrs[0].fails, 1);
+        assert!(state.addrs[0].down_until.unwrap() <= Instant::now() + FIRST_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn while_every_address_stays_down_the_name_is_looked_up_once() {
+        let f = fixture(Ok(vec![addr(1)]), Duration::MAX);
+        f.host.candidates().await.unwrap();
+        f.host.connect_failed(addr(1));
+        for _ in 0..5 {
+            f.host.candidates().await.unwrap();
+            settle().await;
+            f.host.connect_failed(addr(1));
+        }
+        assert_eq!(
+            f.calls.load(Ordering::SeqCst),
+            2,
+            "the first lookup and one more"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_drops_an_address_changes_the_generation() {
+        let f = fixture(Ok(vec![addr(1), addr(2)]), Duration::ZERO);
+        f.host.candidates().await.unwrap();
+        let first = f.host.generation();
+        // Reordered, or grown: the same generation.
+        for answer in [vec![addr(2), addr(1)], vec![addr(1), addr(2), addr(3)]] {
+            *f.answers.lock().unwrap() = Ok(answer);
+            f.host.candidates().await.unwrap();
+            settle().await;
+            assert_eq!(f.host.generation(), first);
+        }
+        *f.answers.lock().unwrap() = Ok(vec![addr(1), addr(3)]);
+        f.host.candidates().await.unwrap();
+        settle().await;
+        assert_ne!(f.host.generation(), first);
     }
 
     #[tokio::test]

@@ -56,7 +56,6 @@ pub struct Upstreams {
     peers: HashMap<String, PeerTemplate>,
     /// The addresses of each upstream named by a host name, per upstream name.
     hosts: HashMap<String, Arc<dns::HostAddrs>>,
-    lookup: dns::Lookup,
 }
 
 /// Everything about a peer but its address.
@@ -155,13 +154,25 @@ impl Upstreams {
             demo_addr,
             peers,
             hosts,
-            lookup,
         })
     }
 
-    /// The addresses a new connection to `spec` tries, in order.
-    async fn addresses(&self, spec: &UpstreamSpec) -> Result<Addresses, ProxyError> {
+    /// The addresses a new connection to `spec` tries, in order; `host` is its entry in `hosts`.
+    async fn addresses(
+        &self,
+        spec: &UpstreamSpec,
+        host: Option<&Arc<dns::HostAddrs>>,
+    ) -> Result<Addresses, ProxyError> {
         let target = &spec.target;
+        let unavailable = |detail: &str| {
+            ProxyError::new(
+                ProxyErrorKind::UpstreamUnavailable,
+                format!(
+                    "cannot resolve upstream {} ({}): {detail}",
+                    spec.name, target.host
+                ),
+            )
+        };
         if target.scheme == Scheme::Demo {
             let demo = self.demo_addr.ok_or_else(|| {
                 ProxyError::new(
@@ -174,35 +185,25 @@ impl Upstreams {
         if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
             return Ok(Addresses::fixed(SocketAddr::new(ip, target.port)));
         }
-        // Every upstream `new` saw has its entry; any other is looked up for this connection.
-        let host = match self.hosts.get(&spec.name) {
-            Some(host) => host.clone(),
-            None => dns::HostAddrs::new(
-                &target.host,
-                target.port,
-                spec.dns_refresh,
-                self.lookup.clone(),
-            ),
-        };
+        // `new` made an entry for every upstream named by a host name.
+        let host = host.ok_or_else(|| unavailable("not a configured upstream"))?;
         match host.candidates().await {
             Ok(addrs) => Ok(Addresses {
                 addrs,
-                host: Some(host),
+                host: Some(host.clone()),
             }),
-            Err(detail) => Err(ProxyError::new(
-                ProxyErrorKind::UpstreamUnavailable,
-                format!(
-                    "cannot resolve upstream {} ({}): {detail}",
-                    spec.name, target.host
-                ),
-            )),
+            Err(detail) => Err(unavailable(&detail)),
         }
     }
 
     /// A connection to the upstream, reused from the pool when one is idle there (or, over
     /// HTTP/2, when a pooled connection has a free stream). A WebSocket handshake always gets
-    /// an HTTP/1.1 connection, also from an `http2: true` upstream. A new connection tries the
-    /// upstream's addresses in turn until one connects (`dns.rs`).
+    /// an HTTP/1.1 connection, also from an `http2: true` upstream.
+    ///
+    /// A new connection tries the upstream's addresses in turn (`dns.rs`) while the failure is
+    /// the address's (refused, unreachable, no answer), all within one connection's time
+    /// (`connect_timeout`, plus `tls_handshake_timeout` for https): a later address gets what
+    /// the earlier ones left. A TLS failure is the same at every address and ends the tries.
     pub async fn connect(
         &self,
         spec: &UpstreamSpec,
@@ -216,7 +217,11 @@ impl Upstreams {
                 &made
             }
         };
-        let pool_key = template.group_key;
+        let host = self.hosts.get(&spec.name);
+        // Connections made before an answer that dropped an address are not taken again.
+        let pool_key = template
+            .group_key
+            .wrapping_add(host.map_or(0, |h| h.generation()));
         let http2 = self.connector.is_some() && spec.http2 && !websocket;
         if !http2 {
             if let Some(stream) = self.pool.take(pool_key) {
@@ -226,43 +231,27 @@ impl Upstreams {
                 });
             }
         }
-        let addresses = self.addresses(spec).await?;
-        // Made only when Pingora connects: Sluice makes plain TCP connections itself.
-        let peer = |addr: SocketAddr, alpn: Option<ALPN>| {
-            let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.sni.clone());
-            peer.group_key = template.group_key;
-            peer.options = template.options.clone();
-            if let Some(alpn) = alpn {
-                peer.options.alpn = alpn;
-            }
-            peer
+        let addresses = self.addresses(spec, host).await?;
+        let budget = if spec.target.is_tls() {
+            spec.connect_timeout + spec.tls_handshake_timeout
+        } else {
+            spec.connect_timeout
         };
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut tried = 0;
         let mut last_error = None;
         for &addr in &addresses.addrs {
-            let connected = if let Some(connector) = self.connector.as_ref().filter(|_| http2) {
-                let peer = peer(addr, None);
-                // Boxed: Pingora's connect future is large (about 9 KiB) and would otherwise be
-                // part of every request's future for the whole life of its stream.
-                Box::pin(connector.get_http_session(&peer))
-                    .await
-                    .map(|(session, _reused)| {
-                        UpstreamConn::Pingora(Box::new(PingoraConn {
-                            session,
-                            peer,
-                            reusable: true,
-                        }))
-                    })
-            } else {
-                // Plain TCP is Sluice's own socket type (`tcp.rs`); TLS is Pingora's.
-                let stream = if spec.target.is_tls() {
-                    Box::pin(self.transport.new_stream(&peer(addr, Some(ALPN::H1)))).await
-                } else {
-                    super::tcp::connect(addr, spec.connect_timeout).await
-                };
-                stream.map(|stream| UpstreamConn::H1 {
-                    conn: H1Connection::new(stream),
-                    pool_key,
-                })
+            if tried > 0 && tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tried += 1;
+            let attempt = self.connect_to(addr, spec, template, http2, pool_key);
+            let connected = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(connected) => connected,
+                Err(_) => Error::e_explain(
+                    ErrorType::ConnectTimedout,
+                    format!("connecting to {addr}: no connection within {budget:?}"),
+                ),
             };
             match connected {
                 Ok(conn) => {
@@ -270,21 +259,33 @@ impl Upstreams {
                     return Ok(conn);
                 }
                 Err(e) => {
-                    addresses.connect_failed(addr);
-                    if addresses.addrs.len() > 1 {
+                    let address_at_fault = matches!(
+                        e.etype(),
+                        ErrorType::ConnectTimedout
+                            | ErrorType::ConnectRefused
+                            | ErrorType::ConnectNoRoute
+                            | ErrorType::ConnectError
+                    );
+                    if address_at_fault {
+                        addresses.connect_failed(addr);
+                    }
+                    if address_at_fault && tried < addresses.addrs.len() {
                         log::warn!(
-                            "upstream {}: cannot connect to {addr}: {}",
+                            "upstream {}: cannot connect to {addr}: {}; trying the next address",
                             spec.name,
                             describe(&e)
                         );
                     }
                     last_error = Some(e);
+                    if !address_at_fault {
+                        break;
+                    }
                 }
             }
         }
         METRICS.upstream_failed(&spec.name, "connect");
         let e = last_error.expect("there is always an address to try");
-        let tried = match addresses.addrs.len() {
+        let tried = match tried {
             1 => String::new(),
             n => format!(" ({n} addresses tried)"),
         };
@@ -296,6 +297,48 @@ impl Upstreams {
                 describe(&e)
             ),
         ))
+    }
+
+    /// One new connection to `addr`.
+    async fn connect_to(
+        &self,
+        addr: SocketAddr,
+        spec: &UpstreamSpec,
+        template: &PeerTemplate,
+        http2: bool,
+        pool_key: u64,
+    ) -> pingora::Result<UpstreamConn> {
+        // Made only when Pingora connects: Sluice makes plain TCP connections itself.
+        let peer = |alpn: Option<ALPN>| {
+            let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.sni.clone());
+            peer.group_key = template.group_key;
+            peer.options = template.options.clone();
+            if let Some(alpn) = alpn {
+                peer.options.alpn = alpn;
+            }
+            peer
+        };
+        if let Some(connector) = self.connector.as_ref().filter(|_| http2) {
+            let peer = peer(None);
+            // Boxed: Pingora's connect future is large (about 9 KiB) and would otherwise be
+            // part of every request's future for the whole life of its stream.
+            let (session, _reused) = Box::pin(connector.get_http_session(&peer)).await?;
+            return Ok(UpstreamConn::Pingora(Box::new(PingoraConn {
+                session,
+                peer,
+                reusable: true,
+            })));
+        }
+        // Plain TCP is Sluice's own socket type (`tcp.rs`); TLS is Pingora's.
+        let stream = if spec.target.is_tls() {
+            Box::pin(self.transport.new_stream(&peer(Some(ALPN::H1)))).await?
+        } else {
+            super::tcp::connect(addr, spec.connect_timeout).await?
+        };
+        Ok(UpstreamConn::H1 {
+            conn: H1Connection::new(stream),
+            pool_key,
+        })
     }
 
     /// Returns a connection whose response ended properly to the pool, for `idle` at most (less
