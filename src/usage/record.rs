@@ -12,7 +12,8 @@ pub struct Usage {
     /// Every prompt token the provider processed, cached or not: OpenAI `prompt_tokens` /
     /// `input_tokens`; Anthropic `input_tokens + cache_creation_input_tokens +
     /// cache_read_input_tokens` (Anthropic's own `input_tokens` counts only the uncached part);
-    /// Gemini `promptTokenCount` (which already includes the cached content).
+    /// Gemini `promptTokenCount` (which already includes the cached content) plus
+    /// `toolUsePromptTokenCount` (the prompt of server-side tools).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_tokens: Option<u64>,
     /// Every generated token billed at the output rate, reasoning included: OpenAI

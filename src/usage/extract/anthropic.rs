@@ -8,7 +8,9 @@
 
 use serde::Deserialize;
 
-use super::common::{event_kind, parse, sum_counts, Count, ErrorEvent, OptionalObject};
+use super::common::{
+    event_kind, parse, sum_counts, Count, ErrorEvent, OptionalObject, OptionalString,
+};
 use super::UsageExtractor;
 use crate::usage::record::{StreamFacts, Usage};
 
@@ -35,8 +37,8 @@ impl AnthropicExtractor {
         let Some(MessageStart { message }) = parse(&mut self.facts, data) else {
             return;
         };
-        let Some(message) = message else { return };
-        if let Some(model) = message.model {
+        let Some(message) = message.0 else { return };
+        if let Some(model) = message.model.0 {
             self.facts.model = Some(model);
         }
         // Its output figure is a placeholder: were it kept, a final delta that leaves its own
@@ -53,7 +55,7 @@ impl AnthropicExtractor {
         let Some(MessageDelta { delta, usage }) = parse(&mut self.facts, data) else {
             return;
         };
-        if let Some(reason) = delta.and_then(|d| d.stop_reason) {
+        if let Some(reason) = delta.0.and_then(|d| d.stop_reason.0) {
             self.facts.finish_reason = Some(reason);
         }
         // A delta's usage is final whatever it holds: one unreadable figure must not cost the
@@ -93,28 +95,30 @@ impl UsageExtractor for AnthropicExtractor {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct MessageStart {
-    message: Option<StartedMessage>,
+    message: OptionalObject<StartedMessage>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct StartedMessage {
-    model: Option<String>,
-    #[serde(default)]
+    model: OptionalString,
     usage: OptionalObject<Figures>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct MessageDelta {
-    delta: Option<DeltaBody>,
-    #[serde(default)]
+    delta: OptionalObject<DeltaBody>,
     usage: OptionalObject<Figures>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct DeltaBody {
-    stop_reason: Option<String>,
+    stop_reason: OptionalString,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -227,22 +231,60 @@ mod tests {
     }
 
     #[test]
-    fn wrong_types_are_counted_not_fatal() {
+    fn wrong_types_cost_only_themselves_and_broken_json_is_counted() {
         let facts = run(&[
             (
                 "message_start",
-                r#"{"type":"message_start","message":{"model":7}}"#,
+                r#"{"type":"message_start","message":{"model":7,"usage":{"input_tokens":25,"output_tokens":1}}}"#,
             ),
-            // Beyond f64: serde_json refuses the document itself, so no figure can be kept.
             (
                 "message_delta",
-                r#"{"type":"message_delta","usage":{"output_tokens":1e400}}"#,
+                r#"{"type":"message_delta","delta":{"stop_reason":["end_turn"]},"usage":{"output_tokens":1e400}}"#,
             ),
             ("error", "{"),
         ]);
-        assert_eq!(facts.unparsed_events, 3);
-        assert_eq!(facts.usage, None);
+        assert_eq!(facts.unparsed_events, 1);
+        assert_eq!(facts.model, None);
+        assert_eq!(facts.finish_reason, None);
+        let usage = facts.usage.unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (Some(25), None));
         assert_eq!(facts.provider_error, None);
+    }
+
+    /// A final delta whose stop reason (or delta, or model) is of the wrong type keeps its
+    /// figures, and one whose figure is beyond f64 keeps its stop reason.
+    #[test]
+    fn an_odd_member_beside_the_final_figures_costs_only_itself() {
+        for (start, delta, reason, output) in [
+            (
+                r#"{"type":"message_start","message":{"model":null,"id":5,"usage":{"input_tokens":25,"output_tokens":1}}}"#,
+                r#"{"type":"message_delta","delta":{"stop_reason":7},"usage":{"output_tokens":15}}"#,
+                None,
+                Some(15),
+            ),
+            (
+                r#"{"type":"message_start","message":{"model":"m","usage":{"input_tokens":25,"output_tokens":1}}}"#,
+                r#"{"type":"message_delta","delta":"end_turn","usage":{"output_tokens":15}}"#,
+                None,
+                Some(15),
+            ),
+            (
+                r#"{"type":"message_start","message":{"model":"m","usage":{"input_tokens":25,"output_tokens":1}}}"#,
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":-1e999}}"#,
+                Some("end_turn"),
+                None,
+            ),
+        ] {
+            let facts = run(&[("message_start", start), ("message_delta", delta)]);
+            assert_eq!(facts.finish_reason.as_deref(), reason, "{delta}");
+            let usage = facts.usage.unwrap_or_else(|| panic!("{delta}: usage lost"));
+            assert_eq!(
+                (usage.input_tokens, usage.output_tokens),
+                (Some(25), output),
+                "{delta}"
+            );
+            assert_eq!(facts.unparsed_events, 0, "{delta}");
+        }
     }
 
     const START: (&str, &str) = (

@@ -4,13 +4,19 @@
 //! a running `usageMetadata`; the one on (or after) the finishing chunk is final, so the last of
 //! those wins. A failure mid-stream is a `{"error":{"code","message","status"}}` payload.
 //!
+//! `totalTokenCount` is `promptTokenCount + toolUsePromptTokenCount + candidatesTokenCount +
+//! thoughtsTokenCount`: the prompt of a server-side tool (search results, code execution output)
+//! is counted apart from the prompt, and billed as input.
+//!
 //! Hot path: a chunk without a finish costs three substring scans and no parse.
 
 use std::sync::LazyLock;
 
 use serde::Deserialize;
 
-use super::common::{parse, sum_counts, Count, ErrorBody, OptionalObject};
+use super::common::{
+    parse, sum_counts, Count, ErrorValue, OptionalList, OptionalObject, OptionalString,
+};
 use super::scan::Needle;
 use super::UsageExtractor;
 use crate::usage::record::{StreamFacts, Usage};
@@ -42,42 +48,43 @@ impl GeminiExtractor {
         }
     }
 
-    fn wants_parse(&self, data: &[u8]) -> bool {
+    fn wants_parse(&self, data: &[u8], finishing: bool) -> bool {
         (self.facts.model.is_none() && self.model_parses < MODEL_PARSES)
             || self.finished
-            || FINISH_REASON.has_non_null_value(data)
-            || BLOCK_REASON.has_non_null_value(data)
+            || finishing
             || ERROR.occurs_in(data)
     }
 
-    fn read(&mut self, data: &[u8]) {
+    /// `finishing`: the chunk states a finish or block reason (of whatever type).
+    fn read(&mut self, data: &[u8], finishing: bool) {
         let Some(chunk) = parse::<Chunk>(&mut self.facts, data) else {
             return;
         };
         if self.facts.model.is_none() {
             self.model_parses += 1;
         }
-        if let Some(model) = chunk.model_version.filter(|m| !m.is_empty()) {
+        if let Some(model) = chunk.model_version.0.filter(|m| !m.is_empty()) {
             self.facts.model = Some(model);
         }
         let finish = chunk
             .candidates
-            .unwrap_or_default()
-            .into_iter()
+            .objects()
             .rev()
-            .find_map(|c| c.finish_reason)
-            .or_else(|| chunk.prompt_feedback.and_then(|f| f.block_reason));
+            .find_map(|c| c.finish_reason.0)
+            .or_else(|| chunk.prompt_feedback.0.and_then(|f| f.block_reason.0));
         if let Some(reason) = finish {
             self.facts.finish_reason = Some(reason);
             self.facts.end_marker_seen = true;
-            self.finished = true;
         }
+        // A reason of the wrong type is no end marker, but the figures beside it are the final
+        // ones all the same.
+        self.finished |= finishing;
         let usage = chunk.usage_metadata.0.filter(|_| self.finished);
         if let Some(usage) = usage.and_then(|m| m.into_usage().stated()) {
             self.facts.usage = Some(usage);
         }
-        if let Some(error) = chunk.error {
-            self.facts.provider_error = Some(error.into_provider_error());
+        if let Some(error) = chunk.error.with_type(OptionalString::default()) {
+            self.facts.provider_error = Some(error);
         }
     }
 }
@@ -86,8 +93,10 @@ impl UsageExtractor for GeminiExtractor {
     fn on_event(&mut self, _event_type: &[u8], data: &[u8]) {
         self.facts.events += 1;
         let data = data.trim_ascii();
-        if self.wants_parse(data) {
-            self.read(data);
+        let finishing =
+            FINISH_REASON.has_non_null_value(data) || BLOCK_REASON.has_non_null_value(data);
+        if self.wants_parse(data, finishing) {
+            self.read(data, finishing);
         }
     }
 
@@ -96,33 +105,33 @@ impl UsageExtractor for GeminiExtractor {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 struct Chunk {
-    candidates: Option<Vec<Candidate>>,
-    #[serde(default)]
+    candidates: OptionalList<Candidate>,
     usage_metadata: OptionalObject<UsageMetadata>,
-    model_version: Option<String>,
-    prompt_feedback: Option<PromptFeedback>,
-    error: Option<ErrorBody>,
+    model_version: OptionalString,
+    prompt_feedback: OptionalObject<PromptFeedback>,
+    error: ErrorValue,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 struct Candidate {
-    finish_reason: Option<String>,
+    finish_reason: OptionalString,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 struct PromptFeedback {
-    block_reason: Option<String>,
+    block_reason: OptionalString,
 }
 
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct UsageMetadata {
     prompt_token_count: Count,
+    tool_use_prompt_token_count: Count,
     cached_content_token_count: Count,
     candidates_token_count: Count,
     thoughts_token_count: Count,
@@ -132,8 +141,8 @@ struct UsageMetadata {
 impl UsageMetadata {
     fn into_usage(self) -> Usage {
         Usage {
-            // promptTokenCount already includes the cached content.
-            input_tokens: self.prompt_token_count.get(),
+            // promptTokenCount already includes the cached content, not the tools' prompt.
+            input_tokens: sum_counts([self.prompt_token_count, self.tool_use_prompt_token_count]),
             // Thoughts are counted apart from the candidates but billed as output.
             output_tokens: sum_counts([self.candidates_token_count, self.thoughts_token_count]),
             cached_input_tokens: self.cached_content_token_count.get(),
@@ -260,6 +269,59 @@ mod tests {
         // 5 alone would bill the thinking as never done.
         assert_eq!((usage.output_tokens, usage.reasoning_tokens), (None, None));
         assert_eq!((usage.input_tokens, usage.total_tokens), (Some(8), None));
+    }
+
+    #[test]
+    fn the_prompt_of_server_side_tools_is_input() {
+        // QuantumNous/new-api#2935: gemini-3-flash-preview with googleSearch, streamed.
+        let facts = finished_with(
+            r#"{"promptTokenCount": 151,"candidatesTokenCount": 1089,"totalTokenCount": 20689,"toolUsePromptTokenCount": 18329,"thoughtsTokenCount": 1120,"promptTokensDetails": [{"modality": "TEXT","tokenCount": 151}],"toolUsePromptTokensDetails": [{"modality": "TEXT","tokenCount": 18329}]}"#,
+        );
+        let usage = facts.usage.unwrap();
+        assert_eq!(usage.input_tokens, Some(18480));
+        assert_eq!(usage.output_tokens, Some(2209));
+        assert_eq!(usage.reasoning_tokens, Some(1120));
+        // The stated total is the sum of the parts.
+        assert_eq!(usage.total_tokens, Some(20689));
+        let facts = finished_with(
+            r#"{"promptTokenCount": 151,"candidatesTokenCount": 1,"toolUsePromptTokenCount": -1}"#,
+        );
+        assert_eq!(facts.usage.unwrap().input_tokens, None);
+    }
+
+    #[test]
+    fn an_odd_member_beside_the_final_figures_costs_only_itself() {
+        for (last, reason, model) in [
+            (
+                r#"{"candidates": [{"finishReason": 1,"index": 0}],"usageMetadata": {"promptTokenCount": 8,"candidatesTokenCount": 4},"modelVersion": "gemini-2.5-flash"}"#,
+                None,
+                Some("gemini-2.5-flash"),
+            ),
+            (
+                r#"{"candidates": [{"finishReason": "STOP","index": "0","safetyRatings": 1e400}],"usageMetadata": {"promptTokenCount": 8,"candidatesTokenCount": 4},"modelVersion": 2.5}"#,
+                Some("STOP"),
+                None,
+            ),
+            (
+                r#"{"candidates": {"finishReason": "STOP"},"promptFeedback": {"blockReason": "SAFETY"},"usageMetadata": {"promptTokenCount": 8,"candidatesTokenCount": 4}}"#,
+                Some("SAFETY"),
+                None,
+            ),
+            (
+                r#"{"candidates": [null, {"finishReason": "MAX_TOKENS"}],"usageMetadata": {"promptTokenCount": 8,"candidatesTokenCount": 4},"error": 5}"#,
+                Some("MAX_TOKENS"),
+                None,
+            ),
+        ] {
+            let facts = run(&[last.as_bytes()]);
+            assert_eq!(facts.finish_reason.as_deref(), reason, "{last}");
+            assert_eq!(facts.end_marker_seen, reason.is_some(), "{last}");
+            assert_eq!(facts.model.as_deref(), model, "{last}");
+            let usage = facts.usage.unwrap_or_else(|| panic!("{last}: usage lost"));
+            assert_eq!(usage.total_tokens, Some(12), "{last}");
+            assert_eq!(facts.unparsed_events, 0, "{last}");
+            assert_eq!(facts.provider_error, None, "{last}");
+        }
     }
 
     #[test]

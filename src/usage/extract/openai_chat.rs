@@ -4,6 +4,11 @@
 //! `stream_options.include_usage`, then `data: [DONE]`. A mid-stream error is a
 //! `{"error":{...}}` payload (the SDKs also accept it under `event: error`).
 //!
+//! Compatible servers move the figures: Groq states them under `x_groq.usage`, Moonshot inside
+//! the finishing choice, DeepSeek its cache hits as `prompt_cache_hit_tokens`; vLLM and SGLang
+//! (`continuous_usage_stats`) send running figures on every content chunk (each then parsed),
+//! which are not final until the finish.
+//!
 //! Hot path: an ordinary delta chunk costs three substring scans and no parse, and the model
 //! is read from the first chunk by a walk of its top-level keys; only the finish chunk, the usage
 //! chunk and errors are parsed, once each.
@@ -12,7 +17,9 @@ use std::sync::LazyLock;
 
 use serde::Deserialize;
 
-use super::common::{parse, Count, ErrorBody, OptionalObject};
+use super::common::{
+    parse, Count, ErrorBody, ErrorValue, OptionalList, OptionalObject, OptionalString,
+};
 use super::scan::{top_level_str, Needle};
 use super::UsageExtractor;
 use crate::usage::record::{StreamFacts, Usage};
@@ -32,6 +39,12 @@ pub struct OpenaiChatExtractor {
     model_parses: u8,
     /// The last event was the usage-only chunk.
     usage_only: bool,
+    /// A choice has finished: figures from here on are final.
+    finished: bool,
+    /// Running figures stated before the finish, final only if the stream ends without others.
+    /// Boxed: rare (vLLM's `continuous_usage_stats`), and every stream's extractor would carry
+    /// its 104 bytes otherwise.
+    running: Option<Box<Usage>>,
 }
 
 impl OpenaiChatExtractor {
@@ -42,8 +55,7 @@ impl OpenaiChatExtractor {
     pub(crate) fn seeded(facts: StreamFacts) -> OpenaiChatExtractor {
         OpenaiChatExtractor {
             facts,
-            model_parses: 0,
-            usage_only: false,
+            ..OpenaiChatExtractor::default()
         }
     }
 
@@ -52,38 +64,51 @@ impl OpenaiChatExtractor {
         self.facts.model.is_none() && self.model_parses < MODEL_PARSES
     }
 
-    fn wants_parse(&self, event_type: &[u8], data: &[u8]) -> bool {
+    fn wants_parse(&self, event_type: &[u8], data: &[u8], finishing: bool) -> bool {
         self.wants_model()
             || event_type == b"error"
-            || FINISH_REASON.has_non_null_value(data)
+            || finishing
             || USAGE.has_non_null_value(data)
             || ERROR.occurs_in(data)
     }
 
-    fn read(&mut self, data: &[u8]) {
+    /// `finishing`: a choice of this chunk states a finish reason (of whatever type).
+    fn read(&mut self, data: &[u8], finishing: bool) {
         let Some(chunk) = parse::<Chunk>(&mut self.facts, data) else {
             return;
         };
         if self.facts.model.is_none() {
             self.model_parses += 1;
         }
-        if let Some(model) = chunk.model.filter(|m| !m.is_empty()) {
+        if let Some(model) = chunk.model.0.filter(|m| !m.is_empty()) {
             self.facts.model = Some(model);
         }
         // A last content chunk that happens to carry usage too is not usage-only.
-        self.usage_only =
-            chunk.usage.0.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty);
+        let choiceless = chunk.choices.0.as_ref().is_none_or(Vec::is_empty);
+        self.usage_only = chunk.usage.0.is_some() && chunk.choices.is_empty_list();
         // With several choices the last one to finish names the reason.
-        let choices = chunk.choices.unwrap_or_default().into_iter();
-        if let Some(reason) = choices.rev().find_map(|c| c.finish_reason) {
+        let choices: Vec<Choice> = chunk.choices.objects().collect();
+        if let Some(reason) = choices.iter().rev().find_map(|c| c.finish_reason.0.clone()) {
             self.facts.finish_reason = Some(reason);
         }
-        if let Some(usage) = chunk.usage.0.and_then(|u| u.into_usage().stated()) {
-            self.facts.usage = Some(usage);
+        let usage = chunk
+            .usage
+            .0
+            .or_else(|| chunk.x_groq.0.and_then(|x| x.usage.0))
+            .or_else(|| choices.into_iter().rev().find_map(|c| c.usage.0));
+        self.finished |= finishing;
+        if let Some(usage) = usage.and_then(|u| u.into_usage().stated()) {
+            // Figures on a content chunk before the finish are running ones: a stream cut there
+            // has no final figures, as with Gemini and Anthropic.
+            if self.finished || choiceless {
+                self.facts.usage = Some(usage);
+            } else {
+                self.running = Some(Box::new(usage));
+            }
         }
-        if let Some(error) = chunk.error {
-            self.facts.provider_error = Some(error.into_provider_error());
-        } else if chunk.object.as_deref() == Some("error") {
+        if let Some(error) = chunk.error.with_type(chunk.error_type) {
+            self.facts.provider_error = Some(error);
+        } else if chunk.object.0.as_deref() == Some("error") {
             // OpenAI-compatible servers (vLLM and others) write the error object flat.
             if let Some(error) = parse::<ErrorBody>(&mut self.facts, data) {
                 self.facts.provider_error = Some(error.into_provider_error());
@@ -99,6 +124,12 @@ impl UsageExtractor for OpenaiChatExtractor {
         let data = data.trim_ascii();
         if data == b"[DONE]" {
             self.facts.end_marker_seen = true;
+            // A server that never names a finish still ends here, its last figures final. After
+            // a finish they are not: the finish chunk's own figures would be the final ones, and
+            // older ones may be short.
+            if self.facts.usage.is_none() && !self.finished {
+                self.facts.usage = self.running.take().map(|usage| *usage);
+            }
             return;
         }
         if self.wants_model() {
@@ -108,8 +139,9 @@ impl UsageExtractor for OpenaiChatExtractor {
                 self.facts.model = Some(model.to_owned());
             }
         }
-        if self.wants_parse(event_type, data) {
-            self.read(data);
+        let finishing = FINISH_REASON.has_non_null_value(data);
+        if self.wants_parse(event_type, data, finishing) {
+            self.read(data, finishing);
         }
     }
 
@@ -122,19 +154,32 @@ impl UsageExtractor for OpenaiChatExtractor {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct Chunk {
-    model: Option<String>,
-    object: Option<String>,
-    choices: Option<Vec<Choice>>,
-    #[serde(default)]
+    model: OptionalString,
+    object: OptionalString,
+    choices: OptionalList<Choice>,
     usage: OptionalObject<ChatUsage>,
-    error: Option<ErrorBody>,
+    /// Groq: `{"id":"req_…","usage":{…}}` on the finish chunk, without a top-level `usage`.
+    x_groq: OptionalObject<XGroq>,
+    error: ErrorValue,
+    /// Beside a bare error message (text-generation-inference).
+    error_type: OptionalString,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct Choice {
-    finish_reason: Option<String>,
+    finish_reason: OptionalString,
+    /// Moonshot (Kimi) states the figures in the finishing choice.
+    usage: OptionalObject<ChatUsage>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct XGroq {
+    usage: OptionalObject<ChatUsage>,
 }
 
 #[derive(Default, Deserialize)]
@@ -145,6 +190,9 @@ struct ChatUsage {
     total_tokens: Count,
     prompt_tokens_details: OptionalObject<PromptDetails>,
     completion_tokens_details: OptionalObject<CompletionDetails>,
+    /// DeepSeek's cached part of `prompt_tokens` (which is hits plus misses), where it states no
+    /// `prompt_tokens_details`.
+    prompt_cache_hit_tokens: Count,
 }
 
 #[derive(Default, Deserialize)]
@@ -167,7 +215,10 @@ impl ChatUsage {
             cached_input_tokens: self
                 .prompt_tokens_details
                 .0
-                .and_then(|d| d.cached_tokens.get()),
+                .map_or(Count::Absent, |d| d.cached_tokens)
+                // The standard figure when stated, else DeepSeek's.
+                .over(self.prompt_cache_hit_tokens)
+                .get(),
             cache_creation_input_tokens: None,
             reasoning_tokens: self
                 .completion_tokens_details
@@ -325,6 +376,205 @@ mod tests {
             (None, None)
         );
         assert_eq!(facts.unparsed_events, 0);
+    }
+
+    #[test]
+    fn groq_states_its_figures_under_x_groq() {
+        // vercel/ai#1651: Groq's finish chunk, usage only under `x_groq`.
+        let facts = run(&[
+            br#"{"id":"chatcmpl-8566e76f","object":"chat.completion.chunk","created":1716131679,"model":"llama3-8b-8192","system_fingerprint":"fp_179b0f92c9","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"x_groq":{"id":"req_01hy8ppkajfqk987jv2vx88m9r"}}"#,
+            br#"{"id":"chatcmpl-8566e76f","object":"chat.completion.chunk","created":1716131679,"model":"llama3-8b-8192","system_fingerprint":"fp_179b0f92c9","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"x_groq":{"id":"req_01hy8ppkajfqk987jv2vx88m9r","usage":{"queue_time":0.07535312,"prompt_tokens":23,"prompt_time":0.006,"completion_tokens":19,"completion_time":0.022,"total_tokens":42,"total_time":0.027999999999999997}}}"#,
+            b"[DONE]",
+        ]);
+        let usage = facts.usage.unwrap();
+        assert_eq!(
+            (usage.input_tokens, usage.output_tokens, usage.total_tokens),
+            (Some(23), Some(19), Some(42))
+        );
+        assert_eq!(facts.finish_reason.as_deref(), Some("stop"));
+        // Where Groq also states a top-level usage (include_usage), that one is read.
+        let facts = run(&[
+            FIRST,
+            br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1},"x_groq":{"usage":{"prompt_tokens":9,"completion_tokens":9}}}"#,
+        ]);
+        assert_eq!(facts.usage.unwrap().total_tokens, Some(6));
+    }
+
+    #[test]
+    fn moonshot_states_its_figures_in_the_finishing_choice() {
+        // northes/go-moonshot#17: the documented stream of api.moonshot.cn.
+        let facts = run(&[
+            br#"{"id":"cmpl-1305b94c570f447fbde3180560736287","object":"chat.completion.chunk","created":1698999575,"model":"moonshot-v1-8k","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            br#"{"id":"cmpl-1305b94c570f447fbde3180560736287","object":"chat.completion.chunk","created":1698999575,"model":"moonshot-v1-8k","choices":[{"index":0,"delta":{},"finish_reason":"stop","usage":{"prompt_tokens":19,"completion_tokens":13,"total_tokens":32}}]}"#,
+            b"[DONE]",
+        ]);
+        assert_eq!(facts.usage.unwrap().total_tokens, Some(32));
+        assert_eq!(facts.finish_reason.as_deref(), Some("stop"));
+    }
+
+    #[test]
+    fn deepseek_cache_hits_are_the_cached_part() {
+        let deepseek = run(&[
+            FIRST,
+            br#"{"choices":[],"usage":{"prompt_tokens":1200,"completion_tokens":30,"total_tokens":1230,"prompt_cache_hit_tokens":1024,"prompt_cache_miss_tokens":176}}"#,
+        ]);
+        assert_eq!(deepseek.usage.unwrap().cached_input_tokens, Some(1024));
+        // The standard figure, where stated (also null-valued details), is the one read.
+        for (details, cached) in [
+            (r#"{"cached_tokens":1000}"#, Some(1000)),
+            (r#"{"cached_tokens":"x"}"#, None),
+            ("null", Some(1024)),
+            (r#"{"audio_tokens":0}"#, Some(1024)),
+        ] {
+            let chunk = format!(
+                r#"{{"choices":[],"usage":{{"prompt_tokens":1200,"completion_tokens":30,"prompt_tokens_details":{details},"prompt_cache_hit_tokens":1024}}}}"#
+            );
+            let facts = run(&[FIRST, chunk.as_bytes()]);
+            assert_eq!(
+                facts.usage.unwrap().cached_input_tokens,
+                cached,
+                "{details}"
+            );
+        }
+    }
+
+    const RUNNING: [&[u8]; 2] = [
+        br#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a"},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":10,"total_tokens":11,"completion_tokens":1}}"#,
+        br#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"b"},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":10,"total_tokens":12,"completion_tokens":2}}"#,
+    ];
+
+    #[test]
+    fn running_figures_are_final_only_from_the_finish() {
+        // vLLM with `continuous_usage_stats`: every chunk states the figures so far.
+        let finish = br#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"length","stop_reason":null}],"usage":{"prompt_tokens":10,"total_tokens":13,"completion_tokens":3}}"#;
+        let usage_chunk = br#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":10,"total_tokens":13,"completion_tokens":3}}"#;
+        let cut = run(&RUNNING);
+        assert_eq!(cut.usage_source(), "none");
+        let whole = run(&[RUNNING[0], RUNNING[1], finish, usage_chunk, b"[DONE]"]);
+        assert_eq!(whole.usage.unwrap().output_tokens, Some(3));
+        let without_usage_chunk = run(&[RUNNING[0], RUNNING[1], finish]);
+        assert_eq!(without_usage_chunk.usage.unwrap().output_tokens, Some(3));
+        // A finish without figures: the running ones before it may be short, so none is final.
+        let bare_finish = br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+        let short = run(&[RUNNING[0], RUNNING[1], bare_finish, b"[DONE]"]);
+        assert_eq!(short.usage_source(), "none");
+        // A stream that ends without a finish reason: the last figures, at the end marker.
+        let unfinished = run(&[RUNNING[0], RUNNING[1], b"[DONE]"]);
+        assert_eq!(unfinished.usage.unwrap().output_tokens, Some(2));
+    }
+
+    /// The last chunk of a stream, with one member of the wrong type beside its figures:
+    /// `(member, the finish reason still read, the model still read)`.
+    const ODD_MEMBERS: &[(&str, Option<&str>, Option<&str>)] = &[
+        (r#""finish_reason":7"#, None, Some("m")),
+        (r#""finish_reason":{"type":"stop"}"#, None, Some("m")),
+        (
+            r#""finish_reason":"stop","index":"0""#,
+            Some("stop"),
+            Some("m"),
+        ),
+        (
+            r#""finish_reason":"stop","logprobs":1e400"#,
+            Some("stop"),
+            Some("m"),
+        ),
+        (
+            r#""finish_reason":"stop","delta":[]"#,
+            Some("stop"),
+            Some("m"),
+        ),
+    ];
+
+    #[test]
+    fn an_odd_member_beside_the_figures_costs_only_itself() {
+        for &(member, reason, model) in ODD_MEMBERS {
+            let last = format!(
+                r#"{{"model":"m","choices":[{{"index":0,{member}}}],"usage":{{"prompt_tokens":5,"completion_tokens":7}}}}"#
+            );
+            check_odd(&last, reason, model);
+        }
+        for (chunk, reason, model) in [
+            (
+                r#"{"model":12,"choices":[{"index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#,
+                Some("stop"),
+                None,
+            ),
+            (
+                r#"{"model":"m","choices":null,"usage":{"prompt_tokens":5,"completion_tokens":7}}"#,
+                None,
+                Some("m"),
+            ),
+            (
+                r#"{"model":"m","choices":{"0":{}},"usage":{"prompt_tokens":5,"completion_tokens":7}}"#,
+                None,
+                Some("m"),
+            ),
+            (
+                r#"{"model":"m","choices":[null,{"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":7},"created":1e400}"#,
+                Some("stop"),
+                Some("m"),
+            ),
+            (
+                r#"{"model":"m","object":7,"system_fingerprint":false,"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7},"error":null}"#,
+                None,
+                Some("m"),
+            ),
+        ] {
+            check_odd(chunk, reason, model);
+        }
+    }
+
+    fn check_odd(last: &str, reason: Option<&str>, model: Option<&str>) {
+        let mut x = OpenaiChatExtractor::new();
+        // Nameless first chunks, so that the model is read from the last one.
+        x.on_event(
+            b"message",
+            br#"{"choices":[{"delta":{},"finish_reason":null}]}"#,
+        );
+        x.on_event(b"message", last.as_bytes());
+        x.on_event(b"message", b"[DONE]");
+        let facts = x.facts();
+        let usage = facts.usage.unwrap_or_else(|| panic!("{last}: usage lost"));
+        assert_eq!(usage.total_tokens, Some(12), "{last}");
+        assert_eq!(facts.finish_reason.as_deref(), reason, "{last}");
+        assert_eq!(facts.model.as_deref(), model, "{last}");
+        assert_eq!(facts.unparsed_events, 0, "{last}");
+    }
+
+    #[test]
+    fn a_figure_beyond_f64_is_unknown_and_the_others_are_kept() {
+        let facts = run(&[
+            FIRST,
+            br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1e400,"completion_tokens":7,"completion_tokens_details":{"reasoning_tokens":2}}}"#,
+        ]);
+        let usage = facts.usage.unwrap();
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.reasoning_tokens
+            ),
+            (None, Some(7), Some(2))
+        );
+        assert_eq!(usage.total_tokens, None);
+        assert_eq!(facts.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(facts.unparsed_events, 0);
+    }
+
+    #[test]
+    fn a_bare_error_message_is_an_error() {
+        // text-generation-inference's stream error: `{"error": String, "error_type": String}`.
+        let facts = run(&[
+            FIRST,
+            br#"{"error":"Request failed during generation: Server error: CUDA out of memory","error_type":"generation"}"#,
+        ]);
+        let error = facts.provider_error.unwrap();
+        assert_eq!(error.kind, "generation");
+        assert!(error.message.starts_with("Request failed"));
+        assert_eq!(facts.unparsed_events, 0);
+        // An error object with odd members is still an error.
+        let facts = run(&[FIRST, br#"{"error":{"message":"boom","code":[502]}}"#]);
+        assert_eq!(facts.provider_error.unwrap().message, "boom");
     }
 
     /// Whether the extractor takes `data`, after the stream's first chunk, for the usage-only

@@ -8,7 +8,9 @@
 
 use serde::Deserialize;
 
-use super::common::{event_kind, parse, Count, ErrorBody, ErrorEvent, OptionalObject};
+use super::common::{
+    event_kind, parse, Count, ErrorEvent, ErrorValue, OptionalObject, OptionalString,
+};
 use super::UsageExtractor;
 use crate::usage::record::{StreamFacts, Usage};
 
@@ -30,24 +32,24 @@ impl ResponsesExtractor {
         let Some(event) = parse::<LifecycleEvent>(&mut self.facts, data) else {
             return;
         };
-        let Some(response) = event.response else {
+        let Some(response) = event.response.0 else {
             return;
         };
-        if let Some(model) = response.model {
+        if let Some(model) = response.model.0 {
             self.facts.model = Some(model);
         }
         if !terminal {
             return;
         }
         self.facts.end_marker_seen = true;
-        if let Some(status) = response.status {
+        if let Some(status) = response.status.0 {
             self.facts.finish_reason = Some(status);
         }
         if let Some(usage) = response.usage.0.and_then(|u| u.into_usage().stated()) {
             self.facts.usage = Some(usage);
         }
-        if let Some(error) = response.error {
-            self.facts.provider_error = Some(error.into_provider_error());
+        if let Some(error) = response.error.with_type(OptionalString::default()) {
+            self.facts.provider_error = Some(error);
         }
     }
 
@@ -82,18 +84,19 @@ impl UsageExtractor for ResponsesExtractor {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct LifecycleEvent {
-    response: Option<ResponseObject>,
+    response: OptionalObject<ResponseObject>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct ResponseObject {
-    model: Option<String>,
-    status: Option<String>,
-    #[serde(default)]
+    model: OptionalString,
+    status: OptionalString,
     usage: OptionalObject<ResponsesUsage>,
-    error: Option<ErrorBody>,
+    error: ErrorValue,
 }
 
 #[derive(Default, Deserialize)]
@@ -224,6 +227,40 @@ mod tests {
                 "{bad}"
             );
             assert_eq!(facts.unparsed_events, 0, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_odd_member_beside_the_usage_costs_only_itself() {
+        for (odd, status, error) in [
+            (r#""model":5,"status":"completed""#, Some("completed"), None),
+            (r#""model":"m","status":["completed"]"#, None, None),
+            (
+                r#""model":"m","status":"failed","error":{"code":1.5,"message":7}"#,
+                Some("failed"),
+                Some("error"),
+            ),
+            (
+                r#""model":"m","status":"completed","error":"x","n":1e400"#,
+                Some("completed"),
+                Some("error"),
+            ),
+        ] {
+            let mut x = ResponsesExtractor::new();
+            let data = format!(
+                r#"{{"type":"response.completed","response":{{{odd},"usage":{{"input_tokens":10,"output_tokens":2}}}}}}"#
+            );
+            x.on_event(b"response.completed", data.as_bytes());
+            let facts = x.facts();
+            assert!(facts.end_marker_seen, "{odd}");
+            assert_eq!(facts.finish_reason.as_deref(), status, "{odd}");
+            assert_eq!(
+                facts.provider_error.as_ref().map(|e| e.kind.as_str()),
+                error,
+                "{odd}"
+            );
+            assert_eq!(facts.usage.unwrap().total_tokens, Some(12), "{odd}");
+            assert_eq!(facts.unparsed_events, 0, "{odd}");
         }
     }
 

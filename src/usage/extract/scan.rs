@@ -115,6 +115,47 @@ fn split_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     }
 }
 
+/// `data` with each number beyond the range of an `f64` (`1e400`, `-1e999`, an integer of 400
+/// digits) written as `false`; `None` when it holds none. serde_json refuses the whole document
+/// for one such number, where any other figure that is not a count costs only itself: with it
+/// rewritten, the figure reads as unknown (a count is never `false`) and the rest of the event
+/// as the provider wrote it. Only called after a failed parse, so the walk costs nothing on the
+/// hot path.
+pub(crate) fn without_huge_numbers(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut copied, mut at) = (0, 0);
+    while at < data.len() {
+        match data[at] {
+            // A string: skipped whole, digits and all. Cut short, the document is broken anyway.
+            b'"' => at = data.len() - split_string(&data[at..])?.1.len(),
+            b'-' | b'0'..=b'9' => {
+                let end = data[at..]
+                    .iter()
+                    .position(|b| !matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .map_or(data.len(), |n| at + n);
+                if beyond_f64(&data[at..end]) {
+                    out.extend_from_slice(&data[copied..at]);
+                    out.extend_from_slice(b"false");
+                    copied = end;
+                }
+                at = end;
+            }
+            _ => at += 1,
+        }
+    }
+    (copied > 0).then(|| {
+        out.extend_from_slice(&data[copied..]);
+        out
+    })
+}
+
+fn beyond_f64(number: &[u8]) -> bool {
+    std::str::from_utf8(number)
+        .ok()
+        .and_then(|n| n.parse::<f64>().ok())
+        .is_some_and(f64::is_infinite)
+}
+
 /// What follows the JSON value at the start of `bytes` (a string, an object or array with all
 /// it holds, or a scalar up to its delimiter).
 fn skip_value(bytes: &[u8]) -> Option<&[u8]> {
@@ -325,6 +366,34 @@ mod tests {
         assert!(!usage.has_non_null_value(br#"{"usage""#));
         // A cut-off value is a "maybe": the parse then fails and counts it.
         assert!(usage.has_non_null_value(br#"{"usage":"#));
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_rewritten_and_nothing_else() {
+        let rewritten =
+            |data: &[u8]| without_huge_numbers(data).map(|d| String::from_utf8(d).unwrap());
+        assert_eq!(
+            rewritten(br#"{"a":1e400,"b":[-2E+999, 3],"c":"1e400","d":1e-400}"#).as_deref(),
+            Some(r#"{"a":false,"b":[false, 3],"c":"1e400","d":1e-400}"#)
+        );
+        let digits = "9".repeat(400);
+        assert_eq!(
+            rewritten(format!(r#"{{"n":{digits}}}"#).as_bytes()).as_deref(),
+            Some(r#"{"n":false}"#)
+        );
+        // Strings with escaped quotes are skipped whole.
+        assert_eq!(
+            rewritten(br#"{"s":"a \" 1e400 \\","n":1e400}"#).as_deref(),
+            Some(r#"{"s":"a \" 1e400 \\","n":false}"#)
+        );
+        for data in [
+            &br#"{"n":18446744073709551616,"f":1.5e308,"x":-0}"#[..],
+            br#"{"s":"1e400"}"#,
+            br#"{"s":"unterminated 1e400"#,
+            b"",
+        ] {
+            assert_eq!(rewritten(data), None, "{}", String::from_utf8_lossy(data));
+        }
     }
 
     #[test]
