@@ -152,3 +152,26 @@ fn redis_down_falls_back_to_local_limits_and_recovers() {
         || open(&b, "sk-fall").1.status == 429,
     );
 }
+
+#[test]
+fn a_redis_restart_does_not_hand_out_held_slots_again() {
+    let mut redis = RedisServer::start();
+    let upstream = holding_upstream();
+    let a = instance(&upstream, &redis);
+    let held: Vec<_> = (0..2).map(|_| open(&a, "sk-restart")).collect();
+    assert!(held.iter().all(|(_, head)| head.status == 200));
+
+    // Restarted empty: the next admission finds its connection closed and asks again on a new
+    // one, where the user's leases are gone for now.
+    redis.restart();
+    assert_eq!(
+        open(&a, "sk-restart").1.status,
+        429,
+        "the user holds 2 of 2"
+    );
+    wait_until("back on Redis", Duration::from_secs(10), || {
+        limits(&a)["backend"] == "redis"
+    });
+    assert_eq!(open(&a, "sk-restart").1.status, 429, "the leases are back");
+    drop(held);
+}

@@ -687,3 +687,39 @@ async fn admit_latency_local_vs_redis() {
         report.join("; ")
     );
 }
+
+/// A Redis that restarts (empty) while this instance holds slots must not hand those slots out
+/// again. The admission finds its connection dropped and retries on a fresh one (it cannot tell
+/// a restart from an idle client closed); the empty Redis lacks this instance's marker, so the
+/// limiter counts locally until its leases are written back, then returns to Redis.
+#[tokio::test]
+async fn a_restarted_redis_does_not_hand_out_held_slots_again() {
+    let mut server = RedisServer::start();
+    let (l, recorder) = limiter_with(&server, Duration::from_secs(30));
+    let limits = per_user(1);
+    let _held = l.admit(&stream("alice", "k", &limits)).await.unwrap();
+    assert_eq!(int(&server, "ZCARD sluice:u:alice"), 1);
+
+    server.restart();
+    let again = l.admit(&stream("alice", "k", &limits)).await;
+    assert_eq!(
+        again.map(|_| ()).unwrap_err(),
+        Rejection::UserStreams { limit: 1 }
+    );
+    assert!(recorder.saw_fallback(true));
+    assert!(
+        eventually(Duration::from_secs(4), || l.snapshot().backend == "redis").await,
+        "back on Redis"
+    );
+    assert_eq!(int(&server, "ZCARD sluice:u:alice"), 1, "the lease is back");
+    // Another instance sees the slot held.
+    let other = limiter(&server);
+    assert_eq!(
+        other
+            .admit(&stream("alice", "k", &limits))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Rejection::UserStreams { limit: 1 }
+    );
+}

@@ -6,6 +6,10 @@
 //!   count, and the keys expire after `2 × lease_ttl` without use.
 //! - `{prefix}:r:{user}`: the user's rate bucket, a hash `{t: ticks, ms: last update}` (the
 //!   arithmetic of `bucket.rs`), expiring once it would be full again.
+//! - `{prefix}:i:{instance}`: this instance's marker, written with its leases by every renewal
+//!   (expiring after `2 × lease_ttl`). An admission that finds it missing (Redis restarted or
+//!   was flushed: the leases are gone too) falls back instead of counting, so a restart never
+//!   hands out this instance's slots again; the probe writes the leases back and returns.
 //!
 //! Stream ids are `{instance}:{n}`: a random 8-hex instance id and a counter.
 //!
@@ -235,6 +239,11 @@ impl Cluster {
         format!("{}:r:{user}", self.settings.key_prefix)
     }
 
+    /// Present while Redis holds every lease of this instance (`RENEW_LUA`).
+    fn marker_key(&self) -> String {
+        format!("{}:i:{}", self.settings.key_prefix, self.instance)
+    }
+
     fn held_for(&self, user: Option<&str>, key: Option<&str>) -> Held {
         Held {
             user_set: user.map(|u| self.user_set(u)),
@@ -356,6 +365,13 @@ impl Cluster {
                 limit: limits.per_user_rpm.unwrap_or(0),
                 retry_after: retry_after_from_ms(*ms),
             })),
+            // Redis answers but lost this instance's leases (a restart): counting there now
+            // would hand out slots this instance holds. Fall back until the probe has written
+            // them again (`Worker::recover`).
+            [4, ..] => {
+                self.enter_fallback("it no longer holds this instance's leases (restarted?)");
+                Err(())
+            }
             other => {
                 self.enter_fallback(&format!("unexpected admit reply {other:?}"));
                 Err(())
@@ -487,6 +503,7 @@ impl Cluster {
         call.key(self.user_set(user))
             .key(self.key_set(key))
             .key(self.rate_key(user))
+            .key(self.marker_key())
             .arg(self.member(id))
             .arg(self.settings.lease_ttl.as_millis() as u64)
             .arg(limit_arg(limits.per_user_streams))

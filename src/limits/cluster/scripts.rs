@@ -3,11 +3,14 @@
 
 use crate::limits::bucket::TICKS_PER_TOKEN;
 
-/// Admits one request. KEYS: user leases, key leases (sorted sets), user rate bucket (hash).
+/// Admits one request. KEYS: user leases, key leases (sorted sets), user rate bucket (hash),
+/// this instance's marker (see [`RENEW_LUA`]).
 /// ARGV: stream id, lease ttl (ms), user stream limit, key stream limit, rpm (-1: no limit),
 /// stream (1/0), has user (1/0), has key (1/0).
 /// Returns {0, user streams, key streams} (counts after admission, -1 when not counted),
-/// {1} user streams full, {2} key streams full, {3, ms until a token} rate.
+/// {1} user streams full, {2} key streams full, {3, ms until a token} rate, {4} the marker is
+/// missing: Redis lost this instance's leases (a restart, a flush, a failover to a replica that
+/// lagged), so its counts are too low to decide on until the leases are written again.
 ///
 /// A stream already holding its lease is admitted again without change: an admission sent a
 /// second time (its connection broke after Redis ran it, before the answer came) takes no
@@ -24,6 +27,7 @@ local rpm = tonumber(ARGV[5])
 local stream = ARGV[6] == '1'
 local has_user = ARGV[7] == '1'
 local has_key = ARGV[8] == '1'
+if redis.call('EXISTS', KEYS[4]) == 0 then return {4, 0, 0} end
 local users, keys = -1, -1
 if stream and (has_user or has_key) then
   local held = (has_user and redis.call('ZSCORE', KEYS[1], member))
@@ -80,18 +84,24 @@ end
 return {0, users, keys}
 "#;
 
-/// Renews leases: KEYS[i] is a sorted set, ARGV[i + 1] the stream id in it; ARGV[1] the ttl.
+/// Renews leases: KEYS[1] is this instance's marker, KEYS[i] (i > 1) a sorted set and
+/// ARGV[i + 1] the stream id in it; ARGV[1] the ttl, ARGV[2] `1` to (re)write the marker.
 /// A plain ZADD: a lease Redis lost is created again.
+///
+/// The marker says "Redis holds every lease of this instance": only this script writes it, in
+/// the call that renews the last of the leases, so an empty Redis (restarted, flushed) lacks
+/// it, and `ADMIT_LUA` refuses to count until every lease has been written back.
 pub(crate) const RENEW_LUA: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', key, 2 * ttl)
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], 2 * ttl)
 end
-return #KEYS
+if ARGV[2] == '1' then redis.call('SET', KEYS[1], '1', 'PX', 2 * ttl) end
+return #KEYS - 1
 "#;
 
 const _: () = assert!(TICKS_PER_TOKEN == 60_000, "ADMIT_LUA's per_token is 60000");

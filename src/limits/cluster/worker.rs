@@ -179,9 +179,16 @@ impl Worker {
             entries
         };
         let ttl_ms = self.cluster.settings.lease_ttl.as_millis() as u64;
-        for chunk in entries.chunks(BATCH) {
+        let marker = self.cluster.marker_key();
+        // One call even with no lease: it writes the marker (RENEW_LUA), last of all.
+        let chunks: Vec<&[(String, String)]> = match entries.is_empty() {
+            true => vec![&[]],
+            false => entries.chunks(BATCH).collect(),
+        };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
             let mut call = self.cluster.renew_script.prepare_invoke();
-            call.arg(ttl_ms);
+            call.key(&marker).arg(ttl_ms).arg(u8::from(i == last));
             for (set, member) in chunk {
                 call.key(set).arg(member);
             }
