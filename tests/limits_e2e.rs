@@ -297,6 +297,57 @@ fn per_user_and_per_key_stream_limits_hold_and_free_on_release() {
     assert_eq!(rejected("user_streams"), 1.0);
 }
 
+/// No spelling of a stream request gets past the stream limits: a body that repeats `stream`
+/// (upstream parsers take the last, or the first), and one too large for Sluice to read whole
+/// (past 1 MiB of prompt, where its `stream` member may be), each take a stream slot. Before,
+/// neither was counted, and a user at their limit got more streams.
+#[test]
+fn stream_requests_of_any_spelling_take_a_stream_slot() {
+    let upstream = holding_upstream();
+    let dir = TempDir::new();
+    let keys = keys_file(&dir, &[("sk-a1", "alice", "a1", None)]);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /v1/, upstream: up, provider: openai }}\nauth: {{ mode: keys, keys_file: {keys} }}\nlimits: {{ per_user_streams: 1 }}\n",
+        upstream.url()
+    ));
+    let big = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}],"stream":true}}"#,
+        "a".repeat(1024 * 1024 + 16)
+    );
+    let bodies = [
+        r#"{"model":"m","stream":true,"stream":true}"#.to_string(),
+        r#"{"model":"m","stream":false,"stream":true}"#.to_string(),
+        r#"{"model":"m","stream":true,"stream":false}"#.to_string(),
+        big,
+    ];
+    let send = |body: &str| {
+        let mut client = Client::connect(sluice.addr);
+        client.send(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer sk-a1"),
+            ],
+            body.as_bytes(),
+        );
+        let head = client.read_head();
+        (client, head)
+    };
+    for body in &bodies {
+        let shown = &body[..body.len().min(60)];
+        // Alone, each is a stream that holds alice's one slot...
+        let (held, head) = send(body);
+        assert_eq!(head.status, 200, "{shown}");
+        assert_eq!(limits_json(&sluice)["users"]["alice"], 1, "{shown}");
+        // ... and none gets past it.
+        let (_, head) = send(body);
+        assert_eq!(head.status, 429, "{shown}");
+        drop(held);
+        wait_slots_free(&sluice);
+    }
+}
+
 #[test]
 fn passthrough_forwards_the_key_and_limits_by_its_digest() {
     let upstream = holding_upstream();

@@ -248,8 +248,11 @@ async fn open<'d>(
     } else {
         None
     };
-    // A WebSocket session is long-lived: it takes a stream slot like any stream.
-    ctx.stream_request = websocket || request_wants_stream(accept, members.as_ref(), &ctx.path);
+    // A WebSocket session is long-lived: it takes a stream slot like any stream. So does a body
+    // too large to read whole: its `stream` member may come after megabytes of prompt (images),
+    // and not counting it would let any stream past the limits by growing its body.
+    ctx.stream_request =
+        websocket || !body.complete || request_wants_stream(accept, members.as_ref(), &ctx.path);
     ctx.format = StreamFormat::from_request(route.provider, &ctx.path);
     if let Err(refusal) = admission::admit(limiter, route, ctx).await {
         return Err(respond_refusal(down, ctx, &refusal).await);
@@ -703,7 +706,7 @@ fn add_include_usage(
     }
     if !body.complete {
         log::warn!(
-            "request {}: body over {INSPECT_BODY_LIMIT} bytes, forwarded untouched without include_usage",
+            "request {}: body over {INSPECT_BODY_LIMIT} bytes, forwarded untouched without include_usage (if it asks for a stream, its usage is reported only if it asks for it itself)",
             ctx.request_id
         );
         return false;

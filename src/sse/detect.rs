@@ -113,6 +113,7 @@ pub fn request_wants_stream(
     let flag = body.and_then(|members| members.stream.as_bool());
     accepts
         || flag == Some(true)
+        || body.is_some_and(|members| members.any_stream_true)
         || path.ends_with(":streamGenerateContent")
         || (streams_by_default(path) && flag != Some(false))
 }
@@ -125,17 +126,74 @@ fn streams_by_default(path: &str) -> bool {
 /// The members of a JSON request body that streaming depends on, read once per request. The
 /// others (the prompt: often many kilobytes) are only checked to be JSON, never copied into
 /// values: this runs before the request goes upstream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 pub struct StreamMembers {
-    #[serde(default)]
+    /// The last `stream` member, as the upstreams' JSON parsers read a repeated one (Python,
+    /// Go, Node: the last wins); `Null` when there is none.
     pub stream: Value,
     /// `Some` when the member is there, even as `null`.
-    #[serde(default, deserialize_with = "present")]
     pub stream_options: Option<Value>,
+    /// `stream` or `stream_options` appears more than once. Which one counts is the upstream
+    /// parser's choice: such a body is not rewritten, and any `"stream": true` makes it a stream
+    /// (else `"stream":true,"stream":false` would take no stream slot from a parser that keeps
+    /// the first).
+    pub repeated: bool,
+    /// Some `stream` member is `true`.
+    pub any_stream_true: bool,
+}
+
+impl<'de> Deserialize<'de> for StreamMembers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Member {
+    Stream,
+    StreamOptions,
+    #[serde(other)]
+    Other,
+}
+
+struct MembersVisitor;
+
+impl<'de> serde::de::Visitor<'de> for MembersVisitor {
+    type Value = StreamMembers;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<StreamMembers, A::Error> {
+        let mut members = StreamMembers::default();
+        let (mut stream_seen, mut options_seen) = (false, false);
+        while let Some(member) = map.next_key::<Member>()? {
+            match member {
+                Member::Stream => {
+                    members.stream = map.next_value()?;
+                    members.any_stream_true |= members.stream == Value::Bool(true);
+                    members.repeated |= std::mem::replace(&mut stream_seen, true);
+                }
+                Member::StreamOptions => {
+                    members.stream_options = Some(map.next_value()?);
+                    members.repeated |= std::mem::replace(&mut options_seen, true);
+                }
+                Member::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(members)
+    }
 }
 
 impl StreamMembers {
-    /// `None` when the body is not a JSON object (or repeats `stream` or `stream_options`).
+    /// `None` when the body is not a JSON object.
     pub fn read(body: &[u8]) -> Option<StreamMembers> {
         // A struct also deserialises from a JSON array (`[true]`): only an object has members.
         let first = body
@@ -146,10 +204,6 @@ impl StreamMembers {
         }
         serde_json::from_slice(body).ok()
     }
-}
-
-fn present<'de, D: Deserializer<'de>>(member: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(member).map(Some)
 }
 
 #[cfg(test)]
@@ -207,6 +261,28 @@ mod tests {
     }
 
     #[test]
+    fn members_are_read_as_upstream_parsers_read_them() {
+        let members =
+            body(br#"{"stream":true,"x":{"stream":false},"stream_options":{"a":1}}"#).unwrap();
+        assert_eq!(members.stream, Value::Bool(true));
+        assert_eq!(members.stream_options, Some(serde_json::json!({"a":1})));
+        assert!(!members.repeated);
+        let members = body(br#"{"stream":true,"stream":false}"#).unwrap();
+        assert_eq!(members.stream, Value::Bool(false), "the last one");
+        assert!(members.repeated && members.any_stream_true);
+        let members = body(br#"{"stream_options":null,"stream_options":{}}"#).unwrap();
+        assert!(members.repeated);
+        let members = body(br#"{"model":"m"}"#).unwrap();
+        assert_eq!(
+            (members.stream, members.stream_options),
+            (Value::Null, None)
+        );
+        // An escaped key is the same member.
+        assert!(body(br#"{"str\u0065am":true}"#).unwrap().any_stream_true);
+        assert!(body(br#"{"stream":true,"messages":[1,}"#).is_none());
+    }
+
+    #[test]
     fn requests() {
         let p = "/v1/chat/completions";
         assert!(request_wants_stream(Some(b"text/event-stream"), None, p));
@@ -239,6 +315,22 @@ mod tests {
             p
         ));
         assert!(!request_wants_stream(Some(b"*/*"), None, p));
+        // A repeated `stream`: any `true` is a stream, whichever one the upstream reads.
+        for repeated in [
+            &br#"{"stream":true,"stream":true}"#[..],
+            br#"{"stream":false,"stream":true}"#,
+            br#"{"stream":true,"stream":false}"#,
+        ] {
+            assert!(
+                request_wants_stream(None, body(repeated).as_ref(), p),
+                "{repeated:?}"
+            );
+        }
+        assert!(!request_wants_stream(
+            None,
+            body(br#"{"stream":false,"stream":false}"#).as_ref(),
+            p
+        ));
         let gemini = "/v1beta/models/gemini-2.0-flash:streamGenerateContent";
         assert!(request_wants_stream(None, body(b"{}").as_ref(), gemini));
         assert!(!request_wants_stream(

@@ -21,10 +21,13 @@ pub enum IncludeUsage {
 /// Rewrites a complete JSON request body so that it asks for usage. `members` is what
 /// [`StreamMembers::read`] made of `body` (`None`: not a JSON object).
 pub fn ensure_include_usage(body: &[u8], members: Option<&StreamMembers>) -> IncludeUsage {
-    const NOT_AN_OBJECT: &str = "request body is not a JSON object (or repeats stream members)";
+    const NOT_AN_OBJECT: &str = "request body is not a JSON object";
     let Some(members) = members else {
         return IncludeUsage::Untouched(NOT_AN_OBJECT);
     };
+    if members.repeated {
+        return IncludeUsage::Untouched("request body repeats stream or stream_options");
+    }
     if members.stream != Value::Bool(true) {
         return IncludeUsage::Untouched("not a stream request");
     }
