@@ -49,6 +49,10 @@ pub struct HostAddrs {
     host: String,
     port: u16,
     refresh: Duration,
+    /// Longest wait for one lookup (the upstream's `connect_timeout`): a resolver that does not
+    /// answer would otherwise hold the first connection for its own retries (20 s and more
+    /// with glibc's defaults and two name servers).
+    lookup_timeout: Duration,
     lookup: Lookup,
     state: Mutex<State>,
     /// Held by the request looking the name up while no answer is kept.
@@ -79,11 +83,18 @@ struct Addr {
 }
 
 impl HostAddrs {
-    pub fn new(host: &str, port: u16, refresh: Duration, lookup: Lookup) -> Arc<HostAddrs> {
+    pub fn new(
+        host: &str,
+        port: u16,
+        refresh: Duration,
+        lookup_timeout: Duration,
+        lookup: Lookup,
+    ) -> Arc<HostAddrs> {
         Arc::new(HostAddrs {
             host: host.to_string(),
             port,
             refresh,
+            lookup_timeout,
             lookup,
             state: Mutex::new(State::default()),
             first_lookup: tokio::sync::Mutex::new(()),
@@ -107,7 +118,7 @@ impl HostAddrs {
         if let Some(kept) = self.kept() {
             return kept;
         }
-        let answer = (self.lookup)(&self.host, self.port).await;
+        let answer = self.look_up().await;
         let now = Instant::now();
         let mut state = self.lock();
         match answer {
@@ -184,7 +195,7 @@ impl HostAddrs {
             }
         }
         let _done = Done(&self);
-        let answer = (self.lookup)(&self.host, self.port).await;
+        let answer = self.look_up().await;
         let now = Instant::now();
         let mut state = self.lock();
         match answer {
@@ -215,6 +226,14 @@ impl HostAddrs {
                 // Tried again after another `dns_refresh`, not by every request meanwhile.
                 state.looked_up = Some(now);
             }
+        }
+    }
+
+    async fn look_up(&self) -> Result<Vec<SocketAddr>, String> {
+        let lookup = (self.lookup)(&self.host, self.port);
+        match tokio::time::timeout(self.lookup_timeout, lookup).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {:?}", self.lookup_timeout)),
         }
     }
 
@@ -326,6 +345,7 @@ mod tests {
             "api.example",
             8080,
             refresh,
+            Duration::from_secs(5),
             scripted(answers.clone(), calls.clone()),
         );
         Fixture {
@@ -400,6 +420,23 @@ mod tests {
             assert_eq!(request.await.unwrap().unwrap(), vec![addr(1)]);
         }
         assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lookup_that_does_not_answer_fails_within_its_timeout() {
+        let silent: Lookup = Arc::new(|_: &str, _: u16| Box::pin(std::future::pending()));
+        let host = HostAddrs::new(
+            "api.example",
+            8080,
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            silent,
+        );
+        let started = Instant::now();
+        let error = host.candidates().await.unwrap_err();
+        assert_eq!(error, "no answer within 50ms");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]

@@ -126,6 +126,7 @@ impl Upstreams {
                     &target.host,
                     target.port,
                     spec.dns_refresh,
+                    spec.connect_timeout,
                     lookup.clone(),
                 );
                 hosts.insert(spec.name.clone(), host);

@@ -761,6 +761,7 @@ fn upstreams_for_host(
             "api.sluice-test.invalid",
             9,
             Duration::from_secs(60),
+            Duration::from_secs(1),
             lookup,
         ),
     );
