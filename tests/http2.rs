@@ -876,3 +876,54 @@ fn a_client_that_resets_mid_body_is_logged_as_gone() {
     assert_eq!(line["outcome"], "client_disconnect", "{line}");
     assert!(upstream.requests().is_empty());
 }
+
+/// Over HTTP/2 too, a trusted proxy's `X-Forwarded-For` names the client in the access log, and
+/// the upstream gets the list (all its fields, in order) with the peer appended.
+#[test]
+fn a_trusted_proxy_names_the_client_over_http2() {
+    let upstream = Upstream::start(|_| vec![Step::sized(200, "application/json", b"{}")]);
+    let dir = support::TempDir::new();
+    let stdout = dir.path.join("access.log");
+    // Lines before `upstreams:` go on with the `server:` block the helper writes.
+    let sluice = Sluice::start_h2c_with_output(
+        &format!(
+            "  trusted_proxies: [127.0.0.0/8]\nupstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n",
+            upstream.url()
+        ),
+        std::process::Stdio::from(std::fs::File::create(&stdout).unwrap()),
+    );
+    runtime().block_on(async {
+        let client = h2_client(&sluice).await;
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::get("http://sluice.test/v1/models")
+            .header("x-forwarded-for", "198.51.100.1, 203.0.113.7")
+            .header("x-forwarded-for", "127.0.0.9")
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let mut response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        read_body(response.body_mut()).await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = std::fs::read_to_string(&stdout).unwrap_or_default();
+        if let Some(line) = log.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no access-log line");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(line["client"], "203.0.113.7", "{line}");
+    assert!(
+        line["via"]
+            .as_str()
+            .is_some_and(|via| via.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    let requests = upstream.requests();
+    assert_eq!(
+        requests[0].header("x-forwarded-for"),
+        Some("198.51.100.1, 203.0.113.7, 127.0.0.9, 127.0.0.1")
+    );
+}
