@@ -119,6 +119,9 @@ fn requests_naming_other_hosts_reach_only_the_configured_upstream_or_are_refused
         // RFC 9112 §3.2: an HTTP/1.1 request with no Host, or a Host that is not one.
         "GET /v1/x HTTP/1.1\r\n\r\n".to_string(),
         "GET /v1/x HTTP/1.1\r\nHost: a b/c\r\n\r\n".to_string(),
+        // Two spaces: Pingora takes ` /v1/x` as the target (escaped: `%20/v1/x`), which is no
+        // path; it must not go upstream as a request for `/`.
+        "POST  /v1/x HTTP/1.1\r\nHost: sluice.test\r\nContent-Length: 0\r\n\r\n".to_string(),
     ];
     for head in &refused {
         let response = raw(&sluice, head);
@@ -871,4 +874,40 @@ fn the_access_log_names_the_client_a_trusted_proxy_forwarded_for() {
         );
     }
     assert_eq!(requests.len(), 2);
+}
+
+/// Pingora frames a body by `Content-Length: N, N` (or the field twice) as N long, so Sluice's
+/// limit and the framing it forwards go by that N too: refused before a `100 Continue` or any
+/// upstream byte when over the limit, forwarded with its length (not rechunked) otherwise.
+#[test]
+fn a_repeated_content_length_is_the_length_limits_and_framing_go_by() {
+    let upstream = ok_upstream();
+    let sluice = start("", &one_route(&upstream, "    max_request_body: 1500000\n"));
+    for lengths in [
+        "Content-Length: 3000000, 3000000",
+        "Content-Length: 3000000\r\nContent-Length: 3000000",
+    ] {
+        let mut client = Client::connect(sluice.addr);
+        client.send_raw(
+            format!("POST /v1/x HTTP/1.1\r\nHost: sluice.test\r\n{lengths}\r\nExpect: 100-continue\r\n\r\n")
+                .as_bytes(),
+        );
+        let response = client.read_response();
+        assert_eq!(response.status, 413, "{lengths:?}: {}", response.text());
+        assert!(client.closed_within(Duration::from_secs(2)));
+    }
+    assert_eq!(upstream.log.lock().unwrap().connections, 0);
+
+    let n = 1_200_000;
+    let mut client = Client::connect(sluice.addr);
+    client.send_raw(
+        format!("POST /v1/x HTTP/1.1\r\nHost: sluice.test\r\nContent-Length: {n}, {n}\r\n\r\n")
+            .as_bytes(),
+    );
+    client.send_raw(&vec![b'x'; n]);
+    assert_eq!(client.read_response().status, 200);
+    let requests = upstream.requests();
+    assert_eq!(requests[0].header("content-length"), Some("1200000"));
+    assert_eq!(requests[0].header("transfer-encoding"), None);
+    assert_eq!(requests[0].body.len(), n);
 }

@@ -115,8 +115,17 @@ fn transfer_encoding_framing(headers: &Fields) -> Result<BodyFraming, Http1Error
 /// proxy that accepts them must pass on that one value, once (a repeat is an error to many
 /// clients: Node's parser, under the OpenAI and Anthropic SDKs, among them).
 pub fn content_length(headers: &Fields) -> Result<Option<u64>, Http1Error> {
+    agreed_content_length(headers.get_all(&CONTENT_LENGTH))
+}
+
+/// [`content_length`] of `Content-Length` field values however they are held: a request's too,
+/// whose length Pingora reconciles the same way (`5, 5` is 5), so that a proxy refusing or
+/// forwarding by its length reads the one the body is framed by.
+pub fn agreed_content_length<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<u64>, Http1Error> {
     let mut agreed: Option<u64> = None;
-    for value in headers.get_all(&CONTENT_LENGTH) {
+    for value in values {
         for element in value.split(|&b| b == b',') {
             let n = parse_decimal(trim_ows(element)).ok_or_else(|| {
                 Http1Error::InvalidFraming(format!(

@@ -29,8 +29,8 @@ pub use encode::{
     RequestHeadFacts, LAST_CHUNK,
 };
 pub use framing::{
-    content_length, idle_within, keeps_alive, only_chunked, response_framing, status_has_body,
-    BodyFraming, KeepAliveHint,
+    agreed_content_length, content_length, idle_within, keeps_alive, only_chunked,
+    response_framing, status_has_body, BodyFraming, KeepAliveHint,
 };
 pub use head::{is_named, parse_response_head, Fields, ResponseHead, MAX_HEADERS};
 

@@ -81,9 +81,11 @@ pub fn too_large(route: &Route) -> ProxyError {
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or one whose `Host` is not a host (and
-/// port), gets a `400` (two `Host` fields are refused while the head is read). Asked of every
-/// HTTP/1.x request before it is routed.
+/// port), gets a `400` (two `Host` fields are refused while the head is read), as does one whose
+/// target is no request target ([`check_target`]). Asked of every HTTP/1.x request before it is
+/// routed.
 pub fn check_host(req: &RequestHeader) -> Result<(), ProxyError> {
+    check_target(req)?;
     match req.headers.get(http::header::HOST) {
         None if req.version == http::Version::HTTP_11 => Err(ProxyError::new(
             ProxyErrorKind::BadRequest,
@@ -95,6 +97,27 @@ pub fn check_host(req: &RequestHeader) -> Result<(), ProxyError> {
         )),
         _ => Ok(()),
     }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.x request target is origin-form (`/…`) or absolute-form (`http://…`)
+/// (`CONNECT`'s authority-form is refused before). Pingora percent-encodes what httparse refuses
+/// in a request line rather than refusing it, so `POST  /v1/x HTTP/1.1` (two spaces) arrives
+/// with the target `%20/v1/x`, of which the `http` crate makes no path at all: it would be
+/// routed and forwarded as a request for `/`, a request the client never made.
+fn check_target(req: &RequestHeader) -> Result<(), ProxyError> {
+    let target = req.raw_path();
+    let has_scheme = |scheme: &[u8]| {
+        target
+            .get(..scheme.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+    };
+    if target.starts_with(b"/") || has_scheme(b"http://") || has_scheme(b"https://") {
+        return Ok(());
+    }
+    Err(ProxyError::new(
+        ProxyErrorKind::BadRequest,
+        "the request target is neither a path nor an http(s) URI",
+    ))
 }
 
 /// `uri-host [ ":" port ]` (RFC 3986 §3.2.2–3.2.3): a bracketed IPv6 address, or a name or IPv4
@@ -161,14 +184,17 @@ pub fn unsafe_path(path: &str) -> Option<&'static str> {
         .then_some("it has a `.` or `..` segment (plain or percent-encoded)")
 }
 
+/// The body's length as Pingora frames it: `Content-Length: 5, 5` (or the field twice) is 5 to
+/// Pingora, so it must be 5 here too, or such a body would slip past the early `413` (and get a
+/// `100 Continue`) and go upstream rechunked. Pingora refused the head already when the values
+/// disagree or are not numbers, and drops `Content-Length` beside `Transfer-Encoding`.
 fn declared_length(req: &RequestHeader) -> Option<u64> {
     if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
         return None;
     }
-    req.headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+    crate::http1::agreed_content_length(values(&req.headers, &http::header::CONTENT_LENGTH))
+        .ok()
+        .flatten()
 }
 
 /// An HTTP/1.1 client that sent `Expect: 100-continue` waits for it before sending its body:
@@ -267,11 +293,7 @@ async fn next_body_part(
 
 impl BodyPrefix {
     pub fn framing(&self, client: &RequestHeader) -> BodyFraming {
-        let declared = client
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let declared = declared_length(client);
         let chunked = client.headers.contains_key(http::header::TRANSFER_ENCODING);
         if !self.complete {
             BodyFraming::Streamed {
@@ -429,6 +451,18 @@ mod tests {
             "a#b",
         ] {
             assert!(!valid_host(host.as_bytes()), "{host:?}");
+        }
+    }
+
+    #[test]
+    fn request_targets_are_paths_or_http_uris() {
+        for target in ["/v1/x", "/", "http://a/v1/x", "HTTPS://a", "//a/b"] {
+            let req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+            assert!(check_target(&req).is_ok(), "{target:?}");
+        }
+        for target in ["%20/v1/x", "*", "v1/x", "ftp://a/x"] {
+            let req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+            assert!(check_target(&req).is_err(), "{target:?}");
         }
     }
 

@@ -1,7 +1,7 @@
 use super::head;
 use crate::http1::{
-    idle_within, keeps_alive, only_chunked, response_framing, BodyFraming, Http1Error,
-    KeepAliveHint,
+    agreed_content_length, idle_within, keeps_alive, only_chunked, response_framing, BodyFraming,
+    Http1Error, KeepAliveHint,
 };
 use std::time::Duration;
 
@@ -138,6 +138,18 @@ fn content_length_values() {
         Ok(Length(u64::MAX))
     );
     assert_eq!(framing(OK10, &[CL]), Ok(Length(5)));
+}
+
+/// A request's `Content-Length` values, as a header map holds them, agree the same way (the
+/// length Pingora frames the request body by).
+#[test]
+fn content_length_values_however_held() {
+    let agreed = |values: &[&str]| agreed_content_length(values.iter().map(|v| v.as_bytes()));
+    assert_eq!(agreed(&[]), Ok(None));
+    assert_eq!(agreed(&["3000000, 3000000"]), Ok(Some(3_000_000)));
+    assert_eq!(agreed(&["7", " 7 "]), Ok(Some(7)));
+    assert!(agreed(&["1, 2"]).is_err());
+    assert!(agreed(&["+5"]).is_err());
 }
 
 #[test]
