@@ -298,9 +298,10 @@ fn per_user_and_per_key_stream_limits_hold_and_free_on_release() {
 }
 
 /// No spelling of a stream request gets past the stream limits: a body that repeats `stream`
-/// (upstream parsers take the last, or the first), and one too large for Sluice to read whole
+/// (upstream parsers take the last, or the first), one with a `stream` a lenient parser reads as
+/// true, one serde_json cannot read but Python can, and one too large for Sluice to read whole
 /// (past 1 MiB of prompt, where its `stream` member may be), each take a stream slot. Before,
-/// neither was counted, and a user at their limit got more streams.
+/// none was counted, and a user at their limit got more streams.
 #[test]
 fn stream_requests_of_any_spelling_take_a_stream_slot() {
     let upstream = holding_upstream();
@@ -318,6 +319,13 @@ fn stream_requests_of_any_spelling_take_a_stream_slot() {
         r#"{"model":"m","stream":true,"stream":true}"#.to_string(),
         r#"{"model":"m","stream":false,"stream":true}"#.to_string(),
         r#"{"model":"m","stream":true,"stream":false}"#.to_string(),
+        // What lenient upstream parsers read as a stream: pydantic's `1` and `"yes"`, Go's
+        // case-blind names, Python's NaN and byte-order mark.
+        r#"{"model":"m","stream":1}"#.to_string(),
+        r#"{"model":"m","stream":"yes"}"#.to_string(),
+        r#"{"model":"m","Stream":true}"#.to_string(),
+        r#"{"model":"m","stream":true,"temperature":NaN}"#.to_string(),
+        "\u{feff}{\"model\":\"m\",\"stream\":true}".to_string(),
         big,
     ];
     let send = |body: &str| {

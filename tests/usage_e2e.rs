@@ -219,6 +219,27 @@ fn comment_of(record: &Value) -> Value {
     comment
 }
 
+/// A body of exactly 1 MiB (the most Sluice reads before forwarding) is read whole and asked
+/// for usage like a smaller one; it was taken for a larger one and forwarded untouched.
+#[test]
+fn a_body_of_exactly_the_inspected_size_is_asked_for_usage() {
+    let (stream, _) = fixture("openai_chat_text");
+    let upstream = fixture_upstream(stream, 1000);
+    let sluice = sluice_for(&upstream, "openai");
+    let head = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":""#;
+    let tail = r#""}]}"#;
+    let body = format!(
+        "{head}{}{tail}",
+        "a".repeat(1024 * 1024 - head.len() - tail.len())
+    );
+    assert_eq!(body.len(), 1024 * 1024);
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", &body);
+    assert_eq!(client.read_response().status, 200);
+    let sent: Value = serde_json::from_slice(&upstream.requests()[0].body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+}
+
 #[test]
 fn include_usage_is_injected_and_its_chunk_stripped() {
     let (stream, expected) = fixture("openai_chat_text");

@@ -53,7 +53,7 @@ pub async fn admit(limiter: &Limiter, route: &Route, ctx: &mut RequestCtx) -> Re
         user: identity.map(|i| i.user.as_str()),
         key_id: identity.map(|i| i.key_id.as_str()),
         limits: &limits,
-        wants_stream: ctx.stream_request,
+        wants_stream: ctx.stream_request || ctx.may_stream,
     };
     match limiter.admit(&claim).await {
         Ok(Admission {

@@ -55,6 +55,10 @@ pub struct RequestCtx {
     pub route: Option<Arc<crate::route::Route>>,
     pub provider: Provider,
     pub stream_request: bool,
+    /// The request may ask for a stream where Sluice could not tell (its body too large to
+    /// read, or not readable as the JSON object it looks like): it takes a stream slot, and only
+    /// that (headers, usage and the access log go by `stream_request`).
+    pub may_stream: bool,
     pub event_stream: bool,
     pub status: u16,
     pub outcome: Option<StreamOutcome>,
@@ -102,6 +106,7 @@ impl RequestCtx {
             route: None,
             provider: Provider::Openai,
             stream_request: false,
+            may_stream: false,
             event_stream: false,
             status: 0,
             outcome: None,

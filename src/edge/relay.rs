@@ -34,7 +34,10 @@ use crate::http1::ResponseHead;
 use crate::limits::Limiter;
 use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Route;
-use crate::sse::{request_wants_stream, LineBoundary, StreamKind, StreamMembers, StreamOutcome};
+use crate::sse::{
+    may_be_json_object, request_wants_stream, LineBoundary, StreamKind, StreamMembers,
+    StreamOutcome,
+};
 use crate::telemetry::METRICS;
 use crate::usage::extract::{
     extractor_for, AutoExtractor, NoExtractor, StreamFormat, UsageExtractor,
@@ -248,11 +251,13 @@ async fn open<'d>(
     } else {
         None
     };
-    // A WebSocket session is long-lived: it takes a stream slot like any stream. So does a body
-    // too large to read whole: its `stream` member may come after megabytes of prompt (images),
-    // and not counting it would let any stream past the limits by growing its body.
-    ctx.stream_request =
-        websocket || !body.complete || request_wants_stream(accept, members.as_ref(), &ctx.path);
+    // A WebSocket session is long-lived: it takes a stream slot like any stream.
+    ctx.stream_request = websocket || request_wants_stream(accept, members.as_ref(), &ctx.path);
+    // A body too large to read whole (its `stream` member may come after megabytes of prompt),
+    // or one that looks like JSON but does not parse here (an upstream's parser may be more
+    // lenient), takes a stream slot too: else any stream could get past the limits by its
+    // spelling.
+    ctx.may_stream = !body.complete || (members.is_none() && may_be_json_object(&body.prefix));
     ctx.format = StreamFormat::from_request(route.provider, &ctx.path);
     if let Err(refusal) = admission::admit(limiter, route, ctx).await {
         return Err(respond_refusal(down, ctx, &refusal).await);
@@ -706,7 +711,7 @@ fn add_include_usage(
     }
     if !body.complete {
         log::warn!(
-            "request {}: body over {INSPECT_BODY_LIMIT} bytes, forwarded untouched without include_usage (if it asks for a stream, its usage is reported only if it asks for it itself)",
+            "request {}: body over {INSPECT_BODY_LIMIT} bytes, forwarded untouched without include_usage",
             ctx.request_id
         );
         return false;

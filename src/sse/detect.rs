@@ -112,8 +112,7 @@ pub fn request_wants_stream(
     });
     let flag = body.and_then(|members| members.stream.as_bool());
     accepts
-        || flag == Some(true)
-        || body.is_some_and(|members| members.any_stream_true)
+        || body.is_some_and(|members| members.asks_for_stream)
         || path.ends_with(":streamGenerateContent")
         || (streams_by_default(path) && flag != Some(false))
 }
@@ -133,13 +132,16 @@ pub struct StreamMembers {
     pub stream: Value,
     /// `Some` when the member is there, even as `null`.
     pub stream_options: Option<Value>,
-    /// `stream` or `stream_options` appears more than once. Which one counts is the upstream
-    /// parser's choice: such a body is not rewritten, and any `"stream": true` makes it a stream
-    /// (else `"stream":true,"stream":false` would take no stream slot from a parser that keeps
-    /// the first).
+    /// `stream` or `stream_options` appears more than once (in any ASCII case: Go's decoder,
+    /// under Ollama, matches names so). Which one counts is the upstream parser's choice: such a
+    /// body is not rewritten, and any one asking for a stream makes it a stream (else
+    /// `"stream":true,"stream":false` would take no stream slot from a parser that keeps the
+    /// first).
     pub repeated: bool,
-    /// Some `stream` member is `true`.
-    pub any_stream_true: bool,
+    /// Some `stream` member (in any ASCII case) is neither `false` nor `null`: `true`, and also
+    /// what a lenient upstream reads as true (pydantic, under vLLM and LiteLLM, takes `1`,
+    /// `"true"`, `"yes"`, `"on"`), so that no spelling of a stream gets past its stream slot.
+    pub asks_for_stream: bool,
 }
 
 impl<'de> Deserialize<'de> for StreamMembers {
@@ -148,13 +150,37 @@ impl<'de> Deserialize<'de> for StreamMembers {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
 enum Member {
     Stream,
     StreamOptions,
-    #[serde(other)]
     Other,
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_identifier(MemberVisitor)
+    }
+}
+
+struct MemberVisitor;
+
+impl serde::de::Visitor<'_> for MemberVisitor {
+    type Value = Member;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    /// Compared in place, in any ASCII case (no copy of the name).
+    fn visit_str<E>(self, name: &str) -> Result<Member, E> {
+        Ok(if name.eq_ignore_ascii_case("stream") {
+            Member::Stream
+        } else if name.eq_ignore_ascii_case("stream_options") {
+            Member::StreamOptions
+        } else {
+            Member::Other
+        })
+    }
 }
 
 struct MembersVisitor;
@@ -176,7 +202,8 @@ impl<'de> serde::de::Visitor<'de> for MembersVisitor {
             match member {
                 Member::Stream => {
                     members.stream = map.next_value()?;
-                    members.any_stream_true |= members.stream == Value::Bool(true);
+                    members.asks_for_stream |=
+                        !matches!(members.stream, Value::Null | Value::Bool(false));
                     members.repeated |= std::mem::replace(&mut stream_seen, true);
                 }
                 Member::StreamOptions => {
@@ -190,6 +217,20 @@ impl<'de> serde::de::Visitor<'de> for MembersVisitor {
         }
         Ok(members)
     }
+}
+
+/// Whether `body` may be a JSON object that [`StreamMembers::read`] could not read, as a more
+/// lenient upstream parser might (Python's reads `NaN`, a lone surrogate in a name, a leading
+/// byte-order mark): it starts like one, after white space or a byte-order mark (UTF-8, or
+/// UTF-16 in either order).
+pub fn may_be_json_object(body: &[u8]) -> bool {
+    if body.starts_with(&[0xFE, 0xFF]) || body.starts_with(&[0xFF, 0xFE]) {
+        return true;
+    }
+    let body = body.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(body);
+    body.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        == Some(&b'{')
 }
 
 impl StreamMembers {
@@ -269,7 +310,7 @@ mod tests {
         assert!(!members.repeated);
         let members = body(br#"{"stream":true,"stream":false}"#).unwrap();
         assert_eq!(members.stream, Value::Bool(false), "the last one");
-        assert!(members.repeated && members.any_stream_true);
+        assert!(members.repeated && members.asks_for_stream);
         let members = body(br#"{"stream_options":null,"stream_options":{}}"#).unwrap();
         assert!(members.repeated);
         let members = body(br#"{"model":"m"}"#).unwrap();
@@ -278,7 +319,40 @@ mod tests {
             (Value::Null, None)
         );
         // An escaped key is the same member.
-        assert!(body(br#"{"str\u0065am":true}"#).unwrap().any_stream_true);
+        assert!(body(br#"{"str\u0065am":true}"#).unwrap().asks_for_stream);
+        // Names in any ASCII case, values a lenient parser reads as true.
+        for asks in [
+            &br#"{"Stream":true}"#[..],
+            br#"{"stream":false,"STREAM":true}"#,
+            br#"{"stream":1}"#,
+            br#"{"stream":"yes"}"#,
+        ] {
+            assert!(body(asks).unwrap().asks_for_stream, "{asks:?}");
+        }
+        for not in [&br#"{"stream":false}"#[..], br#"{"stream":null}"#, b"{}"] {
+            assert!(!body(not).unwrap().asks_for_stream, "{not:?}");
+        }
+        assert!(body(br#"{"stream":true,"STREAM":true}"#).unwrap().repeated);
+    }
+
+    #[test]
+    fn bodies_that_may_be_json_objects_a_lenient_parser_reads() {
+        for may in [
+            &b"{}"[..],
+            b" \n{\"stream\":true,\"x\":NaN}",
+            b"\xEF\xBB\xBF{\"stream\":true}",
+            b"\xFF\xFE{\x00",
+        ] {
+            assert!(may_be_json_object(may), "{may:?}");
+            // Which serde_json does not read (the first one aside).
+            assert!(
+                may == b"{}" || StreamMembers::read(may).is_none(),
+                "{may:?}"
+            );
+        }
+        for not in [&b"--boundary\r\n"[..], b"[1]", b"", b"stream=true"] {
+            assert!(!may_be_json_object(not), "{not:?}");
+        }
         assert!(body(br#"{"stream":true,"messages":[1,}"#).is_none());
     }
 
@@ -302,7 +376,8 @@ mod tests {
             body(br#"{"stream":false}"#).as_ref(),
             p
         ));
-        assert!(!request_wants_stream(
+        // pydantic (vLLM, LiteLLM) reads "true" as true.
+        assert!(request_wants_stream(
             None,
             body(br#"{"stream":"true"}"#).as_ref(),
             p

@@ -6,7 +6,10 @@ mod detect;
 mod parser;
 mod relay_policy;
 
-pub use detect::{is_event_stream, request_wants_stream, LineBoundary, StreamKind, StreamMembers};
+pub use detect::{
+    is_event_stream, may_be_json_object, request_wants_stream, LineBoundary, StreamKind,
+    StreamMembers,
+};
 pub use parser::{SseEvent, SseParser};
 pub use relay_policy::{
     RelayClock, RelayPolicy, RelayTick, StreamOutcome, END_MARKER_LINGER, HEARTBEAT,

@@ -111,7 +111,9 @@ fn check_target(req: &RequestHeader) -> Result<(), ProxyError> {
             .get(..scheme.len())
             .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
     };
-    if target.starts_with(b"/") || has_scheme(b"http://") || has_scheme(b"https://") {
+    // `OPTIONS *` (RFC 9112 §3.2.4) is a request of its own, about the server.
+    let asterisk = target == b"*" && req.method == http::Method::OPTIONS;
+    if asterisk || target.starts_with(b"/") || has_scheme(b"http://") || has_scheme(b"https://") {
         return Ok(());
     }
     Err(ProxyError::new(
@@ -335,10 +337,9 @@ pub async fn read_body_prefix(
             }
         }
     }
-    Ok(BodyPrefix {
-        prefix,
-        complete: false,
-    })
+    // A body of exactly the limit, read whole, is complete: its declared length says so.
+    let complete = declared_length(down.req_header()) == Some(prefix.len() as u64);
+    Ok(BodyPrefix { prefix, complete })
 }
 
 /// Writes the request upstream: head and the body read so far together, then the rest of the
@@ -464,6 +465,8 @@ mod tests {
             let req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
             assert!(check_target(&req).is_err(), "{target:?}");
         }
+        let options = RequestHeader::build("OPTIONS", b"*", None).unwrap();
+        assert!(check_target(&options).is_ok());
     }
 
     #[test]
