@@ -60,6 +60,19 @@ async fn stream_request(
     response.await.unwrap()
 }
 
+/// The first access-log line written to `path` (as a request ends), within 5 s.
+fn first_access_log_line(path: &std::path::Path) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = log.lines().next() {
+            return serde_json::from_str(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no access-log line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn request(te_trailers: bool) -> http::Request<()> {
     let mut builder = http::Request::post("http://sluice.test/v1/messages")
         .header("content-type", "application/json");
@@ -864,15 +877,7 @@ fn a_client_that_resets_mid_body_is_logged_as_gone() {
         send.send_reset(h2::Reason::CANCEL);
         tokio::time::sleep(Duration::from_millis(100)).await;
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        let log = std::fs::read_to_string(&stdout).unwrap_or_default();
-        if let Some(line) = log.lines().next() {
-            break serde_json::from_str::<serde_json::Value>(line).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no access-log line");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let line = first_access_log_line(&stdout);
     assert_eq!(line["outcome"], "client_disconnect", "{line}");
     assert!(upstream.requests().is_empty());
 }
@@ -905,15 +910,7 @@ fn a_trusted_proxy_names_the_client_over_http2() {
         assert_eq!(response.status(), 200);
         read_body(response.body_mut()).await;
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        let log = std::fs::read_to_string(&stdout).unwrap_or_default();
-        if let Some(line) = log.lines().next() {
-            break serde_json::from_str::<serde_json::Value>(line).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no access-log line");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let line = first_access_log_line(&stdout);
     assert_eq!(line["client"], "203.0.113.7", "{line}");
     assert!(
         line["via"]

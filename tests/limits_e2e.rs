@@ -42,10 +42,20 @@ fn keys_file(dir: &TempDir, entries: &[(&str, &str, &str, Option<u32>)]) -> Stri
 
 /// Sends a stream request and reads the response head (the body is left on the connection).
 fn open_stream(sluice: &Sluice, path: &str, headers: &[(&str, &str)]) -> (Client, Response) {
+    open_stream_with(sluice, path, headers, STREAM_BODY)
+}
+
+/// [`open_stream`] with a body of its own.
+fn open_stream_with(
+    sluice: &Sluice,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (Client, Response) {
     let mut client = Client::connect(sluice.addr);
     let mut all = vec![("content-type", "application/json")];
     all.extend_from_slice(headers);
-    client.send("POST", path, &all, STREAM_BODY.as_bytes());
+    client.send("POST", path, &all, body.as_bytes());
     let head = client.read_head();
     (client, head)
 }
@@ -329,18 +339,8 @@ fn stream_requests_of_any_spelling_take_a_stream_slot() {
         big,
     ];
     let send = |body: &str| {
-        let mut client = Client::connect(sluice.addr);
-        client.send(
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("content-type", "application/json"),
-                ("authorization", "Bearer sk-a1"),
-            ],
-            body.as_bytes(),
-        );
-        let head = client.read_head();
-        (client, head)
+        let key = [("authorization", "Bearer sk-a1")];
+        open_stream_with(&sluice, "/v1/chat/completions", &key, body)
     };
     for body in &bodies {
         let shown = &body[..body.len().min(60)];

@@ -40,6 +40,19 @@ fn start_routed_to(upstream: &Upstream, route_keys: &str) -> Sluice {
     ))
 }
 
+/// A chat stream on a fresh connection, its response head read (`200`), its events to come.
+fn stream_started(addr: std::net::SocketAddr) -> Client {
+    let mut client = Client::connect(addr);
+    client.send(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        br#"{"model":"m","stream":true}"#,
+    );
+    assert_eq!(client.read_head().status, 200);
+    client
+}
+
 /// One request on a fresh connection; `Err` says what went wrong.
 fn fresh_request(addr: std::net::SocketAddr) -> Result<(), String> {
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
@@ -159,14 +172,7 @@ fn sigterm_leaves_with(signal: &str) {
     let upstream = upstream();
     let mut sluice = start_routed_to(&upstream, "");
     // One stream in flight; the grace period is 30 s.
-    let mut client = Client::connect(sluice.addr);
-    client.send(
-        "POST",
-        "/v1/chat/completions",
-        &[("content-type", "application/json")],
-        br#"{"model":"m","stream":true}"#,
-    );
-    assert_eq!(client.read_head().status, 200);
+    let mut client = stream_started(sluice.addr);
     let started = Instant::now();
     sluice.signal(signal);
     let chunks = client.read_chunks();
@@ -194,21 +200,10 @@ fn the_admin_listener_answers_through_the_drain() {
         (response.status, response.text())
     };
     assert_eq!(admin_get("/readyz"), (200, "ready\n".to_string()));
-    let start_stream = || {
-        let mut client = Client::connect(sluice.addr);
-        client.send(
-            "POST",
-            "/v1/chat/completions",
-            &[("content-type", "application/json")],
-            br#"{"model":"m","stream":true}"#,
-        );
-        assert_eq!(client.read_head().status, 200);
-        client
-    };
-    let mut first = start_stream();
+    let mut first = stream_started(sluice.addr);
     // Half a stream later: the second ends half a stream after the first.
     std::thread::sleep(Duration::from_millis(EVENTS as u64 * 50));
-    let mut second = start_stream();
+    let mut second = stream_started(sluice.addr);
     let completed = r#"sluice_streams_finished_total{outcome="completed",route="/"}"#;
     assert!(sluice.metrics().contains(&format!("{completed} 0\n")));
     sluice.signal("TERM");

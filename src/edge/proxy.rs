@@ -82,7 +82,8 @@ impl SluiceProxy {
                 .map(|v| v.as_bytes()),
         );
         if !down.is_http2() {
-            if let Err(error) = relay::check_host(down.req_header()) {
+            let head = down.req_header();
+            if let Err(error) = relay::check_target(head).and_then(|()| relay::check_host(head)) {
                 return respond_error(down, ctx, &error).await;
             }
         }

@@ -49,7 +49,7 @@ use bytes::BytesMut;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
-pub use request::check_host;
+pub use request::{check_host, check_target};
 use request::{BodyError, BodyPrefix, INSPECT_BODY_LIMIT};
 use std::future::Future;
 use std::sync::Arc;

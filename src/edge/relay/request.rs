@@ -81,11 +81,9 @@ pub fn too_large(route: &Route) -> ProxyError {
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or one whose `Host` is not a host (and
-/// port), gets a `400` (two `Host` fields are refused while the head is read), as does one whose
-/// target is no request target ([`check_target`]). Asked of every HTTP/1.x request before it is
-/// routed.
+/// port), gets a `400` (two `Host` fields are refused while the head is read). Asked of every
+/// HTTP/1.x request before it is routed.
 pub fn check_host(req: &RequestHeader) -> Result<(), ProxyError> {
-    check_target(req)?;
     match req.headers.get(http::header::HOST) {
         None if req.version == http::Version::HTTP_11 => Err(ProxyError::new(
             ProxyErrorKind::BadRequest,
@@ -103,8 +101,9 @@ pub fn check_host(req: &RequestHeader) -> Result<(), ProxyError> {
 /// (`CONNECT`'s authority-form is refused before). Pingora percent-encodes what httparse refuses
 /// in a request line rather than refusing it, so `POST  /v1/x HTTP/1.1` (two spaces) arrives
 /// with the target `%20/v1/x`, of which the `http` crate makes no path at all: it would be
-/// routed and forwarded as a request for `/`, a request the client never made.
-fn check_target(req: &RequestHeader) -> Result<(), ProxyError> {
+/// routed and forwarded as a request for `/`, a request the client never made. Asked of every
+/// HTTP/1.x request before it is routed (HTTP/2 has no request line).
+pub fn check_target(req: &RequestHeader) -> Result<(), ProxyError> {
     let target = req.raw_path();
     let has_scheme = |scheme: &[u8]| {
         target
