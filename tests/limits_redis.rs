@@ -723,3 +723,42 @@ async fn a_restarted_redis_does_not_hand_out_held_slots_again() {
         Rejection::UserStreams { limit: 1 }
     );
 }
+
+/// With several instances, the one that admits after Redis lost its data must find the other
+/// instances' leases back, even if those admit nothing meanwhile. A restart drops every
+/// connection, which the probe notices; a flush (or a failover behind a proxy that keeps the
+/// connections) does not: each instance's probe asks for its marker, finds it gone and writes
+/// its leases back within about a second, not at its next renewal (`lease_ttl / 3`, 10 s here).
+#[tokio::test]
+async fn after_redis_loses_its_data_every_instance_writes_its_leases_back_within_a_second() {
+    let server = RedisServer::start();
+    let (a, _) = limiter_with(&server, Duration::from_secs(30));
+    let (b, b_recorder) = limiter_with(&server, Duration::from_secs(30));
+    let limits = per_user(1);
+    let _held_on_b = b.admit(&stream("alice", "k", &limits)).await.unwrap();
+
+    server.command("FLUSHALL");
+    assert!(
+        eventually(Duration::from_secs(3), || int(
+            &server,
+            "ZCARD sluice:u:alice"
+        ) == 1)
+        .await,
+        "B's lease is back without B admitting anything"
+    );
+    assert!(b_recorder.saw_fallback(true), "B noticed the loss");
+    assert!(
+        eventually(Duration::from_secs(3), || a.snapshot().backend == "redis"
+            && b.snapshot().backend == "redis")
+        .await,
+        "both back on Redis"
+    );
+    assert_eq!(
+        a.admit(&stream("alice", "k2", &limits))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Rejection::UserStreams { limit: 1 },
+        "A counts B's lease"
+    );
+}

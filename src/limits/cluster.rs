@@ -6,10 +6,13 @@
 //!   count, and the keys expire after `2 × lease_ttl` without use.
 //! - `{prefix}:r:{user}`: the user's rate bucket, a hash `{t: ticks, ms: last update}` (the
 //!   arithmetic of `bucket.rs`), expiring once it would be full again.
-//! - `{prefix}:i:{instance}`: this instance's marker, written with its leases by every renewal
-//!   (expiring after `2 × lease_ttl`). An admission that finds it missing (Redis restarted or
-//!   was flushed: the leases are gone too) falls back instead of counting, so a restart never
-//!   hands out this instance's slots again; the probe writes the leases back and returns.
+//! - `{prefix}:i:{instance}`: this instance's marker, written once every lease of the instance
+//!   is in Redis (`Worker::recover`) and kept by every renewal (expiring after `2 × lease_ttl`).
+//!   An admission that finds it missing (Redis restarted or was flushed: the leases are gone
+//!   too) falls back instead of counting, so a restart never hands out this instance's slots
+//!   again, and has the worker write the leases back at once. The probe (every second) and the
+//!   renewal look for it too, so an instance that admits nothing still puts its leases back
+//!   within a second of a restart, for the other instances' counts.
 //!
 //! Stream ids are `{instance}:{n}`: a random 8-hex instance id and a counter.
 //!
@@ -36,8 +39,9 @@
 //! Everything else runs on the thread `sluice-limits`, on its own single-threaded runtime (the
 //! shared connection's driver too, so that connection lives as long as the limiter, whichever
 //! runtimes call it): every `lease_ttl / 3` it renews every lease this instance holds with a
-//! plain `ZADD` (re-creating leases Redis lost, e.g. after a restart or a fallback); it sends the
-//! `ZREM`s of dropped leases, batched; and once a second it probes Redis with `PING`.
+//! plain `ZADD` (re-creating leases Redis lost, e.g. after a fallback); it sends the `ZREM`s of
+//! dropped leases, batched; and once a second it probes Redis, asking whether the marker is
+//! there.
 //!
 //! Fallback: any failed or timed-out call (each has `timeout`) switches to local counting (one
 //! `warn!`). Admissions then never touch Redis. The probe reconnects when needed; when Redis
@@ -99,6 +103,7 @@ pub(crate) const MAX_PENDING_RELEASES: usize = 100_000;
 /// Leases per renewal script call, and releases per pipeline.
 const BATCH: usize = 512;
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+const LEASES_LOST: &str = "it no longer holds this instance's leases (restarted or flushed?)";
 
 /// Redis's answer to an admission.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +131,9 @@ struct Release {
 
 enum Msg {
     Release(Release),
+    /// Redis lost this instance's leases (an admission found its marker gone): write them back
+    /// now rather than at the next probe.
+    Recover,
     /// Stop; `send_releases` when Redis was up, so queued releases are worth a try.
     Shutdown {
         send_releases: bool,
@@ -148,6 +156,9 @@ pub(crate) struct Cluster {
     mode: AtomicU8,
     /// Every lease this instance holds, by id: what the renewal renews.
     held: Mutex<HashMap<u64, Held>>,
+    /// Bumped by every registration, so a recovery can tell whether a lease was taken while it
+    /// renewed a list read before.
+    registrations: AtomicU64,
     tx: mpsc::UnboundedSender<Msg>,
     observer: Arc<dyn LimitsObserver>,
     admit_script: Script,
@@ -187,6 +198,7 @@ impl Cluster {
             conn: Mutex::new(None),
             mode: AtomicU8::new(FALLBACK),
             held: Mutex::new(HashMap::new()),
+            registrations: AtomicU64::new(0),
             tx,
             observer,
             admit_script: Script::new(ADMIT_LUA),
@@ -366,10 +378,11 @@ impl Cluster {
                 retry_after: retry_after_from_ms(*ms),
             })),
             // Redis answers but lost this instance's leases (a restart): counting there now
-            // would hand out slots this instance holds. Fall back until the probe has written
-            // them again (`Worker::recover`).
+            // would hand out slots this instance holds. Fall back until the worker has written
+            // them again (`Worker::recover`), which it is asked to do at once.
             [4, ..] => {
-                self.enter_fallback("it no longer holds this instance's leases (restarted?)");
+                self.enter_fallback(LEASES_LOST);
+                let _ = self.tx.send(Msg::Recover);
                 Err(())
             }
             other => {
@@ -383,6 +396,7 @@ impl Cluster {
     pub fn register(&self, id: u64, user: Option<&str>, key: Option<&str>) {
         let held = self.held_for(user, key);
         self.lock_held().insert(id, held);
+        self.registrations.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A lease was dropped: stop renewing it and queue its ZREM. Never blocks.

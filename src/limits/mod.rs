@@ -197,7 +197,8 @@ impl Default for RedisSettings {
 /// Hooks for metrics (the telemetry module implements them). Called from the limiter's own
 /// thread and from `admit`: keep them cheap and non-blocking.
 pub trait LimitsObserver: Send + Sync + 'static {
-    /// One Redis call: `op` is `"admit"`, `"release"`, `"renew"` or `"ping"`.
+    /// One Redis call: `op` is `"admit"`, `"release"`, `"renew"`, `"probe"` (the marker
+    /// asked for, every second) or `"ping"` (a recovery's connection check).
     fn redis_call(&self, _op: &'static str, _seconds: f64, _ok: bool) {}
     /// The Redis backend entered (`true`) or left (`false`) local fallback.
     fn fallback(&self, _active: bool) {}

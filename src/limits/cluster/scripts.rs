@@ -85,12 +85,16 @@ return {0, users, keys}
 "#;
 
 /// Renews leases: KEYS[1] is this instance's marker, KEYS[i] (i > 1) a sorted set and
-/// ARGV[i + 1] the stream id in it; ARGV[1] the ttl, ARGV[2] `1` to (re)write the marker.
-/// A plain ZADD: a lease Redis lost is created again.
+/// ARGV[i + 1] the stream id in it; ARGV[1] the ttl, ARGV[2] what to do with the marker: `0`
+/// nothing (not the last call of a renewal), `1` refresh it only if it is there, `2` write it.
+/// A plain ZADD: a lease Redis lost is created again. Returns the number of leases renewed, or
+/// -1 when a refresh (`1`) found the marker gone.
 ///
-/// The marker says "Redis holds every lease of this instance": only this script writes it, in
-/// the call that renews the last of the leases, so an empty Redis (restarted, flushed) lacks
-/// it, and `ADMIT_LUA` refuses to count until every lease has been written back.
+/// The marker says "Redis holds every lease of this instance". Only the recovery writes it
+/// (`2`), after renewing every lease, so an empty Redis (restarted, flushed) lacks it and
+/// `ADMIT_LUA` refuses to count until the leases are back. A routine renewal only refreshes it:
+/// its list of leases was read before the call, so a lease admitted meanwhile in a Redis that
+/// then restarted would be missing behind a marker it had written.
 pub(crate) const RENEW_LUA: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -100,7 +104,11 @@ for i = 2, #KEYS do
   redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
   redis.call('PEXPIRE', KEYS[i], 2 * ttl)
 end
-if ARGV[2] == '1' then redis.call('SET', KEYS[1], '1', 'PX', 2 * ttl) end
+if ARGV[2] == '1' then
+  if not redis.call('SET', KEYS[1], '1', 'PX', 2 * ttl, 'XX') then return -1 end
+elseif ARGV[2] == '2' then
+  redis.call('SET', KEYS[1], '1', 'PX', 2 * ttl)
+end
 return #KEYS - 1
 "#;
 

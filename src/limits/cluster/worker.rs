@@ -1,6 +1,8 @@
 //! The `sluice-limits` thread's work: renewal, releases, probing and recovery.
 
-use super::{Cluster, Msg, Release, BATCH, FALLBACK, MAX_PENDING_RELEASES, PROBE_EVERY, UP};
+use super::{
+    Cluster, Msg, Release, BATCH, FALLBACK, LEASES_LOST, MAX_PENDING_RELEASES, PROBE_EVERY, UP,
+};
 use log::warn;
 use redis::aio::MultiplexedConnection;
 use std::collections::VecDeque;
@@ -50,6 +52,9 @@ impl Worker {
                                     stop = Some(send_releases);
                                     break;
                                 }
+                                Ok(Msg::Recover) => {
+                                    self.recover_now().await;
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -64,15 +69,15 @@ impl Worker {
                             self.drop_stale_releases();
                         }
                     }
+                    Some(Msg::Recover) => self.recover_now().await,
                     Some(Msg::Shutdown { send_releases }) => break send_releases,
                     None => break false,
                 },
                 _ = renew.tick() => {
                     if self.cluster.is_up() {
                         if let Some(conn) = self.cluster.connection() {
-                            if let Err(e) = self.renew_all(conn).await {
-                                self.cluster.enter_fallback(&e);
-                            }
+                            let found = self.renew_all(conn, Marker::Refresh).await;
+                            self.after_marker_check(found).await;
                         }
                     }
                 }
@@ -96,23 +101,56 @@ impl Worker {
         self.cluster.set_connection(None);
     }
 
-    /// Once a second: PING while up; while in fallback, reconnect if needed and recover.
+    /// Once a second: while up, ask whether the marker is there (Redis answers, and has not
+    /// lost this instance's leases); while in fallback, reconnect if needed and recover.
     async fn probe(&mut self) {
         match self.cluster.mode.load(Ordering::Acquire) {
             UP => {
-                let result = match self.cluster.connection() {
-                    Some(conn) => self.ping(conn).await,
+                let found = match self.cluster.connection() {
+                    Some(conn) => self.marker_present(conn).await,
                     None => Err("not connected".to_string()),
                 };
-                if let Err(e) = result {
-                    self.cluster.enter_fallback(&e);
-                }
+                self.after_marker_check(found).await;
             }
             FALLBACK => {
                 self.recover(false).await;
             }
             _ => {}
         }
+    }
+
+    /// While up: whether the marker was there. A failure falls back (the probe recovers); a
+    /// marker gone has the leases written back now, not at the next renewal (up to
+    /// `lease_ttl / 3`), since until then the other instances count without them.
+    async fn after_marker_check(&mut self, found: Result<bool, String>) {
+        match found {
+            Ok(true) => {}
+            Ok(false) => {
+                self.cluster.enter_fallback(LEASES_LOST);
+                self.recover(false).await;
+            }
+            Err(e) => self.cluster.enter_fallback(&e),
+        }
+    }
+
+    /// An admission found the marker gone: recover at once if still in fallback.
+    async fn recover_now(&mut self) {
+        if self.cluster.mode.load(Ordering::Acquire) == FALLBACK {
+            self.recover(false).await;
+        }
+    }
+
+    async fn marker_present(&self, mut conn: MultiplexedConnection) -> Result<bool, String> {
+        let marker = self.cluster.marker_key();
+        self.cluster
+            .timed(
+                "probe",
+                redis::cmd("EXISTS")
+                    .arg(&marker)
+                    .query_async::<i64>(&mut conn),
+            )
+            .await
+            .map(|n| n == 1)
     }
 
     async fn ping(&self, mut conn: MultiplexedConnection) -> Result<(), String> {
@@ -155,19 +193,30 @@ impl Worker {
         {
             return false;
         }
-        if self.renew_all(conn.clone()).await.is_err() {
+        let before = self.cluster.registrations.load(Ordering::Acquire);
+        if self.renew_all(conn.clone(), Marker::Write).await.is_err() {
             return false;
         }
         self.drop_stale_releases();
-        if !self.pending.is_empty() && !self.flush_releases_on(conn).await {
+        if !self.pending.is_empty() && !self.flush_releases_on(conn.clone()).await {
             return false;
         }
         self.cluster.leave_fallback(first);
+        // A lease admitted locally while the renewal ran (its list read before) goes into Redis
+        // now, not at the next renewal.
+        if self.cluster.registrations.load(Ordering::Acquire) != before {
+            match self.renew_all(conn, Marker::Refresh).await {
+                Ok(true) => {}
+                Ok(false) => self.cluster.enter_fallback(LEASES_LOST),
+                Err(e) => self.cluster.enter_fallback(&e),
+            }
+        }
         true
     }
 
-    /// ZADDs every held lease again with a fresh expiry.
-    async fn renew_all(&self, conn: MultiplexedConnection) -> Result<(), String> {
+    /// ZADDs every held lease again with a fresh expiry, and does `marker` with the marker in
+    /// the last call. False when a refresh found the marker gone (Redis lost the leases).
+    async fn renew_all(&self, conn: MultiplexedConnection, marker: Marker) -> Result<bool, String> {
         let entries: Vec<(String, String)> = {
             let held = self.cluster.lock_held();
             let mut entries = Vec::with_capacity(held.len() * 2);
@@ -179,7 +228,7 @@ impl Worker {
             entries
         };
         let ttl_ms = self.cluster.settings.lease_ttl.as_millis() as u64;
-        let marker = self.cluster.marker_key();
+        let marker_key = self.cluster.marker_key();
         // One call even with no lease: it writes the marker (RENEW_LUA), last of all.
         let chunks: Vec<&[(String, String)]> = match entries.is_empty() {
             true => vec![&[]],
@@ -188,16 +237,21 @@ impl Worker {
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
             let mut call = self.cluster.renew_script.prepare_invoke();
-            call.key(&marker).arg(ttl_ms).arg(u8::from(i == last));
+            let what = if i == last { marker as u8 } else { 0 };
+            call.key(&marker_key).arg(ttl_ms).arg(what);
             for (set, member) in chunk {
                 call.key(set).arg(member);
             }
             let mut c = conn.clone();
-            self.cluster
+            let renewed = self
+                .cluster
                 .timed("renew", call.invoke_async::<i64>(&mut c))
                 .await?;
+            if renewed < 0 {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends the pending releases; on failure they stay pending and the limiter falls back.
@@ -260,4 +314,13 @@ impl Worker {
             self.pending.pop_front();
         }
     }
+}
+
+/// What the last call of a renewal does with the marker (`RENEW_LUA`'s ARGV[2]).
+#[derive(Clone, Copy)]
+enum Marker {
+    /// Keep it, if it is there: a routine renewal.
+    Refresh = 1,
+    /// Write it: every lease this instance holds was renewed (the recovery).
+    Write = 2,
 }
