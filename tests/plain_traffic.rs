@@ -636,3 +636,80 @@ fn an_upstream_named_by_a_host_name_is_reached() {
     }
     assert!(upstream.log.lock().unwrap().connections <= 3);
 }
+
+/// An upstream that closes, without a word, the pooled connection its second request to
+/// `path` comes on (as one whose idle timeout ran out as the request crossed it), and answers
+/// every other request with the number it was.
+fn closes_on_the_second_request() -> Upstream {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    Upstream::start(move |req| {
+        let mut seen = seen.lock().unwrap();
+        let n = seen.entry(req.path.clone()).or_insert(0);
+        *n += 1;
+        match *n {
+            2 => vec![Step::Close],
+            n => vec![Step::sized(
+                200,
+                "application/json",
+                format!("{n}").as_bytes(),
+            )],
+        }
+    })
+}
+
+fn sluice_before(upstream: &Upstream) -> Sluice {
+    Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n",
+        upstream.url()
+    ))
+}
+
+#[test]
+fn a_get_on_a_pooled_connection_the_upstream_closed_is_sent_again_on_a_new_one() {
+    let upstream = closes_on_the_second_request();
+    let sluice = sluice_before(&upstream);
+    let mut client = Client::connect(sluice.addr);
+    assert_eq!(client.get("/v1/models").status, 200);
+    let again = client.get("/v1/models");
+    assert_eq!((again.status, again.text()), (200, "3".to_string()));
+    let log = upstream.log.lock().unwrap();
+    assert_eq!((log.requests.len(), log.connections), (3, 2));
+    drop(log);
+    assert_eq!(
+        sluice.metric("sluice_upstream_retries_total{upstream=\"up\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_post_is_sent_again_only_with_an_idempotency_key() {
+    let upstream = closes_on_the_second_request();
+    let sluice = sluice_before(&upstream);
+    let mut client = Client::connect(sluice.addr);
+    let json = [("content-type", "application/json")];
+    let body = br#"{"model":"m","messages":[]}"#;
+    client.send("POST", "/v1/chat/completions", &json, body);
+    assert_eq!(client.read_response().status, 200);
+    client.send("POST", "/v1/chat/completions", &json, body);
+    let cut = client.read_response();
+    // The upstream may have begun generating: not sent twice.
+    assert_eq!(cut.status, 502, "{}", cut.text());
+    assert_eq!(upstream.requests().len(), 2);
+
+    let mut client = Client::connect(sluice.addr);
+    let keyed = [
+        ("content-type", "application/json"),
+        ("idempotency-key", "a1"),
+    ];
+    for _ in 0..2 {
+        client.send("POST", "/v1/responses", &keyed, body);
+        assert_eq!(client.read_response().status, 200);
+    }
+    let requests = upstream.requests();
+    let sent: Vec<&[u8]> = requests
+        .iter()
+        .filter(|r| r.path == "/v1/responses")
+        .map(|r| r.body.as_slice())
+        .collect();
+    assert_eq!(sent, [&body[..]; 3], "sent again with its body");
+}

@@ -27,7 +27,7 @@ use super::responses::{
 };
 use super::stream_body::{self, BodyWatch};
 use super::timer;
-use super::upstream::{UpstreamConn, Upstreams};
+use super::upstream::{Pooled, UpstreamConn, Upstreams};
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
 use crate::http1::ResponseHead;
@@ -284,87 +284,111 @@ async fn open<'d>(
         }
     };
 
-    let mut up = match upstreams.connect(&route.upstream, websocket).await {
-        Ok(connected) => connected,
-        Err(error) => return Err(respond_error(down, ctx, &error).await),
-    };
-    let sent = tokio::select! {
-        sent = request::send_request(
-            &mut up,
-            &head,
-            body,
-            down,
-            route.max_request_body,
-            body_timeout,
-        ) => sent,
-        _ = drain::grace_over() => {
-            ctx.outcome = Some(StreamOutcome::Shutdown);
-            drop(up);
-            return Err(respond_error(down, ctx, &shutting_down()).await);
-        }
-    };
-    let early_head = match sent {
-        Ok(()) => None,
-        // The upstream stopped taking the body: it may have answered already (a 413 before the
-        // whole upload, as servers do), and that answer is the client's, not a 502.
-        Err(e @ (BodyError::Upstream(_) | BodyError::UpstreamStalled)) => {
-            match timer::timeout(EARLY_ANSWER_WAIT, up.read_final_head()).await {
-                Ok(Ok(head)) => {
-                    // Neither connection is where its framing says: the upstream's request and
-                    // the client's body are both unfinished.
-                    up.forbid_reuse();
-                    down.set_keepalive(None);
-                    Some(head)
-                }
-                _ => {
-                    drop(up);
-                    return Err(body_error(down, ctx, route, e, body_timeout, true).await);
-                }
-            }
-        }
-        Err(e) => {
-            // Part of the body may be upstream already: dropping the connection aborts the
-            // request there.
-            drop(up);
-            return Err(body_error(down, ctx, route, e, body_timeout, true).await);
-        }
-    };
-
-    let head_wait = route.policy.idle_timeout.unwrap_or(Duration::MAX);
-    let head = if let Some(head) = early_head {
-        Ok(head)
-    } else {
-        tokio::select! {
-            r = up.read_final_head() => r,
-            _ = timer::sleep(head_wait) => {
-                let error = ProxyError::new(
-                    ProxyErrorKind::UpstreamTimeout,
-                    format!("upstream {} sent no response within {head_wait:?}", route.upstream.name),
-                );
-                METRICS.upstream_failed(&route.upstream.name, "response_header");
-                return Err(respond_error(down, ctx, &error).await);
-            }
-            _ = down.read_body_or_idle(true) => {
-                ctx.outcome = Some(StreamOutcome::ClientDisconnect);
-                close_upstream(up, StreamOutcome::ClientDisconnect, ctx).await;
-                return Err(Finish::Close);
-            }
+    // A pooled connection the upstream closed as idle while the request was on its way gets the
+    // request again on a new one, when sending it twice is harmless (RFC 9110 §9.2.2, as Go's
+    // and browsers' clients do): an idempotent method or an `Idempotency-Key`, and a body held
+    // whole. Other requests (an LLM's POST) get the 502: the upstream may have begun to
+    // generate.
+    let replay =
+        (body.complete && request::may_send_again(down.req_header())).then(|| body.prefix.clone());
+    let mut body = Some(body);
+    let mut pooled = Pooled::Take;
+    let (up, upstream_head) = loop {
+        // Sent again, it is only ever with its body held (`send_again`).
+        let body = body.take().unwrap_or_else(|| BodyPrefix {
+            prefix: replay.clone().unwrap_or_default(),
+            complete: true,
+        });
+        let send_again = |up: &UpstreamConn, pooled: Pooled| {
+            replay.is_some() && pooled == Pooled::Take && up.closed_unanswered_after_reuse()
+        };
+        let mut up = match upstreams.connect(&route.upstream, websocket, pooled).await {
+            Ok(connected) => connected,
+            Err(error) => return Err(respond_error(down, ctx, &error).await),
+        };
+        let sent = tokio::select! {
+            sent = request::send_request(
+                &mut up,
+                &head,
+                body,
+                down,
+                route.max_request_body,
+                body_timeout,
+            ) => sent,
             _ = drain::grace_over() => {
                 ctx.outcome = Some(StreamOutcome::Shutdown);
                 drop(up);
                 return Err(respond_error(down, ctx, &shutting_down()).await);
             }
-        }
-    };
-    let upstream_head = match head {
-        Ok(head) => head,
-        Err(e) => {
-            let error = upstream_failed(
-                route,
-                "response_header",
-                &format!("failed before its response head: {e}"),
-            );
-            return Err(respond_error(down, ctx, &error).await);
+        };
+        let early_head = match sent {
+            Ok(()) => None,
+            // The upstream stopped taking the body: it may have answered already (a 413 before
+            // the whole upload, as servers do), and that answer is the client's, not a 502.
+            Err(e @ (BodyError::Upstream(_) | BodyError::UpstreamStalled)) => {
+                match timer::timeout(EARLY_ANSWER_WAIT, up.read_final_head()).await {
+                    Ok(Ok(head)) => {
+                        // Neither connection is where its framing says: the upstream's request
+                        // and the client's body are both unfinished.
+                        up.forbid_reuse();
+                        down.set_keepalive(None);
+                        Some(head)
+                    }
+                    Ok(Err(_)) if send_again(&up, pooled) => {
+                        pooled = retry(route, up);
+                        continue;
+                    }
+                    _ => {
+                        drop(up);
+                        return Err(body_error(down, ctx, route, e, body_timeout, true).await);
+                    }
+                }
+            }
+            Err(e) => {
+                // Part of the body may be upstream already: dropping the connection aborts the
+                // request there.
+                drop(up);
+                return Err(body_error(down, ctx, route, e, body_timeout, true).await);
+            }
+        };
+
+        let head_wait = route.policy.idle_timeout.unwrap_or(Duration::MAX);
+        let head = if let Some(head) = early_head {
+            Ok(head)
+        } else {
+            tokio::select! {
+                r = up.read_final_head() => r,
+                _ = timer::sleep(head_wait) => {
+                    let error = ProxyError::new(
+                        ProxyErrorKind::UpstreamTimeout,
+                        format!("upstream {} sent no response within {head_wait:?}", route.upstream.name),
+                    );
+                    METRICS.upstream_failed(&route.upstream.name, "response_header");
+                    return Err(respond_error(down, ctx, &error).await);
+                }
+                _ = down.read_body_or_idle(true) => {
+                    ctx.outcome = Some(StreamOutcome::ClientDisconnect);
+                    close_upstream(up, StreamOutcome::ClientDisconnect, ctx).await;
+                    return Err(Finish::Close);
+                }
+                _ = drain::grace_over() => {
+                    ctx.outcome = Some(StreamOutcome::Shutdown);
+                    drop(up);
+                    return Err(respond_error(down, ctx, &shutting_down()).await);
+                }
+            }
+        };
+        match head {
+            Ok(head) => break (up, head),
+            Err(_) if send_again(&up, pooled) => pooled = retry(route, up),
+            Err(e) => {
+                let error = upstream_failed(
+                    route,
+                    "response_header",
+                    &format!("failed before its response head: {e}"),
+                );
+                return Err(respond_error(down, ctx, &error).await);
+            }
         }
     };
     if upstream_head.status == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -510,6 +534,19 @@ fn upstream_failed(route: &Route, phase: &str, what: &str) -> ProxyError {
 /// Closes an upstream connection that is not going back to the pool. One whose client left is
 /// closed at once, its stream slot released, and the rest of its bookkeeping waits while many
 /// clients are leaving together (`disconnect`).
+/// Drops a pooled connection that closed without answering, counts the retry, and says how the
+/// next connection is made.
+fn retry(route: &Route, up: UpstreamConn) -> Pooled {
+    drop(up);
+    METRICS.upstream_retried(&route.upstream.name);
+    log::debug!(
+        "upstream {}: a pooled connection closed without answering; sending the request again \
+         on a new one",
+        route.upstream.name
+    );
+    Pooled::Skip
+}
+
 async fn close_upstream<S>(session: S, outcome: StreamOutcome, ctx: &mut RequestCtx) {
     if outcome == StreamOutcome::ClientDisconnect {
         ctx.client_left = Some(std::time::Instant::now());

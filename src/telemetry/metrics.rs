@@ -31,6 +31,7 @@ pub struct Metrics {
     pub stream_bytes: IntCounterVec,
     pub heartbeats: IntCounterVec,
     pub upstream_errors: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
     pub usage_tokens: IntCounterVec,
     pub usage_records: IntCounterVec,
     pub oversized_events: IntCounterVec,
@@ -111,6 +112,14 @@ impl Metrics {
             &["upstream", "phase"],
         )
         .unwrap();
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "sluice_upstream_retries_total",
+                "Requests sent again on a new connection after a reused one closed without an answer",
+            ),
+            &["upstream"],
+        )
+        .unwrap();
         let usage_tokens = IntCounterVec::new(
             Opts::new(
                 "sluice_usage_tokens_total",
@@ -159,6 +168,7 @@ impl Metrics {
             Box::new(stream_bytes.clone()),
             Box::new(heartbeats.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(upstream_retries.clone()),
             Box::new(usage_tokens.clone()),
             Box::new(usage_records.clone()),
             Box::new(oversized_events.clone()),
@@ -179,6 +189,7 @@ impl Metrics {
             stream_bytes,
             heartbeats,
             upstream_errors,
+            upstream_retries,
             usage_tokens,
             usage_records,
             oversized_events,
@@ -292,6 +303,10 @@ impl Metrics {
         self.upstream_errors
             .with_label_values(&[upstream, phase])
             .inc();
+    }
+
+    pub fn upstream_retried(&self, upstream: &str) {
+        self.upstream_retries.with_label_values(&[upstream]).inc();
     }
 
     pub fn request_done(&self, route: &str, status: u16) {

@@ -312,6 +312,24 @@ impl BodyPrefix {
     }
 }
 
+/// Whether the request may reach the upstream twice without harm: an idempotent method (RFC 9110
+/// §9.2.2) or an `Idempotency-Key` (the IETF draft's name, and the `X-` one before it).
+pub fn may_send_again(req: &RequestHeader) -> bool {
+    use http::Method;
+    let idempotent = [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(&req.method);
+    idempotent
+        || req.headers.contains_key("idempotency-key")
+        || req.headers.contains_key("x-idempotency-key")
+}
+
 /// Reads the body up to [`INSPECT_BODY_LIMIT`] (whole if it is no larger); one that grows past
 /// `max` is refused here, before anything went upstream. `wait`: longest wait for each part.
 pub async fn read_body_prefix(
@@ -452,6 +470,25 @@ mod tests {
         ] {
             assert!(!valid_host(host.as_bytes()), "{host:?}");
         }
+    }
+
+    #[test]
+    fn idempotent_methods_and_keyed_requests_may_be_sent_again() {
+        let request = |method: &str, key: Option<&str>| {
+            let mut req = RequestHeader::build(method, b"/v1/x", None).unwrap();
+            if let Some(key) = key {
+                req.insert_header(key.to_string(), "k1").unwrap();
+            }
+            req
+        };
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(may_send_again(&request(method, None)), "{method}");
+        }
+        for method in ["POST", "PATCH", "CONNECT"] {
+            assert!(!may_send_again(&request(method, None)), "{method}");
+        }
+        assert!(may_send_again(&request("POST", Some("Idempotency-Key"))));
+        assert!(may_send_again(&request("POST", Some("x-idempotency-key"))));
     }
 
     #[test]

@@ -33,6 +33,12 @@ impl UpstreamConn {
         matches!(self, UpstreamConn::Pingora(p) if p.session.as_http2().is_some())
     }
 
+    /// A pooled HTTP/1.1 connection that failed before any byte of an answer
+    /// ([`H1Connection::closed_unanswered_after_reuse`]). HTTP/2 upstreams are Pingora's.
+    pub fn closed_unanswered_after_reuse(&self) -> bool {
+        matches!(self, UpstreamConn::H1 { conn, .. } if conn.closed_unanswered_after_reuse())
+    }
+
     /// The request's body will not be sent whole (the upstream answered early): the connection
     /// does not go back to a pool.
     pub fn forbid_reuse(&mut self) {

@@ -31,10 +31,23 @@ pub struct H1Connection {
     idle_timeout_hint: u16,
     /// The request's body was not all sent (the upstream answered before it had it all).
     request_unfinished: bool,
+    /// Taken from the idle pool, not made for this request.
+    reused: bool,
+    /// Some byte of an answer came.
+    answered: bool,
 }
 
 impl H1Connection {
     pub fn new(stream: Stream) -> Self {
+        Self::with_history(stream, false)
+    }
+
+    /// A connection taken from the idle pool.
+    pub fn reused(stream: Stream) -> Self {
+        Self::with_history(stream, true)
+    }
+
+    fn with_history(stream: Stream, reused: bool) -> Self {
         H1Connection {
             stream,
             pending: BytesMut::new(),
@@ -45,7 +58,16 @@ impl H1Connection {
             keep_alive: false,
             idle_timeout_hint: 0,
             request_unfinished: false,
+            reused,
+            answered: false,
         }
+    }
+
+    /// A connection from the pool that closed before any byte of an answer: the upstream may
+    /// have closed it as idle while the request was on its way (the close crossing the
+    /// request), so the request may not have been seen.
+    pub fn closed_unanswered_after_reuse(&self) -> bool {
+        self.reused && !self.answered
     }
 
     /// The request's body will not be sent whole: the connection cannot carry another request.
@@ -132,6 +154,7 @@ impl H1Connection {
                     "upstream closed the connection before its response head",
                 );
             }
+            self.answered = true;
         }
     }
 

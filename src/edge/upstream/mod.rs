@@ -42,6 +42,15 @@ use std::time::Duration;
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` still applies).
 const H2_STREAMS_PER_CONNECTION: usize = 100;
 
+/// Whether [`Upstreams::connect`] may take an idle pooled connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Pooled {
+    Take,
+    /// A new connection: a request sent again after a pooled one closed on it (another pooled
+    /// connection of the same upstream may be as stale, if it restarted).
+    Skip,
+}
+
 pub struct Upstreams {
     /// HTTP/2-capable upstreams (`http2: true`): Pingora's client sessions and pool. Built only
     /// when some upstream has `http2`, since building it loads the CA roots again.
@@ -209,6 +218,7 @@ impl Upstreams {
         &self,
         spec: &UpstreamSpec,
         websocket: bool,
+        pooled: Pooled,
     ) -> Result<UpstreamConn, ProxyError> {
         let made;
         let template = match self.peers.get(&spec.name) {
@@ -224,10 +234,10 @@ impl Upstreams {
             .group_key
             .wrapping_add(host.map_or(0, |h| h.generation()));
         let http2 = self.connector.is_some() && spec.http2 && !websocket;
-        if !http2 {
+        if !http2 && pooled == Pooled::Take {
             if let Some(stream) = self.pool.take(pool_key) {
                 return Ok(UpstreamConn::H1 {
-                    conn: H1Connection::new(stream),
+                    conn: H1Connection::reused(stream),
                     pool_key,
                 });
             }

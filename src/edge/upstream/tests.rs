@@ -3,7 +3,7 @@
 
 use super::h1::H1Connection;
 use super::pool::IdlePool;
-use super::UpstreamConn;
+use super::{Pooled, UpstreamConn};
 use crate::edge::tcp::socket_pair;
 use http::HeaderName;
 use pingora::http::RequestHeader;
@@ -780,7 +780,9 @@ async fn a_new_connection_goes_on_to_the_next_address_when_one_refuses() {
     let refusing = refusing_addr();
     let (upstreams, spec, calls) = upstreams_for_host(vec![refusing, live.local_addr().unwrap()]);
     for _ in 0..3 {
-        let conn = within(upstreams.connect(&spec, false)).await.unwrap();
+        let conn = within(upstreams.connect(&spec, false, Pooled::Take))
+            .await
+            .unwrap();
         let (accepted, _) = within(live.accept()).await.unwrap();
         let super::UpstreamConn::H1 { conn, .. } = conn else {
             panic!("an HTTP/1.1 connection")
@@ -800,7 +802,7 @@ async fn a_new_connection_goes_on_to_the_next_address_when_one_refuses() {
 #[tokio::test]
 async fn when_no_address_connects_the_error_says_how_many_were_tried() {
     let (upstreams, spec, _) = upstreams_for_host(vec![refusing_addr(), refusing_addr()]);
-    let Err(error) = within(upstreams.connect(&spec, false)).await else {
+    let Err(error) = within(upstreams.connect(&spec, false, Pooled::Take)).await else {
         panic!("no address connects")
     };
     let text = error.message;
