@@ -762,3 +762,33 @@ async fn after_redis_loses_its_data_every_instance_writes_its_leases_back_within
         "A counts B's lease"
     );
 }
+
+/// A recovery of more leases than one renewal call carries (512 set entries: 300 leases in a
+/// user's and a key's set) writes them in several calls, and the marker only with the last,
+/// once the first call's pending mark shows Redis lost nothing in between.
+#[tokio::test]
+async fn a_recovery_of_many_leases_puts_every_one_back() {
+    let server = RedisServer::start();
+    let (l, recorder) = limiter_with(&server, Duration::from_secs(30));
+    let limits = per_user(1000);
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        held.push(l.admit(&stream("alice", "k", &limits)).await.unwrap());
+    }
+    server.command("FLUSHALL");
+    assert!(
+        eventually(Duration::from_secs(3), || recorder.saw_fallback(true)
+            && l.snapshot().backend == "redis")
+        .await,
+        "noticed and back on Redis"
+    );
+    assert_eq!(int(&server, "ZCARD sluice:u:alice"), 300);
+    assert_eq!(int(&server, "ZCARD sluice:k:k"), 300);
+    assert_eq!(
+        l.admit(&stream("alice", "k", &per_user(300)))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Rejection::UserStreams { limit: 300 }
+    );
+}

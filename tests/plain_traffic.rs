@@ -637,17 +637,18 @@ fn an_upstream_named_by_a_host_name_is_reached() {
     assert!(upstream.log.lock().unwrap().connections <= 3);
 }
 
-/// An upstream that closes, without a word, the pooled connection its second request to
-/// `path` comes on (as one whose idle timeout ran out as the request crossed it), and answers
-/// every other request with the number it was.
-fn closes_on_the_second_request() -> Upstream {
+/// An upstream that closes, without a word and after `after_ms`, the pooled connection its
+/// second request to a path comes on (at once: as one whose idle timeout ran out as the request
+/// crossed it; later: as a worker that died while generating), and answers every other request
+/// with the number it was.
+fn closes_on_the_second_request(after_ms: u64) -> Upstream {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     Upstream::start(move |req| {
         let mut seen = seen.lock().unwrap();
         let n = seen.entry(req.path.clone()).or_insert(0);
         *n += 1;
         match *n {
-            2 => vec![Step::Close],
+            2 => vec![Step::sleep_ms(after_ms), Step::Close],
             n => vec![Step::sized(
                 200,
                 "application/json",
@@ -666,7 +667,7 @@ fn sluice_before(upstream: &Upstream) -> Sluice {
 
 #[test]
 fn a_get_on_a_pooled_connection_the_upstream_closed_is_sent_again_on_a_new_one() {
-    let upstream = closes_on_the_second_request();
+    let upstream = closes_on_the_second_request(0);
     let sluice = sluice_before(&upstream);
     let mut client = Client::connect(sluice.addr);
     assert_eq!(client.get("/v1/models").status, 200);
@@ -683,7 +684,7 @@ fn a_get_on_a_pooled_connection_the_upstream_closed_is_sent_again_on_a_new_one()
 
 #[test]
 fn a_post_is_sent_again_only_with_an_idempotency_key() {
-    let upstream = closes_on_the_second_request();
+    let upstream = closes_on_the_second_request(0);
     let sluice = sluice_before(&upstream);
     let mut client = Client::connect(sluice.addr);
     let json = [("content-type", "application/json")];
@@ -712,4 +713,15 @@ fn a_post_is_sent_again_only_with_an_idempotency_key() {
         .map(|r| r.body.as_slice())
         .collect();
     assert_eq!(sent, [&body[..]; 3], "sent again with its body");
+}
+
+#[test]
+fn a_get_whose_pooled_connection_closes_long_after_it_was_sent_is_not_sent_again() {
+    let upstream = closes_on_the_second_request(1500);
+    let sluice = sluice_before(&upstream);
+    let mut client = Client::connect(sluice.addr);
+    assert_eq!(client.get("/v1/models").status, 200);
+    let cut = client.get("/v1/models");
+    assert_eq!(cut.status, 502, "{}", cut.text());
+    assert_eq!(upstream.requests().len(), 2);
 }

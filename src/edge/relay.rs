@@ -195,6 +195,11 @@ async fn body_error(
 /// sent early, if it did (it is usually there already).
 const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
+/// Longest time from sending a request to its pooled connection's close for that close to be
+/// taken for the upstream's idle close crossing the request (a round trip, with room for a
+/// distant provider), and the request sent again.
+const CROSSED_CLOSE: Duration = Duration::from_secs(1);
+
 /// An upstream response whose head went to the client: what the body relay needs.
 struct Opened<'d> {
     up: UpstreamConn,
@@ -289,18 +294,23 @@ async fn open<'d>(
     // and browsers' clients do): an idempotent method or an `Idempotency-Key`, and a body held
     // whole. Other requests (an LLM's POST) get the 502: the upstream may have begun to
     // generate.
-    let replay =
-        (body.complete && request::may_send_again(down.req_header())).then(|| body.prefix.clone());
-    let mut body = Some(body);
+    // That close reaches Sluice within a round trip of the request's leaving: a close later
+    // than `CROSSED_CLOSE` came from an upstream that had the request (a worker that died
+    // mid-generation), and it is not sent again.
+    let complete = body.complete;
+    let prefix = body.prefix.freeze();
+    let replay = (complete && request::may_send_again(down.req_header())).then(|| prefix.clone());
+    let mut first = Some(prefix);
     let mut pooled = Pooled::Take;
     let (up, upstream_head) = loop {
         // Sent again, it is only ever with its body held (`send_again`).
-        let body = body.take().unwrap_or_else(|| BodyPrefix {
-            prefix: replay.clone().unwrap_or_default(),
-            complete: true,
-        });
+        let prefix = first.take().or_else(|| replay.clone()).unwrap_or_default();
+        let sending = std::time::Instant::now();
         let send_again = |up: &UpstreamConn, pooled: Pooled| {
-            replay.is_some() && pooled == Pooled::Take && up.closed_unanswered_after_reuse()
+            replay.is_some()
+                && pooled == Pooled::Take
+                && up.closed_unanswered_after_reuse()
+                && sending.elapsed() < CROSSED_CLOSE
         };
         let mut up = match upstreams.connect(&route.upstream, websocket, pooled).await {
             Ok(connected) => connected,
@@ -310,7 +320,7 @@ async fn open<'d>(
             sent = request::send_request(
                 &mut up,
                 &head,
-                body,
+                (prefix, complete),
                 down,
                 route.max_request_body,
                 body_timeout,
@@ -531,9 +541,6 @@ fn upstream_failed(route: &Route, phase: &str, what: &str) -> ProxyError {
     )
 }
 
-/// Closes an upstream connection that is not going back to the pool. One whose client left is
-/// closed at once, its stream slot released, and the rest of its bookkeeping waits while many
-/// clients are leaving together (`disconnect`).
 /// Drops a pooled connection that closed without answering, counts the retry, and says how the
 /// next connection is made.
 fn retry(route: &Route, up: UpstreamConn) -> Pooled {
@@ -547,6 +554,9 @@ fn retry(route: &Route, up: UpstreamConn) -> Pooled {
     Pooled::Skip
 }
 
+/// Closes an upstream connection that is not going back to the pool. One whose client left is
+/// closed at once, its stream slot released, and the rest of its bookkeeping waits while many
+/// clients are leaving together (`disconnect`).
 async fn close_upstream<S>(session: S, outcome: StreamOutcome, ctx: &mut RequestCtx) {
     if outcome == StreamOutcome::ClientDisconnect {
         ctx.client_left = Some(std::time::Instant::now());

@@ -67,7 +67,7 @@ use scripts::{ADMIT_LUA, RENEW_LUA};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -131,9 +131,10 @@ struct Release {
 
 enum Msg {
     Release(Release),
-    /// Redis lost this instance's leases (an admission found its marker gone): write them back
-    /// now rather than at the next probe.
-    Recover,
+    /// Write this instance's leases into Redis now, not at the next probe or renewal: a
+    /// recovery in fallback (an admission found the marker gone), a renewal when up (a lease
+    /// admitted locally just as the limiter returned to Redis).
+    Renew,
     /// Stop; `send_releases` when Redis was up, so queued releases are worth a try.
     Shutdown {
         send_releases: bool,
@@ -156,9 +157,11 @@ pub(crate) struct Cluster {
     mode: AtomicU8,
     /// Every lease this instance holds, by id: what the renewal renews.
     held: Mutex<HashMap<u64, Held>>,
-    /// Bumped by every registration, so a recovery can tell whether a lease was taken while it
-    /// renewed a list read before.
-    registrations: AtomicU64,
+    /// Bumped by every lease admitted locally, so a recovery can tell whether one was taken
+    /// while it renewed a list read before.
+    local_registrations: AtomicU64,
+    /// A `Msg::Renew` is on its way (one at a time).
+    renew_asked: AtomicBool,
     tx: mpsc::UnboundedSender<Msg>,
     observer: Arc<dyn LimitsObserver>,
     admit_script: Script,
@@ -198,7 +201,8 @@ impl Cluster {
             conn: Mutex::new(None),
             mode: AtomicU8::new(FALLBACK),
             held: Mutex::new(HashMap::new()),
-            registrations: AtomicU64::new(0),
+            local_registrations: AtomicU64::new(0),
+            renew_asked: AtomicBool::new(false),
             tx,
             observer,
             admit_script: Script::new(ADMIT_LUA),
@@ -382,7 +386,7 @@ impl Cluster {
             // them again (`Worker::recover`), which it is asked to do at once.
             [4, ..] => {
                 self.enter_fallback(LEASES_LOST);
-                let _ = self.tx.send(Msg::Recover);
+                self.ask_renewal();
                 Err(())
             }
             other => {
@@ -392,11 +396,29 @@ impl Cluster {
         }
     }
 
-    /// Registers a live lease with the renewal (whether Redis or the fallback admitted it).
+    /// Registers a lease Redis admitted with the renewal.
     pub fn register(&self, id: u64, user: Option<&str>, key: Option<&str>) {
         let held = self.held_for(user, key);
         self.lock_held().insert(id, held);
-        self.registrations.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Registers a lease admitted on this instance's counters (fallback) with the renewal, which
+    /// writes it into Redis when Redis answers again. One admitted as the limiter returned to
+    /// Redis is not left for the next renewal: either the recovery sees the count change after
+    /// its return (`Worker::recover`), or this sees the return and asks for a renewal now (both
+    /// sides write, then read, in one total order).
+    pub fn register_local(&self, id: u64, user: Option<&str>, key: Option<&str>) {
+        self.register(id, user, key);
+        self.local_registrations.fetch_add(1, Ordering::SeqCst);
+        if self.mode.load(Ordering::SeqCst) == UP {
+            self.ask_renewal();
+        }
+    }
+
+    fn ask_renewal(&self) {
+        if !self.renew_asked.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Msg::Renew);
+        }
     }
 
     /// A lease was dropped: stop renewing it and queue its ZREM. Never blocks.
@@ -452,7 +474,7 @@ impl Cluster {
     fn leave_fallback(&self, first: bool) {
         if self
             .mode
-            .compare_exchange(FALLBACK, UP, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(FALLBACK, UP, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
             if first {

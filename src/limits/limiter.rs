@@ -123,7 +123,7 @@ impl Limiter {
             Some(cluster) if claim.user.is_some() || claim.key_id.is_some() => {
                 // Renewed like any other lease: Redis learns of it once it answers again.
                 let id = id.unwrap_or_else(|| cluster.next_id());
-                cluster.register(id, claim.user, claim.key_id);
+                cluster.register_local(id, claim.user, claim.key_id);
                 Some(id)
             }
             _ => None,

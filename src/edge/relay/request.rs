@@ -359,23 +359,24 @@ pub async fn read_body_prefix(
     Ok(BodyPrefix { prefix, complete })
 }
 
-/// Writes the request upstream: head and the body read so far together, then the rest of the
+/// Writes the request upstream: head and the body read so far (`prefix`, the whole body when
+/// `complete`) together, then the rest of the
 /// body as the client sends it, stopping with [`BodyError::TooLarge`] when it grows past `max`
 /// (the caller then drops the upstream connection, which aborts the request there). `wait`:
 /// longest wait for each part from the client, and for the upstream to take each part.
 pub async fn send_request(
     up: &mut UpstreamConn,
     head: &UpstreamHead,
-    body: BodyPrefix,
+    (prefix, complete): (Bytes, bool),
     down: &mut ServerSession,
     max: u64,
     wait: Duration,
 ) -> Result<(), BodyError> {
-    let mut sent = body.prefix.len() as u64;
+    let mut sent = prefix.len() as u64;
     let client = &down.req_header().headers;
-    let first = up.send_head(head, client, body.prefix.freeze(), body.complete);
+    let first = up.send_head(head, client, prefix, complete);
     upstream_took(timer::timeout(wait, first).await)?;
-    if body.complete {
+    if complete {
         return Ok(());
     }
     while let Some(chunk) = next_body_part(down, wait).await? {

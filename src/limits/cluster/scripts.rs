@@ -27,7 +27,7 @@ local rpm = tonumber(ARGV[5])
 local stream = ARGV[6] == '1'
 local has_user = ARGV[7] == '1'
 local has_key = ARGV[8] == '1'
-if redis.call('EXISTS', KEYS[4]) == 0 then return {4, 0, 0} end
+if redis.call('GET', KEYS[4]) ~= '1' then return {4, 0, 0} end
 local users, keys = -1, -1
 if stream and (has_user or has_key) then
   local held = (has_user and redis.call('ZSCORE', KEYS[1], member))
@@ -86,15 +86,18 @@ return {0, users, keys}
 
 /// Renews leases: KEYS[1] is this instance's marker, KEYS[i] (i > 1) a sorted set and
 /// ARGV[i + 1] the stream id in it; ARGV[1] the ttl, ARGV[2] what to do with the marker: `0`
-/// nothing (not the last call of a renewal), `1` refresh it only if it is there, `2` write it.
+/// nothing (a middle call), `1` refresh it only if it is there (the last call of a routine
+/// renewal), `2` write it (a recovery in one call), `3` write it as pending (the first call of a
+/// recovery in several), `4` make a pending one whole (the last call of such a recovery).
 /// A plain ZADD: a lease Redis lost is created again. Returns the number of leases renewed, or
-/// -1 when a refresh (`1`) found the marker gone.
+/// -1 when a refresh found the marker gone or a recovery found its pending marker gone (Redis
+/// lost its data again between the calls, and the leases of the calls before with it).
 ///
-/// The marker says "Redis holds every lease of this instance". Only the recovery writes it
-/// (`2`), after renewing every lease, so an empty Redis (restarted, flushed) lacks it and
-/// `ADMIT_LUA` refuses to count until the leases are back. A routine renewal only refreshes it:
-/// its list of leases was read before the call, so a lease admitted meanwhile in a Redis that
-/// then restarted would be missing behind a marker it had written.
+/// The marker says, when it is `1`, "Redis holds every lease of this instance". Only the
+/// recovery writes it, after renewing every lease, so an empty Redis (restarted, flushed) lacks
+/// it and `ADMIT_LUA` refuses to count until the leases are back. A routine renewal only
+/// refreshes it: its list of leases was read before the call, so a lease admitted meanwhile in a
+/// Redis that then restarted would be missing behind a marker it had written.
 pub(crate) const RENEW_LUA: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -104,9 +107,15 @@ for i = 2, #KEYS do
   redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
   redis.call('PEXPIRE', KEYS[i], 2 * ttl)
 end
-if ARGV[2] == '1' then
+local marker = ARGV[2]
+if marker == '1' then
   if not redis.call('SET', KEYS[1], '1', 'PX', 2 * ttl, 'XX') then return -1 end
-elseif ARGV[2] == '2' then
+elseif marker == '2' then
+  redis.call('SET', KEYS[1], '1', 'PX', 2 * ttl)
+elseif marker == '3' then
+  redis.call('SET', KEYS[1], '0', 'PX', 2 * ttl)
+elseif marker == '4' then
+  if redis.call('GET', KEYS[1]) ~= '0' then return -1 end
   redis.call('SET', KEYS[1], '1', 'PX', 2 * ttl)
 end
 return #KEYS - 1

@@ -52,9 +52,7 @@ impl Worker {
                                     stop = Some(send_releases);
                                     break;
                                 }
-                                Ok(Msg::Recover) => {
-                                    self.recover_now().await;
-                                }
+                                Ok(Msg::Renew) => self.renew_now().await,
                                 Err(_) => break,
                             }
                         }
@@ -69,7 +67,7 @@ impl Worker {
                             self.drop_stale_releases();
                         }
                     }
-                    Some(Msg::Recover) => self.recover_now().await,
+                    Some(Msg::Renew) => self.renew_now().await,
                     Some(Msg::Shutdown { send_releases }) => break send_releases,
                     None => break false,
                 },
@@ -133,10 +131,21 @@ impl Worker {
         }
     }
 
-    /// An admission found the marker gone: recover at once if still in fallback.
-    async fn recover_now(&mut self) {
-        if self.cluster.mode.load(Ordering::Acquire) == FALLBACK {
-            self.recover(false).await;
+    /// `Msg::Renew`: a recovery in fallback (an admission found the marker gone), a renewal
+    /// when up (a lease admitted locally as the limiter returned to Redis).
+    async fn renew_now(&mut self) {
+        self.cluster.renew_asked.store(false, Ordering::Release);
+        match self.cluster.mode.load(Ordering::Acquire) {
+            FALLBACK => {
+                self.recover(false).await;
+            }
+            UP => {
+                if let Some(conn) = self.cluster.connection() {
+                    let found = self.renew_all(conn, Marker::Refresh).await;
+                    self.after_marker_check(found).await;
+                }
+            }
+            _ => {}
         }
     }
 
@@ -145,12 +154,12 @@ impl Worker {
         self.cluster
             .timed(
                 "probe",
-                redis::cmd("EXISTS")
+                redis::cmd("GET")
                     .arg(&marker)
-                    .query_async::<i64>(&mut conn),
+                    .query_async::<Option<String>>(&mut conn),
             )
             .await
-            .map(|n| n == 1)
+            .map(|value| value.as_deref() == Some("1"))
     }
 
     async fn ping(&self, mut conn: MultiplexedConnection) -> Result<(), String> {
@@ -193,8 +202,8 @@ impl Worker {
         {
             return false;
         }
-        let before = self.cluster.registrations.load(Ordering::Acquire);
-        if self.renew_all(conn.clone(), Marker::Write).await.is_err() {
+        let before = self.cluster.local_registrations.load(Ordering::SeqCst);
+        if self.renew_all(conn.clone(), Marker::Write).await != Ok(true) {
             return false;
         }
         self.drop_stale_releases();
@@ -204,7 +213,7 @@ impl Worker {
         self.cluster.leave_fallback(first);
         // A lease admitted locally while the renewal ran (its list read before) goes into Redis
         // now, not at the next renewal.
-        if self.cluster.registrations.load(Ordering::Acquire) != before {
+        if self.cluster.local_registrations.load(Ordering::SeqCst) != before {
             match self.renew_all(conn, Marker::Refresh).await {
                 Ok(true) => {}
                 Ok(false) => self.cluster.enter_fallback(LEASES_LOST),
@@ -237,7 +246,15 @@ impl Worker {
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
             let mut call = self.cluster.renew_script.prepare_invoke();
-            let what = if i == last { marker as u8 } else { 0 };
+            // A recovery in several calls marks its start, so that its last call can tell
+            // whether Redis lost the earlier calls' leases meanwhile.
+            let what = match (marker, i == 0, i == last) {
+                (Marker::Write, true, true) => MARKER_WRITE,
+                (Marker::Write, true, false) => MARKER_BEGIN,
+                (Marker::Write, false, true) => MARKER_FINISH,
+                (Marker::Refresh, _, true) => MARKER_REFRESH,
+                _ => MARKER_NONE,
+            };
             call.key(&marker_key).arg(ttl_ms).arg(what);
             for (set, member) in chunk {
                 call.key(set).arg(member);
@@ -316,11 +333,18 @@ impl Worker {
     }
 }
 
-/// What the last call of a renewal does with the marker (`RENEW_LUA`'s ARGV[2]).
+/// What a renewal does with the marker.
 #[derive(Clone, Copy)]
 enum Marker {
     /// Keep it, if it is there: a routine renewal.
-    Refresh = 1,
-    /// Write it: every lease this instance holds was renewed (the recovery).
-    Write = 2,
+    Refresh,
+    /// Write it once every lease this instance holds is renewed: the recovery.
+    Write,
 }
+
+// `RENEW_LUA`'s ARGV[2].
+const MARKER_NONE: u8 = 0;
+const MARKER_REFRESH: u8 = 1;
+const MARKER_WRITE: u8 = 2;
+const MARKER_BEGIN: u8 = 3;
+const MARKER_FINISH: u8 = 4;
