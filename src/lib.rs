@@ -7,6 +7,7 @@ mod addr_text;
 pub mod auth;
 pub mod client_ip;
 pub mod config;
+pub mod content_coding;
 pub mod daemon;
 pub mod demo;
 pub mod edge;

@@ -680,3 +680,121 @@ fn no_usage_comment_after_an_unfinished_last_line() {
         );
     }
 }
+
+/// `events` compressed as a server streaming gzip sends them: each event sync-flushed into a
+/// piece of its own; the gzip trailer is left out (the caller adds `trailer()` or not).
+fn gzip_pieces(events: &[&str]) -> (Vec<Vec<u8>>, Vec<u8>) {
+    use flate2::{write::GzEncoder, Compression};
+    use std::io::Write;
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    let mut pieces = Vec::new();
+    for e in events {
+        encoder.write_all(e.as_bytes()).unwrap();
+        encoder.flush().unwrap();
+        pieces.push(std::mem::take(encoder.get_mut()));
+    }
+    (pieces, encoder.finish().unwrap())
+}
+
+fn gzip_stream_head() -> Step {
+    Step::Raw(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec(),
+    )
+}
+
+/// Each piece of a compressed stream reaches the client as it comes: the last token before a
+/// pause is not held back until the next one (flate2's decoder keeps a piece's end until
+/// flushed), and not lost when the pause ends the stream.
+#[test]
+fn a_gzip_stream_reaches_the_client_piece_by_piece() {
+    let (pieces, _) = gzip_pieces(&["data: one\n\n", "data: two\n\n"]);
+    let upstream = Upstream::start(move |_| {
+        vec![
+            gzip_stream_head(),
+            Step::chunk(&pieces[0]),
+            Step::chunk(&pieces[1]),
+            Step::Hold,
+        ]
+    });
+    let sluice = sluice_for(
+        &upstream,
+        "    provider: openai\n    idle_timeout: 500ms\n    heartbeat: off\n",
+    );
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    assert_eq!(client.read_head().status, 200);
+    let body = String::from_utf8(client.read_chunked_body()).unwrap();
+    assert!(
+        body.starts_with("data: one\n\ndata: two\n\ndata: {\"error\""),
+        "{body:?}"
+    );
+    let record = &sluice.wait_ledger(1)[0];
+    assert_eq!(record["outcome"], "idle_timeout");
+}
+
+/// A compressed stream that stops decoding (corrupt, or cut before the gzip trailer) is no
+/// complete stream: what decoded reaches the client, then an upstream error ends it.
+#[test]
+fn a_gzip_stream_that_does_not_decode_ends_as_an_upstream_error() {
+    let (pieces, trailer) = gzip_pieces(&["data: one\n\n", "data: two\n\n"]);
+    let corrupt: Vec<u8> = pieces[1].iter().map(|b| b ^ 0x5a).collect();
+    let cases = [
+        ("corrupt", vec![pieces[0].clone(), corrupt]),
+        ("cut", vec![pieces[0].clone(), pieces[1].clone()]),
+        (
+            "whole",
+            vec![pieces[0].clone(), pieces[1].clone(), trailer.clone()],
+        ),
+    ];
+    for (case, body) in cases {
+        let upstream = Upstream::start(move |_| {
+            // Apart: a read that does not decode loses what it held before the fault.
+            let mut steps = vec![gzip_stream_head()];
+            for piece in &body {
+                steps.push(Step::chunk(piece));
+                steps.push(Step::sleep_ms(50));
+            }
+            steps.push(Step::End);
+            steps
+        });
+        let sluice = sluice_for(&upstream, "    provider: openai\n");
+        let mut client = Client::connect(sluice.addr);
+        client.post_json("/v1/chat/completions", STREAM_REQUEST);
+        assert_eq!(client.read_head().status, 200, "{case}");
+        let body = String::from_utf8(client.read_chunked_body()).unwrap();
+        let record = &sluice.wait_ledger(1)[0];
+        if case == "whole" {
+            assert_eq!(body, "data: one\n\ndata: two\n\n");
+            assert_eq!(record["outcome"], "completed");
+        } else {
+            assert!(body.starts_with("data: one\n\n"), "{case}: {body:?}");
+            assert!(body.contains("\"upstream_error\""), "{case}: {body:?}");
+            assert_eq!(record["outcome"], "upstream_error", "{case}");
+        }
+    }
+}
+
+/// A stream in a coding Sluice cannot undo goes through untouched, with its `Content-Encoding`:
+/// nothing (heartbeat, usage comment, terminal event) is written into bytes it cannot read.
+#[test]
+fn a_stream_in_a_coding_sluice_cannot_undo_passes_through_untouched() {
+    let body: Vec<u8> = (0u8..=255).collect();
+    let sent = body.clone();
+    let upstream = Upstream::start(move |_| {
+        let mut head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: zstd\r\ncontent-length: {}\r\n\r\n",
+            sent.len()
+        )
+        .into_bytes();
+        head.extend_from_slice(&sent);
+        vec![Step::Raw(head)]
+    });
+    let sluice = sluice_for(&upstream, "    provider: openai\n");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    let response = client.read_response();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-encoding"), Some("zstd"));
+    assert_eq!(response.body, body);
+}

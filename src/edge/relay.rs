@@ -18,8 +18,8 @@ use super::admission;
 use super::downstream::{Downstream, RequestSession};
 use super::drain;
 use super::headers::{
-    asks_for_websocket, client_response, is_websocket_upgrade, never_indexed, response_head,
-    ResponseShape, UpstreamRequest,
+    asks_for_websocket, client_response, is_websocket_upgrade, never_indexed, ResponseShape,
+    UpstreamRequest,
 };
 use super::responses::{
     end_error, end_stream, respond_error, respond_refusal, shutting_down, write_terminal_event,
@@ -30,7 +30,7 @@ use super::timer;
 use super::upstream::{Pooled, UpstreamConn, Upstreams};
 use super::usage_sink::UsageSink;
 use super::RequestCtx;
-use crate::http1::ResponseHead;
+use crate::content_coding::{self, ContentDecoder};
 use crate::limits::Limiter;
 use crate::provider::{Provider, ProxyError, ProxyErrorKind};
 use crate::route::Route;
@@ -46,8 +46,6 @@ use crate::usage::include_usage::{ensure_include_usage, IncludeUsage};
 use crate::usage::inspector::{InspectorOptions, StreamInspector};
 use crate::usage::record::UsageRecord;
 use bytes::BytesMut;
-use pingora::http::RequestHeader;
-use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::protocols::http::ServerSession;
 pub use request::{check_host, check_target};
 use request::{BodyError, BodyPrefix, INSPECT_BODY_LIMIT};
@@ -208,7 +206,7 @@ struct Opened<'d> {
     /// The stream format, `None` for a plain body.
     kind: Option<StreamKind>,
     /// Boxed: rarely there (an upstream that compresses a stream), 136 bytes when inline.
-    decoder: Option<Box<ResponseCompressionCtx>>,
+    decoder: Option<Box<ContentDecoder>>,
     strip_usage_chunk: bool,
 }
 
@@ -426,7 +424,28 @@ async fn open<'d>(
             .unwrap_or_default(),
     )
     .filter(|_| !bodiless);
-    let decoder = kind.and_then(|_| decoder_for(&upstream_head));
+    // A stream the upstream compressed although not asked to is decoded, so that the client
+    // gets plain events or lines. One in a coding Sluice cannot undo goes through untouched, with
+    // its `Content-Encoding`, as a plain answer: nothing may be written into it.
+    let coding = kind.map(|_| {
+        content_coding::coding_of(
+            upstream_head
+                .fields
+                .get_all(&http::header::CONTENT_ENCODING),
+        )
+    });
+    let (kind, decoder) = match coding {
+        Some(Err(unsupported)) => {
+            log::debug!(
+                "upstream {}: a stream in {}, passed through undecoded",
+                route.upstream.name,
+                unsupported.0
+            );
+            (None, None)
+        }
+        Some(Ok(coding)) => (kind, coding.map(|c| Box::new(ContentDecoder::new(c)))),
+        None => (kind, None),
+    };
     let shape = match kind {
         Some(_) => ResponseShape::Stream,
         None => ResponseShape::Plain,
@@ -578,7 +597,7 @@ fn relay_event_stream<'a>(
     mut upstream: Connection<'a>,
     mut down: Downstream<'a>,
     ctx: &'a mut RequestCtx,
-    decoder: Option<&'a mut ResponseCompressionCtx>,
+    decoder: Option<&'a mut ContentDecoder>,
     strip_usage_chunk: bool,
 ) -> impl Future<Output = Finish> + 'a {
     async move {
@@ -668,7 +687,7 @@ async fn relay_json_lines(
     mut upstream: Connection<'_>,
     mut down: Downstream<'_>,
     ctx: &mut RequestCtx,
-    decoder: Option<&mut ResponseCompressionCtx>,
+    decoder: Option<&mut ContentDecoder>,
     kind: StreamKind,
 ) -> Finish {
     let guard = StreamGuard::new(&route.name);
@@ -805,25 +824,4 @@ impl Drop for StreamGuard {
         self.in_flight.dec();
         METRICS.stream_finished(&self.route, self.outcome);
     }
-}
-
-/// A stream the upstream compressed although not asked to: decoded so that the client gets plain
-/// events or lines (gzip has no per-event flush).
-fn decoder_for(upstream_head: &ResponseHead) -> Option<Box<ResponseCompressionCtx>> {
-    let encoding = upstream_head.fields.get(&http::header::CONTENT_ENCODING)?;
-    if encoding.eq_ignore_ascii_case(b"identity") {
-        return None;
-    }
-    let mut ctx = ResponseCompressionCtx::new(0, true, false);
-    let identity_only = RequestHeader::build("GET", b"/", None).ok()?;
-    ctx.request_filter(&identity_only);
-    // Pingora decides from the encoding alone.
-    let mut headers = http::HeaderMap::with_capacity(1);
-    headers.insert(
-        http::header::CONTENT_ENCODING,
-        http::HeaderValue::from_bytes(encoding).ok()?,
-    );
-    let mut head = response_head(upstream_head.status, headers);
-    ctx.response_header_filter(&mut head, false);
-    Some(Box::new(ctx))
 }

@@ -8,6 +8,7 @@ use super::drain;
 use super::timer;
 use super::upstream::UpstreamConn;
 use super::RequestCtx;
+use crate::content_coding::ContentDecoder;
 use crate::route::Route;
 use crate::sse::{
     LineBoundary, RelayClock, RelayTick, StreamOutcome, END_MARKER_LINGER, HEARTBEAT,
@@ -17,7 +18,6 @@ use crate::usage::inspector::StreamInspector;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::OptionFuture;
 use futures_util::FutureExt;
-use pingora::protocols::http::compression::ResponseCompressionCtx;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -48,7 +48,7 @@ pub async fn relay(
     up: &mut UpstreamConn,
     down: &mut Downstream<'_>,
     ctx: &mut RequestCtx,
-    mut decoder: Option<&mut ResponseCompressionCtx>,
+    mut decoder: Option<&mut ContentDecoder>,
     mut watch: BodyWatch<'_>,
 ) -> StreamOutcome {
     let event_stream = matches!(watch, BodyWatch::Events(_));
@@ -130,10 +130,22 @@ pub async fn relay(
             Ok(Some(first)) => Ok(Some(take_ready(up, first, &mut deferred))),
             other => other,
         };
-        let (data, ended) = match chunk {
-            Ok(Some(data)) => (decode(decoder.as_deref_mut(), data), false),
-            // The decoder may still hold the end of a compressed body.
-            Ok(None) => (flush_decoder(decoder.as_deref_mut()), true),
+        let decoded = match (chunk, decoder.as_deref_mut()) {
+            (Ok(Some(data)), None) => Ok((data, false)),
+            (Ok(Some(data)), Some(d)) => d
+                .decode(&data)
+                .map(|data| (data, false))
+                .map_err(|e| e.to_string()),
+            (Ok(None), None) => Ok((Bytes::new(), true)),
+            // The decoder may still hold the end of a compressed body, or find it cut short.
+            (Ok(None), Some(d)) => d
+                .finish()
+                .map(|data| (data, true))
+                .map_err(|e| e.to_string()),
+            (Err(e), _) => Err(e.to_string()),
+        };
+        let (data, ended) = match decoded {
+            Ok(decoded) => decoded,
             Err(e) => {
                 ctx.error = Some(format!("upstream body: {e}"));
                 METRICS.upstream_failed(&route.upstream.name, "body");
@@ -314,21 +326,6 @@ fn take_ready(
         }
     }
     gathered.map(BytesMut::freeze).unwrap_or(first)
-}
-
-fn decode(decoder: Option<&mut ResponseCompressionCtx>, data: Bytes) -> Bytes {
-    match decoder {
-        Some(d) => d
-            .response_body_filter(Some(&data), false)
-            .unwrap_or_default(),
-        None => data,
-    }
-}
-
-fn flush_decoder(decoder: Option<&mut ResponseCompressionCtx>) -> Bytes {
-    decoder
-        .and_then(|d| d.response_body_filter(None, true))
-        .unwrap_or_default()
 }
 
 /// A relay's one timer (event streams and WebSocket sessions). Each chunk moves the idle deadline
