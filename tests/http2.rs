@@ -924,3 +924,58 @@ fn a_trusted_proxy_names_the_client_over_http2() {
         Some("198.51.100.1, 203.0.113.7, 127.0.0.9, 127.0.0.1")
     );
 }
+
+/// Over an `http2: true` upstream, many clients' streams share one connection: a client that
+/// stops reading may hold back its own stream only. With Pingora's windows (8 MiB a stream and
+/// 8 MiB the connection) a few such streams took the connection's whole window, and the other
+/// streams stalled until their idle timeout cut them.
+#[test]
+fn a_client_that_stops_reading_does_not_stall_the_other_streams_on_an_http2_upstream() {
+    use support::Client;
+    let upstream = Upstream::start(|req| match req.path.as_str() {
+        "/big" => {
+            let mut steps = vec![Step::sse_head()];
+            let event = format!("data: {}\n\n", "x".repeat(16_000));
+            steps.extend((0..2_500).map(|_| Step::chunk(&event)));
+            steps.push(Step::End);
+            steps
+        }
+        _ => vec![
+            Step::sse_head(),
+            Step::chunk("data: small\n\n"),
+            Step::chunk("data: [DONE]\n\n"),
+            Step::End,
+        ],
+    });
+    let back = Sluice::start_h2c(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    heartbeat: off\n    usage_comment: false\n",
+        upstream.url()
+    ));
+    let front = Sluice::start(&format!(
+        "upstreams:\n  back:\n    url: http://{}\n    http2: true\nroutes:\n  - path_prefix: /big\n    upstream: back\n    idle_timeout: 60s\n  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 2s\n",
+        back.addr
+    ));
+    let stream = [("accept", "text/event-stream")];
+    let stuck: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut client = Client::connect(front.addr);
+            client.send("GET", "/big", &stream, b"");
+            client
+        })
+        .collect();
+    // Long enough for the upstream to fill every window and buffer it may; the stuck streams'
+    // route waits for their clients far longer than the test lasts.
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..5 {
+        let mut client = Client::connect(front.addr);
+        client.send("GET", "/small", &stream, b"");
+        let response = client.read_response();
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.text(),
+            "data: small\n\ndata: [DONE]\n\n",
+            "stream {i} beside the stuck one"
+        );
+    }
+    drop(stuck);
+}

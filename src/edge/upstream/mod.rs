@@ -42,6 +42,16 @@ use std::time::Duration;
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` still applies).
 const H2_STREAMS_PER_CONNECTION: usize = 100;
 
+/// How much of one stream's body an HTTP/2 upstream may send ahead of Sluice's reading it
+/// (`SETTINGS_INITIAL_WINDOW_SIZE`): what a stream whose client reads slowly holds. The
+/// connection's window has room for every stream's: with Pingora's default (8 MiB for both), one
+/// or two clients that stopped reading used the connection's whole window, and every other
+/// stream on the connection stalled until they were cut (relay audit: 20 of 20 streams ended by
+/// their idle timeout while the upstream was sending). 1 MiB a stream still moves 10 MB/s
+/// over a 100 ms round trip.
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+const H2_CONNECTION_WINDOW: u32 = H2_STREAM_WINDOW * H2_STREAMS_PER_CONNECTION as u32;
+
 /// Whether [`Upstreams::connect`] may take an idle pooled connection.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Pooled {
@@ -517,6 +527,8 @@ impl PeerTemplate {
                 ALPN::H2
             };
             options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+            options.h2_stream_window_size = Some(H2_STREAM_WINDOW);
+            options.h2_connection_window_size = Some(H2_CONNECTION_WINDOW);
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         spec.name.hash(&mut hasher);
@@ -647,6 +659,8 @@ mod tests {
         let https = PeerTemplate::new(&spec("https://api.example.com", true, true), None);
         assert_eq!(https.options.alpn, ALPN::H2H1);
         assert_eq!(https.options.max_h2_streams, H2_STREAMS_PER_CONNECTION);
+        assert_eq!(https.options.h2_stream_window_size, Some(1 << 20));
+        assert_eq!(https.options.h2_connection_window_size, Some(100 << 20));
         assert!(https.options.custom_l4.is_some());
         assert_eq!(
             https.options.connection_timeout,
