@@ -979,3 +979,103 @@ fn a_client_that_stops_reading_does_not_stall_the_other_streams_on_an_http2_upst
     }
     drop(stuck);
 }
+
+/// A TCP relay to `to` whose connections made before [`FreezingRelay::freeze`] stop forwarding
+/// while their sockets stay open (a middlebox that lost them); later connections forward.
+struct FreezingRelay {
+    addr: std::net::SocketAddr,
+    made: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    frozen_below: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FreezingRelay {
+    fn start(to: std::net::SocketAddr) -> FreezingRelay {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let made = Arc::new(AtomicUsize::new(0));
+        let frozen_below = Arc::new(AtomicUsize::new(0));
+        let (made_in, frozen_in) = (made.clone(), frozen_below.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let n = made_in.fetch_add(1, Ordering::SeqCst);
+                let server = std::net::TcpStream::connect(to).unwrap();
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let frozen = frozen_in.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                // Taken and dropped: the peer sees its bytes acknowledged and
+                                // nothing more, ever.
+                                Ok(_) if n < frozen.load(Ordering::SeqCst) => {}
+                                Ok(len) => {
+                                    if into.write_all(&buf[..len]).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        FreezingRelay {
+            addr,
+            made,
+            frozen_below,
+        }
+    }
+
+    fn freeze(&self) {
+        let made = self.made.load(std::sync::atomic::Ordering::SeqCst);
+        self.frozen_below
+            .store(made, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A shared HTTP/2 upstream connection that stops answering (a middlebox lost it, the socket
+/// stays up) costs the stream that timed out on it, not every later one: before, each new
+/// request went on it and waited its own `idle_timeout` for a 504, until TCP gave up.
+#[test]
+fn an_http2_upstream_connection_that_stopped_answering_gets_no_new_streams() {
+    use support::Client;
+    let upstream =
+        Upstream::start(|_| vec![Step::sse_head(), Step::chunk("data: one\n\n"), Step::End]);
+    let back = Sluice::start_h2c(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    usage_comment: false\n",
+        upstream.url()
+    ));
+    let relay = FreezingRelay::start(back.addr);
+    let front = Sluice::start(&format!(
+        "upstreams:\n  back:\n    url: http://{}\n    http2: true\nroutes:\n  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 1s\n",
+        relay.addr
+    ));
+    let get = || {
+        let mut client = Client::connect(front.addr);
+        client.send("GET", "/s", &[("accept", "text/event-stream")], b"");
+        client.read_response()
+    };
+    assert_eq!(get().status, 200);
+    relay.freeze();
+    assert_eq!(get().status, 504, "no answer on the frozen connection");
+    for _ in 0..3 {
+        let after = get();
+        assert_eq!(
+            (after.status, after.text().as_str()),
+            (200, "data: one\n\n")
+        );
+    }
+    assert_eq!(
+        relay.made.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one new connection"
+    );
+}

@@ -372,6 +372,7 @@ async fn open<'d>(
                         format!("upstream {} sent no response within {head_wait:?}", route.upstream.name),
                     );
                     METRICS.upstream_failed(&route.upstream.name, "response_header");
+                    drop(upstreams.retire_http2(&route.upstream.name, up).await);
                     return Err(respond_error(down, ctx, &error).await);
                 }
                 _ = down.read_body_or_idle(true) => {
@@ -546,7 +547,17 @@ impl Connection<'_> {
                 .release(self.conn, route.upstream.pool_idle_timeout)
                 .await;
         } else {
-            close_upstream(self.conn, outcome, ctx).await;
+            let conn = match outcome {
+                StreamOutcome::IdleTimeout => {
+                    let retired = self.upstreams.retire_http2(&route.upstream.name, self.conn);
+                    let Some(conn) = retired.await else {
+                        return;
+                    };
+                    conn
+                }
+                _ => self.conn,
+            };
+            close_upstream(conn, outcome, ctx).await;
         }
     }
 }

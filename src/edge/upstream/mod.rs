@@ -78,11 +78,13 @@ pub struct Upstreams {
 }
 
 /// Everything about a peer but its address.
-#[derive(Clone)]
 struct PeerTemplate {
     options: PeerOptions,
     /// Upstreams never share pooled connections (their CA, SNI or timeouts may differ).
     group_key: u64,
+    /// Added to `group_key` in the peers of new HTTP/2 streams: bumped to give the pooled
+    /// connections no new stream ([`Upstreams::retire_http2`]).
+    http2_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Upstreams {
@@ -332,7 +334,11 @@ impl Upstreams {
         // Made only when Pingora connects: Sluice makes plain TCP connections itself.
         let peer = |alpn: Option<ALPN>| {
             let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.sni.clone());
-            peer.group_key = template.group_key;
+            peer.group_key = template.group_key.wrapping_add(
+                template
+                    .http2_generation
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
             peer.options = template.options.clone();
             if let Some(alpn) = alpn {
                 peer.options.alpn = alpn;
@@ -385,6 +391,36 @@ impl Upstreams {
                 }
             }
         }
+    }
+
+    /// A stream that waited the route's `idle_timeout` for nothing (no response head, or silence
+    /// mid-body) over HTTP/2 says its connection, shared with other streams, may be dead (a
+    /// middlebox that lost it while the socket stays up): new streams go on a new connection,
+    /// as a dead HTTP/1.1 connection is dropped with its request. Otherwise every request
+    /// after it would wait its own `idle_timeout` on it until TCP gave up, minutes later.
+    /// The stream goes back to Pingora with no idle time, so that the connection closes once
+    /// its other streams ended rather than wait, unused, in Pingora's in-use list. Gives back
+    /// any other connection, for the caller to close.
+    pub async fn retire_http2(&self, upstream: &str, conn: UpstreamConn) -> Option<UpstreamConn> {
+        let (Some(connector), Some(template), true) = (
+            self.connector.as_ref(),
+            self.peers.get(upstream),
+            conn.is_http2(),
+        ) else {
+            return Some(conn);
+        };
+        let UpstreamConn::Pingora(pingora) = conn else {
+            return Some(conn);
+        };
+        template
+            .http2_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log::info!(
+            "upstream {upstream}: an HTTP/2 stream timed out; new streams go on a new connection"
+        );
+        let PingoraConn { session, peer, .. } = *pingora;
+        Box::pin(connector.release_http_session(session, &peer, Some(Duration::ZERO))).await;
+        None
     }
 
     /// Closes idle connections that expired or that their upstream closed; called every second.
@@ -535,6 +571,7 @@ impl PeerTemplate {
         PeerTemplate {
             options,
             group_key: hasher.finish(),
+            http2_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
