@@ -66,17 +66,46 @@ impl std::fmt::Display for DecodeError {
 pub struct ContentDecoder {
     coding: Coding,
     state: State,
+    /// Some byte of the body came (an empty body is no truncated one).
+    received: bool,
 }
 
 enum State {
-    Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
+    Gzip(flate2::write::MultiGzDecoder<Capped>),
     /// Deflate before its first two bytes, which tell zlib from raw deflate.
     DeflateStart(Vec<u8>),
-    Zlib(flate2::write::ZlibDecoder<Vec<u8>>),
-    RawDeflate(flate2::write::DeflateDecoder<Vec<u8>>),
-    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
+    Zlib(flate2::write::ZlibDecoder<Capped>),
+    RawDeflate(flate2::write::DeflateDecoder<Capped>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Capped>>),
     /// After an error or the end: nothing more is decoded.
     Done,
+}
+
+/// Most bytes one piece of a body may decode to. A piece is at most what one read gathered
+/// (~64 KiB); real text compresses 3 to 10 times, while a crafted gzip piece expands ~1,000
+/// times and a brotli one without bound: past this, the body is taken for a bomb, not a
+/// stream.
+pub const MAX_DECODED_PIECE: usize = 16 << 20;
+
+/// The decoders' output: refuses to grow past [`MAX_DECODED_PIECE`] before it is taken.
+#[derive(Default)]
+struct Capped(Vec<u8>);
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_DECODED_PIECE {
+            return Err(std::io::Error::other(format!(
+                "one piece expands past {} MiB",
+                MAX_DECODED_PIECE >> 20
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The brotli decoder's own buffer (its output goes straight on to the `Vec`).
@@ -85,18 +114,23 @@ const BROTLI_BUFFER: usize = 4096;
 impl ContentDecoder {
     pub fn new(coding: Coding) -> Self {
         let state = match coding {
-            Coding::Gzip => State::Gzip(flate2::write::MultiGzDecoder::new(Vec::new())),
+            Coding::Gzip => State::Gzip(flate2::write::MultiGzDecoder::new(Capped::default())),
             Coding::Deflate => State::DeflateStart(Vec::new()),
             Coding::Brotli => State::Brotli(Box::new(
-                brotli_decompressor::DecompressorWriter::new(Vec::new(), BROTLI_BUFFER),
+                brotli_decompressor::DecompressorWriter::new(Capped::default(), BROTLI_BUFFER),
             )),
         };
-        ContentDecoder { coding, state }
+        ContentDecoder {
+            coding,
+            state,
+            received: false,
+        }
     }
 
     /// Everything `data` decodes to, with what earlier pieces left undecoded. On an error, what
     /// `data` decoded to before the fault is lost with it (flate2 keeps it in its own buffer).
     pub fn decode(&mut self, data: &[u8]) -> Result<Bytes, DecodeError> {
+        self.received |= !data.is_empty();
         if let State::DeflateStart(start) = &mut self.state {
             start.extend_from_slice(data);
             if start.len() < 2 {
@@ -104,9 +138,9 @@ impl ContentDecoder {
             }
             let start = std::mem::take(start);
             self.state = if is_zlib_header(start[0], start[1]) {
-                State::Zlib(flate2::write::ZlibDecoder::new(Vec::new()))
+                State::Zlib(flate2::write::ZlibDecoder::new(Capped::default()))
             } else {
-                State::RawDeflate(flate2::write::DeflateDecoder::new(Vec::new()))
+                State::RawDeflate(flate2::write::DeflateDecoder::new(Capped::default()))
             };
             return self.decode(&start);
         }
@@ -118,7 +152,7 @@ impl ContentDecoder {
             State::DeflateStart(_) | State::Done => return Ok(Bytes::new()),
         };
         match result {
-            Ok(out) => Ok(Bytes::from(std::mem::take(out))),
+            Ok(out) => Ok(Bytes::from(std::mem::take(&mut out.0))),
             Err(e) => Err(self.failed(&e)),
         }
     }
@@ -126,6 +160,11 @@ impl ContentDecoder {
     /// The end of the body: what is left, or an error if the body stopped before its coding's
     /// end (a gzip body without its trailer, a brotli stream cut short).
     pub fn finish(&mut self) -> Result<Bytes, DecodeError> {
+        if !self.received {
+            // A compressed empty body is still empty (as it was under Pingora's decoder).
+            self.state = State::Done;
+            return Ok(Bytes::new());
+        }
         let result = match &mut self.state {
             State::Gzip(d) => d.try_finish().map(|()| d.get_mut()),
             State::Zlib(d) => d.try_finish().map(|()| d.get_mut()),
@@ -143,7 +182,7 @@ impl ContentDecoder {
         };
         match result {
             Ok(out) => {
-                let out = Bytes::from(std::mem::take(out));
+                let out = Bytes::from(std::mem::take(&mut out.0));
                 self.state = State::Done;
                 Ok(out)
             }
@@ -312,6 +351,36 @@ mod tests {
             .finish()
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_piece_that_expands_past_the_cap_is_an_error() {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(MAX_DECODED_PIECE >> 20) + 1 {
+            encoder.write_all(&zeros).unwrap();
+        }
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+        let e = ContentDecoder::new(Coding::Gzip).decode(&bomb).unwrap_err();
+        assert!(e.0.contains("expands past 16 MiB"), "{e}");
+        // The same bytes in pieces that each stay under the cap decode.
+        let mut decoder = ContentDecoder::new(Coding::Gzip);
+        let decoded: usize = bomb
+            .chunks(bomb.len() / 4 + 1)
+            .map(|piece| decoder.decode(piece).unwrap().len())
+            .sum();
+        let total = decoded + decoder.finish().unwrap().len();
+        assert_eq!(total, MAX_DECODED_PIECE + (1 << 20));
+    }
+
+    #[test]
+    fn an_empty_body_is_empty_in_every_coding() {
+        for coding in [Coding::Gzip, Coding::Deflate, Coding::Brotli] {
+            let mut decoder = ContentDecoder::new(coding);
+            assert!(decoder.decode(&[]).unwrap().is_empty());
+            assert!(decoder.finish().unwrap().is_empty(), "{coding:?}");
+        }
     }
 
     #[test]

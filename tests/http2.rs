@@ -928,7 +928,8 @@ fn a_trusted_proxy_names_the_client_over_http2() {
 /// Over an `http2: true` upstream, many clients' streams share one connection: a client that
 /// stops reading may hold back its own stream only. With Pingora's windows (8 MiB a stream and
 /// 8 MiB the connection) a few such streams took the connection's whole window, and the other
-/// streams stalled until their idle timeout cut them.
+/// streams stalled until their idle timeout cut them. Nor is the connection retired when such a
+/// stream is let go: the silence was its client's, not the upstream's.
 #[test]
 fn a_client_that_stops_reading_does_not_stall_the_other_streams_on_an_http2_upstream() {
     use support::Client;
@@ -951,9 +952,11 @@ fn a_client_that_stops_reading_does_not_stall_the_other_streams_on_an_http2_upst
         "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    heartbeat: off\n    usage_comment: false\n",
         upstream.url()
     ));
+    // Through a relay that counts the connections made to the back (and never freezes).
+    let relay = FreezingRelay::start(back.addr);
     let front = Sluice::start(&format!(
-        "upstreams:\n  back:\n    url: http://{}\n    http2: true\nroutes:\n  - path_prefix: /big\n    upstream: back\n    idle_timeout: 60s\n  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 2s\n",
-        back.addr
+        "upstreams:\n  back:\n    url: http://{}\n    http2: true\nroutes:\n  - path_prefix: /big\n    upstream: back\n    idle_timeout: 3s\n  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 2s\n",
+        relay.addr
     ));
     let stream = [("accept", "text/event-stream")];
     let stuck: Vec<Client> = (0..3)
@@ -964,7 +967,7 @@ fn a_client_that_stops_reading_does_not_stall_the_other_streams_on_an_http2_upst
         })
         .collect();
     // Long enough for the upstream to fill every window and buffer it may; the stuck streams'
-    // route waits for their clients far longer than the test lasts.
+    // route waits 3 s for their clients.
     std::thread::sleep(Duration::from_secs(1));
     for i in 0..5 {
         let mut client = Client::connect(front.addr);
@@ -977,6 +980,17 @@ fn a_client_that_stops_reading_does_not_stall_the_other_streams_on_an_http2_upst
             "stream {i} beside the stuck one"
         );
     }
+    // The stuck streams are let go (their clients' silence, not the upstream's): the
+    // connections they used stay the ones every stream uses (the stuck requests, sent at once,
+    // may each have opened one).
+    let made = relay.made.load(std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..3 {
+        let mut client = Client::connect(front.addr);
+        client.send("GET", "/small", &stream, b"");
+        assert_eq!(client.read_response().status, 200);
+    }
+    assert_eq!(relay.made.load(std::sync::atomic::Ordering::SeqCst), made);
     drop(stuck);
 }
 
@@ -1055,7 +1069,7 @@ fn an_http2_upstream_connection_that_stopped_answering_gets_no_new_streams() {
     ));
     let relay = FreezingRelay::start(back.addr);
     let front = Sluice::start(&format!(
-        "upstreams:\n  back:\n    url: http://{}\n    http2: true\nroutes:\n  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 1s\n",
+        "upstreams:\n  back:\n    url: http://{}\n    http2: true\nroutes:\n  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 2s\n",
         relay.addr
     ));
     let get = || {

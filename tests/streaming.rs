@@ -719,7 +719,7 @@ fn a_gzip_stream_reaches_the_client_piece_by_piece() {
     });
     let sluice = sluice_for(
         &upstream,
-        "    provider: openai\n    idle_timeout: 500ms\n    heartbeat: off\n",
+        "    provider: openai\n    idle_timeout: 2s\n    heartbeat: off\n",
     );
     let mut client = Client::connect(sluice.addr);
     client.post_json("/v1/chat/completions", STREAM_REQUEST);
@@ -753,7 +753,7 @@ fn a_gzip_stream_that_does_not_decode_ends_as_an_upstream_error() {
             let mut steps = vec![gzip_stream_head()];
             for piece in &body {
                 steps.push(Step::chunk(piece));
-                steps.push(Step::sleep_ms(50));
+                steps.push(Step::sleep_ms(300));
             }
             steps.push(Step::End);
             steps

@@ -548,7 +548,8 @@ impl Connection<'_> {
                 .await;
         } else {
             let conn = match outcome {
-                StreamOutcome::IdleTimeout => {
+                // The upstream's silence, not a client's that stopped reading.
+                StreamOutcome::IdleTimeout if !ctx.write_cut => {
                     let retired = self.upstreams.retire_http2(&route.upstream.name, self.conn);
                     let Some(conn) = retired.await else {
                         return;

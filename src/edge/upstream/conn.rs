@@ -26,6 +26,19 @@ pub struct PingoraConn {
     pub peer: HttpPeer,
     /// False once its request's body will not be sent whole.
     pub reusable: bool,
+    /// The upstream's HTTP/2 generation it was made in, and the upstream's current one
+    /// (`Upstreams::retire_http2`).
+    pub generation: u64,
+    pub current_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PingoraConn {
+    /// Its connection gets no new stream.
+    pub fn retired(&self) -> bool {
+        self.current_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            != self.generation
+    }
 }
 
 impl UpstreamConn {

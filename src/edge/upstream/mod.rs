@@ -35,6 +35,7 @@ use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +85,7 @@ struct PeerTemplate {
     group_key: u64,
     /// Added to `group_key` in the peers of new HTTP/2 streams: bumped to give the pooled
     /// connections no new stream ([`Upstreams::retire_http2`]).
-    http2_generation: std::sync::atomic::AtomicU64,
+    http2_generation: Arc<AtomicU64>,
 }
 
 impl Upstreams {
@@ -331,14 +332,11 @@ impl Upstreams {
         http2: bool,
         pool_key: u64,
     ) -> pingora::Result<UpstreamConn> {
+        let generation = template.http2_generation.load(Ordering::Acquire);
         // Made only when Pingora connects: Sluice makes plain TCP connections itself.
         let peer = |alpn: Option<ALPN>| {
             let mut peer = HttpPeer::new(addr, spec.target.is_tls(), spec.sni.clone());
-            peer.group_key = template.group_key.wrapping_add(
-                template
-                    .http2_generation
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
+            peer.group_key = template.group_key.wrapping_add(generation);
             peer.options = template.options.clone();
             if let Some(alpn) = alpn {
                 peer.options.alpn = alpn;
@@ -354,6 +352,8 @@ impl Upstreams {
                 session,
                 peer,
                 reusable: true,
+                generation,
+                current_generation: template.http2_generation.clone(),
             })));
         }
         // Plain TCP is Sluice's own socket type (`tcp.rs`); TLS is Pingora's.
@@ -379,10 +379,14 @@ impl Upstreams {
                 }
             }
             UpstreamConn::Pingora(conn) => {
+                // A retired connection closes once its last stream ended, not after waiting,
+                // under a key no stream looks for, in Pingora's pool.
+                let idle = if conn.retired() { Duration::ZERO } else { idle };
                 let PingoraConn {
                     session,
                     peer,
                     reusable,
+                    ..
                 } = *conn;
                 // Such a connection came from `connector`, so it is there (else: dropped, closed).
                 if let Some(connector) = self.connector.as_ref().filter(|_| reusable) {
@@ -393,31 +397,39 @@ impl Upstreams {
         }
     }
 
-    /// A stream that waited the route's `idle_timeout` for nothing (no response head, or silence
-    /// mid-body) over HTTP/2 says its connection, shared with other streams, may be dead (a
-    /// middlebox that lost it while the socket stays up): new streams go on a new connection,
-    /// as a dead HTTP/1.1 connection is dropped with its request. Otherwise every request
-    /// after it would wait its own `idle_timeout` on it until TCP gave up, minutes later.
-    /// The stream goes back to Pingora with no idle time, so that the connection closes once
-    /// its other streams ended rather than wait, unused, in Pingora's in-use list. Gives back
-    /// any other connection, for the caller to close.
+    /// A stream that waited the route's `idle_timeout` for nothing from the upstream (no
+    /// response head, or silence mid-body) over HTTP/2 says its connection, shared with other
+    /// streams, may be dead (a middlebox that lost it while the socket stays up): new streams
+    /// go on a new connection, as a dead HTTP/1.1 connection is dropped with its request.
+    /// Otherwise every request after it would wait its own `idle_timeout` on it until TCP gave
+    /// up, minutes later. Only the first such stream of a connection's generation retires it:
+    /// the others on it, timing out one by one, leave the new connections alone. The stream
+    /// goes back to Pingora with no idle time, as the connection's last stream will (`release`),
+    /// so that it closes once they ended. Gives back any other connection, for the caller to
+    /// close.
     pub async fn retire_http2(&self, upstream: &str, conn: UpstreamConn) -> Option<UpstreamConn> {
-        let (Some(connector), Some(template), true) = (
-            self.connector.as_ref(),
-            self.peers.get(upstream),
-            conn.is_http2(),
-        ) else {
+        let (Some(connector), true) = (self.connector.as_ref(), conn.is_http2()) else {
             return Some(conn);
         };
         let UpstreamConn::Pingora(pingora) = conn else {
             return Some(conn);
         };
-        template
-            .http2_generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        log::info!(
-            "upstream {upstream}: an HTTP/2 stream timed out; new streams go on a new connection"
-        );
+        let generation = pingora.generation;
+        let retired_now = pingora
+            .current_generation
+            .compare_exchange(
+                generation,
+                generation + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if retired_now {
+            log::info!(
+                "upstream {upstream}: an HTTP/2 stream waited its idle_timeout for nothing; new \
+                 streams go on a new connection"
+            );
+        }
         let PingoraConn { session, peer, .. } = *pingora;
         Box::pin(connector.release_http_session(session, &peer, Some(Duration::ZERO))).await;
         None
@@ -571,7 +583,7 @@ impl PeerTemplate {
         PeerTemplate {
             options,
             group_key: hasher.finish(),
-            http2_generation: std::sync::atomic::AtomicU64::new(0),
+            http2_generation: Arc::new(AtomicU64::new(0)),
         }
     }
 }
