@@ -414,6 +414,13 @@ fn client_disconnect_before_first_byte_closes_upstream_promptly() {
         delay < Duration::from_millis(100),
         "upstream closed after {delay:?}"
     );
+
+    // Nothing was answered: not counted as a 5xx, which error-rate alerts read as a failure.
+    sluice.wait_metric(
+        "sluice_requests_total{route=\"/\",status_class=\"none\"}",
+        1.0,
+    );
+    assert_eq!(sluice.wait_ledger(1)[0]["status"], 0);
 }
 
 #[test]
@@ -797,4 +804,26 @@ fn a_stream_in_a_coding_sluice_cannot_undo_passes_through_untouched() {
     assert_eq!(response.status, 200);
     assert_eq!(response.header("content-encoding"), Some("zstd"));
     assert_eq!(response.body, body);
+}
+
+/// Time to first byte times the upstream's answer: a heartbeat sent while the upstream is still
+/// silent is not its first byte.
+#[test]
+fn heartbeats_before_the_first_event_are_not_its_first_byte() {
+    let upstream = Upstream::start(|_| {
+        vec![
+            Step::sse_head(),
+            Step::sleep_ms(1_200),
+            Step::chunk("data: one\n\n"),
+            Step::End,
+        ]
+    });
+    let sluice = sluice_for(&upstream, "    heartbeat: 200ms\n");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    let body = String::from_utf8(client.read_response().body).unwrap();
+    assert!(body.starts_with(": keep-alive"), "{body:?}");
+    let record = &sluice.wait_ledger(1)[0];
+    let ttfb = record["ttfb_ms"].as_f64().expect("ttfb_ms");
+    assert!(ttfb >= 1_100.0, "ttfb_ms {ttfb}");
 }

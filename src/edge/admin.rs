@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 pub struct AdminApp {
     pub limiter: Limiter,
+    /// Its queue is read at each scrape (records not yet on disk).
+    pub ledger: Option<Arc<crate::usage::ledger::Ledger>>,
     /// Export one gauge series per user holding streams (`limits.per_user_metrics`).
     pub per_user_metrics: bool,
 }
@@ -36,6 +38,9 @@ impl ServeHttp for AdminApp {
                 METRICS
                     .limits
                     .observe_snapshot(&snapshot, self.per_user_metrics);
+                if let Some(ledger) = &self.ledger {
+                    METRICS.ledger_queue.set(ledger.stats().queue_len as i64);
+                }
                 (200, "text/plain; version=0.0.4", METRICS.render())
             }
             "/limits" => {

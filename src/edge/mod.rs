@@ -205,6 +205,7 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
         upstream::PoolSweeper(upstreams.clone()),
     ));
     let usage_ledger = usage.ledger().cloned();
+    let admin_ledger = usage_ledger.clone();
     let timeouts = listener::ConnectionTimeouts {
         keepalive: config.server.keepalive_timeout,
         handshake: config.server.handshake_timeout,
@@ -261,6 +262,7 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
             addr: admin.clone(),
             app: Arc::new(admin::AdminApp {
                 limiter,
+                ledger: admin_ledger,
                 per_user_metrics: config.limits.per_user_metrics,
             }),
             upgrade: options.upgrade,

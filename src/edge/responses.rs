@@ -112,8 +112,12 @@ async fn respond_error_with(
     headers.insert(crate::request_id::HEADER, request_id);
     never_indexed(&mut headers);
     let head = response_head(code, headers);
+    let len = body.len();
     let written = down.write_response_header(Box::new(head)).await.is_ok()
         && down.write_response_body(body, true).await.is_ok();
+    if written {
+        stream_body::note_own_bytes(ctx, len);
+    }
     if written && body_done {
         Finish::Clean
     } else {
@@ -137,7 +141,8 @@ pub async fn write_terminal_event(
         out.extend_from_slice(b"\n\n");
     }
     out.extend_from_slice(error.sse_event(ctx.provider).as_bytes());
-    end_stream(down, ctx, out.freeze(), trailers).await
+    stream_body::note_own_bytes(ctx, out.len());
+    down.finish(out.freeze(), trailers).await
 }
 
 /// Ends a JSON-lines stream with a last line of Sluice's own: the error in the provider's JSON
@@ -157,7 +162,8 @@ pub async fn write_terminal_line(
         out.extend_from_slice(b"\n");
     }
     out.extend_from_slice(kind.json_record(&error.json_body(ctx.provider)).as_bytes());
-    end_stream(down, ctx, out.freeze(), None).await
+    stream_body::note_own_bytes(ctx, out.len());
+    down.finish(out.freeze(), None).await
 }
 
 /// Writes the last bytes of a stream and its end (with trailers, on HTTP/2).

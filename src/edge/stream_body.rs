@@ -107,10 +107,9 @@ pub async fn relay(
                             _ => false,
                         };
                         if at_boundary {
-                            if write(down, ctx, Bytes::from_static(HEARTBEAT))
-                                .await
-                                .is_err()
-                            {
+                            let heartbeat = Bytes::from_static(HEARTBEAT);
+                            note_own_bytes(ctx, heartbeat.len());
+                            if down.write(heartbeat).await.is_err() {
                                 return StreamOutcome::ClientDisconnect;
                             }
                             ctx.heartbeats += 1;
@@ -275,6 +274,12 @@ pub fn write<'a, 'd>(
 ) -> impl std::future::Future<Output = pingora::Result<()>> + use<'a, 'd> {
     note_sent(ctx, data.len());
     down.write(data)
+}
+
+/// Notes `len` bytes of Sluice's own about to be written (a heartbeat, a terminal event): sent,
+/// but no first byte, which times the upstream's answer.
+pub fn note_own_bytes(ctx: &mut RequestCtx, len: usize) {
+    ctx.bytes_sent += len as u64;
 }
 
 /// Notes `len` body bytes about to be written: the first byte's time, the bytes sent.

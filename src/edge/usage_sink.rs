@@ -136,6 +136,5 @@ impl UsageSink {
                 );
             }
         }
-        METRICS.ledger_queue.set(ledger.stats().queue_len as i64);
     }
 }

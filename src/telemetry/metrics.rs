@@ -289,6 +289,9 @@ pub struct StreamSeries {
 /// `2xx`, `4xx`, … for a status code.
 pub fn status_class(status: u16) -> &'static str {
     match status {
+        // Nothing was answered: the client left first (the access log's status 0). Not a 5xx,
+        // which an error-rate alert would take for Sluice's or the upstream's failure.
+        0 => "none",
         100..=199 => "1xx",
         200..=299 => "2xx",
         300..=399 => "3xx",
