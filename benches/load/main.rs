@@ -107,6 +107,7 @@ fn main() -> ExitCode {
         return match http1::self_check()
             .and_then(|()| histogram::self_check())
             .and_then(|()| report::self_check())
+            .and_then(|()| round_order_self_check())
         {
             Ok(()) => {
                 println!(
@@ -516,11 +517,14 @@ pub fn nproc() -> usize {
 }
 
 /// The order `n` targets run in, round `round`: rows of a Williams design (row `q`:
-/// 0, 1, n−1, 2, n−2, … shifted by `q`), even rounds row `round / 2` as it is, odd rounds a row
-/// further on reversed, so that both a target's place and the target run just before it change
-/// from round to round (balanced only over 2n rounds; a skipped target breaks it a little). The
-/// reversed row is `max(2, n / 2)` rows on so that no round starts with the target the round
-/// before ended with (for n ≥ 3).
+/// 0, 1, n−1, 2, n−2, … shifted by `q`), so that both a target's place and the target run just
+/// before it change from round to round. For even `n` the `n` rows alone are balanced (each
+/// target runs right after each other once in `n` rounds); for odd `n` the rows alternate with
+/// reversed rows (balanced over `2n` rounds), the reversed ones `k` rows on, with `k` chosen so
+/// that no round starts with the target that started or ended the round before (for n ≥ 5; a
+/// skipped target breaks the balance a little). Until 2026-12-07 21:45 even `n` took the
+/// reversed rows too, and a reversed row `n/2` on is the same order as the row before it: every
+/// pair of rounds ran in one order (4-target first-byte runs went A A B B A).
 ///
 /// A run leaves the machine busy for a while after it (a proxy's deferred work, the kernel's), and
 /// the target run right after it pays for that. Rotating one order, as the harness did before,
@@ -528,10 +532,18 @@ pub fn nproc() -> usize {
 /// Sluice build run right after `sluice` came out 15–35 µs slower whichever build it was (two
 /// builds swapped between the `sluice` and `sluice-baseline` slots, 2026-12-07).
 fn round_order(n: usize, round: usize) -> Vec<usize> {
-    let row = if round.is_multiple_of(2) {
-        round / 2
+    let (row, reversed) = if n.is_multiple_of(2) {
+        (round % n.max(1), false)
+    } else if round.is_multiple_of(2) {
+        (round / 2, false)
     } else {
-        round / 2 + (n / 2).max(2)
+        // A reversed row `k` on starts with (n+1)/2 + round/2 + k and ends with round/2 + k:
+        // k = 0 would start with what the round before ended with, (n−1)/2 with what it
+        // started with, 1 and (n+1)/2 would end or start with what the next round starts with.
+        let k = (2..n)
+            .find(|k| ![(n - 1) / 2, n.div_ceil(2)].contains(k))
+            .unwrap_or(2);
+        (round / 2 + k, true)
     };
     let mut order: Vec<usize> = (0..n)
         .map(|j| {
@@ -544,7 +556,7 @@ fn round_order(n: usize, round: usize) -> Vec<usize> {
             (base + row) % n
         })
         .collect();
-    if round % 2 == 1 {
+    if reversed {
         order.reverse();
     }
     debug_assert!({
@@ -553,4 +565,43 @@ fn round_order(n: usize, round: usize) -> Vec<usize> {
         seen == (0..n).collect::<Vec<_>>()
     });
     order
+}
+
+/// Every round is an order of all targets; from 4 targets on no round repeats the one before
+/// or starts with the target that started or ended it (from 5 when odd), and over a whole
+/// design each target runs right after each other equally often.
+fn round_order_self_check() -> Result<(), String> {
+    for n in 1..=10 {
+        let rounds = if n % 2 == 0 { n } else { 2 * n };
+        let orders: Vec<Vec<usize>> = (0..rounds + 1).map(|r| round_order(n, r)).collect();
+        let mut follows = std::collections::HashMap::new();
+        for (r, order) in orders.iter().enumerate() {
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            if sorted != (0..n).collect::<Vec<_>>() {
+                return Err(format!("round order: {n} targets, round {r}: {order:?}"));
+            }
+            if r < rounds {
+                for pair in order.windows(2) {
+                    *follows.entry((pair[0], pair[1])).or_insert(0) += 1;
+                }
+            }
+            let checked = if n % 2 == 0 { n >= 4 } else { n >= 5 };
+            if r > 0 && checked {
+                let before = &orders[r - 1];
+                if order == before || order[0] == before[0] || order[0] == before[n - 1] {
+                    return Err(format!(
+                        "round order: {n} targets, round {r} {order:?} after {before:?}"
+                    ));
+                }
+            }
+        }
+        let counts: std::collections::HashSet<i32> = follows.values().copied().collect();
+        if n >= 2 && (follows.len() != n * (n - 1) || counts.len() != 1) {
+            return Err(format!(
+                "round order: {n} targets are not balanced: {follows:?}"
+            ));
+        }
+    }
+    Ok(())
 }

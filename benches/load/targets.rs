@@ -675,9 +675,13 @@ fn haproxy_config(bind: &str, upstream: SocketAddr, dir: &Path, nofile: u64) -> 
     nbthread 2
     maxconn {maxconn}
     pidfile {dir}/haproxy.pid
+    # A line per request, as nginx's access log and Sluice's (stdout goes to a file here).
+    log stdout format raw local0 info
 
 defaults
     mode http
+    log global
+    option httplog
     option http-no-delay
     http-reuse always
     timeout connect 10s
