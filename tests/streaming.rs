@@ -827,3 +827,36 @@ fn heartbeats_before_the_first_event_are_not_its_first_byte() {
     let ttfb = record["ttfb_ms"].as_f64().expect("ttfb_ms");
     assert!(ttfb >= 1_100.0, "ttfb_ms {ttfb}");
 }
+
+/// `sluice_stream_bytes_total` counts what the client got: the upstream's bytes and Sluice's own
+/// (heartbeats, the final frame held for the ledger, a terminal event), as the access log does.
+#[test]
+fn stream_bytes_count_everything_the_client_got() {
+    let upstream = Upstream::start(|req| {
+        let mut steps = vec![
+            Step::sse_head(),
+            Step::chunk("data: one\n\n"),
+            Step::sleep_ms(700),
+        ];
+        if req.path.ends_with("/done") {
+            steps.extend([Step::chunk("data: [DONE]\n\n"), Step::End]);
+        } else {
+            steps.push(Step::Hold);
+        }
+        steps
+    });
+    let sluice = sluice_for(
+        &upstream,
+        "    provider: openai\n    heartbeat: 200ms\n    idle_timeout: 1500ms\n",
+    );
+    let mut got = 0;
+    for path in ["/v1/chat/completions/done", "/v1/chat/completions/cut"] {
+        let mut client = Client::connect(sluice.addr);
+        client.post_json(path, STREAM_REQUEST);
+        let body = client.read_response().body;
+        assert!(body.starts_with(b"data: one\n\n: keep-alive"), "{path}");
+        got += body.len();
+    }
+    sluice.wait_ledger(2);
+    sluice.wait_metric("sluice_stream_bytes_total{route=\"/\"}", got as f64);
+}

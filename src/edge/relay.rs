@@ -664,7 +664,10 @@ fn relay_event_stream<'a>(
             // The held final frame is part of what the client gets (the usage comment is not counted).
             record.bytes += inspector.held_len() as u64;
             record_stream(usage, ctx, record, outcome).await;
-            match outcome {
+            // What Sluice writes at the end (the held final frame, its usage comment or
+            // terminal event) goes to the client as well: `sluice_stream_bytes_total` counts it.
+            let before = ctx.bytes_sent;
+            let finish = match outcome {
                 StreamOutcome::Completed => {
                     let record = ctx.usage_record.as_ref().expect("just set");
                     let mut tail = BytesMut::from(&inspector.take_held()[..]);
@@ -683,7 +686,9 @@ fn relay_event_stream<'a>(
                     let trailers = down.wants_trailers().then(|| usage_trailers(record));
                     write_terminal_event(down, ctx, &error, at_boundary, trailers).await
                 }
-            }
+            };
+            METRICS.stream_bytes_sent(&route.name, ctx.bytes_sent - before);
+            finish
         })
         .await
     }
@@ -721,7 +726,8 @@ async fn relay_json_lines(
         ctx.outcome = Some(outcome);
         guard.outcome = outcome;
         record_stream(usage, ctx, UsageSink::record_for(ctx, None, 0), outcome).await;
-        match outcome {
+        let before = ctx.bytes_sent;
+        let finish = match outcome {
             StreamOutcome::Completed => end_stream(down, ctx, bytes::Bytes::new(), None).await,
             StreamOutcome::ClientDisconnect => Finish::Close,
             _ if ctx.write_cut => Finish::Close,
@@ -729,7 +735,9 @@ async fn relay_json_lines(
                 let error = end_error(ended, route);
                 write_terminal_line(down, ctx, &error, kind, lines.at_boundary()).await
             }
-        }
+        };
+        METRICS.stream_bytes_sent(&route.name, ctx.bytes_sent - before);
+        finish
     })
     .await
 }

@@ -115,6 +115,7 @@ pub async fn relay(
                             ctx.heartbeats += 1;
                             if let Some(series) = &series {
                                 series.heartbeats.inc();
+                                series.stream_bytes.inc_by(HEARTBEAT.len() as u64);
                             }
                         }
                         clock.on_heartbeat_due(Instant::now());

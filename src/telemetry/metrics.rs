@@ -308,6 +308,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Bytes of a stream's end that Sluice wrote (the relay counts the rest as it goes).
+    pub fn stream_bytes_sent(&self, route: &str, bytes: u64) {
+        if bytes > 0 {
+            self.stream_bytes.with_label_values(&[route]).inc_by(bytes);
+        }
+    }
+
     pub fn upstream_retried(&self, upstream: &str) {
         self.upstream_retries.with_label_values(&[upstream]).inc();
     }
