@@ -911,3 +911,26 @@ fn a_repeated_content_length_is_the_length_limits_and_framing_go_by() {
     assert_eq!(requests[0].header("transfer-encoding"), None);
     assert_eq!(requests[0].body.len(), n);
 }
+
+/// Sluice's own error answers are logged with the bytes of the JSON body the client got (they
+/// were logged as 0).
+#[test]
+fn sluices_own_error_answers_log_the_bytes_they_sent() {
+    let upstream = ok_upstream();
+    let dir = TempDir::new();
+    let stdout = dir.path.join("stdout.log");
+    let _sluice = Sluice::start_with_output(
+        &format!(
+            "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /v1/\n    upstream: up\n",
+            upstream.url()
+        ),
+        Stdio::from(std::fs::File::create(&stdout).unwrap()),
+        Stdio::null(),
+    );
+    let mut client = Client::connect(_sluice.addr);
+    let response = client.get("/nowhere");
+    assert_eq!(response.status, 404);
+    let line = support::first_access_log_line(&stdout);
+    assert_eq!(line["status"], 404);
+    assert_eq!(line["bytes_sent"], response.body.len() as u64, "{line}");
+}

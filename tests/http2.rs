@@ -7,7 +7,7 @@ mod support;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 use support::h2::{h2_over, read_body};
-use support::{Sluice, Step, Upstream};
+use support::{first_access_log_line, Sluice, Step, Upstream};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -58,19 +58,6 @@ async fn stream_request(
     )
     .unwrap();
     response.await.unwrap()
-}
-
-/// The first access-log line written to `path` (as a request ends), within 5 s.
-fn first_access_log_line(path: &std::path::Path) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = std::fs::read_to_string(path).unwrap_or_default();
-        if let Some(line) = log.lines().next() {
-            return serde_json::from_str(line).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no access-log line");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn request(te_trailers: bool) -> http::Request<()> {

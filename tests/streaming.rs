@@ -860,3 +860,23 @@ fn stream_bytes_count_everything_the_client_got() {
     sluice.wait_ledger(2);
     sluice.wait_metric("sluice_stream_bytes_total{route=\"/\"}", got as f64);
 }
+
+/// `sluice_usage_ledger_queue_records` says how many records are not on disk yet: once the
+/// ledger holds every record, 0. It stayed at the count seen when the last record was queued,
+/// which for an answer that is no stream (an upstream's 429) is before it was written.
+#[test]
+fn the_ledger_queue_gauge_empties_with_the_queue() {
+    let upstream = Upstream::start(|_| {
+        vec![Step::sized(
+            429,
+            "application/json",
+            br#"{"error":{"message":"slow down"}}"#,
+        )]
+    });
+    let sluice = sluice_for(&upstream, "    provider: openai\n");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    assert_eq!(client.read_response().status, 429);
+    sluice.wait_ledger(1);
+    sluice.wait_metric("sluice_usage_ledger_queue_records", 0.0);
+}

@@ -347,3 +347,16 @@ pub fn read_all(stream: &mut TcpStream) -> Vec<u8> {
     let _ = stream.read_to_end(&mut out);
     out
 }
+
+/// The first access-log line written to `path` (as a request ends), within 5 s.
+pub fn first_access_log_line(path: &std::path::Path) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = log.lines().next() {
+            return serde_json::from_str(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no access-log line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
