@@ -935,16 +935,11 @@ fn a_client_that_stops_reading_does_not_stall_the_other_streams_on_an_http2_upst
             Step::End,
         ],
     });
-    let back = Sluice::start_h2c(&format!(
-        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    heartbeat: off\n    usage_comment: false\n",
-        upstream.url()
-    ));
-    // Through a relay that counts the connections made to the back (and never freezes).
-    let relay = FreezingRelay::start(back.addr);
-    let front = Sluice::start(&format!(
-        "upstreams:\n  back:\n    url: http://{}\n    http2: true\nroutes:\n  - path_prefix: /big\n    upstream: back\n    idle_timeout: 3s\n  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 2s\n",
-        relay.addr
-    ));
+    // The relay counts the connections made to the back (and never freezes here).
+    let (_back, relay, front) = behind_an_http2_sluice(
+        &upstream,
+        "  - path_prefix: /big\n    upstream: back\n    idle_timeout: 3s\n",
+    );
     let stream = [("accept", "text/event-stream")];
     let stuck: Vec<Client> = (0..3)
         .map(|_| {
@@ -979,6 +974,25 @@ fn a_client_that_stops_reading_does_not_stall_the_other_streams_on_an_http2_upst
     }
     assert_eq!(relay.made.load(std::sync::atomic::Ordering::SeqCst), made);
     drop(stuck);
+}
+
+/// A Sluice (`front`) whose upstream is another Sluice (`back`, over h2c, `http2: true`) reached
+/// through a [`FreezingRelay`], the back in front of `upstream`. The front's routes are
+/// `front_routes` (each to upstream `back`), then `/` with a 2 s `idle_timeout`.
+fn behind_an_http2_sluice(
+    upstream: &Upstream,
+    front_routes: &str,
+) -> (Sluice, FreezingRelay, Sluice) {
+    let back = Sluice::start_h2c(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    heartbeat: off\n    usage_comment: false\n",
+        upstream.url()
+    ));
+    let relay = FreezingRelay::start(back.addr);
+    let front = Sluice::start(&format!(
+        "upstreams:\n  back:\n    url: http://{}\n    http2: true\nroutes:\n{front_routes}  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 2s\n",
+        relay.addr
+    ));
+    (back, relay, front)
 }
 
 /// A TCP relay to `to` whose connections made before [`FreezingRelay::freeze`] stop forwarding
@@ -1050,15 +1064,7 @@ fn an_http2_upstream_connection_that_stopped_answering_gets_no_new_streams() {
     use support::Client;
     let upstream =
         Upstream::start(|_| vec![Step::sse_head(), Step::chunk("data: one\n\n"), Step::End]);
-    let back = Sluice::start_h2c(&format!(
-        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    usage_comment: false\n",
-        upstream.url()
-    ));
-    let relay = FreezingRelay::start(back.addr);
-    let front = Sluice::start(&format!(
-        "upstreams:\n  back:\n    url: http://{}\n    http2: true\nroutes:\n  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 2s\n",
-        relay.addr
-    ));
+    let (_back, relay, front) = behind_an_http2_sluice(&upstream, "");
     let get = || {
         let mut client = Client::connect(front.addr);
         client.send("GET", "/s", &[("accept", "text/event-stream")], b"");

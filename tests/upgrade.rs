@@ -356,14 +356,7 @@ fn a_client_that_stopped_reading_does_not_keep_its_stream_past_the_grace_period(
         url = upstream.url(),
     );
     let mut sluice = Sluice::start_with_config(&yaml, addr, admin, dir);
-    let mut client = Client::connect(sluice.addr);
-    client.send(
-        "POST",
-        "/v1/chat/completions",
-        &[("content-type", "application/json")],
-        br#"{"model":"m","stream":true}"#,
-    );
-    assert_eq!(client.read_head().status, 200);
+    let client = stream_started(sluice.addr);
     // Long enough for the buffers between Sluice and the client to fill.
     std::thread::sleep(Duration::from_millis(500));
     let signalled = Instant::now();
