@@ -938,6 +938,7 @@ fn a_client_that_stops_reading_does_not_stall_the_other_streams_on_an_http2_upst
     // The relay counts the connections made to the back (and never freezes here).
     let (_back, relay, front) = behind_an_http2_sluice(
         &upstream,
+        "",
         "  - path_prefix: /big\n    upstream: back\n    idle_timeout: 3s\n",
     );
     let stream = [("accept", "text/event-stream")];
@@ -977,10 +978,12 @@ fn a_client_that_stops_reading_does_not_stall_the_other_streams_on_an_http2_upst
 }
 
 /// A Sluice (`front`) whose upstream is another Sluice (`back`, over h2c, `http2: true`) reached
-/// through a [`FreezingRelay`], the back in front of `upstream`. The front's routes are
-/// `front_routes` (each to upstream `back`), then `/` with a 2 s `idle_timeout`.
+/// through a [`FreezingRelay`], the back in front of `upstream`. The front's upstream `back`
+/// has `back_keys` as well (YAML lines); its routes are `front_routes` (each to `back`), then
+/// `/` with a 2 s `idle_timeout`.
 fn behind_an_http2_sluice(
     upstream: &Upstream,
+    back_keys: &str,
     front_routes: &str,
 ) -> (Sluice, FreezingRelay, Sluice) {
     let back = Sluice::start_h2c(&format!(
@@ -989,7 +992,7 @@ fn behind_an_http2_sluice(
     ));
     let relay = FreezingRelay::start(back.addr);
     let front = Sluice::start(&format!(
-        "upstreams:\n  back:\n    url: http://{}\n    http2: true\nroutes:\n{front_routes}  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 2s\n",
+        "upstreams:\n  back:\n    url: http://{}\n    http2: true\n{back_keys}routes:\n{front_routes}  - path_prefix: /\n    upstream: back\n    heartbeat: off\n    usage_comment: false\n    idle_timeout: 2s\n",
         relay.addr
     ));
     (back, relay, front)
@@ -1064,7 +1067,7 @@ fn an_http2_upstream_connection_that_stopped_answering_gets_no_new_streams() {
     use support::Client;
     let upstream =
         Upstream::start(|_| vec![Step::sse_head(), Step::chunk("data: one\n\n"), Step::End]);
-    let (_back, relay, front) = behind_an_http2_sluice(&upstream, "");
+    let (_back, relay, front) = behind_an_http2_sluice(&upstream, "", "");
     let get = || {
         let mut client = Client::connect(front.addr);
         client.send("GET", "/s", &[("accept", "text/event-stream")], b"");
@@ -1084,5 +1087,88 @@ fn an_http2_upstream_connection_that_stopped_answering_gets_no_new_streams() {
         relay.made.load(std::sync::atomic::Ordering::SeqCst),
         2,
         "one new connection"
+    );
+}
+
+/// With `http2_ping`, a shared connection that stopped answering is found by its unanswered
+/// PING: the stream on it ends (as the upstream's error) and the next request goes on a new
+/// connection, with no stream waiting its `idle_timeout` for it.
+#[test]
+fn an_http2_upstream_connection_that_does_not_answer_its_ping_is_closed() {
+    use support::Client;
+    let upstream = Upstream::start(|req| match req.path.as_str() {
+        "/long" => vec![Step::sse_head(), Step::chunk("data: one\n\n"), Step::Hold],
+        _ => vec![Step::sse_head(), Step::chunk("data: one\n\n"), Step::End],
+    });
+    let (_back, relay, front) = behind_an_http2_sluice(
+        &upstream,
+        "    http2_ping: 1s\n",
+        "  - path_prefix: /long\n    upstream: back\n    heartbeat: off\n    idle_timeout: 60s\n",
+    );
+    let mut long = Client::connect(front.addr);
+    long.send("GET", "/long", &[("accept", "text/event-stream")], b"");
+    assert_eq!(long.read_head().status, 200);
+    assert_eq!(long.read_chunk().unwrap().data, b"data: one\n\n");
+    relay.freeze();
+    let frozen = std::time::Instant::now();
+    // The next PING (within 1 s) goes unanswered for 5 s: the connection is closed, and the
+    // stream on it ends with Sluice's terminal event long before its 60 s `idle_timeout`.
+    let rest = String::from_utf8(long.read_chunked_body()).unwrap();
+    assert!(rest.contains("upstream_error"), "{rest}");
+    assert!(
+        frozen.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        frozen.elapsed()
+    );
+    let mut client = Client::connect(front.addr);
+    client.send("GET", "/s", &[("accept", "text/event-stream")], b"");
+    let after = client.read_response();
+    assert_eq!(
+        (after.status, after.text().as_str()),
+        (200, "data: one\n\n"),
+        "a new connection, at once"
+    );
+    assert_eq!(relay.made.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// A plain (non-stream) answer whose upstream goes silent mid-body retires its shared HTTP/2
+/// connection as a stream does: the next request goes on a new connection.
+#[test]
+fn a_plain_answer_that_stops_coming_retires_its_http2_connection() {
+    use support::Client;
+    let upstream = Upstream::start(|req| match req.path.as_str() {
+        "/slow" => vec![
+            Step::chunked_head("application/json"),
+            Step::chunk("{"),
+            Step::Sleep(Duration::from_secs(4)),
+            Step::chunk("}"),
+            Step::End,
+        ],
+        _ => vec![
+            Step::chunked_head("application/json"),
+            Step::chunk("{}"),
+            Step::End,
+        ],
+    });
+    let (_back, relay, front) = behind_an_http2_sluice(&upstream, "", "");
+    let get = |path: &str| {
+        let mut client = Client::connect(front.addr);
+        client.send("GET", path, &[], b"");
+        client.read_response()
+    };
+    assert_eq!(get("/fast").text(), "{}");
+    let mut slow = Client::connect(front.addr);
+    slow.send("GET", "/slow", &[], b"");
+    assert_eq!(slow.read_head().status, 200);
+    assert_eq!(slow.read_chunk().unwrap().data, b"{");
+    assert!(
+        slow.closed_within(Duration::from_secs(10)),
+        "cut at the 2 s idle_timeout"
+    );
+    assert_eq!(get("/fast").text(), "{}");
+    assert_eq!(
+        relay.made.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the silent connection retired"
     );
 }

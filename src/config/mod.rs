@@ -202,6 +202,11 @@ pub struct Upstream {
     /// http uses prior knowledge (h2c).
     #[serde(default)]
     pub http2: bool,
+    /// With `http2`: how often each connection is PINGed; one whose PING goes unanswered for
+    /// 5 s is closed, so a connection a middlebox lost is found before a stream times out on
+    /// it. Off by default: some servers answer frequent pings with GOAWAY.
+    #[serde(default, deserialize_with = "duration::deserialize_optional")]
+    pub http2_ping: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

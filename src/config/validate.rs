@@ -214,6 +214,15 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         let target = crate::route::UpstreamTarget::parse(&upstream.url)
             .map_err(|m| invalid(format!("upstreams.{name}.url"), m))?;
         validate_upstream_tls(name, upstream, &target)?;
+        if let Some(interval) = upstream.http2_ping {
+            let key = format!("upstreams.{name}.http2_ping");
+            if !upstream.http2 {
+                return Err(invalid(key, "only used with `http2: true`"));
+            }
+            if interval < Duration::from_secs(1) {
+                return Err(invalid(key, "must be at least 1s (or off)"));
+            }
+        }
         if upstream.dns_refresh < Duration::from_secs(1) {
             return Err(invalid(
                 format!("upstreams.{name}.dns_refresh"),
@@ -448,6 +457,30 @@ mod tests {
         assert!(
             err.contains("upstreams.u.dns_refresh") && err.contains("at least 1s"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn an_http2_ping_without_http2_or_too_often_is_named() {
+        let config = |keys: &str| {
+            format!("listen: [{{addr: 127.0.0.1:8080}}]\nupstreams:\n  u:\n    url: http://api.example\n{keys}routes: [{{path_prefix: /, upstream: u}}]\n")
+        };
+        let err = error_of(&config("    http2_ping: 10s\n"));
+        assert!(
+            err.contains("upstreams.u.http2_ping")
+                && err.contains("http2: true")
+                && err.contains("(line 5)"),
+            "{err}"
+        );
+        let err = error_of(&config("    http2: true\n    http2_ping: 200ms\n"));
+        assert!(
+            err.contains("upstreams.u.http2_ping") && err.contains("at least 1s"),
+            "{err}"
+        );
+        let config = Config::from_yaml(&config("    http2: true\n    http2_ping: 10s\n"));
+        assert_eq!(
+            config.unwrap().upstreams["u"].http2_ping,
+            Some(std::time::Duration::from_secs(10))
         );
     }
 

@@ -670,6 +670,7 @@ mod tests {
             ca_file: None,
             sni: "api.example.com".into(),
             http2: false,
+            http2_ping: None,
         }
     }
 

@@ -507,7 +507,7 @@ async fn end_plain(
         _ => down.cut(),
     };
     if matches!(finish, Finish::Close | Finish::Cut) {
-        close_upstream(up, outcome, ctx).await;
+        discard(upstreams, route, up, outcome, ctx).await;
     } else {
         upstreams
             .release(up, route.upstream.pool_idle_timeout)
@@ -547,20 +547,31 @@ impl Connection<'_> {
                 .release(self.conn, route.upstream.pool_idle_timeout)
                 .await;
         } else {
-            let conn = match outcome {
-                // The upstream's silence, not a client's that stopped reading.
-                StreamOutcome::IdleTimeout if !ctx.write_cut => {
-                    let retired = self.upstreams.retire_http2(&route.upstream.name, self.conn);
-                    let Some(conn) = retired.await else {
-                        return;
-                    };
-                    conn
-                }
-                _ => self.conn,
-            };
-            close_upstream(conn, outcome, ctx).await;
+            discard(self.upstreams, route, self.conn, outcome, ctx).await;
         }
     }
+}
+
+/// Closes a connection whose response did not end well. One that went silent (the upstream's
+/// silence, not a client's that stopped reading) first retires it if it is a shared HTTP/2
+/// connection: new streams go on a new one.
+async fn discard(
+    upstreams: &Upstreams,
+    route: &Route,
+    conn: UpstreamConn,
+    outcome: StreamOutcome,
+    ctx: &mut RequestCtx,
+) {
+    let conn = match outcome {
+        StreamOutcome::IdleTimeout if !ctx.write_cut => {
+            let Some(conn) = upstreams.retire_http2(&route.upstream.name, conn).await else {
+                return;
+            };
+            conn
+        }
+        _ => conn,
+    };
+    close_upstream(conn, outcome, ctx).await;
 }
 
 /// Counts an upstream failure in `phase` and says what went wrong, for a 502.

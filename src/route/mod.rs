@@ -34,6 +34,8 @@ pub struct UpstreamSpec {
     pub sni: String,
     /// Offer HTTP/2 (https: by ALPN; http: prior knowledge).
     pub http2: bool,
+    /// With `http2`: how often each connection is PINGed (`None`: never).
+    pub http2_ping: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +97,7 @@ impl Router {
                     ca_file: u.ca_file.clone(),
                     sni: u.sni.clone().unwrap_or_else(|| target.host.clone()),
                     http2: u.http2,
+                    http2_ping: u.http2_ping,
                 };
                 (name.as_str(), Arc::new(spec))
             })

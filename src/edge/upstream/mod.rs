@@ -577,6 +577,7 @@ impl PeerTemplate {
             options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
             options.h2_stream_window_size = Some(H2_STREAM_WINDOW);
             options.h2_connection_window_size = Some(H2_CONNECTION_WINDOW);
+            options.h2_ping_interval = spec.http2_ping;
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         spec.name.hash(&mut hasher);
@@ -643,6 +644,7 @@ mod tests {
             tls_verify,
             ca_file: None,
             http2,
+            http2_ping: None,
         }
     }
 
