@@ -830,6 +830,7 @@ fn heartbeats_before_the_first_event_are_not_its_first_byte() {
 
 /// `sluice_stream_bytes_total` counts what the client got: the upstream's bytes and Sluice's own
 /// (heartbeats, the final frame held for the ledger, a terminal event), as the access log does.
+/// The usage record's `bytes` counts the upstream's bytes the client got, and only those.
 #[test]
 fn stream_bytes_count_everything_the_client_got() {
     let upstream = Upstream::start(|req| {
@@ -857,8 +858,14 @@ fn stream_bytes_count_everything_the_client_got() {
         assert!(body.starts_with(b"data: one\n\n: keep-alive"), "{path}");
         got += body.len();
     }
-    sluice.wait_ledger(2);
+    let records = sluice.wait_ledger(2);
     sluice.wait_metric("sluice_stream_bytes_total{route=\"/\"}", got as f64);
+    let upstream_bytes: Vec<_> = records.iter().map(|r| r["bytes"].as_u64()).collect();
+    assert_eq!(
+        upstream_bytes,
+        [Some(25), Some(11)],
+        "data: one, then data: [DONE] (held for the ledger) or nothing: {records:?}"
+    );
 }
 
 /// `sluice_usage_ledger_queue_records` says how many records are not on disk yet: once the

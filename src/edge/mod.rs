@@ -63,7 +63,11 @@ pub struct RequestCtx {
     pub status: u16,
     pub outcome: Option<StreamOutcome>,
     pub first_byte: Option<Instant>,
+    /// Body bytes written to the client: the upstream's and Sluice's own (heartbeats, terminal
+    /// events, error answers).
     pub bytes_sent: u64,
+    /// The upstream's body bytes among them: the usage record's `bytes`.
+    pub upstream_bytes_sent: u64,
     pub heartbeats: u64,
     pub error: Option<String>,
     /// The stream format the route and path imply, when known before the first frame.
@@ -112,6 +116,7 @@ impl RequestCtx {
             outcome: None,
             first_byte: None,
             bytes_sent: 0,
+            upstream_bytes_sent: 0,
             heartbeats: 0,
             error: None,
             format: None,

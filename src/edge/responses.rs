@@ -177,7 +177,6 @@ pub async fn end_stream(
     down.finish(tail, trailers).await
 }
 
-/// The error a stream ended by Sluice reports to its client.
 /// The error of a request that Sluice ended because its shutdown's grace period was over.
 pub fn shutting_down() -> ProxyError {
     ProxyError::new(
@@ -186,6 +185,7 @@ pub fn shutting_down() -> ProxyError {
     )
 }
 
+/// The error a stream ended by Sluice reports to its client.
 pub fn end_error(outcome: StreamOutcome, route: &Route) -> ProxyError {
     match outcome {
         StreamOutcome::IdleTimeout => ProxyError::new(

@@ -283,7 +283,8 @@ pub fn note_own_bytes(ctx: &mut RequestCtx, len: usize) {
     ctx.bytes_sent += len as u64;
 }
 
-/// Notes `len` body bytes about to be written: the first byte's time, the bytes sent.
+/// Notes `len` body bytes of the upstream's about to be written: the first byte's time, the
+/// bytes sent.
 pub fn note_sent(ctx: &mut RequestCtx, len: usize) {
     if len == 0 {
         return;
@@ -299,6 +300,7 @@ pub fn note_sent(ctx: &mut RequestCtx, len: usize) {
         }
     }
     ctx.bytes_sent += len as u64;
+    ctx.upstream_bytes_sent += len as u64;
 }
 
 /// Most bytes gathered into one client write.

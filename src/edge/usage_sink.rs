@@ -97,7 +97,7 @@ impl UsageSink {
                 .map(|t| t.duration_since(ctx.started).as_secs_f64() * 1000.0),
             duration_ms: ctx.duration_ms(),
             events: 0,
-            bytes: ctx.bytes_sent,
+            bytes: ctx.upstream_bytes_sent,
             oversized_events,
         };
         match facts {

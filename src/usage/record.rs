@@ -168,7 +168,8 @@ pub struct UsageRecord {
     pub duration_ms: f64,
     /// SSE events seen from the upstream.
     pub events: u64,
-    /// Body bytes sent to the client.
+    /// The upstream's body bytes the client got (not Sluice's heartbeats, usage comment or
+    /// terminal event).
     pub bytes: u64,
     /// Events larger than `usage.max_event_size`: passed through, not inspected.
     #[cfg_attr(test, serde(skip_serializing_if = "is_zero"))]
