@@ -130,6 +130,54 @@ fn keys_mode_swaps_the_client_key_for_the_provider_key() {
     assert!(!metrics.contains("sk-sluice-alice"));
 }
 
+/// The caller a keys-file entry names (user, key id, tenant) is in the access log and in the
+/// usage record alike.
+#[test]
+fn the_access_log_and_the_record_name_user_key_and_tenant() {
+    let upstream =
+        Upstream::start(|_| vec![Step::sse_head(), Step::chunk("data: [DONE]\n\n"), Step::End]);
+    let dir = TempDir::new();
+    let keys = dir.path.join("keys.yaml");
+    std::fs::write(
+        &keys,
+        format!(
+            "keys:\n  - {{ sha256: {}, user: bob, key_id: kb, tenant: acme }}\n",
+            KeyDigest::of("sk-sluice-bob").to_hex()
+        ),
+    )
+    .unwrap();
+    let stdout = dir.path.join("stdout.log");
+    let sluice = Sluice::start_with_output(
+        &format!(
+            "upstreams:\n  up:\n    url: {}\nroutes:\n  - {{ path_prefix: /v1/, upstream: up, provider: openai }}\nauth: {{ mode: keys, keys_file: {} }}\n",
+            upstream.url(),
+            keys.display()
+        ),
+        std::process::Stdio::from(std::fs::File::create(&stdout).unwrap()),
+        std::process::Stdio::null(),
+    );
+    let (mut client, head) = open_stream(
+        &sluice,
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-sluice-bob")],
+    );
+    assert_eq!(head.status, 200);
+    client.read_chunked_body();
+    let line = support::first_access_log_line(&stdout);
+    let record = &sluice.wait_ledger(1)[0];
+    for caller in [&line, record] {
+        assert_eq!(
+            (&caller["user"], &caller["key_id"], &caller["tenant"]),
+            (
+                &Value::from("bob"),
+                &Value::from("kb"),
+                &Value::from("acme")
+            ),
+            "{caller}"
+        );
+    }
+}
+
 #[test]
 fn keys_file_changes_apply_without_restart() {
     let upstream = Upstream::start(|_| vec![Step::sized(200, "application/json", b"{}")]);

@@ -71,7 +71,8 @@ pub struct UsageSettings {
     pub rotate_bytes: Option<u64>,
     /// Rotated ledger files kept (`PATH.1` … `PATH.N`).
     pub keep: usize,
-    /// Largest SSE event the inspector reads; larger events pass through untouched, uncounted.
+    /// Largest SSE event the inspector reads; larger events pass through untouched (their
+    /// tokens unread; they are counted in `sluice_sse_oversized_events_total`).
     pub max_event_size: usize,
     /// Read usage from streams. Off: records carry outcomes and timings only (`usage_source:
     /// none`), and `include_usage` is not added.

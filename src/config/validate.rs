@@ -125,6 +125,9 @@ fn validate_upstream_tls(
     if upstream.tls_handshake_timeout.is_zero() {
         return Err(invalid(key("tls_handshake_timeout"), "must be more than 0"));
     }
+    if upstream.connect_timeout.is_zero() {
+        return Err(invalid(key("connect_timeout"), "must be more than 0"));
+    }
     if let Some(sni) = &upstream.sni {
         tls::check_upstream_sni(sni).map_err(|m| invalid(key("sni"), m))?;
     }
@@ -456,6 +459,15 @@ mod tests {
         let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nupstreams:\n  u:\n    url: http://api.example\n    dns_refresh: 100ms\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(
             err.contains("upstreams.u.dns_refresh") && err.contains("at least 1s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_zero_connect_timeout_is_named() {
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nupstreams:\n  u:\n    url: http://api.example\n    connect_timeout: 0s\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(
+            err.contains("upstreams.u.connect_timeout") && err.contains("more than 0"),
             "{err}"
         );
     }

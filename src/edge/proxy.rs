@@ -154,6 +154,7 @@ impl SluiceProxy {
                 .unwrap_or(""),
             user: ctx.identity.as_ref().map(|i| i.user.as_str()),
             key_id: ctx.identity.as_ref().map(|i| i.key_id.as_str()),
+            tenant: ctx.identity.as_ref().and_then(|i| i.tenant.as_deref()),
             status: ctx.status,
             stream: ctx.event_stream,
             outcome: ctx.outcome.map(|o| o.as_str()),

@@ -30,6 +30,8 @@ pub struct AccessRecord<'a> {
     pub user: Option<&'a str>,
     #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub key_id: Option<&'a str>,
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
+    pub tenant: Option<&'a str>,
     pub status: u16,
     pub stream: bool,
     pub outcome: Option<&'a str>,
@@ -87,6 +89,7 @@ impl AccessRecord<'_> {
             .str("upstream", self.upstream)
             .str_if_some("user", self.user)
             .str_if_some("key_id", self.key_id)
+            .str_if_some("tenant", self.tenant)
             .u64("status", self.status.into())
             .bool("stream", self.stream)
             .str_or_null("outcome", self.outcome)
@@ -278,7 +281,7 @@ mod tests {
         #[test]
         fn the_line_is_what_serde_json_writes(
             text in proptest::collection::vec(any::<String>(), 6),
-            maybe in proptest::collection::vec(proptest::option::of(any::<String>()), 6),
+            maybe in proptest::collection::vec(proptest::option::of(any::<String>()), 7),
             peer in proptest::option::of(any::<std::net::SocketAddr>()),
             forwarded in proptest::option::of(any::<std::net::IpAddr>()),
             status in any::<u16>(),
@@ -311,6 +314,7 @@ mod tests {
                 error: maybe[3].as_deref(),
                 refused: maybe[4].as_deref(),
                 model: maybe[5].as_deref(),
+                tenant: maybe[6].as_deref(),
                 usage: usage.as_ref(),
                 usage_source: source.map(|i| SOURCES[i]),
             };

@@ -373,8 +373,9 @@ impl Upstreams {
     pub async fn release(&self, conn: UpstreamConn, idle: Duration) {
         match conn {
             UpstreamConn::H1 { conn, pool_key } => {
-                if conn.reusable() {
-                    let idle = conn.pool_idle(idle);
+                let idle = conn.pool_idle(idle);
+                // `pool_idle_timeout: 0s` pools nothing: closed now, not at the next sweep.
+                if conn.reusable() && !idle.is_zero() {
                     self.pool.put(pool_key, conn.into_stream(), idle);
                 }
             }
