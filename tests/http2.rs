@@ -1172,3 +1172,50 @@ fn a_plain_answer_that_stops_coming_retires_its_http2_connection() {
         "the silent connection retired"
     );
 }
+
+/// The streams caught on a connection that stopped answering time out one by one: only the first
+/// retires it. Before the guard, each later one would retire whatever connection new streams
+/// were on by then (a healthy one), and every stream caught on the dead connection would cost a
+/// new connection.
+#[test]
+fn only_the_first_stream_to_time_out_on_a_dead_http2_connection_retires_it() {
+    use support::Client;
+    let upstream =
+        Upstream::start(|_| vec![Step::sse_head(), Step::chunk("data: one\n\n"), Step::End]);
+    let (_back, relay, front) = behind_an_http2_sluice(
+        &upstream,
+        "",
+        "  - path_prefix: /early\n    upstream: back\n    idle_timeout: 1s\n  - path_prefix: /late\n    upstream: back\n    idle_timeout: 3s\n",
+    );
+    let stream = [("accept", "text/event-stream")];
+    let get = || {
+        let mut client = Client::connect(front.addr);
+        client.send("GET", "/s", &stream, b"");
+        client.read_response()
+    };
+    assert_eq!(get().status, 200);
+    relay.freeze();
+    let caught: Vec<_> = ["/early", "/late"]
+        .into_iter()
+        .map(|path| {
+            let mut client = Client::connect(front.addr);
+            client.send("GET", path, &stream, b"");
+            std::thread::sleep(Duration::from_millis(100));
+            client
+        })
+        .collect();
+    let [mut early, mut late] = caught.try_into().ok().unwrap();
+    assert_eq!(early.read_response().status, 504);
+    // Between the two timeouts: on a new connection.
+    assert_eq!(get().text(), "data: one\n\n");
+    assert_eq!(relay.made.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(late.read_response().status, 504);
+    for _ in 0..3 {
+        assert_eq!(get().text(), "data: one\n\n");
+    }
+    assert_eq!(
+        relay.made.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the late timeout left the new connection alone"
+    );
+}
