@@ -1219,3 +1219,83 @@ fn only_the_first_stream_to_time_out_on_a_dead_http2_connection_retires_it() {
         "the late timeout left the new connection alone"
     );
 }
+
+/// An HTTP/2 client whose stream windows are `window` bytes and that never reads: what Sluice
+/// writes past them waits for it for ever. Returns the response head once it came (with the
+/// connection and body, kept open by the caller).
+async fn open_stream_without_reading(
+    sluice: &Sluice,
+    window: u32,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    http::Response<h2::RecvStream>,
+) {
+    let tcp = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get("http://sluice.test/v1/chat/completions")
+        .header("accept", "text/event-stream")
+        .body(())
+        .unwrap();
+    let mut ready = client.clone().ready().await.unwrap();
+    let (response, _) = ready.send_request(request, true).unwrap();
+    (client, response.await.unwrap())
+}
+
+/// A client that stopped reading holds neither Sluice's heartbeat, nor the end of a stream the
+/// provider finished, nor Sluice's terminal event for longer than the route's `idle_timeout`:
+/// each ended the stream with its slot and upstream only when the client left.
+#[test]
+fn a_client_that_stops_reading_holds_no_heartbeat_end_or_terminal_event() {
+    let one = "data: one\n\n";
+    // All at once, in one write: the provider's end is read before the first write waits.
+    let whole = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{one}\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n",
+        one.len()
+    );
+    for (case, window, heartbeat, steps) in [
+        (
+            "heartbeat",
+            one.len() + 5,
+            "100ms",
+            vec![Step::sse_head(), Step::chunk(one), Step::Hold],
+        ),
+        (
+            "end",
+            0,
+            "off",
+            vec![Step::Raw(whole.clone().into_bytes()), Step::Hold],
+        ),
+        (
+            "terminal event",
+            one.len(),
+            "off",
+            vec![Step::sse_head(), Step::chunk(one), Step::Hold],
+        ),
+    ] {
+        let upstream = Upstream::start(move |_| steps.clone());
+        let sluice = h2c_routed_to(
+            &upstream,
+            &format!("    provider: openai\n    usage_comment: false\n    idle_timeout: 1s\n    heartbeat: {heartbeat}\n"),
+            "",
+        );
+        let in_flight = "sluice_streams_in_flight{route=\"/\"}";
+        let rt = runtime();
+        let _held = rt.block_on(open_stream_without_reading(&sluice, window as u32));
+        sluice.wait_metric(in_flight, 1.0);
+        let record = &sluice.wait_ledger(1)[0];
+        assert_eq!(record["outcome"], "idle_timeout", "{case}: {record}");
+        if case == "end" {
+            // Nothing of it went (the held `[DONE]` included); what waited is counted as sent.
+            assert_eq!(record["bytes"], one.len(), "{record}");
+        }
+        // Within one idle_timeout more at most: the client is still there, reading nothing.
+        sluice.wait_metric(in_flight, 0.0);
+    }
+}

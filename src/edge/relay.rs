@@ -46,6 +46,8 @@ use crate::usage::include_usage::{ensure_include_usage, IncludeUsage};
 use crate::usage::inspector::{InspectorOptions, StreamInspector};
 use crate::usage::record::UsageRecord;
 use bytes::BytesMut;
+use futures_util::future::OptionFuture;
+use futures_util::FutureExt;
 use pingora::protocols::http::ServerSession;
 pub use request::{check_host, check_target};
 use request::{BodyError, BodyPrefix, INSPECT_BODY_LIMIT};
@@ -501,7 +503,11 @@ async fn end_plain(
     // A plain body cut short cannot be ended cleanly: it is left unended, as the upstream left
     // it. A client that left or stopped reading is written nothing more.
     let finish = match outcome {
-        StreamOutcome::Completed => down.finish(bytes::Bytes::new(), None).await,
+        StreamOutcome::Completed => {
+            within_client_patience(route, down.finish(bytes::Bytes::new(), None))
+                .await
+                .unwrap_or_else(|| end_not_taken(ctx))
+        }
         StreamOutcome::ClientDisconnect => Finish::Cut,
         _ if ctx.write_cut => Finish::Cut,
         _ => down.cut(),
@@ -657,8 +663,10 @@ fn relay_event_stream<'a>(
             if outcome != StreamOutcome::Completed
                 && inspector.final_reached()
                 && outcome != StreamOutcome::ClientDisconnect
+                && !ctx.write_cut
             {
-                // The provider finished its stream and merely left the connection open.
+                // The provider finished its stream and merely left the connection open (not a
+                // client that stopped reading before it got the end).
                 outcome = StreamOutcome::Completed;
             }
             ctx.outcome = Some(outcome);
@@ -672,8 +680,11 @@ fn relay_event_stream<'a>(
 
             let mut record =
                 UsageSink::record_for(ctx, Some(inspector.facts()), inspector.oversized_events());
-            // The held final frame is part of what the client gets (the usage comment is not counted).
-            record.bytes += inspector.held_len() as u64;
+            // The held final frame is part of what the client of a completed stream gets (the
+            // usage comment is not counted); a cut stream's is never sent.
+            if outcome == StreamOutcome::Completed {
+                record.bytes += inspector.held_len() as u64;
+            }
             record_stream(usage, ctx, record, outcome).await;
             // What Sluice writes at the end (the held final frame, its usage comment or
             // terminal event) goes to the client as well: `sluice_stream_bytes_total` counts it.
@@ -686,18 +697,21 @@ fn relay_event_stream<'a>(
                         tail.extend_from_slice(&record.sse_comment());
                     }
                     let trailers = down.wants_trailers().then(|| usage_trailers(record));
-                    end_stream(down, ctx, tail.freeze(), trailers).await
+                    let end = end_stream(down, ctx, tail.freeze(), trailers);
+                    within_client_patience(route, end).await
                 }
-                StreamOutcome::ClientDisconnect => Finish::Close,
-                _ if ctx.write_cut => Finish::Close,
+                StreamOutcome::ClientDisconnect => Some(Finish::Close),
+                _ if ctx.write_cut => Some(Finish::Close),
                 ended => {
                     let error = end_error(ended, route);
                     // A stream Sluice ends has its usage as well: what was counted until then.
                     let record = ctx.usage_record.as_ref().expect("just set");
                     let trailers = down.wants_trailers().then(|| usage_trailers(record));
-                    write_terminal_event(down, ctx, &error, at_boundary, trailers).await
+                    let end = write_terminal_event(down, ctx, &error, at_boundary, trailers);
+                    within_client_patience(route, end).await
                 }
             };
+            let finish = finish.unwrap_or_else(|| end_not_taken(ctx));
             METRICS.stream_bytes_sent(&route.name, ctx.bytes_sent - before);
             finish
         })
@@ -739,18 +753,52 @@ async fn relay_json_lines(
         record_stream(usage, ctx, UsageSink::record_for(ctx, None, 0), outcome).await;
         let before = ctx.bytes_sent;
         let finish = match outcome {
-            StreamOutcome::Completed => end_stream(down, ctx, bytes::Bytes::new(), None).await,
-            StreamOutcome::ClientDisconnect => Finish::Close,
-            _ if ctx.write_cut => Finish::Close,
+            StreamOutcome::Completed => {
+                let end = end_stream(down, ctx, bytes::Bytes::new(), None);
+                within_client_patience(route, end).await
+            }
+            StreamOutcome::ClientDisconnect => Some(Finish::Close),
+            _ if ctx.write_cut => Some(Finish::Close),
             ended => {
                 let error = end_error(ended, route);
-                write_terminal_line(down, ctx, &error, kind, lines.at_boundary()).await
+                let end = write_terminal_line(down, ctx, &error, kind, lines.at_boundary());
+                within_client_patience(route, end).await
             }
         };
+        let finish = finish.unwrap_or_else(|| end_not_taken(ctx));
         METRICS.stream_bytes_sent(&route.name, ctx.bytes_sent - before);
         finish
     })
     .await
+}
+
+/// Writes a response's last bytes (its end, or Sluice's terminal event) to a client that may
+/// have stopped reading: they wait as long as a chunk may (`idle_timeout`, else
+/// `max_duration`), and not past a shutdown's grace period. `None`: they were not taken; the
+/// caller closes the connection, which frees the stream's slot.
+async fn within_client_patience<F: Future<Output = Finish>>(
+    route: &Route,
+    end: F,
+) -> Option<Finish> {
+    let mut end = std::pin::pin!(end);
+    if let Some(finish) = end.as_mut().now_or_never() {
+        return Some(finish);
+    }
+    let patience = route.policy.idle_timeout.or(route.policy.max_duration);
+    let given_up = OptionFuture::from(patience.map(timer::sleep));
+    tokio::select! {
+        biased;
+        finish = end => Some(finish),
+        Some(()) = given_up => None,
+        () = drain::grace_over() => None,
+    }
+}
+
+/// The access log's word for a response whose last bytes the client did not take.
+fn end_not_taken(ctx: &mut RequestCtx) -> Finish {
+    ctx.write_cut = true;
+    ctx.error = Some("the client did not take the end of the response".into());
+    Finish::Close
 }
 
 /// Records a stream's usage and keeps the record for the access log. The stream's end goes to

@@ -109,7 +109,25 @@ pub async fn relay(
                         if at_boundary {
                             let heartbeat = Bytes::from_static(HEARTBEAT);
                             note_own_bytes(ctx, heartbeat.len());
-                            if down.write(heartbeat).await.is_err() {
+                            // A client that stopped reading holds the heartbeat as it would a
+                            // chunk: the stream's timers still end it.
+                            let mut written = std::pin::pin!(down.write(heartbeat));
+                            let written = match written.as_mut().now_or_never() {
+                                Some(written) => written,
+                                None => {
+                                    let wait = wait_for_client(
+                                        written,
+                                        grace_over.as_mut(),
+                                        &mut timer,
+                                        &mut clock,
+                                    );
+                                    match Box::pin(wait).await {
+                                        Ok(written) => written,
+                                        Err(ended) => return cut_by_client(ctx, ended),
+                                    }
+                                }
+                            };
+                            if written.is_err() {
                                 return StreamOutcome::ClientDisconnect;
                             }
                             ctx.heartbeats += 1;
@@ -188,20 +206,7 @@ pub async fn relay(
                         wait_for_client(written, grace_over.as_mut(), &mut timer, &mut clock);
                     match Box::pin(wait).await {
                         Ok(written) => written,
-                        Err(ended) => {
-                            ctx.write_cut = true;
-                            // The access log says whose silence it was.
-                            ctx.error = match ended {
-                                StreamOutcome::IdleTimeout => {
-                                    Some("the client took nothing for the idle timeout".into())
-                                }
-                                StreamOutcome::MaxDuration => Some(
-                                    "max duration reached while the client took nothing".into(),
-                                ),
-                                _ => ctx.error.take(),
-                            };
-                            return ended;
-                        }
+                        Err(ended) => return cut_by_client(ctx, ended),
                     }
                 }
             };
@@ -216,6 +221,20 @@ pub async fn relay(
             return end_after_marker(up, ctx, "went on sending");
         }
     }
+}
+
+/// Ends a stream whose client stopped reading: nothing more is written to it, and the access log
+/// says whose silence it was.
+fn cut_by_client(ctx: &mut RequestCtx, ended: StreamOutcome) -> StreamOutcome {
+    ctx.write_cut = true;
+    ctx.error = match ended {
+        StreamOutcome::IdleTimeout => Some("the client took nothing for the idle timeout".into()),
+        StreamOutcome::MaxDuration => {
+            Some("max duration reached while the client took nothing".into())
+        }
+        _ => ctx.error.take(),
+    };
+    ended
 }
 
 /// Ends a stream whose upstream did not end its body after the provider's end marker (see
