@@ -60,12 +60,20 @@ const DATA_FRAME_BUDGET: usize = 128 * 1024;
 /// for a header block over ~1.3 MiB (its guard against CONTINUATION floods).
 const MAX_HEADER_LIST: u32 = 1024 * 1024 + 256 * 32 + 4096;
 
-/// Pingora's HTTP/2 settings (its concurrent-stream limit) with Sluice's header-list limit and
-/// budget for small DATA frames.
+/// What the `h2` crate holds of one stream's response while the client's flow-control window
+/// lets it go but the connection's socket does not take it (a client that opened huge windows
+/// and stopped reading). Its default, 400 KiB, let one connection pin ~40 MB (100 streams) for
+/// ~100 bytes of requests each, and a write only waits (so the stream's timers count the
+/// client's silence) once it is full. One relay write at most (the relay gathers up to 64 KiB).
+const MAX_SEND_BUFFER: usize = 64 * 1024;
+
+/// Pingora's HTTP/2 settings (its concurrent-stream limit) with Sluice's header-list limit,
+/// budget for small DATA frames and send buffer.
 fn h2_options() -> server::H2Options {
     let mut options = server::default_h2_options();
     options.max_header_list_size(MAX_HEADER_LIST);
     options.data_frame_budget(DATA_FRAME_BUDGET);
+    options.max_send_buffer_size(MAX_SEND_BUFFER);
     options
 }
 
