@@ -165,7 +165,12 @@ fn append_key_entry(path: &Path, key: &str, key_id: &str, line: &str) -> Result<
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .target(env_logger::Target::Pipe(Box::new(
+            sluice::telemetry::line_sink::StderrLines,
+        )))
+        .write_style(env_logger::WriteStyle::Never)
+        .init();
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => match load(&cli.config) {
             Ok(_) => {

@@ -934,3 +934,35 @@ fn sluices_own_error_answers_log_the_bytes_they_sent() {
     assert_eq!(line["status"], 404);
     assert_eq!(line["bytes_sent"], response.body.len() as u64, "{line}");
 }
+
+/// Sluice's own log goes to stderr through a writer thread of its own: a stderr nobody reads (a
+/// stalled log shipper) costs log lines, never the proxy. Before, a proxy thread wrote each line
+/// itself and blocked on the full pipe, and clients can make Sluice log at will: here a body
+/// whose `stream_options` is no object logs a warning per request (~100 bytes), and the 64 KiB
+/// pipe was full after ~600 of them.
+#[test]
+fn a_stderr_nobody_reads_does_not_stop_the_proxy() {
+    let upstream =
+        Upstream::start(|_| vec![Step::sse_head(), Step::chunk("data: [DONE]\n\n"), Step::End]);
+    let sluice = Sluice::start_with_output(
+        &format!(
+            "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n    usage_comment: false\n",
+            upstream.url()
+        ),
+        Stdio::null(),
+        // Held by the test's child handle and never read.
+        Stdio::piped(),
+    );
+    let mut client = Client::connect(sluice.addr);
+    client
+        .stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for i in 0..2_000 {
+        client.post_json(
+            "/v1/chat/completions",
+            r#"{"model":"m","stream":true,"stream_options":5}"#,
+        );
+        assert_eq!(client.read_response().status, 200, "request {i}");
+    }
+}

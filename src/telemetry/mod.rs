@@ -2,6 +2,7 @@
 
 mod access_log;
 mod limits_metrics;
+pub mod line_sink;
 mod metrics;
 mod time;
 
