@@ -84,6 +84,7 @@ impl pingora::services::Service for AdminListener {
         let Some(listener) = listener.await else {
             return;
         };
+        let mut accept_errors = listener::AcceptErrors::default();
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -103,7 +104,7 @@ impl pingora::services::Service for AdminListener {
                     });
                 }
                 Err(e) => {
-                    log::error!("admin accept() failed: {e}");
+                    accept_errors.failed("admin accept()", &e);
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
             }

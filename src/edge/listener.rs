@@ -283,6 +283,7 @@ async fn accept_loop(
     // Counted while accepting: the drain cannot see zero between an accept and its connection's
     // count.
     let _accepting = drain::InFlight::start();
+    let mut accept_errors = AcceptErrors::default();
     loop {
         // Biased: once accepting is over nothing more is taken, even with connections waiting
         // (one left in the backlog goes to the next process, or is refused with the socket).
@@ -295,7 +296,7 @@ async fn accept_loop(
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors and the like: the listener itself is fine.
-                log::error!("accept() failed: {e}");
+                accept_errors.failed("accept()", &e);
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
@@ -613,5 +614,60 @@ mod tests {
         let _silent = std::net::TcpStream::connect(addr).unwrap();
         let late = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
         assert!(late.is_ok(), "a silent client was never accepted");
+    }
+}
+
+/// Says that accepting failed at most once a second, with how many failures it left unsaid: out
+/// of descriptors, a listener fails ~100 times a second (it tries again every 10 ms) until
+/// connections close.
+#[derive(Default)]
+pub(super) struct AcceptErrors {
+    said_at: Option<std::time::Instant>,
+    unsaid: u64,
+}
+
+impl AcceptErrors {
+    pub(super) fn failed(&mut self, what: &str, e: &std::io::Error) {
+        if let Some(unsaid) = self.due(std::time::Instant::now()) {
+            match unsaid {
+                0 => log::error!("{what} failed: {e}"),
+                n => log::error!("{what} failed: {e} (and {n} times more in the last second)"),
+            }
+        }
+    }
+
+    /// `Some(failures left unsaid)` when a failure now is to be said.
+    fn due(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.said_at {
+            Some(at) if now.duration_since(at) < std::time::Duration::from_secs(1) => {
+                self.unsaid += 1;
+                None
+            }
+            _ => {
+                self.said_at = Some(now);
+                Some(std::mem::take(&mut self.unsaid))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod accept_error_tests {
+    use super::AcceptErrors;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn accept_failures_are_said_once_a_second_with_the_count_left_unsaid() {
+        let mut errors = AcceptErrors::default();
+        let start = Instant::now();
+        let said: Vec<_> = (0..250u64)
+            .map(|ms10| errors.due(start + Duration::from_millis(ms10 * 10)))
+            .collect();
+        let when: Vec<_> = said
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.map(|n| (i, n)))
+            .collect();
+        assert_eq!(when, [(0, 0), (100, 99), (200, 99)]);
     }
 }
