@@ -88,6 +88,8 @@ pub enum ProxyErrorKind {
     NotImplemented,
     /// Sluice is shutting down and the grace period for running requests is over.
     ShuttingDown,
+    /// Sluice holds as many request bodies in memory as it may (`server.request_body_memory`).
+    Overloaded,
 }
 
 impl ProxyErrorKind {
@@ -103,7 +105,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::UriTooLong => 414,
             ProxyErrorKind::MethodNotAllowed => 405,
             ProxyErrorKind::NotImplemented => 501,
-            ProxyErrorKind::ShuttingDown => 503,
+            ProxyErrorKind::ShuttingDown | ProxyErrorKind::Overloaded => 503,
             ProxyErrorKind::UpstreamUnavailable | ProxyErrorKind::UpstreamBroken => 502,
             ProxyErrorKind::UpstreamTimeout
             | ProxyErrorKind::UpstreamIdle
@@ -130,6 +132,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::MethodNotAllowed => "method_not_allowed",
             ProxyErrorKind::NotImplemented => "not_implemented",
             ProxyErrorKind::ShuttingDown => "server_shutting_down",
+            ProxyErrorKind::Overloaded => "server_overloaded",
         }
     }
 
@@ -149,6 +152,7 @@ impl ProxyErrorKind {
                 ProxyErrorKind::UpstreamUnavailable
                 | ProxyErrorKind::UpstreamBroken
                 | ProxyErrorKind::ShuttingDown => "api_error",
+                ProxyErrorKind::Overloaded => "overloaded_error",
                 _ => "timeout_error",
             },
             Provider::Gemini => match self {
@@ -163,7 +167,8 @@ impl ProxyErrorKind {
                 ProxyErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
                 ProxyErrorKind::UpstreamUnavailable
                 | ProxyErrorKind::UpstreamBroken
-                | ProxyErrorKind::ShuttingDown => "UNAVAILABLE",
+                | ProxyErrorKind::ShuttingDown
+                | ProxyErrorKind::Overloaded => "UNAVAILABLE",
                 _ => "DEADLINE_EXCEEDED",
             },
             _ => match self {

@@ -966,3 +966,60 @@ fn a_stderr_nobody_reads_does_not_stop_the_proxy() {
         assert_eq!(client.read_response().status, 200, "request {i}");
     }
 }
+
+/// Request bodies read ahead are bounded across requests (`server.request_body_memory`):
+/// clients that send most of a large body and then trickle the rest (each part within
+/// `request_body_timeout`) held up to a megabyte each for as long as they liked (300 such
+/// clients: +322 MB). Past the bound another body waits for memory, and gets a JSON `503` after
+/// `request_body_timeout`; once the holders leave, bodies are read again.
+#[test]
+fn request_bodies_held_in_memory_are_bounded_across_requests() {
+    let upstream = ok_upstream();
+    let sluice = start(
+        "  request_body_timeout: 1s\n  request_body_memory: 2097152\n",
+        &one_route(&upstream, "    provider: openai\n"),
+    );
+    let head = |len: usize| {
+        format!("POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n")
+    };
+    // Two holders: 900,000 bytes of a 1,000,000-byte body each, then a byte every 300 ms.
+    let holders: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut holder = TcpStream::connect(sluice.addr).unwrap();
+            holder.write_all(head(1_000_000).as_bytes()).unwrap();
+            holder.write_all(&vec![b' '; 900_000]).unwrap();
+            holder
+        })
+        .collect();
+    let trickling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let trickle = {
+        let mut holders: Vec<_> = holders.iter().map(|h| h.try_clone().unwrap()).collect();
+        let trickling = trickling.clone();
+        std::thread::spawn(move || {
+            while trickling.load(std::sync::atomic::Ordering::SeqCst) {
+                for holder in &mut holders {
+                    let _ = holder.write_all(b" ");
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let body = [&br#"{"model":"m","#[..], &vec![b' '; 500_000], b"}"].concat();
+    let send = || {
+        let mut client = Client::connect(sluice.addr);
+        client.send_raw(head(body.len()).as_bytes());
+        client.send_raw(&body);
+        client.read_response()
+    };
+    let started = Instant::now();
+    let refused = send();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "server_overloaded");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(upstream.requests().is_empty());
+    trickling.store(false, std::sync::atomic::Ordering::SeqCst);
+    trickle.join().unwrap();
+    drop(holders);
+    assert_eq!(send().status, 200, "read again once the holders left");
+}

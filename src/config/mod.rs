@@ -149,7 +149,14 @@ pub struct ServerSettings {
     /// Peers (addresses or ranges such as `10.0.0.0/8`) whose `X-Forwarded-For` names the
     /// client in the access log: load balancers in front of Sluice.
     pub trusted_proxies: Vec<String>,
+    /// Most bytes of request bodies held in memory at once, across requests (each request reads
+    /// up to 1 MiB of its body before sending it on); past it, reading a body waits, and after
+    /// `request_body_timeout` gets `503`.
+    pub request_body_memory: usize,
 }
+
+/// `server.request_body_memory` by default: 64 MiB.
+pub const DEFAULT_REQUEST_BODY_MEMORY: usize = 64 * 1024 * 1024;
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -164,6 +171,7 @@ impl Default for ServerSettings {
             handshake_timeout: Duration::from_secs(60),
             request_body_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
+            request_body_memory: DEFAULT_REQUEST_BODY_MEMORY,
         }
     }
 }

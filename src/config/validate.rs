@@ -213,6 +213,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be between 1024 and 1048576 bytes (Pingora refuses larger request heads itself)",
         ));
     }
+    if config.server.request_body_memory < 2 * 1024 * 1024 {
+        return Err(invalid(
+            "server.request_body_memory",
+            "must be at least 2097152 bytes (a request reads up to 1 MiB of its body at once)",
+        ));
+    }
     for (name, upstream) in &config.upstreams {
         let target = crate::route::UpstreamTarget::parse(&upstream.url)
             .map_err(|m| invalid(format!("upstreams.{name}.url"), m))?;
@@ -459,6 +465,15 @@ mod tests {
         let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nupstreams:\n  u:\n    url: http://api.example\n    dns_refresh: 100ms\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(
             err.contains("upstreams.u.dns_refresh") && err.contains("at least 1s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_request_body_memory_under_two_bodies_is_named() {
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nserver:\n  request_body_memory: 1048576\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(
+            err.contains("server.request_body_memory") && err.contains("at least 2097152"),
             "{err}"
         );
     }

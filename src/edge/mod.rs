@@ -211,6 +211,7 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     ));
     let usage_ledger = usage.ledger().cloned();
     let admin_ledger = usage_ledger.clone();
+    relay::set_body_memory(config.server.request_body_memory);
     let timeouts = listener::ConnectionTimeouts {
         keepalive: config.server.keepalive_timeout,
         handshake: config.server.handshake_timeout,

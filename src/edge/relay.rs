@@ -49,7 +49,7 @@ use bytes::BytesMut;
 use futures_util::future::OptionFuture;
 use futures_util::FutureExt;
 use pingora::protocols::http::ServerSession;
-pub use request::{check_host, check_target};
+pub use request::{check_host, check_target, set_body_memory};
 use request::{BodyError, BodyPrefix, INSPECT_BODY_LIMIT};
 use std::future::Future;
 use std::sync::Arc;
@@ -147,6 +147,14 @@ async fn body_error(
 ) -> Finish {
     let finish = match failure {
         BodyError::TooLarge => refuse(down, ctx, &request::too_large(route), true).await,
+        BodyError::Overloaded => {
+            let error = ProxyError::new(
+                ProxyErrorKind::Overloaded,
+                "Sluice holds as many request bodies as server.request_body_memory allows; try \
+                 again shortly",
+            );
+            refuse(down, ctx, &error, true).await
+        }
         BodyError::Upstream(e) => {
             let detail = format!("failed while sending the request: {e}");
             respond_error(down, ctx, &upstream_failed(route, "request", &detail)).await
@@ -298,7 +306,7 @@ async fn open<'d>(
     // than `CROSSED_CLOSE` came from an upstream that had the request (a worker that died
     // mid-generation), and it is not sent again.
     let complete = body.complete;
-    let prefix = body.prefix.freeze();
+    let prefix = body.into_bytes();
     let replay = (complete && request::may_send_again(down.req_header())).then(|| prefix.clone());
     let mut first = Some(prefix);
     let mut pooled = Pooled::Take;

@@ -10,7 +10,9 @@ use crate::route::Route;
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
+use std::sync::OnceLock;
 use std::time::Duration;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Request bodies up to this size are read whole before the request goes upstream, so that a
 /// JSON `"stream": true` can be seen (and `include_usage` added); larger ones stream through
@@ -247,6 +249,35 @@ pub fn expects_continue(req: &RequestHeader) -> bool {
 pub struct BodyPrefix {
     pub prefix: BytesMut,
     pub complete: bool,
+    /// Its share of [`body_memory`], given back when the last copy of its bytes is dropped.
+    held: Option<SemaphorePermit<'static>>,
+}
+
+/// Bytes of request bodies held in memory at once, across requests
+/// (`server.request_body_memory`): every request reads up to [`INSPECT_BODY_LIMIT`] of its body
+/// before anything goes upstream (and keeps it to send again), so without a bound a few hundred
+/// clients that send most of a large body and then trickle the rest pin a megabyte each.
+static BODY_MEMORY: OnceLock<Semaphore> = OnceLock::new();
+
+/// Sets the bound on request-body memory, once, before any request.
+pub fn set_body_memory(bytes: usize) {
+    let _ = BODY_MEMORY.set(Semaphore::new(bytes));
+}
+
+fn body_memory() -> &'static Semaphore {
+    BODY_MEMORY.get_or_init(|| Semaphore::new(crate::config::DEFAULT_REQUEST_BODY_MEMORY))
+}
+
+/// The bytes of a body with their share of [`body_memory`].
+struct HeldBody {
+    bytes: BytesMut,
+    _held: SemaphorePermit<'static>,
+}
+
+impl AsRef<[u8]> for HeldBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 pub enum BodyError {
@@ -260,6 +291,9 @@ pub enum BodyError {
     /// stalled server, or one that answered early and waits for nothing more).
     UpstreamStalled,
     TooLarge,
+    /// Request bodies already fill `server.request_body_memory`, and none gave any back within
+    /// `server.request_body_timeout`.
+    Overloaded,
 }
 
 /// What a client is told of a body that could not be read: what went wrong, never Pingora's
@@ -310,6 +344,18 @@ impl BodyPrefix {
     pub fn is_empty(&self) -> bool {
         self.complete && self.prefix.is_empty()
     }
+
+    /// The bytes, holding their share of the body memory for as long as any copy of them lives
+    /// (sent, and kept to send again).
+    pub fn into_bytes(self) -> Bytes {
+        match self.held {
+            Some(held) => Bytes::from_owner(HeldBody {
+                bytes: self.prefix,
+                _held: held,
+            }),
+            None => self.prefix.freeze(),
+        }
+    }
 }
 
 /// Whether the request may reach the upstream twice without harm: an idempotent method (RFC 9110
@@ -338,25 +384,53 @@ pub async fn read_body_prefix(
     wait: Duration,
 ) -> Result<BodyPrefix, BodyError> {
     let mut prefix = BytesMut::new();
+    let mut held: Option<SemaphorePermit<'static>> = None;
     while prefix.len() < INSPECT_BODY_LIMIT {
         match next_body_part(down, wait).await? {
             Some(chunk) => {
-                prefix.extend_from_slice(&chunk);
-                if prefix.len() as u64 > max {
+                if prefix.len() + chunk.len() > max as usize {
                     return Err(BodyError::TooLarge);
                 }
+                let share = hold_body_memory(chunk.len(), wait).await?;
+                match held.as_mut() {
+                    Some(held) => held.merge(share),
+                    None => held = Some(share),
+                }
+                prefix.extend_from_slice(&chunk);
             }
             None => {
                 return Ok(BodyPrefix {
                     prefix,
                     complete: true,
+                    held,
                 })
             }
         }
     }
     // A body of exactly the limit, read whole, is complete: its declared length says so.
     let complete = declared_length(down.req_header()) == Some(prefix.len() as u64);
-    Ok(BodyPrefix { prefix, complete })
+    Ok(BodyPrefix {
+        prefix,
+        complete,
+        held,
+    })
+}
+
+/// Takes `len` bytes of the body memory, waiting at most `wait` for other requests to give
+/// some back.
+async fn hold_body_memory(
+    len: usize,
+    wait: Duration,
+) -> Result<SemaphorePermit<'static>, BodyError> {
+    let memory = body_memory();
+    let len = u32::try_from(len).map_err(|_| BodyError::Overloaded)?;
+    if let Ok(share) = memory.try_acquire_many(len) {
+        return Ok(share);
+    }
+    match timer::timeout(wait, memory.acquire_many(len)).await {
+        Ok(Ok(share)) => Ok(share),
+        _ => Err(BodyError::Overloaded),
+    }
 }
 
 /// Writes the request upstream: head and the body read so far (`prefix`, the whole body when
