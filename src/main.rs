@@ -163,15 +163,25 @@ fn append_key_entry(path: &Path, key: &str, key_id: &str, line: &str) -> Result<
     Ok(reread.len())
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Sluice's own log, to stderr through a writer thread (`line_sink`). For `run`, only after the
+/// fork of `-d`: a fork keeps only the thread that called it, and a writer thread (or a lock it
+/// held) would not come along.
+fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .target(env_logger::Target::Pipe(Box::new(
             sluice::telemetry::line_sink::StderrLines,
         )))
         .write_style(env_logger::WriteStyle::Never)
         .init();
-    match cli.command.unwrap_or(Command::Run) {
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
+    if !matches!(command, Command::Run) {
+        init_logging();
+    }
+    match command {
         Command::Check => match load(&cli.config) {
             Ok(_) => {
                 let name = cli
@@ -242,6 +252,7 @@ fn main() -> ExitCode {
                 eprintln!("cannot start ({}): {e}", pid_file.display());
                 return ExitCode::FAILURE;
             }
+            init_logging();
             let options = sluice::RunOptions {
                 upgrade: cli.upgrade,
             };

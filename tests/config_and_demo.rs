@@ -339,3 +339,79 @@ fn a_listen_address_in_use_stops_sluice_at_start() {
     );
     drop(taken);
 }
+
+/// `sluice -d`: the parent writes the child's PID and exits 0; the child serves, and its own log
+/// (stderr, written by a thread the child starts after the fork) still reaches stderr.
+#[test]
+fn a_daemon_serves_and_logs_after_its_fork() {
+    let upstream = support::Upstream::start(|_| {
+        vec![
+            support::Step::sse_head(),
+            support::Step::chunk("data: [DONE]\n\n"),
+            support::Step::End,
+        ]
+    });
+    let dir = TempDir::new();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let pid_file = dir.path.join("sluice.pid");
+    let config = dir.path.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen:\n  - addr: {addr}\nserver:\n  pid_file: {}\n  upgrade_sock: {}\nupstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: openai\n",
+            pid_file.display(),
+            dir.path.join("upgrade.sock").display(),
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let stderr = dir.path.join("stderr.log");
+    let parent = std::process::Command::new(support::sluice_bin())
+        .arg("-d")
+        .arg("-c")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .status()
+        .unwrap();
+    assert!(parent.success());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    struct Killed(i32);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            // SAFETY: a plain signal to the daemon this test started.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _daemon = Killed(pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon does not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A body whose `stream_options` is no object: served, with a warning in the log.
+    let mut client = Client::connect(addr);
+    client.post_json(
+        "/v1/chat/completions",
+        r#"{"model":"m","stream":true,"stream_options":5}"#,
+    );
+    assert_eq!(client.read_response().status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&stderr).unwrap();
+        if log.contains("include_usage not added") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no log line: {log:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
