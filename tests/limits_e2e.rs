@@ -573,3 +573,76 @@ fn thousands_of_streams_with_mixed_endings_release_every_slot() {
         );
     }
 }
+
+/// A listener whose accept queue is full (it never accepts): a connect to it waits, as to a
+/// server behind a saturated backlog or a firewall that drops SYNs. Loopback only.
+fn unanswering_address() -> (std::net::SocketAddr, Vec<std::net::TcpStream>) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a socket this function owns; `listen` with a backlog of 0.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 0), 0);
+        std::net::TcpListener::from_raw_fd(fd)
+    };
+    let addr = listener.local_addr().unwrap();
+    // Fill the queue: connects complete until it is full, then they wait.
+    let mut held = Vec::new();
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        held.push(stream);
+        assert!(held.len() < 64, "the accept queue never filled");
+    }
+    std::mem::forget(listener);
+    (addr, held)
+}
+
+/// While Sluice connects to an upstream that does not answer (up to `connect_timeout`), a client
+/// that leaves frees its slot at once, and a shutdown's grace ends the wait with Sluice's error
+/// and a usage record. Before, the connect was waited for alone: the slot stayed for the whole
+/// `connect_timeout`, and at a shutdown the client got no answer and no record was written.
+#[test]
+fn a_client_waiting_on_an_upstream_connect_is_watched_and_the_grace_bounds_it() {
+    let (blackhole, _held) = unanswering_address();
+    // `grace_period` goes under `server:`, which the config ends with before this.
+    let sluice = Sluice::start(&format!(
+        "  grace_period: 1s\nupstreams:\n  up: {{ url: \"http://{blackhole}\", connect_timeout: 30s }}\nroutes:\n  - {{ path_prefix: /v1/, upstream: up, provider: openai }}\nauth: {{ mode: passthrough }}\nlimits: {{ per_user_streams: 1 }}\n"
+    ));
+    let key = [("authorization", "Bearer sk-waiting")];
+    let send = || {
+        let mut client = Client::connect(sluice.addr);
+        client.send(
+            "POST",
+            "/v1/chat/completions",
+            &[key[0], ("content-type", "application/json")],
+            STREAM_BODY.as_bytes(),
+        );
+        client
+    };
+    let leaving = send();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while limits_json(&sluice)["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "never admitted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(leaving);
+    wait_slots_free(&sluice);
+    let record = &sluice.wait_ledger(1)[0];
+    assert_eq!(record["outcome"], "client_disconnect", "{record}");
+
+    let mut waiting = send();
+    std::thread::sleep(Duration::from_millis(300));
+    sluice.signal("TERM");
+    let answer = waiting.read_response();
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.json()["error"]["code"], "server_shutting_down");
+    let records = sluice.wait_ledger(2);
+    assert_eq!(records[1]["outcome"], "shutdown", "{}", records[1]);
+}

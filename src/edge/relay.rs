@@ -320,7 +320,21 @@ async fn open<'d>(
                 && up.closed_unanswered_after_reuse()
                 && sending.elapsed() < CROSSED_CLOSE
         };
-        let mut up = match upstreams.connect(&route.upstream, websocket, pooled).await {
+        // A connect may take `connect_timeout` (and a TLS handshake more): a client that leaves
+        // meanwhile frees its slot now, and a shutdown's grace bounds it. The client is watched
+        // only once its whole body is read (otherwise its body's bytes are what would come).
+        let connected = tokio::select! {
+            connected = upstreams.connect(&route.upstream, websocket, pooled) => connected,
+            _ = down.read_body_or_idle(true), if complete => {
+                ctx.outcome = Some(StreamOutcome::ClientDisconnect);
+                return Err(Finish::Close);
+            }
+            _ = drain::grace_over() => {
+                ctx.outcome = Some(StreamOutcome::Shutdown);
+                return Err(respond_error(down, ctx, &shutting_down()).await);
+            }
+        };
+        let mut up = match connected {
             Ok(connected) => connected,
             Err(error) => return Err(respond_error(down, ctx, &error).await),
         };
