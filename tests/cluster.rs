@@ -175,3 +175,35 @@ fn a_redis_restart_does_not_hand_out_held_slots_again() {
     assert_eq!(open(&a, "sk-restart").1.status, 429, "the leases are back");
     drop(held);
 }
+
+/// A Redis that stops answering for longer than `lease_ttl` (a slow script, a fork pause, a
+/// partition) leaves no phantom lease behind: the admission that timed out against it runs when
+/// it resumes and writes a lease for a stream that ended long before; that stream's release,
+/// kept for the recovery however old, removes it. Before, releases older than `lease_ttl` were
+/// dropped as "expired anyway", and the user was refused for up to `lease_ttl` after the
+/// recovery while holding nothing.
+#[test]
+fn a_redis_stall_longer_than_the_lease_ttl_leaves_no_phantom_lease() {
+    let redis = RedisServer::start();
+    let upstream = holding_upstream();
+    let a = instance(&upstream, &redis);
+    let b = instance(&upstream, &redis);
+    // Commands are taken and held, not answered (a stopped process would not run them later).
+    let pause_ms = (LEASE_TTL_SECS + 1) * 1000;
+    assert!(redis
+        .command(&format!("CLIENT PAUSE {pause_ms}"))
+        .starts_with("+OK"));
+    let (client, head) = open(&a, "sk-phantom");
+    assert_eq!(head.status, 200, "admitted by local counts");
+    drop(client);
+    wait_until("the stream ended", Duration::from_secs(5), || {
+        limits(&a)["in_flight"] == 0
+    });
+    wait_until("both back on Redis", Duration::from_secs(10), || {
+        limits(&a)["backend"] == "redis" && limits(&b)["backend"] == "redis"
+    });
+    // Well within the phantom's lease_ttl, had it stayed: both of the user's slots are free.
+    let (_one, first) = open(&b, "sk-phantom");
+    let (_two, second) = open(&b, "sk-phantom");
+    assert_eq!((first.status, second.status), (200, 200));
+}

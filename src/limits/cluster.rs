@@ -48,10 +48,13 @@
 //! answers, every held lease is renewed (so leases taken during the outage enter Redis), the
 //! releases queued during the outage are sent, and admissions return to Redis (one `info!`).
 //!
-//! Releases while Redis is down: kept (up to [`MAX_PENDING_RELEASES`]) and sent on recovery
-//! if they are younger than `lease_ttl` — older ones have expired in Redis anyway, because a
-//! dropped lease is no longer renewed. So a short outage does not leave dead slots counted for
-//! up to `lease_ttl`, and a long one costs nothing.
+//! Releases while Redis is down: kept (up to [`MAX_PENDING_RELEASES`]) and sent on recovery,
+//! however old: a lease a release removes has not always expired by then. An admission whose
+//! call timed out against a stalled Redis (one that stopped answering, not one that went away)
+//! is still queued there, and runs when Redis resumes, writing a lease for a stream that may have
+//! ended long before; only its release, sent after the recovery's probe was answered (so after
+//! the admission ran), removes it at once. So no outage, short or long, leaves dead slots
+//! counted for up to `lease_ttl`; a `ZREM` of a lease that expired costs nothing.
 //!
 //! A `ZREM` can never overtake the renewal that re-adds the same lease: both run on the worker
 //! task, one after the other, and a lease leaves the renewal set before its `ZREM` is queued.
@@ -126,7 +129,6 @@ struct Held {
 struct Release {
     id: u64,
     held: Held,
-    queued: Instant,
 }
 
 enum Msg {
@@ -437,11 +439,7 @@ impl Cluster {
 
     fn queue_release(&self, id: u64, held: Held) {
         // The worker may be gone (shutdown): the lease then expires within lease_ttl.
-        let _ = self.tx.send(Msg::Release(Release {
-            id,
-            held,
-            queued: Instant::now(),
-        }));
+        let _ = self.tx.send(Msg::Release(Release { id, held }));
     }
 
     /// Stops admissions through Redis and asks the worker to finish.

@@ -63,8 +63,8 @@ impl Worker {
                         if self.cluster.is_up() {
                             self.flush_releases().await;
                         } else {
-                            // Kept for the recovery, bounded in age and number.
-                            self.drop_stale_releases();
+                            // Kept for the recovery, bounded in number.
+                            self.trim_pending();
                         }
                     }
                     Some(Msg::Renew) => self.renew_now().await,
@@ -90,7 +90,6 @@ impl Worker {
             }
         }
         if send_releases {
-            self.drop_stale_releases();
             if let (Some(conn), false) = (self.cluster.connection(), self.pending.is_empty()) {
                 let releases: Vec<Release> = self.pending.drain(..).collect();
                 let _ = self.send_releases(conn, &releases).await;
@@ -206,7 +205,6 @@ impl Worker {
         if self.renew_all(conn.clone(), Marker::Write).await != Ok(true) {
             return false;
         }
-        self.drop_stale_releases();
         if !self.pending.is_empty() && !self.flush_releases_on(conn.clone()).await {
             return false;
         }
@@ -311,19 +309,6 @@ impl Worker {
         self.cluster
             .timed("release", pipe.query_async::<()>(&mut conn))
             .await
-    }
-
-    /// Forgets releases of leases that have expired in Redis by now anyway.
-    fn drop_stale_releases(&mut self) {
-        let ttl = self.cluster.settings.lease_ttl;
-        while self
-            .pending
-            .front()
-            .is_some_and(|r| r.queued.elapsed() > ttl)
-        {
-            self.pending.pop_front();
-        }
-        self.trim_pending();
     }
 
     fn trim_pending(&mut self) {
