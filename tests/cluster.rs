@@ -207,3 +207,27 @@ fn a_redis_stall_longer_than_the_lease_ttl_leaves_no_phantom_lease() {
     let (_two, second) = open(&b, "sk-phantom");
     assert_eq!((first.status, second.status), (200, 200));
 }
+
+/// A release on the limiter's shared connection that Redis closed (`CLIENT KILL`, a Redis that
+/// drops its clients) is sent again on a new one, as admissions are: before, the instance fell
+/// back and kept it until its next probe (up to a second), and meanwhile another instance
+/// counted the ended stream and refused its user.
+#[test]
+fn a_release_on_a_connection_redis_closed_goes_out_on_a_new_one() {
+    let redis = RedisServer::start();
+    let upstream = holding_upstream();
+    let a = instance(&upstream, &redis);
+    let b = instance(&upstream, &redis);
+    let (ended, head) = open(&a, "sk-killed");
+    assert_eq!(head.status, 200);
+    assert!(redis.command("CLIENT KILL TYPE normal").starts_with(':'));
+    drop(ended);
+    wait_until("the stream ended", Duration::from_secs(5), || {
+        limits(&a)["in_flight"] == 0
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(limits(&a)["backend"], "redis", "no fallback");
+    let (_one, first) = open(&b, "sk-killed");
+    let (_two, second) = open(&b, "sk-killed");
+    assert_eq!((first.status, second.status), (200, 200));
+}

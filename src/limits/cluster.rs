@@ -44,7 +44,9 @@
 //! there.
 //!
 //! Fallback: any failed or timed-out call (each has `timeout`) switches to local counting (one
-//! `warn!`). Admissions then never touch Redis. The probe reconnects when needed; when Redis
+//! `warn!`), except a call that finds its connection closed, which goes once more on a new one
+//! first (admissions on their thread's connection; releases, renewals and the probe on the
+//! shared one). Admissions then never touch Redis. The probe reconnects when needed; when Redis
 //! answers, every held lease is renewed (so leases taken during the outage enter Redis), the
 //! releases queued during the outage are sent, and admissions return to Redis (one `info!`).
 //!

@@ -1,7 +1,8 @@
 //! The `sluice-limits` thread's work: renewal, releases, probing and recovery.
 
 use super::{
-    Cluster, Msg, Release, BATCH, FALLBACK, LEASES_LOST, MAX_PENDING_RELEASES, PROBE_EVERY, UP,
+    CallFailure, Cluster, Msg, Release, BATCH, FALLBACK, LEASES_LOST, MAX_PENDING_RELEASES,
+    PROBE_EVERY, UP,
 };
 use log::warn;
 use redis::aio::MultiplexedConnection;
@@ -73,10 +74,7 @@ impl Worker {
                 },
                 _ = renew.tick() => {
                     if self.cluster.is_up() {
-                        if let Some(conn) = self.cluster.connection() {
-                            let found = self.renew_all(conn, Marker::Refresh).await;
-                            self.after_marker_check(found).await;
-                        }
+                        self.refresh().await;
                     }
                 }
                 _ = probe.tick() => self.probe().await,
@@ -104,10 +102,20 @@ impl Worker {
         match self.cluster.mode.load(Ordering::Acquire) {
             UP => {
                 let found = match self.cluster.connection() {
-                    Some(conn) => self.marker_present(conn).await,
-                    None => Err("not connected".to_string()),
+                    Some(conn) => match self.marker_present(conn).await {
+                        // Closed under it: once more on a new connection (`reconnect`).
+                        Err(failure) if failure.lost => match self.reconnect().await {
+                            Some(conn) => self.marker_present(conn).await,
+                            None => Err(failure),
+                        },
+                        found => found,
+                    },
+                    None => Err(CallFailure {
+                        lost: true,
+                        message: "not connected".into(),
+                    }),
                 };
-                self.after_marker_check(found).await;
+                self.after_marker_check(found.map_err(|f| f.message)).await;
             }
             FALLBACK => {
                 self.recover(false).await;
@@ -138,27 +146,51 @@ impl Worker {
             FALLBACK => {
                 self.recover(false).await;
             }
-            UP => {
-                if let Some(conn) = self.cluster.connection() {
-                    let found = self.renew_all(conn, Marker::Refresh).await;
-                    self.after_marker_check(found).await;
-                }
-            }
+            UP => self.refresh().await,
             _ => {}
         }
     }
 
-    async fn marker_present(&self, mut conn: MultiplexedConnection) -> Result<bool, String> {
+    /// A routine renewal while up.
+    async fn refresh(&mut self) {
+        let Some(conn) = self.cluster.connection() else {
+            return;
+        };
+        let found = match self.renew_all(conn, Marker::Refresh).await {
+            // Closed under it: once more on a new connection (`reconnect`).
+            Err(failure) if failure.lost => match self.reconnect().await {
+                Some(conn) => self.renew_all(conn, Marker::Refresh).await,
+                None => Err(failure),
+            },
+            found => found,
+        };
+        self.after_marker_check(found.map_err(|f| f.message)).await;
+    }
+
+    async fn marker_present(&self, mut conn: MultiplexedConnection) -> Result<bool, CallFailure> {
         let marker = self.cluster.marker_key();
+        let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
         self.cluster
-            .timed(
+            .timed_call(
                 "probe",
+                deadline,
                 redis::cmd("GET")
                     .arg(&marker)
                     .query_async::<Option<String>>(&mut conn),
             )
             .await
             .map(|value| value.as_deref() == Some("1"))
+    }
+
+    /// A new shared connection in place of one Redis closed (`CLIENT KILL`, a Redis that drops
+    /// its clients): a call that finds it closed tries once more on a new one before falling
+    /// back, as admissions do, so that a dropped connection alone costs no fallback (during
+    /// which the releases wait, and other instances count the streams they release).
+    async fn reconnect(&self) -> Option<MultiplexedConnection> {
+        let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
+        let fresh = self.cluster.connect(deadline).await.ok()?;
+        self.cluster.set_connection(Some(fresh.clone()));
+        Some(fresh)
     }
 
     async fn ping(&self, mut conn: MultiplexedConnection) -> Result<(), String> {
@@ -202,7 +234,7 @@ impl Worker {
             return false;
         }
         let before = self.cluster.local_registrations.load(Ordering::SeqCst);
-        if self.renew_all(conn.clone(), Marker::Write).await != Ok(true) {
+        if !matches!(self.renew_all(conn.clone(), Marker::Write).await, Ok(true)) {
             return false;
         }
         if !self.pending.is_empty() && !self.flush_releases_on(conn.clone()).await {
@@ -215,7 +247,7 @@ impl Worker {
             match self.renew_all(conn, Marker::Refresh).await {
                 Ok(true) => {}
                 Ok(false) => self.cluster.enter_fallback(LEASES_LOST),
-                Err(e) => self.cluster.enter_fallback(&e),
+                Err(failure) => self.cluster.enter_fallback(&failure.message),
             }
         }
         true
@@ -223,7 +255,11 @@ impl Worker {
 
     /// ZADDs every held lease again with a fresh expiry, and does `marker` with the marker in
     /// the last call. False when a refresh found the marker gone (Redis lost the leases).
-    async fn renew_all(&self, conn: MultiplexedConnection, marker: Marker) -> Result<bool, String> {
+    async fn renew_all(
+        &self,
+        conn: MultiplexedConnection,
+        marker: Marker,
+    ) -> Result<bool, CallFailure> {
         let entries: Vec<(String, String)> = {
             let held = self.cluster.lock_held();
             let mut entries = Vec::with_capacity(held.len() * 2);
@@ -258,9 +294,10 @@ impl Worker {
                 call.key(set).arg(member);
             }
             let mut c = conn.clone();
+            let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
             let renewed = self
                 .cluster
-                .timed("renew", call.invoke_async::<i64>(&mut c))
+                .timed_call("renew", deadline, call.invoke_async::<i64>(&mut c))
                 .await?;
             if renewed < 0 {
                 return Ok(false);
@@ -277,17 +314,25 @@ impl Worker {
         self.flush_releases_on(conn).await;
     }
 
-    async fn flush_releases_on(&mut self, conn: MultiplexedConnection) -> bool {
+    async fn flush_releases_on(&mut self, mut conn: MultiplexedConnection) -> bool {
         while !self.pending.is_empty() {
             let n = self.pending.len().min(BATCH);
             let batch: Vec<Release> = self.pending.drain(..n).collect();
-            if let Err(e) = self.send_releases(conn.clone(), &batch).await {
+            let mut sent = self.send_releases(conn.clone(), &batch).await;
+            if matches!(&sent, Err(failure) if failure.lost) {
+                // A `ZREM` sent twice removes once.
+                if let Some(fresh) = self.reconnect().await {
+                    conn = fresh;
+                    sent = self.send_releases(conn.clone(), &batch).await;
+                }
+            }
+            if let Err(failure) = sent {
                 // Put them back in front, in order, and keep them for the recovery.
                 for r in batch.into_iter().rev() {
                     self.pending.push_front(r);
                 }
                 self.trim_pending();
-                self.cluster.enter_fallback(&e);
+                self.cluster.enter_fallback(&failure.message);
                 return false;
             }
         }
@@ -298,7 +343,7 @@ impl Worker {
         &self,
         mut conn: MultiplexedConnection,
         releases: &[Release],
-    ) -> Result<(), String> {
+    ) -> Result<(), CallFailure> {
         let mut pipe = redis::pipe();
         for r in releases {
             let member = self.cluster.member(r.id);
@@ -306,8 +351,9 @@ impl Worker {
                 pipe.cmd("ZREM").arg(set).arg(&member).ignore();
             }
         }
+        let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
         self.cluster
-            .timed("release", pipe.query_async::<()>(&mut conn))
+            .timed_call("release", deadline, pipe.query_async::<()>(&mut conn))
             .await
     }
 
