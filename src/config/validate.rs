@@ -213,10 +213,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be between 1024 and 1048576 bytes (Pingora refuses larger request heads itself)",
         ));
     }
-    if config.server.request_body_memory < 2 * 1024 * 1024 {
+    if !(2 * 1024 * 1024..=1 << 40).contains(&config.server.request_body_memory) {
         return Err(invalid(
             "server.request_body_memory",
-            "must be at least 2097152 bytes (a request reads up to 1 MiB of its body at once)",
+            "must be from 2097152 bytes (a request reads up to 1 MiB of its body at once) to 1 TiB",
         ));
     }
     for (name, upstream) in &config.upstreams {
@@ -473,9 +473,12 @@ mod tests {
     fn a_request_body_memory_under_two_bodies_is_named() {
         let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nserver:\n  request_body_memory: 1048576\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(
-            err.contains("server.request_body_memory") && err.contains("at least 2097152"),
+            err.contains("server.request_body_memory") && err.contains("from 2097152"),
             "{err}"
         );
+        // Past what a semaphore can count: refused, not a panic at start.
+        let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nserver:\n  request_body_memory: 18446744073709551615\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
+        assert!(err.contains("to 1 TiB"), "{err}");
     }
 
     #[test]
