@@ -711,29 +711,31 @@ fn relay_event_stream<'a>(
             // What Sluice writes at the end (the held final frame, its usage comment or
             // terminal event) goes to the client as well: `sluice_stream_bytes_total` counts it.
             let before = ctx.bytes_sent;
-            let finish = match outcome {
-                StreamOutcome::Completed => {
-                    let record = ctx.usage_record.as_ref().expect("just set");
-                    let mut tail = BytesMut::from(&inspector.take_held()[..]);
-                    if route.usage_comment && inspector.upstream_at_event_boundary() {
-                        tail.extend_from_slice(&record.sse_comment());
+            let end = async {
+                match outcome {
+                    StreamOutcome::Completed => {
+                        let record = ctx.usage_record.as_ref().expect("just set");
+                        let mut tail = BytesMut::from(&inspector.take_held()[..]);
+                        if route.usage_comment && inspector.upstream_at_event_boundary() {
+                            tail.extend_from_slice(&record.sse_comment());
+                        }
+                        let trailers = down.wants_trailers().then(|| usage_trailers(record));
+                        end_stream(down, ctx, tail.freeze(), trailers).await
                     }
-                    let trailers = down.wants_trailers().then(|| usage_trailers(record));
-                    let end = end_stream(down, ctx, tail.freeze(), trailers);
-                    within_client_patience(route, end).await
-                }
-                StreamOutcome::ClientDisconnect => Some(Finish::Close),
-                _ if ctx.write_cut => Some(Finish::Close),
-                ended => {
-                    let error = end_error(ended, route);
-                    // A stream Sluice ends has its usage as well: what was counted until then.
-                    let record = ctx.usage_record.as_ref().expect("just set");
-                    let trailers = down.wants_trailers().then(|| usage_trailers(record));
-                    let end = write_terminal_event(down, ctx, &error, at_boundary, trailers);
-                    within_client_patience(route, end).await
+                    StreamOutcome::ClientDisconnect => Finish::Close,
+                    _ if ctx.write_cut => Finish::Close,
+                    ended => {
+                        let error = end_error(ended, route);
+                        // A stream Sluice ends has its usage as well: what was counted until then.
+                        let record = ctx.usage_record.as_ref().expect("just set");
+                        let trailers = down.wants_trailers().then(|| usage_trailers(record));
+                        write_terminal_event(down, ctx, &error, at_boundary, trailers).await
+                    }
                 }
             };
-            let finish = finish.unwrap_or_else(|| end_not_taken(ctx));
+            let finish = within_client_patience(route, end)
+                .await
+                .unwrap_or_else(|| end_not_taken(ctx));
             METRICS.stream_bytes_sent(&route.name, ctx.bytes_sent - before);
             finish
         })
@@ -774,20 +776,20 @@ async fn relay_json_lines(
         guard.outcome = outcome;
         record_stream(usage, ctx, UsageSink::record_for(ctx, None, 0), outcome).await;
         let before = ctx.bytes_sent;
-        let finish = match outcome {
-            StreamOutcome::Completed => {
-                let end = end_stream(down, ctx, bytes::Bytes::new(), None);
-                within_client_patience(route, end).await
-            }
-            StreamOutcome::ClientDisconnect => Some(Finish::Close),
-            _ if ctx.write_cut => Some(Finish::Close),
-            ended => {
-                let error = end_error(ended, route);
-                let end = write_terminal_line(down, ctx, &error, kind, lines.at_boundary());
-                within_client_patience(route, end).await
+        let end = async {
+            match outcome {
+                StreamOutcome::Completed => end_stream(down, ctx, bytes::Bytes::new(), None).await,
+                StreamOutcome::ClientDisconnect => Finish::Close,
+                _ if ctx.write_cut => Finish::Close,
+                ended => {
+                    let error = end_error(ended, route);
+                    write_terminal_line(down, ctx, &error, kind, lines.at_boundary()).await
+                }
             }
         };
-        let finish = finish.unwrap_or_else(|| end_not_taken(ctx));
+        let finish = within_client_patience(route, end)
+            .await
+            .unwrap_or_else(|| end_not_taken(ctx));
         METRICS.stream_bytes_sent(&route.name, ctx.bytes_sent - before);
         finish
     })

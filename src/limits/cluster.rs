@@ -494,11 +494,9 @@ impl Cluster {
         &self,
         op: &'static str,
         call: impl Future<Output = RedisResult<T>>,
-    ) -> Result<T, String> {
+    ) -> Result<T, CallFailure> {
         let deadline = tokio::time::Instant::now() + self.settings.timeout;
-        self.timed_call(op, deadline, call)
-            .await
-            .map_err(|f| f.message)
+        self.timed_call(op, deadline, call).await
     }
 
     /// [`Cluster::timed`] until `deadline`, telling a connection found closed from other

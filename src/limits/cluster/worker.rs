@@ -101,20 +101,7 @@ impl Worker {
     async fn probe(&mut self) {
         match self.cluster.mode.load(Ordering::Acquire) {
             UP => {
-                let found = match self.cluster.connection() {
-                    Some(conn) => match self.marker_present(conn).await {
-                        // Closed under it: once more on a new connection (`reconnect`).
-                        Err(failure) if failure.lost => match self.reconnect().await {
-                            Some(conn) => self.marker_present(conn).await,
-                            None => Err(failure),
-                        },
-                        found => found,
-                    },
-                    None => Err(CallFailure {
-                        lost: true,
-                        message: "not connected".into(),
-                    }),
-                };
+                let found = self.on_shared(|conn| self.marker_present(conn)).await;
                 self.after_marker_check(found.map_err(|f| f.message)).await;
             }
             FALLBACK => {
@@ -153,27 +140,17 @@ impl Worker {
 
     /// A routine renewal while up.
     async fn refresh(&mut self) {
-        let Some(conn) = self.cluster.connection() else {
-            return;
-        };
-        let found = match self.renew_all(conn, Marker::Refresh).await {
-            // Closed under it: once more on a new connection (`reconnect`).
-            Err(failure) if failure.lost => match self.reconnect().await {
-                Some(conn) => self.renew_all(conn, Marker::Refresh).await,
-                None => Err(failure),
-            },
-            found => found,
-        };
+        let found = self
+            .on_shared(|conn| self.renew_all(conn, Marker::Refresh))
+            .await;
         self.after_marker_check(found.map_err(|f| f.message)).await;
     }
 
     async fn marker_present(&self, mut conn: MultiplexedConnection) -> Result<bool, CallFailure> {
         let marker = self.cluster.marker_key();
-        let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
         self.cluster
-            .timed_call(
+            .timed(
                 "probe",
-                deadline,
                 redis::cmd("GET")
                     .arg(&marker)
                     .query_async::<Option<String>>(&mut conn),
@@ -182,10 +159,34 @@ impl Worker {
             .map(|value| value.as_deref() == Some("1"))
     }
 
-    /// A new shared connection in place of one Redis closed (`CLIENT KILL`, a Redis that drops
-    /// its clients): a call that finds it closed tries once more on a new one before falling
-    /// back, as admissions do, so that a dropped connection alone costs no fallback (during
-    /// which the releases wait, and other instances count the streams they release).
+    /// `call` on the shared connection. One that finds it closed (`CLIENT KILL`, a Redis that
+    /// drops its clients) goes once more on a new one before the caller falls back, as
+    /// admissions do: a dropped connection alone costs no fallback (during which releases wait,
+    /// and other instances count the streams they release).
+    async fn on_shared<T, F>(
+        &self,
+        call: impl Fn(MultiplexedConnection) -> F,
+    ) -> Result<T, CallFailure>
+    where
+        F: std::future::Future<Output = Result<T, CallFailure>>,
+    {
+        let failure = match self.cluster.connection() {
+            Some(conn) => match call(conn).await {
+                Err(failure) if failure.lost => failure,
+                done => return done,
+            },
+            None => CallFailure {
+                lost: true,
+                message: "not connected".into(),
+            },
+        };
+        match self.reconnect().await {
+            Some(fresh) => call(fresh).await,
+            None => Err(failure),
+        }
+    }
+
+    /// A new shared connection, by the call's `timeout`.
     async fn reconnect(&self) -> Option<MultiplexedConnection> {
         let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
         let fresh = self.cluster.connect(deadline).await.ok()?;
@@ -197,7 +198,8 @@ impl Worker {
         let pong = self
             .cluster
             .timed("ping", redis::cmd("PING").query_async::<String>(&mut conn))
-            .await?;
+            .await
+            .map_err(|f| f.message)?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -210,18 +212,11 @@ impl Worker {
     async fn recover(&mut self, first: bool) -> bool {
         let conn = match self.cluster.connection() {
             Some(conn) if self.ping(conn.clone()).await.is_ok() => conn,
-            _ => {
-                let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
-                let Ok(conn) = self.cluster.connect(deadline).await else {
-                    return false;
-                };
-                if self.ping(conn.clone()).await.is_err() {
-                    return false;
-                }
-                conn
-            }
+            _ => match self.reconnect().await {
+                Some(conn) if self.ping(conn.clone()).await.is_ok() => conn,
+                _ => return false,
+            },
         };
-        self.cluster.set_connection(Some(conn.clone()));
         let loaded = async {
             let mut c = conn.clone();
             self.cluster.admit_script.load_async(&mut c).await?;
@@ -237,7 +232,7 @@ impl Worker {
         if !matches!(self.renew_all(conn.clone(), Marker::Write).await, Ok(true)) {
             return false;
         }
-        if !self.pending.is_empty() && !self.flush_releases_on(conn.clone()).await {
+        if !self.flush_releases().await {
             return false;
         }
         self.cluster.leave_fallback(first);
@@ -294,10 +289,9 @@ impl Worker {
                 call.key(set).arg(member);
             }
             let mut c = conn.clone();
-            let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
             let renewed = self
                 .cluster
-                .timed_call("renew", deadline, call.invoke_async::<i64>(&mut c))
+                .timed("renew", call.invoke_async::<i64>(&mut c))
                 .await?;
             if renewed < 0 {
                 return Ok(false);
@@ -307,25 +301,16 @@ impl Worker {
     }
 
     /// Sends the pending releases; on failure they stay pending and the limiter falls back.
-    async fn flush_releases(&mut self) {
-        let Some(conn) = self.cluster.connection() else {
-            return;
-        };
-        self.flush_releases_on(conn).await;
-    }
-
-    async fn flush_releases_on(&mut self, mut conn: MultiplexedConnection) -> bool {
+    /// Sends the queued releases on the shared connection; false (in fallback, the rest kept
+    /// for the recovery) if that failed.
+    async fn flush_releases(&mut self) -> bool {
         while !self.pending.is_empty() {
             let n = self.pending.len().min(BATCH);
             let batch: Vec<Release> = self.pending.drain(..n).collect();
-            let mut sent = self.send_releases(conn.clone(), &batch).await;
-            if matches!(&sent, Err(failure) if failure.lost) {
-                // A `ZREM` sent twice removes once.
-                if let Some(fresh) = self.reconnect().await {
-                    conn = fresh;
-                    sent = self.send_releases(conn.clone(), &batch).await;
-                }
-            }
+            // A `ZREM` sent twice (`on_shared`) removes once.
+            let sent = self
+                .on_shared(|conn| self.send_releases(conn, &batch))
+                .await;
             if let Err(failure) = sent {
                 // Put them back in front, in order, and keep them for the recovery.
                 for r in batch.into_iter().rev() {
@@ -351,9 +336,8 @@ impl Worker {
                 pipe.cmd("ZREM").arg(set).arg(&member).ignore();
             }
         }
-        let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
         self.cluster
-            .timed_call("release", deadline, pipe.query_async::<()>(&mut conn))
+            .timed("release", pipe.query_async::<()>(&mut conn))
             .await
     }
 
