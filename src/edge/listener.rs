@@ -585,38 +585,6 @@ async fn first_bytes<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<By
     .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_connection_is_handed_over_with_its_first_bytes_or_after_a_second_of_silence() {
-        let listener = listen("127.0.0.1:0", None).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut speaking = std::net::TcpStream::connect(addr).unwrap();
-        let early = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
-        assert!(early.is_err(), "accepted before its client sent anything");
-
-        speaking.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-        let (accepted, _) = tokio::time::timeout(Duration::from_secs(1), listener.accept())
-            .await
-            .expect("not accepted once its client spoke")
-            .unwrap();
-        // Its first bytes are already there: the first read needs no wait.
-        let mut buf = [0u8; 32];
-        let n = accepted.try_read(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
-
-        // A client that connected and never spoke is accepted anyway, with the kernel's next
-        // SYN-ACK, and then waits as any idle connection does.
-        let _silent = std::net::TcpStream::connect(addr).unwrap();
-        let late = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
-        assert!(late.is_ok(), "a silent client was never accepted");
-    }
-}
-
 /// Says that accepting failed at most once a second, with how many failures it left unsaid: out
 /// of descriptors, a listener fails ~100 times a second (it tries again every 10 ms) until
 /// connections close.
@@ -652,14 +620,40 @@ impl AcceptErrors {
 }
 
 #[cfg(test)]
-mod accept_error_tests {
-    use super::AcceptErrors;
-    use std::time::{Duration, Instant};
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_connection_is_handed_over_with_its_first_bytes_or_after_a_second_of_silence() {
+        let listener = listen("127.0.0.1:0", None).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut speaking = std::net::TcpStream::connect(addr).unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(early.is_err(), "accepted before its client sent anything");
+
+        speaking.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        let (accepted, _) = tokio::time::timeout(Duration::from_secs(1), listener.accept())
+            .await
+            .expect("not accepted once its client spoke")
+            .unwrap();
+        // Its first bytes are already there: the first read needs no wait.
+        let mut buf = [0u8; 32];
+        let n = accepted.try_read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
+
+        // A client that connected and never spoke is accepted anyway, with the kernel's next
+        // SYN-ACK, and then waits as any idle connection does.
+        let _silent = std::net::TcpStream::connect(addr).unwrap();
+        let late = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
+        assert!(late.is_ok(), "a silent client was never accepted");
+    }
 
     #[test]
     fn accept_failures_are_said_once_a_second_with_the_count_left_unsaid() {
         let mut errors = AcceptErrors::default();
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         let said: Vec<_> = (0..250u64)
             .map(|ms10| errors.due(start + Duration::from_millis(ms10 * 10)))
             .collect();
