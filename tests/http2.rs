@@ -1299,3 +1299,42 @@ fn a_client_that_stops_reading_holds_no_heartbeat_end_or_terminal_event() {
         sluice.wait_metric(in_flight, 0.0);
     }
 }
+
+/// A client that reads slowly but steadily is waited for, however long one write takes it: the
+/// stream ends `completed`, with every byte. Before, the idle timeout counted from when a write
+/// began, so a client taking a gathered 64 KiB write at 50 KB/s was cut after `idle_timeout` as
+/// one that "took nothing".
+#[test]
+fn a_client_that_reads_slowly_but_steadily_is_waited_for() {
+    let event = format!("data: {{\"pad\":\"{}\"}}\n\n", "x".repeat(2000));
+    let steps = {
+        let mut steps = vec![Step::sse_head()];
+        steps.extend((0..32).map(|_| Step::chunk(&event)));
+        steps.push(Step::chunk("data: [DONE]\n\n"));
+        steps.push(Step::End);
+        steps
+    };
+    let upstream = Upstream::start(move |_| steps.clone());
+    let sluice = h2c_routed_to(
+        &upstream,
+        "    provider: openai\n    usage_comment: false\n    idle_timeout: 300ms\n    heartbeat: off\n",
+        "",
+    );
+    let rt = runtime();
+    let body = rt.block_on(async {
+        let (_client, response) = open_stream_without_reading(&sluice, 1024).await;
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        // ~50 KB/s: a 64 KiB write takes it over a second, four idle timeouts.
+        while let Some(data) = body.data().await {
+            let data = data.unwrap();
+            got.extend_from_slice(&data);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            body.flow_control().release_capacity(data.len()).unwrap();
+        }
+        got
+    });
+    let record = &sluice.wait_ledger(1)[0];
+    assert_eq!(record["outcome"], "completed", "{record}");
+    assert_eq!(body.len(), event.len() * 32 + "data: [DONE]\n\n".len());
+}

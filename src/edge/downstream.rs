@@ -21,8 +21,9 @@ use pingora::protocols::Stream;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::Poll;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// A request's Pingora session, boxed, until an HTTP/1.1 stream takes the connection out of it,
 /// or an HTTP/2 response its stream (`Downstream::start`), and frees it: the session is ~680
@@ -183,8 +184,10 @@ impl<'a> Downstream<'a> {
         Ok(Downstream::H1(h1))
     }
 
-    /// Writes body bytes as they are (HTTP/1.1: as one chunk, flushed).
-    pub async fn write(&mut self, data: Bytes) -> pingora::Result<()> {
+    /// Writes body bytes as they are (HTTP/1.1: as one chunk, flushed), counting in `taken`
+    /// what the client's connection takes as it goes (not on Pingora's session, whose writes are
+    /// whole or nothing).
+    pub async fn write(&mut self, data: Bytes, taken: &TakenBytes) -> pingora::Result<()> {
         match self {
             // A zero-length write would end a chunked HTTP/1.1 body.
             _ if data.is_empty() => Ok(()),
@@ -193,9 +196,13 @@ impl<'a> Downstream<'a> {
                 // its own copy of the arguments, and every open stream has room for this one.
                 let mut out = BytesMut::new();
                 http1::encode_chunk(&data, &mut out);
-                super::tcp::write_flushed(&mut h1.stream, &out, "writing body").await
+                let mut counted = Counted {
+                    stream: &mut h1.stream,
+                    taken,
+                };
+                super::tcp::write_flushed(&mut counted, &out, "writing body").await
             }
-            Downstream::H2(h2) => h2.write(data, false).await,
+            Downstream::H2(h2) => h2.write(data, false, Some(taken)).await,
             Downstream::Session(down) => session_write(down, data).await,
         }
     }
@@ -373,26 +380,65 @@ impl H2Stream {
         })
     }
 
-    /// Pingora's own HTTP/2 body write (waits for the client's flow-control window, in pieces as
-    /// it opens), boxed for the reason `session_write` gives.
-    fn write(
-        &mut self,
+    /// Writes `data` in pieces as the client's flow-control window and the connection's send
+    /// buffer make room, counting each piece in `taken`. Boxed for the reason `session_write`
+    /// gives. Pingora's `write_body`, but for the count: a client reading slowly takes a whole
+    /// write only after many pieces, and each piece shows it is still reading.
+    fn write<'s>(
+        &'s mut self,
         data: Bytes,
         end: bool,
-    ) -> Pin<Box<dyn Future<Output = pingora::Result<()>> + Send + '_>> {
+        taken: Option<&'s TakenBytes>,
+    ) -> Pin<Box<dyn Future<Output = pingora::Result<()>> + Send + 's>> {
         Box::pin(async move {
-            pingora::protocols::http::v2::write_body(&mut self.body, data, end, None)
-                .await
-                .map_err(|e| e.into_down())
+            let h2_error = |what: &'static str, e: h2::Error| {
+                pingora::Error::because(pingora::ErrorType::WriteError, what, e).into_down()
+            };
+            let mut remaining = data;
+            // No capacity can be waited for with nothing to send.
+            if remaining.is_empty() {
+                return self
+                    .body
+                    .send_data(remaining, end)
+                    .map_err(|e| h2_error("writing HTTP/2 body", e));
+            }
+            loop {
+                self.body.reserve_capacity(remaining.len());
+                let room = match std::future::poll_fn(|cx| self.body.poll_capacity(cx)).await {
+                    Some(Ok(room)) => room,
+                    Some(Err(e)) => return Err(h2_error("waiting for HTTP/2 window", e)),
+                    None => {
+                        return Err(pingora::Error::explain(
+                            pingora::ErrorType::WriteError,
+                            "the HTTP/2 stream was closed while its body was written",
+                        )
+                        .into_down())
+                    }
+                };
+                if room == 0 {
+                    continue;
+                }
+                let piece = remaining.split_to(room.min(remaining.len()));
+                let len = piece.len();
+                self.body
+                    .send_data(piece, end && remaining.is_empty())
+                    .map_err(|e| h2_error("writing HTTP/2 body", e))?;
+                if let Some(taken) = taken {
+                    taken.add(len);
+                }
+                if remaining.is_empty() {
+                    return Ok(());
+                }
+            }
         })
     }
 
     /// `tail` and the end of the stream in one DATA frame, or `tail` and then the trailers.
     async fn finish(mut self, tail: Bytes, trailers: Option<http::HeaderMap>) -> Finish {
         let ended = match trailers {
-            None => self.write(tail, true).await,
+            None => self.write(tail, true, None).await,
             Some(trailers) => {
-                if !tail.is_empty() && self.write(tail, false).await.is_err() {
+                if !tail.is_empty() && self.write(tail, false, None).await.is_err() {
                     return Finish::Close;
                 }
                 self.body.send_trailers(trailers).map_err(|e| {
@@ -408,6 +454,54 @@ impl H2Stream {
             Ok(()) => Finish::Handed(None),
             Err(_) => Finish::Close,
         }
+    }
+}
+
+/// Body bytes a client's connection has taken (HTTP/1.1: bytes on the wire, chunk sizes
+/// included; HTTP/2: DATA bytes its window let through). A write a slow client holds is still
+/// moving while this grows: the relay gives up on a client only when it took nothing for
+/// `idle_timeout`, not when one whole write (up to 64 KiB gathered) took that long. Atomic only
+/// to be shared with the write that counts it across an `await`; one task touches it.
+#[derive(Default)]
+pub struct TakenBytes(AtomicU64);
+
+impl TakenBytes {
+    fn add(&self, n: usize) {
+        // One writer: a load and a store, no locked instruction on the path of every event.
+        let now = self.0.load(Ordering::Relaxed);
+        self.0.store(now + n as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A client connection whose writes are counted in `taken`.
+struct Counted<'a> {
+    stream: &'a mut Stream,
+    taken: &'a TakenBytes,
+}
+
+impl AsyncWrite for Counted<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut *self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.taken.add(n);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_shutdown(cx)
     }
 }
 
@@ -481,4 +575,62 @@ fn sluice_writes(down: &mut ServerSession, head: &ClientHead) -> bool {
         && !matches!(head.status.as_u16(), 204 | 304)
         && head.is_chunked()
         && session.is_body_done()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// An HTTP/1.1 body write a slow client holds counts what the client takes as it goes, not
+    /// only once the whole write is out: the relay's idle timeout reads it.
+    #[tokio::test]
+    async fn an_http1_write_counts_what_the_client_takes_as_it_goes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        let mut client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        // A fixed send buffer (no autotuning) that holds a small part of the write.
+        fixed_send_buffer(&ours, 4096);
+        let mut down = Downstream::H1(H1Stream {
+            stream: super::super::tcp::Tcp::stream(ours),
+            keep_alive: true,
+            read_ahead: BytesMut::new(),
+        });
+        let taken = TakenBytes::default();
+        let data = Bytes::from(vec![b'x'; 256 * 1024]);
+        let mut write = std::pin::pin!(down.write(data, &taken));
+        assert!(futures_util::poll!(write.as_mut()).is_pending());
+        let first = taken.get();
+        assert!(first > 0 && first < 128 * 1024, "{first}");
+        let mut piece = vec![0u8; 32 * 1024];
+        for _ in 0..100 {
+            if taken.get() > first {
+                break;
+            }
+            assert!(client.read(&mut piece).await.unwrap() > 0);
+            let _ = futures_util::poll!(write.as_mut());
+        }
+        assert!(taken.get() > first, "the client's reading was not counted");
+        assert!(futures_util::poll!(write.as_mut()).is_pending());
+    }
+
+    fn fixed_send_buffer(socket: &tokio::net::TcpStream, size: libc::c_int) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid socket and an int option of the size passed.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0);
+    }
 }

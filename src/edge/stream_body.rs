@@ -3,7 +3,7 @@
 //! decided by the relay clock. Event streams go through the usage inspector on the way; JSON
 //! lines only have their line ends watched.
 
-use super::downstream::Downstream;
+use super::downstream::{Downstream, TakenBytes};
 use super::drain;
 use super::timer;
 use super::upstream::UpstreamConn;
@@ -65,6 +65,7 @@ pub async fn relay(
     // system call): a tokio timer due sooner than the relay's own would wake the reactor, once
     // for every stream's end.
     let mut linger: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    let taken = TakenBytes::default();
     loop {
         let mut linger_over = false;
         // A sized body that has fully arrived would otherwise wait for a read that never ends.
@@ -111,12 +112,13 @@ pub async fn relay(
                             note_own_bytes(ctx, heartbeat.len());
                             // A client that stopped reading holds the heartbeat as it would a
                             // chunk: the stream's timers still end it.
-                            let mut written = std::pin::pin!(down.write(heartbeat));
+                            let mut written = std::pin::pin!(down.write(heartbeat, &taken));
                             let written = match written.as_mut().now_or_never() {
                                 Some(written) => written,
                                 None => {
                                     let wait = wait_for_client(
                                         written,
+                                        &taken,
                                         grace_over.as_mut(),
                                         &mut timer,
                                         &mut clock,
@@ -196,14 +198,19 @@ pub async fn relay(
             if let BodyWatch::Lines(lines) = &mut watch {
                 lines.on_sent(&data);
             }
-            let mut written = std::pin::pin!(write(down, ctx, data));
+            let mut written = std::pin::pin!(write(down, ctx, data, &taken));
             let written = match written.as_mut().now_or_never() {
                 Some(written) => written,
                 // Boxed: only a client slower than its stream waits here, and every open
                 // stream's state would otherwise have room for this wait.
                 None => {
-                    let wait =
-                        wait_for_client(written, grace_over.as_mut(), &mut timer, &mut clock);
+                    let wait = wait_for_client(
+                        written,
+                        &taken,
+                        grace_over.as_mut(),
+                        &mut timer,
+                        &mut clock,
+                    );
                     match Box::pin(wait).await {
                         Ok(written) => written,
                         Err(ended) => return cut_by_client(ctx, ended),
@@ -251,11 +258,13 @@ fn end_after_marker(up: &mut UpstreamConn, ctx: &mut RequestCtx, what: &str) -> 
 
 /// Waits for a write the client is slow to take. A client that stopped reading holds it: the
 /// end of a shutdown's grace period, the stream's `max_duration`, and `idle_timeout` with nothing
-/// taken (as long as an upstream silent that long is given) still end the stream, which frees
-/// its slot and its upstream (its usage record is written; the response, cut midway, gets
-/// nothing more). Heartbeats are not due while bytes wait to go.
+/// taken (`taken`, counted by the write, standing still; as long as an upstream silent that long
+/// is given) still end the stream, which frees its slot and its upstream (its usage record is
+/// written; the response, cut midway, gets nothing more). A client that reads, however slowly,
+/// is waited for. Heartbeats are not due while bytes wait to go.
 async fn wait_for_client<W, G>(
     mut written: Pin<&mut W>,
+    taken: &TakenBytes,
     mut grace_over: Pin<&mut G>,
     timer: &mut RelayTimer,
     clock: &mut RelayClock,
@@ -264,17 +273,34 @@ where
     W: std::future::Future,
     G: std::future::Future<Output = ()>,
 {
+    let mut seen = taken.get();
+    // When the client last took something, noted as the write wakes (it wakes as the client
+    // takes bytes): the idle deadline moves there when it comes.
+    let mut took_at: Option<Instant> = None;
     loop {
         let outcome = tokio::select! {
             biased;
-            written = written.as_mut() => return Ok(written),
+            written = std::future::poll_fn(|cx| {
+                let polled = written.as_mut().poll(cx);
+                if polled.is_pending() && taken.get() != seen {
+                    seen = taken.get();
+                    took_at = Some(Instant::now());
+                }
+                polled
+            }) => return Ok(written),
             _ = grace_over.as_mut() => StreamOutcome::Shutdown,
             tick = timer.due(clock) => match tick {
                 RelayTick::Heartbeat => {
                     clock.on_heartbeat_due(Instant::now());
                     continue;
                 }
-                RelayTick::IdleTimeout => StreamOutcome::IdleTimeout,
+                RelayTick::IdleTimeout => match took_at.take() {
+                    Some(at) => {
+                        clock.on_client_progress(at);
+                        continue;
+                    }
+                    None => StreamOutcome::IdleTimeout,
+                },
                 RelayTick::MaxDuration => StreamOutcome::MaxDuration,
             },
         };
@@ -291,9 +317,10 @@ pub fn write<'a, 'd>(
     down: &'a mut Downstream<'d>,
     ctx: &mut RequestCtx,
     data: Bytes,
+    taken: &'a TakenBytes,
 ) -> impl std::future::Future<Output = pingora::Result<()>> + use<'a, 'd> {
     note_sent(ctx, data.len());
-    down.write(data)
+    down.write(data, taken)
 }
 
 /// Notes `len` bytes of Sluice's own about to be written (a heartbeat, a terminal event): sent,

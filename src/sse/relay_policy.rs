@@ -65,7 +65,7 @@ impl StreamOutcome {
 pub struct RelayClock {
     policy: RelayPolicy,
     started: Instant,
-    last_upstream: Instant,
+    idle_since: Instant,
     next_heartbeat: Option<Instant>,
 }
 
@@ -79,7 +79,7 @@ impl RelayClock {
         RelayClock {
             policy,
             started: now,
-            last_upstream: now,
+            idle_since: now,
             next_heartbeat: policy.heartbeat.map(|h| now + h),
         }
     }
@@ -92,7 +92,7 @@ impl RelayClock {
                 .map(|d| (self.started + d, RelayTick::MaxDuration)),
             self.policy
                 .idle_timeout
-                .map(|d| (self.last_upstream + d, RelayTick::IdleTimeout)),
+                .map(|d| (self.idle_since + d, RelayTick::IdleTimeout)),
             self.next_heartbeat.map(|t| (t, RelayTick::Heartbeat)),
         ];
         candidates.into_iter().flatten().min_by_key(|(t, _)| *t)
@@ -100,8 +100,15 @@ impl RelayClock {
 
     /// Bytes arrived from upstream.
     pub fn on_upstream_bytes(&mut self, now: Instant) {
-        self.last_upstream = now;
+        self.idle_since = now;
         self.next_heartbeat = self.policy.heartbeat.map(|h| now + h);
+    }
+
+    /// The client took part of a write it had held at `at` (the upstream, not being read
+    /// meanwhile, is not silent): the idle deadline starts again from there. Heartbeats are not
+    /// sent while a write waits, so theirs does not move.
+    pub fn on_client_progress(&mut self, at: Instant) {
+        self.idle_since = self.idle_since.max(at);
     }
 
     /// A heartbeat was sent, or was due while an upstream event was half-sent and so postponed:
@@ -157,6 +164,24 @@ mod tests {
         assert_eq!(
             clock.next_deadline(),
             Some((t0 + Duration::from_secs(15), RelayTick::Heartbeat))
+        );
+    }
+
+    #[test]
+    fn a_client_taking_a_held_write_moves_only_the_idle_deadline() {
+        let t0 = Instant::now();
+        let mut clock = RelayClock::new(policy(), t0, false);
+        clock.on_upstream_bytes(t0 + Duration::from_secs(20));
+        clock.on_client_progress(t0 + Duration::from_secs(40));
+        assert_eq!(
+            clock.next_deadline(),
+            Some((t0 + Duration::from_secs(70), RelayTick::IdleTimeout))
+        );
+        // Progress noted late (before the last upstream bytes) moves nothing back.
+        clock.on_client_progress(t0 + Duration::from_secs(10));
+        assert_eq!(
+            clock.next_deadline(),
+            Some((t0 + Duration::from_secs(70), RelayTick::IdleTimeout))
         );
     }
 
