@@ -231,3 +231,44 @@ fn a_release_on_a_connection_redis_closed_goes_out_on_a_new_one() {
     let (_two, second) = open(&b, "sk-killed");
     assert_eq!((first.status, second.status), (200, 200));
 }
+
+/// An instance on `redis_url`, with `ca_file` for a `rediss://` one.
+fn instance_on(upstream: &Upstream, redis_url: &str, ca_file: Option<&std::path::Path>) -> Sluice {
+    let ca = ca_file
+        .map(|p| format!(", ca_file: \"{}\"", p.display()))
+        .unwrap_or_default();
+    Sluice::start(&format!(
+        "upstreams:\n  up: {{ url: {} }}\nroutes:\n  - {{ path_prefix: /v1/, upstream: up, provider: openai }}\nauth: {{ mode: passthrough }}\nlimits:\n  per_user_streams: 2\n  backend: {{ redis: \"{redis_url}\", lease_ttl: {LEASE_TTL_SECS}s, timeout: 200ms{ca} }}\n",
+        upstream.url(),
+    ))
+}
+
+/// `rediss://`: limits shared over TLS, the server verified against `ca_file`. A Redis whose
+/// certificate Sluice cannot verify (no `ca_file` for a private CA) is not used: the instance
+/// counts alone. Before, `sluice check` passed a `rediss://` URL and Sluice refused to start
+/// ("the feature is not enabled").
+#[test]
+fn cluster_limits_go_over_tls_to_a_rediss_url() {
+    let dir = support::TempDir::new();
+    let ca = support::tls::TestCa::new("Redis test CA");
+    let (cert, key) = ca.leaf(&["127.0.0.1"]).write(&dir.path, "redis");
+    let ca_file = ca.write(&dir.path, "ca");
+    let redis = RedisServer::start_tls(cert, key);
+    let upstream = holding_upstream();
+    let a = instance_on(&upstream, &redis.tls_url(), Some(&ca_file));
+    let b = instance_on(&upstream, &redis.tls_url(), Some(&ca_file));
+    let held: Vec<_> = (0..2).map(|_| open(&a, "sk-tls")).collect();
+    assert!(held.iter().all(|(_, head)| head.status == 200));
+    // Counted in Redis: the other instance sees both.
+    assert_eq!(open(&b, "sk-tls").1.status, 429);
+    assert_eq!(limits(&b)["backend"], "redis");
+    assert!(
+        redis.command("KEYS sluice:u:*").contains("sluice:u:"),
+        "no lease in Redis"
+    );
+    // Not trusted without the CA: never used.
+    let untrusting = instance_on(&upstream, &redis.tls_url(), None);
+    assert_eq!(limits(&untrusting)["backend"], "redis-fallback");
+    assert_eq!(open(&untrusting, "sk-tls").1.status, 200);
+    drop(held);
+}

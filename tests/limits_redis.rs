@@ -46,6 +46,7 @@ fn settings(server: &RedisServer, lease_ttl: Duration) -> RedisSettings {
         lease_ttl,
         timeout: Duration::from_millis(200),
         key_prefix: "sluice".to_string(),
+        tls_roots: None,
     }
 }
 

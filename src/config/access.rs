@@ -68,6 +68,10 @@ pub struct RedisBackend {
     /// Prefix of every Redis key Sluice writes.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// `rediss://` only: the CA certificates (PEM) to verify Redis with, in place of the system
+    /// roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_lease_ttl() -> Duration {

@@ -272,6 +272,23 @@ pub fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Stri
     Ok(certs)
 }
 
+/// Certificates as PEM (what Redis's client takes its roots as).
+pub fn pem_of(certs: &[CertificateDer<'_>]) -> Vec<u8> {
+    use base64::Engine;
+    let mut pem = String::new();
+    for cert in certs {
+        let text = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in text.as_bytes().chunks(64) {
+            // Base64 is ASCII.
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    pem.into_bytes()
+}
+
 /// `upstreams.NAME.ca_file`: the CA certificates to verify that upstream with, each one checked
 /// as a trust anchor.
 pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -72,10 +72,19 @@ fn validate_limits(config: &Config) -> Result<(), ConfigError> {
         }
     }
     if let LimitsBackend::Redis(redis) = &limits.backend {
-        if !(redis.redis.starts_with("redis://") || redis.redis.starts_with("rediss://")) {
+        let tls = redis.redis.starts_with("rediss://");
+        if !(redis.redis.starts_with("redis://") || tls) {
             return Err(invalid(
                 "limits.backend.redis",
-                format!("must be a redis:// URL, got {:?}", redis.redis),
+                "must be a redis:// or rediss:// URL",
+            ));
+        }
+        // What the Redis client refuses at start (the URL itself is not repeated: it may hold
+        // a password).
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(redis.redis.as_str()) {
+            return Err(invalid(
+                "limits.backend.redis",
+                format!("invalid Redis URL: {e}"),
             ));
         }
         if redis.lease_ttl < std::time::Duration::from_secs(1) {
@@ -83,6 +92,21 @@ fn validate_limits(config: &Config) -> Result<(), ConfigError> {
         }
         if redis.timeout.is_zero() {
             return Err(invalid("limits.backend.timeout", "must be more than 0"));
+        }
+        if redis.lease_ttl < redis.timeout * 3 {
+            return Err(invalid(
+                "limits.backend.lease_ttl",
+                "must be at least 3 × timeout (leases are renewed every lease_ttl / 3)",
+            ));
+        }
+        if let Some(ca_file) = &redis.ca_file {
+            if !tls {
+                return Err(invalid(
+                    "limits.backend.ca_file",
+                    "only for a rediss:// URL (TLS to Redis)",
+                ));
+            }
+            tls::load_ca_file(ca_file).map_err(|m| invalid("limits.backend.ca_file", m))?;
         }
     }
     Ok(())
@@ -479,6 +503,40 @@ mod tests {
         // Past what a semaphore can count: refused, not a panic at start.
         let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nserver:\n  request_body_memory: 18446744073709551615\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(err.contains("to 1 TiB"), "{err}");
+    }
+
+    #[test]
+    fn redis_backend_settings_that_would_fail_at_start_are_named() {
+        let config = |backend: &str| {
+            format!("listen: [{{addr: 127.0.0.1:8080}}]\nupstreams: {{u: {{url: http://127.0.0.1:9}}}}\nroutes: [{{path_prefix: /, upstream: u}}]\nlimits:\n  backend: {{ {backend} }}\n")
+        };
+        for (backend, key, says) in [
+            (
+                "redis: \"redis://127.0.0.1:6379\", ca_file: /etc/hostname",
+                "limits.backend.ca_file",
+                "only for a rediss:// URL",
+            ),
+            (
+                "redis: \"rediss://127.0.0.1:6379\", ca_file: /nonexistent/ca.pem",
+                "limits.backend.ca_file",
+                "/nonexistent/ca.pem",
+            ),
+            (
+                "redis: \"redis://127.0.0.1:6379\", lease_ttl: 1s, timeout: 500ms",
+                "limits.backend.lease_ttl",
+                "3 × timeout",
+            ),
+            (
+                "redis: \"redis://127.0.0.1:notaport\"",
+                "limits.backend.redis",
+                "invalid Redis URL",
+            ),
+        ] {
+            let err = error_of(&config(backend));
+            assert!(err.contains(key) && err.contains(says), "{backend}: {err}");
+        }
+        // TLS to Redis is built in.
+        Config::from_yaml(&config("redis: \"rediss://:secret@127.0.0.1:6380/0\"")).unwrap();
     }
 
     #[test]

@@ -277,6 +277,32 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
     Ok(server)
 }
 
+/// The roots a `rediss://` Redis is verified against, as upstreams are: its `ca_file`, else the
+/// system roots, else (`None`) the Mozilla roots built in.
+fn redis_roots(ca_file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, String> {
+    let certs = match ca_file {
+        Some(path) => crate::config::tls::load_ca_file(path)
+            .map_err(|e| format!("limits.backend.ca_file: {e}"))?,
+        None => match pingora::tls::load_native_certs() {
+            Ok(certs) if !certs.is_empty() => certs,
+            Ok(_) => {
+                log::warn!(
+                    "no system CA certificates found (install ca-certificates, or set SSL_CERT_FILE): \
+                     Redis is verified with the bundled Mozilla roots"
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot load the system CA certificates for rediss://: {e} \
+                     (check SSL_CERT_FILE and SSL_CERT_DIR, or give limits.backend a ca_file)"
+                ))
+            }
+        },
+    };
+    Ok(Some(crate::config::tls::pem_of(&certs)))
+}
+
 fn build_limiter(config: &Config) -> Result<Limiter, String> {
     let backend = match &config.limits.backend {
         LimitsBackend::Local => Backend::Local,
@@ -285,6 +311,10 @@ fn build_limiter(config: &Config) -> Result<Limiter, String> {
             lease_ttl: redis.lease_ttl,
             timeout: redis.timeout,
             key_prefix: redis.key_prefix.clone(),
+            tls_roots: match redis.redis.starts_with("rediss://") {
+                true => redis_roots(redis.ca_file.as_deref())?,
+                false => None,
+            },
         }),
     };
     Limiter::new(

@@ -188,8 +188,17 @@ impl Cluster {
                     .into(),
             ));
         }
-        let client = Client::open(settings.url.as_str())
-            .map_err(|e| LimitsError::RedisUrl(e.to_string()))?;
+        let client = match &settings.tls_roots {
+            Some(roots) if settings.url.starts_with("rediss://") => Client::build_with_tls(
+                settings.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(roots.clone()),
+                },
+            ),
+            _ => Client::open(settings.url.as_str()),
+        }
+        .map_err(|e| LimitsError::RedisUrl(e.to_string()))?;
         let addr = client.get_connection_info().addr.to_string();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

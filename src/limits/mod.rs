@@ -171,6 +171,9 @@ pub struct RedisSettings {
     /// Prefix of every key: `{prefix}:u:{user}`, `{prefix}:k:{key_id}`, `{prefix}:r:{user}`.
     /// Default `sluice`.
     pub key_prefix: String,
+    /// `rediss://`: the certificates (PEM) Redis is verified against; `None`, the Mozilla roots
+    /// built into Sluice.
+    pub tls_roots: Option<Vec<u8>>,
 }
 
 impl RedisSettings {
@@ -190,6 +193,7 @@ impl Default for RedisSettings {
             lease_ttl: Duration::from_secs(30),
             timeout: Duration::from_millis(200),
             key_prefix: "sluice".to_string(),
+            tls_roots: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,15 +17,42 @@ const REDIS_SERVER: &str = "redis-server";
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    tls: Option<TlsPort>,
+}
+
+/// A TLS port beside the plain one (which the test's own commands keep using).
+#[derive(Clone)]
+pub struct TlsPort {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a free 127.0.0.1 port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(None)
+    }
+
+    /// Also serves TLS on a port of its own, with `cert` and `key` (PEM files).
+    pub fn start_tls(cert: PathBuf, key: PathBuf) -> RedisServer {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> RedisServer {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let mut server = RedisServer { port, child: None };
+            let tls = tls.clone().map(|(cert, key)| TlsPort {
+                port: free_port(),
+                cert,
+                key,
+            });
+            let mut server = RedisServer {
+                port,
+                child: None,
+                tls,
+            };
             match server.spawn() {
                 Ok(()) => return server,
                 Err(e) => last_error = e,
@@ -39,6 +67,12 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port's URL (`start_tls`).
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("started with start_tls");
+        format!("rediss://127.0.0.1:{}", tls.port)
     }
 
     /// Kills the server (SIGKILL: no goodbye to its clients) and waits for it to exit.
@@ -102,7 +136,17 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new(REDIS_SERVER)
+        let mut command = Command::new(REDIS_SERVER);
+        if let Some(tls) = &self.tls {
+            command
+                .args(["--tls-port", &tls.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])

@@ -23,10 +23,10 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) async fn run(mut self, ready: std_mpsc::SyncSender<()>) {
-        if !self.recover(true).await {
+        if let Err(why) = self.recover(true).await {
             warn!(
-                "limits: Redis at {} does not answer; counting limits on this instance alone \
-                 until it does",
+                "limits: Redis at {} does not answer ({why}); counting limits on this instance \
+                 alone until it does",
                 self.cluster.addr
             );
             self.cluster.observer.fallback(true);
@@ -104,8 +104,9 @@ impl Worker {
                 let found = self.on_shared(|conn| self.marker_present(conn)).await;
                 self.after_marker_check(found.map_err(|f| f.message)).await;
             }
+            // Not logged: it fails every second until Redis is back.
             FALLBACK => {
-                self.recover(false).await;
+                let _ = self.recover(false).await;
             }
             _ => {}
         }
@@ -119,7 +120,7 @@ impl Worker {
             Ok(true) => {}
             Ok(false) => {
                 self.cluster.enter_fallback(LEASES_LOST);
-                self.recover(false).await;
+                let _ = self.recover(false).await;
             }
             Err(e) => self.cluster.enter_fallback(&e),
         }
@@ -131,7 +132,7 @@ impl Worker {
         self.cluster.renew_asked.store(false, Ordering::Release);
         match self.cluster.mode.load(Ordering::Acquire) {
             FALLBACK => {
-                self.recover(false).await;
+                let _ = self.recover(false).await;
             }
             UP => self.refresh().await,
             _ => {}
@@ -181,17 +182,17 @@ impl Worker {
             },
         };
         match self.reconnect().await {
-            Some(fresh) => call(fresh).await,
-            None => Err(failure),
+            Ok(fresh) => call(fresh).await,
+            Err(_) => Err(failure),
         }
     }
 
     /// A new shared connection, by the call's `timeout`.
-    async fn reconnect(&self) -> Option<MultiplexedConnection> {
+    async fn reconnect(&self) -> Result<MultiplexedConnection, String> {
         let deadline = tokio::time::Instant::now() + self.cluster.settings.timeout;
-        let fresh = self.cluster.connect(deadline).await.ok()?;
+        let fresh = self.cluster.connect(deadline).await?;
         self.cluster.set_connection(Some(fresh.clone()));
-        Some(fresh)
+        Ok(fresh)
     }
 
     async fn ping(&self, mut conn: MultiplexedConnection) -> Result<(), String> {
@@ -208,32 +209,35 @@ impl Worker {
     }
 
     /// Gets a connection that answers, loads the scripts, renews every held lease, sends the
-    /// queued releases, and only then lets admissions use Redis again. False if any step fails.
-    async fn recover(&mut self, first: bool) -> bool {
+    /// queued releases, and only then lets admissions use Redis again. The first step that
+    /// failed, and why, if any did.
+    async fn recover(&mut self, first: bool) -> Result<(), String> {
         let conn = match self.cluster.connection() {
             Some(conn) if self.ping(conn.clone()).await.is_ok() => conn,
-            _ => match self.reconnect().await {
-                Some(conn) if self.ping(conn.clone()).await.is_ok() => conn,
-                _ => return false,
-            },
+            _ => {
+                let conn = self.reconnect().await?;
+                self.ping(conn.clone()).await?;
+                conn
+            }
         };
         let loaded = async {
             let mut c = conn.clone();
             self.cluster.admit_script.load_async(&mut c).await?;
             self.cluster.renew_script.load_async(&mut c).await
         };
-        if tokio::time::timeout(self.cluster.settings.timeout, loaded)
-            .await
-            .map_or(true, |r| r.is_err())
-        {
-            return false;
+        match tokio::time::timeout(self.cluster.settings.timeout, loaded).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("loading the scripts: {e}")),
+            Err(_) => return Err("loading the scripts: no answer in time".into()),
         }
         let before = self.cluster.local_registrations.load(Ordering::SeqCst);
-        if !matches!(self.renew_all(conn.clone(), Marker::Write).await, Ok(true)) {
-            return false;
+        match self.renew_all(conn.clone(), Marker::Write).await {
+            Ok(true) => {}
+            Ok(false) => return Err(LEASES_LOST.into()),
+            Err(failure) => return Err(failure.message),
         }
         if !self.flush_releases().await {
-            return false;
+            return Err("sending the queued releases failed".into());
         }
         self.cluster.leave_fallback(first);
         // A lease admitted locally while the renewal ran (its list read before) goes into Redis
@@ -245,7 +249,7 @@ impl Worker {
                 Err(failure) => self.cluster.enter_fallback(&failure.message),
             }
         }
-        true
+        Ok(())
     }
 
     /// ZADDs every held lease again with a fresh expiry, and does `marker` with the marker in
@@ -300,7 +304,6 @@ impl Worker {
         Ok(true)
     }
 
-    /// Sends the pending releases; on failure they stay pending and the limiter falls back.
     /// Sends the queued releases on the shared connection; false (in fallback, the rest kept
     /// for the recovery) if that failed.
     async fn flush_releases(&mut self) -> bool {
