@@ -205,6 +205,14 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             format!("must be from 1 to {MAX_THREADS}"),
         ));
     }
+    // Pingora writes the PID file at every start, and a `sluice -u` upgrade binds the socket:
+    // a directory that is not there fails the start, or the upgrade, not `check`.
+    for (key, path) in [
+        ("server.pid_file", &config.server.pid_file),
+        ("server.upgrade_sock", &config.server.upgrade_sock),
+    ] {
+        existing_dir_of(Path::new(path)).map_err(|m| invalid(key, m))?;
+    }
     // A request already on its way at shutdown gets a second to arrive (`drain`), and the
     // cleartext listeners accept for that second: a shorter grace would end the streams of the
     // requests it lets in as they start.
@@ -350,6 +358,21 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The directory a file named `path` goes in, which must exist.
+fn existing_dir_of(path: &Path) -> Result<&Path, String> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if dir.is_dir() {
+        Ok(dir)
+    } else if dir.exists() {
+        Err(format!("{} is not a directory", dir.display()))
+    } else {
+        Err(format!("directory {} does not exist", dir.display()))
+    }
+}
+
 /// Refuses what the ledger refuses when it opens the file at start (`LedgerFile::open`: the
 /// directory must exist, the file is opened to read and append, created when missing), without
 /// creating anything: `check` is run where Sluice may never start. With `rotates`, the ledger
@@ -371,17 +394,7 @@ fn check_ledger(path: &Path, rotates: bool) -> Result<(), String> {
             path.join("usage.jsonl").display()
         ));
     }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(if dir.exists() {
-            format!("{} is not a directory", dir.display())
-        } else {
-            format!("directory {} does not exist", dir.display())
-        });
-    }
+    let dir = existing_dir_of(path)?;
     match std::fs::OpenOptions::new()
         .read(true)
         .append(true)
@@ -503,6 +516,18 @@ mod tests {
         // Past what a semaphore can count: refused, not a panic at start.
         let err = error_of("listen: [{addr: 127.0.0.1:8080}]\nserver:\n  request_body_memory: 18446744073709551615\nupstreams: {u: {url: http://x}}\nroutes: [{path_prefix: /, upstream: u}]\n");
         assert!(err.contains("to 1 TiB"), "{err}");
+    }
+
+    #[test]
+    fn a_pid_file_or_upgrade_socket_in_a_missing_directory_is_named() {
+        for key in ["pid_file", "upgrade_sock"] {
+            let err = error_of(&format!("listen: [{{addr: 127.0.0.1:8080}}]\nupstreams: {{u: {{url: http://127.0.0.1:9}}}}\nroutes: [{{path_prefix: /, upstream: u}}]\nserver:\n  {key}: /nonexistent-sluice-dir/x\n"));
+            assert!(
+                err.contains(&format!("server.{key}"))
+                    && err.contains("directory /nonexistent-sluice-dir does not exist"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
