@@ -1,9 +1,10 @@
-//! The SSE parser over realistic provider streams, as chunked by the relay.
+//! The SSE parser over realistic provider streams, as chunked by the relay; and the JSON array
+//! splitter over a Gemini stream without `alt=sse`.
 //! `cargo bench --bench sse_parser`
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sluice::sse::SseParser;
+use sluice::sse::{JsonArraySplitter, SseParser};
 
 const EVENTS: usize = 10_000;
 const MAX_EVENT_SIZE: usize = 2 << 20;
@@ -47,6 +48,45 @@ fn parse(chunks: &[Bytes]) -> (usize, usize) {
     (events, data_bytes)
 }
 
+/// A Gemini `streamGenerateContent` answer without `alt=sse`: one ~250-byte element per chunk.
+fn gemini_array() -> Vec<Bytes> {
+    (0..EVENTS)
+        .map(|i| {
+            let before = if i == 0 { "[" } else { ",\r\n" };
+            Bytes::from(format!(
+                "{before}{{\"candidates\": [{{\"content\": {{\"parts\": [{{\"text\": \" tok{i} \\\"q\\\"\"}}],\"role\": \"model\"}}}}],\"usageMetadata\": {{\"promptTokenCount\": 5,\"totalTokenCount\": {i}}},\"modelVersion\": \"gemini-2.0-flash\"}}\n"
+            ))
+        })
+        .chain(std::iter::once(Bytes::from_static(b"]")))
+        .collect()
+}
+
+fn split(chunks: &[Bytes]) -> usize {
+    let mut splitter = JsonArraySplitter::new(MAX_EVENT_SIZE);
+    let mut elements = 0;
+    for chunk in chunks {
+        splitter.feed(chunk, |_| elements += 1);
+    }
+    elements
+}
+
+fn bench_array(c: &mut Criterion) {
+    let gemini = gemini_array();
+    let mut group = c.benchmark_group("json_array");
+    for (name, chunks) in [
+        ("gemini_element_per_chunk", gemini.clone()),
+        ("gemini_97B_chunks", rechunked(&gemini, 97)),
+    ] {
+        let bytes: usize = chunks.iter().map(Bytes::len).sum();
+        println!("{name}: {bytes} bytes, {} elements", split(&chunks));
+        group.throughput(Throughput::Bytes(bytes as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &chunks, |b, chunks| {
+            b.iter(|| split(black_box(chunks)))
+        });
+    }
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let openai = one_event_per_chunk(openai_event);
     let anthropic = one_event_per_chunk(anthropic_event);
@@ -75,5 +115,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, bench_array);
 criterion_main!(benches);

@@ -593,3 +593,125 @@ fn a_negative_final_output_figure_keeps_the_input_figures() {
         comment_of(record)
     );
 }
+
+/// A Gemini stream without `alt=sse`: a JSON array of responses, streamed element by element.
+const GEMINI_ARRAY: [&str; 3] = [
+    "[{\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Hel\"}],\"role\": \"model\"}}],\"usageMetadata\": {\"promptTokenCount\": 5,\"totalTokenCount\": 5},\"modelVersion\": \"gemini-2.0-flash\"}\n",
+    ",\r\n{\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"lo\"}],\"role\": \"model\"},\"finishReason\": \"STOP\"}],\"usageMetadata\": {\"promptTokenCount\": 5,\"candidatesTokenCount\": 2,\"totalTokenCount\": 7},\"modelVersion\": \"gemini-2.0-flash\"}\n",
+    "]",
+];
+
+const GEMINI_ARRAY_PATH: &str = "/v1beta/models/gemini-2.0-flash:streamGenerateContent";
+
+fn gemini_array_upstream(steps: Vec<Step>) -> Upstream {
+    Upstream::start(move |_| {
+        let mut all = vec![Step::chunked_head("application/json; charset=UTF-8")];
+        all.extend(steps.iter().cloned());
+        all
+    })
+}
+
+/// Gemini's `streamGenerateContent` without `alt=sse` answers a JSON array streamed element by
+/// element: its usage is read as it passes (however the elements are cut), its bytes reach the
+/// client unchanged, and the record has the figures. Before, such a stream was a plain answer
+/// and its record said `usage_source: none`.
+#[test]
+fn a_gemini_stream_without_alt_sse_has_its_usage_read() {
+    let whole = GEMINI_ARRAY.concat();
+    for size in [1, 7, whole.len()] {
+        let pieces: Vec<Step> = whole.as_bytes().chunks(size).map(Step::chunk).collect();
+        let upstream = gemini_array_upstream([pieces, vec![Step::End]].concat());
+        let sluice = sluice_for(&upstream, "gemini");
+        let mut client = Client::connect(sluice.addr);
+        client.post_json(GEMINI_ARRAY_PATH, r#"{"contents":[]}"#);
+        let response = client.read_response();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), whole, "size {size}");
+        let record = &sluice.wait_ledger(1)[0];
+        assert_eq!(record["usage_source"], "provider", "{record}");
+        assert_eq!(record["outcome"], "completed");
+        assert_eq!(record["input_tokens"], 5);
+        assert_eq!(record["output_tokens"], 2);
+        assert_eq!(record["total_tokens"], 7);
+        assert_eq!(record["model"], "gemini-2.0-flash");
+        assert_eq!(record["finish_reason"], "STOP");
+        assert_eq!(record["events"], 2);
+        assert_eq!(record["bytes"], whole.len());
+    }
+}
+
+/// A Gemini array stream Sluice ends (here: the upstream goes silent) ends with an error element
+/// and the array's `]` when the client's bytes end between elements (valid JSON, the error
+/// last, as Gemini itself ends one), and is left unended when they end inside one.
+#[test]
+fn a_gemini_array_stream_cut_short_ends_as_valid_json_or_not_at_all() {
+    // Between elements.
+    let upstream = gemini_array_upstream(vec![Step::chunk(GEMINI_ARRAY[0]), Step::Hold]);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: gemini\n    idle_timeout: 300ms\n",
+        upstream.url()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    client.post_json(GEMINI_ARRAY_PATH, r#"{"contents":[]}"#);
+    let response = client.read_response();
+    let array: Value = serde_json::from_str(&response.text()).expect("valid JSON");
+    let array = array.as_array().unwrap();
+    assert_eq!(array.len(), 2, "{array:?}");
+    assert_eq!(
+        array[1]["error"]["status"], "DEADLINE_EXCEEDED",
+        "{array:?}"
+    );
+    let record = &sluice.wait_ledger(1)[0];
+    assert_eq!(record["outcome"], "idle_timeout");
+    assert_eq!(record["events"], 1);
+    assert_eq!(record["bytes"], GEMINI_ARRAY[0].len());
+
+    // Inside an element: no end the client could take for a whole answer.
+    let half = &GEMINI_ARRAY[1][..40];
+    let upstream = gemini_array_upstream(vec![
+        Step::chunk(GEMINI_ARRAY[0]),
+        Step::chunk(half),
+        Step::Hold,
+    ]);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: gemini\n    idle_timeout: 300ms\n",
+        upstream.url()
+    ));
+    let body = r#"{"contents":[]}"#;
+    let answer = support::client::exchange_until_closed(
+        sluice.addr,
+        format!(
+            "POST {GEMINI_ARRAY_PATH} HTTP/1.1\r\nHost: sluice.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(half), "{answer}");
+    assert!(
+        !answer.ends_with("0\r\n\r\n"),
+        "the cut array was given an end: {answer}"
+    );
+    assert_eq!(sluice.wait_ledger(1)[0]["outcome"], "idle_timeout");
+}
+
+/// A Gemini stream request answered with something other than an array (an error object, a
+/// body that breaks off into nonsense) passes untouched: the splitter gives up, nothing is
+/// added.
+#[test]
+fn a_gemini_answer_that_is_no_array_passes_untouched() {
+    for body in [
+        "{\"error\": {\"code\": 429, \"status\": \"RESOURCE_EXHAUSTED\"}}",
+        "[{\"a\": 1}} garbage",
+    ] {
+        let upstream = gemini_array_upstream(vec![Step::chunk(body), Step::End]);
+        let sluice = sluice_for(&upstream, "gemini");
+        let mut client = Client::connect(sluice.addr);
+        client.post_json(GEMINI_ARRAY_PATH, r#"{"contents":[]}"#);
+        let response = client.read_response();
+        assert_eq!(response.text(), body);
+        let record = &sluice.wait_ledger(1)[0];
+        assert_eq!(record["usage_source"], "none", "{record}");
+        assert_eq!(record["outcome"], "completed");
+    }
+}

@@ -22,8 +22,8 @@ use super::headers::{
     UpstreamRequest,
 };
 use super::responses::{
-    end_error, end_stream, respond_error, respond_refusal, shutting_down, write_terminal_event,
-    write_terminal_line, Finish,
+    end_error, end_stream, respond_error, respond_refusal, shutting_down, write_error_element,
+    write_terminal_event, write_terminal_line, Finish,
 };
 use super::stream_body::{self, BodyWatch};
 use super::timer;
@@ -39,6 +39,7 @@ use crate::sse::{
     StreamOutcome,
 };
 use crate::telemetry::METRICS;
+use crate::usage::array_inspector::{ArrayInspector, ErrorElement};
 use crate::usage::extract::{
     extractor_for, AutoExtractor, NoExtractor, StreamFormat, UsageExtractor,
 };
@@ -105,6 +106,14 @@ pub async fn handle(
                 strip_usage_chunk,
             )
             .await
+        }
+        Some(StreamKind::JsonArray) => {
+            let upstream = Connection {
+                upstreams,
+                conn: up,
+            };
+            let decoder = decoder.as_deref_mut();
+            relay_json_array(route, usage, upstream, down, ctx, decoder).await
         }
         Some(kind @ (StreamKind::JsonLines | StreamKind::JsonSeq)) => {
             let upstream = Connection {
@@ -442,13 +451,21 @@ async fn open<'d>(
     // as a plain answer, nothing (no usage comment) follows its head.
     let bodiless = ctx.method == Some(http::Method::HEAD)
         || !crate::http1::status_has_body(upstream_head.status);
-    let kind = StreamKind::of_content_type(
-        upstream_head
-            .fields
-            .get(&http::header::CONTENT_TYPE)
-            .unwrap_or_default(),
-    )
-    .filter(|_| !bodiless);
+    let content_type = upstream_head
+        .fields
+        .get(&http::header::CONTENT_TYPE)
+        .unwrap_or_default();
+    let kind = StreamKind::of_content_type(content_type)
+        .or_else(|| {
+            // An error answer (one JSON object) keeps its own framing.
+            let gemini = ctx.stream_request
+                && ctx.format == Some(StreamFormat::GeminiGenerate)
+                && upstream_head.status.is_success();
+            gemini
+                .then(|| StreamKind::gemini_array(content_type))
+                .flatten()
+        })
+        .filter(|_| !bodiless);
     // A stream the upstream compressed although not asked to is decoded, so that the client
     // gets plain events or lines. One in a coding Sluice cannot undo goes through untouched, with
     // its `Content-Encoding`, as a plain answer: nothing may be written into it.
@@ -785,6 +802,88 @@ async fn relay_json_lines(
                     let error = end_error(ended, route);
                     write_terminal_line(down, ctx, &error, kind, lines.at_boundary()).await
                 }
+            }
+        };
+        let finish = within_client_patience(route, end)
+            .await
+            .unwrap_or_else(|| end_not_taken(ctx));
+        METRICS.stream_bytes_sent(&route.name, ctx.bytes_sent - before);
+        finish
+    })
+    .await
+}
+
+/// A streamed JSON array (Gemini's `streamGenerateContent` without `alt=sse`): relayed like an
+/// event stream, its elements read for usage, without heartbeats (nothing may go between
+/// elements that a JSON reader would not take). Sluice ends one it cuts short with an error
+/// element and the array's `]` where the client's bytes end between elements, and leaves it
+/// unended (as a plain body) where they end inside one.
+async fn relay_json_array(
+    route: &Route,
+    usage: &UsageSink,
+    mut upstream: Connection<'_>,
+    mut down: Downstream<'_>,
+    ctx: &mut RequestCtx,
+    decoder: Option<&mut ContentDecoder>,
+) -> Finish {
+    let guard = StreamGuard::new(&route.name);
+    let extractor = if usage.inspects() {
+        extractor(ctx.format)
+    } else {
+        Box::new(NoExtractor::default())
+    };
+    let mut inspector =
+        ArrayInspector::new(extractor, usage.max_event_size(), usage.hold_final_frame());
+    let mut outcome = stream_body::relay(
+        route,
+        &mut upstream.conn,
+        &mut down,
+        ctx,
+        decoder,
+        BodyWatch::Array(&mut inspector),
+    )
+    .await;
+    Box::pin(async move {
+        // The whole guard moves in (not just the field assigned below): it counts the stream
+        // until the end is written.
+        let mut guard = guard;
+        upstream.finish(route, outcome, ctx).await;
+        if outcome != StreamOutcome::Completed
+            && inspector.final_reached()
+            && outcome != StreamOutcome::ClientDisconnect
+            && !ctx.write_cut
+        {
+            // The array was whole: the upstream merely left its body open.
+            outcome = StreamOutcome::Completed;
+        }
+        ctx.outcome = Some(outcome);
+        guard.outcome = outcome;
+        let mut record =
+            UsageSink::record_for(ctx, Some(inspector.facts()), inspector.oversized_elements());
+        if outcome == StreamOutcome::Completed {
+            record.bytes += inspector.held_len() as u64;
+        }
+        record_stream(usage, ctx, record, outcome).await;
+        let before = ctx.bytes_sent;
+        let end = async {
+            let record = ctx.usage_record.as_ref().expect("just set");
+            let trailers = down.wants_trailers().then(|| usage_trailers(record));
+            match outcome {
+                StreamOutcome::Completed => {
+                    end_stream(down, ctx, inspector.take_held(), trailers).await
+                }
+                StreamOutcome::ClientDisconnect => Finish::Close,
+                _ if ctx.write_cut => Finish::Close,
+                ended => match inspector.error_element() {
+                    ErrorElement::After(before) => {
+                        let error = end_error(ended, route);
+                        write_error_element(down, ctx, &error, before, trailers).await
+                    }
+                    ErrorElement::Impossible => {
+                        ctx.error = Some(end_error(ended, route).message);
+                        down.cut()
+                    }
+                },
             }
         };
         let finish = within_client_patience(route, end)

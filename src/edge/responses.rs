@@ -166,6 +166,21 @@ pub async fn write_terminal_line(
     down.finish(out.freeze(), None).await
 }
 
+/// Ends a streamed JSON array Sluice cut short: `before` (what joins it to the array so far),
+/// the error as an element in the provider's format, and the array's `]`.
+pub async fn write_error_element(
+    down: Downstream<'_>,
+    ctx: &mut RequestCtx,
+    error: &ProxyError,
+    before: &str,
+    trailers: Option<http::HeaderMap>,
+) -> Finish {
+    ctx.error = Some(error.message.clone());
+    let out = format!("{before}{}\n]", error.json_body(ctx.provider));
+    stream_body::note_own_bytes(ctx, out.len());
+    down.finish(Bytes::from(out), trailers).await
+}
+
 /// Writes the last bytes of a stream and its end (with trailers, on HTTP/2).
 pub async fn end_stream(
     down: Downstream<'_>,

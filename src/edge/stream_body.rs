@@ -14,6 +14,7 @@ use crate::sse::{
     LineBoundary, RelayClock, RelayTick, StreamOutcome, END_MARKER_LINGER, HEARTBEAT,
 };
 use crate::telemetry::METRICS;
+use crate::usage::array_inspector::ArrayInspector;
 use crate::usage::inspector::StreamInspector;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::OptionFuture;
@@ -40,6 +41,8 @@ pub enum BodyWatch<'a> {
     /// JSON lines: where the client's last line ended (no heartbeats: a blank line is not a
     /// JSON value, and some NDJSON readers fail on one).
     Lines(&'a mut LineBoundary),
+    /// A streamed JSON array (Gemini without `alt=sse`), read by its inspector; no heartbeats.
+    Array(&'a mut ArrayInspector),
 }
 
 /// Relays the body until it ends one way or another; the caller writes the end.
@@ -181,16 +184,20 @@ pub async fn relay(
                     .observe(now.duration_since(previous).as_secs_f64());
             }
         }
-        let data = match &mut watch {
+        let (data, final_reached) = match &mut watch {
             BodyWatch::Events(inspector) if !data.is_empty() => {
                 let data = inspector.on_chunk(data);
-                if linger.is_none() && inspector.final_reached() {
-                    linger = Some(Box::pin(timer::sleep(END_MARKER_LINGER)));
-                }
-                data
+                (data, inspector.final_reached())
             }
-            _ => data,
+            BodyWatch::Array(inspector) if !data.is_empty() => {
+                let data = inspector.on_chunk(data);
+                (data, inspector.final_reached())
+            }
+            _ => (data, false),
         };
+        if linger.is_none() && final_reached {
+            linger = Some(Box::pin(timer::sleep(END_MARKER_LINGER)));
+        }
         if !data.is_empty() {
             if let Some(series) = &series {
                 series.stream_bytes.inc_by(data.len() as u64);
@@ -224,7 +231,12 @@ pub async fn relay(
         if ended {
             return StreamOutcome::Completed;
         }
-        if matches!(&watch, BodyWatch::Events(inspector) if inspector.final_frame_full()) {
+        let final_frame_full = match &watch {
+            BodyWatch::Events(inspector) => inspector.final_frame_full(),
+            BodyWatch::Array(inspector) => inspector.final_frame_full(),
+            _ => false,
+        };
+        if final_frame_full {
             return end_after_marker(up, ctx, "went on sending");
         }
     }

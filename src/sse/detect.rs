@@ -15,6 +15,10 @@ pub enum StreamKind {
     /// RFC 7464 JSON text sequences (`application/json-seq`): each record is `RS` (0x1E), a JSON
     /// value and `\n`.
     JsonSeq,
+    /// A JSON array streamed element by element: Gemini's answer to `streamGenerateContent`
+    /// without `alt=sse` (`application/json`). Told by the request, not by the type alone
+    /// ([`StreamKind::gemini_array`]).
+    JsonArray,
 }
 
 impl StreamKind {
@@ -34,6 +38,13 @@ impl StreamKind {
         } else {
             None
         }
+    }
+
+    /// A Gemini stream request answered `application/json`: its streamed array.
+    pub fn gemini_array(content_type: &[u8]) -> Option<StreamKind> {
+        media_type(content_type)
+            .eq_ignore_ascii_case(b"application/json")
+            .then_some(StreamKind::JsonArray)
     }
 
     /// One record of this kind holding `json`: an SSE `data:` event is written elsewhere (it
