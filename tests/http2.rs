@@ -1004,6 +1004,8 @@ struct FreezingRelay {
     addr: std::net::SocketAddr,
     made: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     frozen_below: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections whose client (the front Sluice) closed its side.
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FreezingRelay {
@@ -1014,23 +1016,35 @@ impl FreezingRelay {
         let addr = listener.local_addr().unwrap();
         let made = Arc::new(AtomicUsize::new(0));
         let frozen_below = Arc::new(AtomicUsize::new(0));
-        let (made_in, frozen_in) = (made.clone(), frozen_below.clone());
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (made_in, frozen_in, closed_in) = (made.clone(), frozen_below.clone(), closed.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
                 let n = made_in.fetch_add(1, Ordering::SeqCst);
                 let server = std::net::TcpStream::connect(to).unwrap();
-                for (mut from, mut into) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                for (mut from, mut into, from_client) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        true,
+                    ),
+                    (server, client, false),
                 ] {
                     let frozen = frozen_in.clone();
+                    let closed = closed_in.clone();
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let mut buf = [0u8; 16 * 1024];
                         loop {
                             match from.read(&mut buf) {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) | Err(_) => {
+                                    if from_client {
+                                        closed.fetch_add(1, Ordering::SeqCst);
+                                        let _ = into.shutdown(std::net::Shutdown::Both);
+                                    }
+                                    return;
+                                }
                                 // Taken and dropped: the peer sees its bytes acknowledged and
                                 // nothing more, ever.
                                 Ok(_) if n < frozen.load(Ordering::SeqCst) => {}
@@ -1049,6 +1063,7 @@ impl FreezingRelay {
             addr,
             made,
             frozen_below,
+            closed,
         }
     }
 
@@ -1057,6 +1072,33 @@ impl FreezingRelay {
         self.frozen_below
             .store(made, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// A stream that ends badly on a shared HTTP/2 upstream connection (here its client leaves
+/// mid-stream) leaves the connection to close after `pool_idle_timeout` once idle, as a stream
+/// that completed does. Before, its stream was reset but the connection stayed open for good,
+/// never idle-timed (an audit left 116 of them open after 150 streams reset by their upstream).
+#[test]
+fn an_http2_upstream_connection_closes_when_idle_after_a_stream_ended_badly() {
+    use support::Client;
+    let upstream =
+        Upstream::start(|_| vec![Step::sse_head(), Step::chunk("data: one\n\n"), Step::Hold]);
+    let (_back, relay, front) =
+        behind_an_http2_sluice(&upstream, "    pool_idle_timeout: 1s\n", "");
+    let mut client = Client::connect(front.addr);
+    client.send("GET", "/s", &[("accept", "text/event-stream")], b"");
+    assert_eq!(client.read_head().status, 200);
+    assert!(client.read_chunk().is_some());
+    drop(client);
+    let started = Instant::now();
+    while relay.closed.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the HTTP/2 connection was left open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(relay.made.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 /// A shared HTTP/2 upstream connection that stops answering (a middlebox lost it, the socket

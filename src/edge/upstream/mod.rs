@@ -65,7 +65,7 @@ pub enum Pooled {
 pub struct Upstreams {
     /// HTTP/2-capable upstreams (`http2: true`): Pingora's client sessions and pool. Built only
     /// when some upstream has `http2`, since building it loads the CA roots again.
-    connector: Option<Connector>,
+    connector: Option<Arc<Connector>>,
     /// Every other https upstream (and WebSocket handshakes): TLS from Pingora, HTTP/1.1 and
     /// pooling by Sluice. Plain TCP is Sluice's own (`tcp.rs`).
     transport: TransportConnector,
@@ -169,7 +169,7 @@ impl Upstreams {
             peers.insert(spec.name.clone(), PeerTemplate::new(spec, ca));
         }
         let per_key = options.keepalive_pool_size;
-        let connector = http2.then(|| Connector::new(Some(options.clone())));
+        let connector = http2.then(|| Arc::new(Connector::new(Some(options.clone()))));
         Ok(Upstreams {
             transport: TransportConnector::new(Some(options)),
             pool: Arc::new(pool::IdlePool::new(per_key)),
@@ -348,13 +348,14 @@ impl Upstreams {
             // Boxed: Pingora's connect future is large (about 9 KiB) and would otherwise be
             // part of every request's future for the whole life of its stream.
             let (session, _reused) = Box::pin(connector.get_http_session(&peer)).await?;
-            return Ok(UpstreamConn::Pingora(Box::new(PingoraConn {
+            return Ok(UpstreamConn::Pingora(Box::new(PingoraConn::new(
                 session,
                 peer,
-                reusable: true,
                 generation,
-                current_generation: template.http2_generation.clone(),
-            })));
+                template.http2_generation.clone(),
+                connector.clone(),
+                spec.pool_idle_timeout,
+            ))));
         }
         // Plain TCP is Sluice's own socket type (`tcp.rs`); TLS is Pingora's.
         let stream = if spec.target.is_tls() {
@@ -379,18 +380,16 @@ impl Upstreams {
                     self.pool.put(pool_key, conn.into_stream(), idle);
                 }
             }
+            // An HTTP/1.1 session that is not reusable is dropped, which closes it; an HTTP/2
+            // one that is not goes back by its drop, with its stream reset (`PingoraConn`).
+            UpstreamConn::Pingora(conn) if !conn.reusable => drop(conn),
             UpstreamConn::Pingora(conn) => {
                 // A retired connection closes once its last stream ended, not after waiting,
                 // under a key no stream looks for, in Pingora's pool.
                 let idle = if conn.retired() { Duration::ZERO } else { idle };
-                let PingoraConn {
-                    session,
-                    peer,
-                    reusable,
-                    ..
-                } = *conn;
+                let (session, peer) = conn.into_parts();
                 // Such a connection came from `connector`, so it is there (else: dropped, closed).
-                if let Some(connector) = self.connector.as_ref().filter(|_| reusable) {
+                if let Some(connector) = self.connector.as_ref() {
                     // Boxed for the same reason as the connect future.
                     Box::pin(connector.release_http_session(session, &peer, Some(idle))).await;
                 }
@@ -431,7 +430,7 @@ impl Upstreams {
                  streams go on a new connection"
             );
         }
-        let PingoraConn { session, peer, .. } = *pingora;
+        let (session, peer) = pingora.into_parts();
         Box::pin(connector.release_http_session(session, &peer, Some(Duration::ZERO))).await;
         None
     }
