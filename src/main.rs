@@ -249,7 +249,7 @@ fn main() -> ExitCode {
                 sluice::daemon::write_pid_file(pid_file, std::process::id())
             };
             if let Err(e) = pid_written {
-                eprintln!("cannot start ({}): {e}", pid_file.display());
+                eprintln!("server.pid_file: cannot write {}: {e}", pid_file.display());
                 return ExitCode::FAILURE;
             }
             init_logging();

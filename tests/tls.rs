@@ -513,6 +513,34 @@ fn https_upstream_without_ca_file_is_verified_against_the_system_roots() {
     assert_eq!(h2.requests()[0].protocol, "h2");
 }
 
+/// A system store with a certificate rustls cannot take (a malformed one beside the good ones)
+/// costs only that certificate, with a warning: Pingora's own loading of the system roots
+/// panicked at start on it. The good roots still verify both kinds of upstream.
+#[test]
+fn a_malformed_system_root_is_skipped_not_fatal() {
+    let ca = TestCa::new("system roots test ca");
+    let dir = TempDir::new();
+    let store = dir.path.join("store.pem");
+    std::fs::write(
+        &store,
+        format!(
+            "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n{}",
+            ca.cert_pem
+        ),
+    )
+    .unwrap();
+    let (h1, h2) = h1_and_h2_upstreams(&ca.leaf(&["upstream.test"]));
+    let sluice = Sluice::start_with_env(
+        &h1_and_h2_routes(&h1, &h2, "    sni: upstream.test\n"),
+        &[("SSL_CERT_FILE", &store)],
+    );
+    let mut client = support::Client::connect(sluice.addr);
+    for path in ["/h1/v1/models", "/h2/v1/models"] {
+        let response = post_h1(&mut client, path);
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+    }
+}
+
 /// Upstreams with `tls_verify: false` alone: nothing verifies against the system roots, so none
 /// are loaded, and the handshake (whose skip-all verifier Pingora still builds over a root
 /// store) must not depend on them, over HTTP/1.1 and HTTP/2 alike.

@@ -5,6 +5,7 @@
 mod access;
 pub mod duration;
 pub mod env;
+mod files;
 pub mod tls;
 mod validate;
 
@@ -319,7 +320,10 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_yaml(&text)
+        let config = Config::from_yaml(&text)?;
+        files::check_not_overwritten(&config, Some(path))
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        Ok(config)
     }
 
     /// The embedded default config. Valid as written, but its ledger file (in `/tmp`) may be
@@ -447,36 +451,37 @@ mod tests {
             "${NOPE}",
             "$${NOPE}",
         ];
-        // `%V%` stands for the value; `upgrade_sock` after it shows the structure held.
+        // `%V%` stands for the value; `timeout` after it shows the structure held. The carrier is
+        // `key_prefix`, a key with no check of its own (any string is a valid prefix).
         let forms = [
-            ("server:\n  pid_file: ${V}\n  upgrade_sock: /s\n", "%V%"),
+            ("limits:\n  backend:\n    redis: redis://127.0.0.1:6379\n    key_prefix: ${V}\n    timeout: 7ms\n", "%V%"),
             (
-                "server:\n  pid_file: pre ${V} post\n  upgrade_sock: /s\n",
+                "limits:\n  backend:\n    redis: redis://127.0.0.1:6379\n    key_prefix: pre ${V} post\n    timeout: 7ms\n",
                 "pre %V% post",
             ),
             (
-                "server:\n  pid_file: \"pre ${V} post\"\n  upgrade_sock: /s\n",
+                "limits:\n  backend:\n    redis: redis://127.0.0.1:6379\n    key_prefix: \"pre ${V} post\"\n    timeout: 7ms\n",
                 "pre %V% post",
             ),
             (
-                "server:\n  pid_file: 'pre ${V} post'\n  upgrade_sock: /s\n",
+                "limits:\n  backend:\n    redis: redis://127.0.0.1:6379\n    key_prefix: 'pre ${V} post'\n    timeout: 7ms\n",
                 "pre %V% post",
             ),
-            ("server: {pid_file: ${V}, upgrade_sock: /s}\n", "%V%"),
+            ("limits: {backend: {redis: redis://127.0.0.1:6379, key_prefix: ${V}, timeout: 7ms}}\n", "%V%"),
             (
-                "server:\n  pid_file: |-\n    pre ${V} post\n  upgrade_sock: /s\n",
-                "pre %V% post",
-            ),
-            (
-                "server:\n  pid_file: >-\n    pre ${V}\n    post\n  upgrade_sock: /s\n",
+                "limits:\n  backend:\n    redis: redis://127.0.0.1:6379\n    key_prefix: |-\n      pre ${V} post\n    timeout: 7ms\n",
                 "pre %V% post",
             ),
             (
-                "server:\n  pid_file: pre ${V}\n    post\n  upgrade_sock: /s\n",
+                "limits:\n  backend:\n    redis: redis://127.0.0.1:6379\n    key_prefix: >-\n      pre ${V}\n      post\n    timeout: 7ms\n",
                 "pre %V% post",
             ),
             (
-                "server:\n  pid_file: \"pre\n    ${V} post\"\n  upgrade_sock: /s\n",
+                "limits:\n  backend:\n    redis: redis://127.0.0.1:6379\n    key_prefix: pre ${V}\n      post\n    timeout: 7ms\n",
+                "pre %V% post",
+            ),
+            (
+                "limits:\n  backend:\n    redis: redis://127.0.0.1:6379\n    key_prefix: \"pre\n      ${V} post\"\n    timeout: 7ms\n",
                 "pre %V% post",
             ),
         ];
@@ -484,13 +489,17 @@ mod tests {
             for (form, expected) in forms {
                 let config = with_env(form, &[("V", value)])
                     .unwrap_or_else(|e| panic!("{form:?} with V={value:?}: {e}"));
+                let LimitsBackend::Redis(redis) = &config.limits.backend else {
+                    panic!("{form:?} with V={value:?}: no redis backend");
+                };
                 assert_eq!(
-                    config.server.pid_file,
+                    redis.key_prefix,
                     expected.replace("%V%", value),
                     "{form:?} with V={value:?}"
                 );
                 assert_eq!(
-                    config.server.upgrade_sock, "/s",
+                    redis.timeout,
+                    std::time::Duration::from_millis(7),
                     "{form:?} with V={value:?}"
                 );
             }

@@ -272,6 +272,18 @@ pub fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Stri
     Ok(certs)
 }
 
+/// The system's CA certificates that rustls can use as roots, and how many it cannot (a store
+/// with a malformed certificate in it: Pingora's own loading panics on one).
+pub fn usable_roots(certs: Vec<CertificateDer<'static>>) -> (Vec<CertificateDer<'static>>, usize) {
+    let total = certs.len();
+    let usable: Vec<_> = certs
+        .into_iter()
+        .filter(|cert| rustls::RootCertStore::empty().add(cert.clone()).is_ok())
+        .collect();
+    let skipped = total - usable.len();
+    (usable, skipped)
+}
+
 /// Certificates as PEM (what Redis's client takes its roots as).
 pub fn pem_of(certs: &[CertificateDer<'_>]) -> Vec<u8> {
     use base64::Engine;

@@ -189,13 +189,15 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         let addr = parse_addr(admin).map_err(|m| invalid("admin", m))?;
         bound.push((addr, "admin".into()));
     }
-    // Two sockets on one address share its connections (SO_REUSEPORT): a client would reach
-    // either at random.
+    // Two listeners on one address (or on a wildcard address and one it covers, same port)
+    // cannot both bind it: the start would fail.
     for (i, (addr, key)) in bound.iter().enumerate() {
-        if let Some((_, first)) = bound[..i].iter().find(|(other, _)| other == addr) {
+        if let Some((other, first)) = bound[..i].iter().find(|(other, _)| overlap(other, addr)) {
             return Err(invalid(
                 key.as_str(),
-                format!("{addr} is already {first}: each listener needs an address of its own"),
+                format!(
+                    "{addr} overlaps {first} ({other}): each listener needs an address of its own"
+                ),
             ));
         }
     }
@@ -205,14 +207,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             format!("must be from 1 to {MAX_THREADS}"),
         ));
     }
-    // Pingora writes the PID file at every start, and a `sluice -u` upgrade binds the socket:
-    // a directory that is not there fails the start, or the upgrade, not `check`.
-    for (key, path) in [
-        ("server.pid_file", &config.server.pid_file),
-        ("server.upgrade_sock", &config.server.upgrade_sock),
-    ] {
-        existing_dir_of(Path::new(path)).map_err(|m| invalid(key, m))?;
-    }
+    // Sluice writes the PID file at every start, and a `sluice -u` upgrade binds the socket:
+    // what would fail the start, or the upgrade, fails `check`.
+    super::files::check_server_files(config).map_err(|(key, m)| invalid(key, m))?;
     // A request already on its way at shutdown gets a second to arrive (`drain`), and the
     // cleartext listeners accept for that second: a shorter grace would end the streams of the
     // requests it lets in as they start.
@@ -319,6 +316,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         check_ledger(ledger, config.usage.rotate_bytes.is_some())
             .map_err(|m| invalid("usage.ledger", m))?;
     }
+    super::files::check_not_overwritten(config, None).map_err(|(key, m)| invalid(key, m))?;
     if config.routes.is_empty() {
         return Err(invalid("routes", "at least one route is required"));
     }
@@ -359,7 +357,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
 }
 
 /// The directory a file named `path` goes in, which must exist.
-fn existing_dir_of(path: &Path) -> Result<&Path, String> {
+pub(super) fn existing_dir_of(path: &Path) -> Result<&Path, String> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -395,6 +393,10 @@ fn check_ledger(path: &Path, rotates: bool) -> Result<(), String> {
         ));
     }
     let dir = existing_dir_of(path)?;
+    // `/dev/null`, a FIFO, a `/proc` file: opened fine, and every record's fsync then fails.
+    if path.exists() && !path.is_file() {
+        return Err(format!("{shown} exists and is not a regular file"));
+    }
     match std::fs::OpenOptions::new()
         .read(true)
         .append(true)
@@ -444,6 +446,21 @@ fn may_create_in(_dir: &Path) -> std::io::Result<()> {
 /// Far more threads than any machine has cores; beyond it a typo (a count of bytes, say) would
 /// abort the start with a failed allocation.
 const MAX_THREADS: usize = 1024;
+
+/// Whether two listening addresses take the same port on some address: equal, or one a
+/// wildcard (`0.0.0.0` covers IPv4; `[::]` covers IPv6 and, dual-stack as Linux binds it, IPv4).
+/// Port 0 takes a free port of its own each time.
+fn overlap(a: &SocketAddr, b: &SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let covers = |wide: &SocketAddr, other: &SocketAddr| match (wide.ip(), other.ip()) {
+        (std::net::IpAddr::V4(w), std::net::IpAddr::V4(_)) => w.is_unspecified(),
+        (std::net::IpAddr::V6(w), _) => w.is_unspecified(),
+        (std::net::IpAddr::V4(_), std::net::IpAddr::V6(_)) => false,
+    };
+    a.ip() == b.ip() || covers(a, b) || covers(b, a)
+}
 
 fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
     addr.parse()
@@ -527,6 +544,112 @@ mod tests {
                     && err.contains("directory /nonexistent-sluice-dir does not exist"),
                 "{err}"
             );
+        }
+    }
+
+    /// A config with `server` and `usage` sections `extra` (YAML lines at the top level).
+    fn with(extra: &str) -> String {
+        format!("listen: [{{addr: 127.0.0.1:8080}}]\nupstreams: {{u: {{url: http://127.0.0.1:9}}}}\nroutes: [{{path_prefix: /, upstream: u}}]\n{extra}")
+    }
+
+    #[test]
+    fn files_sluice_writes_must_be_files_of_their_kind() {
+        let dir = std::env::temp_dir().join(format!("sluice-written-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let regular = dir.join("regular");
+        std::fs::write(&regular, "keep me").unwrap();
+        let d = dir.display();
+        let long = format!("{d}/{}", "s".repeat(120));
+        for (extra, key, says) in [
+            ("server: {pid_file: ''}".to_string(), "server.pid_file", "is empty"),
+            (format!("server: {{pid_file: {d}}}"), "server.pid_file", "not a regular file"),
+            (format!("server: {{pid_file: {d}/x/}}"), "server.pid_file", "names a directory"),
+            ("server: {upgrade_sock: ''}".into(), "server.upgrade_sock", "is empty"),
+            (format!("server: {{upgrade_sock: {d}}}"), "server.upgrade_sock", "not a socket"),
+            (
+                format!("server: {{upgrade_sock: {}}}", regular.display()),
+                "server.upgrade_sock",
+                "not a socket",
+            ),
+            (format!("server: {{upgrade_sock: {long}}}"), "server.upgrade_sock", "longer"),
+            ("usage: {ledger: /dev/null}".into(), "usage.ledger", "not a regular file"),
+            (
+                format!("server: {{pid_file: {d}/same}}\nusage: {{ledger: {d}/same}}"),
+                "usage.ledger",
+                "is also server.pid_file",
+            ),
+            (
+                format!("server: {{pid_file: {d}/l.1}}\nusage: {{ledger: {d}/l, rotate_bytes: 100000, keep: 2}}"),
+                "usage.ledger",
+                "is also server.pid_file",
+            ),
+        ] {
+            let err = error_of(&with(&extra));
+            assert!(err.contains(key) && err.contains(says), "{extra}: {err}");
+        }
+        assert_eq!(std::fs::read_to_string(&regular).unwrap(), "keep me");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_config_file_sluice_would_overwrite_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sluice-self-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.yaml");
+        std::fs::write(
+            &path,
+            with(&format!("server: {{pid_file: {}}}\n", path.display())),
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("server.pid_file") && err.contains("the config file"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn listeners_whose_addresses_overlap_are_named() {
+        let config = |listen: &str, admin: &str| {
+            format!("listen: [{listen}]\nadmin: {admin}\nupstreams: {{u: {{url: http://127.0.0.1:9}}}}\nroutes: [{{path_prefix: /, upstream: u}}]\n")
+        };
+        for (listen, admin, key) in [
+            (
+                "{addr: 0.0.0.0:8080}, {addr: 127.0.0.1:8080}",
+                "127.0.0.1:9090",
+                "listen[1].addr",
+            ),
+            ("{addr: 0.0.0.0:8080}", "127.0.0.1:8080", "admin"),
+            (
+                "{addr: \"[::]:8080\"}, {addr: 0.0.0.0:8080}",
+                "127.0.0.1:9090",
+                "listen[1].addr",
+            ),
+            (
+                "{addr: 127.0.0.1:8080}, {addr: 127.0.0.1:8080}",
+                "127.0.0.1:9090",
+                "listen[1].addr",
+            ),
+        ] {
+            let err = error_of(&config(listen, admin));
+            assert!(
+                err.contains(key) && err.contains("overlaps"),
+                "{listen} {admin}: {err}"
+            );
+        }
+        for (listen, admin) in [
+            ("{addr: 127.0.0.1:0}, {addr: 127.0.0.1:0}", "127.0.0.1:0"),
+            (
+                "{addr: 127.0.0.1:8080}, {addr: 127.0.0.2:8080}",
+                "127.0.0.1:9090",
+            ),
+            (
+                "{addr: \"[::1]:8080\"}, {addr: 127.0.0.1:8080}",
+                "127.0.0.1:9090",
+            ),
+        ] {
+            Config::from_yaml(&config(listen, admin)).unwrap();
         }
     }
 

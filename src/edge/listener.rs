@@ -162,10 +162,13 @@ pub(super) async fn listen_or_leave(
 /// for as nginx does (an old process in its shutdown may still hold it for a moment: five tries,
 /// half a second apart), so that the error comes at once and from `sluice` itself, before
 /// anything runs. Not at an upgrade: the sockets are the old process's then.
-pub fn check_addresses<'a>(addrs: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+/// `addrs` are each address with its config key, which the error names.
+pub fn check_addresses<'a>(
+    addrs: impl IntoIterator<Item = (String, &'a str)>,
+) -> Result<(), String> {
     const TRIES: usize = 5;
     const PAUSE: Duration = Duration::from_millis(500);
-    for addr in addrs {
+    for (key, addr) in addrs {
         for attempt in 1..=TRIES {
             match bound_socket(addr) {
                 Ok(_) => break,
@@ -176,12 +179,12 @@ pub fn check_addresses<'a>(addrs: impl IntoIterator<Item = &'a str>) -> Result<(
                 // A Sluice draining after SIGTERM keeps its admin address until it exits.
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                     return Err(format!(
-                        "cannot listen on {addr}: {e} (is a Sluice still running, or draining \
-                         its streams? To replace one, start the new one with -u and send the \
-                         old one SIGQUIT)"
+                        "{key}: cannot listen on {addr}: {e} (is a Sluice still running, or \
+                         draining its streams? To replace one, start the new one with -u and \
+                         send the old one SIGQUIT)"
                     ))
                 }
-                Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+                Err(e) => return Err(format!("{key}: cannot listen on {addr}: {e}")),
             }
         }
     }

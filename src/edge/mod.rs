@@ -152,8 +152,13 @@ pub fn run(server: Server) -> ! {
 /// demo upstream when a route uses it.
 pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, String> {
     if !options.upgrade {
-        let addrs = config.listen.iter().map(|l| l.addr.as_str());
-        listener::check_addresses(addrs.chain(config.admin.as_deref()))?;
+        let addrs = config
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("listen[{i}].addr"), l.addr.as_str()));
+        let admin = config.admin.as_deref().map(|a| ("admin".to_string(), a));
+        listener::check_addresses(addrs.chain(admin))?;
     }
     let mut conf = ServerConf {
         threads: config.server.threads,
@@ -283,8 +288,16 @@ fn redis_roots(ca_file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, Str
     let certs = match ca_file {
         Some(path) => crate::config::tls::load_ca_file(path)
             .map_err(|e| format!("limits.backend.ca_file: {e}"))?,
-        None => match pingora::tls::load_native_certs() {
-            Ok(certs) if !certs.is_empty() => certs,
+        None => match pingora::tls::load_native_certs().map(crate::config::tls::usable_roots) {
+            Ok((certs, skipped)) if !certs.is_empty() => {
+                if skipped > 0 {
+                    log::warn!(
+                        "{skipped} system CA certificates cannot be used for rediss:// and are \
+                         skipped (check SSL_CERT_FILE and SSL_CERT_DIR)"
+                    );
+                }
+                certs
+            }
             Ok(_) => {
                 log::warn!(
                     "no system CA certificates found (install ca-certificates, or set SSL_CERT_FILE): \

@@ -108,13 +108,24 @@ impl Upstreams {
         // upstream verifies against them, give it an empty one (an http-only config starts
         // listening in ~5 ms instead of ~20). Unverified peers bring a root of their own (below).
         let bundled = if needs_roots {
-            match pingora::tls::load_native_certs() {
-                Ok(certs) if !certs.is_empty() => None,
+            match pingora::tls::load_native_certs().map(crate::config::tls::usable_roots) {
+                Ok((certs, 0)) if !certs.is_empty() => None,
+                // Pingora's connector would panic on the ones rustls cannot take: the peers get
+                // the others from here, and the connector none.
+                Ok((certs, skipped)) if !certs.is_empty() => {
+                    log::warn!(
+                        "{skipped} system CA certificates cannot be used and are skipped \
+                         (check SSL_CERT_FILE and SSL_CERT_DIR)"
+                    );
+                    options.ca_file = Some("/dev/null".into());
+                    Some(ca_from_der(&certs, true)?)
+                }
                 Ok(_) => {
                     log::warn!(
-                        "no system CA certificates found (install ca-certificates, or set SSL_CERT_FILE): \
+                        "no usable system CA certificates found (install ca-certificates, or set SSL_CERT_FILE): \
                          https upstreams are verified with the bundled Mozilla roots"
                     );
+                    options.ca_file = Some("/dev/null".into());
                     Some(ca_from_der(webpki_root_certs::TLS_SERVER_ROOT_CERTS, true)?)
                 }
                 Err(e) => {
