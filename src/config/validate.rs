@@ -341,6 +341,30 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 format!("must start with '/', got {:?}", route.path_prefix),
             ));
         }
+        // Requests are routed by their path as an upstream resolves it (decoded, slashes
+        // merged), and one with a dot segment is refused first: a prefix written otherwise is
+        // never matched, and its requests would take another route.
+        let matched = crate::route::match_path(&route.path_prefix);
+        if matched != route.path_prefix {
+            return Err(invalid(
+                format!("routes[{i}].path_prefix"),
+                format!(
+                    "request paths are matched decoded, with repeated slashes merged: write it \
+                     as {matched:?}"
+                ),
+            ));
+        }
+        let segments: Vec<&str> = route.path_prefix.split('/').collect();
+        let dot_segment = segments
+            .iter()
+            .enumerate()
+            .any(|(n, segment)| *segment == ".." || (*segment == "." && n + 1 < segments.len()));
+        if dot_segment {
+            return Err(invalid(
+                format!("routes[{i}].path_prefix"),
+                "has a `.` or `..` segment: requests with one are refused (400), never routed",
+            ));
+        }
         if !config.upstreams.contains_key(&route.upstream) {
             let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
             return Err(invalid(
@@ -607,6 +631,31 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_path_prefix_no_request_can_match_is_named() {
+        for (prefix, says) in [
+            ("/v1/%61dmin", "\"/v1/admin\""),
+            ("/v1//chat", "\"/v1/chat\""),
+            ("/v1/../x", "`..` segment"),
+            ("/v1/./x", "`..` segment"),
+        ] {
+            let err = error_of(&format!("listen: [{{addr: 127.0.0.1:8080}}]\nupstreams: {{u: {{url: http://127.0.0.1:9}}}}\nroutes: [{{path_prefix: \"{prefix}\", upstream: u}}]\n"));
+            assert!(
+                err.contains("routes[0].path_prefix") && err.contains(says),
+                "{prefix}: {err}"
+            );
+        }
+        for prefix in [
+            "/",
+            "/v1/",
+            "/v1/.well-known",
+            "/a%25b",
+            "/v1/chat/completions",
+        ] {
+            Config::from_yaml(&format!("listen: [{{addr: 127.0.0.1:8080}}]\nupstreams: {{u: {{url: http://127.0.0.1:9}}}}\nroutes: [{{path_prefix: \"{prefix}\", upstream: u}}]\n")).unwrap();
+        }
     }
 
     #[test]
