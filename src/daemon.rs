@@ -34,9 +34,14 @@ pub fn daemonize(pid_file: &Path) -> io::Result<()> {
     }
 }
 
+/// Where the PID file is written before it is renamed into place.
+pub fn pid_temp_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("pid.tmp")
+}
+
 /// Written whole under a temporary name and renamed, so a reader never sees a partial PID.
 pub fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
-    let temporary = path.with_extension("pid.tmp");
+    let temporary = pid_temp_path(path);
     std::fs::write(&temporary, format!("{pid}\n"))?;
     std::fs::rename(&temporary, path)
 }

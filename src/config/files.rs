@@ -80,7 +80,7 @@ pub(super) fn check_not_overwritten(
         ),
         (
             "server.pid_file".into(),
-            Path::new(&config.server.pid_file).with_extension("pid.tmp"),
+            crate::daemon::pid_temp_path(Path::new(&config.server.pid_file)),
         ),
         (
             "server.upgrade_sock".into(),
@@ -91,9 +91,10 @@ pub(super) fn check_not_overwritten(
         written.push(("usage.ledger".into(), ledger.clone()));
         if config.usage.rotate_bytes.is_some() {
             for n in 1..=config.usage.keep {
-                let mut rotated = ledger.clone().into_os_string();
-                rotated.push(format!(".{n}"));
-                written.push(("usage.ledger".into(), rotated.into()));
+                written.push((
+                    "usage.ledger".into(),
+                    crate::usage::ledger::numbered(ledger, n),
+                ));
             }
         }
     }

@@ -306,6 +306,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be more than 0 (omit it to never rotate by size)",
         ));
     }
+    if config.usage.keep > MAX_KEEP {
+        return Err(invalid(
+            "usage.keep",
+            format!("must be at most {MAX_KEEP} (each rotation renames every file kept)"),
+        ));
+    }
     if config.usage.rotate_bytes.is_some() && config.usage.keep == 0 {
         return Err(invalid(
             "usage.keep",
@@ -467,12 +473,16 @@ fn may_create_in(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Rotated ledger files kept at most: a rotation renames each of them.
+const MAX_KEEP: usize = 1000;
+
 /// Far more threads than any machine has cores; beyond it a typo (a count of bytes, say) would
 /// abort the start with a failed allocation.
 const MAX_THREADS: usize = 1024;
 
 /// Whether two listening addresses take the same port on some address: equal, or one a
-/// wildcard (`0.0.0.0` covers IPv4; `[::]` covers IPv6 and, dual-stack as Linux binds it, IPv4).
+/// wildcard (`0.0.0.0` covers IPv4; `[::]` covers IPv6, and IPv4 too where the host binds IPv6
+/// sockets dual-stack, Linux's default: Sluice leaves `IPV6_V6ONLY` to the host).
 /// Port 0 takes a free port of its own each time.
 fn overlap(a: &SocketAddr, b: &SocketAddr) -> bool {
     if a.port() != b.port() || a.port() == 0 {
@@ -480,10 +490,16 @@ fn overlap(a: &SocketAddr, b: &SocketAddr) -> bool {
     }
     let covers = |wide: &SocketAddr, other: &SocketAddr| match (wide.ip(), other.ip()) {
         (std::net::IpAddr::V4(w), std::net::IpAddr::V4(_)) => w.is_unspecified(),
-        (std::net::IpAddr::V6(w), _) => w.is_unspecified(),
+        (std::net::IpAddr::V6(w), std::net::IpAddr::V6(_)) => w.is_unspecified(),
+        (std::net::IpAddr::V6(w), std::net::IpAddr::V4(_)) => w.is_unspecified() && dual_stack(),
         (std::net::IpAddr::V4(_), std::net::IpAddr::V6(_)) => false,
     };
     a.ip() == b.ip() || covers(a, b) || covers(b, a)
+}
+
+/// Whether an IPv6 wildcard socket also takes IPv4 here (`net.ipv6.bindv6only` is 0).
+fn dual_stack() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").map_or(true, |v| v.trim() == "0")
 }
 
 fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
@@ -671,7 +687,7 @@ mod tests {
             ),
             ("{addr: 0.0.0.0:8080}", "127.0.0.1:8080", "admin"),
             (
-                "{addr: \"[::]:8080\"}, {addr: 0.0.0.0:8080}",
+                "{addr: \"[::]:8080\"}, {addr: \"[::1]:8080\"}",
                 "127.0.0.1:9090",
                 "listen[1].addr",
             ),
@@ -687,6 +703,12 @@ mod tests {
                 "{listen} {admin}: {err}"
             );
         }
+        // `[::]` takes IPv4 as well only where the host binds IPv6 sockets dual-stack.
+        let both = "{addr: \"[::]:8080\"}, {addr: 0.0.0.0:8080}";
+        assert_eq!(
+            Config::from_yaml(&config(both, "127.0.0.1:9090")).is_err(),
+            super::dual_stack()
+        );
         for (listen, admin) in [
             ("{addr: 127.0.0.1:0}, {addr: 127.0.0.1:0}", "127.0.0.1:0"),
             (

@@ -283,8 +283,8 @@ pub fn build_server(config: &Config, options: &RunOptions) -> Result<Server, Str
 }
 
 /// The roots a `rediss://` Redis is verified against, as upstreams are: its `ca_file`, else the
-/// system roots, else (`None`) the Mozilla roots built in.
-fn redis_roots(ca_file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, String> {
+/// system roots, else the Mozilla roots built in.
+fn redis_roots(ca_file: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
     let certs = match ca_file {
         Some(path) => crate::config::tls::load_ca_file(path)
             .map_err(|e| format!("limits.backend.ca_file: {e}"))?,
@@ -298,12 +298,13 @@ fn redis_roots(ca_file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, Str
                 }
                 certs
             }
+            // The same bundle as https upstreams get (not the Redis client's own copy).
             Ok(_) => {
                 log::warn!(
-                    "no system CA certificates found (install ca-certificates, or set SSL_CERT_FILE): \
+                    "no usable system CA certificates found (install ca-certificates, or set SSL_CERT_FILE): \
                      Redis is verified with the bundled Mozilla roots"
                 );
-                return Ok(None);
+                webpki_root_certs::TLS_SERVER_ROOT_CERTS.to_vec()
             }
             Err(e) => {
                 return Err(format!(
@@ -313,7 +314,7 @@ fn redis_roots(ca_file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, Str
             }
         },
     };
-    Ok(Some(crate::config::tls::pem_of(&certs)))
+    Ok(crate::config::tls::pem_of(&certs))
 }
 
 fn build_limiter(config: &Config) -> Result<Limiter, String> {
@@ -325,7 +326,7 @@ fn build_limiter(config: &Config) -> Result<Limiter, String> {
             timeout: redis.timeout,
             key_prefix: redis.key_prefix.clone(),
             tls_roots: match redis.redis.starts_with("rediss://") {
-                true => redis_roots(redis.ca_file.as_deref())?,
+                true => Some(redis_roots(redis.ca_file.as_deref())?),
                 false => None,
             },
         }),

@@ -699,15 +699,7 @@ fn relay_event_stream<'a>(
             // until the end is written.
             let mut guard = guard;
             upstream.finish(route, outcome, ctx).await;
-            if outcome != StreamOutcome::Completed
-                && inspector.final_reached()
-                && outcome != StreamOutcome::ClientDisconnect
-                && !ctx.write_cut
-            {
-                // The provider finished its stream and merely left the connection open (not a
-                // client that stopped reading before it got the end).
-                outcome = StreamOutcome::Completed;
-            }
+            outcome = completed_if_finished(outcome, inspector.final_reached(), ctx);
             ctx.outcome = Some(outcome);
             guard.outcome = outcome;
             // Asked before a partial event held in strip mode is dropped: the client saw none of
@@ -848,14 +840,7 @@ async fn relay_json_array(
         // until the end is written.
         let mut guard = guard;
         upstream.finish(route, outcome, ctx).await;
-        if outcome != StreamOutcome::Completed
-            && inspector.final_reached()
-            && outcome != StreamOutcome::ClientDisconnect
-            && !ctx.write_cut
-        {
-            // The array was whole: the upstream merely left its body open.
-            outcome = StreamOutcome::Completed;
-        }
+        outcome = completed_if_finished(outcome, inspector.final_reached(), ctx);
         ctx.outcome = Some(outcome);
         guard.outcome = outcome;
         let mut record =
@@ -893,6 +878,22 @@ async fn relay_json_array(
         finish
     })
     .await
+}
+
+/// A stream whose provider finished it (its end marker, an array's `]`) but whose upstream then
+/// merely left the connection open is `completed`; not one whose client left, or stopped
+/// reading before it got the end.
+fn completed_if_finished(
+    outcome: StreamOutcome,
+    finished: bool,
+    ctx: &RequestCtx,
+) -> StreamOutcome {
+    let client_had_it = outcome != StreamOutcome::ClientDisconnect && !ctx.write_cut;
+    if finished && client_had_it {
+        StreamOutcome::Completed
+    } else {
+        outcome
+    }
 }
 
 /// Writes a response's last bytes (its end, or Sluice's terminal event) to a client that may

@@ -249,7 +249,7 @@ fn cut_by_client(ctx: &mut RequestCtx, ended: StreamOutcome) -> StreamOutcome {
     ctx.error = match ended {
         StreamOutcome::IdleTimeout => Some("the client took nothing for the idle timeout".into()),
         StreamOutcome::MaxDuration => {
-            Some("max duration reached while the client took nothing".into())
+            Some("max duration reached while a write to the client was still waiting".into())
         }
         _ => ctx.error.take(),
     };
@@ -299,7 +299,11 @@ where
                     took_at = Some(Instant::now());
                 }
                 polled
-            }) => return Ok(written),
+            }) => {
+                // It took the rest just now: the idle timeout counts from here.
+                clock.on_client_progress(Instant::now());
+                return Ok(written);
+            }
             _ = grace_over.as_mut() => StreamOutcome::Shutdown,
             tick = timer.due(clock) => match tick {
                 RelayTick::Heartbeat => {

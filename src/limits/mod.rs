@@ -171,8 +171,8 @@ pub struct RedisSettings {
     /// Prefix of every key: `{prefix}:u:{user}`, `{prefix}:k:{key_id}`, `{prefix}:r:{user}`.
     /// Default `sluice`.
     pub key_prefix: String,
-    /// `rediss://`: the certificates (PEM) Redis is verified against; `None`, the Mozilla roots
-    /// built into Sluice.
+    /// `rediss://`: the certificates (PEM) Redis is verified against; `None`, the Redis client's
+    /// own Mozilla roots (Sluice always gives its own).
     pub tls_roots: Option<Vec<u8>>,
 }
 

@@ -14,8 +14,11 @@ pub struct ArrayInspector {
     extractor: Box<dyn UsageExtractor>,
     hold_final: bool,
     max_element: usize,
-    /// The closing `]` and what came after it, in hold-final mode.
+    /// The closing `]` and the whitespace after it, in hold-final mode.
     held: BytesMut,
+    /// Something other than whitespace came after the `]` (hold-final mode): not held, and
+    /// the stream is over.
+    went_on: bool,
 }
 
 /// How Sluice's own error element joins the array the client has so far.
@@ -36,13 +39,14 @@ impl ArrayInspector {
             hold_final,
             max_element,
             held: BytesMut::new(),
+            went_on: false,
         }
     }
 
     /// Inspects one upstream chunk and returns what the client gets now.
     pub fn on_chunk(&mut self, chunk: Bytes) -> Bytes {
         if self.final_reached() && self.hold_final {
-            self.held.extend_from_slice(&chunk);
+            self.hold_after_end(&chunk);
             return Bytes::new();
         }
         let extractor = &mut self.extractor;
@@ -51,10 +55,27 @@ impl ArrayInspector {
             .feed(&chunk, |element| extractor.on_event(b"message", element));
         match closed_at {
             Some(at) if self.hold_final => {
-                self.held.extend_from_slice(&chunk[at..]);
+                self.held.extend_from_slice(b"]");
+                self.hold_after_end(&chunk[at + 1..]);
                 chunk.slice(..at)
             }
             _ => chunk,
+        }
+    }
+
+    /// Holds what follows the `]` while it is whitespace, all a JSON text may end with; the
+    /// first other byte ends the stream, and neither it nor anything after reaches the client
+    /// (which would get an answer no JSON reader takes).
+    fn hold_after_end(&mut self, bytes: &[u8]) {
+        if self.went_on {
+            return;
+        }
+        match bytes.iter().position(|b| !b.is_ascii_whitespace()) {
+            None => self.held.extend_from_slice(bytes),
+            Some(n) => {
+                self.held.extend_from_slice(&bytes[..n]);
+                self.went_on = true;
+            }
         }
     }
 
@@ -63,10 +84,10 @@ impl ArrayInspector {
         self.splitter.position() == ArrayPosition::Ended
     }
 
-    /// What followed the `]` has grown past the largest element: an upstream that goes on
-    /// sending after its array's end is not held without a bound.
+    /// The upstream went on after its array's `]` (with more than whitespace, or whitespace
+    /// past the largest element): the stream ends with what it has.
     pub fn final_frame_full(&self) -> bool {
-        self.final_reached() && self.held.len() > self.max_element
+        self.final_reached() && (self.went_on || self.held.len() > self.max_element)
     }
 
     pub fn take_held(&mut self) -> Bytes {
@@ -138,6 +159,21 @@ mod tests {
         assert!(inspector.final_reached());
         assert_eq!(inspector.on_chunk(Bytes::from_static(b" ")), "");
         assert_eq!(inspector.take_held(), "]\n ");
+    }
+
+    #[test]
+    fn what_follows_the_bracket_is_held_only_while_it_is_whitespace() {
+        let mut inspector = inspector(true);
+        inspector.on_chunk(Bytes::from(FIRST));
+        assert_eq!(inspector.on_chunk(Bytes::from_static(b"] \n")), "");
+        assert!(!inspector.final_frame_full());
+        assert_eq!(
+            inspector.on_chunk(Bytes::from_static(b"\n{\"more\": 1}")),
+            ""
+        );
+        assert!(inspector.final_frame_full());
+        assert_eq!(inspector.on_chunk(Bytes::from_static(b"  ")), "");
+        assert_eq!(inspector.take_held(), "] \n\n");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::upstream_error;
 use crate::edge::headers::UpstreamHead;
 use crate::http1::{Fields, ResponseHead};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use pingora::connectors::http::Connector;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
@@ -103,20 +104,24 @@ impl Drop for PingoraConn {
         let Some(session) = self.session.take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Pingora starts an idle connection's timer on the current runtime: without one (a
+        // process tearing down) the session is just dropped, its stream reset.
+        if tokio::runtime::Handle::try_current().is_err() {
             return;
-        };
+        }
         let idle = if self.retired() {
             Duration::ZERO
         } else {
             self.pool_idle
         };
-        let (connector, peer) = (self.connector.clone(), self.peer.clone());
-        runtime.spawn(async move {
-            connector
-                .release_http_session(session, &peer, Some(idle))
-                .await;
-        });
+        // An HTTP/2 session goes back at once: Pingora's release has nothing to wait for.
+        let released = self
+            .connector
+            .release_http_session(session, &self.peer, Some(idle))
+            .now_or_never();
+        if released.is_none() {
+            log::debug!("an HTTP/2 upstream session could not be given back at once; dropped");
+        }
     }
 }
 

@@ -150,7 +150,8 @@ fn sync_dir(dir: &Path, path: &Path) {
     let _ = (dir, path);
 }
 
-pub(super) fn numbered(path: &Path, n: usize) -> PathBuf {
+/// `PATH.n`: where rotation moves the ledger's `n`-th older file.
+pub fn numbered(path: &Path, n: usize) -> PathBuf {
     let mut name = OsString::from(path.as_os_str());
     name.push(format!(".{n}"));
     PathBuf::from(name)

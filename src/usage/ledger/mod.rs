@@ -66,6 +66,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use self::delivery::Completion;
+pub use self::file::numbered;
 use self::file::LedgerFile;
 use self::queue::{Admission, Counters, Shared, State};
 use self::writer::Writer;
