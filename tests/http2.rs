@@ -1380,3 +1380,45 @@ fn a_client_that_reads_slowly_but_steadily_is_waited_for() {
     assert_eq!(record["outcome"], "completed", "{record}");
     assert_eq!(body.len(), event.len() * 32 + "data: [DONE]\n\n".len());
 }
+
+/// The idle timeout after a slow client finally took a long write counts from then, not from
+/// the upstream's last bytes before it: a short upstream pause right after does not end a
+/// stream whose client was reading all along.
+#[test]
+fn a_slow_clients_last_progress_counts_when_its_write_completes() {
+    let event = format!("data: {{\"pad\":\"{}\"}}\n\n", "x".repeat(2000));
+    let steps = {
+        let mut steps = vec![Step::sse_head()];
+        steps.extend((0..32).map(|_| Step::chunk(&event)));
+        // Silent past the idle timeout as counted from the burst, not from its last byte taken.
+        steps.push(Step::sleep_ms(3000));
+        steps.push(Step::chunk("data: [DONE]\n\n"));
+        steps.push(Step::End);
+        steps
+    };
+    let upstream = Upstream::start(move |_| steps.clone());
+    let sluice = h2c_routed_to(
+        &upstream,
+        "    provider: openai\n    usage_comment: false\n    idle_timeout: 2s\n    heartbeat: off\n",
+        "",
+    );
+    let rt = runtime();
+    let body = rt.block_on(async {
+        let (_client, response) = open_stream_without_reading(&sluice, 4096).await;
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        // ~40 KB/s: the burst (64 KiB) is taken by ~1.6 s, then the client keeps up.
+        while let Some(data) = body.data().await {
+            let data = data.unwrap();
+            got.extend_from_slice(&data);
+            if got.len() < 64 * 1024 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            body.flow_control().release_capacity(data.len()).unwrap();
+        }
+        got
+    });
+    let record = &sluice.wait_ledger(1)[0];
+    assert_eq!(record["outcome"], "completed", "{record}");
+    assert_eq!(body.len(), event.len() * 32 + "data: [DONE]\n\n".len());
+}
