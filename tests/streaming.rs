@@ -658,6 +658,39 @@ fn a_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
     );
 }
 
+/// An HTTP/1.1 client that reads steadily but slower than its stream is not taken for one that
+/// stopped: with megabytes waiting in the kernel's send buffer a write wakes only once much of
+/// it drained, so Sluice reads the socket's acknowledgements at the idle tick. Before, the
+/// stream was cut after `idle_timeout` ("the client took nothing") while the client read on.
+#[test]
+fn an_http1_client_reading_steadily_behind_a_full_send_buffer_is_not_cut() {
+    use std::io::Read;
+    let event = format!("data: {{\"pad\":\"{}\"}}\n\n", "x".repeat(4000));
+    let upstream = Upstream::start(move |_| {
+        // Far more than the socket buffers on the way hold.
+        let mut steps = vec![Step::sse_head()];
+        steps.extend((0..4000).map(|_| Step::chunk(&event)));
+        steps.push(Step::End);
+        steps
+    });
+    let sluice = sluice_for(&upstream, "    idle_timeout: 1s\n    heartbeat: off\n");
+    let mut client = Client::connect(sluice.addr);
+    client.post_json("/v1/chat/completions", STREAM_REQUEST);
+    assert_eq!(client.read_head().status, 200);
+    let mut stream = client.stream().try_clone().unwrap();
+    let started = Instant::now();
+    let mut piece = [0u8; 4096];
+    // ~100 KB/s for three idle timeouts, then the client leaves.
+    while started.elapsed() < Duration::from_secs(3) {
+        assert!(stream.read(&mut piece).unwrap() > 0);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    drop(stream);
+    drop(client);
+    let record = &sluice.wait_ledger(1)[0];
+    assert_eq!(record["outcome"], "client_disconnect", "{record}");
+}
+
 /// The usage comment goes after the upstream's last event only when that event was finished: a
 /// stream that ends mid-line reaches the client as the upstream left it, not with the comment
 /// glued on (`data: [DONE]: sluice-usage …`, an event the upstream never finished).

@@ -715,3 +715,34 @@ fn a_gemini_answer_that_is_no_array_passes_untouched() {
         assert_eq!(record["outcome"], "completed");
     }
 }
+
+/// A Gemini array whose upstream sends its finishing element and then leaves the body open
+/// ends a second later as `completed`, as an event stream does after its end marker, the array
+/// closed by Sluice's `]` (valid JSON). Before, the client waited for the idle timeout and got an
+/// error element after the finished answer.
+#[test]
+fn a_gemini_array_left_open_after_its_finish_is_closed_soon_after() {
+    let upstream = gemini_array_upstream(vec![
+        Step::chunk(GEMINI_ARRAY[0]),
+        Step::chunk(GEMINI_ARRAY[1]),
+        Step::Hold,
+    ]);
+    let sluice = Sluice::start(&format!(
+        "upstreams:\n  up:\n    url: {}\nroutes:\n  - path_prefix: /\n    upstream: up\n    provider: gemini\n    idle_timeout: 10s\n",
+        upstream.url()
+    ));
+    let mut client = Client::connect(sluice.addr);
+    let started = std::time::Instant::now();
+    client.post_json(GEMINI_ARRAY_PATH, r#"{"contents":[]}"#);
+    let response = client.read_response();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let array: Value = serde_json::from_str(&response.text()).expect("valid JSON");
+    assert_eq!(array.as_array().unwrap().len(), 2, "{array}");
+    let record = &sluice.wait_ledger(1)[0];
+    assert_eq!(record["outcome"], "completed", "{record}");
+    assert_eq!(record["total_tokens"], 7);
+    assert_eq!(
+        record["bytes"],
+        GEMINI_ARRAY[0].len() + GEMINI_ARRAY[1].len()
+    );
+}

@@ -1,4 +1,4 @@
-//! The files Sluice writes: the PID file (written at every start, removed at exit), the upgrade
+//! The files Sluice writes: the PID file (written at every start, by renaming over it), the upgrade
 //! socket (bound by `sluice -u`, which first removes whatever has its name) and the usage ledger
 //! (appended, rotated to `PATH.1` …). Each must be a file of its kind where it can be made, and
 //! none may be a file Sluice reads (a keys file, a certificate, the config itself) or another of
@@ -98,21 +98,27 @@ pub(super) fn check_not_overwritten(
             }
         }
     }
-    let read = files_read(config, config_file);
-    let written: Vec<(String, PathBuf)> = written
+    let read: Vec<(String, Identity)> = files_read(config, config_file)
         .into_iter()
         .map(|(key, path)| (key, identity(&path)))
         .collect();
-    for (i, (key, path)) in written.iter().enumerate() {
+    let written: Vec<(String, PathBuf, Identity)> = written
+        .into_iter()
+        .map(|(key, path)| {
+            let id = identity(&path);
+            (key, path, id)
+        })
+        .collect();
+    for (i, (key, path, id)) in written.iter().enumerate() {
         let other = read
             .iter()
-            .find(|(_, p)| identity(p) == *path)
+            .find(|(_, other)| other == id)
             .map(|(k, _)| k.clone())
             .or_else(|| {
                 written[..i]
                     .iter()
-                    .find(|(k, p)| p == path && k != key)
-                    .map(|(k, _)| k.clone())
+                    .find(|(k, _, other)| other == id && k != key)
+                    .map(|(k, _, _)| k.clone())
             });
         if let Some(other) = other {
             return Err((
@@ -163,19 +169,26 @@ fn files_read(config: &Config, config_file: Option<&Path>) -> Vec<(String, PathB
     read
 }
 
-/// The file a path names, whatever way it is written (relative, through `..` or links): its
-/// directory resolved, and the file itself when it exists (a link to another file is that file).
-fn identity(path: &Path) -> PathBuf {
-    if let Ok(real) = std::fs::canonicalize(path) {
-        return real;
+/// The file a path names, whatever way it is written: the same inode (a hard link, a symbolic
+/// one, `..`) when it exists, else the same path once its directory is resolved.
+#[derive(Debug, PartialEq, Eq)]
+enum Identity {
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+fn identity(path: &Path) -> Identity {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        return Identity::Inode(meta.dev(), meta.ino());
     }
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     match (std::fs::canonicalize(dir), path.file_name()) {
-        (Ok(dir), Some(name)) => dir.join(name),
-        _ => path.to_path_buf(),
+        (Ok(dir), Some(name)) => Identity::Path(dir.join(name)),
+        _ => Identity::Path(path.to_path_buf()),
     }
 }
 
@@ -189,9 +202,11 @@ mod tests {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("keys.yaml"), "").unwrap();
         std::os::unix::fs::symlink(dir.join("keys.yaml"), dir.join("link.yaml")).unwrap();
+        std::fs::hard_link(dir.join("keys.yaml"), dir.join("hard.yaml")).unwrap();
         let keys = identity(&dir.join("keys.yaml"));
         assert_eq!(identity(&dir.join("sub/../keys.yaml")), keys);
         assert_eq!(identity(&dir.join("link.yaml")), keys);
+        assert_eq!(identity(&dir.join("hard.yaml")), keys);
         assert_eq!(
             identity(&dir.join("sub/../new.pid")),
             identity(&dir.join("new.pid"))

@@ -348,27 +348,34 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
         // Requests are routed by their path as an upstream resolves it (decoded, slashes
-        // merged), and one with a dot segment is refused first: a prefix written otherwise is
-        // never matched, and its requests would take another route.
-        let matched = crate::route::match_path(&route.path_prefix);
-        if matched != route.path_prefix {
+        // merged, without its query), and one with a dot segment is refused first: a prefix
+        // written otherwise is never matched, and its requests would take another route.
+        let key = format!("routes[{i}].path_prefix");
+        if route.path_prefix.contains(['?', '#']) {
             return Err(invalid(
-                format!("routes[{i}].path_prefix"),
-                format!(
-                    "request paths are matched decoded, with repeated slashes merged: write it \
-                     as {matched:?}"
-                ),
+                key,
+                "has a `?` or `#`: routes match the path alone, never the query",
             ));
         }
-        let segments: Vec<&str> = route.path_prefix.split('/').collect();
+        let matched = crate::route::match_path(&route.path_prefix);
+        let segments: Vec<&str> = matched.split('/').collect();
         let dot_segment = segments
             .iter()
             .enumerate()
             .any(|(n, segment)| *segment == ".." || (*segment == "." && n + 1 < segments.len()));
         if dot_segment {
             return Err(invalid(
-                format!("routes[{i}].path_prefix"),
+                key,
                 "has a `.` or `..` segment: requests with one are refused (400), never routed",
+            ));
+        }
+        if matched != route.path_prefix {
+            return Err(invalid(
+                key,
+                format!(
+                    "request paths are matched decoded, with repeated slashes merged: write it \
+                     as {matched:?}"
+                ),
             ));
         }
         if !config.upstreams.contains_key(&route.upstream) {

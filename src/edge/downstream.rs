@@ -207,6 +207,16 @@ impl<'a> Downstream<'a> {
         }
     }
 
+    /// The client connection's socket, where its TCP acknowledgements can be read (HTTP/1.x;
+    /// an HTTP/2 stream shares its connection, and counts what its window lets through).
+    pub fn socket_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Downstream::H1(h1) => Some(h1.stream.id()),
+            Downstream::Session(ServerSession::H1(session)) => Some(session.stream().id()),
+            _ => None,
+        }
+    }
+
     /// Returns once the client has closed its side of the connection (or the connection failed).
     /// Bytes it sends meanwhile are the start of its next request (RFC 9112 §9.3.2 lets a client
     /// send it before this response ends), not a sign of leaving: they are kept for that request

@@ -430,7 +430,7 @@ async fn relay_json_array(
         // until the end is written.
         let mut guard = guard;
         upstream.finish(route, outcome, ctx).await;
-        outcome = completed_if_finished(outcome, inspector.final_reached(), ctx);
+        outcome = completed_if_finished(outcome, inspector.finished(), ctx);
         ctx.outcome = Some(outcome);
         guard.outcome = outcome;
         let mut record =
@@ -444,8 +444,16 @@ async fn relay_json_array(
             let record = ctx.usage_record.as_ref().expect("just set");
             let trailers = down.wants_trailers().then(|| usage_trailers(record));
             match outcome {
-                StreamOutcome::Completed => {
+                StreamOutcome::Completed if inspector.final_reached() => {
                     end_stream(down, ctx, inspector.take_held(), trailers).await
+                }
+                // The provider finished (a finish reason) but left its array open: Sluice's own
+                // `]` closes it (nothing is held before the `]`).
+                StreamOutcome::Completed => {
+                    let closing = inspector.closing();
+                    stream_body::note_own_bytes(ctx, closing.len());
+                    down.finish(bytes::Bytes::from_static(closing.as_bytes()), trailers)
+                        .await
                 }
                 StreamOutcome::ClientDisconnect => Finish::Close,
                 _ if ctx.write_cut => Finish::Close,

@@ -69,6 +69,7 @@ pub async fn relay(
     // for every stream's end.
     let mut linger: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let taken = TakenBytes::default();
+    let socket = down.socket_fd();
     loop {
         let mut linger_over = false;
         // A sized body that has fully arrived would otherwise wait for a read that never ends.
@@ -121,7 +122,7 @@ pub async fn relay(
                                 None => {
                                     let wait = wait_for_client(
                                         written,
-                                        &taken,
+                                        (&taken, socket),
                                         grace_over.as_mut(),
                                         &mut timer,
                                         &mut clock,
@@ -191,7 +192,7 @@ pub async fn relay(
             }
             BodyWatch::Array(inspector) if !data.is_empty() => {
                 let data = inspector.on_chunk(data);
-                (data, inspector.final_reached())
+                (data, inspector.finished())
             }
             _ => (data, false),
         };
@@ -213,7 +214,7 @@ pub async fn relay(
                 None => {
                     let wait = wait_for_client(
                         written,
-                        &taken,
+                        (&taken, socket),
                         grace_over.as_mut(),
                         &mut timer,
                         &mut clock,
@@ -276,7 +277,7 @@ fn end_after_marker(up: &mut UpstreamConn, ctx: &mut RequestCtx, what: &str) -> 
 /// is waited for. Heartbeats are not due while bytes wait to go.
 async fn wait_for_client<W, G>(
     mut written: Pin<&mut W>,
-    taken: &TakenBytes,
+    (taken, socket): (&TakenBytes, Option<std::os::fd::RawFd>),
     mut grace_over: Pin<&mut G>,
     timer: &mut RelayTimer,
     clock: &mut RelayClock,
@@ -286,6 +287,8 @@ where
     G: std::future::Future<Output = ()>,
 {
     let mut seen = taken.get();
+    let acked = || socket.and_then(super::tcp::bytes_acked);
+    let mut acked_seen = acked();
     // When the client last took something, noted as the write wakes (it wakes as the client
     // takes bytes): the idle deadline moves there when it comes.
     let mut took_at: Option<Instant> = None;
@@ -313,6 +316,14 @@ where
                 RelayTick::IdleTimeout => match took_at.take() {
                     Some(at) => {
                         clock.on_client_progress(at);
+                        continue;
+                    }
+                    // The socket's acknowledgements: a write wakes only once much of a large
+                    // send buffer drained, and a client taking it slowly would look idle. When
+                    // it took them is unknown: the timeout counts from now.
+                    None if acked() > acked_seen => {
+                        acked_seen = acked();
+                        clock.on_client_progress(Instant::now());
                         continue;
                     }
                     None => StreamOutcome::IdleTimeout,

@@ -96,6 +96,32 @@ pub struct WriteFlushed<'a, W: ?Sized> {
     what: &'static str,
 }
 
+/// Bytes of the connection on socket `fd` that its peer acknowledged (Linux `TCP_INFO`), `None`
+/// where it cannot be read. What a client took, however slowly: the kernel wakes a waiting write
+/// only once much of a large send buffer has drained, so counting what writes accept would not
+/// see a slow reader for as long as that takes.
+pub fn bytes_acked(fd: std::os::fd::RawFd) -> Option<u64> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` has room for `len` bytes, and the kernel writes at most that many.
+    let got = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    // Older kernels fill less of the struct: the field must be within what was written.
+    let field_end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+    if got != 0 || (len as usize) < field_end {
+        return None;
+    }
+    // SAFETY: filled by the kernel up to `len`, which covers the field read.
+    Some(unsafe { info.assume_init() }.tcpi_bytes_acked)
+}
+
 /// Most bytes one [`read_into`] takes.
 pub const READ_SIZE: usize = 64 * 1024;
 

@@ -84,6 +84,21 @@ impl ArrayInspector {
         self.splitter.position() == ArrayPosition::Ended
     }
 
+    /// The provider finished: its array closed, or an element gave the finish reason (then the
+    /// upstream has `END_MARKER_LINGER` to close it, as after an event stream's end marker).
+    pub fn finished(&self) -> bool {
+        self.final_reached() || self.extractor.facts().end_marker_seen
+    }
+
+    /// What closes an array whose provider finished but whose `]` never came (its upstream left
+    /// the body open): the `]`, where the client's bytes end after an element.
+    pub fn closing(&self) -> &'static str {
+        match self.splitter.position() {
+            ArrayPosition::AfterElement if !self.splitter.comma_pending() => "\n]",
+            _ => "",
+        }
+    }
+
     /// The upstream went on after its array's `]` (with more than whitespace, or whitespace
     /// past the largest element): the stream ends with what it has.
     pub fn final_frame_full(&self) -> bool {

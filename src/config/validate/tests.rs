@@ -145,6 +145,9 @@ fn a_path_prefix_no_request_can_match_is_named() {
         ("/v1//chat", "\"/v1/chat\""),
         ("/v1/../x", "`..` segment"),
         ("/v1/./x", "`..` segment"),
+        ("/v1/%2e%2e/x", "`..` segment"),
+        ("/v1?x", "never the query"),
+        ("/v1#x", "never the query"),
     ] {
         let err = error_of(&format!("listen: [{{addr: 127.0.0.1:8080}}]\nupstreams: {{u: {{url: http://127.0.0.1:9}}}}\nroutes: [{{path_prefix: \"{prefix}\", upstream: u}}]\n"));
         assert!(
