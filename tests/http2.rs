@@ -1422,3 +1422,118 @@ fn a_slow_clients_last_progress_counts_when_its_write_completes() {
     assert_eq!(record["outcome"], "completed", "{record}");
     assert_eq!(body.len(), event.len() * 32 + "data: [DONE]\n\n".len());
 }
+
+/// A TCP connection whose reads are paced: at most `per_read` bytes every `pause`.
+struct PacedReads {
+    inner: tokio::net::TcpStream,
+    wait: std::pin::Pin<Box<tokio::time::Sleep>>,
+    per_read: usize,
+    pause: Duration,
+}
+
+impl tokio::io::AsyncRead for PacedReads {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        std::task::ready!(self.wait.as_mut().poll(cx));
+        let room = buf.remaining().min(self.per_read);
+        let mut piece = vec![0u8; room];
+        let mut limited = tokio::io::ReadBuf::new(&mut piece);
+        let this = &mut *self;
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
+        buf.put_slice(limited.filled());
+        let next = tokio::time::Instant::now() + this.pause;
+        this.wait.as_mut().reset(next);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for PacedReads {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/2 client whose connection is read slowly (a slow link: the socket, not its windows,
+/// holds Sluice back) is not taken for one that stopped: the relay reads the connection's TCP
+/// acknowledgements at the idle tick, as for HTTP/1.1. Before, no window update reached the
+/// stream in time (the `h2` crate reads no frame while its writes wait on a full socket), and
+/// the stream was cut after `idle_timeout` as one that took nothing.
+#[test]
+fn an_http2_client_on_a_slow_link_is_not_cut() {
+    let event = format!("data: {{\"pad\":\"{}\"}}\n\n", "x".repeat(4000));
+    let steps = {
+        let mut steps = vec![Step::sse_head()];
+        steps.extend((0..1000).map(|_| Step::chunk(&event)));
+        steps.push(Step::End);
+        steps
+    };
+    let upstream = Upstream::start(move |_| steps.clone());
+    let sluice = h2c_routed_to(
+        &upstream,
+        "    provider: openai\n    usage_comment: false\n    idle_timeout: 1s\n    heartbeat: off\n",
+        "",
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(sluice.addr).await.unwrap();
+        // ~25 KB/s.
+        let paced = PacedReads {
+            inner: tcp,
+            wait: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            per_read: 1024,
+            pause: Duration::from_millis(40),
+        };
+        let (client, connection) = h2::client::handshake(paced).await.unwrap();
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = http::Request::get("http://sluice.test/v1/chat/completions")
+            .header("accept", "text/event-stream")
+            .body(())
+            .unwrap();
+        let mut ready = client.ready().await.unwrap();
+        let (response, _) = ready.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let data = body
+                .data()
+                .await
+                .expect("the stream ended early")
+                .expect("the stream was cut");
+            body.flow_control().release_capacity(data.len()).unwrap();
+        }
+        driver.abort();
+    });
+    // Served until the client left (its leaving, with the socket full, is seen at the next
+    // idle tick).
+    let record = &sluice.wait_ledger(1)[0];
+    assert!(
+        record["duration_ms"].as_f64().unwrap() >= 3000.0,
+        "{record}"
+    );
+}

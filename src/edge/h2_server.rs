@@ -90,6 +90,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     mut shutdown: ShutdownWatch,
 ) {
+    let socket = stream.id();
     // The server's first frames wait for the first request to go upstream (`h2_io`).
     let (stream, first_flight) = h2_io::wrap(stream, read_already);
     // The handshake boxed, inside a block: held by value, its 3 KB (and the result's) would stay
@@ -149,7 +150,11 @@ pub(super) async fn serve(
                     match accepted {
                         Ok(Some(H2Accept::Session(session))) => {
                             let session = ServerSession::new_http2(session);
-                            let request = app.serve_request(session, Some(peer), &request_shutdown);
+                            let request = app.serve_request(
+                                session,
+                                (Some(peer), Some(socket)),
+                                &request_shutdown,
+                            );
                             streams.push(isolated(request, peer));
                             accepted_one = true;
                         }

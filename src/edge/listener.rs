@@ -530,7 +530,10 @@ async fn serve(
         // Whole seconds (validated), as Pingora takes them.
         let keepalive = (!*shutdown.borrow()).then_some(app.timeouts.keepalive.as_secs());
         let session = request_session(stream, prefix, keepalive);
-        let Some(kept) = app.serve_request(session, Some(peer), &shutdown).await else {
+        let Some(kept) = app
+            .serve_request(session, (Some(peer), None), &shutdown)
+            .await
+        else {
             return;
         };
         stream = kept.stream;

@@ -42,6 +42,10 @@ pub struct RequestCtx {
     /// the session: Sluice's connections carry no Pingora socket digest, so
     /// `ServerSession::client_addr()` is `None`.
     pub client_addr: Option<std::net::SocketAddr>,
+    /// The socket of an HTTP/2 client's connection, where the relay reads what the client
+    /// acknowledged while a write to one of its streams waits (the `h2` crate reads no window
+    /// update while its own writes wait on a full socket).
+    pub connection_socket: Option<std::os::fd::RawFd>,
     /// The client a trusted proxy (`server.trusted_proxies`) forwarded the request for.
     pub forwarded_client: Option<std::net::IpAddr>,
     /// When the client left, if it did: the request's duration ends there, not after the
@@ -102,6 +106,7 @@ impl RequestCtx {
         RequestCtx {
             started: Instant::now(),
             client_addr,
+            connection_socket: None,
             forwarded_client: None,
             client_left: None,
             request_id: String::new(),

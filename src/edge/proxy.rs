@@ -176,7 +176,7 @@ impl SluiceProxy {
 
 impl SluiceProxy {
     /// One request on `down`, from its head to its end; the stream back when the connection is
-    /// kept alive. `client_addr` is the peer's address (for the access log and
+    /// kept alive. `connection_socket`: an HTTP/2 connection's socket. `client_addr` is the peer's address (for the access log and
     /// `X-Forwarded-For`): Sluice's own accept loop passes the one `accept` returned rather than
     /// keep a ~400-byte Pingora `SocketDigest` per connection to carry it.
     ///
@@ -188,7 +188,7 @@ impl SluiceProxy {
     pub(super) fn serve_request<'app, 'watch, 'fut>(
         self: &'app Arc<Self>,
         down: ServerSession,
-        client_addr: Option<SocketAddr>,
+        (client_addr, connection_socket): (Option<SocketAddr>, Option<std::os::fd::RawFd>),
         shutdown: &'watch ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<KeptAlive>> + Send + 'fut>>
     where
@@ -214,6 +214,7 @@ impl SluiceProxy {
                 _ = drain::request_arrival_over(&mut shutdown) => return None,
             };
             let mut ctx = RequestCtx::new(client_addr);
+            ctx.connection_socket = connection_socket;
             match read {
                 Ok(true) => {}
                 // The client closed an idle kept-alive connection.

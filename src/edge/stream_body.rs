@@ -69,7 +69,7 @@ pub async fn relay(
     // for every stream's end.
     let mut linger: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let taken = TakenBytes::default();
-    let socket = down.socket_fd();
+    let socket = down.socket_fd().or(ctx.connection_socket);
     loop {
         let mut linger_over = false;
         // A sized body that has fully arrived would otherwise wait for a read that never ends.
