@@ -13,7 +13,7 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// What kind of file a written path may already be.
 #[derive(Clone, Copy)]
-pub(super) enum Kind {
+enum Kind {
     Regular,
     Socket,
 }
@@ -41,7 +41,7 @@ pub(super) fn check_server_files(config: &Config) -> Result<(), (String, String)
 }
 
 /// A path Sluice makes a file of `kind` at: named, in a directory, not something else already.
-pub(super) fn check_writable_file(path: &Path, kind: Kind) -> Result<(), String> {
+fn check_writable_file(path: &Path, kind: Kind) -> Result<(), String> {
     if path.as_os_str().is_empty() {
         return Err("is empty".into());
     }

@@ -260,11 +260,7 @@ fn relay_event_stream<'a>(
 ) -> impl Future<Output = Finish> + 'a {
     async move {
         let guard = StreamGuard::new(&route.name);
-        let extractor = if usage.inspects() {
-            extractor(ctx.format)
-        } else {
-            Box::new(NoExtractor::default())
-        };
+        let extractor = extractor(usage, ctx.format);
         let mut inspector = StreamInspector::new(
             extractor,
             InspectorOptions {
@@ -409,11 +405,7 @@ async fn relay_json_array(
     decoder: Option<&mut ContentDecoder>,
 ) -> Finish {
     let guard = StreamGuard::new(&route.name);
-    let extractor = if usage.inspects() {
-        extractor(ctx.format)
-    } else {
-        Box::new(NoExtractor::default())
-    };
+    let extractor = extractor(usage, ctx.format);
     let mut inspector =
         ArrayInspector::new(extractor, usage.max_event_size(), usage.hold_final_frame());
     let mut outcome = stream_body::relay(
@@ -550,9 +542,11 @@ fn usage_trailers(record: &UsageRecord) -> http::HeaderMap {
     trailers
 }
 
-/// The extractor for a known format, or one that recognises the format from the first frames.
-fn extractor(format: Option<StreamFormat>) -> Box<dyn UsageExtractor> {
+/// The extractor for a known format, or one that recognises the format from the first frames;
+/// one that reads nothing with `usage.inspect: false`.
+fn extractor(usage: &UsageSink, format: Option<StreamFormat>) -> Box<dyn UsageExtractor> {
     match format {
+        _ if !usage.inspects() => Box::new(NoExtractor::default()),
         Some(format) => extractor_for(format),
         None => Box::new(AutoExtractor::new()),
     }

@@ -101,6 +101,22 @@ pub struct WriteFlushed<'a, W: ?Sized> {
 /// only once much of a large send buffer has drained, so counting what writes accept would not
 /// see a slow reader for as long as that takes.
 pub fn bytes_acked(fd: std::os::fd::RawFd) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+        tcp_info(fd, needed).map(|info| info.tcpi_bytes_acked)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        None
+    }
+}
+
+/// The kernel's `TCP_INFO` for socket `fd`, when it filled at least the first `needed` bytes
+/// (older kernels fill less of the struct than the libc crate declares).
+#[cfg(target_os = "linux")]
+pub fn tcp_info(fd: std::os::fd::RawFd, needed: usize) -> Option<libc::tcp_info> {
     let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: `info` has room for `len` bytes, and the kernel writes at most that many.
@@ -113,13 +129,9 @@ pub fn bytes_acked(fd: std::os::fd::RawFd) -> Option<u64> {
             &mut len,
         )
     };
-    // Older kernels fill less of the struct: the field must be within what was written.
-    let field_end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
-    if got != 0 || (len as usize) < field_end {
-        return None;
-    }
-    // SAFETY: filled by the kernel up to `len`, which covers the field read.
-    Some(unsafe { info.assume_init() }.tcpi_bytes_acked)
+    // SAFETY: zeroed, then (partly) filled in by the kernel: every bit pattern is valid.
+    let info = unsafe { info.assume_init() };
+    (got == 0 && len as usize >= needed).then_some(info)
 }
 
 /// Most bytes one [`read_into`] takes.

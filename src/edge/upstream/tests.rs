@@ -157,22 +157,8 @@ fn local_port(stream: &Stream) -> u16 {
 fn data_segments_sent(fd: i32) -> Option<u32> {
     #[cfg(target_os = "linux")]
     {
-        let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: `info` is writable for `len` bytes, and the kernel writes at most `len`.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                info.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
         let needed = std::mem::offset_of!(libc::tcp_info, tcpi_data_segs_out) + 4;
-        // SAFETY: zeroed, then (partly) filled in by the kernel: every bit pattern is valid.
-        let info = unsafe { info.assume_init() };
-        (rc == 0 && len as usize >= needed).then_some(info.tcpi_data_segs_out)
+        crate::edge::tcp::tcp_info(fd, needed).map(|info| info.tcpi_data_segs_out)
     }
     #[cfg(not(target_os = "linux"))]
     {
